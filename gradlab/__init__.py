@@ -1,0 +1,88 @@
+"""gradlab: compare gradient engines.
+
+Hand-derived NumPy gradients, torch autograd, ``jax.grad`` and central finite differences
+behind one small interface (:class:`GradientEngine`), problems whose loss is written once,
+and one gradient-descent loop (:func:`fit`) that runs on all of them.
+
+``import gradlab`` imports NumPy only; torch and jax are imported when an engine needs them.
+
+Example:
+    >>> import gradlab
+    >>> from gradlab import recipes
+    >>> result = recipes.seed_numpy().run("numpy")
+    >>> result.status
+    'completed'
+"""
+
+from gradlab import engines as engines
+from gradlab import optimizers as optimizers
+from gradlab import problems as problems
+from gradlab import recipes as recipes
+from gradlab._agreement import max_rho as max_rho
+from gradlab._agreement import rho as rho
+from gradlab._agreement import tolerance as tolerance
+from gradlab._errors import ArgumentError as ArgumentError
+from gradlab._errors import ArgumentTypeError as ArgumentTypeError
+from gradlab._errors import EngineUnavailable as EngineUnavailable
+from gradlab._errors import GradlabError as GradlabError
+from gradlab._errors import HandGradientMissing as HandGradientMissing
+from gradlab._errors import UnknownEngine as UnknownEngine
+from gradlab._fit import FitResult as FitResult
+from gradlab._fit import fit as fit
+from gradlab._fit import value_and_grad as value_and_grad
+from gradlab.engines import AbstractEngine as AbstractEngine
+from gradlab.engines import GradientEngine as GradientEngine
+from gradlab.engines import available_engines as available_engines
+from gradlab.engines import get_engine as get_engine
+from gradlab.engines import known_engines as known_engines
+from gradlab.engines import register_engine as register_engine
+from gradlab.engines import unregister_engine as unregister_engine
+from gradlab.optimizers import GradientTransformation as GradientTransformation
+from gradlab.optimizers import adam as adam
+from gradlab.optimizers import apply_updates as apply_updates
+from gradlab.optimizers import momentum as momentum
+from gradlab.optimizers import sgd as sgd
+from gradlab.problems import AbstractProblem as AbstractProblem
+from gradlab.problems import LinearRegression as LinearRegression
+from gradlab.problems import LogisticRegression as LogisticRegression
+from gradlab.problems import Problem as Problem
+from gradlab.problems import Quadratic as Quadratic
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbstractEngine",
+    "AbstractProblem",
+    "ArgumentError",
+    "ArgumentTypeError",
+    "EngineUnavailable",
+    "FitResult",
+    "GradientEngine",
+    "GradientTransformation",
+    "GradlabError",
+    "HandGradientMissing",
+    "LinearRegression",
+    "LogisticRegression",
+    "Problem",
+    "Quadratic",
+    "UnknownEngine",
+    "__version__",
+    "adam",
+    "apply_updates",
+    "available_engines",
+    "engines",
+    "fit",
+    "get_engine",
+    "known_engines",
+    "max_rho",
+    "momentum",
+    "optimizers",
+    "problems",
+    "recipes",
+    "register_engine",
+    "rho",
+    "sgd",
+    "tolerance",
+    "unregister_engine",
+    "value_and_grad",
+]

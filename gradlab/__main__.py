@@ -1,0 +1,5 @@
+"""``python -m gradlab``: the same command line as the ``gradlab`` script."""
+
+from gradlab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Argument checks shared by every public entry point.
+
+Each check either returns a clean value (a normalised dtype name, a float64 *copy* of an
+array) or raises an :class:`~gradlab.ArgumentError` naming the argument, so that bad input
+never reaches numpy, torch or jax, and user arrays are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gradlab._errors import ArgumentError, ArgumentTypeError
+
+DTYPES = ("float32", "float64")
+
+
+def check_dtype(dtype: object, argument: str = "dtype") -> str:
+    """Return ``"float32"`` or ``"float64"`` for any spelling NumPy understands."""
+    try:
+        name = str(np.dtype(dtype).name)  # type: ignore[call-overload]
+    except TypeError:
+        name = None
+    if dtype is None or name not in DTYPES:
+        raise ArgumentError(argument, f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return name
+
+
+def check_positive_int(value: object, argument: str) -> int:
+    """Return ``value`` as an int, refusing bools, floats and values below 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(argument, f"must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ArgumentError(argument, f"must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(value: object, argument: str) -> float:
+    """Return ``value`` as a float, refusing non-numbers, non-finite values and values <= 0."""
+    number = check_float(value, argument)
+    if number <= 0:
+        raise ArgumentError(argument, f"must be a positive, finite number, got {value!r}")
+    return number
+
+
+def check_bool(value: object, argument: str) -> bool:
+    """Return ``value`` if it is a bool; refuse truthy stand-ins such as 1 or "yes"."""
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(argument, f"must be True or False, got {value!r}")
+    return value
+
+
+def check_float(
+    value: object,
+    argument: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a finite float in ``[low, high]`` (``[low, high)`` if ``high_open``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(argument, f"must be a real number, got {value!r}")
+    number = float(value)
+    above = number >= high if high_open else number > high
+    if not math.isfinite(number) or number < low or above:
+        bracket = ")" if high_open else "]"
+        raise ArgumentError(
+            argument, f"must be a finite number in [{low}, {high}{bracket}, got {value!r}"
+        )
+    return number
+
+
+def as_float_array(value: object, argument: str) -> np.ndarray:
+    """Return a finite float64 copy of ``value``; the caller's array is never touched."""
+    if isinstance(value, (str, bytes)):
+        raise ArgumentTypeError(argument, f"must be an array of real numbers, got {value!r}")
+    try:
+        array = np.array(value, copy=True)
+    except (TypeError, ValueError) as error:
+        raise ArgumentTypeError(argument, f"must be an array of real numbers ({error})") from None
+    if array.dtype.kind not in "biuf":
+        raise ArgumentTypeError(
+            argument, f"must hold real numbers, got an array of dtype {array.dtype}"
+        )
+    array = array.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(array)):
+        count = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ArgumentError(argument, f"holds {count} non-finite value(s) (NaN or inf)")
+    return array
+
+
+def check_mapping(value: object, argument: str) -> Mapping[str, Any]:
+    """Refuse anything that is not a mapping with string keys."""
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise ArgumentTypeError(
+            argument, f"must be a mapping from names to arrays, got {type(value).__name__}"
+        )
+    return value
+
+
+def check_params(
+    params: object,
+    shapes: Mapping[str, tuple[int, ...]] | None,
+    argument: str = "init",
+) -> dict[str, np.ndarray]:
+    """Return float64 copies of named parameters, checking names and shapes against ``shapes``.
+
+    Args:
+        params: The caller's mapping from parameter name to array (or number).
+        shapes: The expected shape of every parameter, or ``None`` when the problem does not
+            declare them (a user problem given only a loss).
+        argument: The argument's name for error messages.
+    """
+    mapping = check_mapping(params, argument)
+    if not mapping:
+        raise ArgumentError(argument, "has no parameters")
+    if shapes is not None:
+        missing = sorted(set(shapes) - set(mapping))
+        extra = sorted(set(mapping) - set(shapes))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"is missing parameter(s) {', '.join(map(repr, missing))}")
+            if extra:
+                parts.append(f"has unknown parameter(s) {', '.join(map(repr, extra))}")
+            raise ArgumentError(
+                argument, f"{' and '.join(parts)}; expected {', '.join(map(repr, shapes))}"
+            )
+    out = {}
+    for name, value in mapping.items():
+        array = as_float_array(value, f"{argument}[{name!r}]")
+        if shapes is not None and array.shape != tuple(shapes[name]):
+            raise ArgumentError(
+                f"{argument}[{name!r}]",
+                f"has shape {array.shape}, expected {tuple(shapes[name])}",
+            )
+        out[name] = array
+    return out

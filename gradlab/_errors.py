@@ -1,0 +1,78 @@
+"""The exceptions gradlab raises.
+
+Every error gradlab raises on purpose derives from :class:`GradlabError`, and also from the
+builtin that fits (``ValueError``, ``TypeError``, ``ImportError``), so callers can catch either.
+Argument errors carry the name of the offending argument in ``.argument``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "EngineUnavailable",
+    "GradlabError",
+    "HandGradientMissing",
+    "UnknownEngine",
+]
+
+
+class GradlabError(Exception):
+    """Base class of every error gradlab raises on purpose."""
+
+
+class ArgumentError(GradlabError, ValueError):
+    """An argument has a bad value.
+
+    Args:
+        argument: The name of the offending argument, as the caller wrote it (``"init"``,
+            ``"data['x']"``, ``"lr"``).
+        message: What is wrong with it; the argument's name is prefixed when missing.
+    """
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument = argument
+        if not message.startswith(argument):
+            message = f"{argument}: {message}"
+        super().__init__(message)
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument has the wrong type."""
+
+
+class UnknownEngine(ArgumentError):
+    """No engine is registered under the requested name.
+
+    Attributes:
+        known: The registered engine names.
+        suggestion: The closest known name, or ``None``.
+    """
+
+    def __init__(self, name: str, known: tuple[str, ...], suggestion: str | None) -> None:
+        self.name = name
+        self.known = known
+        self.suggestion = suggestion
+        hint = f"; did you mean {suggestion!r}?" if suggestion else "."
+        super().__init__(
+            "engine", f"engine: unknown engine {name!r}{hint} Known engines: {', '.join(known)}"
+        )
+
+
+class EngineUnavailable(GradlabError, ImportError):
+    """A known engine cannot run because the framework it needs is not installed.
+
+    Attributes:
+        engine: The engine's name.
+        extra: The pip extra that installs what it needs, or ``None`` for third-party engines.
+    """
+
+    def __init__(self, engine: str, missing: str, extra: str | None) -> None:
+        self.engine = engine
+        self.extra = extra
+        fix = f"pip install 'gradlab[{extra}]'" if extra else f"install {missing}"
+        super().__init__(f"engine {engine!r} needs {missing}, which is not installed: {fix}")
+
+
+class HandGradientMissing(GradlabError, TypeError):
+    """The ``numpy`` engine was asked for a problem that has no hand-derived gradient."""

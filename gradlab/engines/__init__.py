@@ -1,0 +1,31 @@
+"""Gradient engines: the protocol, the built-in engines and the registry.
+
+No engine module imports its framework at import time; each does so when an engine is
+constructed, so ``import gradlab`` imports neither torch nor jax.
+"""
+
+from gradlab.engines._fd import FiniteDifferenceEngine as FiniteDifferenceEngine
+from gradlab.engines._jax import JaxEngine as JaxEngine
+from gradlab.engines._numpy import NumpyEngine as NumpyEngine
+from gradlab.engines._protocol import AbstractEngine as AbstractEngine
+from gradlab.engines._protocol import GradientEngine as GradientEngine
+from gradlab.engines._registry import available_engines as available_engines
+from gradlab.engines._registry import get_engine as get_engine
+from gradlab.engines._registry import known_engines as known_engines
+from gradlab.engines._registry import register_engine as register_engine
+from gradlab.engines._registry import unregister_engine as unregister_engine
+from gradlab.engines._torch import TorchEngine as TorchEngine
+
+__all__ = [
+    "AbstractEngine",
+    "FiniteDifferenceEngine",
+    "GradientEngine",
+    "JaxEngine",
+    "NumpyEngine",
+    "TorchEngine",
+    "available_engines",
+    "get_engine",
+    "known_engines",
+    "register_engine",
+    "unregister_engine",
+]

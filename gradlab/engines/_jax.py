@@ -1,0 +1,115 @@
+"""The ``jax`` engine: ``jax.value_and_grad`` under ``jax.jit``, the whole loop compiled."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradlab._errors import ArgumentError
+from gradlab.engines._protocol import AbstractEngine, Array, Carry, Data, Params, Step, ValueAndGrad
+from gradlab.problems._base import AbstractProblem
+
+
+class JaxEngine(AbstractEngine):
+    """``jax.value_and_grad`` of the problem's loss, jit-compiled; ``run`` is one ``lax.scan``.
+
+    **64-bit mode.** JAX computes in float32 unless its ``jax_enable_x64`` flag is on, even
+    when handed float64 arrays. gradlab never flips that flag globally: every call into JAX
+    (making arrays, the gradient, the compiled loop) runs inside the scoped context manager
+    ``jax.enable_x64(dtype == "float64")``, which is restored on exit. So a float64 request
+    really computes in float64, a float32 request computes as default JAX does, and the
+    global flag reads the same before and after.
+
+    Compiled functions are cached per problem and per loop body, so a second fit with the
+    same problem and optimizer does not compile again.
+
+    Args:
+        device: A JAX platform (``"cpu"``, ``"gpu"``, ``"cuda"``, ``"tpu"``) or ``None`` for
+            JAX's default device.
+    """
+
+    name = "jax"
+
+    def __init__(self, *, device: str | None = None) -> None:
+        self._jax = importlib.import_module("jax")
+        self.xp = importlib.import_module("jax.numpy")
+        try:
+            self.device = None if device is None else self._jax.devices(device)[0]
+        except RuntimeError as error:
+            raise ArgumentError("device", f"jax cannot use device {device!r}: {error}") from None
+
+    def _precision(self, dtype: Any) -> Any:
+        """The scoped 64-bit mode matching ``dtype``."""
+        return self._jax.enable_x64(np.dtype(dtype) == np.float64)
+
+    def asarray(self, array: np.ndarray, dtype: str) -> Array:
+        """A jax array of ``dtype`` on the engine's device."""
+        with self._precision(dtype):
+            return self._jax.device_put(np.array(array, dtype=dtype), self.device)
+
+    def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
+        """``jit(value_and_grad(loss))``, run in the 64-bit mode of its inputs."""
+        return _scoped_value_and_grad(problem)
+
+    def run(
+        self, step: Step, carry: Carry, data: Data, steps: int
+    ) -> tuple[Carry, tuple[Array, ...]]:
+        """The loop body, ``steps`` times, as one compiled ``lax.scan``."""
+        with self._precision(_first_float_dtype(carry)):
+            result: tuple[Carry, tuple[Array, ...]] = _compiled_scan()(step, carry, data, steps)
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """JAX's version, device and the (global, untouched) 64-bit flag."""
+        device = self.device if self.device is not None else self._jax.devices()[0]
+        return {
+            "framework": "jax",
+            "jax": self._jax.__version__,
+            "device": f"{device.platform}:{device.id}",
+            "jax_enable_x64_global": bool(self._jax.config.jax_enable_x64),
+            "jax_x64_mode": "scoped per call to match the requested dtype",
+        }
+
+
+def _first_float_dtype(tree: Any) -> Any:
+    """The dtype of the first floating-point leaf: it decides the 64-bit mode of a call."""
+    jax = importlib.import_module("jax")
+    for leaf in jax.tree_util.tree_leaves(tree):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and np.issubdtype(dtype, np.floating):
+            return dtype
+    return np.float32
+
+
+@functools.lru_cache(maxsize=256)
+def _scoped_value_and_grad(problem: AbstractProblem) -> ValueAndGrad:
+    # Cached per problem so that the loop body built around it hashes the same from one fit
+    # to the next, and jit's cache of the compiled loop is hit.
+    jax = importlib.import_module("jax")
+    jnp = importlib.import_module("jax.numpy")
+    compiled = jax.jit(jax.value_and_grad(lambda params, data: problem.loss(params, data, jnp)))
+
+    def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+        with jax.enable_x64(_first_float_dtype(params) == np.float64):
+            loss, grads = compiled(params, data)
+        return loss, dict(grads)
+
+    return value_and_grad
+
+
+@functools.cache
+def _compiled_scan() -> Callable[..., Any]:
+    jax = importlib.import_module("jax")
+
+    def scan(step: Step, carry: Carry, data: Data, steps: int) -> Any:
+        return jax.lax.scan(lambda c, _: step(c, data), carry, None, length=steps)
+
+    # The loop body and the step count are static: the body is a hashable object that
+    # compares equal across fits with the same problem and optimizer, so jit reuses the
+    # compiled loop. The data is an argument, not a captured constant, so it is not baked
+    # into the program (and large data is not copied into it).
+    return jax.jit(scan, static_argnums=(0, 3))  # type: ignore[no-any-return]

@@ -1,0 +1,125 @@
+"""The GradientEngine protocol, and a base class that supplies its defaults."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from gradlab.problems._base import AbstractProblem
+
+Array = Any
+Params = Mapping[str, Array]
+Data = Mapping[str, Array]
+Carry = Any
+ValueAndGrad = Callable[[Params, Data], "tuple[Array, dict[str, Array]]"]
+Step = Callable[[Carry, Data], "tuple[Carry, tuple[Array, ...]]"]
+
+
+@runtime_checkable
+class GradientEngine(Protocol):
+    """One way of computing gradients, behind the interface every gradlab loop uses.
+
+    An engine owns a kind of array (NumPy arrays, torch tensors, jax arrays, ...). It moves
+    NumPy arrays in and out, builds a ``(params, data) -> (loss, grads)`` function for a
+    problem, and runs a loop body ``steps`` times. That is all the generic loop in
+    :func:`gradlab.fit` needs, so the loop never asks which engine it is running on.
+
+    Members:
+        name: The engine's registry name (``"torch"``).
+        xp: The array namespace the problem's loss is evaluated with on this engine
+            (``numpy``, torch's array-API namespace, ``jax.numpy``).
+        asarray(array, dtype): A NumPy array to an engine array of ``dtype`` (``"float32"``
+            or ``"float64"``), on the engine's device. Must copy: the caller's array is
+            never shared with, or changed by, the engine.
+        to_numpy(array): An engine array (or scalar) back to a NumPy array.
+        value_and_grad(problem): A function ``(params, data) -> (loss, grads)`` over
+            engine arrays. ``loss`` is a 0-d array; ``grads`` has the keys, shapes and
+            dtype of ``params``. Raise :class:`gradlab.HandGradientMissing` (or another
+            :class:`gradlab.GradlabError`) if this engine cannot differentiate the problem.
+        run(step, carry, data, steps): Apply ``carry, out = step(carry, data)`` ``steps``
+            times, in order, and return the last carry and each output stacked along a new
+            leading axis (a tuple of arrays of length ``steps``). The default is a plain
+            Python loop (:class:`AbstractEngine`); an engine that can compile the whole loop
+            (jax: ``lax.scan``) may, as long as the result is the same.
+        describe(): Facts to record beside every result: framework version, device,
+            threads, precision modes (a JSON-friendly dict).
+
+    The easiest way to write an engine is to subclass :class:`AbstractEngine`, which supplies
+    ``run``, ``to_numpy`` and ``describe``; see ``docs/engines.md``.
+    """
+
+    @property
+    def name(self) -> str:
+        """The engine's registry name."""
+        ...
+
+    @property
+    def xp(self) -> Any:
+        """The array namespace that problem losses are evaluated with."""
+        ...
+
+    def asarray(self, array: np.ndarray, dtype: str) -> Array:
+        """Copy a NumPy array into an engine array of ``dtype``."""
+        ...
+
+    def to_numpy(self, array: Array) -> np.ndarray:
+        """Convert an engine array back to NumPy."""
+        ...
+
+    def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
+        """Build ``(params, data) -> (loss, grads)`` for ``problem``."""
+        ...
+
+    def run(
+        self, step: Step, carry: Carry, data: Data, steps: int
+    ) -> tuple[Carry, tuple[Array, ...]]:
+        """Apply ``step`` ``steps`` times; return the last carry and the stacked outputs."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the framework, device and precision, for provenance."""
+        ...
+
+
+class AbstractEngine(abc.ABC):
+    """Base class for engines: implement ``name``, ``xp``, ``asarray`` and ``value_and_grad``.
+
+    It supplies the protocol's defaults: :meth:`run` as a plain Python loop that stacks the
+    per-step outputs once at the end (so there is no host synchronisation per step),
+    :meth:`to_numpy` through ``numpy.asarray`` and an empty :meth:`describe`.
+    """
+
+    name: str
+    xp: Any
+
+    @abc.abstractmethod
+    def asarray(self, array: np.ndarray, dtype: str) -> Array:
+        """Copy a NumPy array into an engine array of ``dtype``."""
+
+    @abc.abstractmethod
+    def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
+        """Build ``(params, data) -> (loss, grads)`` for ``problem``."""
+
+    def to_numpy(self, array: Array) -> np.ndarray:
+        """Convert with ``numpy.asarray``."""
+        return np.asarray(array)
+
+    def run(
+        self, step: Step, carry: Carry, data: Data, steps: int
+    ) -> tuple[Carry, tuple[Array, ...]]:
+        """Run ``step`` in a Python loop; stack each output once, after the loop."""
+        outputs = []
+        for _ in range(steps):
+            carry, out = step(carry, data)
+            outputs.append(out)
+        return carry, tuple(self.xp.stack(column) for column in zip(*outputs, strict=True))
+
+    def describe(self) -> dict[str, Any]:
+        """Nothing beyond what gradlab records itself."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<gradlab engine {self.name!r}>"

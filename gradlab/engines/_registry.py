@@ -1,0 +1,216 @@
+"""Finding engines by name: built-ins, ``register_engine`` and ``gradlab.engines`` entry points."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gradlab._errors import ArgumentError, ArgumentTypeError, EngineUnavailable, UnknownEngine
+from gradlab.engines._protocol import GradientEngine
+
+ENTRY_POINT_GROUP = "gradlab.engines"
+
+EngineFactory = Callable[..., GradientEngine]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[[], EngineFactory]  # imports lazily: the factory's module may be heavy
+    requires: tuple[str, ...]  # modules that must be importable
+    extra: str | None  # the gradlab extra that installs them
+    source: str  # "builtin", "registered" or "entry point"
+
+
+def _builtin(module: str, name: str) -> Callable[[], EngineFactory]:
+    def load() -> EngineFactory:
+        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+    return load
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "numpy": _Entry(_builtin("gradlab.engines._numpy", "NumpyEngine"), (), None, "builtin"),
+    "fd": _Entry(_builtin("gradlab.engines._fd", "FiniteDifferenceEngine"), (), None, "builtin"),
+    "torch": _Entry(
+        _builtin("gradlab.engines._torch", "TorchEngine"),
+        ("torch", "array_api_compat"),
+        "torch",
+        "builtin",
+    ),
+    "jax": _Entry(_builtin("gradlab.engines._jax", "JaxEngine"), ("jax",), "jax", "builtin"),
+}
+_entry_points_loaded = False
+# The hand-derived reference first, then the autodiff engines, then finite differences.
+_BUILTIN_ORDER = {"numpy": 0, "torch": 1, "jax": 2, "fd": 3}
+
+
+def register_engine(
+    name: str,
+    factory: EngineFactory,
+    *,
+    requires: Sequence[str] = (),
+    overwrite: bool = False,
+) -> None:
+    """Make an engine available to :func:`get_engine` under ``name``.
+
+    Args:
+        name: The registry name (what users pass as ``engine=``).
+        factory: A callable taking the engine's options as keywords and returning an object
+            that satisfies :class:`GradientEngine` (usually the engine class itself).
+        requires: Modules the engine imports; while one is missing the engine is left out of
+            :func:`available_engines` and :func:`get_engine` raises ``EngineUnavailable``.
+        overwrite: Replace an engine already registered under ``name``.
+
+    Raises:
+        ArgumentError: ``name`` is taken (and ``overwrite`` is false) or not a valid name.
+
+    Example:
+        >>> import gradlab
+        >>> class Doubled(gradlab.engines.NumpyEngine):
+        ...     name = "doubled-example"
+        >>> gradlab.register_engine("doubled-example", Doubled)
+        >>> gradlab.get_engine("doubled-example").name
+        'doubled-example'
+        >>> gradlab.unregister_engine("doubled-example")
+    """
+    if not isinstance(name, str) or not name or name.strip() != name or "," in name:
+        raise ArgumentError("name", f"must be a non-empty name without commas, got {name!r}")
+    if not callable(factory):
+        raise ArgumentTypeError("factory", f"must be callable, got {factory!r}")
+    _load_entry_points()
+    if name in _REGISTRY and not overwrite:
+        raise ArgumentError(
+            "name", f"an engine named {name!r} is already registered; pass overwrite=True"
+        )
+    _REGISTRY[name] = _Entry(lambda: factory, tuple(requires), None, "registered")
+
+
+def unregister_engine(name: str) -> None:
+    """Remove an engine registered under ``name`` (a no-op for unknown names)."""
+    _REGISTRY.pop(name, None)
+
+
+def known_engines() -> tuple[str, ...]:
+    """Every registered engine name, installed or not: the built-ins first, then the rest sorted."""
+    _load_entry_points()
+    return tuple(
+        sorted(_REGISTRY, key=lambda name: (_BUILTIN_ORDER.get(name, len(_BUILTIN_ORDER)), name))
+    )
+
+
+def available_engines() -> tuple[str, ...]:
+    """The registered engines whose frameworks are installed, in :func:`known_engines` order.
+
+    Installation is checked without importing anything heavy (``importlib.util.find_spec``).
+
+    Example:
+        >>> import gradlab
+        >>> {"numpy", "fd"} <= set(gradlab.available_engines())
+        True
+    """
+    return tuple(name for name in known_engines() if _missing(_REGISTRY[name]) is None)
+
+
+def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
+    """Return a ready engine: a registered one built with ``options``, or ``name`` itself.
+
+    Args:
+        name: A registry name (see :func:`known_engines`), or an engine object, which is
+            checked against the protocol and returned as is.
+        **options: Passed to the engine's factory (``device="cuda"`` for torch, ``order=2``
+            for fd, ...).
+
+    Raises:
+        UnknownEngine: no engine has that name; the message lists the known names and
+            suggests the closest.
+        EngineUnavailable: the engine is known but its framework is not installed; the
+            message names the pip extra.
+
+    Example:
+        >>> import gradlab
+        >>> gradlab.get_engine("numpy").name
+        'numpy'
+        >>> gradlab.get_engine("nmupy")
+        Traceback (most recent call last):
+        ...
+        gradlab._errors.UnknownEngine: engine: unknown engine 'nmupy'; did you mean 'numpy'? ...
+    """
+    if not isinstance(name, str):
+        if isinstance(name, GradientEngine):
+            if options:
+                raise ArgumentError("options", "cannot be given with an engine object")
+            return name
+        raise ArgumentTypeError(
+            "engine", f"must be an engine name or a GradientEngine, got {type(name).__name__}"
+        )
+    _load_entry_points()
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        known = known_engines()
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        raise UnknownEngine(name, known, close[0] if close else None)
+    missing = _missing(entry)
+    if missing is not None:
+        raise EngineUnavailable(name, missing, entry.extra)
+    try:
+        factory = entry.factory()
+    except ImportError as error:
+        raise EngineUnavailable(name, str(error.name or error), entry.extra) from error
+    try:
+        engine = factory(**options)
+    except TypeError as error:
+        raise ArgumentError("options", f"engine {name!r} rejected its options: {error}") from None
+    if not isinstance(engine, GradientEngine):
+        raise ArgumentTypeError(
+            "factory", f"engine {name!r}'s factory returned {engine!r}, not a GradientEngine"
+        )
+    return engine
+
+
+def _missing(entry: _Entry) -> str | None:
+    """The first required module that is not installed, if any.
+
+    Built-in and registered engines declare their modules, found without importing them.
+    A plug-in from an entry point declares nothing, so its module is imported: it is
+    available if that import succeeds.
+    """
+    for module in entry.requires:
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module
+        except (ImportError, ValueError):
+            return module
+    if entry.source == "entry point":
+        try:
+            entry.factory()
+        except ImportError as error:
+            return str(error.name or error)
+    return None
+
+
+def _load_entry_points() -> None:
+    """Register third-party engines from the ``gradlab.engines`` entry-point group, once.
+
+    An entry point names an engine factory (``my_package:MyEngine``). It is imported only
+    when the engine is first requested; if that import fails, the engine is unavailable.
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if point.name not in _REGISTRY:
+            _REGISTRY[point.name] = _Entry(point.load, (), None, "entry point")
+
+
+def _reload_entry_points() -> None:
+    """Forget and re-read the entry points (for tests that install a plug-in on the fly)."""
+    global _entry_points_loaded
+    for name in [name for name, entry in _REGISTRY.items() if entry.source == "entry point"]:
+        del _REGISTRY[name]
+    _entry_points_loaded = False

@@ -1,0 +1,133 @@
+"""What a problem is: a loss written once against an array namespace, and maybe a hand gradient."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from gradlab._checks import as_float_array, check_mapping
+from gradlab._errors import ArgumentError, ArgumentTypeError, HandGradientMissing
+
+Array = Any
+Params = Mapping[str, Array]
+Data = Mapping[str, Array]
+LossFn = Callable[[Params, Data, Any], Array]
+HandFn = Callable[[Params, Data], "tuple[Array, dict[str, Array]]"]
+
+
+def missing_hand_gradient(problem: AbstractProblem) -> HandGradientMissing:
+    """The error for asking a problem without one for its hand-derived gradient."""
+    return HandGradientMissing(
+        f"problem {problem.name!r} has no hand-derived gradient, so the 'numpy' engine cannot "
+        "run it; give one (value_and_grad=...) or use an autodiff engine or 'fd'"
+    )
+
+
+class AbstractProblem(abc.ABC):
+    """A differentiable objective: a scalar loss of named parameters and a data batch.
+
+    The loss is written **once**, against the array namespace ``xp`` it is given (``numpy``,
+    torch's array-API namespace, ``jax.numpy``): use ``xp.sum``, ``xp.exp``, ``@`` and the
+    arithmetic operators, and never import a framework. Every engine differentiates that one
+    definition. A hand-derived gradient, written in NumPy, may stand beside it: that is what
+    the ``numpy`` engine runs.
+
+    Subclasses implement :meth:`loss` and, optionally, :meth:`hand_value_and_grad` (setting
+    ``has_hand_gradient = True``), :meth:`param_shapes` and :meth:`check_data`.
+    """
+
+    #: A short name for tables and error messages.
+    name: str = "problem"
+    #: Whether :meth:`hand_value_and_grad` is implemented.
+    has_hand_gradient: bool = False
+
+    @abc.abstractmethod
+    def loss(self, params: Params, data: Data, xp: Any) -> Array:
+        """Return the scalar loss, computed with the array namespace ``xp`` only."""
+
+    def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+        """Return ``(loss, grads)`` computed by hand-derived NumPy code.
+
+        Results keep the dtype of the inputs (float32 in, float32 out).
+
+        Raises:
+            HandGradientMissing: the problem has no hand-derived gradient.
+        """
+        raise missing_hand_gradient(self)
+
+    def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
+        """Return the shape of each parameter for this (checked) data, or ``None`` if free."""
+        return None
+
+    def check_data(self, data: object) -> dict[str, np.ndarray]:
+        """Return finite float64 copies of the data arrays, or raise ``ArgumentError``."""
+        mapping = check_mapping(data, "data")
+        return {key: as_float_array(value, f"data[{key!r}]") for key, value in mapping.items()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Problem(AbstractProblem):
+    """A problem made from functions: the way to bring your own objective.
+
+    Args:
+        loss: ``loss(params, data, xp) -> scalar``, written against the namespace ``xp``.
+        value_and_grad: Optional hand-derived ``(params, data) -> (loss, grads)`` in NumPy.
+        name: A short name for tables and messages.
+        params: Optional mapping from parameter name to shape, checked against ``init``.
+
+    Example:
+        >>> import numpy as np
+        >>> import gradlab
+        >>> cubic = gradlab.Problem(
+        ...     lambda p, d, xp: xp.sum((p["a"] * d["x"] ** 3 - d["y"]) ** 2), name="cubic")
+        >>> data = {"x": np.linspace(-1, 1, 50), "y": 2 * np.linspace(-1, 1, 50) ** 3}
+        >>> result = gradlab.fit(cubic, data, engine="fd", optimizer=gradlab.sgd(0.05),
+        ...                      steps=200, init={"a": 0.0})
+        >>> round(float(result.params["a"]), 6)
+        2.0
+    """
+
+    def __init__(
+        self,
+        loss: LossFn,
+        value_and_grad: HandFn | None = None,
+        *,
+        name: str = "problem",
+        params: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> None:
+        if not callable(loss):
+            raise ArgumentTypeError("loss", f"must be callable, got {loss!r}")
+        if value_and_grad is not None and not callable(value_and_grad):
+            raise ArgumentTypeError(
+                "value_and_grad", f"must be callable or None, got {value_and_grad!r}"
+            )
+        if not isinstance(name, str) or not name:
+            raise ArgumentError("name", f"must be a non-empty string, got {name!r}")
+        self._loss = loss
+        self._value_and_grad = value_and_grad
+        self.name = name
+        self.has_hand_gradient = value_and_grad is not None
+        self._shapes = None if params is None else {k: tuple(v) for k, v in params.items()}
+
+    def loss(self, params: Params, data: Data, xp: Any) -> Array:
+        """Evaluate the user's loss."""
+        return self._loss(params, data, xp)
+
+    def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+        """Evaluate the user's hand-derived gradient."""
+        if self._value_and_grad is None:
+            return super().hand_value_and_grad(params, data)
+        loss, grads = self._value_and_grad(params, data)
+        return loss, dict(grads)
+
+    def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
+        """Return the declared parameter shapes, if any."""
+        return self._shapes
+
+    def __repr__(self) -> str:
+        return f"Problem(name={self.name!r})"

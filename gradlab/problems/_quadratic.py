@@ -1,0 +1,67 @@
+"""The seed's model: y ≈ w·x² + b, fitted by least squares."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gradlab._checks import check_positive_int
+from gradlab.problems._base import AbstractProblem, Array, Data, Params
+from gradlab.problems._data import check_xy
+
+
+@dataclass(frozen=True)
+class Quadratic(AbstractProblem):
+    r"""The seed tutorial's model, y_pred = w·x² + b, with loss ½·Σᵢ (w·xᵢ² + b − yᵢ)².
+
+    The loss is a *sum* over the batch, as in the seed. Data: ``x`` and ``y`` of shape
+    ``(n,)`` (an ``(n, 1)`` column is accepted and flattened). Parameters: scalars ``w``, ``b``.
+
+    Hand gradient, with residual rᵢ = w·xᵢ² + b − yᵢ:  ∂L/∂w = Σᵢ rᵢ·xᵢ²,  ∂L/∂b = Σᵢ rᵢ.
+
+    Example:
+        >>> import numpy as np
+        >>> from gradlab import Quadratic
+        >>> data = {"x": np.array([0.0, 1.0, 2.0]), "y": np.array([1.0, 1.0, 1.0])}
+        >>> params = {"w": np.float64(1.0), "b": np.float64(0.0)}
+        >>> float(Quadratic().loss(params, data, np))  # ½·((−1)² + 0² + 3²)
+        5.0
+        >>> loss, grads = Quadratic().hand_value_and_grad(params, data)
+        >>> float(grads["w"]), float(grads["b"])  # (−1·0 + 0·1 + 3·4, −1 + 0 + 3)
+        (12.0, 2.0)
+    """
+
+    name = "quadratic"
+    has_hand_gradient = True
+
+    def loss(self, params: Params, data: Data, xp: Any) -> Array:
+        """½·Σ (w·x² + b − y)²."""
+        residual = params["w"] * data["x"] ** 2 + params["b"] - data["y"]
+        return 0.5 * xp.sum(residual**2)
+
+    def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+        """The seed's own derivation; the residual is computed once and shared."""
+        x2 = data["x"] ** 2
+        residual = x2 * params["w"] + params["b"] - data["y"]
+        loss = 0.5 * np.sum(residual**2)
+        return loss, {"w": np.sum(residual * x2), "b": np.sum(residual)}
+
+    def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]]:
+        """Two scalars."""
+        return {"w": (), "b": ()}
+
+    def check_data(self, data: object) -> dict[str, np.ndarray]:
+        """``x`` and ``y``: finite, 1-D (or a column), of equal length."""
+        x, y = check_xy(data, x_ndim=1)
+        return {"x": x, "y": y}
+
+    def make_data(
+        self, n: int = 100, *, noise: float = 0.2, seed: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Seed-like data: x = linspace(−1, 1, n), y = 3x² + 2 + noise·U[0, 1)."""
+        x = np.linspace(-1.0, 1.0, check_positive_int(n, "n"))
+        y = 3 * x**2 + 2 + noise * np.random.default_rng(seed).random(n)
+        return {"x": x, "y": y}

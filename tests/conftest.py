@@ -1,0 +1,55 @@
+"""Shared fixtures: one ``engine`` fixture over every engine, and hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from _helpers import AUTODIFF_ENGINES, BUILTIN_ENGINES, require_engine
+from hypothesis import HealthCheck, settings
+
+import gradlab
+
+# Deadlines off: the first example on a new shape pays for jax tracing and compilation.
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+# CI: a fixed, derandomised sequence so that a red run is reproducible from its log.
+settings.register_profile(
+    "ci",
+    parent=settings.get_profile("default"),
+    derandomize=True,
+    print_blob=True,
+)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
+)
+
+
+@pytest.fixture(params=BUILTIN_ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every built-in engine, skipping those whose framework is missing."""
+    require_engine(request.param)
+    return request.param
+
+
+@pytest.fixture(params=AUTODIFF_ENGINES)
+def autodiff_engine(request: pytest.FixtureRequest) -> str:
+    """The automatic-differentiation engines, skipping those not installed."""
+    require_engine(request.param)
+    return request.param
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def seed_data() -> dict[str, np.ndarray]:
+    """A small deterministic Quadratic data set."""
+    return gradlab.Quadratic().make_data(50, seed=1)

@@ -1,0 +1,136 @@
+"""Optimizers: mathematics and torch.optim as oracles, purity, and argument checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from _helpers import require_engine
+
+import gradlab
+from gradlab.optimizers import apply_updates
+
+
+def run(
+    optimizer: gradlab.GradientTransformation, grads_of: Any, params: dict[str, Any], steps: int
+) -> dict[str, Any]:
+    state = optimizer.init(params)
+    for _ in range(steps):
+        updates, state = optimizer.update(grads_of(params), state, params)
+        params = apply_updates(params, updates)
+    return params
+
+
+def test_sgd_on_a_quadratic_bowl_follows_the_closed_form() -> None:
+    """For f(p) = ½·a·p², gradient descent gives p_k = (1 − lr·a)^k · p_0."""
+    a, lr, p0 = 3.0, 0.1, np.array([2.0, -1.0])
+    final = run(gradlab.sgd(lr), lambda p: {"p": a * p["p"]}, {"p": p0}, steps=25)
+    np.testing.assert_allclose(final["p"], (1 - lr * a) ** 25 * p0, rtol=1e-13)
+
+
+def test_momentum_on_a_quadratic_bowl_follows_its_recurrence_in_closed_form() -> None:
+    """Heavy ball on f = ½·a·p² is linear in (p, v).
+
+    v' = β·v + a·p and p' = p − lr·v', so [p, v]' = M·[p, v] with M = [[1 − lr·a, −lr·β], [a, β]].
+    """
+    a, lr, beta, p0 = 2.0, 0.05, 0.9, 1.5
+    final = run(gradlab.momentum(lr, beta), lambda p: {"p": a * p["p"]}, {"p": np.array(p0)}, 30)
+    matrix = np.array([[1 - lr * a, -lr * beta], [a, beta]])
+    expected = np.linalg.matrix_power(matrix, 30) @ np.array([p0, 0.0])
+    assert abs(float(final["p"]) - expected[0]) <= 1e-12
+
+
+def test_optimizers_never_modify_their_inputs() -> None:
+    params = {"w": np.array([1.0, 2.0])}
+    grads = {"w": np.array([0.5, -0.5])}
+    for optimizer in (gradlab.sgd(0.1), gradlab.momentum(0.1), gradlab.adam(0.1)):
+        state = optimizer.init(params)
+        optimizer.update(grads, state, params)
+        np.testing.assert_array_equal(params["w"], [1.0, 2.0])
+        np.testing.assert_array_equal(grads["w"], [0.5, -0.5])
+
+
+TORCH_PAIRS = [
+    ("sgd", lambda: gradlab.sgd(0.05), lambda opt, p: opt.SGD(p, lr=0.05)),
+    (
+        "momentum",
+        lambda: gradlab.momentum(0.05, 0.8),
+        lambda opt, p: opt.SGD(p, lr=0.05, momentum=0.8),
+    ),
+    (
+        "nesterov",
+        lambda: gradlab.momentum(0.05, 0.8, nesterov=True),
+        lambda opt, p: opt.SGD(p, lr=0.05, momentum=0.8, nesterov=True),
+    ),
+    (
+        "adam",
+        lambda: gradlab.adam(0.01, 0.9, 0.99, 1e-8),
+        lambda opt, p: opt.Adam(p, lr=0.01, betas=(0.9, 0.99), eps=1e-8),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "ours", "theirs"), TORCH_PAIRS, ids=[p[0] for p in TORCH_PAIRS])
+def test_optimizers_follow_torch_optim_on_the_same_gradients(
+    name: str, ours: Any, theirs: Any
+) -> None:
+    """torch.optim as the oracle, in float64, over 100 steps of a non-quadratic loss."""
+    require_engine("torch")
+    import torch
+
+    def grad_of(w: np.ndarray) -> np.ndarray:  # f(w) = Σ (w⁴/4 − w), a nonlinear gradient
+        return w**3 - 1.0
+
+    start = np.array([0.3, -1.2, 2.0])
+    tensor = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    optimizer = theirs(torch.optim, [tensor])
+    for _ in range(100):
+        optimizer.zero_grad()
+        tensor.grad = torch.tensor(grad_of(tensor.detach().numpy()))
+        optimizer.step()
+    final = run(ours(), lambda p: {"w": grad_of(p["w"])}, {"w": start}, steps=100)
+    assert gradlab.max_rho(final, {"w": tensor.detach().numpy()}) <= 1e-12
+
+
+@pytest.mark.parametrize(
+    ("make", "argument"),
+    [
+        (lambda: gradlab.sgd(0.0), "lr"),
+        (lambda: gradlab.sgd(-1e-3), "lr"),
+        (lambda: gradlab.sgd(float("nan")), "lr"),
+        (lambda: gradlab.sgd(float("inf")), "lr"),
+        (lambda: gradlab.sgd("0.1"), "lr"),
+        (lambda: gradlab.sgd(True), "lr"),
+        (lambda: gradlab.momentum(0.1, beta=1.0), "beta"),
+        (lambda: gradlab.momentum(0.1, beta=-0.1), "beta"),
+        (lambda: gradlab.momentum(0.1, nesterov=1), "nesterov"),
+        (lambda: gradlab.adam(0.1, b1=1.0), "b1"),
+        (lambda: gradlab.adam(0.1, b2=1.5), "b2"),
+        (lambda: gradlab.adam(0.1, eps=-1e-8), "eps"),
+        (lambda: gradlab.adam(-0.1), "lr"),
+    ],
+)
+def test_bad_hyperparameters_are_refused_by_name(make: Any, argument: str) -> None:
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        make()
+    assert caught.value.argument == argument
+    assert argument in str(caught.value)
+
+
+def test_optimizers_trace_under_jax_jit() -> None:
+    require_engine("jax")
+    import jax
+    import jax.numpy as jnp
+
+    optimizer = gradlab.adam(0.1)
+    params = {"w": jnp.ones(3)}
+
+    @jax.jit
+    def step(params: Any, state: Any) -> Any:
+        updates, state = optimizer.update({"w": 2 * params["w"]}, state, params)
+        return apply_updates(params, updates), state
+
+    new_params, state = step(params, optimizer.init(params))
+    assert new_params["w"].shape == (3,)
+    assert int(state.count) == 1
