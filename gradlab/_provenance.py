@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
+
+
 def _version(distribution: str) -> str | None:
     """An installed distribution's version, read from its metadata without importing it."""
     try:
@@ -36,6 +39,10 @@ def provenance(engine_facts: dict[str, Any], dtype: str) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "dtype": dtype,
+        # The engine reports its own thread count where its framework exposes one (torch);
+        # otherwise None, with the environment variables that set BLAS and XLA threading.
+        "threads": None,
+        "thread_env": {name: os.environ[name] for name in _THREAD_VARIABLES if name in os.environ},
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     record.update(engine_facts)

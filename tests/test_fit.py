@@ -194,6 +194,8 @@ def test_result_carries_provenance(engine: str) -> None:
         "device",
         "time",
         "cpu_count",
+        "threads",
+        "thread_env",
         "framework",
     ):
         assert key in facts, key
