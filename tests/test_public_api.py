@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from _helpers import require_engine
+
 import gradlab
 
 PUBLIC = {
@@ -52,25 +54,31 @@ def test_public_surface_is_pinned() -> None:
         assert hasattr(gradlab, name), name
 
 
+HEAVY = {"torch", "jax", "jaxlib", "matplotlib", "array_api_compat"}
+
+
+def heavy_modules_after(code: str) -> set[str]:
+    """Run ``code`` in a fresh interpreter; return the heavy top-level modules it imported."""
+    probe = f"{code}\nimport sys\nprint(' '.join({{m.split('.')[0] for m in sys.modules}}))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(out.stdout.split()) & HEAVY
+
+
 def test_import_gradlab_imports_neither_torch_nor_jax() -> None:
-    code = (
-        "import sys, gradlab, gradlab.engines, gradlab.recipes, gradlab.cli\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'jax', 'jaxlib', 'matplotlib', 'array_api_compat'))\n"
-        "print(heavy)\n"
+    assert (
+        heavy_modules_after("import gradlab, gradlab.engines, gradlab.recipes, gradlab.cli")
+        == set()
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
-def test_listing_engines_imports_no_framework() -> None:
-    code = (
-        "import sys, gradlab\n"
-        "gradlab.available_engines(); gradlab.get_engine('numpy'); gradlab.get_engine('fd')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'jax')))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+def test_listing_and_making_numpy_engines_imports_no_framework() -> None:
+    code = "import gradlab\ngradlab.available_engines()\ngradlab.get_engine('numpy')\n"
+    assert heavy_modules_after(code + "gradlab.get_engine('fd')") == set()
+
+
+def test_the_torch_engine_imports_torch_only_when_made() -> None:
+    require_engine("torch")
+    assert "torch" in heavy_modules_after("import gradlab\ngradlab.get_engine('torch')")
 
 
 def test_version_matches_the_installed_metadata() -> None:
