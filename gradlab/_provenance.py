@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
 
 

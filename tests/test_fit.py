@@ -202,6 +202,8 @@ def test_result_carries_provenance(engine: str) -> None:
     assert facts["dtype"] == "float64"
     assert result.engine == engine
     assert result.problem == "quadratic"
+    assert result.losses.flags.writeable
+    assert all(value.flags.writeable for value in result.params.values())
     assert result.wall_time > 0
     assert result.time_per_step > 0
     assert "completed" in repr(result)

@@ -126,3 +126,14 @@ def test_every_recipe_on_every_engine_in_float64_ends_at_the_same_place(
     assert result.params["w"].dtype == np.float64
     for param in ("w", "b"):
         assert relative_error(result.params[param], reference.params[param]) <= 1e-9
+
+
+def test_seed_torch_recipe_leaves_torch_global_rng_alone() -> None:
+    require_engine("torch")
+    import torch
+
+    before = torch.random.get_rng_state()
+    recipe = recipes.seed_torch()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert (recipe.steps, recipe.dtype) == (800, "float32")
+    assert recipe.data["x"].dtype == np.float32

@@ -51,6 +51,10 @@ class JaxEngine(AbstractEngine):
         with self._precision(dtype):
             return self._jax.device_put(np.array(array, dtype=dtype), self.device)
 
+    def to_numpy(self, array: Array) -> np.ndarray:
+        """A writable NumPy copy (``numpy.asarray`` would give a read-only view)."""
+        return np.array(array)
+
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
         """``jit(value_and_grad(loss))``, run in the 64-bit mode of its inputs."""
         return _scoped_value_and_grad(problem)
