@@ -48,6 +48,9 @@ def test_unknown_engine_is_a_usage_error_with_a_suggestion() -> None:
 
 def test_usage_errors_exit_2_with_help() -> None:
     assert gradlab_cli().returncode == 2
+    out = gradlab_cli("demo", "--repeats", "0")
+    assert out.returncode == 2
+    assert "repeats" in out.stderr
     out = gradlab_cli("demo", "--recipe", "nope")
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
