@@ -116,6 +116,10 @@ def test_problem_construction_is_checked() -> None:
         gradlab.Problem(lambda p, d, xp: 0.0, value_and_grad=3)  # type: ignore[arg-type]
     with pytest.raises(gradlab.ArgumentError, match="name"):
         gradlab.Problem(lambda p, d, xp: 0.0, name="")
+    with pytest.raises(gradlab.ArgumentError, match=r"params\['a'\]"):
+        gradlab.Problem(lambda p, d, xp: 0.0, params={"a": 3})
+    with pytest.raises(gradlab.ArgumentTypeError, match="params"):
+        gradlab.Problem(lambda p, d, xp: 0.0, params=[(3,)])
 
 
 def test_declared_parameter_shapes_are_enforced() -> None:
@@ -144,3 +148,25 @@ def test_other_entry_points_check_their_arguments(call: Any, argument: str) -> N
     with pytest.raises(gradlab.ArgumentError) as caught:
         call()
     assert caught.value.argument == argument
+
+
+@pytest.mark.parametrize(
+    "hand",
+    [
+        lambda p, d: (0.0, {"a": 0.0}),  # a gradient missing
+        lambda p, d: (0.0, {"a": 0.0, "b": 0.0, "c": 0.0}),  # one too many
+        lambda p, d: (0.0, {"a": np.zeros(2), "b": 0.0}),  # a wrong shape
+        lambda p, d: (0.0, [0.0, 0.0]),  # not a mapping
+    ],
+)
+def test_a_wrong_hand_gradient_is_reported_clearly(hand: Any) -> None:
+    problem = gradlab.Problem(lambda p, d, xp: p["a"] ** 2 + p["b"] ** 2, hand, name="bowl")
+    with pytest.raises(gradlab.GradlabError, match="bowl"):
+        gradlab.fit(
+            problem,
+            {},
+            engine="numpy",
+            optimizer=gradlab.sgd(0.1),
+            steps=2,
+            init={"a": 1.0, "b": 1.0},
+        )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from gradlab._checks import as_float_array, check_mapping
-from gradlab._errors import ArgumentError, ArgumentTypeError, HandGradientMissing
+from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, HandGradientMissing
 
 Array = Any
 Params = Mapping[str, Array]
@@ -24,6 +24,18 @@ def missing_hand_gradient(problem: AbstractProblem) -> HandGradientMissing:
         f"problem {problem.name!r} has no hand-derived gradient, so the 'numpy' engine cannot "
         "run it; give one (value_and_grad=...) or use an autodiff engine or 'fd'"
     )
+
+
+def _check_shapes(shapes: object) -> dict[str, tuple[int, ...]]:
+    """Declared parameter shapes: a mapping from name to a tuple of non-negative ints."""
+    out = {}
+    for name, shape in check_mapping(shapes, "params").items():
+        if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape
+        ):
+            raise ArgumentError(f"params[{name!r}]", f"must be a shape tuple, got {shape!r}")
+        out[name] = tuple(shape)
+    return out
 
 
 class AbstractProblem(abc.ABC):
@@ -112,7 +124,7 @@ class Problem(AbstractProblem):
         self._value_and_grad = value_and_grad
         self.name = name
         self.has_hand_gradient = value_and_grad is not None
-        self._shapes = None if params is None else {k: tuple(v) for k, v in params.items()}
+        self._shapes = None if params is None else _check_shapes(params)
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
         """Evaluate the user's loss."""
@@ -123,6 +135,20 @@ class Problem(AbstractProblem):
         if self._value_and_grad is None:
             return super().hand_value_and_grad(params, data)
         loss, grads = self._value_and_grad(params, data)
+        # A user's derivation is checked on every call: a wrong key or shape would otherwise
+        # surface as a KeyError or a broadcast deep inside the optimizer.
+        if not isinstance(grads, Mapping) or set(grads) != set(params):
+            got = sorted(grads) if isinstance(grads, Mapping) else type(grads).__name__
+            raise GradlabError(
+                f"problem {self.name!r}: value_and_grad returned gradients for {got}, "
+                f"expected {sorted(params)}"
+            )
+        for name, value in params.items():
+            if np.shape(grads[name]) != np.shape(value):
+                raise GradlabError(
+                    f"problem {self.name!r}: value_and_grad returned a gradient of shape "
+                    f"{np.shape(grads[name])} for {name!r}, whose shape is {np.shape(value)}"
+                )
         return loss, dict(grads)
 
     def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
