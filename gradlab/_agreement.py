@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from gradlab._checks import check_dtype
-from gradlab._errors import ArgumentError
+from gradlab._errors import ArgumentError, ArgumentTypeError
 
 #: Largest rho accepted between two exact gradients (autodiff or hand-derived), per dtype.
 #: float64: round-off of a few hundred operations on data of moderate size sits near 1e-14;
@@ -31,8 +31,7 @@ def rho(a: Any, b: Any) -> np.ndarray:
         >>> float(rho(3.0, 1.0)), float(rho(0.1, 0.2))
         (0.5, 0.1)
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a, b = _as_real(a, "a"), _as_real(b, "b")
     out: np.ndarray = np.abs(a - b) / np.maximum(1.0, np.abs(a) + np.abs(b))
     return out
 
@@ -50,7 +49,7 @@ def max_rho(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
         raise ArgumentError("b", f"names {sorted(b)} differ from {sorted(a)}")
     worst = 0.0
     for name in a:
-        left, right = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
+        left, right = _as_real(a[name], f"a[{name!r}]"), _as_real(b[name], f"b[{name!r}]")
         if left.shape != right.shape:
             raise ArgumentError("b", f"{name!r} has shape {right.shape}, expected {left.shape}")
         if left.size == 0:
@@ -59,6 +58,14 @@ def max_rho(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
             return float("inf")
         worst = max(worst, float(np.max(rho(left, right))))
     return worst
+
+
+def _as_real(value: Any, argument: str) -> np.ndarray:
+    """``value`` as a float64 array (non-finite values allowed), or a named error."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(argument, f"must be real numbers, got {value!r}") from None
 
 
 def tolerance(dtype: str, *, against_fd: bool = False) -> float:

@@ -136,6 +136,13 @@ def test_declared_parameter_shapes_are_enforced() -> None:
     [
         (lambda: gradlab.Quadratic().make_data(0), "n"),
         (lambda: gradlab.LinearRegression().make_data(10, d=0), "d"),
+        (lambda: gradlab.Quadratic().make_data(10, noise=-1.0), "noise"),
+        (lambda: gradlab.Quadratic().make_data(10, seed=-3), "seed"),
+        (lambda: gradlab.LogisticRegression().make_data(10, seed="x"), "seed"),
+        (lambda: gradlab.rho("abc", 1.0), "a"),
+        (lambda: gradlab.max_rho({"w": 1.0}, {"w": "x"}), "b['w']"),
+        (lambda: gradlab.max_rho({"w": 1.0}, {"v": 1.0}), "b"),
+        (lambda: gradlab.tolerance("float16"), "dtype"),
         (
             lambda: gradlab.value_and_grad(
                 gradlab.Quadratic(), GOOD_DATA, {"w": 1.0}, engine="numpy"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from gradlab._checks import as_float_array, check_mapping
@@ -39,3 +41,10 @@ def check_xy(data: object, *, x_ndim: int) -> tuple[np.ndarray, np.ndarray]:
     if y.shape[0] == 0 or (x.ndim == 2 and x.shape[1] == 0):
         raise ArgumentError("data['x']", f"is empty (shape {x.shape})")
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def data_rng(seed: object) -> np.random.Generator:
+    """The generator a ``make_data`` draws from; ``seed`` must be a non-negative integer."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ArgumentError("seed", f"must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng(int(seed))

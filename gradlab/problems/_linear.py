@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._checks import check_positive_int
+from gradlab._checks import check_float, check_positive_int
 from gradlab._errors import ArgumentError
 from gradlab.problems._base import AbstractProblem, Array, Data, Params
-from gradlab.problems._data import check_xy
+from gradlab.problems._data import check_xy, data_rng
 
 
 class _LinearModel(AbstractProblem):
@@ -65,7 +65,8 @@ class LinearRegression(_LinearModel):
     ) -> dict[str, np.ndarray]:
         """x ~ N(0, 1)ⁿˣᵈ, y = x·w* + b* + noise·N(0, 1) with w* = 1, 2, …, d and b* = 0.5."""
         n, d = check_positive_int(n, "n"), check_positive_int(d, "d")
-        rng = np.random.default_rng(seed)
+        noise = check_float(noise, "noise", 0.0)
+        rng = data_rng(seed)
         x = rng.standard_normal((n, d))
         y = x @ np.arange(1.0, d + 1.0) + 0.5 + noise * rng.standard_normal(n)
         return {"x": x, "y": y}
@@ -121,7 +122,7 @@ class LogisticRegression(_LinearModel):
     def make_data(self, n: int = 100, d: int = 3, *, seed: int = 0) -> dict[str, np.ndarray]:
         """x ~ N(0, 1)ⁿˣᵈ, y ~ Bernoulli(σ(x·w* + b*)) with w* = 1, −1, 1, … and b* = 0.25."""
         n, d = check_positive_int(n, "n"), check_positive_int(d, "d")
-        rng = np.random.default_rng(seed)
+        rng = data_rng(seed)
         x = rng.standard_normal((n, d))
         w = np.where(np.arange(d) % 2 == 0, 1.0, -1.0)
         probability = 1 / (1 + np.exp(-(x @ w + 0.25)))

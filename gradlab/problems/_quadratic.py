@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._checks import check_positive_int
+from gradlab._checks import check_float, check_positive_int
 from gradlab.problems._base import AbstractProblem, Array, Data, Params
-from gradlab.problems._data import check_xy
+from gradlab.problems._data import check_xy, data_rng
 
 
 @dataclass(frozen=True)
@@ -63,5 +63,6 @@ class Quadratic(AbstractProblem):
     ) -> dict[str, np.ndarray]:
         """Seed-like data: x = linspace(−1, 1, n), y = 3x² + 2 + noise·U[0, 1)."""
         x = np.linspace(-1.0, 1.0, check_positive_int(n, "n"))
-        y = 3 * x**2 + 2 + noise * np.random.default_rng(seed).random(n)
+        noise = check_float(noise, "noise", 0.0)
+        y = 3 * x**2 + 2 + noise * data_rng(seed).random(n)
         return {"x": x, "y": y}
