@@ -30,13 +30,19 @@ def check_dtype(dtype: object, argument: str = "dtype") -> str:
     return name
 
 
+def check_int(value: object, argument: str, low: int = 0) -> int:
+    """Return ``value`` as an int of at least ``low``, refusing bools and floats."""
+    kind = "positive" if low == 1 else "non-negative" if low == 0 else f">= {low}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(argument, f"must be a {kind} integer, got {value!r}")
+    if value < low:
+        raise ArgumentError(argument, f"must be a {kind} integer, got {value!r}")
+    return int(value)
+
+
 def check_positive_int(value: object, argument: str) -> int:
     """Return ``value`` as an int, refusing bools, floats and values below 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentTypeError(argument, f"must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ArgumentError(argument, f"must be a positive integer, got {value!r}")
-    return int(value)
+    return check_int(value, argument, 1)
 
 
 def check_positive_float(value: object, argument: str) -> float:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from gradlab._checks import as_float_array, check_mapping
+from gradlab._checks import as_float_array, check_int, check_mapping
 from gradlab._errors import ArgumentError
 
 
@@ -45,6 +43,4 @@ def check_xy(data: object, *, x_ndim: int) -> tuple[np.ndarray, np.ndarray]:
 
 def data_rng(seed: object) -> np.random.Generator:
     """The generator a ``make_data`` draws from; ``seed`` must be a non-negative integer."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ArgumentError("seed", f"must be a non-negative integer, got {seed!r}")
-    return np.random.default_rng(int(seed))
+    return np.random.default_rng(check_int(seed, "seed", 0))
