@@ -16,6 +16,7 @@ Example:
 
 from gradlab import engines as engines
 from gradlab import optimizers as optimizers
+from gradlab import plots as plots
 from gradlab import problems as problems
 from gradlab import recipes as recipes
 from gradlab._agreement import max_rho as max_rho
@@ -23,13 +24,24 @@ from gradlab._agreement import rho as rho
 from gradlab._agreement import tolerance as tolerance
 from gradlab._errors import ArgumentError as ArgumentError
 from gradlab._errors import ArgumentTypeError as ArgumentTypeError
+from gradlab._errors import Disagreement as Disagreement
 from gradlab._errors import EngineUnavailable as EngineUnavailable
 from gradlab._errors import GradlabError as GradlabError
 from gradlab._errors import HandGradientMissing as HandGradientMissing
+from gradlab._errors import MissingDependency as MissingDependency
+from gradlab._errors import NotSupported as NotSupported
 from gradlab._errors import UnknownEngine as UnknownEngine
 from gradlab._fit import FitResult as FitResult
 from gradlab._fit import fit as fit
 from gradlab._fit import value_and_grad as value_and_grad
+from gradlab._fit_comparison import FitComparison as FitComparison
+from gradlab._fit_comparison import compare_fits as compare_fits
+from gradlab._report import GradientReport as GradientReport
+from gradlab._report import Verdict as Verdict
+from gradlab._report import compare_gradients as compare_gradients
+from gradlab._report import compare_hessians as compare_hessians
+from gradlab._second import hessian as hessian
+from gradlab._second import hvp as hvp
 from gradlab.engines import AbstractEngine as AbstractEngine
 from gradlab.engines import GradientEngine as GradientEngine
 from gradlab.engines import available_engines as available_engines
@@ -55,28 +67,40 @@ __all__ = [
     "AbstractProblem",
     "ArgumentError",
     "ArgumentTypeError",
+    "Disagreement",
     "EngineUnavailable",
+    "FitComparison",
     "FitResult",
     "GradientEngine",
+    "GradientReport",
     "GradientTransformation",
     "GradlabError",
     "HandGradientMissing",
     "LinearRegression",
     "LogisticRegression",
+    "MissingDependency",
+    "NotSupported",
     "Problem",
     "Quadratic",
     "UnknownEngine",
+    "Verdict",
     "__version__",
     "adam",
     "apply_updates",
     "available_engines",
+    "compare_fits",
+    "compare_gradients",
+    "compare_hessians",
     "engines",
     "fit",
     "get_engine",
+    "hessian",
+    "hvp",
     "known_engines",
     "max_rho",
     "momentum",
     "optimizers",
+    "plots",
     "problems",
     "recipes",
     "register_engine",

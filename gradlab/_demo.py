@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from gradlab._agreement import max_rho, tolerance
 from gradlab._checks import check_positive_int
 from gradlab._fit import FitResult, value_and_grad
+from gradlab._output import table
+from gradlab._progress import progress_bar
 from gradlab.recipes import Recipe
 
 
@@ -27,7 +29,9 @@ class DemoRow:
         return self.result.ok and self.gradient_rho <= self.tolerance
 
 
-def run_demo(recipe: Recipe, engines: Sequence[str], repeats: int = 3) -> list[DemoRow]:
+def run_demo(
+    recipe: Recipe, engines: Sequence[str], repeats: int = 3, progress: bool = False
+) -> list[DemoRow]:
     """Run ``recipe`` on each engine from the same start; compare gradients with the hand's.
 
     Each engine runs the recipe once to warm up (imports, tracing, compilation, allocator),
@@ -36,21 +40,28 @@ def run_demo(recipe: Recipe, engines: Sequence[str], repeats: int = 3) -> list[D
     """
     repeats = check_positive_int(repeats, "repeats")
     rows = []
-    for engine in engines:
-        recipe.run(engine)  # warm-up
-        result = min((recipe.run(engine) for _ in range(repeats)), key=lambda r: r.wall_time)
-        worst = 0.0
-        for point in (recipe.init, result.params):
-            _, hand = value_and_grad(
-                recipe.problem, recipe.data, point, engine="numpy", dtype="float64"
-            )
-            _, grads = value_and_grad(
-                recipe.problem, recipe.data, point, engine=engine, dtype=recipe.dtype
-            )
-            worst = max(worst, max_rho(hand, grads))
-        limit = tolerance(recipe.dtype, against_fd=engine == "fd")
-        rows.append(DemoRow(result, worst, limit))
+    with progress_bar(len(engines), "demo", progress) as advance:
+        for engine in engines:
+            rows.append(_row(recipe, engine, repeats))
+            advance(engine)
     return rows
+
+
+def _row(recipe: Recipe, engine: str, repeats: int) -> DemoRow:
+    """One engine: warm up, keep the fastest run, check its gradients at both ends."""
+    recipe.run(engine)  # warm-up
+    result = min((recipe.run(engine) for _ in range(repeats)), key=lambda r: r.wall_time)
+    worst = 0.0
+    for point in (recipe.init, result.params):
+        _, hand = value_and_grad(
+            recipe.problem, recipe.data, point, engine="numpy", dtype="float64"
+        )
+        _, grads = value_and_grad(
+            recipe.problem, recipe.data, point, engine=engine, dtype=recipe.dtype
+        )
+        worst = max(worst, max_rho(hand, grads))
+    limit = tolerance(recipe.dtype, against_fd=engine == "fd")
+    return DemoRow(result, worst, limit)
 
 
 def format_table(recipe: Recipe, rows: Sequence[DemoRow]) -> str:
@@ -77,10 +88,4 @@ def format_table(recipe: Recipe, rows: Sequence[DemoRow]) -> str:
                 ("yes" if row.agrees else "NO") + ("" if result.ok else f" ({result.status})"),
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = [
-        "  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True))
-        for line in lines
-    ]
-    text.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(text)
+    return table(header, lines[1:])

@@ -10,9 +10,12 @@ from __future__ import annotations
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
+    "Disagreement",
     "EngineUnavailable",
     "GradlabError",
     "HandGradientMissing",
+    "MissingDependency",
+    "NotSupported",
     "UnknownEngine",
 ]
 
@@ -59,7 +62,22 @@ class UnknownEngine(ArgumentError):
         )
 
 
-class EngineUnavailable(GradlabError, ImportError):
+class MissingDependency(GradlabError, ImportError):
+    """An optional feature needs a package that is not installed.
+
+    Attributes:
+        missing: The module that is missing.
+        extra: The pip extra that installs it, or ``None``.
+    """
+
+    def __init__(self, what: str, missing: str, extra: str | None) -> None:
+        self.missing = missing
+        self.extra = extra
+        fix = f"pip install 'gradlab[{extra}]'" if extra else f"install {missing}"
+        super().__init__(f"{what} needs {missing}, which is not installed: {fix}")
+
+
+class EngineUnavailable(MissingDependency):
     """A known engine cannot run because the framework it needs is not installed.
 
     Attributes:
@@ -69,9 +87,25 @@ class EngineUnavailable(GradlabError, ImportError):
 
     def __init__(self, engine: str, missing: str, extra: str | None) -> None:
         self.engine = engine
-        self.extra = extra
-        fix = f"pip install 'gradlab[{extra}]'" if extra else f"install {missing}"
-        super().__init__(f"engine {engine!r} needs {missing}, which is not installed: {fix}")
+        super().__init__(f"engine {engine!r}", missing, extra)
+
+
+class NotSupported(GradlabError, NotImplementedError):
+    """An engine was asked for something it does not offer (second derivatives, say)."""
+
+
+class Disagreement(GradlabError, AssertionError):
+    """Engines disagree beyond tolerance (``GradientReport.raise_if_disagree``).
+
+    An ``AssertionError`` too, so that test runners report it as a failed check.
+
+    Attributes:
+        report: The report that disagreed.
+    """
+
+    def __init__(self, message: str, report: object) -> None:
+        self.report = report
+        super().__init__(message)
 
 
 class HandGradientMissing(GradlabError, TypeError):

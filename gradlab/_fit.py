@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gradlab._checks import check_dtype, check_params, check_positive_int
+from gradlab._checks import check_bool, check_dtype, check_params, check_positive_int
 from gradlab._errors import ArgumentTypeError, GradlabError
+from gradlab._output import jsonable, to_json
 from gradlab._provenance import provenance
 from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad
 from gradlab.engines._registry import get_engine
@@ -41,6 +42,9 @@ class FitResult:
             including any compilation the engine does on first use.
         problem: The problem's name.
         provenance: Versions, machine, threads, device, precision mode and time of the run.
+        trajectory: With ``fit(..., trajectory=True)``, the parameters at every step: for
+            each name an array of shape ``(len(losses) + 1, *shape)`` whose row k is the
+            point after k updates (row 0 the start, the last row ``params``); else ``None``.
     """
 
     params: dict[str, np.ndarray]
@@ -53,6 +57,7 @@ class FitResult:
     wall_time: float
     problem: str
     provenance: dict[str, Any] = field(repr=False)
+    trajectory: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +73,31 @@ class FitResult:
     def final_loss(self) -> float:
         """The last recorded loss (before the last update), or NaN if none was recorded."""
         return float(self.losses[-1]) if len(self.losses) else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly record: every field, arrays as lists (trajectory if recorded)."""
+        record: dict[str, Any] = jsonable(
+            {
+                "problem": self.problem,
+                "engine": self.engine,
+                "dtype": self.dtype,
+                "status": self.status,
+                "diverged_at": self.diverged_at,
+                "steps": self.steps,
+                "params": self.params,
+                "final_loss": self.final_loss,
+                "losses": self.losses,
+                "wall_time": self.wall_time,
+                "time_per_step": self.time_per_step,
+                "trajectory": self.trajectory,
+                "provenance": self.provenance,
+            }
+        )
+        return record
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as strict JSON (infinities as the strings "inf", "nan")."""
+        return to_json(self.to_dict(), indent)
 
     def __repr__(self) -> str:
         params = ", ".join(
@@ -93,16 +123,19 @@ class _Step:
     optimizer: GradientTransformation
     xp: Any
     check_gradients: bool = False
+    #: Parameters to record at every step (before its update), in this order.
+    record: tuple[str, ...] = ()
 
     def __call__(self, carry: Carry, data: Data) -> tuple[Carry, tuple[Any, ...]]:
         params, state = carry
         loss, grads = self.value_and_grad(params, data)
         updates, state = self.optimizer.update(grads, state, params)
+        out: tuple[Any, ...] = (loss,)
         if self.check_gradients:
             # 0 when every gradient element is finite, NaN otherwise (inf·0 and NaN·0 are NaN).
-            probe = sum(self.xp.sum(g * 0) for g in grads.values())
-            return (apply_updates(params, updates), state), (loss, probe)
-        return (apply_updates(params, updates), state), (loss,)
+            out += (sum(self.xp.sum(g * 0) for g in grads.values()),)
+        out += tuple(params[name] for name in self.record)
+        return (apply_updates(params, updates), state), out
 
 
 def fit(
@@ -114,6 +147,7 @@ def fit(
     steps: int,
     init: Mapping[str, Any],
     dtype: str = "float64",
+    trajectory: bool = False,
 ) -> FitResult:
     """Minimise ``problem`` on ``data`` by gradient descent on one engine.
 
@@ -138,6 +172,8 @@ def fit(
         steps: How many steps to take, a positive integer.
         init: Starting parameters, a mapping from name to array. Copied, never modified.
         dtype: ``"float32"`` or ``"float64"``: the precision of data, parameters and gradients.
+        trajectory: Also keep the parameters at every step (``FitResult.trajectory``); they
+            stay on the engine until the end, like the losses. Costs memory steps × size.
 
     Returns:
         A :class:`FitResult`.
@@ -165,22 +201,24 @@ def fit(
         )
     steps = check_positive_int(steps, "steps")
     engine, dtype, checked_data, start_params = prepare(problem, data, init, engine, dtype)
+    record = tuple(start_params) if check_bool(trajectory, "trajectory") else ()
 
     # Overflow on the way to divergence is reported through the status, not as warnings.
     with np.errstate(all="ignore"):
         value_and_grad = engine.value_and_grad(problem)
-        batch = {name: engine.asarray(value, dtype) for name, value in checked_data.items()}
-        params = {name: engine.asarray(value, dtype) for name, value in start_params.items()}
+        batch = on_engine(engine, checked_data, dtype)
+        params = on_engine(engine, start_params, dtype)
         # The optimizer's state is made from NumPy parameters and moved like them, so that no
         # framework arithmetic happens outside the engine (jax's 64-bit mode is scoped to it).
         carry = (params, _to_engine(optimizer.init(start_params), engine, dtype))
 
         start = time.perf_counter()
-        (last, _), (losses,) = engine.run(
-            _Step(value_and_grad, optimizer, engine.xp), carry, batch, steps
+        (last, _), (losses, *path) = engine.run(
+            _Step(value_and_grad, optimizer, engine.xp, record=record), carry, batch, steps
         )
         loss_history = engine.to_numpy(losses)
         final = {name: engine.to_numpy(last[name]) for name in start_params}
+        visited = {name: engine.to_numpy(value) for name, value in zip(record, path, strict=True)}
         wall_time = time.perf_counter() - start
 
         diverged_at = None
@@ -189,7 +227,14 @@ def fit(
                 engine, _Step(value_and_grad, optimizer, engine.xp, True), carry, batch, steps
             )
 
-    _check_dtypes(engine, dtype, loss_history, final)
+    check_dtypes(engine, dtype, {"loss": loss_history, **final})
+    # The path: the point before each step that ran, then where the fit ended.
+    kept = len(loss_history)
+    path_arrays = (
+        {name: np.concatenate([visited[name][:kept], final[name][None]]) for name in record}
+        if record
+        else None
+    )
     return FitResult(
         params=final,
         losses=loss_history,
@@ -201,6 +246,7 @@ def fit(
         wall_time=wall_time,
         problem=problem.name,
         provenance=provenance(engine.describe(), dtype),
+        trajectory=path_arrays,
     )
 
 
@@ -266,18 +312,30 @@ def value_and_grad(
     engine, dtype, checked_data, checked_params = prepare(
         problem, data, params, engine, dtype, "params"
     )
+    return evaluate(engine, problem, checked_data, checked_params, dtype)
+
+
+def evaluate(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One engine's loss and gradient at checked NumPy ``params``, back as NumPy arrays."""
     with np.errstate(all="ignore"):
         function = engine.value_and_grad(problem)
-        loss, grads = function(
-            {name: engine.asarray(value, dtype) for name, value in checked_params.items()},
-            {name: engine.asarray(value, dtype) for name, value in checked_data.items()},
-        )
-        result = (
-            engine.to_numpy(loss),
-            {name: engine.to_numpy(grads[name]) for name in checked_params},
-        )
-    _check_dtypes(engine, dtype, result[0], result[1])
+        loss, grads = function(on_engine(engine, params, dtype), on_engine(engine, data, dtype))
+        result = (engine.to_numpy(loss), {name: engine.to_numpy(grads[name]) for name in params})
+    check_dtypes(engine, dtype, {"loss": result[0], **result[1]})
     return result
+
+
+def on_engine(
+    engine: GradientEngine, arrays: Mapping[str, np.ndarray], dtype: str
+) -> dict[str, Any]:
+    """Copies of named NumPy arrays as engine arrays of ``dtype``."""
+    return {name: engine.asarray(value, dtype) for name, value in arrays.items()}
 
 
 def _to_engine(tree: Any, engine: GradientEngine, dtype: str) -> Any:
@@ -313,11 +371,9 @@ def _locate_divergence(
     return step, losses[:step], {name: engine.to_numpy(params[name]) for name in carry[0]}
 
 
-def _check_dtypes(
-    engine: GradientEngine, dtype: str, losses: np.ndarray, params: dict[str, np.ndarray]
-) -> None:
+def check_dtypes(engine: GradientEngine, dtype: str, arrays: Mapping[str, np.ndarray]) -> None:
     """Never report numbers in a precision other than the one asked for."""
-    for what, array in [("loss", losses), *params.items()]:
+    for what, array in arrays.items():
         if np.asarray(array).dtype != np.dtype(dtype):
             raise GradlabError(
                 f"engine {engine.name!r} returned {what} as {np.asarray(array).dtype}, "

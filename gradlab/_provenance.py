@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import sys
 from typing import Any
 
 import numpy as np
@@ -21,14 +22,9 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def provenance(engine_facts: dict[str, Any], dtype: str) -> dict[str, Any]:
-    """Return a JSON-friendly record of where and how a result was computed.
-
-    Args:
-        engine_facts: What the engine says of itself (``GradientEngine.describe()``).
-        dtype: The dtype the computation ran in.
-    """
-    record: dict[str, Any] = {
+def common_provenance(dtype: str) -> dict[str, Any]:
+    """What every result records, whatever the engine: versions, machine, precision, time."""
+    return {
         "gradlab": _version("gradlab"),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -38,11 +34,34 @@ def provenance(engine_facts: dict[str, Any], dtype: str) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "dtype": dtype,
-        # The engine reports its own thread count where its framework exposes one (torch);
-        # otherwise None, with the environment variables that set BLAS and XLA threading.
+        # The engine reports its own device and thread count where its framework exposes
+        # one (torch); otherwise None, with the environment variables that set BLAS and XLA
+        # threading.
+        "device": None,
         "threads": None,
         "thread_env": {name: os.environ[name] for name in _THREAD_VARIABLES if name in os.environ},
+        "jax_enable_x64": _jax_x64(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    record.update(engine_facts)
-    return record
+
+
+def provenance(engine_facts: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """Return a JSON-friendly record of where and how one engine's result was computed.
+
+    Args:
+        engine_facts: What the engine says of itself (``GradientEngine.describe()``).
+        dtype: The dtype the computation ran in.
+    """
+    return {**common_provenance(dtype), **engine_facts}
+
+
+def _jax_x64() -> bool | None:
+    """JAX's global 64-bit flag, read without importing JAX.
+
+    If JAX is loaded, its config; if not, what ``JAX_ENABLE_X64`` would set it to on import
+    (off when unset). gradlab's own JAX calls scope 64-bit mode to the dtype asked for.
+    """
+    jax = sys.modules.get("jax")
+    if jax is not None and hasattr(jax, "config"):
+        return bool(jax.config.jax_enable_x64)
+    return os.environ.get("JAX_ENABLE_X64", "0").lower() in ("1", "true", "yes", "on")

@@ -1,25 +1,72 @@
-"""The ``gradlab`` command line."""
+"""The ``gradlab`` command line: ``demo``, ``compare`` and ``fit``.
+
+Exit status: 0 success (engines agree; the fit completed), 1 a finding (an engine disagrees;
+the fit diverged), 2 a usage error (bad option, unknown engine, unwritable --plot path...).
+Errors are one line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from gradlab import recipes
-from gradlab._errors import GradlabError
+import numpy as np
+
+from gradlab import optimizers, recipes
+from gradlab._errors import ArgumentError, GradlabError
+from gradlab._output import check_image_path, optional, save_figure
 from gradlab.engines import available_engines
+from gradlab.problems import AbstractProblem, LinearRegression, LogisticRegression, Quadratic
 
 _RECIPES = {"numpy": recipes.seed_numpy, "torch": recipes.seed_torch}
+_PROBLEMS: dict[str, Callable[[], AbstractProblem]] = {
+    "quadratic": Quadratic,
+    "linear_regression": LinearRegression,
+    "logistic_regression": LogisticRegression,
+}
+_OPTIMIZERS = {"sgd": optimizers.sgd, "momentum": optimizers.momentum, "adam": optimizers.adam}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gradlab", description="Compare gradient engines: do they agree, and how fast?"
+        prog="gradlab",
+        description="Compare gradient engines: do they agree, and how fast are they?",
+        epilog="Run 'gradlab COMMAND --help' for a command's options. Exit status: 0 success, "
+        "1 disagreement or divergence, 2 usage error.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument(
+        "--plot", metavar="FILE", help="also draw the result to FILE (.png, .pdf, .svg)"
+    )
+    output.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    machine = argparse.ArgumentParser(add_help=False)
+    machine.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    setup = argparse.ArgumentParser(add_help=False)
+    setup.add_argument(
+        "--problem",
+        choices=sorted(_PROBLEMS),
+        default="quadratic",
+        help="the problem (default quadratic, the seed's model)",
+    )
+    setup.add_argument("--n", type=int, default=100, help="number of data points (default 100)")
+    setup.add_argument(
+        "--features", type=int, default=3, help="features d of the linear problems (default 3)"
+    )
+    setup.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
+    setup.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float64",
+        help="precision every engine computes in (default float64)",
+    )
+
     demo = commands.add_parser(
         "demo",
+        parents=[output],
         help="fit the seed tutorial's model on every installed engine",
         description=(
             "Fit y = w·x² + b as the seed tutorial does (lr 0.001, 800 steps, from the same "
@@ -45,21 +92,87 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         help="timed runs per engine after one warm-up; the fastest is shown (default 3)",
     )
+
+    compare = commands.add_parser(
+        "compare",
+        parents=[setup, output, machine],
+        help="compare every engine's gradient (or Hessian) at one point",
+        description=(
+            "Take every engine's gradient at the same parameters and compare them pairwise in "
+            "rho = |a−b| / max(1, |a|+|b|), with a verdict per engine against the reference. "
+            "Exit status 0 when all agree, 1 when an engine disagrees beyond tolerance."
+        ),
+    )
+    compare.add_argument(
+        "--engines",
+        default=None,
+        help="comma-separated engine names (default: every installed engine)",
+    )
+    compare.add_argument(
+        "--reference",
+        default=None,
+        help="engine the verdicts are against (default numpy, the hand derivation)",
+    )
+    compare.add_argument(
+        "--params",
+        nargs="+",
+        metavar="NAME=VALUES",
+        default=[],
+        help="where to compare, e.g. --params w=1.5 b=-2 (vectors: w=1,2,3); "
+        "unset parameters are drawn from N(0, 1) with --seed",
+    )
+    compare.add_argument(
+        "--hessian",
+        action="store_true",
+        help="compare full Hessians (second derivatives) instead of gradients",
+    )
+
+    fit = commands.add_parser(
+        "fit",
+        parents=[setup, output, machine],
+        help="fit a problem on one engine",
+        description="Minimise a problem by gradient descent on one engine. Exit status 0 when "
+        "the fit completed, 1 when it diverged.",
+    )
+    fit.add_argument("--engine", default="numpy", help="the engine (default numpy)")
+    fit.add_argument(
+        "--optimizer",
+        choices=sorted(_OPTIMIZERS),
+        default="sgd",
+        help="the optimizer (default sgd)",
+    )
+    fit.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
+    fit.add_argument("--steps", type=int, default=800, help="number of steps (default 800)")
+    fit.add_argument(
+        "--init",
+        nargs="+",
+        metavar="NAME=VALUES",
+        default=[],
+        help="starting point, e.g. --init w=0 b=0 (default: zeros)",
+    )
     return parser
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab._demo import format_table, run_demo
 
     engines = args.engines.split(",") if args.engines else list(available_engines())
     recipe = _RECIPES[args.recipe]()
-    rows = run_demo(recipe, [name.strip() for name in engines], args.repeats)
+    rows = run_demo(recipe, [name.strip() for name in engines], args.repeats, show_progress)
     print(
         f"Seed recipe {recipe.name!r}: {recipe.problem.name}, {recipe.steps} steps, "
         f"{recipe.dtype}, same start on every engine (time per step: fastest of "
         f"{args.repeats} runs after a warm-up)\n"
     )
     print(format_table(recipe, rows))
+    if args.plot:
+        from gradlab.plots import fit_figure
+
+        results = {
+            row.result.engine: recipe.run(row.result.engine, trajectory=True) for row in rows
+        }
+        save_figure(fit_figure(results, model=recipe.problem, data=recipe.data), args.plot)
+        print(f"\nPlot written to {args.plot}")
     disagree = [row.result.engine for row in rows if not row.agrees]
     if disagree:
         print(f"\nDisagreement beyond tolerance: {', '.join(disagree)}")
@@ -68,12 +181,143 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _problem_and_data(args: argparse.Namespace) -> tuple[AbstractProblem, dict[str, np.ndarray]]:
+    problem = _PROBLEMS[args.problem]()
+    if isinstance(problem, (LinearRegression, LogisticRegression)):
+        return problem, problem.make_data(args.n, args.features, seed=args.seed)
+    assert isinstance(problem, Quadratic)
+    return problem, problem.make_data(args.n, seed=args.seed)
+
+
+def _point(
+    problem: AbstractProblem,
+    data: dict[str, np.ndarray],
+    given: Sequence[str],
+    option: str,
+    default: Callable[[tuple[int, ...]], np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Parameters from NAME=V1,V2,... words, the rest from ``default(shape)``."""
+    shapes = dict(problem.param_shapes(problem.check_data(data)) or {})
+    point = {name: default(shape) for name, shape in shapes.items()}
+    for word in given:
+        name, sep, values = word.partition("=")
+        if not sep or not name:
+            raise ArgumentError(option, f"expected NAME=VALUES, got {word!r}")
+        if name not in shapes:
+            raise ArgumentError(
+                option, f"{problem.name} has no parameter {name!r}; it has {', '.join(shapes)}"
+            )
+        try:
+            numbers = np.array([float(v) for v in values.split(",")])
+        except ValueError:
+            raise ArgumentError(option, f"{word!r}: values must be numbers") from None
+        shape = shapes[name]
+        if numbers.size != np.prod(shape):
+            raise ArgumentError(
+                option,
+                f"{name} got {numbers.size} value(s), but {problem.name}'s {name} has shape "
+                f"{shape} here ({int(np.prod(shape))} value(s))",
+            )
+        point[name] = numbers.reshape(shape)
+    return point
+
+
+def _compare(args: argparse.Namespace, show_progress: bool) -> int:
+    from gradlab._report import compare_gradients, compare_hessians
+
+    problem, data = _problem_and_data(args)
+    rng = np.random.default_rng(args.seed)
+    params = _point(problem, data, args.params, "--params", lambda s: rng.standard_normal(s))
+    compare = compare_hessians if args.hessian else compare_gradients
+    report = compare(
+        problem,
+        data,
+        params,
+        engines=args.engines,
+        dtype=args.dtype,
+        reference=args.reference,
+        progress=show_progress,
+    )
+    print(report.to_json() if args.json else report)
+    if args.plot:
+        report.plot(args.plot)
+        if not args.json:
+            print(f"\nPlot written to {args.plot}")
+    return 0 if report.ok else 1
+
+
+def _fit(args: argparse.Namespace, show_progress: bool) -> int:
+    from gradlab._fit import fit
+    from gradlab._progress import progress_bar
+
+    problem, data = _problem_and_data(args)
+    init = _point(problem, data, args.init, "--init", np.zeros)
+    optimizer = _OPTIMIZERS[args.optimizer](args.lr)
+    with progress_bar(1, f"fit on {args.engine}", show_progress) as advance:
+        result = fit(
+            problem,
+            data,
+            engine=args.engine,
+            optimizer=optimizer,
+            steps=args.steps,
+            init=init,
+            dtype=args.dtype,
+            trajectory=bool(args.plot),
+        )
+        advance(args.engine)
+    if args.json:
+        record = result.to_dict()
+        record["optimizer"] = {"name": args.optimizer, "lr": args.lr}
+        from gradlab._output import to_json
+
+        print(to_json(record))
+    else:
+        print(_describe_fit(result, args))
+    if args.plot:
+        from gradlab.plots import fit_figure
+
+        save_figure(fit_figure({result.engine: result}, model=problem, data=data), args.plot)
+        if not args.json:
+            print(f"\nPlot written to {args.plot}")
+    return 0 if result.ok else 1
+
+
+def _describe_fit(result: Any, args: argparse.Namespace) -> str:
+    from gradlab._report import short
+
+    where = f" at step {result.diverged_at}" if result.diverged_at is not None else ""
+    lines = [
+        f"Fit: {result.problem} on {result.engine}, {result.dtype}, {args.optimizer} "
+        f"(lr {args.lr:g}), {result.steps} steps",
+        f"status:     {result.status}{where}",
+        *(
+            f"final {name}:{' ' * max(1, 5 - len(name))}{short(value, 9)}"
+            for name, value in result.params.items()
+        ),
+        f"final loss: {result.final_loss:.9g}",
+        f"time:       {result.wall_time:.3g} s ({result.time_per_step * 1e6:.1f} µs/step, "
+        "including any compilation)",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (0 ok, 1 disagreement, 2 usage error)."""
+    """Run the command line; return the exit status (0 ok, 1 a finding, 2 usage error)."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return _demo(args)
+        # Refuse what would fail at the end before any work is done.
+        if args.plot:
+            check_image_path(args.plot, "--plot")
+            optional("matplotlib", "--plot", "plot")
+        for option in ("n", "features", "steps", "repeats"):
+            if getattr(args, option, 1) < 1:
+                raise ArgumentError(
+                    f"--{option}", f"must be a positive integer, got {getattr(args, option)}"
+                )
+        show_progress = not args.quiet and sys.stderr.isatty()
+        command = {"demo": _demo, "compare": _compare, "fit": _fit}[args.command]
+        return command(args, show_progress)
     except GradlabError as error:
-        print(f"gradlab: error: {error}", file=sys.stderr)
+        print(f"gradlab {args.command}: error: {error}", file=sys.stderr)
         return 2

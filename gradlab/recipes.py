@@ -62,8 +62,11 @@ class Recipe:
         *,
         dtype: str | None = None,
         steps: int | None = None,
+        trajectory: bool = False,
     ) -> FitResult:
         """Run the recipe on ``engine`` (in the recipe's dtype unless ``dtype`` is given).
+
+        ``trajectory=True`` keeps every step's parameters (see :func:`gradlab.fit`).
 
         Example:
             >>> from gradlab import recipes
@@ -79,6 +82,7 @@ class Recipe:
             steps=self.steps if steps is None else steps,
             init=self.init,
             dtype=self.dtype if dtype is None else dtype,
+            trajectory=trajectory,
         )
 
 

@@ -14,28 +14,40 @@ PUBLIC = {
     "AbstractProblem",
     "ArgumentError",
     "ArgumentTypeError",
+    "Disagreement",
     "EngineUnavailable",
+    "FitComparison",
     "FitResult",
     "GradientEngine",
+    "GradientReport",
     "GradientTransformation",
     "GradlabError",
     "HandGradientMissing",
     "LinearRegression",
     "LogisticRegression",
+    "MissingDependency",
+    "NotSupported",
     "Problem",
     "Quadratic",
     "UnknownEngine",
+    "Verdict",
     "__version__",
     "adam",
     "apply_updates",
     "available_engines",
+    "compare_fits",
+    "compare_gradients",
+    "compare_hessians",
     "engines",
     "fit",
     "get_engine",
+    "hessian",
+    "hvp",
     "known_engines",
     "max_rho",
     "momentum",
     "optimizers",
+    "plots",
     "problems",
     "recipes",
     "register_engine",
@@ -54,7 +66,7 @@ def test_public_surface_is_pinned() -> None:
         assert hasattr(gradlab, name), name
 
 
-HEAVY = {"torch", "jax", "jaxlib", "matplotlib", "array_api_compat"}
+HEAVY = {"torch", "jax", "jaxlib", "matplotlib", "array_api_compat", "pandas", "tqdm"}
 
 
 def heavy_modules_after(code: str) -> set[str]:
@@ -66,7 +78,9 @@ def heavy_modules_after(code: str) -> set[str]:
 
 def test_import_gradlab_imports_neither_torch_nor_jax() -> None:
     assert (
-        heavy_modules_after("import gradlab, gradlab.engines, gradlab.recipes, gradlab.cli")
+        heavy_modules_after(
+            "import gradlab, gradlab.engines, gradlab.recipes, gradlab.cli, gradlab.plots"
+        )
         == set()
     )
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from gradlab._checks import check_positive_float
 from gradlab._errors import ArgumentError
-from gradlab.engines._protocol import AbstractEngine, Data, Params, ValueAndGrad
+from gradlab.engines._protocol import HVP, AbstractEngine, Data, Params, ValueAndGrad
 from gradlab.problems._base import AbstractProblem
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -39,6 +41,8 @@ class FiniteDifferenceEngine(AbstractEngine):
 
     name = "fd"
     xp = np
+    #: Its derivatives are approximations: comparisons judge it with gradlab's fd tolerances.
+    approximate = True
 
     def __init__(self, *, order: int = 4, rel_step: float | None = None) -> None:
         if order not in (2, 4) or isinstance(order, bool):
@@ -56,33 +60,67 @@ class FiniteDifferenceEngine(AbstractEngine):
 
         def value_and_grad(params: Params, data: Data) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             dtype = np.result_type(*params.values())
-            point = {name: np.asarray(value, np.float64) for name, value in params.items()}
-            data64 = {name: np.asarray(value, np.float64) for name, value in data.items()}
-
-            def loss_at(name: str, flat: np.ndarray, i: int, offset: float) -> float:
-                moved = flat.copy()
-                moved[i] = flat[i] + offset
-                shifted = dict(point, **{name: moved.reshape(point[name].shape)})
-                return float(problem.loss(shifted, data64, np))
-
-            grads = {}
-            for name, value in point.items():
-                flat = value.reshape(-1)
-                grad = np.empty(flat.shape)
-                for i in range(flat.size):
-                    h = self.rel_step * max(1.0, abs(flat[i]))
-                    h = (flat[i] + h) - flat[i]  # a step that p + h represents exactly
-                    near = loss_at(name, flat, i, h) - loss_at(name, flat, i, -h)
-                    if self.order == 2:
-                        grad[i] = near / (2 * h)
-                    else:
-                        far = loss_at(name, flat, i, 2 * h) - loss_at(name, flat, i, -2 * h)
-                        grad[i] = (8 * near - far) / (12 * h)
-                grads[name] = grad.reshape(value.shape).astype(dtype)
+            point, data64 = _float64(params), _float64(data)
+            grads = self._gradient(problem, point, data64)
             loss = np.asarray(problem.loss(point, data64, np), dtype=dtype)
-            return loss, grads
+            return loss, {name: grad.astype(dtype) for name, grad in grads.items()}
 
         return value_and_grad
+
+    def hvp(self, problem: AbstractProblem) -> HVP:
+        """Central differences of this engine's own gradient along the tangent.
+
+        H·v is the derivative of the gradient in the direction v, so it is differenced with
+        the same stencil, over the step ``h = rel_step · max(1, max|p|) / max|v|``. Nothing
+        but the loss is evaluated: it stays independent of every derivation.
+        """
+
+        def hvp(params: Params, tangent: Params, data: Data) -> dict[str, np.ndarray]:
+            dtype = np.result_type(*params.values())
+            point, direction, data64 = _float64(params), _float64(tangent), _float64(data)
+            size = max(float(np.max(np.abs(v), initial=0.0)) for v in direction.values())
+            if size == 0.0:
+                return {name: np.zeros(np.shape(value), dtype) for name, value in point.items()}
+            scale = max([1.0] + [float(np.max(np.abs(v), initial=0.0)) for v in point.values()])
+            h = self.rel_step * scale / size
+
+            def gradient_at(offset: float) -> dict[str, np.ndarray]:
+                moved = {name: point[name] + offset * direction[name] for name in point}
+                return self._gradient(problem, moved, data64)
+
+            return {
+                name: value.astype(dtype)
+                for name, value in self._difference(gradient_at, h).items()
+            }
+
+        return hvp
+
+    def _gradient(
+        self, problem: AbstractProblem, point: dict[str, np.ndarray], data: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The float64 gradient at ``point``, one parameter element at a time."""
+        grads = {}
+        for name, value in point.items():
+            flat = value.reshape(-1)
+            grad = np.empty(flat.shape)
+            for i in range(flat.size):
+                h = self.rel_step * max(1.0, abs(flat[i]))
+                h = (flat[i] + h) - flat[i]  # a step that p + h represents exactly
+                moved = functools.partial(_loss_moved, problem, point, data, name, i)
+                grad[i] = self._difference(moved, h)[""]
+            grads[name] = grad.reshape(value.shape)
+        return grads
+
+    def _difference(
+        self, at: Callable[[float], dict[str, np.ndarray]], h: float
+    ) -> dict[str, np.ndarray]:
+        """The derivative at offset 0 of ``at(offset)`` (a dict of arrays), by the stencil."""
+        plus, minus = at(h), at(-h)
+        near = {name: plus[name] - minus[name] for name in plus}
+        if self.order == 2:
+            return {name: value / (2 * h) for name, value in near.items()}
+        plus2, minus2 = at(2 * h), at(-2 * h)
+        return {name: (8 * near[name] - (plus2[name] - minus2[name])) / (12 * h) for name in near}
 
     def describe(self) -> dict[str, Any]:
         """The stencil and step, and that it runs on the host CPU in float64."""
@@ -94,3 +132,22 @@ class FiniteDifferenceEngine(AbstractEngine):
             "fd_rel_step": self.rel_step,
             "fd_precision": "float64",
         }
+
+
+def _loss_moved(
+    problem: AbstractProblem,
+    point: dict[str, np.ndarray],
+    data: dict[str, np.ndarray],
+    name: str,
+    i: int,
+    offset: float,
+) -> dict[str, np.ndarray]:
+    """The loss with element i of parameter ``name`` moved by ``offset`` (keyed "")."""
+    moved = point[name].reshape(-1).copy()
+    moved[i] += offset
+    shifted = dict(point, **{name: moved.reshape(point[name].shape)})
+    return {"": np.asarray(problem.loss(shifted, data, np), np.float64)}
+
+
+def _float64(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {name: np.asarray(value, np.float64) for name, value in arrays.items()}

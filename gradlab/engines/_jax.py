@@ -10,7 +10,16 @@ from typing import Any
 import numpy as np
 
 from gradlab._errors import ArgumentError
-from gradlab.engines._protocol import AbstractEngine, Array, Carry, Data, Params, Step, ValueAndGrad
+from gradlab.engines._protocol import (
+    HVP,
+    AbstractEngine,
+    Array,
+    Carry,
+    Data,
+    Params,
+    Step,
+    ValueAndGrad,
+)
 from gradlab.problems._base import AbstractProblem
 
 
@@ -59,6 +68,10 @@ class JaxEngine(AbstractEngine):
         """``jit(value_and_grad(loss))``, run in the 64-bit mode of its inputs."""
         return _scoped_value_and_grad(problem)
 
+    def hvp(self, problem: AbstractProblem) -> HVP:
+        """Forward-over-reverse, ``jit(jvp(grad(loss)))``, in the 64-bit mode of its inputs."""
+        return _scoped_hvp(problem)
+
     def run(
         self, step: Step, carry: Carry, data: Data, steps: int
     ) -> tuple[Carry, tuple[Array, ...]]:
@@ -103,6 +116,24 @@ def _scoped_value_and_grad(problem: AbstractProblem) -> ValueAndGrad:
         return loss, dict(grads)
 
     return value_and_grad
+
+
+@functools.lru_cache(maxsize=256)
+def _scoped_hvp(problem: AbstractProblem) -> HVP:
+    jax = importlib.import_module("jax")
+    jnp = importlib.import_module("jax.numpy")
+    gradient = jax.grad(lambda params, data: problem.loss(params, data, jnp))
+
+    def product(params: Params, tangent: Params, data: Data) -> Any:
+        return jax.jvp(lambda p: gradient(p, data), (params,), (tangent,))[1]
+
+    compiled = jax.jit(product)
+
+    def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+        with jax.enable_x64(_first_float_dtype(params) == np.float64):
+            return dict(compiled(dict(params), dict(tangent), data))
+
+    return hvp
 
 
 @functools.cache

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from gradlab.engines._protocol import AbstractEngine, ValueAndGrad
-from gradlab.problems._base import AbstractProblem, missing_hand_gradient
+from gradlab.engines._protocol import HVP, AbstractEngine, ValueAndGrad
+from gradlab.problems._base import AbstractProblem, missing_hand_gradient, missing_hand_hvp
 
 
 class NumpyEngine(AbstractEngine):
@@ -30,6 +30,12 @@ class NumpyEngine(AbstractEngine):
         if not problem.has_hand_gradient:
             raise missing_hand_gradient(problem)
         return problem.hand_value_and_grad
+
+    def hvp(self, problem: AbstractProblem) -> HVP:
+        """The problem's hand-derived Hessian-vector product."""
+        if not problem.has_hand_hvp:
+            raise missing_hand_hvp(problem)
+        return problem.hand_hvp
 
     def describe(self) -> dict[str, Any]:
         """NumPy's version; it runs on the host CPU."""

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from gradlab._errors import NotSupported
 from gradlab.problems._base import AbstractProblem
 
 Array = Any
@@ -15,6 +16,7 @@ Params = Mapping[str, Array]
 Data = Mapping[str, Array]
 Carry = Any
 ValueAndGrad = Callable[[Params, Data], "tuple[Array, dict[str, Array]]"]
+HVP = Callable[[Params, Params, Data], "dict[str, Array]"]
 Step = Callable[[Carry, Data], "tuple[Carry, tuple[Array, ...]]"]
 
 
@@ -46,6 +48,13 @@ class GradientEngine(Protocol):
             (jax: ``lax.scan``) may, as long as the result is the same.
         describe(): Facts to record beside every result: framework version, device,
             threads, precision modes (a JSON-friendly dict).
+
+    Optional member, for second derivatives (:func:`gradlab.hvp`, :func:`gradlab.hessian`,
+    :func:`gradlab.compare_hessians`); an engine without it is skipped there with a note:
+
+        hvp(problem): A function ``(params, tangent, data) -> H·tangent``, the
+            Hessian-vector product of the loss, with the keys, shapes and dtype of
+            ``params``. ``tangent`` has the same structure as ``params``.
 
     The easiest way to write an engine is to subclass :class:`AbstractEngine`, which supplies
     ``run``, ``to_numpy`` and ``describe``; see ``docs/engines.md``.
@@ -89,7 +98,8 @@ class AbstractEngine(abc.ABC):
 
     It supplies the protocol's defaults: :meth:`run` as a plain Python loop that stacks the
     per-step outputs once at the end (so there is no host synchronisation per step),
-    :meth:`to_numpy` through ``numpy.asarray`` and an empty :meth:`describe`.
+    :meth:`to_numpy` through ``numpy.asarray``, an empty :meth:`describe`, and an :meth:`hvp`
+    that raises :class:`gradlab.NotSupported` (override it to offer second derivatives).
     """
 
     name: str
@@ -102,6 +112,10 @@ class AbstractEngine(abc.ABC):
     @abc.abstractmethod
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
         """Build ``(params, data) -> (loss, grads)`` for ``problem``."""
+
+    def hvp(self, problem: AbstractProblem) -> HVP:
+        """Second derivatives are optional: by default, refuse with a clear error."""
+        raise NotSupported(f"engine {self.name!r} does not compute Hessian-vector products")
 
     def to_numpy(self, array: Array) -> np.ndarray:
         """Convert with ``numpy.asarray``."""

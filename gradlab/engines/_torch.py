@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from gradlab._errors import ArgumentError
-from gradlab.engines._protocol import AbstractEngine, Array, Data, Params, ValueAndGrad
+from gradlab.engines._protocol import HVP, AbstractEngine, Array, Data, Params, ValueAndGrad
 from gradlab.problems._base import AbstractProblem
 
 
@@ -67,6 +67,20 @@ class TorchEngine(AbstractEngine):
             return loss.detach(), dict(zip(leaves, grads, strict=True))
 
         return value_and_grad
+
+    def hvp(self, problem: AbstractProblem) -> HVP:
+        """Forward-over-reverse: ``torch.func.jvp`` of ``torch.func.grad`` of the loss."""
+        func, xp = importlib.import_module("torch.func"), self.xp
+
+        def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+            def gradient(point: Params) -> Any:
+                return func.grad(lambda p: problem.loss(p, data, xp))(point)
+
+            # torch.func transforms trace their own graph, whatever the caller's grad mode.
+            _, product = func.jvp(gradient, (dict(params),), (dict(tangent),))
+            return dict(product)
+
+        return hvp
 
     def describe(self) -> dict[str, Any]:
         """torch's version, device and intra-op thread count."""

@@ -9,13 +9,20 @@ from typing import Any
 import numpy as np
 
 from gradlab._checks import as_float_array, check_mapping
-from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, HandGradientMissing
+from gradlab._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    GradlabError,
+    HandGradientMissing,
+    NotSupported,
+)
 
 Array = Any
 Params = Mapping[str, Array]
 Data = Mapping[str, Array]
 LossFn = Callable[[Params, Data, Any], Array]
 HandFn = Callable[[Params, Data], "tuple[Array, dict[str, Array]]"]
+HandHVP = Callable[[Params, Params, Data], "dict[str, Array]"]
 
 
 def missing_hand_gradient(problem: AbstractProblem) -> HandGradientMissing:
@@ -23,6 +30,14 @@ def missing_hand_gradient(problem: AbstractProblem) -> HandGradientMissing:
     return HandGradientMissing(
         f"problem {problem.name!r} has no hand-derived gradient, so the 'numpy' engine cannot "
         "run it; give one (value_and_grad=...) or use an autodiff engine or 'fd'"
+    )
+
+
+def missing_hand_hvp(problem: AbstractProblem) -> HandGradientMissing:
+    """The error for asking a problem without one for its hand-derived Hessian-vector product."""
+    return HandGradientMissing(
+        f"problem {problem.name!r} has no hand-derived Hessian-vector product, so the 'numpy' "
+        "engine cannot give its second derivatives; use an autodiff engine or 'fd'"
     )
 
 
@@ -48,13 +63,16 @@ class AbstractProblem(abc.ABC):
     the ``numpy`` engine runs.
 
     Subclasses implement :meth:`loss` and, optionally, :meth:`hand_value_and_grad` (setting
-    ``has_hand_gradient = True``), :meth:`param_shapes` and :meth:`check_data`.
+    ``has_hand_gradient = True``), :meth:`hand_hvp` (setting ``has_hand_hvp = True``),
+    :meth:`param_shapes`, :meth:`check_data` and :meth:`predict`.
     """
 
     #: A short name for tables and error messages.
     name: str = "problem"
     #: Whether :meth:`hand_value_and_grad` is implemented.
     has_hand_gradient: bool = False
+    #: Whether :meth:`hand_hvp` is implemented.
+    has_hand_hvp: bool = False
 
     @abc.abstractmethod
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
@@ -69,6 +87,22 @@ class AbstractProblem(abc.ABC):
             HandGradientMissing: the problem has no hand-derived gradient.
         """
         raise missing_hand_gradient(self)
+
+    def hand_hvp(self, params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+        """Return the Hessian-vector product H·tangent from hand-derived NumPy code.
+
+        Raises:
+            HandGradientMissing: the problem has no hand-derived Hessian-vector product.
+        """
+        raise missing_hand_hvp(self)
+
+    def predict(self, params: Params, x: np.ndarray) -> np.ndarray:
+        """Return the model's prediction at inputs ``x`` (NumPy), for plots.
+
+        Raises:
+            NotSupported: the problem is not a model of ``y`` given ``x``.
+        """
+        raise NotSupported(f"problem {self.name!r} does not predict y from x")
 
     def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
         """Return the shape of each parameter for this (checked) data, or ``None`` if free."""
@@ -89,6 +123,7 @@ class Problem(AbstractProblem):
     Args:
         loss: ``loss(params, data, xp) -> scalar``, written against the namespace ``xp``.
         value_and_grad: Optional hand-derived ``(params, data) -> (loss, grads)`` in NumPy.
+        hvp: Optional hand-derived ``(params, tangent, data) -> H·tangent`` in NumPy.
         name: A short name for tables and messages.
         params: Optional mapping from parameter name to shape, checked against ``init``.
 
@@ -109,6 +144,7 @@ class Problem(AbstractProblem):
         loss: LossFn,
         value_and_grad: HandFn | None = None,
         *,
+        hvp: HandHVP | None = None,
         name: str = "problem",
         params: Mapping[str, tuple[int, ...]] | None = None,
     ) -> None:
@@ -118,12 +154,16 @@ class Problem(AbstractProblem):
             raise ArgumentTypeError(
                 "value_and_grad", f"must be callable or None, got {value_and_grad!r}"
             )
+        if hvp is not None and not callable(hvp):
+            raise ArgumentTypeError("hvp", f"must be callable or None, got {hvp!r}")
         if not isinstance(name, str) or not name:
             raise ArgumentError("name", f"must be a non-empty string, got {name!r}")
         self._loss = loss
         self._value_and_grad = value_and_grad
+        self._hvp = hvp
         self.name = name
         self.has_hand_gradient = value_and_grad is not None
+        self.has_hand_hvp = hvp is not None
         self._shapes = None if params is None else _check_shapes(params)
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
@@ -135,21 +175,30 @@ class Problem(AbstractProblem):
         if self._value_and_grad is None:
             return super().hand_value_and_grad(params, data)
         loss, grads = self._value_and_grad(params, data)
+        return loss, self._checked(grads, params, "value_and_grad")
+
+    def hand_hvp(self, params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+        """Evaluate the user's hand-derived Hessian-vector product."""
+        if self._hvp is None:
+            return super().hand_hvp(params, tangent, data)
+        return self._checked(self._hvp(params, tangent, data), params, "hvp")
+
+    def _checked(self, grads: object, params: Params, source: str) -> dict[str, Array]:
         # A user's derivation is checked on every call: a wrong key or shape would otherwise
         # surface as a KeyError or a broadcast deep inside the optimizer.
         if not isinstance(grads, Mapping) or set(grads) != set(params):
             got = sorted(grads) if isinstance(grads, Mapping) else type(grads).__name__
             raise GradlabError(
-                f"problem {self.name!r}: value_and_grad returned gradients for {got}, "
+                f"problem {self.name!r}: {source} returned values for {got}, "
                 f"expected {sorted(params)}"
             )
         for name, value in params.items():
             if np.shape(grads[name]) != np.shape(value):
                 raise GradlabError(
-                    f"problem {self.name!r}: value_and_grad returned a gradient of shape "
+                    f"problem {self.name!r}: {source} returned shape "
                     f"{np.shape(grads[name])} for {name!r}, whose shape is {np.shape(value)}"
                 )
-        return loss, dict(grads)
+        return dict(grads)
 
     def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
         """Return the declared parameter shapes, if any."""

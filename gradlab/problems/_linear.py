@@ -18,6 +18,25 @@ class _LinearModel(AbstractProblem):
     """Shared shape logic: ``x`` is ``(n, d)``, ``y`` is ``(n,)``, params ``w (d,)``, ``b ()``."""
 
     has_hand_gradient = True
+    has_hand_hvp = True
+
+    def _weights(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The per-sample curvature of the loss in z = x·w + b (times n)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _linear(params: Params, x: np.ndarray) -> np.ndarray:
+        """z = x·w + b for inputs given as ``(n, d)``, or ``(n,)`` for one feature."""
+        x = np.asarray(x)
+        return np.asarray((x[:, None] if x.ndim == 1 else x) @ params["w"] + params["b"])
+
+    def hand_hvp(self, params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+        """H·v = Jᵀ·diag(c)·J·v / n with J = [x, 1] and c the curvature in z (see _weights)."""
+        x = data["x"]
+        n = x.shape[0]
+        z = x @ params["w"] + params["b"]
+        change = self._weights(x, z) * (x @ tangent["w"] + tangent["b"])  # c·(J·v)
+        return {"w": (x.T @ change) / n, "b": np.sum(change) / n}
 
     def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]]:
         """``w`` has one weight per feature; ``b`` is a scalar."""
@@ -37,6 +56,8 @@ class LinearRegression(_LinearModel):
 
     Hand gradient, with residual r = x·w + b − y:  ∂L/∂w = xᵀr / n,  ∂L/∂b = Σᵢ rᵢ / n.
 
+    Hessian (constant): H = JᵀJ / n with J = [x, 1], the design matrix with a ones column.
+
     Example:
         >>> import numpy as np
         >>> from gradlab import LinearRegression
@@ -46,6 +67,14 @@ class LinearRegression(_LinearModel):
     """
 
     name = "linear_regression"
+
+    def _weights(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """½(z − y)² has curvature 1 in z."""
+        return np.ones_like(z)
+
+    def predict(self, params: Params, x: np.ndarray) -> np.ndarray:
+        """x·w + b (a 1-D ``x`` is one feature)."""
+        return self._linear(params, x)
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
         """½·mean (x·w + b − y)²."""
@@ -82,6 +111,8 @@ class LogisticRegression(_LinearModel):
 
     Hand gradient:  ∂L/∂w = xᵀ(σ(z) − y) / n,  ∂L/∂b = Σᵢ (σ(zᵢ) − yᵢ) / n.
 
+    Hessian: H = Jᵀ·diag(σ(z)(1 − σ(z)))·J / n with J = [x, 1].
+
     Example:
         >>> import numpy as np
         >>> from gradlab import LogisticRegression
@@ -92,6 +123,14 @@ class LogisticRegression(_LinearModel):
     """
 
     name = "logistic_regression"
+
+    def _weights(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """softplus(z) − y·z has curvature σ(z)(1 − σ(z)) = σ(z)·σ(−z) in z."""
+        return np.asarray(_sigmoid(z) * _sigmoid(-z))
+
+    def predict(self, params: Params, x: np.ndarray) -> np.ndarray:
+        """σ(x·w + b), the probability of label 1."""
+        return _sigmoid(self._linear(params, x))
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
         """mean softplus(z) − y·z, in a form that never overflows."""
@@ -107,8 +146,7 @@ class LogisticRegression(_LinearModel):
         z = x @ params["w"] + params["b"]
         magnitude = np.abs(z)
         loss = np.mean((z + magnitude) / 2 - y * z + np.log1p(np.exp(-magnitude)))
-        # σ(z) = exp(−softplus(−z)): accurate in both tails, unlike 1 / (1 + exp(−z)).
-        error = np.exp(-np.logaddexp(0.0, -z)) - y
+        error = _sigmoid(z) - y
         return loss, {"w": (x.T @ error) / n, "b": np.sum(error) / n}
 
     def check_data(self, data: object) -> dict[str, np.ndarray]:
@@ -128,3 +166,8 @@ class LogisticRegression(_LinearModel):
         probability = 1 / (1 + np.exp(-(x @ w + 0.25)))
         y = (rng.random(n) < probability).astype(np.float64)
         return {"x": x, "y": y}
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """σ(z) = exp(−softplus(−z)): accurate in both tails, unlike 1 / (1 + exp(−z))."""
+    return np.asarray(np.exp(-np.logaddexp(0.0, -z)))

@@ -22,6 +22,9 @@ class Quadratic(AbstractProblem):
 
     Hand gradient, with residual rᵢ = w·xᵢ² + b − yᵢ:  ∂L/∂w = Σᵢ rᵢ·xᵢ²,  ∂L/∂b = Σᵢ rᵢ.
 
+    Hessian (constant, since the model is linear in w and b):
+    H = [[Σᵢ xᵢ⁴, Σᵢ xᵢ²], [Σᵢ xᵢ², n]].
+
     Example:
         >>> import numpy as np
         >>> from gradlab import Quadratic
@@ -36,6 +39,7 @@ class Quadratic(AbstractProblem):
 
     name = "quadratic"
     has_hand_gradient = True
+    has_hand_hvp = True
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
         """½·Σ (w·x² + b − y)²."""
@@ -48,6 +52,16 @@ class Quadratic(AbstractProblem):
         residual = x2 * params["w"] + params["b"] - data["y"]
         loss = 0.5 * np.sum(residual**2)
         return loss, {"w": np.sum(residual * x2), "b": np.sum(residual)}
+
+    def hand_hvp(self, params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+        """H·v = (Σx⁴·v_w + Σx²·v_b, Σx²·v_w + n·v_b), through u = x²·v_w + v_b."""
+        x2 = data["x"] ** 2
+        change = x2 * tangent["w"] + tangent["b"]  # how the residual moves along the tangent
+        return {"w": np.sum(change * x2), "b": np.sum(change)}
+
+    def predict(self, params: Params, x: np.ndarray) -> np.ndarray:
+        """w·x² + b."""
+        return np.asarray(params["w"] * np.asarray(x) ** 2 + params["b"])
 
     def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]]:
         """Two scalars."""

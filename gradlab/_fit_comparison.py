@@ -1,0 +1,384 @@
+"""The same fit on every engine, from the same start: do their paths agree, and how fast?"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradlab import _output
+from gradlab._agreement import rho
+from gradlab._checks import check_float, check_positive_int
+from gradlab._errors import ArgumentTypeError
+from gradlab._fit import FitResult, fit, prepare
+from gradlab._progress import progress_bar
+from gradlab._provenance import common_provenance
+from gradlab._report import (
+    Engines,
+    engine_names,
+    outlier,
+    pair_tolerances,
+    resolve_engines,
+    short,
+)
+from gradlab.engines._protocol import GradientEngine
+from gradlab.optimizers import GradientTransformation
+from gradlab.problems._base import AbstractProblem
+
+
+@dataclass(frozen=True)
+class FitComparison:
+    """One fit run on several engines from the same start, compared step by step.
+
+    Made by :func:`compare_fits`.
+
+    Attributes:
+        problem: The problem's name.
+        dtype: The precision every engine ran in.
+        reference: The engine the others' paths are compared with.
+        engines: The engines, in order (the reference first).
+        steps: The number of steps asked for.
+        init: The common starting point.
+        results: Each engine's :class:`FitResult`, with its ``trajectory``.
+        times: Each engine's wall time in seconds: the fastest of the timed runs, which
+            follow a first (warm-up) run that also recorded the trajectory.
+        loss_tol: The loss tolerance asked for, or ``None``.
+        steps_to_tol: Per engine, the number of updates after which the loss first was at or
+            below ``loss_tol`` (``None`` if it never was, or no ``loss_tol`` was given).
+        divergence: ``divergence[i, j]``: the largest rho between the parameter paths of
+            engines i and j, over every step and element.
+        peak_step: ``peak_step[i, j]``: the step (number of updates) where that rho peaks.
+        tolerances: ``tolerances[i, j]``: the largest path rho allowed between i and j.
+        outlier: The engine whose path leaves all others while they agree, or ``None``.
+        skipped: Engines left out, with the reason.
+        provenance: Versions, machine, dtype, time, and each engine's device and threads.
+    """
+
+    problem: str
+    dtype: str
+    reference: str
+    engines: tuple[str, ...]
+    steps: int
+    init: dict[str, np.ndarray]
+    results: dict[str, FitResult]
+    times: dict[str, float]
+    loss_tol: float | None
+    steps_to_tol: dict[str, int | None]
+    divergence: np.ndarray
+    peak_step: np.ndarray
+    tolerances: np.ndarray
+    outlier: str | None
+    skipped: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+    model: AbstractProblem | None = field(default=None, repr=False, compare=False)
+    data: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def time_per_step(self, engine: str) -> float:
+        """An engine's timed wall time divided by the steps it ran."""
+        return self.times[engine] / max(1, len(self.results[engine].losses))
+
+    @property
+    def disagreeing(self) -> tuple[str, ...]:
+        """Engines whose path or status departs from the reference's (or the outlier)."""
+        if self.outlier is not None:
+            return (self.outlier,)
+        ref = self.results[self.reference]
+        return tuple(
+            name
+            for i, name in enumerate(self.engines)
+            if self.divergence[i, 0] > self.tolerances[i, 0]
+            or self.results[name].status != ref.status
+        )
+
+    @property
+    def ok(self) -> bool:
+        """Whether every engine followed the reference's path within tolerance."""
+        return not self.disagreeing
+
+    def summary(self) -> str:
+        """One sentence: do the paths agree, did the fits complete."""
+        if self.outlier is not None:
+            return f"{self.outlier}'s path leaves every other engine's, and those agree."
+        if not self.ok:
+            departed = ", ".join(self.disagreeing)
+            return f"Paths depart from {self.reference}'s beyond tolerance: {departed}."
+        done = all(result.ok for result in self.results.values())
+        status = "every fit completed" if done else "every fit diverged at the same step"
+        return f"All {len(self.engines)} engines follow the same path within tolerance; {status}."
+
+    def __str__(self) -> str:
+        at = ", ".join(f"{name}={short(value)}" for name, value in self.init.items())
+        lines = [
+            f"Fit comparison: {self.problem}, {self.dtype}, {self.steps} steps from {at}",
+            f"reference: {self.reference}; path rho = largest rho between the parameters at "
+            "the same step, over all steps",
+            "",
+        ]
+        show = sum(value.size for value in self.init.values()) <= 4
+        header = ["engine", "status", "final loss"]
+        if show:
+            header += [f"final {name}" for name in self.init]
+        if self.loss_tol is not None:
+            header.append(f"steps to {self.loss_tol:g}")
+        header += ["time s", "µs/step", f"path rho vs {self.reference}", "at step", "agrees"]
+        rows = []
+        for i, name in enumerate(self.engines):
+            result = self.results[name]
+            row = [name, result.status, f"{result.final_loss:.9g}"]
+            if show:
+                row += [short(value, 9) for value in result.params.values()]
+            if self.loss_tol is not None:
+                reached = self.steps_to_tol[name]
+                row.append("never" if reached is None else str(reached))
+            row += [
+                f"{self.times[name]:.3g}",
+                f"{self.time_per_step(name) * 1e6:.1f}",
+            ]
+            if name == self.reference:
+                row += ["reference", "", "—"]
+            else:
+                row += [
+                    f"{self.divergence[i, 0]:.1e}",
+                    str(int(self.peak_step[i, 0])),
+                    "NO" if name in self.disagreeing else "yes",
+                ]
+            rows.append(row)
+        lines.append(_output.table(header, rows))
+        lines += ["", self.summary()]
+        lines += [f"skipped {name}: {reason}" for name, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly record (losses and trajectories included, as lists)."""
+        record: dict[str, Any] = _output.jsonable(
+            {
+                "problem": self.problem,
+                "dtype": self.dtype,
+                "reference": self.reference,
+                "engines": list(self.engines),
+                "steps": self.steps,
+                "init": self.init,
+                "ok": self.ok,
+                "summary": self.summary(),
+                "outlier": self.outlier,
+                "loss_tol": self.loss_tol,
+                "engine_results": {
+                    name: {
+                        **self.results[name].to_dict(),
+                        "time": self.times[name],
+                        "time_per_step": self.time_per_step(name),
+                        "steps_to_tol": self.steps_to_tol[name],
+                        "path_rho": float(self.divergence[i, 0]),
+                        "path_rho_step": int(self.peak_step[i, 0]),
+                        "agrees": name not in self.disagreeing,
+                    }
+                    for i, name in enumerate(self.engines)
+                },
+                "path_rho": {
+                    a: {b: float(self.divergence[i, j]) for j, b in enumerate(self.engines)}
+                    for i, a in enumerate(self.engines)
+                },
+                "skipped": self.skipped,
+                "provenance": self.provenance,
+            }
+        )
+        return record
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as strict JSON (infinities as the strings "inf", "nan")."""
+        return _output.to_json(self.to_dict(), indent)
+
+    def to_frame(self) -> Any:
+        """One row per engine (final loss and parameters, times, path rho). Needs pandas."""
+        pandas = _output.optional("pandas", "FitComparison.to_frame", None)
+        rows = []
+        for i, name in enumerate(self.engines):
+            result = self.results[name]
+            row: dict[str, Any] = {"engine": name, "status": result.status}
+            row["final_loss"] = result.final_loss
+            for param, value in result.params.items():
+                if value.ndim == 0:
+                    row[param] = float(value)
+                else:
+                    row.update(
+                        {f"{param}{list(k)}": float(value[k]) for k in np.ndindex(value.shape)}
+                    )
+            row["steps_to_tol"] = self.steps_to_tol[name]
+            row["time"] = self.times[name]
+            row["time_per_step"] = self.time_per_step(name)
+            row["path_rho"] = float(self.divergence[i, 0])
+            row["path_rho_step"] = int(self.peak_step[i, 0])
+            row["agrees"] = name not in self.disagreeing
+            rows.append(row)
+        return pandas.DataFrame(rows).set_index("engine")
+
+    def plot(self, path: str | None = None) -> Any:
+        """Data with each engine's fitted curve, the loss curves, and how far the paths part.
+
+        Returns a matplotlib Figure; saved to ``path`` (.png, .pdf, .svg) if given.
+        """
+        from gradlab import plots
+
+        figure = plots.fit_figure(
+            self.results, model=self.model, data=self.data, reference=self.reference
+        )
+        if path is not None:
+            _output.save_figure(figure, path)
+        return figure
+
+
+def compare_fits(
+    problem: AbstractProblem,
+    data: Mapping[str, Any],
+    *,
+    optimizer: GradientTransformation,
+    steps: int,
+    init: Mapping[str, Any],
+    engines: Engines = None,
+    dtype: str = "float64",
+    reference: str | GradientEngine | None = None,
+    loss_tol: float | None = None,
+    repeats: int = 1,
+    progress: bool = False,
+) -> FitComparison:
+    """Run the same fit on every engine from the same start, and compare the paths.
+
+    Each engine runs the fit once recording every step's parameters (this run also warms
+    up: imports, tracing, compilation), then ``repeats`` more times without recording;
+    the fastest of those is the engine's time. The parameter paths are compared step by
+    step in rho against the reference, with the tolerance table of
+    :func:`gradlab.tolerance` (a correct engine's path stays as close as its gradients,
+    since gradient descent on these problems does not amplify round-off).
+
+    Args:
+        problem: What to minimise.
+        data: Its data (copied, never modified).
+        optimizer: The optimizer (:func:`gradlab.sgd`, ...), the same for every engine.
+        steps: Steps per fit.
+        init: The common starting point (copied, never modified).
+        engines: Engine names or objects, or one comma-separated string. Default: every
+            installed engine that can run the problem (the others are skipped with a note).
+        dtype: ``"float32"`` or ``"float64"``.
+        reference: The engine the others are compared with; default ``"numpy"`` if the
+            problem has a hand gradient, else ``"fd"``.
+        loss_tol: Report, per engine, how many steps it took to reach this loss.
+        repeats: Timed runs per engine after the first; the fastest is reported.
+        progress: Show a progress bar (needs tqdm).
+
+    Returns:
+        A :class:`FitComparison`.
+
+    Example:
+        >>> import gradlab
+        >>> problem = gradlab.Quadratic()
+        >>> comparison = gradlab.compare_fits(problem, problem.make_data(100),
+        ...     optimizer=gradlab.sgd(1e-3), steps=500, init={"w": 0.0, "b": 0.0},
+        ...     engines=["numpy", "fd"], loss_tol=0.5)
+        >>> comparison.ok, comparison.steps_to_tol["numpy"] == comparison.steps_to_tol["fd"]
+        (True, True)
+    """
+    if not isinstance(optimizer, GradientTransformation):
+        raise ArgumentTypeError(
+            "optimizer",
+            f"must be a GradientTransformation (gradlab.sgd(...), ...), got {optimizer!r}",
+        )
+    steps = check_positive_int(steps, "steps")
+    repeats = check_positive_int(repeats, "repeats")
+    if loss_tol is not None:
+        loss_tol = check_float(loss_tol, "loss_tol")
+    _, dtype, checked_data, start = prepare(problem, data, init, "numpy", dtype)
+    engine_list, default = engine_names(engines)
+    ref = reference if reference is not None else ("numpy" if problem.has_hand_gradient else "fd")
+    built, skipped = resolve_engines(engine_list, default, ref, lambda e: e.value_and_grad(problem))
+
+    def run(engine: GradientEngine, trajectory: bool = False) -> FitResult:
+        return fit(
+            problem,
+            checked_data,
+            engine=engine,
+            optimizer=optimizer,
+            steps=steps,
+            init=start,
+            dtype=dtype,
+            trajectory=trajectory,
+        )
+
+    results: dict[str, FitResult] = {}
+    times: dict[str, float] = {}
+    # Per engine: one untimed warm-up (imports, tracing, compilation), the timed runs, then
+    # the run that records the path (recording is kept out of the timed runs).
+    with progress_bar(len(built) * (2 + repeats), "fits", progress) as advance:
+        for name, engine in built.items():
+            run(engine)
+            advance(name)
+            timed = []
+            for _ in range(repeats):
+                timed.append(run(engine).wall_time)
+                advance(name)
+            times[name] = min(timed)
+            results[name] = run(engine, trajectory=True)
+            advance(name)
+
+    names = tuple(built)
+    size = len(names)
+    divergence, peak = np.zeros((size, size)), np.zeros((size, size), dtype=int)
+    limits = pair_tolerances(built, dtype)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            if i != j:
+                per_step = path_rho(results[a], results[b])
+                peak[i, j] = int(np.argmax(per_step))
+                divergence[i, j] = per_step[peak[i, j]]
+    return FitComparison(
+        problem=problem.name,
+        dtype=dtype,
+        reference=names[0],
+        engines=names,
+        steps=steps,
+        init={name: value.astype(dtype) for name, value in start.items()},
+        results=results,
+        times=times,
+        loss_tol=loss_tol,
+        steps_to_tol={name: _first_below(r.losses, loss_tol) for name, r in results.items()},
+        divergence=divergence,
+        peak_step=peak,
+        tolerances=limits,
+        outlier=outlier(names, divergence <= limits),
+        skipped=skipped,
+        provenance={
+            **common_provenance(dtype),
+            "engines": {n: e.describe() for n, e in built.items()},
+        },
+        model=problem,
+        data=checked_data,
+    )
+
+
+def path_rho(a: FitResult, b: FitResult) -> np.ndarray:
+    """Per step, the largest rho between two fits' parameters, over their common steps.
+
+    Non-finite parameters count as total disagreement (``inf``).
+    """
+    if a.trajectory is None or b.trajectory is None:
+        raise ArgumentTypeError("results", "need trajectories: fit(..., trajectory=True)")
+    length = min(len(a.losses), len(b.losses)) + 1
+    per_step = np.zeros(length)
+    for name, path in a.trajectory.items():
+        left = path[:length].reshape(length, -1).astype(np.float64)
+        right = b.trajectory[name][:length].reshape(length, -1).astype(np.float64)
+        if left.shape[1] == 0:
+            continue
+        with np.errstate(all="ignore"):
+            elementwise = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
+        per_step = np.maximum(per_step, elementwise.max(axis=1))
+    return per_step
+
+
+def _first_below(losses: np.ndarray, limit: float | None) -> int | None:
+    """The first step whose loss (before its update) is at most ``limit``."""
+    if limit is None:
+        return None
+    hits = np.flatnonzero(losses <= limit)
+    return int(hits[0]) if hits.size else None

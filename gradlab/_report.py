@@ -1,0 +1,596 @@
+"""Do the engines agree? Every engine's derivative at one point, compared pairwise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from gradlab import _output
+from gradlab._agreement import rho, tolerance
+from gradlab._checks import check_params, check_positive_float
+from gradlab._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    Disagreement,
+    EngineUnavailable,
+    HandGradientMissing,
+    NotSupported,
+)
+from gradlab._fit import evaluate, on_engine, prepare
+from gradlab._progress import progress_bar
+from gradlab._provenance import common_provenance
+from gradlab._second import hessian_blocks, hessian_matrix, hvp_at, hvp_function
+from gradlab.engines._protocol import GradientEngine
+from gradlab.engines._registry import available_engines, get_engine
+from gradlab.problems._base import AbstractProblem
+
+Derivative = Literal["gradient", "hessian", "hvp"]
+_QUANTITIES = {"gradient": "gradients", "hessian": "Hessians", "hvp": "Hessian-vector products"}
+Engines = str | Sequence["str | GradientEngine"] | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One engine judged against the reference.
+
+    Attributes:
+        engine: The engine's name.
+        rho: The largest rho between its values and the reference's.
+        worst: The element where that rho peaks (``"w[2]"``), or ``None`` when rho is 0.
+        tolerance: The largest rho allowed for this pair, in this dtype.
+    """
+
+    engine: str
+    rho: float
+    worst: str | None
+    tolerance: float
+
+    @property
+    def agrees(self) -> bool:
+        """Whether rho is within the tolerance."""
+        return self.rho <= self.tolerance
+
+
+@dataclass(frozen=True)
+class GradientReport:
+    """Every engine's derivative at one point, compared pairwise in rho.
+
+    Made by :func:`compare_gradients` and :func:`compare_hessians`.
+
+    Attributes:
+        problem: The problem's name.
+        derivative: ``"gradient"``, ``"hessian"`` or ``"hvp"``.
+        dtype: The precision every engine computed in.
+        reference: The engine the verdicts are against.
+        engines: The engines compared, in order (the reference among them).
+        params: Where the derivatives were taken (NumPy, in ``dtype``).
+        values: Each engine's result, as NumPy arrays: the gradient (or H·v) by parameter
+            name, or for a Hessian one ``"hessian"`` matrix over the flattened parameters.
+        losses: Each engine's loss at ``params`` (gradient reports only).
+        rho: ``rho[i, j]`` is the largest rho between engines i and j over every element.
+        worst: ``worst[a][b]``: the element where rho between engines a and b peaks.
+        tolerances: ``tolerances[i, j]``: the largest rho allowed between engines i and j.
+        verdicts: Each engine against the reference.
+        outlier: The engine that disagrees with every other while those agree among
+            themselves (needs at least three engines), or ``None``.
+        skipped: Engines left out, with the reason (not installed, no hand derivative...).
+        provenance: Versions, machine, dtype, time, and ``"engines"``: each engine's device,
+            threads and precision mode.
+    """
+
+    problem: str
+    derivative: Derivative
+    dtype: str
+    reference: str
+    engines: tuple[str, ...]
+    params: dict[str, np.ndarray]
+    values: dict[str, dict[str, np.ndarray]]
+    losses: dict[str, float]
+    rho: np.ndarray
+    worst: dict[str, dict[str, str | None]]
+    tolerances: np.ndarray
+    verdicts: dict[str, Verdict]
+    outlier: str | None
+    skipped: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def quantity(self) -> str:
+        """What was compared, in words: "gradients", "Hessians", "Hessian-vector products"."""
+        return _QUANTITIES[self.derivative]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every engine agrees with the reference and none is an outlier."""
+        return not self.disagreeing
+
+    @property
+    def disagreeing(self) -> tuple[str, ...]:
+        """The engines to blame: those beyond tolerance of the reference, or the outlier."""
+        if self.outlier is not None:
+            return (self.outlier,)
+        return tuple(name for name, verdict in self.verdicts.items() if not verdict.agrees)
+
+    def raise_if_disagree(self) -> None:
+        """Raise :class:`gradlab.Disagreement` (an ``AssertionError``) unless :attr:`ok`.
+
+        Example:
+            >>> import gradlab
+            >>> problem = gradlab.Quadratic()
+            >>> report = gradlab.compare_gradients(problem, problem.make_data(20),
+            ...     {"w": 1.0, "b": 0.5}, engines=["numpy", "fd"])
+            >>> report.raise_if_disagree()  # silent: they agree
+        """
+        if not self.ok:
+            raise Disagreement(f"{self.summary()}\n\n{self}", self)
+
+    def summary(self) -> str:
+        """One sentence: do they agree, and if not, who is to blame."""
+        what = self.quantity
+        if self.outlier is not None:
+            others = [name for name in self.engines if name != self.outlier]
+            blame = " (the reference)" if self.outlier == self.reference else ""
+            return (
+                f"{self.outlier}{blame} disagrees with every other engine, and "
+                f"{', '.join(others)} agree with each other: suspect {self.outlier}."
+            )
+        if self.ok:
+            return f"All {len(self.engines)} engines' {what} agree within tolerance."
+        return (
+            f"Disagreement beyond tolerance with the reference {self.reference}: "
+            f"{', '.join(self.disagreeing)}."
+        )
+
+    def __str__(self) -> str:
+        label = {"gradient": "Gradient", "hessian": "Hessian", "hvp": "Hessian-vector product"}
+        at = ", ".join(f"{name}={short(value)}" for name, value in self.params.items())
+        lines = [
+            f"{label[self.derivative]} agreement: {self.problem}, {self.dtype}, at {at}",
+            f"reference: {self.reference}; rho = |a − b| / max(1, |a| + |b|), largest over "
+            "all elements",
+            "",
+        ]
+        header = ["engine"]
+        if self.losses:
+            header.append("loss")
+        header += [f"rho vs {self.reference}", "worst element", "tolerance", "agrees"]
+        rows = []
+        for name in self.engines:
+            verdict = self.verdicts[name]
+            row = [name]
+            if self.losses:
+                row.append(f"{self.losses[name]:.9g}")
+            if name == self.reference:
+                row += ["reference", "", "", "—"]
+            else:
+                row += [
+                    _rho_cell(verdict.rho),
+                    verdict.worst or "—",
+                    f"{verdict.tolerance:.0e}",
+                    "yes" if verdict.agrees else "NO",
+                ]
+            rows.append(row)
+        lines.append(_output.table(header, rows))
+        lines += ["", "rho between engines:"]
+        matrix = [
+            [a] + [_rho_cell(self.rho[i, j], i == j) for j in range(len(self.engines))]
+            for i, a in enumerate(self.engines)
+        ]
+        lines.append(_output.table(["", *self.engines], matrix))
+        lines += ["", self.summary()]
+        lines += [f"skipped {name}: {reason}" for name, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly record of everything in the report (arrays as lists)."""
+        record: dict[str, Any] = _output.jsonable(
+            {
+                "problem": self.problem,
+                "derivative": self.derivative,
+                "dtype": self.dtype,
+                "reference": self.reference,
+                "engines": list(self.engines),
+                "ok": self.ok,
+                "summary": self.summary(),
+                "outlier": self.outlier,
+                "params": self.params,
+                "verdicts": {
+                    name: {
+                        "rho": v.rho,
+                        "worst": v.worst,
+                        "tolerance": v.tolerance,
+                        "agrees": v.agrees,
+                    }
+                    for name, v in self.verdicts.items()
+                },
+                "rho": {
+                    a: {b: float(self.rho[i, j]) for j, b in enumerate(self.engines)}
+                    for i, a in enumerate(self.engines)
+                },
+                "worst": self.worst,
+                "losses": self.losses,
+                "values": self.values,
+                "skipped": self.skipped,
+                "provenance": self.provenance,
+            }
+        )
+        return record
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as strict JSON (infinities as the strings "inf", "nan")."""
+        return _output.to_json(self.to_dict(), indent)
+
+    def to_frame(self) -> Any:
+        """One row per engine: loss, verdict against the reference, and rho against each engine.
+
+        Needs pandas (an optional dependency).
+        """
+        pandas = _output.optional("pandas", "GradientReport.to_frame", None)
+        rows = []
+        for i, name in enumerate(self.engines):
+            verdict = self.verdicts[name]
+            row: dict[str, Any] = {"engine": name}
+            if self.losses:
+                row["loss"] = self.losses[name]
+            row.update(
+                rho=verdict.rho,
+                worst=verdict.worst,
+                tolerance=verdict.tolerance,
+                agrees=verdict.agrees,
+            )
+            row.update(
+                {f"rho_{other}": float(self.rho[i, j]) for j, other in enumerate(self.engines)}
+            )
+            rows.append(row)
+        return pandas.DataFrame(rows).set_index("engine")
+
+    def plot(self, path: str | None = None) -> Any:
+        """The pairwise rho as a heatmap (a matplotlib Figure), saved to ``path`` if given."""
+        from gradlab import plots
+
+        figure = plots.agreement_figure(self)
+        if path is not None:
+            _output.save_figure(figure, path)
+        return figure
+
+
+def compare_gradients(
+    problem: AbstractProblem,
+    data: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    engines: Engines = None,
+    dtype: str = "float64",
+    reference: str | GradientEngine | None = None,
+    tolerance: float | None = None,
+    progress: bool = False,
+) -> GradientReport:
+    """Every engine's gradient at ``params``, compared pairwise and against a reference.
+
+    Args:
+        problem: The problem.
+        data: Its data (copied, never modified).
+        params: Where to take the gradient (copied, never modified).
+        engines: Engine names or objects (or one comma-separated string). Default: every
+            installed engine, skipping with a note those that cannot run this problem. An
+            engine named explicitly that cannot run is an error.
+        dtype: ``"float32"`` or ``"float64"``: every engine computes in it.
+        reference: The engine the verdicts are against. Default ``"numpy"`` (the hand
+            derivation) when the problem has one, else ``"fd"``. Added to ``engines`` if absent.
+        tolerance: One largest rho for every pair, instead of gradlab's table
+            (:func:`gradlab.tolerance`: exact pairs 1e-9 in float64 and 1e-4 in float32; pairs
+            with an approximate engine such as fd 1e-6 and 1e-4).
+        progress: Show a progress bar (needs tqdm) while engines run.
+
+    Returns:
+        A :class:`GradientReport`: ``str()`` it, assert on ``.ok``, or ``raise_if_disagree()``.
+
+    Example:
+        >>> import gradlab
+        >>> problem = gradlab.Quadratic()
+        >>> report = gradlab.compare_gradients(problem, problem.make_data(50),
+        ...                                    {"w": 0.5, "b": -1.0}, engines="numpy,fd")
+        >>> report.ok, report.reference, report.verdicts["fd"].rho < 1e-9
+        (True, 'numpy', True)
+    """
+    engine_list, default_list, checked_dtype, checked_data, checked_params = _arguments(
+        problem, data, params, engines, dtype
+    )
+    ref = _reference(reference, problem.has_hand_gradient)
+
+    def compute(engine: GradientEngine) -> tuple[dict[str, np.ndarray], float]:
+        loss, grads = evaluate(engine, problem, checked_data, checked_params, checked_dtype)
+        return grads, float(loss)
+
+    return _report(
+        problem,
+        "gradient",
+        checked_dtype,
+        checked_params,
+        engine_list,
+        default_list,
+        ref,
+        compute,
+        tolerance,
+        progress,
+    )
+
+
+def compare_hessians(
+    problem: AbstractProblem,
+    data: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    tangent: Mapping[str, Any] | None = None,
+    engines: Engines = None,
+    dtype: str = "float64",
+    reference: str | GradientEngine | None = None,
+    tolerance: float | None = None,
+    progress: bool = False,
+) -> GradientReport:
+    """Every engine's second derivatives at ``params``: the full Hessian, or H·``tangent``.
+
+    Like :func:`compare_gradients`, with the same tolerance table. Without ``tangent`` each
+    engine builds the full Hessian (one Hessian-vector product per parameter element, so for
+    small problems); with it, each computes the Hessian-vector product H·tangent. Engines
+    without second derivatives are skipped with a note. The default reference is ``"numpy"``
+    when the problem has a hand-derived Hessian-vector product, else ``"fd"``.
+
+    Example:
+        >>> import gradlab
+        >>> problem = gradlab.LinearRegression()
+        >>> data = problem.make_data(30, d=2)
+        >>> report = gradlab.compare_hessians(problem, data, {"w": [1.0, -1.0], "b": 0.0},
+        ...                                   engines=["numpy", "fd"])
+        >>> report.ok, report.values["numpy"]["hessian"].shape
+        (True, (3, 3))
+    """
+    engine_list, default_list, checked_dtype, checked_data, checked_params = _arguments(
+        problem, data, params, engines, dtype
+    )
+    ref = _reference(reference, problem.has_hand_hvp)
+    shapes = {name: value.shape for name, value in checked_params.items()}
+    checked_tangent = None if tangent is None else check_params(tangent, shapes, "tangent")
+
+    def compute(engine: GradientEngine) -> tuple[dict[str, np.ndarray], float | None]:
+        if checked_tangent is None:
+            blocks = hessian_blocks(engine, problem, checked_data, checked_params, checked_dtype)
+            return {"hessian": hessian_matrix(blocks, checked_params)}, None
+        batch = on_engine(engine, checked_data, checked_dtype)
+        product = hvp_function(engine, problem)
+        return hvp_at(engine, product, batch, checked_params, checked_tangent, checked_dtype), None
+
+    return _report(
+        problem,
+        "hvp" if tangent is not None else "hessian",
+        checked_dtype,
+        checked_params,
+        engine_list,
+        default_list,
+        ref,
+        compute,
+        tolerance,
+        progress,
+    )
+
+
+def _arguments(
+    problem: object, data: object, params: object, engines: Engines, dtype: object
+) -> tuple[list[str | GradientEngine], bool, str, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Check what every comparison shares; return the engine list and checked copies."""
+    _, checked_dtype, checked_data, checked_params = prepare(
+        problem, data, params, "numpy", dtype, "params"
+    )
+    return (*engine_names(engines), checked_dtype, checked_data, checked_params)
+
+
+def engine_names(engines: Engines) -> tuple[list[str | GradientEngine], bool]:
+    """The engines asked for, and whether they are the default (every installed engine)."""
+    if engines is None:
+        return list(available_engines()), True
+    if isinstance(engines, str):
+        engines = [name.strip() for name in engines.split(",") if name.strip()]
+    if not isinstance(engines, Sequence) or not engines:
+        raise ArgumentTypeError(
+            "engines", f"must be a non-empty list of engine names or engines, got {engines!r}"
+        )
+    names = [item if isinstance(item, str) else getattr(item, "name", None) for item in engines]
+    duplicates = sorted({str(name) for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ArgumentError("engines", f"lists {', '.join(duplicates)} more than once")
+    return list(engines), False
+
+
+def _reference(reference: str | GradientEngine | None, has_hand: bool) -> str | GradientEngine:
+    if reference is None:
+        return "numpy" if has_hand else "fd"
+    if not isinstance(reference, str) and not isinstance(reference, GradientEngine):
+        raise ArgumentTypeError(
+            "reference", f"must be an engine name or a GradientEngine, got {reference!r}"
+        )
+    return reference
+
+
+def resolve_engines(
+    engines: list[str | GradientEngine],
+    default: bool,
+    reference: str | GradientEngine | None,
+    can_run: Callable[[GradientEngine], object],
+) -> tuple[dict[str, GradientEngine], dict[str, str]]:
+    """Build the engines, the reference first among them; skip the unusable defaults.
+
+    ``can_run(engine)`` raises (``HandGradientMissing``, ``NotSupported``) when the engine
+    cannot do the job. For the default list that skips the engine with a note; for an engine
+    the caller named, and always for the reference, it is an error.
+    """
+    wanted: list[tuple[str | GradientEngine, bool]] = [(item, not default) for item in engines]
+    if reference is not None:
+        ref_name = reference if isinstance(reference, str) else reference.name
+        names = [item if isinstance(item, str) else item.name for item in engines]
+        if ref_name in names:
+            wanted.pop(names.index(ref_name))
+        wanted.insert(0, (reference, True))
+    built: dict[str, GradientEngine] = {}
+    skipped: dict[str, str] = {}
+    for item, required in wanted:
+        try:
+            engine = get_engine(item)
+            can_run(engine)
+        except (EngineUnavailable, HandGradientMissing, NotSupported) as error:
+            if required:
+                raise
+            skipped[item if isinstance(item, str) else item.name] = str(error)
+            continue
+        built[engine.name] = engine
+    return built, skipped
+
+
+def _report(
+    problem: AbstractProblem,
+    derivative: Derivative,
+    dtype: str,
+    params: dict[str, np.ndarray],
+    engines: list[str | GradientEngine],
+    default: bool,
+    reference: str | GradientEngine,
+    compute: Callable[[GradientEngine], tuple[dict[str, np.ndarray], float | None]],
+    custom_tolerance: float | None,
+    progress: bool,
+) -> GradientReport:
+    if custom_tolerance is not None:
+        custom_tolerance = check_positive_float(custom_tolerance, "tolerance")
+
+    def can_run(engine: GradientEngine) -> object:
+        if derivative == "gradient":
+            return engine.value_and_grad(problem)
+        return hvp_function(engine, problem)
+
+    built, skipped = resolve_engines(engines, default, reference, can_run)
+    values: dict[str, dict[str, np.ndarray]] = {}
+    losses: dict[str, float] = {}
+    with progress_bar(len(built), f"{derivative}s", progress) as advance:
+        for name, engine in built.items():
+            values[name], loss = compute(engine)
+            if loss is not None:
+                losses[name] = loss
+            advance(name)
+
+    names = tuple(built)
+    labels = _element_labels(params)
+    size = len(names)
+    matrix = np.zeros((size, size))
+    limits = pair_tolerances(built, dtype, custom_tolerance)
+    worst: dict[str, dict[str, str | None]] = {name: {} for name in names}
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            if j < i:
+                matrix[i, j], worst[a][b] = matrix[j, i], worst[b][a]
+            elif j > i:
+                matrix[i, j], worst[a][b] = _largest_rho(values[a], values[b], labels)
+            else:
+                worst[a][b] = None
+    ref_name = names[0]
+    verdicts = {
+        name: Verdict(name, float(matrix[i, 0]), worst[name][ref_name], float(limits[i, 0]))
+        for i, name in enumerate(names)
+    }
+    facts = {name: engine.describe() for name, engine in built.items()}
+    return GradientReport(
+        problem=problem.name,
+        derivative=derivative,
+        dtype=dtype,
+        reference=ref_name,
+        engines=names,
+        params={name: value.astype(dtype) for name, value in params.items()},
+        values=values,
+        losses=losses,
+        rho=matrix,
+        worst=worst,
+        tolerances=limits,
+        verdicts=verdicts,
+        outlier=outlier(names, matrix <= limits),
+        skipped=skipped,
+        provenance={**common_provenance(dtype), "engines": facts},
+    )
+
+
+def pair_tolerances(
+    engines: Mapping[str, GradientEngine], dtype: str, custom: float | None = None
+) -> np.ndarray:
+    """The largest rho allowed between each pair of engines: ``custom``, or gradlab's table.
+
+    A pair with an engine that approximates derivatives (fd, or any engine declaring
+    ``approximate = True``) gets the finite-difference tolerance.
+    """
+    approximate = [bool(getattr(engine, "approximate", False)) for engine in engines.values()]
+    return np.array(
+        [
+            [
+                custom if custom is not None else tolerance(dtype, against_fd=left or right)
+                for right in approximate
+            ]
+            for left in approximate
+        ]
+    )
+
+
+def _element_labels(params: Mapping[str, np.ndarray]) -> list[str]:
+    """``"w[0]"``, ``"w[1]"``, ``"b"``: one label per parameter element, in flattening order."""
+    labels = []
+    for name, value in params.items():
+        if value.ndim == 0:
+            labels.append(name)
+        else:
+            labels += [f"{name}[{', '.join(map(str, index))}]" for index in np.ndindex(value.shape)]
+    return labels
+
+
+def _largest_rho(
+    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], labels: list[str]
+) -> tuple[float, str | None]:
+    """The largest rho over every element of two results, and the element where it peaks."""
+    worst, where = 0.0, None
+    for name in a:
+        left, right = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
+        if left.size == 0:
+            continue
+        with np.errstate(all="ignore"):
+            elementwise = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
+        index = np.unravel_index(int(np.argmax(elementwise)), elementwise.shape)
+        if elementwise[index] > worst:
+            worst = float(elementwise[index])
+            where = _label(name, index, labels)
+    return worst, where
+
+
+def _label(name: str, index: tuple[Any, ...], labels: list[str]) -> str:
+    if name == "hessian":  # a flattened (P, P) matrix: name both elements
+        return f"∂²/∂{labels[int(index[0])]}∂{labels[int(index[1])]}"
+    return f"{name}[{', '.join(str(int(i)) for i in index)}]" if index else name
+
+
+def outlier(names: tuple[str, ...], agree: np.ndarray) -> str | None:
+    """The one engine that disagrees with all others while they all agree among themselves."""
+    if len(names) < 3:
+        return None
+    for i, name in enumerate(names):
+        others = [j for j in range(len(names)) if j != i]
+        if not any(agree[i, j] for j in others) and all(
+            agree[j, k] for j in others for k in others
+        ):
+            return name
+    return None
+
+
+def _rho_cell(value: float, diagonal: bool = False) -> str:
+    return "—" if diagonal else "0" if value == 0 else f"{value:.1e}"
+
+
+def short(value: np.ndarray, digits: int = 6) -> str:
+    """A parameter value in a table or header line: the number, or a short array."""
+    if np.ndim(value) == 0:
+        return f"{float(value):.{digits}g}"
+    return np.array2string(np.asarray(value), precision=4, threshold=6, separator=", ")

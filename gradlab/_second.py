@@ -1,0 +1,164 @@
+"""Second derivatives: Hessian-vector products on any engine that offers them, and Hessians."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gradlab._checks import check_params
+from gradlab._errors import ArgumentError, NotSupported
+from gradlab._fit import check_dtypes, on_engine, prepare
+from gradlab.engines._protocol import HVP, GradientEngine
+from gradlab.problems._base import AbstractProblem
+
+#: The largest number of parameter elements :func:`hessian` builds a full matrix for: it
+#: costs one Hessian-vector product per element and memory for elements².
+MAX_HESSIAN_SIZE = 2048
+
+
+def hvp(
+    problem: AbstractProblem,
+    data: Mapping[str, Any],
+    params: Mapping[str, Any],
+    tangent: Mapping[str, Any],
+    *,
+    engine: str | GradientEngine,
+    dtype: str = "float64",
+) -> dict[str, np.ndarray]:
+    """The Hessian-vector product H·v of the loss at ``params``, on one engine.
+
+    torch and jax compute it forward-over-reverse (a JVP of the gradient), ``numpy`` runs the
+    problem's hand-derived product, and ``fd`` differences its own finite-difference gradient
+    along ``tangent``.
+
+    Args:
+        problem: The problem.
+        data: Its data (copied, never modified).
+        params: Where to evaluate (copied, never modified).
+        tangent: The vector v, with the names and shapes of ``params``.
+        engine: An engine name or object that offers ``hvp``.
+        dtype: ``"float32"`` or ``"float64"``.
+
+    Returns:
+        H·v with the names and shapes of ``params``, as NumPy arrays of ``dtype``.
+
+    Raises:
+        NotSupported: the engine has no second derivatives.
+        HandGradientMissing: engine ``"numpy"`` on a problem without a hand-derived product.
+
+    Example:
+        >>> import numpy as np, gradlab
+        >>> data = {"x": np.array([1.0, 2.0]), "y": np.array([0.0, 0.0])}
+        >>> hv = gradlab.hvp(gradlab.Quadratic(), data, {"w": 0.0, "b": 0.0},
+        ...                  {"w": 1.0, "b": 0.0}, engine="numpy")
+        >>> float(hv["w"]), float(hv["b"])  # (Σx⁴, Σx²): the first column of H
+        (17.0, 5.0)
+    """
+    engine, dtype, checked_data, checked_params = prepare(
+        problem, data, params, engine, dtype, "params"
+    )
+    checked_tangent = check_params(
+        tangent, {name: value.shape for name, value in checked_params.items()}, "tangent"
+    )
+    product = hvp_function(engine, problem)
+    batch = on_engine(engine, checked_data, dtype)
+    return hvp_at(engine, product, batch, checked_params, checked_tangent, dtype)
+
+
+def hessian(
+    problem: AbstractProblem,
+    data: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    engine: str | GradientEngine,
+    dtype: str = "float64",
+) -> dict[str, dict[str, np.ndarray]]:
+    """The full Hessian of the loss at ``params``, one Hessian-vector product per element.
+
+    Meant for small problems (at most ``MAX_HESSIAN_SIZE`` parameter elements); use
+    :func:`hvp` beyond that.
+
+    Returns:
+        Nested blocks as ``jax.hessian`` gives them: ``H[a][b]`` has shape
+        ``shape(a) + shape(b)`` and holds ∂²L/∂a∂b.
+
+    Example:
+        >>> import numpy as np, gradlab
+        >>> data = {"x": np.array([1.0, 2.0]), "y": np.array([0.0, 0.0])}
+        >>> H = gradlab.hessian(gradlab.Quadratic(), data, {"w": 0.0, "b": 0.0}, engine="fd")
+        >>> [[round(float(H[a][b]), 6) for b in "wb"] for a in "wb"]  # [[Σx⁴, Σx²], [Σx², n]]
+        [[17.0, 5.0], [5.0, 2.0]]
+    """
+    engine, dtype, checked_data, checked_params = prepare(
+        problem, data, params, engine, dtype, "params"
+    )
+    return hessian_blocks(engine, problem, checked_data, checked_params, dtype)
+
+
+def hessian_blocks(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`hessian` on checked arguments."""
+    size = sum(value.size for value in params.values())
+    if size > MAX_HESSIAN_SIZE:
+        raise ArgumentError(
+            "params",
+            f"has {size} elements; a full Hessian is built for at most {MAX_HESSIAN_SIZE} "
+            "(use gradlab.hvp for Hessian-vector products)",
+        )
+    product = hvp_function(engine, problem)
+    batch = on_engine(engine, data, dtype)  # moved once, used by every product
+    blocks: dict[str, dict[str, np.ndarray]] = {
+        a: {b: np.empty(params[a].shape + params[b].shape, dtype) for b in params} for a in params
+    }
+    for a, value in params.items():
+        for i in np.ndindex(value.shape):
+            # H·e_(a,i) is the column of H for element i of a; H is symmetric, so that is
+            # also the row: ∂²L/∂a_i∂b for every b.
+            basis = {name: np.zeros_like(other) for name, other in params.items()}
+            basis[a][i] = 1.0
+            column = hvp_at(engine, product, batch, params, basis, dtype)
+            for b in params:
+                blocks[a][b][i] = column[b]
+    return blocks
+
+
+def hessian_matrix(
+    blocks: Mapping[str, Mapping[str, np.ndarray]], params: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """The blocks of :func:`hessian` as one (P, P) matrix, parameters flattened in order."""
+    sizes = {name: math.prod(value.shape) for name, value in params.items()}
+    return np.block(
+        [[np.reshape(blocks[a][b], (sizes[a], sizes[b])) for b in params] for a in params]
+    )
+
+
+def hvp_function(engine: GradientEngine, problem: AbstractProblem) -> HVP:
+    method = getattr(engine, "hvp", None)
+    if method is None:
+        raise NotSupported(f"engine {engine.name!r} does not compute Hessian-vector products")
+    function: HVP = method(problem)
+    return function
+
+
+def hvp_at(
+    engine: GradientEngine,
+    product: HVP,
+    batch: Mapping[str, Any],
+    params: Mapping[str, np.ndarray],
+    tangent: Mapping[str, np.ndarray],
+    dtype: str,
+) -> dict[str, np.ndarray]:
+    """H·tangent at NumPy ``params``, with the data already on the engine, back in NumPy."""
+    with np.errstate(all="ignore"):
+        out = product(on_engine(engine, params, dtype), on_engine(engine, tangent, dtype), batch)
+        result = {name: np.asarray(engine.to_numpy(out[name])) for name in params}
+    check_dtypes(engine, dtype, result)
+    return result
