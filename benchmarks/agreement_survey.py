@@ -5,7 +5,10 @@ evaluates every installed engine in float64 and float32 at the same float32-repr
 point, and prints the worst rho seen per problem, engine and dtype, next to gradlab's
 tolerance. These are the figures docs/agreement.md quotes.
 
-    python benchmarks/agreement_survey.py [--trials 300] [--seed 0]
+    python benchmarks/agreement_survey.py [--trials 300] [--seed 0] [--hessians]
+
+With ``--hessians`` it compares full Hessians (gradlab.hessian) with the hand-derived one
+instead of gradients.
 """
 
 from __future__ import annotations
@@ -40,7 +43,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hessians", action="store_true", help="compare Hessians instead")
     args = parser.parse_args()
+    what = "Hessian" if args.hessians else "gradient"
+
+    def derivative(problem: gradlab.AbstractProblem, data: dict, params: dict, **how: str) -> dict:
+        if args.hessians:
+            blocks = gradlab.hessian(problem, data, params, **how)
+            return {f"{a},{b}": block for a, row in blocks.items() for b, block in row.items()}
+        return gradlab.value_and_grad(problem, data, params, **how)[1]
+
     rng = np.random.default_rng(args.seed)
     problems = [gradlab.Quadratic(), gradlab.LinearRegression(), gradlab.LogisticRegression()]
     engines = gradlab.available_engines()
@@ -48,15 +60,13 @@ def main() -> None:
     for _ in range(args.trials):
         for problem in problems:
             data, params = random_case(problem, rng)
-            _, truth = gradlab.value_and_grad(problem, data, params, engine="numpy")
+            truth = derivative(problem, data, params, engine="numpy")
             for engine in engines:
                 for dtype in ("float64", "float32"):
-                    _, grads = gradlab.value_and_grad(
-                        problem, data, params, engine=engine, dtype=dtype
-                    )
+                    grads = derivative(problem, data, params, engine=engine, dtype=dtype)
                     key = (problem.name, engine, dtype)
                     worst[key] = max(worst.get(key, 0.0), gradlab.max_rho(truth, grads))
-    print(f"worst rho against the float64 hand gradient, {args.trials} random cases each")
+    print(f"worst rho against the float64 hand {what}, {args.trials} random cases each")
     print(f"{'problem':<20} {'engine':<7} {'dtype':<8} {'worst rho':>10} {'tolerance':>10}")
     for (problem, engine, dtype), value in sorted(worst.items()):
         limit = gradlab.tolerance(dtype, against_fd=engine == "fd")

@@ -259,7 +259,8 @@ def compare_fits(
         steps: Steps per fit.
         init: The common starting point (copied, never modified).
         engines: Engine names or objects, or one comma-separated string. Default: every
-            installed engine that can run the problem (the others are skipped with a note).
+            known engine that is installed and can run the problem (the others are skipped
+            with a note).
         dtype: ``"float32"`` or ``"float64"``.
         reference: The engine the others are compared with; default ``"numpy"`` if the
             problem has a hand gradient, else ``"fd"``.

@@ -24,7 +24,7 @@ from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._second import hessian_blocks, hessian_matrix, hvp_at, hvp_function
 from gradlab.engines._protocol import GradientEngine
-from gradlab.engines._registry import available_engines, get_engine
+from gradlab.engines._registry import get_engine, known_engines
 from gradlab.problems._base import AbstractProblem
 
 Derivative = Literal["gradient", "hessian", "hvp"]
@@ -76,6 +76,9 @@ class GradientReport:
         verdicts: Each engine against the reference.
         outlier: The engine that disagrees with every other while those agree among
             themselves (needs at least three engines), or ``None``.
+        rho_float64: In float32 reports, each engine's largest rho against the reference
+            computed in float64 at the same point: float32 round-off, for information (the
+            verdicts compare float32 with float32). Empty in float64.
         skipped: Engines left out, with the reason (not installed, no hand derivative...).
         provenance: Versions, machine, dtype, time, and ``"engines"``: each engine's device,
             threads and precision mode.
@@ -94,6 +97,7 @@ class GradientReport:
     tolerances: np.ndarray
     verdicts: dict[str, Verdict]
     outlier: str | None
+    rho_float64: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -157,6 +161,8 @@ class GradientReport:
         if self.losses:
             header.append("loss")
         header += [f"rho vs {self.reference}", "worst element", "tolerance", "agrees"]
+        if self.rho_float64:
+            header.append(f"rho vs float64 {self.reference}")
         rows = []
         for name in self.engines:
             verdict = self.verdicts[name]
@@ -172,6 +178,8 @@ class GradientReport:
                     f"{verdict.tolerance:.0e}",
                     "yes" if verdict.agrees else "NO",
                 ]
+            if self.rho_float64:
+                row.append(_rho_cell(self.rho_float64[name]))
             rows.append(row)
         lines.append(_output.table(header, rows))
         lines += ["", "rho between engines:"]
@@ -212,6 +220,7 @@ class GradientReport:
                 },
                 "worst": self.worst,
                 "losses": self.losses,
+                "rho_float64": self.rho_float64,
                 "values": self.values,
                 "skipped": self.skipped,
                 "provenance": self.provenance,
@@ -275,8 +284,8 @@ def compare_gradients(
         data: Its data (copied, never modified).
         params: Where to take the gradient (copied, never modified).
         engines: Engine names or objects (or one comma-separated string). Default: every
-            installed engine, skipping with a note those that cannot run this problem. An
-            engine named explicitly that cannot run is an error.
+            known engine, skipping with a note those not installed or unable to run this
+            problem. An engine named explicitly that cannot run is an error.
         dtype: ``"float32"`` or ``"float64"``: every engine computes in it.
         reference: The engine the verdicts are against. Default ``"numpy"`` (the hand
             derivation) when the problem has one, else ``"fd"``. Added to ``engines`` if absent.
@@ -301,8 +310,8 @@ def compare_gradients(
     )
     ref = _reference(reference, problem.has_hand_gradient)
 
-    def compute(engine: GradientEngine) -> tuple[dict[str, np.ndarray], float]:
-        loss, grads = evaluate(engine, problem, checked_data, checked_params, checked_dtype)
+    def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], float]:
+        loss, grads = evaluate(engine, problem, checked_data, checked_params, dtype)
         return grads, float(loss)
 
     return _report(
@@ -355,13 +364,13 @@ def compare_hessians(
     shapes = {name: value.shape for name, value in checked_params.items()}
     checked_tangent = None if tangent is None else check_params(tangent, shapes, "tangent")
 
-    def compute(engine: GradientEngine) -> tuple[dict[str, np.ndarray], float | None]:
+    def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], float | None]:
         if checked_tangent is None:
-            blocks = hessian_blocks(engine, problem, checked_data, checked_params, checked_dtype)
+            blocks = hessian_blocks(engine, problem, checked_data, checked_params, dtype)
             return {"hessian": hessian_matrix(blocks, checked_params)}, None
-        batch = on_engine(engine, checked_data, checked_dtype)
+        batch = on_engine(engine, checked_data, dtype)
         product = hvp_function(engine, problem)
-        return hvp_at(engine, product, batch, checked_params, checked_tangent, checked_dtype), None
+        return hvp_at(engine, product, batch, checked_params, checked_tangent, dtype), None
 
     return _report(
         problem,
@@ -388,9 +397,12 @@ def _arguments(
 
 
 def engine_names(engines: Engines) -> tuple[list[str | GradientEngine], bool]:
-    """The engines asked for, and whether they are the default (every installed engine)."""
+    """The engines asked for, and whether they are the default (every known engine).
+
+    The default lists uninstalled engines too, so that the report can say they were skipped.
+    """
     if engines is None:
-        return list(available_engines()), True
+        return list(known_engines()), True
     if isinstance(engines, str):
         engines = [name.strip() for name in engines.split(",") if name.strip()]
     if not isinstance(engines, Sequence) or not engines:
@@ -456,7 +468,7 @@ def _report(
     engines: list[str | GradientEngine],
     default: bool,
     reference: str | GradientEngine,
-    compute: Callable[[GradientEngine], tuple[dict[str, np.ndarray], float | None]],
+    compute: Callable[[GradientEngine, str], tuple[dict[str, np.ndarray], float | None]],
     custom_tolerance: float | None,
     progress: bool,
 ) -> GradientReport:
@@ -473,7 +485,7 @@ def _report(
     losses: dict[str, float] = {}
     with progress_bar(len(built), f"{derivative}s", progress) as advance:
         for name, engine in built.items():
-            values[name], loss = compute(engine)
+            values[name], loss = compute(engine, dtype)
             if loss is not None:
                 losses[name] = loss
             advance(name)
@@ -493,6 +505,13 @@ def _report(
             else:
                 worst[a][b] = None
     ref_name = names[0]
+    against_float64 = {}
+    if dtype == "float32":
+        # How far float32 round-off takes each engine from the reference's float64 values at
+        # the same (float32-representable) point: engines can agree with one another and
+        # still all be off the truth by the same rounding.
+        truth, _ = compute(built[ref_name], "float64")
+        against_float64 = {name: _largest_rho(truth, values[name], labels)[0] for name in names}
     verdicts = {
         name: Verdict(name, float(matrix[i, 0]), worst[name][ref_name], float(limits[i, 0]))
         for i, name in enumerate(names)
@@ -512,6 +531,7 @@ def _report(
         tolerances=limits,
         verdicts=verdicts,
         outlier=outlier(names, matrix <= limits),
+        rho_float64=against_float64,
         skipped=skipped,
         provenance={**common_provenance(dtype), "engines": facts},
     )

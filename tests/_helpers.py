@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pytest
 
 import gradlab
@@ -19,3 +22,35 @@ def require_engine(name: str) -> None:
 def relative_error(a: float, b: float) -> float:
     """|a − b| / |b|."""
     return abs(float(a) - float(b)) / abs(float(b))
+
+
+class PlantedBug(gradlab.engines.NumpyEngine):
+    """The numpy engine with one gradient element scaled: a bug planted where we know it.
+
+    Args:
+        name: The engine's name.
+        param: The parameter whose gradient is wrong.
+        index: Which element of it.
+        factor: What the element is multiplied by.
+    """
+
+    def __init__(
+        self,
+        name: str = "planted",
+        param: str = "w",
+        index: tuple[int, ...] = (),
+        factor: float = 1.01,
+    ) -> None:
+        self.name = name
+        self.param, self.index, self.factor = param, index, factor
+
+    def value_and_grad(self, problem: Any) -> Any:
+        inner = super().value_and_grad(problem)
+
+        def value_and_grad(params: Any, data: Any) -> Any:
+            loss, grads = inner(params, data)
+            wrong = np.array(grads[self.param], copy=True)
+            wrong[self.index] *= self.factor
+            return loss, {**grads, self.param: wrong}
+
+        return value_and_grad

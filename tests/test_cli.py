@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 import gradlab
 from gradlab import recipes
@@ -64,3 +70,173 @@ def test_console_script_entry_point_is_installed() -> None:
 
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "gradlab"]
     assert script.value == "gradlab.cli:main"
+
+
+def test_every_command_has_help() -> None:
+    for command, option in [("demo", "--plot"), ("compare", "--params"), ("fit", "--optimizer")]:
+        out = gradlab_cli(command, "--help")
+        assert out.returncode == 0, command
+        assert option in out.stdout
+        for shared in ("--quiet",):
+            assert shared in out.stdout
+    top = gradlab_cli("--help")
+    assert all(command in top.stdout for command in ("demo", "compare", "fit"))
+
+
+def test_compare_prints_the_report_and_exits_0_when_engines_agree() -> None:
+    out = gradlab_cli(
+        "compare", "--problem", "quadratic", "--engines", "numpy,fd", "--params", "w=1.5", "b=-2"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Gradient agreement: quadratic, float64, at w=1.5, b=-2" in out.stdout
+    # The numbers printed are the hand gradient at that point, computed here independently.
+    data = gradlab.Quadratic().make_data(100, seed=0)
+    residual = 1.5 * data["x"] ** 2 - 2 - data["y"]
+    assert f"{0.5 * np.sum(residual**2):.9g}" in out.stdout
+
+
+def test_compare_json_in_float32_on_a_linear_problem() -> None:
+    out = gradlab_cli(
+        "compare",
+        "--problem",
+        "linear_regression",
+        "--features",
+        "2",
+        "--dtype",
+        "float32",
+        "--engines",
+        "numpy,fd",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["dtype"] == "float32"
+    assert record["ok"] is True
+    assert len(record["values"]["fd"]["w"]) == 2
+    assert record["verdicts"]["fd"]["tolerance"] == gradlab.tolerance("float32", against_fd=True)
+
+
+def test_compare_hessian() -> None:
+    out = gradlab_cli(
+        "compare", "--hessian", "--problem", "logistic_regression", "--engines", "numpy,fd"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Hessian agreement: logistic_regression" in out.stdout
+
+
+def test_compare_exits_1_when_an_engine_disagrees() -> None:
+    code = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, "tests")
+        from _helpers import PlantedBug
+        import gradlab
+        from gradlab.cli import main
+        gradlab.register_engine("planted", PlantedBug)
+        raise SystemExit(main(["compare", "--engines", "numpy,fd,planted"]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stderr
+    assert "suspect planted" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compare", "--problem", "cubic"], "invalid choice: 'cubic'"),
+        (["compare", "--params", "w=1,2", "b=0", "--engines", "numpy"], "w got 2 value(s)"),
+        (["compare", "--params", "z=1", "--engines", "numpy"], "has no parameter 'z'"),
+        (["compare", "--params", "w", "--engines", "numpy"], "expected NAME=VALUES"),
+        (["compare", "--params", "w=abc", "--engines", "numpy"], "must be numbers"),
+        (["compare", "--engines", "numpy,tourch"], "did you mean 'torch'"),
+        (["compare", "--dtype", "float16"], "invalid choice: 'float16'"),
+        (["compare", "--n", "0"], "--n: must be a positive integer"),
+        (["fit", "--optimizer", "adamw"], "invalid choice: 'adamw'"),
+        (["fit", "--lr=-1"], "lr: must be a positive"),
+        (["fit", "--steps", "0"], "--steps"),
+        (["fit", "--init", "w=1,2"], "w got 2 value(s)"),
+        (["fit", "--json", "--plot", "/no/such/folder/fit.png"], "does not exist"),
+        (["fit", "--plot", "fit.jpg"], ".png, .pdf or .svg"),
+        (["demo", "--plot", "/no/such/folder/demo.png"], "does not exist"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message_and_no_traceback(args: list[str], message: str) -> None:
+    out = gradlab_cli(*args)
+    assert out.returncode == 2, out
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""  # refused before any work was done
+
+
+def test_fit_runs_and_prints_json() -> None:
+    out = gradlab_cli(
+        "fit",
+        "--problem",
+        "quadratic",
+        "--engine",
+        "numpy",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--steps",
+        "5000",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["status"] == "completed"
+    assert record["optimizer"] == {"name": "adam", "lr": 0.01}
+    assert len(record["losses"]) == 5000
+    # Independent oracle: least squares on (x², 1) is where adam should have arrived.
+    data = gradlab.Quadratic().make_data(100, seed=0)
+    design = np.column_stack([data["x"] ** 2, np.ones(100)])
+    w, b = np.linalg.lstsq(design, data["y"], rcond=None)[0]
+    assert record["params"]["w"] == pytest.approx(w, rel=1e-6)
+    assert record["params"]["b"] == pytest.approx(b, rel=1e-6)
+
+
+def test_fit_exits_1_when_it_diverges() -> None:
+    out = gradlab_cli("fit", "--lr", "5", "--steps", "200")
+    assert out.returncode == 1
+    assert "diverged at step" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["fit", "--steps", "100"],
+        ["compare", "--engines", "numpy,fd"],
+        ["demo", "--engines", "numpy", "--repeats", "1"],
+    ],
+)
+def test_plot_option_writes_a_png(command: list[str], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "picture.png"
+    out = gradlab_cli(*command, "--plot", str(target))
+    assert out.returncode == 0, out.stderr
+    assert target.read_bytes()[:4] == b"\x89PNG"
+    assert f"Plot written to {target}" in out.stdout
+
+
+def test_no_progress_bar_when_output_is_not_a_terminal() -> None:
+    out = gradlab_cli("compare", "--engines", "numpy,fd")
+    assert "\r" not in out.stderr
+    assert out.stderr == ""
+
+
+def test_progress_bar_shows_when_enabled_and_stays_quiet_when_not() -> None:
+    pytest.importorskip("tqdm")
+    import io
+
+    from gradlab._progress import progress_bar
+
+    shown = io.StringIO()
+    with progress_bar(2, "fits", True, file=shown, delay=0) as advance:
+        advance("numpy")
+        advance("fd")
+    assert "fits:" in shown.getvalue()
+    assert "/2 [" in shown.getvalue()
+    hidden = io.StringIO()
+    with progress_bar(2, "fits", False, file=hidden, delay=0) as advance:
+        advance("numpy")
+    assert hidden.getvalue() == ""

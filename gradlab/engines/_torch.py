@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -76,8 +77,17 @@ class TorchEngine(AbstractEngine):
             def gradient(point: Params) -> Any:
                 return func.grad(lambda p: problem.loss(p, data, xp))(point)
 
-            # torch.func transforms trace their own graph, whatever the caller's grad mode.
-            _, product = func.jvp(gradient, (dict(params),), (dict(tangent),))
+            with warnings.catch_warnings():
+                # torch's first forward-mode call loads its JVP decompositions through
+                # torch.jit.script, which torch 2.13 itself deprecates: torch's warning about
+                # torch's internals, nothing a gradlab user can act on.
+                warnings.filterwarnings(
+                    "ignore",
+                    message=r"`torch\.jit\.script` is deprecated",
+                    category=DeprecationWarning,
+                )
+                # torch.func transforms trace their own graph, whatever the caller's grad mode.
+                _, product = func.jvp(gradient, (dict(params),), (dict(tangent),))
             return dict(product)
 
         return hvp

@@ -1,0 +1,325 @@
+"""compare_gradients and compare_hessians: verdicts, outliers, output formats, bad input.
+
+Oracles: engines known to be right (hand derivations checked against fd elsewhere), bugs
+planted at a known element by a known factor (whose rho is then known from the definition),
+and the definition of rho itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _helpers import PlantedBug, require_engine
+
+import gradlab
+
+PROBLEM = gradlab.LinearRegression()
+DATA = PROBLEM.make_data(40, d=3, seed=5)
+PARAMS = {"w": np.array([0.5, -1.0, 2.0]), "b": np.array(0.25)}
+
+
+def installed(*names: str) -> list[str]:
+    return [name for name in names if name in gradlab.available_engines()]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(
+    "problem", [gradlab.Quadratic(), gradlab.LinearRegression(), gradlab.LogisticRegression()]
+)
+def test_every_installed_engine_agrees(problem: gradlab.AbstractProblem, dtype: str) -> None:
+    data = problem.make_data(60, seed=1)
+    params = {
+        name: np.full(shape, 0.3)
+        for name, shape in problem.param_shapes(problem.check_data(data)).items()
+    }
+    report = gradlab.compare_gradients(problem, data, params, dtype=dtype)
+    assert report.ok, str(report)
+    assert report.reference == "numpy"
+    assert report.engines == tuple(gradlab.available_engines())
+    for name in report.engines:
+        verdict = report.verdicts[name]
+        assert verdict.tolerance == gradlab.tolerance(dtype, against_fd="fd" in (name, "numpy"))
+        assert all(value.dtype == np.dtype(dtype) for value in report.values[name].values())
+    report.raise_if_disagree()
+
+
+def test_rho_matrix_is_the_definition_applied_to_the_values() -> None:
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS)
+    for i, a in enumerate(report.engines):
+        for j, b in enumerate(report.engines):
+            by_definition = max(
+                float(np.max(np.abs(x - y) / np.maximum(1.0, np.abs(x) + np.abs(y))))
+                for x, y in zip(report.values[a].values(), report.values[b].values(), strict=True)
+            )
+            assert report.rho[i, j] == pytest.approx(by_definition, rel=1e-12, abs=0.0)
+    assert np.array_equal(report.rho, report.rho.T)
+
+
+def test_a_planted_bug_is_found_at_its_element_with_its_size() -> None:
+    bug = PlantedBug(index=(1,), factor=1.01)
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy", "fd", bug])
+    truth = report.values["numpy"]["w"][1]
+    # rho of g and 1.01·g is 0.01·|g| / max(1, 2.01·|g|): the definition, worked by hand.
+    expected = 0.01 * abs(truth) / max(1.0, 2.01 * abs(truth))
+    verdict = report.verdicts["planted"]
+    assert verdict.rho == pytest.approx(expected, rel=1e-6)
+    assert verdict.worst == "w[1]"
+    assert not verdict.agrees
+    assert report.outlier == "planted"
+    assert report.disagreeing == ("planted",)
+    assert not report.ok
+    assert "suspect planted" in str(report)
+    with pytest.raises(gradlab.Disagreement) as caught:
+        report.raise_if_disagree()
+    assert isinstance(caught.value, AssertionError)
+    assert caught.value.report is report
+
+
+def test_a_wrong_reference_is_named_as_the_outlier() -> None:
+    """A bad hand derivation: every other engine agrees, so the reference is to blame."""
+
+    def wrong_hand(params: Any, data: Any) -> Any:
+        loss, grads = gradlab.Quadratic().hand_value_and_grad(params, data)
+        return loss, {"w": grads["w"], "b": 2 * grads["b"]}
+
+    quadratic = gradlab.Quadratic()
+    buggy = gradlab.Problem(quadratic.loss, wrong_hand, name="buggy")
+    report = gradlab.compare_gradients(
+        buggy,
+        quadratic.make_data(30),
+        {"w": 1.0, "b": 1.0},
+        engines=[*installed("torch", "jax"), "fd"],
+    )
+    assert report.reference == "numpy"
+    assert report.engines[0] == "numpy"
+    assert report.outlier == "numpy"
+    assert report.disagreeing == ("numpy",)
+    assert "numpy (the reference) disagrees with every other engine" in report.summary()
+
+
+def test_two_engines_cannot_name_an_outlier() -> None:
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy", PlantedBug()])
+    assert report.outlier is None
+    assert report.disagreeing == ("planted",)
+
+
+def test_problem_without_hand_gradient_uses_fd_and_skips_numpy_with_a_note() -> None:
+    problem = gradlab.Problem(lambda p, d, xp: xp.sum((p["a"] * d["t"]) ** 2), name="plain")
+    report = gradlab.compare_gradients(problem, {"t": [1.0, 2.0]}, {"a": 0.5})
+    assert report.reference == "fd"
+    assert "numpy" not in report.engines
+    assert "hand-derived" in report.skipped["numpy"]
+    assert "skipped numpy" in str(report)
+    with pytest.raises(gradlab.HandGradientMissing):
+        gradlab.compare_gradients(problem, {"t": [1.0]}, {"a": 0.5}, engines=["numpy", "fd"])
+
+
+def test_uninstalled_engines_are_skipped_with_a_note_unless_asked_for() -> None:
+    gradlab.register_engine(
+        "not-installed", gradlab.engines.NumpyEngine, requires=["no_such_module_for_gradlab"]
+    )
+    try:
+        report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS)
+        assert "no_such_module_for_gradlab" in report.skipped["not-installed"]
+        assert "not-installed" not in report.engines
+        with pytest.raises(gradlab.EngineUnavailable):
+            gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy,not-installed")
+    finally:
+        gradlab.unregister_engine("not-installed")
+
+
+def test_reference_is_added_first_and_tolerance_can_be_overridden() -> None:
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy"], reference="fd")
+    assert report.engines == ("fd", "numpy")
+    assert report.reference == "fd"
+    strict = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy,fd", tolerance=1e-18)
+    assert not strict.ok  # fd is not exact to 1e-18
+    assert strict.verdicts["fd"].tolerance == 1e-18
+
+
+def test_non_finite_gradients_are_total_disagreement() -> None:
+    root = gradlab.Problem(
+        lambda p, d, xp: xp.sum(xp.sqrt(p["a"] * d["t"])),
+        lambda p, d: (
+            np.sum(np.sqrt(p["a"] * d["t"])),
+            {"a": np.sum(d["t"] / (2 * np.sqrt(p["a"] * d["t"])))},
+        ),
+        name="root",
+    )
+    with np.errstate(divide="ignore"):
+        report = gradlab.compare_gradients(root, {"t": [1.0]}, {"a": 0.0}, engines="numpy,fd")
+    assert math.isinf(report.verdicts["fd"].rho)
+    assert not report.ok
+    record = json.loads(report.to_json())  # strict JSON: no bare Infinity
+    assert record["verdicts"]["fd"]["rho"] == "inf"
+
+
+def test_to_dict_and_json_carry_everything() -> None:
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy,fd")
+    record = json.loads(report.to_json())
+    assert record == report.to_dict()
+    assert record["ok"] is True
+    assert record["engines"] == ["numpy", "fd"]
+    assert record["values"]["fd"]["w"] == pytest.approx(report.values["fd"]["w"].tolist())
+    assert record["rho"]["numpy"]["fd"] == report.verdicts["fd"].rho
+    facts = record["provenance"]
+    for key in ("gradlab", "numpy", "torch", "jax", "dtype", "platform", "time", "threads"):
+        assert key in facts, key
+    assert "jax_enable_x64" in facts
+    assert facts["engines"]["fd"]["device"] == "cpu"
+
+
+def test_to_frame_has_a_row_per_engine() -> None:
+    pytest.importorskip("pandas")
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy,fd")
+    frame = report.to_frame()
+    assert list(frame.index) == ["numpy", "fd"]
+    assert frame.loc["fd", "rho"] == report.verdicts["fd"].rho
+    assert bool(frame.loc["fd", "agrees"]) is True
+    assert frame.loc["numpy", "rho_fd"] == report.rho[0, 1]
+
+
+def test_to_frame_without_pandas_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "pandas", None)
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy")
+    with pytest.raises(gradlab.MissingDependency, match=r"needs pandas.*: install pandas"):
+        report.to_frame()
+
+
+def test_str_is_a_readable_table() -> None:
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy,fd")
+    text = str(report)
+    assert text.startswith("Gradient agreement: linear_regression, float64, at w=")
+    assert "rho vs numpy" in text
+    assert "fd " in text
+    assert "All 2 engines' gradients agree within tolerance." in text
+
+
+def test_hessian_report_compares_full_matrices_and_labels_elements() -> None:
+    bugged = gradlab.Problem(
+        PROBLEM.loss,
+        PROBLEM.hand_value_and_grad,
+        hvp=lambda p, v, d: {
+            **PROBLEM.hand_hvp(p, v, d),
+            "b": 1.5 * PROBLEM.hand_hvp(p, v, d)["b"],
+        },
+        name="bugged",
+    )
+    report = gradlab.compare_hessians(bugged, DATA, PARAMS, engines="numpy,fd")
+    assert report.derivative == "hessian"
+    assert report.values["fd"]["hessian"].shape == (4, 4)
+    assert not report.ok
+    # Only ∂(∇_b)/∂· is wrong: the worst element is in the b row.
+    assert report.verdicts["fd"].worst is not None
+    assert report.verdicts["fd"].worst.startswith("∂²/∂")
+    assert "b" in report.verdicts["fd"].worst
+    product = gradlab.compare_hessians(
+        PROBLEM, DATA, PARAMS, tangent={"w": [1.0, 0.0, 0.0], "b": 1.0}, engines="numpy,fd"
+    )
+    assert product.derivative == "hvp"
+    assert product.ok
+    assert "Hessian-vector products agree" in product.summary()
+
+
+def test_hessians_skip_engines_without_second_derivatives() -> None:
+    class NoSecond(gradlab.engines.NumpyEngine):
+        name = "no-second"
+
+        def hvp(self, problem: Any) -> Any:
+            raise gradlab.NotSupported("no-second has no second derivatives")
+
+    gradlab.register_engine("no-second", NoSecond)
+    try:
+        report = gradlab.compare_hessians(PROBLEM, DATA, PARAMS)
+        assert "no-second" in report.skipped
+        assert report.ok
+        with pytest.raises(gradlab.NotSupported):
+            gradlab.compare_hessians(PROBLEM, DATA, PARAMS, engines="numpy,no-second")
+    finally:
+        gradlab.unregister_engine("no-second")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"engines": []}, "engines"),
+        ({"engines": 3}, "engines"),
+        ({"engines": "numpy,numpy"}, "more than once"),
+        ({"engines": "nmupy"}, "did you mean 'numpy'"),
+        ({"reference": 1.5}, "reference"),
+        ({"tolerance": -1.0}, "tolerance"),
+        ({"dtype": "float16"}, "dtype"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(arguments: dict[str, Any], match: str) -> None:
+    with pytest.raises(gradlab.ArgumentError, match=match):
+        gradlab.compare_gradients(PROBLEM, DATA, PARAMS, **arguments)
+
+
+def test_params_of_the_wrong_shape_are_refused() -> None:
+    with pytest.raises(
+        gradlab.ArgumentError, match=r"params\['w'\]: has shape \(2,\), expected \(3,\)"
+    ):
+        gradlab.compare_gradients(PROBLEM, DATA, {"w": [1.0, 2.0], "b": 0.0})
+
+
+def test_user_data_is_never_modified() -> None:
+    data = {name: value.copy() for name, value in DATA.items()}
+    params = {name: np.array(value, copy=True) for name, value in PARAMS.items()}
+    gradlab.compare_gradients(PROBLEM, data, params)
+    gradlab.compare_hessians(PROBLEM, data, params)
+    for name in DATA:
+        np.testing.assert_array_equal(data[name], DATA[name])
+    for name in PARAMS:
+        np.testing.assert_array_equal(params[name], PARAMS[name])
+
+
+def test_plot_is_a_labelled_heatmap_and_writes_files(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy", "fd", PlantedBug()])
+    figure = report.plot()
+    axes = figure.axes[0]
+    assert axes.get_title() == "Do the engines agree? gradients, float64"
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == ["numpy", "fd", "planted"]
+    cells = [text.get_text() for text in axes.texts]
+    assert sum("✗" in cell for cell in cells) == 4  # planted vs numpy and fd, both ways
+    target = tmp_path / "agreement.png"
+    assert report.plot(str(target)) is not None
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(gradlab.ArgumentError, match="does not exist"):
+        report.plot(str(tmp_path / "missing" / "x.png"))
+    with pytest.raises(gradlab.ArgumentError, match=r"\.png, \.pdf or \.svg"):
+        report.plot(str(tmp_path / "x.jpeg2"))
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy")
+    with pytest.raises(gradlab.MissingDependency, match=r"gradlab\[plot\]"):
+        report.plot()
+
+
+def test_torch_report_records_its_device_and_threads() -> None:
+    require_engine("torch")
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="torch")
+    facts = report.provenance["engines"]["torch"]
+    assert facts["device"] == "cpu"
+    assert isinstance(facts["threads"], int)
+
+
+def test_float32_reports_measure_round_off_against_float64() -> None:
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy,fd", dtype="float32")
+    point = {name: value.astype(np.float64) for name, value in report.params.items()}
+    _, truth = gradlab.value_and_grad(PROBLEM, DATA, point, engine="numpy", dtype="float64")
+    for name in report.engines:
+        assert report.rho_float64[name] == pytest.approx(
+            gradlab.max_rho(truth, report.values[name]), rel=1e-12, abs=0.0
+        )
+        assert report.rho_float64[name] <= gradlab.tolerance("float32")
+    assert "rho vs float64 numpy" in str(report)
+    assert gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy").rho_float64 == {}
