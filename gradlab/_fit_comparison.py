@@ -17,6 +17,7 @@ from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._report import (
     Engines,
+    default_reference,
     engine_names,
     outlier,
     pair_tolerances,
@@ -291,7 +292,7 @@ def compare_fits(
         loss_tol = check_float(loss_tol, "loss_tol")
     _, dtype, checked_data, start = prepare(problem, data, init, "numpy", dtype)
     engine_list, default = engine_names(engines)
-    ref = reference if reference is not None else ("numpy" if problem.has_hand_gradient else "fd")
+    ref = default_reference(reference, problem.has_hand_gradient)
     built, skipped = resolve_engines(engine_list, default, ref, lambda e: e.value_and_grad(problem))
 
     def run(engine: GradientEngine, trajectory: bool = False) -> FitResult:

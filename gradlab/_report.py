@@ -308,7 +308,7 @@ def compare_gradients(
     engine_list, default_list, checked_dtype, checked_data, checked_params = _arguments(
         problem, data, params, engines, dtype
     )
-    ref = _reference(reference, problem.has_hand_gradient)
+    ref = default_reference(reference, problem.has_hand_gradient)
 
     def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], float]:
         loss, grads = evaluate(engine, problem, checked_data, checked_params, dtype)
@@ -360,7 +360,7 @@ def compare_hessians(
     engine_list, default_list, checked_dtype, checked_data, checked_params = _arguments(
         problem, data, params, engines, dtype
     )
-    ref = _reference(reference, problem.has_hand_hvp)
+    ref = default_reference(reference, problem.has_hand_hvp)
     shapes = {name: value.shape for name, value in checked_params.items()}
     checked_tangent = None if tangent is None else check_params(tangent, shapes, "tangent")
 
@@ -416,7 +416,10 @@ def engine_names(engines: Engines) -> tuple[list[str | GradientEngine], bool]:
     return list(engines), False
 
 
-def _reference(reference: str | GradientEngine | None, has_hand: bool) -> str | GradientEngine:
+def default_reference(
+    reference: str | GradientEngine | None, has_hand: bool
+) -> str | GradientEngine:
+    """The reference asked for, or the hand derivation when there is one, else fd."""
     if reference is None:
         return "numpy" if has_hand else "fd"
     if not isinstance(reference, str) and not isinstance(reference, GradientEngine):

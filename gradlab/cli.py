@@ -16,7 +16,7 @@ import numpy as np
 
 from gradlab import optimizers, recipes
 from gradlab._errors import ArgumentError, GradlabError
-from gradlab._output import check_image_path, optional, save_figure
+from gradlab._output import check_image_path, optional, save_figure, to_json
 from gradlab.engines import available_engines
 from gradlab.problems import AbstractProblem, LinearRegression, LogisticRegression, Quadratic
 
@@ -268,8 +268,6 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
     if args.json:
         record = result.to_dict()
         record["optimizer"] = {"name": args.optimizer, "lr": args.lr}
-        from gradlab._output import to_json
-
         print(to_json(record))
     else:
         print(_describe_fit(result, args))

@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradlab._errors import NotSupported
 from gradlab._output import optional
+from gradlab.problems._base import AbstractProblem
 
 if TYPE_CHECKING:
     from gradlab._fit import FitResult
     from gradlab._report import GradientReport
-    from gradlab.problems._base import AbstractProblem
 
 __all__ = ["agreement_figure", "fit_figure"]
 
@@ -115,7 +114,12 @@ def fit_figure(
 
     names = list(results)
     reference = reference if reference is not None else names[0]
-    curves = model is not None and data is not None and _predicts(model, results[names[0]])
+    # A problem draws curves if it overrides predict (a model of y given x).
+    curves = (
+        model is not None
+        and data is not None
+        and type(model).predict is not AbstractProblem.predict
+    )
     paths = len(names) > 1 and all(r.trajectory is not None for r in results.values())
     panels = 1 + int(curves) + int(paths)
     figure = _figure(5.0 * panels, 4.2)
@@ -154,16 +158,6 @@ def fit_figure(
         axes.legend(title="engine")
         axes.grid(True, alpha=0.3)
     return figure
-
-
-def _predicts(model: AbstractProblem, result: FitResult) -> bool:
-    try:
-        model.predict(result.params, np.zeros(1))
-    except NotSupported:
-        return False
-    except (ValueError, TypeError, IndexError, KeyError):
-        return True  # it predicts, just not from that probe's shape
-    return True
 
 
 def _draw_curves(
