@@ -11,7 +11,7 @@ import numpy as np
 
 from gradlab._checks import check_bool, check_dtype, check_params, check_positive_int
 from gradlab._errors import ArgumentTypeError, GradlabError
-from gradlab._output import jsonable, to_json
+from gradlab._output import Record, jsonable
 from gradlab._provenance import provenance
 from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad
 from gradlab.engines._registry import get_engine
@@ -22,7 +22,7 @@ Status = Literal["completed", "diverged"]
 
 
 @dataclass(frozen=True)
-class FitResult:
+class FitResult(Record):
     """The outcome of :func:`fit`.
 
     Attributes:
@@ -94,10 +94,6 @@ class FitResult:
             }
         )
         return record
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """:meth:`to_dict` as strict JSON (infinities as the strings "inf", "nan")."""
-        return to_json(self.to_dict(), indent)
 
     def __repr__(self) -> str:
         params = ", ".join(

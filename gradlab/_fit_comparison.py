@@ -30,7 +30,7 @@ from gradlab.problems._base import AbstractProblem
 
 
 @dataclass(frozen=True)
-class FitComparison:
+class FitComparison(_output.Record):
     """One fit run on several engines from the same start, compared step by step.
 
     Made by :func:`compare_fits`.
@@ -186,10 +186,6 @@ class FitComparison:
             }
         )
         return record
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """:meth:`to_dict` as strict JSON (infinities as the strings "inf", "nan")."""
-        return _output.to_json(self.to_dict(), indent)
 
     def to_frame(self) -> Any:
         """One row per engine (final loss and parameters, times, path rho). Needs pandas."""

@@ -53,6 +53,17 @@ def to_json(record: Mapping[str, Any], indent: int | None = 2) -> str:
     return json.dumps(jsonable(record), indent=indent, allow_nan=False)
 
 
+class Record:
+    """Mixin for results with a ``to_dict()``: gives them ``to_json()``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as strict JSON (infinities as the strings "inf", "nan")."""
+        return to_json(self.to_dict(), indent)
+
+
 def optional(module: str, what: str, extra: str | None) -> Any:
     """Import an optional dependency, or raise :class:`MissingDependency` naming the extra."""
     try:

@@ -55,7 +55,7 @@ class Verdict:
 
 
 @dataclass(frozen=True)
-class GradientReport:
+class GradientReport(_output.Record):
     """Every engine's derivative at one point, compared pairwise in rho.
 
     Made by :func:`compare_gradients` and :func:`compare_hessians`.
@@ -227,10 +227,6 @@ class GradientReport:
             }
         )
         return record
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """:meth:`to_dict` as strict JSON (infinities as the strings "inf", "nan")."""
-        return _output.to_json(self.to_dict(), indent)
 
     def to_frame(self) -> Any:
         """One row per engine: loss, verdict against the reference, and rho against each engine.
