@@ -22,6 +22,10 @@ from gradlab import recipes as recipes
 from gradlab._agreement import max_rho as max_rho
 from gradlab._agreement import rho as rho
 from gradlab._agreement import tolerance as tolerance
+from gradlab._benchmark import BenchmarkCase as BenchmarkCase
+from gradlab._benchmark import BenchmarkResult as BenchmarkResult
+from gradlab._benchmark import Timing as Timing
+from gradlab._benchmark import benchmark as benchmark
 from gradlab._errors import ArgumentError as ArgumentError
 from gradlab._errors import ArgumentTypeError as ArgumentTypeError
 from gradlab._errors import Disagreement as Disagreement
@@ -67,6 +71,8 @@ __all__ = [
     "AbstractProblem",
     "ArgumentError",
     "ArgumentTypeError",
+    "BenchmarkCase",
+    "BenchmarkResult",
     "Disagreement",
     "EngineUnavailable",
     "FitComparison",
@@ -82,12 +88,14 @@ __all__ = [
     "NotSupported",
     "Problem",
     "Quadratic",
+    "Timing",
     "UnknownEngine",
     "Verdict",
     "__version__",
     "adam",
     "apply_updates",
     "available_engines",
+    "benchmark",
     "compare_fits",
     "compare_gradients",
     "compare_hessians",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.metadata
 import os
 import platform
@@ -14,8 +15,13 @@ import numpy as np
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
 
 
+@functools.cache
 def _version(distribution: str) -> str | None:
-    """An installed distribution's version, read from its metadata without importing it."""
+    """An installed distribution's version, read from its metadata without importing it.
+
+    Cached: reading package metadata costs about a millisecond, which would dominate a short
+    compiled fit, and what is installed does not change under a running process.
+    """
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -30,7 +36,7 @@ def common_provenance(dtype: str) -> dict[str, Any]:
         "numpy": np.__version__,
         "torch": _version("torch"),
         "jax": _version("jax"),
-        "platform": platform.platform(),
+        "platform": _platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "dtype": dtype,
@@ -53,6 +59,11 @@ def provenance(engine_facts: dict[str, Any], dtype: str) -> dict[str, Any]:
         dtype: The dtype the computation ran in.
     """
     return {**common_provenance(dtype), **engine_facts}
+
+
+@functools.cache
+def _platform() -> str:
+    return platform.platform()
 
 
 def _jax_x64() -> bool | None:

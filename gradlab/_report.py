@@ -24,7 +24,7 @@ from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._second import hessian_blocks, hessian_matrix, hvp_at, hvp_function
 from gradlab.engines._protocol import GradientEngine
-from gradlab.engines._registry import get_engine, known_engines
+from gradlab.engines._registry import default_engines, get_engine
 from gradlab.problems._base import AbstractProblem
 
 Derivative = Literal["gradient", "hessian", "hvp"]
@@ -395,10 +395,11 @@ def _arguments(
 def engine_names(engines: Engines) -> tuple[list[str | GradientEngine], bool]:
     """The engines asked for, and whether they are the default (every known engine).
 
-    The default lists uninstalled engines too, so that the report can say they were skipped.
+    The default lists uninstalled engines too, so that the report can say they were skipped;
+    it leaves out opt-in engines (``"torch-compile"``), which must be named.
     """
     if engines is None:
-        return list(known_engines()), True
+        return list(default_engines()), True
     if isinstance(engines, str):
         engines = [name.strip() for name in engines.split(",") if name.strip()]
     if not isinstance(engines, Sequence) or not engines:

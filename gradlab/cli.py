@@ -1,4 +1,4 @@
-"""The ``gradlab`` command line: ``demo``, ``compare`` and ``fit``.
+"""The ``gradlab`` command line: ``demo``, ``compare``, ``fit`` and ``bench``.
 
 Exit status: 0 success (engines agree; the fit completed), 1 a finding (an engine disagrees;
 the fit diverged), 2 a usage error (bad option, unknown engine, unwritable --plot path...).
@@ -8,6 +8,7 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,14 +19,12 @@ from gradlab import optimizers, recipes
 from gradlab._errors import ArgumentError, GradlabError
 from gradlab._output import check_image_path, optional, save_figure, to_json
 from gradlab.engines import available_engines
+from gradlab.engines._registry import default_engines
 from gradlab.problems import AbstractProblem, LinearRegression, LogisticRegression, Quadratic
+from gradlab.problems._named import NAMED_PROBLEMS
 
 _RECIPES = {"numpy": recipes.seed_numpy, "torch": recipes.seed_torch}
-_PROBLEMS: dict[str, Callable[[], AbstractProblem]] = {
-    "quadratic": Quadratic,
-    "linear_regression": LinearRegression,
-    "logistic_regression": LogisticRegression,
-}
+_PROBLEMS = NAMED_PROBLEMS
 _OPTIMIZERS = {"sgd": optimizers.sgd, "momentum": optimizers.momentum, "adam": optimizers.adam}
 
 
@@ -150,13 +149,113 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="starting point, e.g. --init w=0 b=0 (default: zeros)",
     )
+    bench = commands.add_parser(
+        "bench",
+        parents=[output, machine],
+        help="time every engine: first call, objective, gradient, fit per step",
+        description=(
+            "Time every engine on every problem, size and dtype, in this process: the first "
+            "call (compilation) apart, then the objective and value-and-gradient repeated "
+            "(each call synchronised) for --min-time seconds, min and median; their ratio; "
+            "one numpy.dot over the data (the memory floor); and gradlab.fit per step."
+        ),
+    )
+    bench.add_argument(
+        "--problems",
+        default=",".join(_PROBLEMS),
+        help="comma-separated problems (default: all built-in)",
+    )
+    bench.add_argument(
+        "--sizes", default="100,1000,10000", help="comma-separated n (default 100,1000,10000)"
+    )
+    bench.add_argument(
+        "--engines",
+        default=None,
+        help="comma-separated engines, e.g. numpy,torch,jax,torch-compile "
+        "(default: every installed engine but torch-compile)",
+    )
+    bench.add_argument(
+        "--dtypes", default="float64", help="float32, float64 or both (default float64)"
+    )
+    bench.add_argument(
+        "--min-time", type=float, default=0.2, help="seconds of timing per figure (default 0.2)"
+    )
+    bench.add_argument(
+        "--fit-steps", type=int, default=100, help="most steps per timed fit (default 100)"
+    )
+    bench.add_argument(
+        "--memory",
+        action="store_true",
+        help="also measure each fit's peak memory (a fresh process per case; Linux)",
+    )
+    bench.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds after which no new case starts (default: no limit)",
+    )
+    bench.add_argument(
+        "--out",
+        metavar="STEM",
+        default=None,
+        help="also write STEM.json and STEM.md (the table, with the machine described)",
+    )
     return parser
+
+
+def _bench(args: argparse.Namespace, show_progress: bool) -> int:
+    from gradlab._benchmark import benchmark
+
+    if args.out is not None:
+        check_output_stem(args.out)
+    try:
+        sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
+    except ValueError:
+        raise ArgumentError(
+            "--sizes", f"must be comma-separated integers, got {args.sizes!r}"
+        ) from None
+    result = benchmark(
+        args.problems,
+        sizes,
+        engines=args.engines,
+        dtypes=args.dtypes,
+        min_time=args.min_time,
+        fit_steps=args.fit_steps,
+        memory=args.memory,
+        budget=args.budget,
+        progress=show_progress,
+    )
+    print(to_json(result.to_dict()) if args.json else result)
+    if args.out is not None:
+        with open(f"{args.out}.json", "w", encoding="utf-8") as file:
+            file.write(result.to_json() + "\n")
+        with open(f"{args.out}.md", "w", encoding="utf-8") as file:
+            file.write(result.to_markdown())
+        if not args.json:
+            print(f"\nResults written to {args.out}.json and {args.out}.md")
+    if args.plot:
+        save_figure(result.plot(), args.plot)
+        if not args.json:
+            print(f"Plot written to {args.plot}")
+    return 0
+
+
+def check_output_stem(stem: str) -> None:
+    """Refuse an --out whose folder does not exist or cannot be written, before any work."""
+    folder = os.path.dirname(os.path.abspath(stem))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ArgumentError("--out", f"cannot write into {folder!r}")
+
+
+def _default_available() -> list[str]:
+    """Installed engines that run by default (opt-in ones, like torch-compile, are named)."""
+    return [name for name in default_engines() if name in available_engines()]
 
 
 def _demo(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab._demo import format_table, run_demo
 
-    engines = args.engines.split(",") if args.engines else list(available_engines())
+    engines = args.engines.split(",") if args.engines else list(_default_available())
     recipe = _RECIPES[args.recipe]()
     rows = run_demo(recipe, [name.strip() for name in engines], args.repeats, show_progress)
     print(
@@ -308,13 +407,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.plot:
             check_image_path(args.plot, "--plot")
             optional("matplotlib", "--plot", "plot")
-        for option in ("n", "features", "steps", "repeats"):
+        for option in ("n", "features", "steps", "repeats", "fit_steps"):
             if getattr(args, option, 1) < 1:
                 raise ArgumentError(
-                    f"--{option}", f"must be a positive integer, got {getattr(args, option)}"
+                    f"--{option.replace('_', '-')}",
+                    f"must be a positive integer, got {getattr(args, option)}",
                 )
         show_progress = not args.quiet and sys.stderr.isatty()
-        command = {"demo": _demo, "compare": _compare, "fit": _fit}[args.command]
+        command = {"demo": _demo, "compare": _compare, "fit": _fit, "bench": _bench}[args.command]
         return command(args, show_progress)
     except GradlabError as error:
         print(f"gradlab {args.command}: error: {error}", file=sys.stderr)

@@ -5,6 +5,8 @@ opens a window, picks a GUI backend or touches pyplot's global state; save one w
 ``figure.savefig(path)`` or through the ``plot(path)`` methods of the reports.
 
 - :func:`agreement_figure`: a :class:`gradlab.GradientReport`'s pairwise rho as a heatmap.
+- :func:`benchmark_figure`: a :class:`gradlab.BenchmarkResult` as time against problem
+  size, log-log, per engine, with the memory floor.
 - :func:`fit_figure`: fits side by side: the data with each engine's fitted curve, the loss
   per step, and how far each engine's parameter path lies from the reference's.
 
@@ -29,10 +31,11 @@ from gradlab._output import optional
 from gradlab.problems._base import AbstractProblem
 
 if TYPE_CHECKING:
+    from gradlab._benchmark import BenchmarkResult
     from gradlab._fit import FitResult
     from gradlab._report import GradientReport
 
-__all__ = ["agreement_figure", "fit_figure"]
+__all__ = ["agreement_figure", "benchmark_figure", "fit_figure"]
 
 #: rho below this is drawn at it: 0 has no logarithm, and float64 round-off sits above it.
 RHO_FLOOR = 1e-17
@@ -189,3 +192,52 @@ def _draw_curves(
         axes.set_title("Each engine's fit: predicted against observed")
     axes.legend(title="engine")
     axes.grid(True, alpha=0.3)
+
+
+def benchmark_figure(result: BenchmarkResult) -> Any:
+    """Time of value-and-gradient against n, log-log: one panel per problem and dtype.
+
+    One line per engine (minimum over the timed calls; the band reaches the median), the
+    objective alone dotted in the same colour, and one ``numpy.dot`` over the data in grey:
+    the memory floor. Slope 1 is time proportional to n; a flat start is per-call overhead.
+    """
+    panels = sorted({(case.problem, case.dtype) for case in result.select()})
+    if not panels:
+        raise ValueError("the benchmark measured no case; there is nothing to plot")
+    figure = _figure(4.6 * len(panels), 4.0)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    engines = list(dict.fromkeys(case.engine for case in result.select()))
+    for ax, (problem, dtype) in zip(axes, panels, strict=True):
+        for index, engine in enumerate(engines):
+            cases = sorted(result.select(problem=problem, dtype=dtype, engine=engine), key=_n)
+            if not cases:
+                continue
+            sizes = [case.n for case in cases]
+            fastest = [case.gradient.min for case in cases if case.gradient]
+            typical = [case.gradient.median for case in cases if case.gradient]
+            color = f"C{index % 10}"
+            ax.plot(sizes, fastest, marker="o", color=color, label=f"{engine} value+grad")
+            ax.fill_between(sizes, fastest, typical, color=color, alpha=0.15, linewidth=0)
+            objective = [case.objective.min for case in cases if case.objective]
+            ax.plot(sizes, objective, linestyle=":", color=color, label=f"{engine} objective")
+        floor = sorted(
+            {
+                (case.n, case.floor.min)
+                for case in result.select(problem=problem, dtype=dtype)
+                if case.floor is not None
+            }
+        )
+        if floor:
+            ax.plot(*zip(*floor, strict=True), color="0.5", linestyle="--", label="np.dot(y, x)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("n (data points)")
+        ax.set_ylabel("seconds per call")
+        ax.set_title(f"{problem}, {dtype}")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].legend(fontsize="small")
+    return figure
+
+
+def _n(case: Any) -> int:
+    return int(case.n)

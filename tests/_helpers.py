@@ -13,6 +13,14 @@ BUILTIN_ENGINES = ("numpy", "torch", "jax", "fd")
 AUTODIFF_ENGINES = ("torch", "jax")
 
 
+def default_engines() -> tuple[str, ...]:
+    """The installed engines a comparison runs when none are named (opt-in ones left out)."""
+    from gradlab.engines._registry import default_engines as defaults
+
+    installed = gradlab.available_engines()
+    return tuple(name for name in defaults() if name in installed)
+
+
 def require_engine(name: str) -> None:
     """Skip the test when the engine's framework is not installed."""
     if name not in gradlab.available_engines():

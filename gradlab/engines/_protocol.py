@@ -16,6 +16,7 @@ Params = Mapping[str, Array]
 Data = Mapping[str, Array]
 Carry = Any
 ValueAndGrad = Callable[[Params, Data], "tuple[Array, dict[str, Array]]"]
+Objective = Callable[[Params, Data], Array]
 HVP = Callable[[Params, Params, Data], "dict[str, Array]"]
 Step = Callable[[Carry, Data], "tuple[Carry, tuple[Array, ...]]"]
 
@@ -55,6 +56,17 @@ class GradientEngine(Protocol):
         hvp(problem): A function ``(params, tangent, data) -> H·tangent``, the
             Hessian-vector product of the loss, with the keys, shapes and dtype of
             ``params``. ``tangent`` has the same structure as ``params``.
+
+    Optional members, for :func:`gradlab.benchmark` (which falls back to these defaults
+    when an engine lacks them):
+
+        objective(problem): A function ``(params, data) -> loss``, the loss alone, computed
+            as this engine would (compiled where the engine compiles). Default: the
+            problem's loss on ``xp``.
+        block(tree): Wait until every array in ``tree`` is computed, and return ``tree``.
+            Frameworks that compute asynchronously (jax; torch on a GPU) must implement
+            it, or a clock read after a call measures only the dispatch. Default: nothing
+            to wait for.
 
     The easiest way to write an engine is to subclass :class:`AbstractEngine`, which supplies
     ``run``, ``to_numpy`` and ``describe``; see ``docs/engines.md``.
@@ -98,8 +110,10 @@ class AbstractEngine(abc.ABC):
 
     It supplies the protocol's defaults: :meth:`run` as a plain Python loop that stacks the
     per-step outputs once at the end (so there is no host synchronisation per step),
-    :meth:`to_numpy` through ``numpy.asarray``, an empty :meth:`describe`, and an :meth:`hvp`
-    that raises :class:`gradlab.NotSupported` (override it to offer second derivatives).
+    :meth:`to_numpy` through ``numpy.asarray``, an empty :meth:`describe`, an :meth:`hvp`
+    that raises :class:`gradlab.NotSupported` (override it to offer second derivatives), an
+    :meth:`objective` that evaluates the loss on ``xp`` and a :meth:`block` with nothing to
+    wait for (override it if your framework computes asynchronously).
     """
 
     name: str
@@ -116,6 +130,19 @@ class AbstractEngine(abc.ABC):
     def hvp(self, problem: AbstractProblem) -> HVP:
         """Second derivatives are optional: by default, refuse with a clear error."""
         raise NotSupported(f"engine {self.name!r} does not compute Hessian-vector products")
+
+    def objective(self, problem: AbstractProblem) -> Objective:
+        """The loss alone, on ``xp``: what benchmarks divide the gradient's time by."""
+        xp = self.xp
+
+        def objective(params: Params, data: Data) -> Array:
+            return problem.loss(params, data, xp)
+
+        return objective
+
+    def block(self, tree: Any) -> Any:
+        """Synchronous by default: everything is computed once a call returns."""
+        return tree
 
     def to_numpy(self, array: Array) -> np.ndarray:
         """Convert with ``numpy.asarray``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradlab._errors import ArgumentError, ArgumentTypeError, EngineUnavailable, UnknownEngine
-from gradlab.engines._protocol import GradientEngine
+from gradlab.engines._protocol import AbstractEngine, GradientEngine
 
 ENTRY_POINT_GROUP = "gradlab.engines"
 
@@ -24,11 +25,14 @@ class _Entry:
     requires: tuple[str, ...]  # modules that must be importable
     extra: str | None  # the gradlab extra that installs them
     source: str  # "builtin", "registered" or "entry point"
+    # Left out of the engines a comparison uses by default (compiling costs seconds).
+    opt_in: bool = False
 
 
-def _builtin(module: str, name: str) -> Callable[[], EngineFactory]:
+def _builtin(module: str, name: str, **options: Any) -> Callable[[], EngineFactory]:
     def load() -> EngineFactory:
-        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+        factory = getattr(importlib.import_module(module), name)
+        return functools.partial(factory, **options) if options else factory
 
     return load
 
@@ -43,10 +47,17 @@ _REGISTRY: dict[str, _Entry] = {
         "builtin",
     ),
     "jax": _Entry(_builtin("gradlab.engines._jax", "JaxEngine"), ("jax",), "jax", "builtin"),
+    "torch-compile": _Entry(
+        _builtin("gradlab.engines._torch", "TorchEngine", compile=True),
+        ("torch", "array_api_compat"),
+        "torch",
+        "builtin",
+        opt_in=True,
+    ),
 }
 _entry_points_loaded = False
 # The hand-derived reference first, then the autodiff engines, then finite differences.
-_BUILTIN_ORDER = {"numpy": 0, "torch": 1, "jax": 2, "fd": 3}
+_BUILTIN_ORDER = {"numpy": 0, "torch": 1, "jax": 2, "fd": 3, "torch-compile": 4}
 
 
 def register_engine(
@@ -141,7 +152,9 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
         gradlab._errors.UnknownEngine: engine: unknown engine 'nmupy'; did you mean 'numpy'? ...
     """
     if not isinstance(name, str):
-        if isinstance(name, GradientEngine):
+        # An AbstractEngine conforms by construction; checking a runtime protocol costs
+        # tens of microseconds, which a short compiled fit would notice.
+        if isinstance(name, (AbstractEngine, GradientEngine)):
             if options:
                 raise ArgumentError("options", "cannot be given with an engine object")
             return name
@@ -165,11 +178,19 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
         engine = factory(**options)
     except TypeError as error:
         raise ArgumentError("options", f"engine {name!r} rejected its options: {error}") from None
-    if not isinstance(engine, GradientEngine):
+    if not (isinstance(engine, (AbstractEngine, GradientEngine))):
         raise ArgumentTypeError(
             "factory", f"engine {name!r}'s factory returned {engine!r}, not a GradientEngine"
         )
     return engine
+
+
+def default_engines() -> tuple[str, ...]:
+    """The engines comparisons use when none are named: every known one but the opt-in ones.
+
+    ``"torch-compile"`` is opt-in: it is torch again, and compiling costs seconds per shape.
+    """
+    return tuple(name for name in known_engines() if not _REGISTRY[name].opt_in)
 
 
 def _missing(entry: _Entry) -> str | None:

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import importlib
+import types
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from gradlab._checks import check_bool
 from gradlab._errors import ArgumentError
-from gradlab.engines._protocol import HVP, AbstractEngine, Array, Data, Params, ValueAndGrad
+from gradlab.engines._protocol import (
+    HVP,
+    AbstractEngine,
+    Array,
+    Carry,
+    Data,
+    Objective,
+    Params,
+    Step,
+    ValueAndGrad,
+)
 from gradlab.problems._base import AbstractProblem
+
+# Compiled functions live as long as the process, like jit's caches, so that a new engine
+# object (``get_engine`` builds one per call) finds what an earlier one compiled. Keys: the
+# device, what is compiled (objective, gradient, loop body) and for which problem or body;
+# _COMPILED adds the shapes and dtypes of the arguments.
+_CALLS: dict[tuple[Any, ...], Callable[..., Any]] = {}
+_COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
 
 class TorchEngine(AbstractEngine):
@@ -25,15 +45,25 @@ class TorchEngine(AbstractEngine):
     Problems see torch through ``array_api_compat.torch``, the array-API namespace, so a loss
     written with ``xp.sum(..., axis=0)`` runs unchanged.
 
+    **Compiled** (``compile=True``, registered as ``"torch-compile"``): the gradient is
+    ``torch.func.grad_and_value`` of the loss under ``torch.compile`` (inductor, static
+    shapes), and :meth:`run` compiles the whole loop body (gradient and optimizer update) into
+    one kernel per step. Each new combination of shapes and dtypes compiles once (seconds);
+    later calls reuse it. The Python loop over steps stays, with no host sync inside it.
+
     Args:
         device: Where tensors live (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+        compile: Compile the loss, the gradient and the loop body with ``torch.compile``.
     """
 
     name = "torch"
 
-    def __init__(self, *, device: str = "cpu") -> None:
+    def __init__(self, *, device: str = "cpu", compile: bool = False) -> None:
         self._torch = importlib.import_module("torch")
         self.xp = importlib.import_module("array_api_compat.torch")
+        self.compile = check_bool(compile, "compile")
+        if self.compile:
+            self.name = "torch-compile"
         try:
             self.device = self._torch.device(device)
             self._torch.empty(0, device=self.device)
@@ -53,9 +83,40 @@ class TorchEngine(AbstractEngine):
             return out
         return np.asarray(array)
 
-    def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
-        """``torch.autograd.grad`` of the loss with respect to fresh leaves."""
+    def block(self, tree: Any) -> Any:
+        """Wait for the device: CUDA and MPS kernels run asynchronously; the CPU does not."""
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            self._torch.mps.synchronize()
+        return tree
+
+    def objective(self, problem: AbstractProblem) -> Objective:
+        """The loss alone, without recording a graph (compiled when ``compile=True``)."""
         torch, xp = self._torch, self.xp
+
+        def objective(params: Params, data: Data) -> Array:
+            with torch.no_grad():
+                return problem.loss(params, data, xp)
+
+        return self._compiling(("objective", problem), objective) if self.compile else objective
+
+    def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
+        """``torch.autograd.grad`` of the loss with respect to fresh leaves.
+
+        With ``compile=True``: ``torch.func.grad_and_value`` of the loss, compiled.
+        """
+        torch, xp = self._torch, self.xp
+        if self.compile:
+            gradient = importlib.import_module("torch.func").grad_and_value(
+                lambda params, data: problem.loss(params, data, xp)
+            )
+
+            def functional(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+                grads, loss = gradient(dict(params), data)
+                return loss, dict(grads)
+
+            return self._compiling(("value_and_grad", problem), functional)
 
         def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
             leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
@@ -92,11 +153,86 @@ class TorchEngine(AbstractEngine):
 
         return hvp
 
+    def run(
+        self, step: Step, carry: Carry, data: Data, steps: int
+    ) -> tuple[Carry, tuple[Array, ...]]:
+        """The default Python loop; with ``compile=True``, over the compiled loop body."""
+        if self.compile:
+            step = self._compiling(("step", step), step)
+        return super().run(step, carry, data, steps)
+
+    def _compiling(self, key: tuple[Any, ...], function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function``, compiled once per combination of argument shapes and dtypes.
+
+        Inside a region that is already being compiled (a loop body calling the gradient),
+        the plain function is traced instead, so that dynamo inlines it into one graph.
+        """
+        torch = self._torch
+        key = (str(self.device), *key)
+        if key in _CALLS:
+            # The same function object for the same problem (or loop body): a loop body
+            # built around it then hashes the same, and its compilations are found again.
+            return _CALLS[key]
+
+        def call(*args: Any) -> Any:
+            if torch.compiler.is_compiling():
+                return function(*args)
+            signature = key + tuple(
+                (tuple(leaf.shape), leaf.dtype) if isinstance(leaf, torch.Tensor) else leaf
+                for leaf in _leaves(args)
+            )
+            compiled = _COMPILED.get(signature)
+            if compiled is not None:
+                return compiled(*args)
+            with warnings.catch_warnings():
+                # torch.compile imports parts of torch that use torch.jit.script_method, which
+                # torch 2.13 itself deprecates: torch's warning about torch, nothing to act on.
+                warnings.filterwarnings(
+                    "ignore",
+                    message=r"`torch\.jit\.script(_method)?` is deprecated",
+                    category=DeprecationWarning,
+                )
+                compiled = torch.compile(_own_code(function), dynamic=False)
+                result = compiled(*args)  # the first call compiles
+            _COMPILED[signature] = compiled
+            return result
+
+        _CALLS[key] = call
+        return call
+
     def describe(self) -> dict[str, Any]:
-        """torch's version, device and intra-op thread count."""
+        """torch's version, device, intra-op thread count and whether it compiles."""
         return {
             "framework": "torch",
             "torch": self._torch.__version__,
             "device": str(self.device),
             "threads": self._torch.get_num_threads(),
+            "torch_compile": self.compile,
         }
+
+
+def _leaves(tree: Any) -> list[Any]:
+    """The leaves of a nest of dicts, tuples and lists (optimizer states are NamedTuples)."""
+    if isinstance(tree, dict):
+        return [leaf for value in tree.values() for leaf in _leaves(value)]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for value in tree for leaf in _leaves(value)]
+    return [tree]
+
+
+def _own_code(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A trampoline to ``function`` with a code object of its own.
+
+    torch.compile keeps its compilations per *code object* and, after ``recompile_limit`` (8)
+    of them, silently runs the function uncompiled. A benchmark over sizes and dtypes needs
+    more than 8 for one problem, so each shape and dtype gets its own code object (and its
+    own cache) rather than gradlab raising torch's global limit.
+    """
+
+    def trampoline(*args: Any) -> Any:
+        return function(*args)
+
+    code = trampoline.__code__.replace()
+    return types.FunctionType(
+        code, trampoline.__globals__, "trampoline", None, trampoline.__closure__
+    )

@@ -82,12 +82,14 @@ class LinearRegression(_LinearModel):
         return 0.5 * xp.mean(residual**2)
 
     def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
-        """Normal-equation gradient, sharing the residual with the loss."""
+        """Normal-equation gradient, sharing the residual (built in place) with the loss."""
         x = data["x"]
         n = x.shape[0]
-        residual = x @ params["w"] + params["b"] - data["y"]
-        loss = 0.5 * np.mean(residual**2)
-        return loss, {"w": (x.T @ residual) / n, "b": np.sum(residual) / n}
+        residual = x @ params["w"]
+        residual += params["b"]
+        residual -= data["y"]
+        loss = 0.5 * np.dot(residual, residual) / n
+        return loss, {"w": (residual @ x) / n, "b": np.sum(residual) / n}
 
     def make_data(
         self, n: int = 100, d: int = 3, *, noise: float = 0.1, seed: int = 0
@@ -141,13 +143,21 @@ class LogisticRegression(_LinearModel):
         return xp.mean(xp.logaddexp(xp.zeros_like(z), z) - data["y"] * z)
 
     def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
-        """σ(z) − y backpropagated through the linear map."""
+        """σ(z) − y backpropagated through the linear map.
+
+        softplus(z) is computed once and shared: the loss sums it, and the gradient reuses
+        it as σ(z) = exp(z − softplus(z)) (accurate in both tails), in place.
+        """
         x, y = data["x"], data["y"]
         n = x.shape[0]
-        z = x @ params["w"] + params["b"]
-        loss = np.mean(np.logaddexp(0.0, z) - y * z)
-        error = _sigmoid(z) - y
-        return loss, {"w": (x.T @ error) / n, "b": np.sum(error) / n}
+        z = x @ params["w"]
+        z += params["b"]
+        error = np.logaddexp(0.0, z)  # softplus(z), until it becomes the error below
+        loss = (np.sum(error) - np.dot(y, z)) / n
+        np.subtract(z, error, out=error)
+        np.exp(error, out=error)  # σ(z)
+        error -= y
+        return loss, {"w": (error @ x) / n, "b": np.sum(error) / n}
 
     def check_data(self, data: object) -> dict[str, np.ndarray]:
         """As for linear models, and every label in [0, 1]."""

@@ -1,0 +1,638 @@
+"""How fast is each engine? Compile time apart, synchronised clocks, ratios side by side.
+
+ADBench and GradBench report the gradient-time / objective-time ratio per tool: the right
+headline figure, since the cheap-gradient principle says reverse mode costs a small constant
+times the function. :func:`benchmark` measures it in-process, and honestly:
+
+- the **first call** (tracing, compilation, caches filling) is timed and reported apart;
+  the steady state starts after it;
+- every call is **synchronised** before the clock is read (``engine.block``: jax's
+  ``block_until_ready``, ``torch.cuda.synchronize`` on a GPU), so an asynchronous framework
+  is timed for its work, not for its dispatch;
+- each figure is **repeated** until a minimum measuring time, and reported as minimum (the
+  best estimate of the cost on a noisy machine) and median (the typical one);
+- versions, threads, dtype and device are recorded beside every figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradlab import _output
+from gradlab._checks import check_bool, check_dtype, check_positive_float, check_positive_int
+from gradlab._errors import ArgumentError, GradlabError
+from gradlab._fit import fit, on_engine, prepare
+from gradlab._output import Record, table
+from gradlab._progress import progress_bar
+from gradlab._provenance import common_provenance
+from gradlab.engines._protocol import GradientEngine
+from gradlab.engines._registry import available_engines, default_engines, get_engine
+from gradlab.optimizers import GradientTransformation, sgd
+from gradlab.problems._base import AbstractProblem
+from gradlab.problems._named import problem_named
+
+#: Fewest timed calls behind any figure, however slow the call.
+MIN_SAMPLES = 5
+#: Most timed calls behind one figure, however fast the call.
+MAX_SAMPLES = 100_000
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Repeated timings of one call, in seconds.
+
+    Attributes:
+        min: The fastest call: the best estimate of the cost when the machine is shared.
+        median: The typical call.
+        samples: How many calls were timed.
+    """
+
+    min: float
+    median: float
+    samples: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Timing:
+        """Summarise a list of timings."""
+        return cls(min(seconds), statistics.median(seconds), len(seconds))
+
+
+@dataclass(frozen=True)
+class BenchmarkCase:
+    """One engine on one problem, size and dtype.
+
+    Attributes:
+        problem: The problem's name.
+        engine: The engine's name.
+        n: The number of data points.
+        dtype: ``"float32"`` or ``"float64"``.
+        status: ``"measured"``, ``"skipped"`` (the engine cannot run it; see ``note``) or
+            ``"over budget"`` (the time budget ran out before this case).
+        note: Why a case was skipped, else ``""``.
+        first_objective: Seconds of the first call of the loss alone (tracing and
+            compilation included), or ``None``.
+        first_gradient: Seconds of the first value-and-gradient call, or ``None``.
+        objective: Steady-state timing of the loss alone.
+        gradient: Steady-state timing of value-and-gradient.
+        fit_steps: The number of steps each timed fit ran.
+        fit_per_step: Seconds per step of :func:`gradlab.fit` (SGD), after a warm-up fit,
+            over several fits: from the start of the loop to the results on the host.
+        floor: Timing of ``numpy.dot(y, x)`` over the same data arrays: one read of the
+            data, the memory floor that a gradient cannot beat by much (``None`` when the
+            data is not an ``x``, ``y`` pair).
+        peak_memory: Bytes of resident memory a warm fit of ``fit_steps`` steps added at its
+            peak over what the process held before it, measured in a fresh process
+            (``benchmark(memory=True)``, Linux, named problems and engines), else ``None``.
+        peak_memory_4x_steps: The same for a fit four times as long: equal to
+            ``peak_memory`` when nothing is kept per step.
+        data_bytes: The size of the data arrays in this dtype.
+        device: Where the engine computed.
+    """
+
+    problem: str
+    engine: str
+    n: int
+    dtype: str
+    status: str = "measured"
+    note: str = ""
+    first_objective: float | None = None
+    first_gradient: float | None = None
+    objective: Timing | None = None
+    gradient: Timing | None = None
+    fit_steps: int | None = None
+    fit_per_step: Timing | None = None
+    floor: Timing | None = None
+    peak_memory: int | None = None
+    peak_memory_4x_steps: int | None = None
+    data_bytes: int | None = None
+    device: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """Value-and-gradient time over objective time (minima): the cheap-gradient ratio."""
+        if self.gradient is None or self.objective is None:
+            return None
+        return self.gradient.min / self.objective.min
+
+    @property
+    def floor_ratio(self) -> float | None:
+        """Value-and-gradient time over one ``numpy.dot`` over the data (minima)."""
+        if self.gradient is None or self.floor is None:
+            return None
+        return self.gradient.min / self.floor.min
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, timings as ``{"min", "median", "samples"}``, and the two ratios."""
+        record = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("objective", "gradient", "fit_per_step", "floor"):
+            timing = record[name]
+            record[name] = None if timing is None else timing.__dict__.copy()
+        record["ratio"] = self.ratio
+        record["floor_ratio"] = self.floor_ratio
+        return record
+
+
+@dataclass(frozen=True)
+class BenchmarkResult(Record):
+    """What :func:`benchmark` measured: one :class:`BenchmarkCase` per engine × problem × size
+    × dtype, with the settings and the provenance.
+
+    Attributes:
+        cases: Every case, in the order run (problem, dtype, size, engine).
+        settings: ``min_time``, ``fit_steps``, ``budget``, ``memory``, ``seed``.
+        provenance: Versions, machine, threads and time, once; per engine what it says of
+            itself (device, threads, compile mode) under ``provenance["engines"]``.
+        elapsed: Seconds the whole benchmark took.
+        truncated: Whether the time budget ran out before every case ran.
+    """
+
+    cases: list[BenchmarkCase]
+    settings: dict[str, Any]
+    provenance: dict[str, Any] = field(repr=False)
+    elapsed: float = 0.0
+    truncated: bool = False
+
+    def select(
+        self,
+        *,
+        problem: str | None = None,
+        engine: str | None = None,
+        n: int | None = None,
+        dtype: str | None = None,
+    ) -> list[BenchmarkCase]:
+        """The measured cases that match every criterion given."""
+        return [
+            case
+            for case in self.cases
+            if case.status == "measured"
+            and (problem is None or case.problem == problem)
+            and (engine is None or case.engine == engine)
+            and (n is None or case.n == n)
+            and (dtype is None or case.dtype == dtype)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly record: settings, provenance, elapsed time and every case."""
+        record: dict[str, Any] = _output.jsonable(
+            {
+                "settings": self.settings,
+                "elapsed": self.elapsed,
+                "truncated": self.truncated,
+                "provenance": self.provenance,
+                "cases": [case.to_dict() for case in self.cases],
+            }
+        )
+        return record
+
+    def to_frame(self) -> Any:
+        """One row per case, timings in seconds (min and median columns). Needs pandas."""
+        pandas = _output.optional("pandas", "BenchmarkResult.to_frame", None)
+        rows = []
+        for case in self.cases:
+            row = case.to_dict()
+            for name in ("objective", "gradient", "fit_per_step", "floor"):
+                timing = getattr(case, name)
+                row.pop(name)
+                row[f"{name}_min"] = None if timing is None else timing.min
+                row[f"{name}_median"] = None if timing is None else timing.median
+            rows.append(row)
+        return pandas.DataFrame(rows)
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
+        """Log-log time of value-and-gradient against n, one panel per problem (and dtype).
+
+        Args:
+            path: Also save the figure there (``.png``, ``.pdf``, ``.svg``).
+
+        Returns:
+            A ``matplotlib.figure.Figure`` (needs the ``plot`` extra).
+        """
+        from gradlab.plots import benchmark_figure
+
+        if path is not None:
+            _output.check_image_path(path)
+        figure = benchmark_figure(self)
+        if path is not None:
+            _output.save_figure(figure, path)
+        return figure
+
+    def machine(self) -> str:
+        """One line saying where this ran: CPU, versions, and each engine's device and threads."""
+        facts = self.provenance
+        engines = "; ".join(
+            f"{name} on {info.get('device')}"
+            + (f", {info['threads']} threads" if info.get("threads") else "")
+            for name, info in facts.get("engines", {}).items()
+        )
+        versions = ", ".join(
+            f"{package} {facts[package]}"
+            for package in ("gradlab", "python", "numpy", "torch", "jax")
+            if facts.get(package)
+        )
+        return (
+            f"{facts.get('platform')} ({facts.get('machine')}, {facts.get('cpu_count')} CPUs); "
+            f"{versions}; {engines}; run {facts.get('time')}"
+        )
+
+    def to_markdown(self) -> str:
+        """The table as Markdown, headed by the machine and the settings."""
+        header, rows = self._rows()
+        lines = [
+            "# gradlab benchmark",
+            "",
+            f"Machine: {self.machine()}",
+            "",
+            f"Settings: {', '.join(f'{key} {value}' for key, value in self.settings.items())}. "
+            f"{len(self.select())} cases in {self.elapsed:.0f} s"
+            + (" (time budget ran out)" if self.truncated else "")
+            + ".",
+            "",
+            "Times are the minimum over repeated calls, each synchronised before the clock is "
+            "read; the first call (compilation) is apart. grad/obj is value-and-gradient time "
+            "over objective time; ×dot is value-and-gradient time over one numpy.dot(y, x) on "
+            "the same data.",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows),
+            "",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        header, rows = self._rows()
+        lines = [
+            f"Benchmark: {len(self.select())} cases measured in {self.elapsed:.1f} s "
+            f"(min of repeated calls, each synchronised; first call apart; "
+            f"min measuring time {self.settings['min_time']} s per figure)",
+            "",
+            table(header, rows),
+        ]
+        if self.truncated:
+            lines += ["", "The time budget ran out: the cases marked 'over budget' did not run."]
+        return "\n".join(lines)
+
+    def _rows(self) -> tuple[list[str], list[list[str]]]:
+        header = [
+            "problem",
+            "n",
+            "dtype",
+            "engine",
+            "1st grad",
+            "objective",
+            "value+grad",
+            "(median)",
+            "grad/obj",
+            "×dot",
+            "fit/step",
+        ]
+        if self.settings.get("memory"):
+            header.append("peak MB (4× steps)")
+        rows = []
+        for case in self.cases:
+            if case.status != "measured":
+                rows.append(
+                    [case.problem, str(case.n), case.dtype, case.engine, case.status]
+                    + [case.note[:60]]
+                    + [""] * (len(header) - 6)
+                )
+                continue
+            row = [
+                case.problem,
+                str(case.n),
+                case.dtype,
+                case.engine,
+                seconds(case.first_gradient),
+                seconds(case.objective.min if case.objective else None),
+                seconds(case.gradient.min if case.gradient else None),
+                seconds(case.gradient.median if case.gradient else None),
+                _number(case.ratio),
+                _number(case.floor_ratio),
+                seconds(case.fit_per_step.min if case.fit_per_step else None),
+            ]
+            if self.settings.get("memory"):
+                row.append(_megabytes(case.peak_memory, case.peak_memory_4x_steps))
+            rows.append(row)
+        return header, rows
+
+
+def seconds(value: float | None) -> str:
+    """A duration with a unit that keeps three significant digits (``"12.3 µs"``)."""
+    if value is None:
+        return "—"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-9:.3g} ns"
+
+
+def _megabytes(peak: int | None, longer: int | None) -> str:
+    if peak is None or longer is None:
+        return "—"
+    return f"{peak / 2**20:.0f} ({longer / 2**20:.0f})"
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def benchmark(
+    problems: str | AbstractProblem | Sequence[str | AbstractProblem] = "quadratic",
+    sizes: int | Sequence[int] = (100, 1_000, 10_000),
+    *,
+    engines: str | Sequence[str | GradientEngine] | None = None,
+    dtypes: str | Sequence[str] = "float64",
+    min_time: float = 0.2,
+    fit_steps: int = 100,
+    memory: bool = False,
+    budget: float | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> BenchmarkResult:
+    """Time every engine on every problem, size and dtype, in this process.
+
+    For each case: the first call of the loss and of value-and-gradient (compilation
+    included) apart; then each repeated, synchronised after every call, until ``min_time``
+    seconds (at least 5 calls), reported as min and median; the ratio of the two (the
+    figure ADBench and GradBench report); one ``numpy.dot(y, x)`` over the same data as the
+    memory floor; and :func:`gradlab.fit` per step, after a warm-up fit.
+
+    Args:
+        problems: Problem names (``"quadratic"``, ``"linear_regression"``,
+            ``"logistic_regression"``) or problem objects with a ``make_data(n, seed=...)``.
+        sizes: Numbers of data points n.
+        engines: Engine names or objects; default every installed engine that comparisons
+            use by default (``"torch-compile"`` must be named).
+        dtypes: ``"float32"`` and/or ``"float64"``.
+        min_time: Seconds of measuring behind each steady-state figure.
+        fit_steps: The most steps a timed fit runs; fewer when a step is slow (at least 10),
+            so that a fit takes about ``min_time``.
+        memory: Also measure each fit's peak resident memory, in a fresh process per case
+            (Linux; built-in problems and registered engines; a few seconds per case).
+        budget: Seconds after which no new case starts; the rest are marked
+            ``"over budget"`` and the result ``truncated``. ``None``: no limit.
+        progress: Show a progress bar (needs tqdm, the ``cli`` extra) on long runs.
+        seed: Seed of the generated data and of the point the gradient is taken at.
+
+    Returns:
+        A :class:`BenchmarkResult`: print it, or ``to_json()``, ``to_frame()``, ``plot()``.
+
+    Raises:
+        ArgumentError: bad sizes, dtypes, times, an unknown problem or engine.
+        EngineUnavailable: a named engine is not installed.
+
+    Example:
+        >>> import gradlab
+        >>> result = gradlab.benchmark("quadratic", [100, 1000], engines="numpy,fd",
+        ...                            min_time=0.01, fit_steps=10)
+        >>> [(case.engine, case.n, case.status) for case in result.cases]
+        [('numpy', 100, 'measured'), ('fd', 100, 'measured'),
+         ('numpy', 1000, 'measured'), ('fd', 1000, 'measured')]
+        >>> case = result.select(engine="fd", n=1000)[0]
+        >>> case.gradient.samples >= 5 and case.gradient.min <= case.gradient.median
+        True
+    """
+    problem_list = [problem_named(p, "problems") for p in _as_list(problems, "problems")]
+    size_list = [check_positive_int(size, "sizes") for size in _as_list(sizes, "sizes")]
+    dtype_list = [check_dtype(dtype, "dtypes") for dtype in _as_list(dtypes, "dtypes")]
+    min_time = check_positive_float(min_time, "min_time")
+    fit_steps = check_positive_int(fit_steps, "fit_steps")
+    memory = check_bool(memory, "memory")
+    if budget is not None:
+        budget = check_positive_float(budget, "budget")
+    for problem in problem_list:
+        if not callable(getattr(problem, "make_data", None)):
+            raise ArgumentError(
+                "problems", f"problem {problem.name!r} has no make_data(n, seed=...) to draw data"
+            )
+    engine_list = _engines(engines)
+    optimizer = sgd(SGD_STEP)
+
+    cases: list[BenchmarkCase] = []
+    plan = [
+        (problem, dtype, n, engine)
+        for problem in problem_list
+        for dtype in dtype_list
+        for n in size_list
+        for engine in engine_list
+    ]
+    start = time.perf_counter()
+    truncated = False
+    settings = {
+        "min_time": min_time,
+        "fit_steps": fit_steps,
+        "memory": memory,
+        "budget": budget,
+        "seed": seed,
+        "optimizer": f"sgd({SGD_STEP})",
+    }
+    with progress_bar(len(plan), "benchmark", progress) as advance:
+        floors: dict[tuple[str, str, int], Timing | None] = {}
+        for problem, dtype, n, engine in plan:
+            label = f"{engine.name} {problem.name} n={n} {dtype}"
+            if budget is not None and time.perf_counter() - start > budget:
+                truncated = True
+                cases.append(BenchmarkCase(problem.name, engine.name, n, dtype, "over budget"))
+                advance(label)
+                continue
+            data = problem.make_data(n, seed=seed)  # type: ignore[attr-defined]
+            key = (problem.name, dtype, n)
+            if key not in floors:
+                floors[key] = _floor(data, dtype, min_time)
+            case = _case(
+                problem, data, engine, dtype, n, min_time, fit_steps, memory, seed, optimizer
+            )
+            cases.append(dataclasses.replace(case, floor=floors[key]) if case.gradient else case)
+            advance(label)
+    engine_facts = {engine.name: engine.describe() for engine in engine_list}
+    return BenchmarkResult(
+        cases=cases,
+        settings=settings,
+        provenance={**common_provenance(", ".join(dtype_list)), "engines": engine_facts},
+        elapsed=time.perf_counter() - start,
+        truncated=truncated,
+    )
+
+
+#: The benchmark's fits take SGD steps this small: time per step does not depend on the
+#: values as long as they stay finite, and this keeps every shipped problem finite at every
+#: size (the quadratic's loss is a sum, so its curvature grows with n).
+SGD_STEP = 1e-7
+
+
+def _as_list(value: object, argument: str) -> list[Any]:
+    """One value or a sequence of them (a comma-separated string for names)."""
+    if isinstance(value, str):
+        items: list[Any] = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, Sequence):
+        items = list(value)
+    else:
+        items = [value]
+    if not items:
+        raise ArgumentError(argument, "is empty")
+    return items
+
+
+def _engines(engines: object) -> list[GradientEngine]:
+    """Engine objects, built once for the whole benchmark (so their caches persist)."""
+    if engines is None:
+        installed = available_engines()
+        names: list[Any] = [name for name in default_engines() if name in installed]
+    else:
+        names = _as_list(engines, "engines")
+    built = [get_engine(name) for name in names]
+    seen = [engine.name for engine in built]
+    duplicates = sorted({name for name in seen if seen.count(name) > 1})
+    if duplicates:
+        raise ArgumentError("engines", f"lists {', '.join(duplicates)} more than once")
+    return built
+
+
+def time_calls(
+    call: Callable[[], Any], block: Callable[[Any], Any], min_time: float
+) -> list[float]:
+    """Seconds of repeated calls, each waited for (``block``) before the clock is read.
+
+    Calls continue until they add up to ``min_time`` seconds and number at least
+    :data:`MIN_SAMPLES` (at most :data:`MAX_SAMPLES`).
+    """
+    clock = time.perf_counter
+    samples: list[float] = []
+    total = 0.0
+    while (total < min_time or len(samples) < MIN_SAMPLES) and len(samples) < MAX_SAMPLES:
+        begin = clock()
+        block(call())
+        elapsed = clock() - begin
+        samples.append(elapsed)
+        total += elapsed
+    return samples
+
+
+def _first(call: Callable[[], Any], block: Callable[[Any], Any]) -> float:
+    begin = time.perf_counter()
+    block(call())
+    return time.perf_counter() - begin
+
+
+def _floor(data: dict[str, np.ndarray], dtype: str, min_time: float) -> Timing | None:
+    """One ``numpy.dot(y, x)`` over the data: every element read once, nothing written."""
+    if set(data) != {"x", "y"}:
+        return None
+    x, y = (np.ascontiguousarray(data[key], dtype=dtype) for key in ("x", "y"))
+    if x.shape[0] != y.shape[0]:
+        return None
+    return Timing.of(time_calls(lambda: np.dot(y, x), lambda out: out, min_time))
+
+
+def point(problem: AbstractProblem, data: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """A small random point (seeded) where gradients are taken and fits start."""
+    shapes = problem.param_shapes(problem.check_data(data))
+    if shapes is None:
+        raise ArgumentError(
+            "problems", f"problem {problem.name!r} does not declare its parameter shapes"
+        )
+    rng = np.random.default_rng(seed)
+    return {name: 0.1 * rng.standard_normal(shape) for name, shape in shapes.items()}
+
+
+def _case(
+    problem: AbstractProblem,
+    data: dict[str, np.ndarray],
+    engine: GradientEngine,
+    dtype: str,
+    n: int,
+    min_time: float,
+    fit_steps: int,
+    memory: bool,
+    seed: int,
+    optimizer: GradientTransformation,
+) -> BenchmarkCase:
+    """Measure one engine on one problem, size and dtype."""
+    base: dict[str, Any] = {"problem": problem.name, "engine": engine.name, "n": n, "dtype": dtype}
+    try:
+        _, _, checked, start = prepare(problem, data, point(problem, data, seed), engine, dtype)
+        objective = getattr(engine, "objective", None)
+        loss = objective(problem) if objective else _default_objective(engine, problem)
+        gradient = engine.value_and_grad(problem)
+    except GradlabError as error:  # the numpy engine on a problem without a hand gradient
+        return BenchmarkCase(**base, status="skipped", note=str(error))
+    block = getattr(engine, "block", None) or (lambda tree: _to_host(engine, tree))
+    with np.errstate(all="ignore"):
+        batch = on_engine(engine, checked, dtype)
+        params = on_engine(engine, start, dtype)
+        first_objective = _first(lambda: loss(params, batch), block)
+        first_gradient = _first(lambda: gradient(params, batch), block)
+        objective_timing = Timing.of(time_calls(lambda: loss(params, batch), block, min_time))
+        gradient_timing = Timing.of(time_calls(lambda: gradient(params, batch), block, min_time))
+        # About min_time per fit; at least 10 steps, so that per-call costs are spread.
+        steps = int(min(fit_steps, max(10, min_time // max(gradient_timing.min, 1e-9))))
+
+        def run() -> Any:
+            return fit(
+                problem,
+                checked,
+                engine=engine,
+                optimizer=optimizer,
+                steps=steps,
+                init=start,
+                dtype=dtype,
+            )
+
+        run()  # warm-up: compiles the loop where the engine compiles it
+        per_step: list[float] = []
+        while len(per_step) < 3 or sum(per_step) * steps < min_time:
+            per_step.append(run().wall_time / steps)
+            if len(per_step) >= 100:
+                break
+    peak = _fit_memory(problem, engine, n, dtype, steps, seed) if memory else {}
+    return BenchmarkCase(
+        **base,
+        first_objective=first_objective,
+        first_gradient=first_gradient,
+        objective=objective_timing,
+        gradient=gradient_timing,
+        fit_steps=steps,
+        fit_per_step=Timing.of(per_step),
+        peak_memory=peak.get("peak"),
+        peak_memory_4x_steps=peak.get("peak_4x_steps"),
+        data_bytes=sum(
+            int(np.asarray(a).size) * np.dtype(dtype).itemsize for a in checked.values()
+        ),
+        device=str(engine.describe().get("device")),
+    )
+
+
+def _default_objective(engine: GradientEngine, problem: AbstractProblem) -> Any:
+    """For engines written before ``objective`` existed: the loss on the engine's ``xp``."""
+    xp = engine.xp
+    return lambda params, data: problem.loss(params, data, xp)
+
+
+def _to_host(engine: GradientEngine, tree: Any) -> Any:
+    """For engines without ``block``: bring one result to the host, which waits for it."""
+    leaf = tree[0] if isinstance(tree, tuple) else tree
+    engine.to_numpy(leaf)
+    return tree
+
+
+def _fit_memory(
+    problem: AbstractProblem, engine: GradientEngine, n: int, dtype: str, steps: int, seed: int
+) -> dict[str, Any]:
+    """Peak memory of the case's fit, from a fresh process (see :mod:`gradlab._memory`)."""
+    from gradlab._memory import measure
+
+    try:
+        named = problem_named(problem.name) == problem and get_engine(engine.name)
+    except GradlabError:
+        named = False
+    if not named:
+        return {}
+    return measure(problem.name, n, dtype, engine.name, steps, seed) or {}

@@ -1,0 +1,95 @@
+"""Peak memory of one fit, measured in a fresh process.
+
+Run as ``python -m gradlab._memory PROBLEM N DTYPE ENGINE STEPS SEED``; prints one JSON
+object: the resident bytes the fit added at its peak over what the process held before it,
+and the same for a fit four times longer (a run that kept per-step copies of anything would
+grow with the steps).
+
+Why a fresh process: glibc's allocator keeps memory freed by earlier work and adjusts its
+mmap threshold as it goes, so an in-process figure depends on what ran before. The child
+runs with a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_``), so a large array is mapped
+when allocated and unmapped when freed, and resident memory follows live memory. Linux
+only: the peak is ``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+#: glibc maps allocations above this many bytes, and unmaps them when freed.
+MMAP_THRESHOLD = 128 * 1024
+
+
+def measure(
+    problem: str, n: int, dtype: str, engine: str, steps: int, seed: int = 0
+) -> dict[str, Any] | None:
+    """Run the child; return its figures, or ``None`` where they cannot be measured."""
+    if not sys.platform.startswith("linux"):
+        return None
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
+    command = [sys.executable, "-m", "gradlab._memory", problem, str(n), dtype, engine]
+    done = subprocess.run(
+        [*command, str(steps), str(seed)], capture_output=True, text=True, env=env, check=False
+    )
+    if done.returncode != 0:
+        return None
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _peak_of(run: Any) -> int:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before = _status_kib("VmRSS")
+    run()
+    return max(0, _status_kib("VmHWM") - before) * 1024
+
+
+def _main(arguments: list[str]) -> None:
+    import numpy as np
+
+    import gradlab
+    from gradlab._benchmark import SGD_STEP, point
+    from gradlab.problems._named import problem_named
+
+    name, n, dtype, engine_name, steps, seed = arguments
+    problem = problem_named(name)
+    data = problem.make_data(int(n), seed=int(seed))  # type: ignore[attr-defined]
+    start = point(problem, data, int(seed))
+    engine = gradlab.get_engine(engine_name)
+    optimizer = gradlab.sgd(SGD_STEP)
+
+    def fit(count: int) -> Any:
+        return gradlab.fit(
+            problem,
+            data,
+            engine=engine,
+            optimizer=optimizer,
+            steps=count,
+            init=start,
+            dtype=dtype,
+        )
+
+    count = int(steps)
+    fit(count), fit(4 * count)  # warm-up: imports, compilation, first-touch of the code
+    peak, longer = _peak_of(lambda: fit(count)), _peak_of(lambda: fit(4 * count))
+    data_bytes = sum(np.asarray(array).size * np.dtype(dtype).itemsize for array in data.values())
+    print(json.dumps({"peak": peak, "peak_4x_steps": longer, "data_bytes": int(data_bytes)}))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

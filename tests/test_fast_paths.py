@@ -1,0 +1,131 @@
+"""The fast paths change how the loop runs, never what it computes.
+
+jax unrolls its compiled scan, torch can compile the loss, the gradient and the loop body,
+and the numpy engine's hand gradients build their temporaries in place. Each is checked
+against an independent oracle: the numpy engine (the seed's derivation) or the problem's
+loss evaluated in NumPy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from _helpers import require_engine
+
+import gradlab
+from gradlab import recipes
+
+PROBLEMS = [gradlab.Quadratic(), gradlab.LinearRegression(), gradlab.LogisticRegression()]
+
+
+def _point(problem: Any, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    shapes = problem.param_shapes(problem.check_data(data))
+    rng = np.random.default_rng(1)
+    return {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("steps", [800, 803, 3])
+def test_jax_unrolled_loop_lands_where_the_hand_derivation_does(steps: int) -> None:
+    require_engine("jax")
+    recipe = recipes.seed_numpy()
+    hand = recipe.run("numpy", steps=steps)
+    for unroll in (1, 8):
+        result = recipe.run(gradlab.engines.JaxEngine(unroll=unroll), steps=steps)
+        assert len(result.losses) == steps
+        assert gradlab.max_rho(result.params, hand.params) <= 1e-12
+        assert np.max(gradlab.rho(result.losses, hand.losses)) <= 1e-12
+
+
+def test_jax_unroll_must_be_a_positive_integer() -> None:
+    require_engine("jax")
+    with pytest.raises(gradlab.ArgumentError, match="unroll"):
+        gradlab.engines.JaxEngine(unroll=0)
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_engines_objective_is_the_loss(problem: Any, dtype: str) -> None:
+    data = problem.make_data(50, seed=3)
+    params = _point(problem, data)
+    expected = problem.loss(params, data, np)
+    for name in gradlab.available_engines():
+        if name == "torch-compile":
+            continue  # compiled: checked on its own below
+        engine = gradlab.get_engine(name)
+        loss = engine.objective(problem)(
+            {k: engine.asarray(v, dtype) for k, v in params.items()},
+            {k: engine.asarray(v, dtype) for k, v in data.items()},
+        )
+        value = engine.to_numpy(engine.block(loss))
+        assert value.dtype == np.dtype(dtype), name
+        assert gradlab.rho(value, expected) <= (1e-12 if dtype == "float64" else 1e-5), name
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)
+def test_hand_gradients_never_touch_the_data_or_the_parameters(problem: Any) -> None:
+    data = problem.make_data(40, seed=2)
+    params = _point(problem, data)
+    data_before = {k: v.copy() for k, v in data.items()}
+    params_before = {k: v.copy() for k, v in params.items()}
+    problem.hand_value_and_grad(params, data)
+    for name in data:
+        np.testing.assert_array_equal(data[name], data_before[name])
+    for name in params:
+        np.testing.assert_array_equal(params[name], params_before[name])
+
+
+def test_logistic_hand_gradient_stays_accurate_in_both_tails() -> None:
+    """σ(z) = exp(z − softplus(z)) must not lose the tails: |z| up to 700, against float64 math."""
+    problem = gradlab.LogisticRegression()
+    z = np.array([-700.0, -40.0, -1.0, 0.0, 1.0, 40.0, 700.0])
+    data = {"x": z[:, None], "y": np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0])}
+    params = {"w": np.ones(1), "b": np.float64(0.0)}
+    loss, grads = problem.hand_value_and_grad(params, data)
+    sigma = np.where(
+        z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z)))
+    )
+    error = sigma - data["y"]
+    assert np.isfinite(loss)
+    assert gradlab.rho(grads["w"], np.array([np.mean(error * z)])) <= 1e-14
+    assert gradlab.rho(grads["b"], np.mean(error)) <= 1e-14
+
+
+def test_torch_compile_is_an_opt_in_engine_named_for_what_it_is() -> None:
+    require_engine("torch")
+    assert "torch-compile" in gradlab.known_engines()
+    assert gradlab.get_engine("torch", compile=True).name == "torch-compile"
+    assert gradlab.get_engine("torch-compile").compile
+    assert gradlab.get_engine("torch").name == "torch"
+    problem = gradlab.Quadratic()
+    data = problem.make_data(10)
+    report = gradlab.compare_gradients(problem, data, {"w": 1.0, "b": 0.0})
+    assert "torch-compile" not in report.engines
+    assert "torch" in report.engines
+    with pytest.raises(gradlab.ArgumentError, match="compile"):
+        gradlab.get_engine("torch", compile="yes")
+
+
+def test_torch_compile_agrees_with_the_hand_derivation_and_leaves_dynamo_config_alone() -> None:
+    require_engine("torch")
+    import torch
+
+    limit = torch._dynamo.config.recompile_limit
+    engine = gradlab.get_engine("torch-compile")
+    problem = gradlab.LogisticRegression()
+    data = problem.make_data(64, seed=4)
+    report = gradlab.compare_gradients(
+        problem, data, _point(problem, data), engines=["numpy", engine]
+    )
+    assert report.ok, report
+    assert report.verdicts["torch-compile"].rho <= 1e-13
+    recipe = recipes.seed_numpy()
+    compiled = recipe.run(engine, steps=60)
+    hand = recipe.run("numpy", steps=60)
+    assert gradlab.max_rho(compiled.params, hand.params) <= 1e-12
+    assert np.max(gradlab.rho(compiled.losses, hand.losses)) <= 1e-12
+    # A second fit, from a new engine object, finds what the first compiled.
+    again = recipe.run(gradlab.get_engine("torch-compile"), steps=60)
+    np.testing.assert_array_equal(again.losses, compiled.losses)
+    assert torch._dynamo.config.recompile_limit == limit
