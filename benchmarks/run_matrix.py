@@ -17,6 +17,7 @@ and writes ``STEM.json`` (everything) and ``STEM.md`` (the targets, then the ful
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ from typing import Any
 import gradlab
 
 sys.path.insert(0, os.path.dirname(__file__))
-from seed_overhead import Pair, overhead
+from seed_overhead import Pair, compare, jax_loop, overhead
 
 PROBLEMS = ["quadratic", "linear_regression", "logistic_regression"]
 SIZES = [100, 1_000, 10_000, 100_000, 1_000_000]
@@ -56,20 +57,21 @@ def targets(
         if pair:
             add(
                 f"abstraction tax {engine}, n=100: gradlab/hand ≤ {limit}",
-                pair.line(),
+                pair.brief(),
                 pair.ratio,
                 limit,
             )
     for pair in tax_large:
         if pair.engine == "numpy":
-            add("abstraction tax numpy, n=10⁴: gradlab/hand ≤ 1.10", pair.line(), pair.ratio, 1.10)
+            add("abstraction tax numpy, n=10⁴: gradlab/hand ≤ 1.10", pair.brief(), pair.ratio, 1.10)
     seed_pairs = [pair for pair in tax if pair.hand == "seed NumPy loop"]
     if seed_pairs:
         fastest = min(seed_pairs, key=lambda pair: min(pair.ours))
         speedup = min(fastest.theirs) / min(fastest.ours)
         add(
             "fast path: fastest engine ≥ 10× the seed's NumPy loop (seed recipe)",
-            f"{fastest.engine}: {speedup:.1f}× ({fastest.line()})",
+            f"{fastest.engine}: {speedup:.1f}× (gradlab {min(fastest.ours) * 1e6:.2f} vs seed "
+            f"NumPy loop {min(fastest.theirs) * 1e6:.2f} µs/step)",
             speedup,
             10.0,
             False,
@@ -119,7 +121,8 @@ def markdown(
         met = {True: "yes", False: "**no**", None: "—"}[row["met"]]
         lines.append(f"| {row['target']} | {row['measured']} | {met} |")
     lines += ["", "## Abstraction tax (µs per step, min over interleaved repeats)", "", "```"]
-    lines += [pair.line() for pair in tax] + ["n = 10⁴:"] + [pair.line() for pair in tax_large]
+    lines += [pair.line() for pair in tax]
+    lines += ["n = 10⁴ (numpy), and jax over 8000 steps:"] + [pair.line() for pair in tax_large]
     lines += ["```", "", "## Peak memory of a fit, n = 10⁶, float64 (fresh process per engine)", ""]
     lines += [
         "Resident memory the fit adds at its peak over what the process held before it; the "
@@ -134,7 +137,8 @@ def markdown(
                 f"| {case.problem} | {case.engine} | {(case.data_bytes or 0) / 2**20:.1f} | "
                 f"{case.peak_memory / 2**20:.1f} | {case.peak_memory_4x_steps / 2**20:.1f} |"
             )
-    lines += ["", "## The matrix", "", matrix.to_markdown().split("\n", 2)[2]]
+    lines += ["", "## The matrix", "", "![time against n](cpu.png)", ""]
+    lines += matrix.to_markdown().split("\n")[4:]  # the table, without the title and machine
     return "\n".join(lines)
 
 
@@ -177,6 +181,22 @@ def main() -> None:
     tax_large = [
         pair for pair in overhead(max(3, args.repeats // 3), 10_000) if pair.engine == "numpy"
     ]
+    if "jax" in installed:
+        # The per-step part of the jax tax: the same pair at 10× the steps, where gradlab's
+        # fixed per-call costs (checks, copies, provenance) are spread ten times thinner.
+        recipe = gradlab.recipes.seed_numpy()
+        hand = jax_loop(1e-3, 8000)
+        x, y = recipe.data["x"], recipe.data["y"]
+        tax_large.append(
+            compare(
+                "jax",
+                "jit+fori_loop (8000 steps)",
+                lambda: recipe.run("jax", steps=8000),
+                lambda: hand(x, y, 0.0, 0.0),
+                max(3, args.repeats // 3),
+                8000,
+            )
+        )
     for pair in tax + tax_large:
         print(pair.line())
     rows = targets(matrix, tax, tax_large)
@@ -207,7 +227,9 @@ def main() -> None:
         )
     with open(args.out + ".md", "w", encoding="utf-8") as file:
         file.write(markdown(matrix, memory, rows, tax, tax_large))
-    print(f"written {args.out}.json and {args.out}.md")
+    with contextlib.suppress(gradlab.MissingDependency):  # no matplotlib: no picture
+        matrix.plot(args.out + ".png")
+    print(f"written {args.out}.json, {args.out}.md and {args.out}.png")
 
 
 if __name__ == "__main__":

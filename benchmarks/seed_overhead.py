@@ -1,8 +1,9 @@
 """The abstraction tax: gradlab.fit on the seed recipe against hand-written loops, side by side.
 
-Each pair runs interleaved in one process (gradlab, hand, gradlab, hand, ...) after a
-warm-up, and the script prints min and median time per step and the ratio gradlab/hand of
-the minima. Ratios, not absolute times, are what carry across machines.
+Each pair runs interleaved in one process (three gradlab fits, three hand-written loops,
+and again) after a warm-up, and the script prints min and median time per step and the
+ratio gradlab/hand of the minima. Ratios, not absolute times, are what carry across
+machines.
 
 The hand-written loops do the work gradlab.fit does: the seed's NumPy loop and the seed's
 torch loop (typos fixed) compute the loss at every step as the seed does, and the jax loop
@@ -93,6 +94,9 @@ def jax_loop(lr: float, steps: int, record: bool = True) -> Callable[..., Any]:
     return run
 
 
+BLOCK = 3
+
+
 def timed(function: Callable[[], object]) -> float:
     start = time.perf_counter()
     function()
@@ -111,6 +115,13 @@ class Pair:
     @property
     def ratio(self) -> float:
         return min(self.ours) / min(self.theirs)
+
+    def brief(self) -> str:
+        us = 1e6
+        return (
+            f"{self.ratio:.2f} (gradlab {min(self.ours) * us:.2f} vs {self.hand} "
+            f"{min(self.theirs) * us:.2f} µs/step)"
+        )
 
     def line(self) -> str:
         us = 1e6
@@ -132,9 +143,11 @@ def compare(
 ) -> Pair:
     ours(), theirs()  # warm-up: imports, allocations, compilation
     mine, others = [], []
+    # Interleaved in blocks of BLOCK calls: each side runs back to back within a block, as a
+    # user's repeated fits do, and drift in the machine's speed hits both sides alike.
     for _ in range(repeats):
-        mine.append(timed(ours) / steps)
-        others.append(timed(theirs) / steps)
+        mine.extend(timed(ours) / steps for _ in range(BLOCK))
+        others.extend(timed(theirs) / steps for _ in range(BLOCK))
     return Pair(engine, hand, mine, others)
 
 

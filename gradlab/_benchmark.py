@@ -17,10 +17,11 @@ times the function. :func:`benchmark` measures it in-process, and honestly:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +193,40 @@ class BenchmarkResult(Record):
         )
         return record
 
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> BenchmarkResult:
+        """Rebuild a result from :meth:`to_dict` (or parsed :meth:`to_json`), to print or plot
+        saved figures.
+
+        Example:
+            >>> import gradlab
+            >>> result = gradlab.benchmark("quadratic", 100, engines="numpy", min_time=0.01,
+            ...                            fit_steps=10)
+            >>> again = gradlab.BenchmarkResult.from_json(result.to_json())
+            >>> again.cases == result.cases
+            True
+        """
+        try:
+            cases = [_case_from_dict(case) for case in record["cases"]]
+            return cls(
+                cases=cases,
+                settings=dict(record["settings"]),
+                provenance=dict(record["provenance"]),
+                elapsed=float(record["elapsed"]),
+                truncated=bool(record["truncated"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ArgumentError("record", f"is not a saved benchmark result ({error!r})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> BenchmarkResult:
+        """Rebuild a result from :meth:`to_json` text."""
+        try:
+            record = json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise ArgumentError("text", f"is not JSON ({error})") from None
+        return cls.from_dict(record)
+
     def to_frame(self) -> Any:
         """One row per case, timings in seconds (min and median columns). Needs pandas."""
         pandas = _output.optional("pandas", "BenchmarkResult.to_frame", None)
@@ -322,6 +357,14 @@ class BenchmarkResult(Record):
                 row.append(_megabytes(case.peak_memory, case.peak_memory_4x_steps))
             rows.append(row)
         return header, rows
+
+
+def _case_from_dict(record: Mapping[str, Any]) -> BenchmarkCase:
+    fields = {name: record[name] for name in BenchmarkCase.__dataclass_fields__}
+    for name in ("objective", "gradient", "fit_per_step", "floor"):
+        if fields[name] is not None:
+            fields[name] = Timing(**fields[name])
+    return BenchmarkCase(**fields)
 
 
 def seconds(value: float | None) -> str:

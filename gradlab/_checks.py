@@ -21,6 +21,8 @@ DTYPES = ("float32", "float64")
 
 def check_dtype(dtype: object, argument: str = "dtype") -> str:
     """Return ``"float32"`` or ``"float64"`` for any spelling NumPy understands."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return dtype  # the common spelling, without asking NumPy
     try:
         name = str(np.dtype(dtype).name)  # type: ignore[call-overload]
     except TypeError:

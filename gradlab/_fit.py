@@ -218,7 +218,7 @@ def fit(
         wall_time = time.perf_counter() - start
 
         diverged_at = None
-        if not (np.all(np.isfinite(loss_history)) and all(map(_finite, final.values()))):
+        if not (_finite(loss_history) and all(map(_finite, final.values()))):
             diverged_at, loss_history, final = _locate_divergence(
                 engine, _Step(value_and_grad, optimizer, engine.xp, True), carry, batch, steps
             )
@@ -348,7 +348,7 @@ def _to_engine(tree: Any, engine: GradientEngine, dtype: str) -> Any:
 
 
 def _finite(array: np.ndarray) -> bool:
-    return bool(np.all(np.isfinite(array)))
+    return bool(np.isfinite(array).all())  # the method: a third of np.all's overhead
 
 
 def _locate_divergence(

@@ -15,13 +15,8 @@ import numpy as np
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
 
 
-@functools.cache
 def _version(distribution: str) -> str | None:
-    """An installed distribution's version, read from its metadata without importing it.
-
-    Cached: reading package metadata costs about a millisecond, which would dominate a short
-    compiled fit, and what is installed does not change under a running process.
-    """
+    """An installed distribution's version, read from its metadata without importing it."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -31,14 +26,7 @@ def _version(distribution: str) -> str | None:
 def common_provenance(dtype: str) -> dict[str, Any]:
     """What every result records, whatever the engine: versions, machine, precision, time."""
     return {
-        "gradlab": _version("gradlab"),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": _version("torch"),
-        "jax": _version("jax"),
-        "platform": _platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
+        **_static(),
         "dtype": dtype,
         # The engine reports its own device and thread count where its framework exposes
         # one (torch); otherwise None, with the environment variables that set BLAS and XLA
@@ -51,6 +39,22 @@ def common_provenance(dtype: str) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _static() -> dict[str, Any]:
+    """What cannot change under a running process, read once: reading package metadata alone
+    costs about a millisecond, which would dominate a short compiled fit."""
+    return {
+        "gradlab": _version("gradlab"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": _version("torch"),
+        "jax": _version("jax"),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
 def provenance(engine_facts: dict[str, Any], dtype: str) -> dict[str, Any]:
     """Return a JSON-friendly record of where and how one engine's result was computed.
 
@@ -59,11 +63,6 @@ def provenance(engine_facts: dict[str, Any], dtype: str) -> dict[str, Any]:
         dtype: The dtype the computation ran in.
     """
     return {**common_provenance(dtype), **engine_facts}
-
-
-@functools.cache
-def _platform() -> str:
-    return platform.platform()
 
 
 def _jax_x64() -> bool | None:

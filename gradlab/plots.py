@@ -195,47 +195,58 @@ def _draw_curves(
 
 
 def benchmark_figure(result: BenchmarkResult) -> Any:
-    """Time of value-and-gradient against n, log-log: one panel per problem and dtype.
+    """Time of value-and-gradient against n, log-log: a column per problem, a row per dtype.
 
     One line per engine (minimum over the timed calls; the band reaches the median), the
     objective alone dotted in the same colour, and one ``numpy.dot`` over the data in grey:
     the memory floor. Slope 1 is time proportional to n; a flat start is per-call overhead.
     """
-    panels = sorted({(case.problem, case.dtype) for case in result.select()})
-    if not panels:
+    measured = result.select()
+    problems = sorted({case.problem for case in measured})
+    dtypes = sorted({case.dtype for case in measured})
+    if not measured:
         raise ValueError("the benchmark measured no case; there is nothing to plot")
-    figure = _figure(4.6 * len(panels), 4.0)
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    engines = list(dict.fromkeys(case.engine for case in result.select()))
-    for ax, (problem, dtype) in zip(axes, panels, strict=True):
-        for index, engine in enumerate(engines):
-            cases = sorted(result.select(problem=problem, dtype=dtype, engine=engine), key=_n)
-            if not cases:
-                continue
-            sizes = [case.n for case in cases]
-            fastest = [case.gradient.min for case in cases if case.gradient]
-            typical = [case.gradient.median for case in cases if case.gradient]
-            color = f"C{index % 10}"
-            ax.plot(sizes, fastest, marker="o", color=color, label=f"{engine} value+grad")
-            ax.fill_between(sizes, fastest, typical, color=color, alpha=0.15, linewidth=0)
-            objective = [case.objective.min for case in cases if case.objective]
-            ax.plot(sizes, objective, linestyle=":", color=color, label=f"{engine} objective")
-        floor = sorted(
-            {
-                (case.n, case.floor.min)
-                for case in result.select(problem=problem, dtype=dtype)
-                if case.floor is not None
-            }
-        )
-        if floor:
-            ax.plot(*zip(*floor, strict=True), color="0.5", linestyle="--", label="np.dot(y, x)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("n (data points)")
-        ax.set_ylabel("seconds per call")
-        ax.set_title(f"{problem}, {dtype}")
-        ax.grid(True, which="major", alpha=0.3)
-    axes[0].legend(fontsize="small")
+    figure = _figure(4.2 * len(problems), 3.4 * len(dtypes) + 0.8)
+    grid = figure.subplots(len(dtypes), len(problems), squeeze=False, sharex=True)
+    engines = list(dict.fromkeys(case.engine for case in measured))
+    for row, dtype in enumerate(dtypes):
+        for column, problem in enumerate(problems):
+            ax = grid[row][column]
+            for index, engine in enumerate(engines):
+                cases = sorted(result.select(problem=problem, dtype=dtype, engine=engine), key=_n)
+                if not cases:
+                    continue
+                sizes = [case.n for case in cases]
+                fastest = [case.gradient.min for case in cases if case.gradient]
+                typical = [case.gradient.median for case in cases if case.gradient]
+                color = f"C{index % 10}"
+                ax.plot(sizes, fastest, marker="o", color=color, label=f"{engine} value+grad")
+                ax.fill_between(sizes, fastest, typical, color=color, alpha=0.15, linewidth=0)
+                objective = [case.objective.min for case in cases if case.objective]
+                ax.plot(sizes, objective, linestyle=":", color=color, label=f"{engine} objective")
+            floor = sorted(
+                {
+                    (case.n, case.floor.min)
+                    for case in result.select(problem=problem, dtype=dtype)
+                    if case.floor is not None
+                }
+            )
+            if floor:
+                ax.plot(
+                    *zip(*floor, strict=True), color="0.5", linestyle="--", label="np.dot(y, x)"
+                )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{problem}, {dtype}")
+            ax.grid(True, which="major", alpha=0.3)
+            if row == len(dtypes) - 1:
+                ax.set_xlabel("n (data points)")
+            if column == 0:
+                ax.set_ylabel("seconds per call")
+    handles, labels = grid[0][0].get_legend_handles_labels()
+    figure.legend(
+        handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize="small"
+    )
     return figure
 
 

@@ -238,6 +238,17 @@ def test_results_as_table_json_frame_markdown_and_plot(tmp_path: Any) -> None:
     assert figure.axes[0].get_yscale() == "log"
 
 
+def test_saved_results_load_back_and_bad_records_are_refused() -> None:
+    result = gradlab.benchmark("quadratic", 100, engines="numpy,fd", **FAST)
+    again = gradlab.BenchmarkResult.from_json(result.to_json())
+    assert again.cases == result.cases
+    assert str(again) == str(result)
+    with pytest.raises(gradlab.ArgumentError, match="record"):
+        gradlab.BenchmarkResult.from_dict({"cases": [{"problem": "q"}]})
+    with pytest.raises(gradlab.ArgumentError, match="text"):
+        gradlab.BenchmarkResult.from_json("{not json")
+
+
 @pytest.mark.parametrize(
     ("arguments", "argument"),
     [

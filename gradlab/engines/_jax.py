@@ -65,9 +65,14 @@ class JaxEngine(AbstractEngine):
 
     def asarray(self, array: np.ndarray, dtype: str) -> Array:
         """A jax array of ``dtype`` on the engine's device."""
+        copy = np.array(array, dtype=dtype)
         with self._precision(dtype):
-            # jnp.asarray moves a (private, fresh) NumPy copy in half the time device_put takes.
-            return self.xp.asarray(np.array(array, dtype=dtype), device=self.device)
+            if self.device is None:
+                # A jitted identity moves a NumPy array through jit's C++ fast path: a few
+                # microseconds, where jnp.asarray or device_put take 15 to 30 (a short
+                # compiled fit moves four arrays and would notice).
+                return _identity()(copy)
+            return self._jax.device_put(copy, self.device)
 
     def to_numpy(self, array: Array) -> np.ndarray:
         """A writable NumPy copy (``numpy.asarray`` would give a read-only view)."""
@@ -94,9 +99,8 @@ class JaxEngine(AbstractEngine):
     ) -> tuple[Carry, tuple[Array, ...]]:
         """The loop body, ``steps`` times, as one compiled ``lax.scan``."""
         with self._precision(_first_float_dtype(carry)):
-            result: tuple[Carry, tuple[Array, ...]] = _compiled_scan()(
-                step, carry, data, steps, min(self.unroll, steps)
-            )
+            loop = _compiled_scan(step, steps, min(self.unroll, steps))
+            result: tuple[Carry, tuple[Array, ...]] = loop(carry, data)
         return result
 
     def describe(self) -> dict[str, Any]:
@@ -113,8 +117,7 @@ class JaxEngine(AbstractEngine):
 
 def _first_float_dtype(tree: Any) -> Any:
     """The dtype of the first floating-point leaf: it decides the 64-bit mode of a call."""
-    jax = importlib.import_module("jax")
-    for leaf in jax.tree_util.tree_leaves(tree):
+    for leaf in _tree_leaves()(tree):
         dtype = getattr(leaf, "dtype", None)
         if dtype is not None and np.issubdtype(dtype, np.floating):
             return dtype
@@ -169,14 +172,28 @@ def _scoped_hvp(problem: AbstractProblem) -> HVP:
 
 
 @functools.cache
-def _compiled_scan() -> Callable[..., Any]:
+def _tree_leaves() -> Callable[[Any], list[Any]]:
+    return importlib.import_module("jax").tree_util.tree_leaves  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _identity() -> Callable[[Array], Array]:
+    jax = importlib.import_module("jax")
+    return jax.jit(lambda array: array)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_scan(step: Step, steps: int, unroll: int) -> Callable[[Carry, Data], Any]:
+    """The loop, compiled once per loop body, step count and unroll.
+
+    Cached on the body, a hashable object that compares equal across fits with the same
+    problem and optimizer, so a second fit reuses the compiled loop; the jitted function
+    then takes arrays only, which jit dispatches fastest. The data is an argument, not a
+    captured constant, so it is not baked into the program (large data is not copied in).
+    """
     jax = importlib.import_module("jax")
 
-    def scan(step: Step, carry: Carry, data: Data, steps: int, unroll: int) -> Any:
+    def scan(carry: Carry, data: Data) -> Any:
         return jax.lax.scan(lambda c, _: step(c, data), carry, None, length=steps, unroll=unroll)
 
-    # The loop body and the step count are static: the body is a hashable object that
-    # compares equal across fits with the same problem and optimizer, so jit reuses the
-    # compiled loop. The data is an argument, not a captured constant, so it is not baked
-    # into the program (and large data is not copied into it).
-    return jax.jit(scan, static_argnums=(0, 3, 4))  # type: ignore[no-any-return]
+    return jax.jit(scan)  # type: ignore[no-any-return]
