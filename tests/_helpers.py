@@ -62,3 +62,26 @@ class PlantedBug(gradlab.engines.NumpyEngine):
             return loss, {**grads, self.param: wrong}
 
         return value_and_grad
+
+
+class RequiredMembersOnly:
+    """An engine with only the protocol's required members, not an AbstractEngine: no
+    ``hvp``, ``objective`` or ``block``, so every optional member's fallback is exercised."""
+
+    name = "required-members-only"
+    xp = np
+
+    def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
+        return np.array(array, dtype=dtype)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def value_and_grad(self, problem: Any) -> Any:
+        return problem.hand_value_and_grad
+
+    def run(self, step: Any, carry: Any, data: Any, steps: int) -> Any:
+        return gradlab.engines.NumpyEngine().run(step, carry, data, steps)
+
+    def describe(self) -> dict[str, Any]:
+        return {}

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import require_engine
+from _helpers import RequiredMembersOnly, require_engine
 
 import gradlab
 from gradlab._benchmark import MIN_SAMPLES, seconds, time_calls
@@ -87,28 +87,6 @@ class CountsSyncs(gradlab.engines.NumpyEngine):
         return tree
 
 
-class ProtocolOnly:
-    """An engine with only the protocol's required members: no ``objective``, no ``block``."""
-
-    name = "protocol-only"
-    xp = np
-
-    def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        return np.array(array, dtype=dtype)
-
-    def to_numpy(self, array: Any) -> np.ndarray:
-        return np.asarray(array)
-
-    def value_and_grad(self, problem: Any) -> Any:
-        return problem.hand_value_and_grad
-
-    def run(self, step: Any, carry: Any, data: Any, steps: int) -> Any:
-        return gradlab.engines.NumpyEngine().run(step, carry, data, steps)
-
-    def describe(self) -> dict[str, Any]:
-        return {}
-
-
 @dataclass(frozen=True)
 class NoHandGradient(gradlab.Quadratic):
     """The seed's model without its hand gradient: the numpy engine cannot run it."""
@@ -167,7 +145,7 @@ def test_time_calls_repeats_until_the_minimum_time_and_count() -> None:
 
 
 def test_an_engine_with_only_the_required_members_is_benchmarked() -> None:
-    result = gradlab.benchmark("quadratic", 100, engines=[ProtocolOnly()], **FAST)  # type: ignore[list-item]
+    result = gradlab.benchmark("quadratic", 100, engines=[RequiredMembersOnly()], **FAST)  # type: ignore[list-item]
     (case,) = result.cases
     assert case.status == "measured"
     assert case.objective is not None

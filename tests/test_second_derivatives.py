@@ -12,7 +12,7 @@ from typing import Any
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
-from _helpers import BUILTIN_ENGINES, require_engine
+from _helpers import BUILTIN_ENGINES, RequiredMembersOnly, require_engine
 from _strategies import CASES, reals
 from hypothesis import given
 from hypothesis import strategies as st
@@ -161,34 +161,12 @@ def test_a_user_hand_hvp_is_used_and_checked() -> None:
         gradlab.Problem(lambda p, d, xp: p["a"], hvp=3)  # type: ignore[arg-type]
 
 
-class FirstOrderOnly:
-    """A protocol engine (not an AbstractEngine) without second derivatives."""
-
-    name = "first-order-only"
-    xp = np
-
-    def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        return np.array(array, dtype=dtype)
-
-    def to_numpy(self, array: Any) -> np.ndarray:
-        return np.asarray(array)
-
-    def value_and_grad(self, problem: Any) -> Any:
-        return problem.hand_value_and_grad
-
-    def run(self, step: Any, carry: Any, data: Any, steps: int) -> Any:
-        raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:
-        return {}
-
-
 def test_engines_without_second_derivatives_are_refused_clearly() -> None:
     problem = gradlab.Quadratic()
     data = problem.make_data(5)
-    with pytest.raises(gradlab.NotSupported, match="first-order-only"):
+    with pytest.raises(gradlab.NotSupported, match="required-members-only"):
         gradlab.hvp(
-            problem, data, {"w": 1.0, "b": 0.0}, {"w": 1.0, "b": 0.0}, engine=FirstOrderOnly()
+            problem, data, {"w": 1.0, "b": 0.0}, {"w": 1.0, "b": 0.0}, engine=RequiredMembersOnly()
         )
 
 

@@ -156,10 +156,27 @@ class TorchEngine(AbstractEngine):
     def run(
         self, step: Step, carry: Carry, data: Data, steps: int
     ) -> tuple[Carry, tuple[Array, ...]]:
-        """The default Python loop; with ``compile=True``, over the compiled loop body."""
+        """The default Python loop; with ``compile=True``, over the compiled loop body.
+
+        Compiled, Python numbers in the carry (Adam's step count) become 0-d tensors of the
+        parameters' dtype first: compiled code is specialised on the value of a Python
+        number, so a count that changes every step would compile every step.
+        """
         if self.compile:
             step = self._compiling(("step", step), step)
+            carry = self._numbers_as_tensors(carry, _float_dtype(carry, self._torch))
         return super().run(step, carry, data, steps)
+
+    def _numbers_as_tensors(self, tree: Any, dtype: Any) -> Any:
+        if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+            return self._torch.tensor(tree, dtype=dtype, device=self.device)
+        if isinstance(tree, dict):
+            return {key: self._numbers_as_tensors(value, dtype) for key, value in tree.items()}
+        if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple state
+            return type(tree)(*(self._numbers_as_tensors(value, dtype) for value in tree))
+        if isinstance(tree, (tuple, list)):
+            return type(tree)(self._numbers_as_tensors(value, dtype) for value in tree)
+        return tree
 
     def _compiling(self, key: tuple[Any, ...], function: Callable[..., Any]) -> Callable[..., Any]:
         """``function``, compiled once per combination of argument shapes and dtypes.
@@ -209,6 +226,14 @@ class TorchEngine(AbstractEngine):
             "threads": self._torch.get_num_threads(),
             "torch_compile": self.compile,
         }
+
+
+def _float_dtype(tree: Any, torch: Any) -> Any:
+    """The dtype of the first floating-point tensor in ``tree`` (torch's default if none)."""
+    for leaf in _leaves(tree):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+            return leaf.dtype
+    return torch.get_default_dtype()
 
 
 def _leaves(tree: Any) -> list[Any]:
