@@ -58,15 +58,22 @@ from gradlab.optimizers import adam as adam
 from gradlab.optimizers import apply_updates as apply_updates
 from gradlab.optimizers import momentum as momentum
 from gradlab.optimizers import sgd as sgd
+from gradlab.problems import MLP as MLP
 from gradlab.problems import AbstractProblem as AbstractProblem
+from gradlab.problems import LeastSquares as LeastSquares
 from gradlab.problems import LinearRegression as LinearRegression
 from gradlab.problems import LogisticRegression as LogisticRegression
+from gradlab.problems import LogSumExp as LogSumExp
+from gradlab.problems import PolynomialRegression as PolynomialRegression
 from gradlab.problems import Problem as Problem
 from gradlab.problems import Quadratic as Quadratic
+from gradlab.problems import Rosenbrock as Rosenbrock
+from gradlab.problems import SoftmaxRegression as SoftmaxRegression
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MLP",
     "AbstractEngine",
     "AbstractProblem",
     "ArgumentError",
@@ -82,12 +89,17 @@ __all__ = [
     "GradientTransformation",
     "GradlabError",
     "HandGradientMissing",
+    "LeastSquares",
     "LinearRegression",
+    "LogSumExp",
     "LogisticRegression",
     "MissingDependency",
     "NotSupported",
+    "PolynomialRegression",
     "Problem",
     "Quadratic",
+    "Rosenbrock",
+    "SoftmaxRegression",
     "Timing",
     "UnknownEngine",
     "Verdict",

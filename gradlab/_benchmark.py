@@ -38,7 +38,7 @@ from gradlab.engines._protocol import GradientEngine
 from gradlab.engines._registry import available_engines, default_engines, get_engine
 from gradlab.optimizers import GradientTransformation, sgd
 from gradlab.problems._base import AbstractProblem
-from gradlab.problems._named import problem_named
+from gradlab.problems._named import at_size, problem_named
 
 #: Fewest timed calls behind any figure, however slow the call.
 MIN_SAMPLES = 5
@@ -86,9 +86,9 @@ class BenchmarkCase:
         fit_steps: The number of steps each timed fit ran.
         fit_per_step: Seconds per step of :func:`gradlab.fit` (SGD), after a warm-up fit,
             over several fits: from the start of the loop to the results on the host.
-        floor: Timing of ``numpy.dot(y, x)`` over the same data arrays: one read of the
-            data, the memory floor that a gradient cannot beat by much (``None`` when the
-            data is not an ``x``, ``y`` pair).
+        floor: Timing of one read of the same data arrays (``numpy.dot(y, x)`` for a design
+            and a target; ``numpy.vdot`` of each array otherwise): the memory floor that a
+            gradient cannot beat by much (``None`` for a problem without data).
         peak_memory: Bytes of resident memory a warm fit of ``fit_steps`` steps added at its
             peak over what the process held before it, measured in a fresh process
             (``benchmark(memory=True)``, Linux, named problems and engines), else ``None``.
@@ -409,9 +409,10 @@ def benchmark(
     memory floor; and :func:`gradlab.fit` per step, after a warm-up fit.
 
     Args:
-        problems: Problem names (``"quadratic"``, ``"linear_regression"``,
-            ``"logistic_regression"``) or problem objects with a ``make_data(n, seed=...)``.
-        sizes: Numbers of data points n.
+        problems: Problem names (``"quadratic"``, ``"logistic_regression"``, ``"mlp"``, ...;
+            see ``gradlab bench --help``) or problem objects with a ``make_data(n, seed=...)``.
+        sizes: Numbers of data points n; for problems without data (Rosenbrock, LogSumExp),
+            numbers of variables (``problem.sized(n)``).
         engines: Engine names or objects; default every installed engine that comparisons
             use by default (``"torch-compile"`` must be named).
         dtypes: ``"float32"`` and/or ``"float64"``.
@@ -486,12 +487,13 @@ def benchmark(
                 cases.append(BenchmarkCase(problem.name, engine.name, n, dtype, "over budget"))
                 advance(label)
                 continue
-            data = problem.make_data(n, seed=seed)  # type: ignore[attr-defined]
+            sized = at_size(problem, n)
+            data = sized.make_data(n, seed=seed)  # type: ignore[attr-defined]
             key = (problem.name, dtype, n)
             if key not in floors:
                 floors[key] = _floor(data, dtype, min_time)
             case = _case(
-                problem, data, engine, dtype, n, min_time, fit_steps, memory, seed, optimizer
+                sized, data, engine, dtype, n, min_time, fit_steps, memory, seed, optimizer
             )
             cases.append(dataclasses.replace(case, floor=floors[key]) if case.gradient else case)
             advance(label)
@@ -566,13 +568,20 @@ def _first(call: Callable[[], Any], block: Callable[[Any], Any]) -> float:
 
 
 def _floor(data: dict[str, np.ndarray], dtype: str, min_time: float) -> Timing | None:
-    """One ``numpy.dot(y, x)`` over the data: every element read once, nothing written."""
-    if set(data) != {"x", "y"}:
+    """One pass over the data, reading every element once and writing nothing.
+
+    ``numpy.dot(y, x)`` for a design (``x``) and a target vector (``y``); otherwise
+    ``numpy.vdot(a, a)`` for each array. ``None`` for a problem without data.
+    """
+    arrays = {key: np.ascontiguousarray(value, dtype=dtype) for key, value in data.items()}
+    if not arrays:
         return None
-    x, y = (np.ascontiguousarray(data[key], dtype=dtype) for key in ("x", "y"))
-    if x.shape[0] != y.shape[0]:
-        return None
-    return Timing.of(time_calls(lambda: np.dot(y, x), lambda out: out, min_time))
+    x, y = arrays.get("x"), arrays.get("y")
+    if x is not None and y is not None and y.ndim == 1 and len(arrays) == 2 and len(x) == len(y):
+        return Timing.of(time_calls(lambda: np.dot(y, x), lambda out: out, min_time))
+    return Timing.of(
+        time_calls(lambda: [np.vdot(a, a) for a in arrays.values()], lambda out: out, min_time)
+    )
 
 
 def point(problem: AbstractProblem, data: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
@@ -673,7 +682,7 @@ def _fit_memory(
     from gradlab._memory import measure
 
     try:
-        named = problem_named(problem.name) == problem and get_engine(engine.name)
+        named = at_size(problem_named(problem.name), n) == problem and get_engine(engine.name)
     except GradlabError:
         named = False
     if not named:

@@ -64,10 +64,10 @@ def _main(arguments: list[str]) -> None:
 
     import gradlab
     from gradlab._benchmark import SGD_STEP, point
-    from gradlab.problems._named import problem_named
+    from gradlab.problems._named import at_size, problem_named
 
     name, n, dtype, engine_name, steps, seed = arguments
-    problem = problem_named(name)
+    problem = at_size(problem_named(name), int(n))
     data = problem.make_data(int(n), seed=int(seed))  # type: ignore[attr-defined]
     start = point(problem, data, int(seed))
     engine = gradlab.get_engine(engine_name)

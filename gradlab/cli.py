@@ -8,6 +8,7 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -20,8 +21,8 @@ from gradlab._errors import ArgumentError, GradlabError
 from gradlab._output import check_image_path, optional, save_figure, to_json
 from gradlab.engines import available_engines
 from gradlab.engines._registry import default_engines
-from gradlab.problems import AbstractProblem, LinearRegression, LogisticRegression, Quadratic
-from gradlab.problems._named import NAMED_PROBLEMS
+from gradlab.problems import AbstractProblem
+from gradlab.problems._named import NAMED_PROBLEMS, at_size
 
 _RECIPES = {"numpy": recipes.seed_numpy, "torch": recipes.seed_torch}
 _PROBLEMS = NAMED_PROBLEMS
@@ -51,9 +52,17 @@ def _parser() -> argparse.ArgumentParser:
         default="quadratic",
         help="the problem (default quadratic, the seed's model)",
     )
-    setup.add_argument("--n", type=int, default=100, help="number of data points (default 100)")
     setup.add_argument(
-        "--features", type=int, default=3, help="features d of the linear problems (default 3)"
+        "--n",
+        type=int,
+        default=100,
+        help="number of data points; of variables for rosenbrock and log_sum_exp (default 100)",
+    )
+    setup.add_argument(
+        "--features",
+        type=int,
+        default=3,
+        help="features d of the problems that have them (default 3)",
     )
     setup.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
     setup.add_argument(
@@ -281,11 +290,13 @@ def _demo(args: argparse.Namespace, show_progress: bool) -> int:
 
 
 def _problem_and_data(args: argparse.Namespace) -> tuple[AbstractProblem, dict[str, np.ndarray]]:
-    problem = _PROBLEMS[args.problem]()
-    if isinstance(problem, (LinearRegression, LogisticRegression)):
-        return problem, problem.make_data(args.n, args.features, seed=args.seed)
-    assert isinstance(problem, Quadratic)
-    return problem, problem.make_data(args.n, seed=args.seed)
+    """The named problem and its data: --n points (parameters, for rosenbrock and
+    log_sum_exp, which take no data) and --features where the problem has features."""
+    problem = at_size(_PROBLEMS[args.problem](), args.n)
+    make_data = problem.make_data  # type: ignore[attr-defined]
+    if "d" in inspect.signature(make_data).parameters:
+        return problem, make_data(args.n, d=args.features, seed=args.seed)
+    return problem, make_data(args.n, seed=args.seed)
 
 
 def _point(
@@ -293,11 +304,11 @@ def _point(
     data: dict[str, np.ndarray],
     given: Sequence[str],
     option: str,
-    default: Callable[[tuple[int, ...]], np.ndarray],
+    default: Callable[[tuple[int, ...], str], np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """Parameters from NAME=V1,V2,... words, the rest from ``default(shape)``."""
+    """Parameters from NAME=V1,V2,... words, the rest from ``default(shape, name)``."""
     shapes = dict(problem.param_shapes(problem.check_data(data)) or {})
-    point = {name: default(shape) for name, shape in shapes.items()}
+    point = {name: default(shape, name) for name, shape in shapes.items()}
     for word in given:
         name, sep, values = word.partition("=")
         if not sep or not name:
@@ -326,7 +337,7 @@ def _compare(args: argparse.Namespace, show_progress: bool) -> int:
 
     problem, data = _problem_and_data(args)
     rng = np.random.default_rng(args.seed)
-    params = _point(problem, data, args.params, "--params", lambda s: rng.standard_normal(s))
+    params = _point(problem, data, args.params, "--params", lambda s, _: rng.standard_normal(s))
     compare = compare_hessians if args.hessian else compare_gradients
     report = compare(
         problem,
@@ -350,7 +361,12 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab._progress import progress_bar
 
     problem, data = _problem_and_data(args)
-    init = _point(problem, data, args.init, "--init", np.zeros)
+    # Zeros, unless the problem knows a better start (an MLP's units must differ).
+    start = getattr(problem, "initial_params", None)
+    default = start(data, seed=args.seed) if start is not None else {}
+    init = _point(
+        problem, data, args.init, "--init", lambda shape, name: default.get(name, np.zeros(shape))
+    )
     optimizer = _OPTIMIZERS[args.optimizer](args.lr)
     with progress_bar(1, f"fit on {args.engine}", show_progress) as advance:
         result = fit(

@@ -2,8 +2,26 @@
 
 from gradlab.problems._base import AbstractProblem as AbstractProblem
 from gradlab.problems._base import Problem as Problem
+from gradlab.problems._functions import LogSumExp as LogSumExp
+from gradlab.problems._functions import Rosenbrock as Rosenbrock
 from gradlab.problems._linear import LinearRegression as LinearRegression
 from gradlab.problems._linear import LogisticRegression as LogisticRegression
+from gradlab.problems._mlp import MLP as MLP
+from gradlab.problems._polynomial import LeastSquares as LeastSquares
+from gradlab.problems._polynomial import PolynomialRegression as PolynomialRegression
 from gradlab.problems._quadratic import Quadratic as Quadratic
+from gradlab.problems._softmax import SoftmaxRegression as SoftmaxRegression
 
-__all__ = ["AbstractProblem", "LinearRegression", "LogisticRegression", "Problem", "Quadratic"]
+__all__ = [
+    "MLP",
+    "AbstractProblem",
+    "LeastSquares",
+    "LinearRegression",
+    "LogSumExp",
+    "LogisticRegression",
+    "PolynomialRegression",
+    "Problem",
+    "Quadratic",
+    "Rosenbrock",
+    "SoftmaxRegression",
+]

@@ -7,13 +7,23 @@ from collections.abc import Callable
 
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab.problems._base import AbstractProblem
+from gradlab.problems._functions import LogSumExp, Rosenbrock
 from gradlab.problems._linear import LinearRegression, LogisticRegression
+from gradlab.problems._mlp import MLP
+from gradlab.problems._polynomial import LeastSquares, PolynomialRegression
 from gradlab.problems._quadratic import Quadratic
+from gradlab.problems._softmax import SoftmaxRegression
 
 NAMED_PROBLEMS: dict[str, Callable[[], AbstractProblem]] = {
     "quadratic": Quadratic,
     "linear_regression": LinearRegression,
     "logistic_regression": LogisticRegression,
+    "polynomial_regression": PolynomialRegression,
+    "softmax_regression": SoftmaxRegression,
+    "mlp": MLP,
+    "rosenbrock": Rosenbrock,
+    "log_sum_exp": LogSumExp,
+    "least_squares": LeastSquares,
 }
 
 
@@ -33,3 +43,10 @@ def problem_named(problem: object, argument: str = "problem") -> AbstractProblem
             f"unknown problem {problem!r}{hint} (known: {', '.join(NAMED_PROBLEMS)})",
         )
     return NAMED_PROBLEMS[problem]()
+
+
+def at_size(problem: AbstractProblem, n: int) -> AbstractProblem:
+    """``problem`` for size n: itself when n counts data points, ``problem.sized(n)`` when the
+    problem has no data and n counts its variables (Rosenbrock, LogSumExp)."""
+    sized = getattr(problem, "sized", None)
+    return problem if sized is None else sized(n)
