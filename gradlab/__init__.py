@@ -58,6 +58,7 @@ from gradlab.optimizers import adam as adam
 from gradlab.optimizers import apply_updates as apply_updates
 from gradlab.optimizers import momentum as momentum
 from gradlab.optimizers import sgd as sgd
+from gradlab.problems import GMM as GMM
 from gradlab.problems import MLP as MLP
 from gradlab.problems import AbstractProblem as AbstractProblem
 from gradlab.problems import LeastSquares as LeastSquares
@@ -73,6 +74,7 @@ from gradlab.problems import SoftmaxRegression as SoftmaxRegression
 __version__ = "0.1.0"
 
 __all__ = [
+    "GMM",
     "MLP",
     "AbstractEngine",
     "AbstractProblem",

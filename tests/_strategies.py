@@ -107,8 +107,19 @@ def log_sum_exp_cases(draw: st.DrawFn) -> tuple[gradlab.AbstractProblem, Any, An
     return gradlab.LogSumExp(size), {}, {"x": draw(vectors(size, -30, 30))}
 
 
+@st.composite
+def gmm_cases(draw: st.DrawFn) -> tuple[gradlab.AbstractProblem, Any, Any]:
+    k, d = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    problem = gradlab.GMM(k, d, gamma=draw(reals(0.5, 2)), m=draw(st.integers(0, 2)))
+    n = draw(st.sampled_from([1, 2, 5, 17, 40]))
+    data = {"x": draw(vectors((n, d), -3, 3))}
+    shapes = problem.param_shapes(data)
+    return problem, data, {name: draw(vectors(shape, -1, 1)) for name, shape in shapes.items()}
+
+
 CASES.update(
     {
+        "gmm": gmm_cases(),
         "polynomial_regression": polynomial_cases(),
         "least_squares": least_squares_cases(),
         "softmax_regression": softmax_cases(),
@@ -119,4 +130,4 @@ CASES.update(
 )
 
 #: Problems whose Hessian-vector product is not derived by hand (backprop of backprop).
-NO_HAND_HVP = {"mlp"}
+NO_HAND_HVP = {"mlp", "gmm"}

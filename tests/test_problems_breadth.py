@@ -172,3 +172,64 @@ def test_fits_follow_the_same_path_on_every_engine(problem: Any, n: int, init: A
         problem, data, optimizer=gradlab.adam(0.01), steps=30, init=init
     )
     assert comparison.ok, str(comparison)
+
+
+def adbench_gmm(
+    alphas: np.ndarray, means: np.ndarray, icf: np.ndarray, x: np.ndarray, gamma: float, m: int
+) -> float:
+    """ADBench's GMM objective, point by point and component by component as in its
+    reference implementation (the log-multigamma for d = 2: ½·log π + lgamma(a) +
+    lgamma(a − ½))."""
+    import math
+
+    n, d = x.shape
+    k = len(alphas)
+    assert d == 2
+
+    def logsumexp(values: list[float]) -> float:
+        top = max(values)
+        return top + math.log(sum(math.exp(v - top) for v in values))
+
+    def factor(row: np.ndarray) -> np.ndarray:
+        lower = np.zeros((d, d))
+        index = d
+        for column in range(d):  # column by column, below the diagonal
+            for r in range(column + 1, d):
+                lower[r, column] = row[index]
+                index += 1
+        return np.diag(np.exp(row[:d])) + lower
+
+    total = -n * d * 0.5 * math.log(2 * math.pi)
+    for i in range(n):
+        terms = []
+        for c in range(k):
+            mahalanobis = factor(icf[c]) @ (x[i] - means[c])
+            terms.append(alphas[c] + np.sum(icf[c, :d]) - 0.5 * mahalanobis @ mahalanobis)
+        total += logsumexp(terms)
+    total -= n * logsumexp(list(alphas))
+    n_w = d + m + 1
+    for c in range(k):
+        frobenius = np.sum(np.exp(icf[c, :d]) ** 2) + np.sum(icf[c, d:] ** 2)
+        total += 0.5 * gamma**2 * frobenius - m * np.sum(icf[c, :d])
+    a = 0.5 * n_w
+    log_multigamma = 0.5 * math.log(math.pi) + math.lgamma(a) + math.lgamma(a - 0.5)
+    return total - k * (n_w * d * (math.log(gamma) - 0.5 * math.log(2)) - log_multigamma)
+
+
+def test_gmm_is_adbenchs_objective(engine: str) -> None:
+    problem = gradlab.GMM(k=3, d=2, gamma=1.5, m=1)
+    data = problem.make_data(25, seed=2)
+    rng = np.random.default_rng(3)
+    params = {k: 0.6 * rng.standard_normal(s) for k, s in problem.param_shapes(data).items()}
+    expected = adbench_gmm(params["alphas"], params["means"], params["icf"], data["x"], 1.5, 1)
+    loss, _ = gradlab.value_and_grad(problem, data, params, engine=engine)
+    assert gradlab.rho(loss, expected) <= 1e-12
+
+
+@pytest.mark.parametrize(
+    ("arguments", "argument"),
+    [({"k": 0}, "k"), ({"d": 0}, "d"), ({"gamma": 0.0}, "gamma"), ({"m": -1}, "m")],
+)
+def test_gmm_hyper_parameters_are_checked(arguments: dict[str, Any], argument: str) -> None:
+    with pytest.raises(gradlab.ArgumentError, match=argument):
+        gradlab.GMM(**arguments)

@@ -20,6 +20,7 @@ PUBLIC = {
     "EngineUnavailable",
     "FitComparison",
     "FitResult",
+    "GMM",
     "GradientEngine",
     "GradientReport",
     "GradientTransformation",

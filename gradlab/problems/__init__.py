@@ -4,6 +4,7 @@ from gradlab.problems._base import AbstractProblem as AbstractProblem
 from gradlab.problems._base import Problem as Problem
 from gradlab.problems._functions import LogSumExp as LogSumExp
 from gradlab.problems._functions import Rosenbrock as Rosenbrock
+from gradlab.problems._gmm import GMM as GMM
 from gradlab.problems._linear import LinearRegression as LinearRegression
 from gradlab.problems._linear import LogisticRegression as LogisticRegression
 from gradlab.problems._mlp import MLP as MLP
@@ -13,6 +14,7 @@ from gradlab.problems._quadratic import Quadratic as Quadratic
 from gradlab.problems._softmax import SoftmaxRegression as SoftmaxRegression
 
 __all__ = [
+    "GMM",
     "MLP",
     "AbstractProblem",
     "LeastSquares",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._functions import LogSumExp, Rosenbrock
+from gradlab.problems._gmm import GMM
 from gradlab.problems._linear import LinearRegression, LogisticRegression
 from gradlab.problems._mlp import MLP
 from gradlab.problems._polynomial import LeastSquares, PolynomialRegression
@@ -24,6 +25,7 @@ NAMED_PROBLEMS: dict[str, Callable[[], AbstractProblem]] = {
     "rosenbrock": Rosenbrock,
     "log_sum_exp": LogSumExp,
     "least_squares": LeastSquares,
+    "gmm": GMM,
 }
 
 
