@@ -19,6 +19,7 @@ from gradlab import optimizers as optimizers
 from gradlab import plots as plots
 from gradlab import problems as problems
 from gradlab import recipes as recipes
+from gradlab import schedules as schedules
 from gradlab._agreement import max_rho as max_rho
 from gradlab._agreement import rho as rho
 from gradlab._agreement import tolerance as tolerance
@@ -55,8 +56,12 @@ from gradlab.engines import register_engine as register_engine
 from gradlab.engines import unregister_engine as unregister_engine
 from gradlab.optimizers import GradientTransformation as GradientTransformation
 from gradlab.optimizers import adam as adam
+from gradlab.optimizers import adamw as adamw
 from gradlab.optimizers import apply_updates as apply_updates
+from gradlab.optimizers import chain as chain
+from gradlab.optimizers import clip_by_global_norm as clip_by_global_norm
 from gradlab.optimizers import momentum as momentum
+from gradlab.optimizers import rmsprop as rmsprop
 from gradlab.optimizers import sgd as sgd
 from gradlab.problems import GMM as GMM
 from gradlab.problems import MLP as MLP
@@ -107,9 +112,12 @@ __all__ = [
     "Verdict",
     "__version__",
     "adam",
+    "adamw",
     "apply_updates",
     "available_engines",
     "benchmark",
+    "chain",
+    "clip_by_global_norm",
     "compare_fits",
     "compare_gradients",
     "compare_hessians",
@@ -125,6 +133,8 @@ __all__ = [
     "plots",
     "problems",
     "recipes",
+    "rmsprop",
+    "schedules",
     "register_engine",
     "rho",
     "sgd",

@@ -26,7 +26,13 @@ from gradlab.problems._named import NAMED_PROBLEMS, at_size
 
 _RECIPES = {"numpy": recipes.seed_numpy, "torch": recipes.seed_torch}
 _PROBLEMS = NAMED_PROBLEMS
-_OPTIMIZERS = {"sgd": optimizers.sgd, "momentum": optimizers.momentum, "adam": optimizers.adam}
+_OPTIMIZERS = {
+    "sgd": optimizers.sgd,
+    "momentum": optimizers.momentum,
+    "adam": optimizers.adam,
+    "adamw": optimizers.adamw,
+    "rmsprop": optimizers.rmsprop,
+}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -4,14 +4,29 @@ An optimizer never mutates anything and never imports a framework: ``init(params
 a state, ``update(grads, state, params)`` returns ``(updates, new_state)``, and the loop adds
 the updates to the parameters (:func:`apply_updates`). Only arithmetic operators touch the
 arrays, so the same optimizer runs on NumPy arrays, torch tensors and jax arrays, and is
-traced by ``jax.jit``/``lax.scan`` unchanged.
+traced by ``jax.jit``/``lax.scan`` unchanged. Every ``lr`` may be a number or a schedule
+(:mod:`gradlab.schedules`), evaluated at the number of updates already taken, which each
+state counts (``state.count``). :func:`chain` composes transformations;
+:func:`clip_by_global_norm` is one.
 
-Conventions, where frameworks differ:
+Conventions, where frameworks differ (the parity tests hold each to ``torch.optim``):
 
 - ``momentum`` follows ``torch.optim.SGD`` (dampening 0): v ← β·v + g, p ← p − lr·v; with
-  ``nesterov=True``, p ← p − lr·(g + β·v).
+  ``nesterov=True``, p ← p − lr·(g + β·v). ``convention="sutskever"`` is Sutskever et al.'s
+  form, v ← β·v − lr·g, p ← p + v (optax's ``trace`` with the learning rate inside). The
+  two agree step for step at a constant learning rate (v_sutskever = −lr·v_torch) and
+  differ when it changes: torch's applies a new rate to the whole velocity at once,
+  Sutskever's only to new gradients.
 - ``adam`` follows Kingma & Ba and ``torch.optim.Adam``/``optax.adam``: ε is added *after*
   the square root of the bias-corrected second moment, p ← p − lr·m̂ / (√v̂ + ε).
+- ``adamw`` is ``torch.optim.AdamW``: decoupled weight decay, p ← p − lr·(m̂ / (√v̂ + ε)
+  + wd·p), the decay scaled by the (scheduled) learning rate as torch does (optax's
+  ``adamw`` too).
+- ``rmsprop`` is ``torch.optim.RMSprop`` (not centred, no momentum): v ← α·v + (1 − α)·g²,
+  p ← p − lr·g / (√v + ε), ε *outside* the square root (optax puts it inside).
+- ``clip_by_global_norm`` scales all gradients by min(1, max_norm / ‖g‖) as optax does;
+  ``torch.nn.utils.clip_grad_norm_`` divides by ‖g‖ + 10⁻⁶, a relative difference of
+  10⁻⁶ / ‖g‖ when clipping.
 """
 
 from __future__ import annotations
@@ -20,19 +35,28 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from gradlab._checks import check_bool, check_float, check_positive_float
+from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab.schedules import Schedule, as_schedule
 
 Array = Any
 Params = Mapping[str, Array]
 Updates = dict[str, Array]
 State = Any
+LearningRate = float | Schedule
 
 __all__ = [
     "AdamState",
     "GradientTransformation",
     "MomentumState",
+    "RMSpropState",
+    "SGDState",
     "adam",
+    "adamw",
     "apply_updates",
+    "chain",
+    "clip_by_global_norm",
     "momentum",
+    "rmsprop",
     "sgd",
 ]
 
@@ -50,18 +74,36 @@ class GradientTransformation(NamedTuple):
     update: Callable[[Params, State, Params], tuple[Updates, State]]
 
 
-class MomentumState(NamedTuple):
-    """The velocity of :func:`momentum`, one array per parameter."""
+class SGDState(NamedTuple):
+    """The step count of :func:`sgd` (for its schedule)."""
 
+    count: Any
+
+
+class MomentumState(NamedTuple):
+    """The step count and velocity of :func:`momentum`, one array per parameter."""
+
+    count: Any
     velocity: dict[str, Array]
 
 
 class AdamState(NamedTuple):
-    """The step count and moment estimates of :func:`adam`."""
+    """The step count and moment estimates of :func:`adam` and :func:`adamw`."""
 
     count: Any
     mu: dict[str, Array]
     nu: dict[str, Array]
+
+
+class RMSpropState(NamedTuple):
+    """The step count and mean square of :func:`rmsprop`."""
+
+    count: Any
+    nu: dict[str, Array]
+
+
+def _zeros(params: Params) -> dict[str, Array]:
+    return {name: value * 0 for name, value in params.items()}
 
 
 def apply_updates(params: Params, updates: Params) -> dict[str, Array]:
@@ -74,14 +116,14 @@ def apply_updates(params: Params, updates: Params) -> dict[str, Array]:
     return {name: value + updates[name] for name, value in params.items()}
 
 
-def sgd(lr: float) -> GradientTransformation:
+def sgd(lr: LearningRate) -> GradientTransformation:
     """Plain gradient descent, p ← p − lr·g, as in the seed tutorial.
 
     Args:
-        lr: The learning rate, a positive finite number.
+        lr: The learning rate, a positive finite number, or a schedule.
 
     Raises:
-        ArgumentError: ``lr`` is not a positive finite number.
+        ArgumentError: ``lr`` is not a positive finite number (or a valid schedule).
 
     Example:
         >>> import numpy as np
@@ -90,50 +132,72 @@ def sgd(lr: float) -> GradientTransformation:
         >>> float(updates["w"])
         -0.2
     """
-    lr = check_positive_float(lr, "lr")
+    schedule = as_schedule(lr)
 
-    def init(params: Params) -> tuple[()]:
-        return ()
+    def init(params: Params) -> SGDState:
+        return SGDState(0)
 
-    def update(grads: Params, state: tuple[()], params: Params) -> tuple[Updates, tuple[()]]:
-        return {name: -(lr * g) for name, g in grads.items()}, state
+    def update(grads: Params, state: SGDState, params: Params) -> tuple[Updates, SGDState]:
+        rate = schedule(state.count)
+        return {name: -(rate * g) for name, g in grads.items()}, SGDState(state.count + 1)
 
     return GradientTransformation(init, update)
 
 
-def momentum(lr: float, beta: float = 0.9, nesterov: bool = False) -> GradientTransformation:
-    """Heavy-ball momentum in torch's convention: v ← β·v + g, p ← p − lr·v.
+def momentum(
+    lr: LearningRate, beta: float = 0.9, nesterov: bool = False, convention: str = "torch"
+) -> GradientTransformation:
+    """Heavy-ball momentum, in torch's convention by default: v ← β·v + g, p ← p − lr·v.
 
     Args:
-        lr: The learning rate, a positive finite number.
+        lr: The learning rate, a positive finite number, or a schedule.
         beta: The momentum coefficient, in [0, 1).
-        nesterov: Use Nesterov's look-ahead form, p ← p − lr·(g + β·v).
+        nesterov: Use Nesterov's look-ahead form, p ← p − lr·(g + β·v) (torch convention).
+        convention: ``"torch"`` or ``"sutskever"`` (v ← β·v − lr·g, p ← p + v); see the
+            module's notes on where they differ.
 
     Raises:
-        ArgumentError: ``lr`` or ``beta`` out of range.
+        ArgumentError: ``lr``, ``beta`` or ``convention`` out of range.
     """
-    lr = check_positive_float(lr, "lr")
+    schedule = as_schedule(lr)
     beta = check_float(beta, "beta", 0.0, 1.0, high_open=True)
     nesterov = check_bool(nesterov, "nesterov")
+    if convention not in ("torch", "sutskever"):
+        raise ArgumentError("convention", f"must be 'torch' or 'sutskever', got {convention!r}")
+    if nesterov and convention == "sutskever":
+        raise ArgumentError("nesterov", "is offered in the torch convention only")
 
     def init(params: Params) -> MomentumState:
-        return MomentumState({name: value * 0 for name, value in params.items()})
+        return MomentumState(0, _zeros(params))
 
     def update(
         grads: Params, state: MomentumState, params: Params
     ) -> tuple[Updates, MomentumState]:
+        rate = schedule(state.count)
+        if convention == "sutskever":
+            velocity = {n: beta * state.velocity[n] - rate * g for n, g in grads.items()}
+            return dict(velocity), MomentumState(state.count + 1, velocity)
         velocity = {name: beta * state.velocity[name] + g for name, g in grads.items()}
         if nesterov:
             step = {name: g + beta * velocity[name] for name, g in grads.items()}
         else:
             step = velocity
-        return {name: -(lr * s) for name, s in step.items()}, MomentumState(velocity)
+        updates = {name: -(rate * s) for name, s in step.items()}
+        return updates, MomentumState(state.count + 1, velocity)
 
     return GradientTransformation(init, update)
 
 
+def _moments(b1: float, b2: float, eps: float) -> tuple[float, float, float]:
+    return (
+        check_float(b1, "b1", 0.0, 1.0, high_open=True),
+        check_float(b2, "b2", 0.0, 1.0, high_open=True),
+        check_float(eps, "eps", 0.0),
+    )
+
+
 def adam(
-    lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+    lr: LearningRate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 ) -> GradientTransformation:
     """Adam (Kingma & Ba, 2015), with ε added after the square root, as torch and optax do.
 
@@ -141,7 +205,7 @@ def adam(
     p ← p − lr·(m / (1 − b1ᵗ)) / (√(v / (1 − b2ᵗ)) + ε).
 
     Args:
-        lr: The learning rate, a positive finite number.
+        lr: The learning rate, a positive finite number, or a schedule.
         b1: Decay of the first moment, in [0, 1).
         b2: Decay of the second moment, in [0, 1).
         eps: Added to the denominator for numerical stability, ≥ 0.
@@ -149,16 +213,39 @@ def adam(
     Raises:
         ArgumentError: a hyper-parameter out of range.
     """
-    lr = check_positive_float(lr, "lr")
-    b1 = check_float(b1, "b1", 0.0, 1.0, high_open=True)
-    b2 = check_float(b2, "b2", 0.0, 1.0, high_open=True)
-    eps = check_float(eps, "eps", 0.0)
+    return adamw(lr, b1, b2, eps, weight_decay=0.0)
+
+
+def adamw(
+    lr: LearningRate,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+) -> GradientTransformation:
+    """Adam with decoupled weight decay (Loshchilov & Hutter; ``torch.optim.AdamW``):
+    p ← p − lr·(m̂ / (√v̂ + ε) + wd·p).
+
+    Args:
+        lr: The learning rate, a positive finite number, or a schedule.
+        b1: Decay of the first moment, in [0, 1).
+        b2: Decay of the second moment, in [0, 1).
+        eps: Added to the denominator for numerical stability, ≥ 0.
+        weight_decay: The decay wd, ≥ 0 (torch's default, 0.01).
+
+    Raises:
+        ArgumentError: a hyper-parameter out of range.
+    """
+    schedule = as_schedule(lr)
+    b1, b2, eps = _moments(b1, b2, eps)
+    decay = check_float(weight_decay, "weight_decay", 0.0)
 
     def init(params: Params) -> AdamState:
-        zeros = {name: value * 0 for name, value in params.items()}
+        zeros = _zeros(params)
         return AdamState(0, zeros, dict(zeros))
 
     def update(grads: Params, state: AdamState, params: Params) -> tuple[Updates, AdamState]:
+        rate = schedule(state.count)
         count = state.count + 1
         mu = {name: b1 * state.mu[name] + (1 - b1) * g for name, g in grads.items()}
         nu = {name: b2 * state.nu[name] + (1 - b2) * (g * g) for name, g in grads.items()}
@@ -166,9 +253,97 @@ def adam(
         correction1 = 1 - b1**count
         correction2 = 1 - b2**count
         updates = {
-            name: -(lr * (mu[name] / correction1) / ((nu[name] / correction2) ** 0.5 + eps))
+            name: -(rate * (mu[name] / correction1) / ((nu[name] / correction2) ** 0.5 + eps))
             for name in grads
         }
+        if decay:
+            updates = {name: u - rate * decay * params[name] for name, u in updates.items()}
         return updates, AdamState(count, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def rmsprop(lr: LearningRate, alpha: float = 0.99, eps: float = 1e-8) -> GradientTransformation:
+    """RMSprop as ``torch.optim.RMSprop``: v ← α·v + (1 − α)·g², p ← p − lr·g / (√v + ε).
+
+    Args:
+        lr: The learning rate, a positive finite number, or a schedule.
+        alpha: Decay of the mean square, in [0, 1).
+        eps: Added to the denominator (after the square root), ≥ 0.
+
+    Raises:
+        ArgumentError: a hyper-parameter out of range.
+    """
+    schedule = as_schedule(lr)
+    alpha = check_float(alpha, "alpha", 0.0, 1.0, high_open=True)
+    eps = check_float(eps, "eps", 0.0)
+
+    def init(params: Params) -> RMSpropState:
+        return RMSpropState(0, _zeros(params))
+
+    def update(grads: Params, state: RMSpropState, params: Params) -> tuple[Updates, RMSpropState]:
+        rate = schedule(state.count)
+        nu = {name: alpha * state.nu[name] + (1 - alpha) * (g * g) for name, g in grads.items()}
+        updates = {name: -(rate * g / (nu[name] ** 0.5 + eps)) for name, g in grads.items()}
+        return updates, RMSpropState(state.count + 1, nu)
+
+    return GradientTransformation(init, update)
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale all gradients together by min(1, max_norm / ‖g‖), ‖g‖ over every element.
+
+    Use it first in a :func:`chain`: ``chain(clip_by_global_norm(1.0), adam(1e-3))``.
+
+    Args:
+        max_norm: The largest global norm let through, a positive number.
+
+    Example:
+        >>> import numpy as np
+        >>> clip = clip_by_global_norm(1.0)
+        >>> updates, _ = clip.update({"a": np.array([3.0]), "b": np.array(4.0)}, (), {})
+        >>> float(updates["a"][0]), float(updates["b"])
+        (0.6, 0.8)
+    """
+    max_norm = check_positive_float(max_norm, "max_norm")
+
+    def init(params: Params) -> tuple[()]:
+        return ()
+
+    def update(grads: Params, state: tuple[()], params: Params) -> tuple[Updates, tuple[()]]:
+        norm = sum((g * g).sum() for g in grads.values()) ** 0.5
+        # max_norm / max(‖g‖, max_norm), the max by arithmetic: never a division by zero.
+        scale = max_norm / ((norm + max_norm + abs(norm - max_norm)) / 2)
+        return {name: g * scale for name, g in grads.items()}, state
+
+    return GradientTransformation(init, update)
+
+
+def chain(*transformations: GradientTransformation) -> GradientTransformation:
+    """Apply transformations in turn, each to the previous one's updates (as optax does).
+
+    Raises:
+        ArgumentTypeError: an argument is not a :class:`GradientTransformation`.
+    """
+    if not transformations:
+        raise ArgumentError("transformations", "chain needs at least one transformation")
+    for item in transformations:
+        if not isinstance(item, GradientTransformation):
+            raise ArgumentTypeError(
+                "transformations", f"must be GradientTransformations, got {item!r}"
+            )
+
+    def init(params: Params) -> tuple[Any, ...]:
+        return tuple(item.init(params) for item in transformations)
+
+    def update(
+        grads: Params, state: tuple[Any, ...], params: Params
+    ) -> tuple[Updates, tuple[Any, ...]]:
+        updates: Updates = dict(grads)
+        states = []
+        for item, inner in zip(transformations, state, strict=True):
+            updates, inner = item.update(updates, inner, params)
+            states.append(inner)
+        return updates, tuple(states)
 
     return GradientTransformation(init, update)
