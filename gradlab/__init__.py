@@ -37,6 +37,7 @@ from gradlab._errors import MissingDependency as MissingDependency
 from gradlab._errors import NotSupported as NotSupported
 from gradlab._errors import UnknownEngine as UnknownEngine
 from gradlab._fit import FitResult as FitResult
+from gradlab._fit import Stop as Stop
 from gradlab._fit import fit as fit
 from gradlab._fit import value_and_grad as value_and_grad
 from gradlab._fit_comparison import FitComparison as FitComparison
@@ -107,6 +108,7 @@ __all__ = [
     "Quadratic",
     "Rosenbrock",
     "SoftmaxRegression",
+    "Stop",
     "Timing",
     "UnknownEngine",
     "Verdict",
@@ -133,10 +135,10 @@ __all__ = [
     "plots",
     "problems",
     "recipes",
-    "rmsprop",
-    "schedules",
     "register_engine",
     "rho",
+    "rmsprop",
+    "schedules",
     "sgd",
     "tolerance",
     "unregister_engine",

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from gradlab._checks import check_bool, check_dtype, check_params, check_positive_int
-from gradlab._errors import ArgumentTypeError, GradlabError
+from gradlab._checks import (
+    check_bool,
+    check_dtype,
+    check_float,
+    check_int,
+    check_params,
+    check_positive_int,
+)
+from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError
 from gradlab._output import Record, jsonable
 from gradlab._provenance import provenance
 from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad
@@ -18,7 +26,9 @@ from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation, apply_updates
 from gradlab.problems._base import AbstractProblem
 
-Status = Literal["completed", "diverged"]
+Status = Literal["completed", "converged", "stopped", "diverged"]
+#: The data key that carries the mini-batch order into the loop body (never a problem's).
+_ORDER = "__gradlab_batch_order__"
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,9 @@ class FitResult(Record):
             step k (only the finite losses before it).
         engine: The engine's name.
         dtype: ``"float32"`` or ``"float64"``.
-        status: ``"completed"``, or ``"diverged"`` when a loss or gradient became non-finite.
+        status: ``"completed"`` (every step ran), ``"converged"`` (a :class:`Stop` rule was
+            met), ``"stopped"`` (the callback asked to stop), or ``"diverged"`` (a loss or
+            gradient became non-finite).
         diverged_at: The index of the first step whose loss or gradient was non-finite, or
             ``None``.
         steps: The number of steps asked for.
@@ -43,8 +55,18 @@ class FitResult(Record):
         problem: The problem's name.
         provenance: Versions, machine, threads, device, precision mode and time of the run.
         trajectory: With ``fit(..., trajectory=True)``, the parameters at every step: for
-            each name an array of shape ``(len(losses) + 1, *shape)`` whose row k is the
-            point after k updates (row 0 the start, the last row ``params``); else ``None``.
+            each name an array of shape ``(updates + 1, *shape)`` whose row k is the point
+            after k updates of this call (row 0 the start, the last row ``params``); else
+            ``None``.
+        stop_reason: Why the fit ended: ``"steps"``, ``"loss"``, ``"grad_norm"``,
+            ``"patience"`` (the :class:`Stop` rules), ``"callback"`` or ``"diverged"``.
+        state: The optimizer's state at ``params``, as NumPy arrays: with ``params`` and
+            ``step`` what ``fit(..., resume=result)`` continues from.
+        step: Updates taken in total, counting those of the fits this one resumed.
+
+    When a :class:`Stop` rule is met by the loss or gradient at the point after k updates,
+    the fit ends there: ``params`` is that point, and ``losses`` has k + 1 entries, the last
+    being the loss that met the rule (``final_loss``).
     """
 
     params: dict[str, np.ndarray]
@@ -58,11 +80,14 @@ class FitResult(Record):
     problem: str
     provenance: dict[str, Any] = field(repr=False)
     trajectory: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    stop_reason: str = "steps"
+    state: Any = field(default=None, repr=False)
+    step: int = 0
 
     @property
     def ok(self) -> bool:
-        """Whether the fit ran all its steps with finite losses and gradients."""
-        return self.status == "completed"
+        """Whether the fit ended without diverging (all steps run, or a rule met)."""
+        return self.status != "diverged"
 
     @property
     def time_per_step(self) -> float:
@@ -82,6 +107,8 @@ class FitResult(Record):
                 "engine": self.engine,
                 "dtype": self.dtype,
                 "status": self.status,
+                "stop_reason": self.stop_reason,
+                "step": self.step,
                 "diverged_at": self.diverged_at,
                 "steps": self.steps,
                 "params": self.params,
@@ -108,11 +135,57 @@ class FitResult(Record):
 
 
 @dataclass(frozen=True)
+class Stop:
+    """Rules that end a fit early; each is checked at every step, ``None`` switches it off.
+
+    Args:
+        loss: Stop at the first point whose loss is at most this.
+        grad_norm: Stop at the first point whose gradient's global norm is at most this.
+        patience: Stop when the loss has not improved on its best by more than
+            ``min_delta`` for this many steps.
+        min_delta: The improvement that counts for ``patience`` (≥ 0).
+        check_every: Steps run between checks on the host; the stop is still exact to the
+            step (the last stretch is replayed). Compiled engines run each stretch as one
+            program. Default: 100.
+
+    Example:
+        >>> import gradlab
+        >>> recipe = gradlab.recipes.seed_numpy()
+        >>> result = gradlab.fit(recipe.problem, recipe.data, engine="numpy",
+        ...                      optimizer=recipe.optimizer, steps=800, init=recipe.init,
+        ...                      stop=gradlab.Stop(loss=0.2))
+        >>> result.status, result.stop_reason, result.final_loss <= 0.2
+        ('converged', 'loss', True)
+    """
+
+    loss: float | None = None
+    grad_norm: float | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
+    check_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("loss", "grad_norm"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_float(value, name, 0.0))
+        if self.patience is not None:
+            object.__setattr__(self, "patience", check_positive_int(self.patience, "patience"))
+        object.__setattr__(self, "min_delta", check_float(self.min_delta, "min_delta", 0.0))
+        object.__setattr__(self, "check_every", check_positive_int(self.check_every, "check_every"))
+
+
+@dataclass(frozen=True)
 class _Step:
     """The body of the loop: one gradient evaluation and one optimizer update.
 
     Engines run it (``GradientEngine.run``); it never asks which engine it is on. It is a
     hashable value so that engines which compile it (jax) can cache the compiled loop.
+
+    Outputs per step, in order: the loss; with ``check_gradients`` a probe that is NaN when
+    a gradient element is not finite; with ``grad_norms`` the gradient's squared global
+    norm; then the recorded parameters. With ``batched`` the carry ends with the position
+    in the mini-batch order, and the step takes its rows of the data.
     """
 
     value_and_grad: ValueAndGrad
@@ -121,17 +194,33 @@ class _Step:
     check_gradients: bool = False
     #: Parameters to record at every step (before its update), in this order.
     record: tuple[str, ...] = ()
+    grad_norms: bool = False
+    batched: bool = False
 
     def __call__(self, carry: Carry, data: Data) -> tuple[Carry, tuple[Any, ...]]:
-        params, state = carry
+        params, state = carry[0], carry[1]
+        if self.batched:
+            position = carry[2]
+            index = position if isinstance(position, int) else self.xp.astype(position, int)
+            # The order is carried as floats (engines hold float arrays); rows are exact.
+            rows = self.xp.astype(data[_ORDER][index], int)
+            data = {name: value[rows] for name, value in data.items() if name != _ORDER}
         loss, grads = self.value_and_grad(params, data)
         updates, state = self.optimizer.update(grads, state, params)
         out: tuple[Any, ...] = (loss,)
         if self.check_gradients:
             # 0 when every gradient element is finite, NaN otherwise (inf·0 and NaN·0 are NaN).
             out += (sum(self.xp.sum(g * 0) for g in grads.values()),)
+        if self.grad_norms:
+            out += (sum(self.xp.sum(g * g) for g in grads.values()),)
         out += tuple(params[name] for name in self.record)
-        return (apply_updates(params, updates), state), out
+        new_carry: tuple[Any, ...] = (apply_updates(params, updates), state)
+        if self.batched:
+            new_carry += (carry[2] + 1,)
+        return new_carry, out
+
+
+Callback = Callable[[int, float, dict[str, np.ndarray]], Any]
 
 
 def fit(
@@ -141,17 +230,23 @@ def fit(
     engine: str | GradientEngine,
     optimizer: GradientTransformation,
     steps: int,
-    init: Mapping[str, Any],
+    init: Mapping[str, Any] | None = None,
     dtype: str = "float64",
     trajectory: bool = False,
+    batch_size: int | None = None,
+    seed: int = 0,
+    stop: Stop | None = None,
+    callback: Callback | None = None,
+    every: int = 100,
+    resume: FitResult | None = None,
 ) -> FitResult:
     """Minimise ``problem`` on ``data`` by gradient descent on one engine.
 
     There is one loop for every engine: at each step the engine's gradient function gives
     ``(loss, grads)``, the optimizer turns them into updates, and the updates are added to
     the parameters. The engine decides only how that loop *runs* (a Python loop; one
-    compiled ``lax.scan`` on jax). Losses stay on the engine until the end, so no step waits
-    for the host.
+    compiled ``lax.scan`` on jax). Losses stay on the engine until the end (or the end of
+    each stretch of ``every`` or ``stop.check_every`` steps), so no step waits for the host.
 
     A non-finite loss or gradient ends the fit with status ``"diverged"``; the step is
     located exactly by replaying the fit with gradient checks, which costs time only when
@@ -163,19 +258,35 @@ def fit(
             Copied and checked, never modified.
         engine: An engine name (``"numpy"``, ``"torch"``, ``"jax"``, ``"fd"``, ...) or an
             engine object.
-        optimizer: A :class:`GradientTransformation` (:func:`sgd`, :func:`momentum`,
-            :func:`adam`).
+        optimizer: A :class:`GradientTransformation` (:func:`sgd`, :func:`adam`, ...).
         steps: How many steps to take, a positive integer.
         init: Starting parameters, a mapping from name to array. Copied, never modified.
+            Not with ``resume``.
         dtype: ``"float32"`` or ``"float64"``: the precision of data, parameters and gradients.
         trajectory: Also keep the parameters at every step (``FitResult.trajectory``); they
             stay on the engine until the end, like the losses. Costs memory steps × size.
+        batch_size: Mini-batches of this many samples (rows of every data array), in an
+            order shuffled afresh each epoch from ``seed``: the same batches in the same
+            order on every engine. An epoch is ⌊n / batch_size⌋ batches (the remainder
+            waits for the next epoch's shuffle). ``None``: the full batch, as in the seed.
+        seed: Seed of the mini-batch order.
+        stop: Rules that end the fit early (:class:`Stop`); ``FitResult.stop_reason`` says
+            which.
+        callback: ``callback(step, loss, params)`` after every ``every`` steps (the last
+            stretch may be shorter), with the number of updates so far (``FitResult.step``),
+            the latest loss and NumPy copies of the parameters; return ``True`` to stop the
+            fit there. Compiled engines run the ``every`` steps in between as one program.
+        every: Steps between callbacks, a positive integer.
+        resume: A :class:`FitResult` to continue from: its parameters, optimizer state and
+            step count (schedules and the mini-batch order carry on). A resumed fit of k
+            steps ends where one uninterrupted fit with k more steps does.
 
     Returns:
         A :class:`FitResult`.
 
     Raises:
-        ArgumentError: bad data, init, steps or dtype; an unknown engine (``UnknownEngine``).
+        ArgumentError: bad data, init, steps, dtype, batch_size, stop or resume; an unknown
+            engine (``UnknownEngine``).
         EngineUnavailable: the engine's framework is not installed.
         HandGradientMissing: engine ``"numpy"`` on a problem without a hand gradient.
 
@@ -196,54 +307,214 @@ def fit(
             f"must be a GradientTransformation (gradlab.sgd(...), ...), got {optimizer!r}",
         )
     steps = check_positive_int(steps, "steps")
+    every = check_positive_int(every, "every")
+    if stop is not None and not isinstance(stop, Stop):
+        raise ArgumentTypeError("stop", f"must be a gradlab.Stop, got {stop!r}")
+    if callback is not None and not callable(callback):
+        raise ArgumentTypeError("callback", f"must be callable, got {callback!r}")
+    start_state, first_step = None, 0
+    if resume is not None:
+        if init is not None:
+            raise ArgumentError("init", "cannot be given with resume (the fit continues there)")
+        if not isinstance(resume, FitResult) or resume.state is None:
+            raise ArgumentTypeError(
+                "resume", f"must be a FitResult from gradlab.fit, got {resume!r}"
+            )
+        init, start_state, first_step = resume.params, resume.state, resume.step
+    elif init is None:
+        raise ArgumentError("init", "is required (or resume=, to continue a fit)")
     engine, dtype, checked_data, start_params = prepare(problem, data, init, engine, dtype)
     record = tuple(start_params) if check_bool(trajectory, "trajectory") else ()
+    order = _batch_order(checked_data, batch_size, seed, first_step, steps)
+    if start_state is None:
+        start_state = optimizer.init(start_params)
+    else:
+        _check_state(start_state, optimizer.init(start_params))
 
     # Overflow on the way to divergence is reported through the status, not as warnings.
     with np.errstate(all="ignore"):
         value_and_grad = engine.value_and_grad(problem)
+        if order is not None:
+            checked_data = {**checked_data, _ORDER: order.astype(np.float64)}
         batch = on_engine(engine, checked_data, dtype)
         params = on_engine(engine, start_params, dtype)
         # The optimizer's state is made from NumPy parameters and moved like them, so that no
         # framework arithmetic happens outside the engine (jax's 64-bit mode is scoped to it).
-        carry = (params, _to_engine(optimizer.init(start_params), engine, dtype))
-
-        start = time.perf_counter()
-        (last, _), (losses, *path) = engine.run(
-            _Step(value_and_grad, optimizer, engine.xp, record=record), carry, batch, steps
+        carry: tuple[Any, ...] = (params, _to_engine(start_state, engine, dtype))
+        if order is not None:
+            carry += (0,)
+        body = _Step(
+            value_and_grad,
+            optimizer,
+            engine.xp,
+            record=record,
+            grad_norms=stop is not None and stop.grad_norm is not None,
+            batched=order is not None,
         )
-        loss_history = engine.to_numpy(losses)
-        final = {name: engine.to_numpy(last[name]) for name in start_params}
-        visited = {name: engine.to_numpy(value) for name, value in zip(record, path, strict=True)}
+        stretch = steps
+        if callback is not None:
+            stretch = min(stretch, every)
+        if stop is not None:
+            stretch = min(stretch, stop.check_every)
+        run = _Run(engine, body, batch, record, stop)
+        start = time.perf_counter()
+        done = 0
+        while done < steps and run.reason is None:
+            length = min(stretch, steps - done)
+            carry = run.stretch(carry, length, done)
+            done = run.updates
+            asked = (
+                callback is not None
+                and run.reason is None
+                and callback(first_step + done, run.last_loss, run.host_params(carry)) is True
+            )
+            if asked:
+                run.reason = "callback"
+        loss_history, final, visited = run.results(carry)
         wall_time = time.perf_counter() - start
 
-        diverged_at = None
-        if not (_finite(loss_history) and all(map(_finite, final.values()))):
-            diverged_at, loss_history, final = _locate_divergence(
-                engine, _Step(value_and_grad, optimizer, engine.xp, True), carry, batch, steps
-            )
-
     check_dtypes(engine, dtype, {"loss": loss_history, **final})
-    # The path: the point before each step that ran, then where the fit ended.
-    kept = len(loss_history)
     path_arrays = (
-        {name: np.concatenate([visited[name][:kept], final[name][None]]) for name in record}
+        {name: np.concatenate([visited[name], final[name][None]]) for name in record}
         if record
         else None
     )
+    reason = run.reason or "steps"
+    status: Status = {
+        "diverged": "diverged",
+        "callback": "stopped",
+        "steps": "completed",
+    }.get(reason, "converged")  # type: ignore[assignment]
     return FitResult(
         params=final,
         losses=loss_history,
         engine=engine.name,
         dtype=dtype,
-        status="completed" if diverged_at is None else "diverged",
-        diverged_at=diverged_at,
+        status=status,
+        diverged_at=None if run.diverged_at is None else run.diverged_at,
         steps=steps,
         wall_time=wall_time,
         problem=problem.name,
         provenance=provenance(engine.describe(), dtype),
         trajectory=path_arrays,
+        stop_reason=reason,
+        state=_to_numpy_tree(run.state(carry), engine),
+        step=first_step + run.updates,
     )
+
+
+class _Run:
+    """A fit in stretches: runs each, checks it on the host, and ends it where it must."""
+
+    def __init__(
+        self,
+        engine: GradientEngine,
+        body: _Step,
+        batch: Data,
+        record: tuple[str, ...],
+        stop: Stop | None,
+    ) -> None:
+        self.engine, self.body, self.batch, self.record, self.stop = (
+            engine,
+            body,
+            batch,
+            record,
+            stop,
+        )
+        self.losses: list[np.ndarray] = []
+        self.visited: dict[str, list[np.ndarray]] = {name: [] for name in record}
+        self.updates = 0
+        self.reason: str | None = None
+        self.diverged_at: int | None = None
+        self.best = np.inf
+        self.best_at = 0
+        self.last_loss = float("nan")
+        self._host: tuple[Carry, dict[str, np.ndarray]] | None = None
+
+    def stretch(self, carry: Carry, length: int, done: int) -> Carry:
+        """Run ``length`` steps from ``carry``; return the carry where this stretch ends."""
+        engine = self.engine
+        end, outputs = engine.run(self.body, carry, self.batch, length)
+        losses = engine.to_numpy(outputs[0])
+        norms = engine.to_numpy(outputs[1]) if self.body.grad_norms else None
+        path = outputs[2:] if self.body.grad_norms else outputs[1:]
+        params_end = {name: engine.to_numpy(end[0][name]) for name in end[0]}
+        if not (_finite(losses) and all(map(_finite, params_end.values()))):
+            checked = dataclasses.replace(
+                self.body, check_gradients=True, record=(), grad_norms=False
+            )
+            at, _, _ = _locate_divergence(engine, checked, carry, self.batch, length)
+            self.diverged_at = done + at
+            self.reason = "diverged"
+            return self._cut(carry, losses, path, at, at)
+        hit = self._rule(losses, norms, done)
+        if hit is not None:
+            # Stop at the point after `hit` updates of this stretch: its loss is kept.
+            return self._cut(carry, losses, path, hit, hit + 1)
+        self._keep(losses, path, length)
+        self.updates = done + length
+        self.last_loss = float(losses[-1])
+        self._host = (end, params_end)  # already on the host: not converted again at the end
+        return end
+
+    def _rule(self, losses: np.ndarray, norms: np.ndarray | None, done: int) -> int | None:
+        """The first step of this stretch whose point meets a stop rule, if any."""
+        stop = self.stop
+        if stop is None:
+            return None
+        for j, loss in enumerate(losses):
+            if stop.loss is not None and loss <= stop.loss:
+                self.reason = "loss"
+                return j
+            if (
+                norms is not None
+                and stop.grad_norm is not None
+                and norms[j] ** 0.5 <= stop.grad_norm
+            ):
+                self.reason = "grad_norm"
+                return j
+            if stop.patience is not None:
+                if loss < self.best - stop.min_delta:
+                    self.best, self.best_at = float(loss), done + j
+                elif done + j - self.best_at >= stop.patience:
+                    self.reason = "patience"
+                    return j
+        return None
+
+    def _cut(self, carry: Carry, losses: np.ndarray, path: Any, updates: int, kept: int) -> Carry:
+        """End the fit after ``updates`` updates of this stretch, keeping ``kept`` losses."""
+        self._keep(losses, path, updates)
+        self.losses[-1] = losses[:kept]
+        plain = dataclasses.replace(self.body, record=(), grad_norms=False)
+        if updates > 0:
+            carry, _ = self.engine.run(plain, carry, self.batch, updates)
+        self.updates += updates
+        if kept:
+            self.last_loss = float(losses[kept - 1])
+        return carry
+
+    def _keep(self, losses: np.ndarray, path: Any, count: int) -> None:
+        self.losses.append(losses[:count])
+        for name, values in zip(self.record, path, strict=True):
+            self.visited[name].append(self.engine.to_numpy(values)[:count])
+
+    def host_params(self, carry: Carry) -> dict[str, np.ndarray]:
+        if self._host is not None and self._host[0] is carry:
+            return {name: value.copy() for name, value in self._host[1].items()}
+        return {name: self.engine.to_numpy(value) for name, value in carry[0].items()}
+
+    def state(self, carry: Carry) -> Any:
+        return carry[1]
+
+    def results(
+        self, carry: Carry
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        losses = np.concatenate(self.losses) if self.losses else np.zeros(0)
+        visited = {
+            name: np.concatenate(values) if values else np.zeros((0,))
+            for name, values in self.visited.items()
+        }
+        return losses, self.host_params(carry), visited
 
 
 def prepare(
@@ -353,18 +624,87 @@ def _finite(array: np.ndarray) -> bool:
 
 def _locate_divergence(
     engine: GradientEngine, checked: _Step, carry: Carry, batch: Data, steps: int
-) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
-    """Replay a failed fit with gradient checks; return (step, finite losses, params there)."""
+) -> tuple[int, None, None]:
+    """Replay a failed stretch with gradient checks; return the first bad step.
+
+    ``steps`` when no loss or gradient was bad: the last update itself overflowed the
+    parameters.
+    """
     _, (losses, probes) = engine.run(checked, carry, batch, steps)
-    losses, probes = engine.to_numpy(losses), engine.to_numpy(probes)
-    bad = ~(np.isfinite(losses) & np.isfinite(probes))
-    # No bad loss or gradient: the last update itself overflowed the parameters.
-    step = int(np.argmax(bad)) if bad.any() else steps
-    params = carry[0]
-    if step > 0:
-        unchecked = _Step(checked.value_and_grad, checked.optimizer, checked.xp)
-        (params, _), _ = engine.run(unchecked, carry, batch, step)
-    return step, losses[:step], {name: engine.to_numpy(params[name]) for name in carry[0]}
+    bad = ~(np.isfinite(engine.to_numpy(losses)) & np.isfinite(engine.to_numpy(probes)))
+    return (int(np.argmax(bad)) if bad.any() else steps), None, None
+
+
+def _batch_order(
+    data: Mapping[str, np.ndarray], batch_size: int | None, seed: int, first: int, steps: int
+) -> np.ndarray | None:
+    """The rows of each step's mini-batch, steps first … first + steps − 1 of the fit.
+
+    Epoch e is a permutation of the n rows drawn from ``default_rng([seed, e])``, cut into
+    ⌊n / batch_size⌋ batches: the order depends on the global step alone, so every engine,
+    and a resumed fit, sees the same batches.
+    """
+    if batch_size is None:
+        return None
+    batch_size = check_positive_int(batch_size, "batch_size")
+    seed = check_int(seed, "seed", 0)
+    if not data:
+        raise ArgumentError("batch_size", "this problem takes no data to batch")
+    sizes = {name: np.shape(value)[0] if np.ndim(value) else 0 for name, value in data.items()}
+    n = min(sizes.values())
+    if len(set(sizes.values())) != 1:
+        raise ArgumentError(
+            "batch_size", f"the data arrays have different numbers of rows: {sizes}"
+        )
+    if batch_size > n:
+        raise ArgumentError("batch_size", f"is {batch_size}, larger than the data's {n} rows")
+    per_epoch = n // batch_size
+    order = np.empty((steps, batch_size), dtype=np.int64)
+    epochs: dict[int, np.ndarray] = {}
+    for i in range(steps):
+        epoch, position = divmod(first + i, per_epoch)
+        if epoch not in epochs:
+            epochs[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        order[i] = epochs[epoch][position * batch_size : (position + 1) * batch_size]
+    return order
+
+
+def _check_state(state: Any, expected: Any, where: str = "resume.state") -> None:
+    """The resumed optimizer state must have the structure this optimizer makes."""
+    if isinstance(expected, dict):
+        if not isinstance(state, dict) or set(state) != set(expected):
+            raise ArgumentError("resume", f"{where} does not match this optimizer's state")
+        for key in expected:
+            _check_state(state[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, tuple):
+        if type(state) is not type(expected) or len(state) != len(expected):
+            raise ArgumentError(
+                "resume",
+                f"{where} is a {type(state).__name__}, but this optimizer's state is a "
+                f"{type(expected).__name__}: resume with the optimizer the fit ran with",
+            )
+        for index, (item, want) in enumerate(zip(state, expected, strict=True)):
+            _check_state(item, want, f"{where}[{index}]")
+    elif np.shape(state) != np.shape(expected):
+        raise ArgumentError(
+            "resume", f"{where} has shape {np.shape(state)}, expected {np.shape(expected)}"
+        )
+
+
+def _to_numpy_tree(tree: Any, engine: GradientEngine) -> Any:
+    """The optimizer state back on the host: NumPy arrays; counts as Python ints."""
+    if isinstance(tree, dict):
+        return {key: _to_numpy_tree(value, engine) for key, value in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_to_numpy_tree(value, engine) for value in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_to_numpy_tree(value, engine) for value in tree)
+    if tree is None or isinstance(tree, (int, float)):
+        return tree
+    array = engine.to_numpy(tree)
+    if array.ndim == 0 and not np.issubdtype(array.dtype, np.floating):
+        return int(array)
+    return array
 
 
 def check_dtypes(engine: GradientEngine, dtype: str, arrays: Mapping[str, np.ndarray]) -> None:

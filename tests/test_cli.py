@@ -151,7 +151,7 @@ def test_compare_exits_1_when_an_engine_disagrees() -> None:
         (["compare", "--engines", "numpy,tourch"], "did you mean 'torch'"),
         (["compare", "--dtype", "float16"], "invalid choice: 'float16'"),
         (["compare", "--n", "0"], "--n: must be a positive integer"),
-        (["fit", "--optimizer", "adamw"], "invalid choice: 'adamw'"),
+        (["fit", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
         (["fit", "--lr=-1"], "lr: must be a positive"),
         (["fit", "--steps", "0"], "--steps"),
         (["fit", "--init", "w=1,2"], "w got 2 value(s)"),

@@ -38,6 +38,7 @@ PUBLIC = {
     "Quadratic",
     "Rosenbrock",
     "SoftmaxRegression",
+    "Stop",
     "Timing",
     "UnknownEngine",
     "Verdict",
