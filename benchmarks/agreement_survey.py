@@ -20,23 +20,55 @@ import numpy as np
 import gradlab
 
 
-def random_case(problem: gradlab.AbstractProblem, rng: np.random.Generator) -> tuple[dict, dict]:
+def random_case(name: str, rng: np.random.Generator) -> tuple[gradlab.AbstractProblem, dict, dict]:
+    """A random instance of the named problem: hyper-parameters, data and a point."""
     n = int(rng.choice([1, 3, 10, 64, 200, 1000]))
     d = int(rng.integers(1, 6))
-    if isinstance(problem, gradlab.Quadratic):
-        data = {"x": rng.uniform(-2, 2, n), "y": rng.uniform(-5, 5, n)}
-        params = {"w": rng.uniform(-3, 3), "b": rng.uniform(-3, 3)}
+
+    def uniform(low: float, high: float, shape: object = ()) -> np.ndarray:
+        return rng.uniform(low, high, shape)
+
+    problem: gradlab.AbstractProblem
+    if name == "quadratic":
+        problem = gradlab.Quadratic()
+        data = {"x": uniform(-2, 2, n), "y": uniform(-5, 5, n)}
+    elif name in ("linear_regression", "logistic_regression"):
+        problem = (
+            gradlab.LinearRegression()
+            if name == "linear_regression"
+            else (gradlab.LogisticRegression())
+        )
+        y = rng.integers(0, 2, n).astype(float) if "logistic" in name else uniform(-5, 5, n)
+        data = {"x": uniform(-2, 2, (n, d)), "y": y}
+    elif name == "polynomial_regression":
+        problem = gradlab.PolynomialRegression(int(rng.integers(0, 5)))
+        data = {"x": uniform(-1.5, 1.5, n), "y": uniform(-5, 5, n)}
+    elif name == "least_squares":
+        problem = gradlab.LeastSquares(int(rng.integers(1, 7)))
+        data = problem.make_data(n)  # type: ignore[attr-defined]
+    elif name == "softmax_regression":
+        problem = gradlab.SoftmaxRegression(int(rng.integers(2, 5)))
+        labels = rng.integers(0, problem.classes, n)  # type: ignore[attr-defined]
+        data = {"x": uniform(-2, 2, (n, d)), "y": np.eye(problem.classes)[labels]}  # type: ignore[attr-defined]
+    elif name == "mlp":
+        problem = gradlab.MLP((int(rng.integers(1, 9)),), str(rng.choice(["tanh", "sigmoid"])))
+        data = problem.make_data(n, d=d, seed=int(rng.integers(1000)))  # type: ignore[attr-defined]
+    elif name == "rosenbrock":
+        problem, data = gradlab.Rosenbrock(int(rng.integers(2, 9))), {}
+    elif name == "log_sum_exp":
+        problem, data = gradlab.LogSumExp(int(rng.integers(1, 51))), {}
     else:
-        if isinstance(problem, gradlab.LogisticRegression):
-            y = rng.integers(0, 2, n).astype(float)
-        else:
-            y = rng.uniform(-5, 5, n)
-        data = {"x": rng.uniform(-2, 2, (n, d)), "y": y}
-        params = {"w": rng.uniform(-3, 3, d), "b": rng.uniform(-3, 3)}
+        problem = gradlab.GMM(int(rng.integers(1, 5)), min(d, 4))
+        data = {"x": uniform(-3, 3, (n, min(d, 4)))}
+    shapes = problem.param_shapes(problem.check_data(data)) or {}
+    spread = {"log_sum_exp": 30.0, "gmm": 1.0, "mlp": 1.5}.get(name, 3.0)
+    params = {key: uniform(-spread, spread, shape) for key, shape in shapes.items()}
     # Round to float32 so that float32 and float64 runs see the same numbers.
     data = {k: np.asarray(v, np.float32).astype(np.float64) for k, v in data.items()}
     params = {k: np.asarray(v, np.float32).astype(np.float64) for k, v in params.items()}
-    return data, params
+    if name == "softmax_regression":  # one-hot rows survive the rounding exactly
+        assert np.all(data["y"].sum(axis=1) == 1)
+    return problem, data, params
 
 
 def main() -> None:
@@ -54,12 +86,26 @@ def main() -> None:
         return gradlab.value_and_grad(problem, data, params, **how)[1]
 
     rng = np.random.default_rng(args.seed)
-    problems = [gradlab.Quadratic(), gradlab.LinearRegression(), gradlab.LogisticRegression()]
-    engines = gradlab.available_engines()
+    names = [
+        "quadratic",
+        "linear_regression",
+        "logistic_regression",
+        "polynomial_regression",
+        "least_squares",
+        "softmax_regression",
+        "mlp",
+        "rosenbrock",
+        "log_sum_exp",
+        "gmm",
+    ]
+    # torch-compile would compile afresh for every random shape: it is left out here.
+    engines = [name for name in gradlab.available_engines() if name != "torch-compile"]
     worst: dict[tuple[str, str, str], float] = {}
     for _ in range(args.trials):
-        for problem in problems:
-            data, params = random_case(problem, rng)
+        for name in names:
+            problem, data, params = random_case(name, rng)
+            if args.hessians and not problem.has_hand_hvp:
+                continue  # no hand-derived Hessian to hold the engines to
             truth = derivative(problem, data, params, engine="numpy")
             for engine in engines:
                 for dtype in ("float64", "float32"):

@@ -19,7 +19,7 @@ from gradlab import schedules
 PROBLEM = gradlab.LinearRegression()
 DATA = PROBLEM.make_data(40, d=3, seed=2)
 INIT = {"w": np.zeros(3), "b": np.array(0.0)}
-ENGINES = ["numpy", "torch", "jax", "torch-compile"]
+ENGINES = ["numpy", "torch", "jax", "torch-compile", "fd"]
 
 
 def run(engine: str, steps: int = 200, **options: Any) -> gradlab.FitResult:

@@ -233,3 +233,33 @@ def test_gmm_is_adbenchs_objective(engine: str) -> None:
 def test_gmm_hyper_parameters_are_checked(arguments: dict[str, Any], argument: str) -> None:
     with pytest.raises(gradlab.ArgumentError, match=argument):
         gradlab.GMM(**arguments)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "polynomial_regression",
+        "least_squares",
+        "softmax_regression",
+        "mlp",
+        "rosenbrock",
+        "log_sum_exp",
+        "gmm",
+    ],
+)
+def test_gradlab_compare_covers_the_problem(name: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gradlab", "compare", "--problem", name, "--n", "12", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    import json
+
+    report = json.loads(done.stdout)
+    assert report["problem"] == name
+    assert all(verdict["agrees"] for verdict in report["verdicts"].values())
