@@ -325,7 +325,7 @@ def fit(
         raise ArgumentError("init", "is required (or resume=, to continue a fit)")
     engine, dtype, checked_data, start_params = prepare(problem, data, init, engine, dtype)
     record = tuple(start_params) if check_bool(trajectory, "trajectory") else ()
-    order = _batch_order(checked_data, batch_size, seed, first_step, steps)
+    order = _batch_order(checked_data, batch_size, seed, first_step, steps, dtype)
     if start_state is None:
         start_state = optimizer.init(start_params)
     else:
@@ -391,14 +391,14 @@ def fit(
         engine=engine.name,
         dtype=dtype,
         status=status,
-        diverged_at=None if run.diverged_at is None else run.diverged_at,
+        diverged_at=run.diverged_at,
         steps=steps,
         wall_time=wall_time,
         problem=problem.name,
         provenance=provenance(engine.describe(), dtype),
         trajectory=path_arrays,
         stop_reason=reason,
-        state=_to_numpy_tree(run.state(carry), engine),
+        state=_to_numpy_tree(carry[1], engine),
         step=first_step + run.updates,
     )
 
@@ -443,7 +443,7 @@ class _Run:
             checked = dataclasses.replace(
                 self.body, check_gradients=True, record=(), grad_norms=False
             )
-            at, _, _ = _locate_divergence(engine, checked, carry, self.batch, length)
+            at = _locate_divergence(engine, checked, carry, self.batch, length)
             self.diverged_at = done + at
             self.reason = "diverged"
             return self._cut(carry, losses, path, at, at)
@@ -502,9 +502,6 @@ class _Run:
         if self._host is not None and self._host[0] is carry:
             return {name: value.copy() for name, value in self._host[1].items()}
         return {name: self.engine.to_numpy(value) for name, value in carry[0].items()}
-
-    def state(self, carry: Carry) -> Any:
-        return carry[1]
 
     def results(
         self, carry: Carry
@@ -624,7 +621,7 @@ def _finite(array: np.ndarray) -> bool:
 
 def _locate_divergence(
     engine: GradientEngine, checked: _Step, carry: Carry, batch: Data, steps: int
-) -> tuple[int, None, None]:
+) -> int:
     """Replay a failed stretch with gradient checks; return the first bad step.
 
     ``steps`` when no loss or gradient was bad: the last update itself overflowed the
@@ -632,11 +629,16 @@ def _locate_divergence(
     """
     _, (losses, probes) = engine.run(checked, carry, batch, steps)
     bad = ~(np.isfinite(engine.to_numpy(losses)) & np.isfinite(engine.to_numpy(probes)))
-    return (int(np.argmax(bad)) if bad.any() else steps), None, None
+    return int(np.argmax(bad)) if bad.any() else steps
 
 
 def _batch_order(
-    data: Mapping[str, np.ndarray], batch_size: int | None, seed: int, first: int, steps: int
+    data: Mapping[str, np.ndarray],
+    batch_size: int | None,
+    seed: int,
+    first: int,
+    steps: int,
+    dtype: str,
 ) -> np.ndarray | None:
     """The rows of each step's mini-batch, steps first … first + steps − 1 of the fit.
 
@@ -658,6 +660,10 @@ def _batch_order(
         )
     if batch_size > n:
         raise ArgumentError("batch_size", f"is {batch_size}, larger than the data's {n} rows")
+    if dtype == "float32" and n > 2**24:
+        # The order rides into the loop as an engine array of the run's dtype: float32 holds
+        # row numbers exactly only up to 2²⁴.
+        raise ArgumentError("batch_size", "float32 mini-batches need at most 2**24 rows")
     per_epoch = n // batch_size
     order = np.empty((steps, batch_size), dtype=np.int64)
     epochs: dict[int, np.ndarray] = {}
