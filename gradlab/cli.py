@@ -164,6 +164,27 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="starting point, e.g. --init w=0 b=0 (default: zeros)",
     )
+    fit.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="mini-batches of this many rows, shuffled each epoch from --seed (default: all)",
+    )
+    fit.add_argument(
+        "--stop-loss", type=float, default=None, help="stop once the loss is at most this"
+    )
+    fit.add_argument(
+        "--stop-grad-norm",
+        type=float,
+        default=None,
+        help="stop once the gradient's norm is at most this",
+    )
+    fit.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many steps without the loss improving",
+    )
     bench = commands.add_parser(
         "bench",
         parents=[output, machine],
@@ -384,6 +405,9 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
             init=init,
             dtype=args.dtype,
             trajectory=bool(args.plot),
+            batch_size=args.batch_size,
+            seed=args.seed,
+            stop=_stop(args),
         )
         advance(args.engine)
     if args.json:
@@ -401,6 +425,22 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
     return 0 if result.ok else 1
 
 
+def _stop(args: argparse.Namespace) -> Any:
+    """The fit's stop rules from --stop-loss, --stop-grad-norm and --patience, if any."""
+    from gradlab._fit import Stop
+
+    rules = {"loss": args.stop_loss, "grad_norm": args.stop_grad_norm, "patience": args.patience}
+    if all(value is None for value in rules.values()):
+        return None
+    try:
+        return Stop(**rules)
+    except ArgumentError as error:
+        option = {"loss": "--stop-loss", "grad_norm": "--stop-grad-norm"}.get(
+            str(error.argument), f"--{error.argument}"
+        )
+        raise ArgumentError(option, str(error).split(": ", 1)[-1]) from None
+
+
 def _describe_fit(result: Any, args: argparse.Namespace) -> str:
     from gradlab._report import short
 
@@ -408,7 +448,8 @@ def _describe_fit(result: Any, args: argparse.Namespace) -> str:
     lines = [
         f"Fit: {result.problem} on {result.engine}, {result.dtype}, {args.optimizer} "
         f"(lr {args.lr:g}), {result.steps} steps",
-        f"status:     {result.status}{where}",
+        f"status:     {result.status}{where}"
+        + ("" if result.stop_reason in ("steps", "diverged") else f" ({result.stop_reason})"),
         *(
             f"final {name}:{' ' * max(1, 5 - len(name))}{short(value, 9)}"
             for name, value in result.params.items()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,6 +153,9 @@ def test_compare_exits_1_when_an_engine_disagrees() -> None:
         (["compare", "--dtype", "float16"], "invalid choice: 'float16'"),
         (["compare", "--n", "0"], "--n: must be a positive integer"),
         (["fit", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+        (["fit", "--stop-loss=-1"], "--stop-loss"),
+        (["fit", "--patience", "0"], "--patience"),
+        (["fit", "--batch-size", "1000"], "batch_size"),
         (["fit", "--lr=-1"], "lr: must be a positive"),
         (["fit", "--steps", "0"], "--steps"),
         (["fit", "--init", "w=1,2"], "w got 2 value(s)"),
@@ -241,3 +245,30 @@ def test_progress_bar_shows_when_enabled_and_stays_quiet_when_not() -> None:
     with progress_bar(2, "fits", False, file=hidden, delay=0) as advance:
         advance("numpy")
     assert hidden.getvalue() == ""
+
+
+def test_fit_takes_mini_batches_and_stop_rules() -> None:
+    def fit(*options: str) -> dict[str, Any]:
+        out = gradlab_cli(
+            "fit",
+            "--problem",
+            "linear_regression",
+            "--engine",
+            "numpy",
+            "--lr",
+            "0.1",
+            "--steps",
+            "3000",
+            "--json",
+            *options,
+        )
+        assert out.returncode == 0, out.stderr
+        record: dict[str, Any] = json.loads(out.stdout)
+        return record
+
+    full = fit("--stop-grad-norm", "1e-3")
+    assert (full["status"], full["stop_reason"]) == ("converged", "grad_norm")
+    assert full["step"] < 3000
+    # Mini-batch noise keeps the loss from improving for ever: patience ends the fit.
+    batched = fit("--batch-size", "10", "--patience", "100")
+    assert (batched["status"], batched["stop_reason"]) == ("converged", "patience")
