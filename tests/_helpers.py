@@ -11,6 +11,13 @@ import gradlab
 
 BUILTIN_ENGINES = ("numpy", "torch", "jax", "fd")
 AUTODIFF_ENGINES = ("torch", "jax")
+#: Engines installed as plug-ins (the ``gradlab.engines`` entry point), e.g.
+#: examples/gradlab-autograd: when present, they run the same agreement tests as the built-ins.
+PLUGIN_ENGINES = tuple(
+    name
+    for name in gradlab.available_engines()
+    if name not in BUILTIN_ENGINES and name != "torch-compile"
+)
 
 
 def default_engines() -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from _helpers import AUTODIFF_ENGINES, BUILTIN_ENGINES, require_engine
+from _helpers import AUTODIFF_ENGINES, BUILTIN_ENGINES, PLUGIN_ENGINES, require_engine
 from hypothesis import HealthCheck, settings
 
 import gradlab
@@ -30,9 +30,10 @@ settings.load_profile(
 )
 
 
-@pytest.fixture(params=BUILTIN_ENGINES)
+@pytest.fixture(params=BUILTIN_ENGINES + PLUGIN_ENGINES)
 def engine(request: pytest.FixtureRequest) -> str:
-    """Every built-in engine, skipping those whose framework is missing."""
+    """Every built-in engine (skipping those whose framework is missing), and every
+    installed plug-in engine."""
     require_engine(request.param)
     return request.param
 

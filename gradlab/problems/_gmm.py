@@ -104,7 +104,10 @@ class GMM(AbstractProblem):
                 continue
             entries = icf[:, d + start : d + start + count]  # (k, count)
             below = entries[None, :, :] * z[:, :, column : column + 1]  # rows column+1 …
-            total = total + xp.concat([z[:, :, : column + 1] * 0, below], axis=2)
+            # concatenate, not the array API's concat: numpy, torch's namespace and jax.numpy
+            # have both, but autograd.numpy (the gradlab-autograd plug-in) only
+            # differentiates concatenate.
+            total = total + xp.concatenate([z[:, :, : column + 1] * 0, below], axis=2)
         return total
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
