@@ -21,6 +21,7 @@ from gradlab._checks import (
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError
 from gradlab._output import Record, jsonable
 from gradlab._provenance import provenance
+from gradlab._tree import tree_map
 from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad
 from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation, apply_updates
@@ -603,16 +604,17 @@ def on_engine(
 
 
 def _to_engine(tree: Any, engine: GradientEngine, dtype: str) -> Any:
-    """Move every NumPy array in a nest of dicts, tuples and lists onto the engine."""
-    if isinstance(tree, (np.ndarray, np.generic)):
-        return engine.asarray(np.asarray(tree), dtype)
-    if isinstance(tree, dict):
-        return {key: _to_engine(value, engine, dtype) for key, value in tree.items()}
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple state
-        return type(tree)(*(_to_engine(value, engine, dtype) for value in tree))
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_to_engine(value, engine, dtype) for value in tree)
-    return tree  # Python numbers (a step count) and None stay as they are
+    """Move every NumPy array in a nest of dicts, tuples and lists onto the engine.
+
+    Python numbers (a step count) and None stay as they are.
+    """
+
+    def move(leaf: Any) -> Any:
+        if isinstance(leaf, (np.ndarray, np.generic)):
+            return engine.asarray(np.asarray(leaf), dtype)
+        return leaf
+
+    return tree_map(move, tree)
 
 
 def _finite(array: np.ndarray) -> bool:
@@ -699,18 +701,16 @@ def _check_state(state: Any, expected: Any, where: str = "resume.state") -> None
 
 def _to_numpy_tree(tree: Any, engine: GradientEngine) -> Any:
     """The optimizer state back on the host: NumPy arrays; counts as Python ints."""
-    if isinstance(tree, dict):
-        return {key: _to_numpy_tree(value, engine) for key, value in tree.items()}
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(_to_numpy_tree(value, engine) for value in tree))
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_to_numpy_tree(value, engine) for value in tree)
-    if tree is None or isinstance(tree, (int, float)):
-        return tree
-    array = engine.to_numpy(tree)
-    if array.ndim == 0 and not np.issubdtype(array.dtype, np.floating):
-        return int(array)
-    return array
+
+    def bring(leaf: Any) -> Any:
+        if leaf is None or isinstance(leaf, (int, float)):
+            return leaf
+        array = engine.to_numpy(leaf)
+        if array.ndim == 0 and not np.issubdtype(array.dtype, np.floating):
+            return int(array)
+        return array
+
+    return tree_map(bring, tree)
 
 
 def check_dtypes(engine: GradientEngine, dtype: str, arrays: Mapping[str, np.ndarray]) -> None:

@@ -12,6 +12,8 @@ import numpy as np
 
 from gradlab._checks import check_bool
 from gradlab._errors import ArgumentError
+from gradlab._tree import leaves as tree_leaves
+from gradlab._tree import tree_map
 from gradlab.engines._protocol import (
     HVP,
     AbstractEngine,
@@ -168,15 +170,12 @@ class TorchEngine(AbstractEngine):
         return super().run(step, carry, data, steps)
 
     def _numbers_as_tensors(self, tree: Any, dtype: Any) -> Any:
-        if isinstance(tree, (int, float)) and not isinstance(tree, bool):
-            return self._torch.tensor(tree, dtype=dtype, device=self.device)
-        if isinstance(tree, dict):
-            return {key: self._numbers_as_tensors(value, dtype) for key, value in tree.items()}
-        if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple state
-            return type(tree)(*(self._numbers_as_tensors(value, dtype) for value in tree))
-        if isinstance(tree, (tuple, list)):
-            return type(tree)(self._numbers_as_tensors(value, dtype) for value in tree)
-        return tree
+        def tensor(leaf: Any) -> Any:
+            if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+                return self._torch.tensor(leaf, dtype=dtype, device=self.device)
+            return leaf
+
+        return tree_map(tensor, tree)
 
     def _compiling(self, key: tuple[Any, ...], function: Callable[..., Any]) -> Callable[..., Any]:
         """``function``, compiled once per combination of argument shapes and dtypes.
@@ -196,7 +195,7 @@ class TorchEngine(AbstractEngine):
                 return function(*args)
             signature = key + tuple(
                 (tuple(leaf.shape), leaf.dtype) if isinstance(leaf, torch.Tensor) else leaf
-                for leaf in _leaves(args)
+                for leaf in tree_leaves(args)
             )
             compiled = _COMPILED.get(signature)
             if compiled is not None:
@@ -230,19 +229,10 @@ class TorchEngine(AbstractEngine):
 
 def _float_dtype(tree: Any, torch: Any) -> Any:
     """The dtype of the first floating-point tensor in ``tree`` (torch's default if none)."""
-    for leaf in _leaves(tree):
+    for leaf in tree_leaves(tree):
         if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
             return leaf.dtype
     return torch.get_default_dtype()
-
-
-def _leaves(tree: Any) -> list[Any]:
-    """The leaves of a nest of dicts, tuples and lists (optimizer states are NamedTuples)."""
-    if isinstance(tree, dict):
-        return [leaf for value in tree.values() for leaf in _leaves(value)]
-    if isinstance(tree, (tuple, list)):
-        return [leaf for value in tree for leaf in _leaves(value)]
-    return [tree]
 
 
 def _own_code(function: Callable[..., Any]) -> Callable[..., Any]:
