@@ -149,7 +149,7 @@ class Stop:
             step (the last stretch is replayed). Compiled engines run each stretch as one
             program. Default: 100.
 
-    Example:
+    Examples:
         >>> import gradlab
         >>> recipe = gradlab.recipes.seed_numpy()
         >>> result = gradlab.fit(recipe.problem, recipe.data, engine="numpy",
@@ -291,7 +291,7 @@ def fit(
         EngineUnavailable: the engine's framework is not installed.
         HandGradientMissing: engine ``"numpy"`` on a problem without a hand gradient.
 
-    Example:
+    Examples:
         >>> import gradlab
         >>> problem = gradlab.Quadratic()
         >>> data = problem.make_data(100, seed=0)
@@ -357,7 +357,7 @@ def fit(
             stretch = min(stretch, every)
         if stop is not None:
             stretch = min(stretch, stop.check_every)
-        run = _Run(engine, body, batch, record, stop)
+        run = _Run(engine, body, batch, record, stop, tuple(start_params))
         start = time.perf_counter()
         done = 0
         while done < steps and run.reason is None:
@@ -414,6 +414,7 @@ class _Run:
         batch: Data,
         record: tuple[str, ...],
         stop: Stop | None,
+        names: tuple[str, ...],
     ) -> None:
         self.engine, self.body, self.batch, self.record, self.stop = (
             engine,
@@ -422,6 +423,7 @@ class _Run:
             record,
             stop,
         )
+        self.names = names
         self.losses: list[np.ndarray] = []
         self.visited: dict[str, list[np.ndarray]] = {name: [] for name in record}
         self.updates = 0
@@ -439,7 +441,7 @@ class _Run:
         losses = engine.to_numpy(outputs[0])
         norms = engine.to_numpy(outputs[1]) if self.body.grad_norms else None
         path = outputs[2:] if self.body.grad_norms else outputs[1:]
-        params_end = {name: engine.to_numpy(end[0][name]) for name in end[0]}
+        params_end = {name: engine.to_numpy(end[0][name]) for name in self.names}
         if not (_finite(losses) and all(map(_finite, params_end.values()))):
             checked = dataclasses.replace(
                 self.body, check_gradients=True, record=(), grad_norms=False
@@ -501,8 +503,9 @@ class _Run:
 
     def host_params(self, carry: Carry) -> dict[str, np.ndarray]:
         if self._host is not None and self._host[0] is carry:
-            return {name: value.copy() for name, value in self._host[1].items()}
-        return {name: self.engine.to_numpy(value) for name, value in carry[0].items()}
+            return {name: self._host[1][name].copy() for name in self.names}
+        # By the caller's names, in the caller's order: jax hands dicts back with sorted keys.
+        return {name: self.engine.to_numpy(carry[0][name]) for name in self.names}
 
     def results(
         self, carry: Carry
@@ -566,7 +569,7 @@ def value_and_grad(
         ``(loss, grads)``: a 0-d array and a dict with the keys and shapes of ``params``, in
         ``dtype``.
 
-    Example:
+    Examples:
         >>> import numpy as np, gradlab
         >>> data = {"x": np.array([0.0, 1.0, 2.0]), "y": np.array([1.0, 1.0, 1.0])}
         >>> loss, grads = gradlab.value_and_grad(

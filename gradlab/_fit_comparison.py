@@ -129,7 +129,7 @@ class FitComparison(_output.Record):
             result = self.results[name]
             row = [name, result.status, f"{result.final_loss:.9g}"]
             if show:
-                row += [short(value, 9) for value in result.params.values()]
+                row += [short(result.params[param], 9) for param in self.init]
             if self.loss_tol is not None:
                 reached = self.steps_to_tol[name]
                 row.append("never" if reached is None else str(reached))
@@ -268,7 +268,7 @@ def compare_fits(
     Returns:
         A :class:`FitComparison`.
 
-    Example:
+    Examples:
         >>> import gradlab
         >>> problem = gradlab.Quadratic()
         >>> comparison = gradlab.compare_fits(problem, problem.make_data(100),

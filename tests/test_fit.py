@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 import pytest
+
+from _helpers import default_engines
 
 import gradlab
 from gradlab.engines import NumpyEngine
@@ -69,6 +72,54 @@ def test_the_first_loss_is_the_loss_at_init_and_params_are_one_update_later(engi
     assert float(gradlab.rho(result.losses[0], loss)) <= 1e-12
     expected = {name: init[name] - 0.01 * grads[name] for name in init}
     assert gradlab.max_rho(result.params, expected) <= 1e-12
+
+
+@pytest.mark.parametrize("callback", [False, True])
+def test_results_keep_the_callers_parameter_order(engine: str, callback: bool) -> None:
+    # jax returns dicts with sorted keys; "w" before "b" is not sorted, so a regression would
+    # show here (the comparison table once printed jax's b under "final w").
+    problem = gradlab.Quadratic()
+    data = problem.make_data(20, seed=3)
+    seen: list[list[str]] = []
+    result = gradlab.fit(
+        problem,
+        data,
+        engine=engine,
+        optimizer=gradlab.sgd(0.01),
+        steps=4,
+        init={"w": 1.0, "b": -1.0},
+        trajectory=True,
+        callback=(lambda step, loss, params: seen.append(list(params))) if callback else None,
+        every=2,
+    )
+    assert list(result.params) == ["w", "b"]
+    assert result.trajectory is not None
+    assert list(result.trajectory) == ["w", "b"]
+    assert all(names == ["w", "b"] for names in seen)
+    assert len(seen) == (2 if callback else 0)
+
+
+def test_fit_comparison_table_shows_each_parameter_under_its_own_name() -> None:
+    # Independent of gradlab's table: the final parameters by name from the results.
+    problem = gradlab.Quadratic()
+    data = problem.make_data(20, seed=3)
+    engines = [name for name in default_engines() if name != "fd"]
+    comparison = gradlab.compare_fits(
+        problem, data, optimizer=gradlab.sgd(0.01), steps=5, init={"w": 1.0, "b": -1.0},
+        engines=engines,
+    )
+    lines = str(comparison).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("engine"))
+    header, rule = lines[at], lines[at + 1]
+    # Column spans from the rule of dashes under the header.
+    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", rule)]
+    titles = [header[a:b].strip() for a, b in spans]
+    for name in engines:
+        row = next(line for line in lines if line.startswith(name + " "))
+        for param in ("w", "b"):
+            a, b = spans[titles.index(f"final {param}")]
+            shown = float(row[a:b])
+            assert shown == pytest.approx(float(comparison.results[name].params[param]), rel=1e-8)
 
 
 def seed_style_divergence(
