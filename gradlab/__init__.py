@@ -1,12 +1,12 @@
 """gradlab: compare gradient engines.
 
-Hand-derived NumPy gradients, torch autograd, ``jax.grad`` and central finite differences
-behind one small interface (:class:`GradientEngine`), problems whose loss is written once,
-and one gradient-descent loop (:func:`fit`) that runs on all of them.
+Hand-derived NumPy gradients, torch autograd, ``jax.grad`` and central finite differences behind one
+small interface ([`GradientEngine`][gradlab.GradientEngine]), problems whose loss is written once,
+and one gradient-descent loop ([`fit`][gradlab.fit]) that runs on all of them.
 
 ``import gradlab`` imports NumPy only; torch and jax are imported when an engine needs them.
 
-Example:
+Examples:
     >>> import gradlab
     >>> from gradlab import recipes
     >>> result = recipes.seed_numpy().run("numpy")

@@ -27,7 +27,7 @@ def rho(a: Any, b: Any) -> np.ndarray:
 
     Relative for large values, absolute for small ones, symmetric, and 0 only when equal.
 
-    Example:
+    Examples:
         >>> float(rho(3.0, 1.0)), float(rho(0.1, 0.2))
         (0.5, 0.1)
     """
@@ -37,11 +37,11 @@ def rho(a: Any, b: Any) -> np.ndarray:
 
 
 def max_rho(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
-    """The largest :func:`rho` over every element of two gradients with the same names.
+    """The largest [`rho`][gradlab.rho] over every element of two gradients with the same names.
 
     Non-finite values count as total disagreement (``inf``).
 
-    Example:
+    Examples:
         >>> max_rho({"w": [1.0, 2.0], "b": 0.0}, {"w": [1.0, 2.5], "b": 0.0})
         0.1111111111111111
     """

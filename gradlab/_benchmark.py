@@ -2,7 +2,7 @@
 
 ADBench and GradBench report the gradient-time / objective-time ratio per tool: the right
 headline figure, since the cheap-gradient principle says reverse mode costs a small constant
-times the function. :func:`benchmark` measures it in-process, and honestly:
+times the function. [`benchmark`][gradlab.benchmark] measures it in-process, and honestly:
 
 - the **first call** (tracing, compilation, caches filling) is timed and reported apart;
   the steady state starts after it;
@@ -84,7 +84,7 @@ class BenchmarkCase:
         objective: Steady-state timing of the loss alone.
         gradient: Steady-state timing of value-and-gradient.
         fit_steps: The number of steps each timed fit ran.
-        fit_per_step: Seconds per step of :func:`gradlab.fit` (SGD), after a warm-up fit,
+        fit_per_step: Seconds per step of [`fit`][gradlab.fit] (SGD), after a warm-up fit,
             over several fits: from the start of the loop to the results on the host.
         floor: Timing of one read of the same data arrays (``numpy.dot(y, x)`` for a design
             and a target; ``numpy.vdot`` of each array otherwise): the memory floor that a
@@ -143,8 +143,8 @@ class BenchmarkCase:
 
 @dataclass(frozen=True)
 class BenchmarkResult(Record):
-    """What :func:`benchmark` measured: one :class:`BenchmarkCase` per engine × problem × size
-    × dtype, with the settings and the provenance.
+    """What [`benchmark`][gradlab.benchmark] measured: one [`BenchmarkCase`][gradlab.BenchmarkCase]
+    per engine × problem × size × dtype, with the settings and the provenance.
 
     Attributes:
         cases: Every case, in the order run (problem, dtype, size, engine).
@@ -195,10 +195,10 @@ class BenchmarkResult(Record):
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> BenchmarkResult:
-        """Rebuild a result from :meth:`to_dict` (or parsed :meth:`to_json`), to print or plot
+        """Rebuild a result from ``to_dict`` (or parsed ``to_json``), to print or plot
         saved figures.
 
-        Example:
+        Examples:
             >>> import gradlab
             >>> result = gradlab.benchmark("quadratic", 100, engines="numpy", min_time=0.01,
             ...                            fit_steps=10)
@@ -220,7 +220,7 @@ class BenchmarkResult(Record):
 
     @classmethod
     def from_json(cls, text: str) -> BenchmarkResult:
-        """Rebuild a result from :meth:`to_json` text."""
+        """Rebuild a result from ``to_json`` text."""
         try:
             record = json.loads(text)
         except (TypeError, ValueError) as error:
@@ -406,7 +406,7 @@ def benchmark(
     included) apart; then each repeated, synchronised after every call, until ``min_time``
     seconds (at least 5 calls), reported as min and median; the ratio of the two (the
     figure ADBench and GradBench report); one ``numpy.dot(y, x)`` over the same data as the
-    memory floor; and :func:`gradlab.fit` per step, after a warm-up fit.
+    memory floor; and [`fit`][gradlab.fit] per step, after a warm-up fit.
 
     Args:
         problems: Problem names (``"quadratic"``, ``"logistic_regression"``, ``"mlp"``, ...;
@@ -427,13 +427,14 @@ def benchmark(
         seed: Seed of the generated data and of the point the gradient is taken at.
 
     Returns:
-        A :class:`BenchmarkResult`: print it, or ``to_json()``, ``to_frame()``, ``plot()``.
+        A [`BenchmarkResult`][gradlab.BenchmarkResult]: print it, or ``to_json()``, ``to_frame()``,
+        ``plot()``.
 
     Raises:
         ArgumentError: bad sizes, dtypes, times, an unknown problem or engine.
         EngineUnavailable: a named engine is not installed.
 
-    Example:
+    Examples:
         >>> import gradlab
         >>> result = gradlab.benchmark("quadratic", [100, 1000], engines="numpy,fd",
         ...                            min_time=0.01, fit_steps=10)
@@ -547,7 +548,7 @@ def time_calls(
     """Seconds of repeated calls, each waited for (``block``) before the clock is read.
 
     Calls continue until they add up to ``min_time`` seconds and number at least
-    :data:`MIN_SAMPLES` (at most :data:`MAX_SAMPLES`).
+    ``MIN_SAMPLES`` (at most ``MAX_SAMPLES``).
     """
     clock = time.perf_counter
     samples: list[float] = []
@@ -678,7 +679,7 @@ def _to_host(engine: GradientEngine, tree: Any) -> Any:
 def _fit_memory(
     problem: AbstractProblem, engine: GradientEngine, n: int, dtype: str, steps: int, seed: int
 ) -> dict[str, Any]:
-    """Peak memory of the case's fit, from a fresh process (see :mod:`gradlab._memory`)."""
+    """Peak memory of the case's fit, from a fresh process (see ``gradlab._memory``)."""
     from gradlab._memory import measure
 
     try:

@@ -1,7 +1,7 @@
 """Argument checks shared by every public entry point.
 
 Each check either returns a clean value (a normalised dtype name, a float64 *copy* of an
-array) or raises an :class:`~gradlab.ArgumentError` naming the argument, so that bad input
+array) or raises an [`ArgumentError`][gradlab.ArgumentError] naming the argument, so that bad input
 never reaches numpy, torch or jax, and user arrays are never modified.
 """
 

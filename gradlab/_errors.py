@@ -1,8 +1,8 @@
 """The exceptions gradlab raises.
 
-Every error gradlab raises on purpose derives from :class:`GradlabError`, and also from the
-builtin that fits (``ValueError``, ``TypeError``, ``ImportError``), so callers can catch either.
-Argument errors carry the name of the offending argument in ``.argument``.
+Every error gradlab raises on purpose derives from [`GradlabError`][gradlab.GradlabError], and also
+from the builtin that fits (``ValueError``, ``TypeError``, ``ImportError``), so callers can catch
+either. Argument errors carry the name of the offending argument in ``.argument``.
 """
 
 from __future__ import annotations
@@ -110,3 +110,19 @@ class Disagreement(GradlabError, AssertionError):
 
 class HandGradientMissing(GradlabError, TypeError):
     """The ``numpy`` engine was asked for a problem that has no hand-derived gradient."""
+
+
+# Tracebacks and reprs name the public path (gradlab.ArgumentError), where users import them
+# from, not this private module.
+for _error in (
+    GradlabError,
+    ArgumentError,
+    ArgumentTypeError,
+    UnknownEngine,
+    MissingDependency,
+    EngineUnavailable,
+    NotSupported,
+    Disagreement,
+    HandGradientMissing,
+):
+    _error.__module__ = "gradlab"

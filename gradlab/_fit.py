@@ -34,7 +34,7 @@ _ORDER = "__gradlab_batch_order__"
 
 @dataclass(frozen=True)
 class FitResult(Record):
-    """The outcome of :func:`fit`.
+    """The outcome of [`fit`][gradlab.fit].
 
     Attributes:
         params: Final parameters, as NumPy arrays of the run's dtype. When the fit diverged
@@ -45,7 +45,7 @@ class FitResult(Record):
             step k (only the finite losses before it).
         engine: The engine's name.
         dtype: ``"float32"`` or ``"float64"``.
-        status: ``"completed"`` (every step ran), ``"converged"`` (a :class:`Stop` rule was
+        status: ``"completed"`` (every step ran), ``"converged"`` (a [`Stop`][gradlab.Stop] rule was
             met), ``"stopped"`` (the callback asked to stop), or ``"diverged"`` (a loss or
             gradient became non-finite).
         diverged_at: The index of the first step whose loss or gradient was non-finite, or
@@ -60,12 +60,12 @@ class FitResult(Record):
             after k updates of this call (row 0 the start, the last row ``params``); else
             ``None``.
         stop_reason: Why the fit ended: ``"steps"``, ``"loss"``, ``"grad_norm"``,
-            ``"patience"`` (the :class:`Stop` rules), ``"callback"`` or ``"diverged"``.
+            ``"patience"`` (the [`Stop`][gradlab.Stop] rules), ``"callback"`` or ``"diverged"``.
         state: The optimizer's state at ``params``, as NumPy arrays: with ``params`` and
             ``step`` what ``fit(..., resume=result)`` continues from.
         step: Updates taken in total, counting those of the fits this one resumed.
 
-    When a :class:`Stop` rule is met by the loss or gradient at the point after k updates,
+    When a [`Stop`][gradlab.Stop] rule is met by the loss or gradient at the point after k updates,
     the fit ends there: ``params`` is that point, and ``losses`` has k + 1 entries, the last
     being the loss that met the rule (``final_loss``).
     """
@@ -254,12 +254,14 @@ def fit(
     something went wrong.
 
     Args:
-        problem: What to minimise (:class:`Quadratic`, :class:`Problem`, ...).
+        problem: What to minimise ([`Quadratic`][gradlab.Quadratic], [`Problem`][gradlab.Problem],
+            ...).
         data: Mapping from name to array, as the problem expects (``{"x": ..., "y": ...}``).
             Copied and checked, never modified.
         engine: An engine name (``"numpy"``, ``"torch"``, ``"jax"``, ``"fd"``, ...) or an
             engine object.
-        optimizer: A :class:`GradientTransformation` (:func:`sgd`, :func:`adam`, ...).
+        optimizer: A [`GradientTransformation`][gradlab.GradientTransformation]
+            ([`sgd`][gradlab.sgd], [`adam`][gradlab.adam], ...).
         steps: How many steps to take, a positive integer.
         init: Starting parameters, a mapping from name to array. Copied, never modified.
             Not with ``resume``.
@@ -271,19 +273,19 @@ def fit(
             order on every engine. An epoch is ⌊n / batch_size⌋ batches (the remainder
             waits for the next epoch's shuffle). ``None``: the full batch, as in the seed.
         seed: Seed of the mini-batch order.
-        stop: Rules that end the fit early (:class:`Stop`); ``FitResult.stop_reason`` says
+        stop: Rules that end the fit early ([`Stop`][gradlab.Stop]); ``FitResult.stop_reason`` says
             which.
         callback: ``callback(step, loss, params)`` after every ``every`` steps (the last
             stretch may be shorter), with the number of updates so far (``FitResult.step``),
             the latest loss and NumPy copies of the parameters; return ``True`` to stop the
             fit there. Compiled engines run the ``every`` steps in between as one program.
         every: Steps between callbacks, a positive integer.
-        resume: A :class:`FitResult` to continue from: its parameters, optimizer state and
-            step count (schedules and the mini-batch order carry on). A resumed fit of k
-            steps ends where one uninterrupted fit with k more steps does.
+        resume: A [`FitResult`][gradlab.FitResult] to continue from: its parameters, optimizer state
+            and step count (schedules and the mini-batch order carry on). A resumed fit of k steps
+            ends where one uninterrupted fit with k more steps does.
 
     Returns:
-        A :class:`FitResult`.
+        A [`FitResult`][gradlab.FitResult].
 
     Raises:
         ArgumentError: bad data, init, steps, dtype, batch_size, stop or resume; an unknown

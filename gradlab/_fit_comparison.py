@@ -33,7 +33,7 @@ from gradlab.problems._base import AbstractProblem
 class FitComparison(_output.Record):
     """One fit run on several engines from the same start, compared step by step.
 
-    Made by :func:`compare_fits`.
+    Made by [`compare_fits`][gradlab.compare_fits].
 
     Attributes:
         problem: The problem's name.
@@ -42,7 +42,7 @@ class FitComparison(_output.Record):
         engines: The engines, in order (the reference first).
         steps: The number of steps asked for.
         init: The common starting point.
-        results: Each engine's :class:`FitResult`, with its ``trajectory``.
+        results: Each engine's [`FitResult`][gradlab.FitResult], with its ``trajectory``.
         times: Each engine's wall time in seconds: the fastest of the timed runs, which
             follow a first (warm-up) run that also recorded the trajectory.
         loss_tol: The loss tolerance asked for, or ``None``.
@@ -246,13 +246,13 @@ def compare_fits(
     up: imports, tracing, compilation), then ``repeats`` more times without recording;
     the fastest of those is the engine's time. The parameter paths are compared step by
     step in rho against the reference, with the tolerance table of
-    :func:`gradlab.tolerance` (a correct engine's path stays as close as its gradients,
+    [`tolerance`][gradlab.tolerance] (a correct engine's path stays as close as its gradients,
     since gradient descent on these problems does not amplify round-off).
 
     Args:
         problem: What to minimise.
         data: Its data (copied, never modified).
-        optimizer: The optimizer (:func:`gradlab.sgd`, ...), the same for every engine.
+        optimizer: The optimizer ([`sgd`][gradlab.sgd], ...), the same for every engine.
         steps: Steps per fit.
         init: The common starting point (copied, never modified).
         engines: Engine names or objects, or one comma-separated string. Default: every
@@ -266,7 +266,7 @@ def compare_fits(
         progress: Show a progress bar (needs tqdm).
 
     Returns:
-        A :class:`FitComparison`.
+        A [`FitComparison`][gradlab.FitComparison].
 
     Examples:
         >>> import gradlab

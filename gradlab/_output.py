@@ -60,12 +60,13 @@ class Record:
         raise NotImplementedError
 
     def to_json(self, indent: int | None = 2) -> str:
-        """:meth:`to_dict` as strict JSON (infinities as the strings "inf", "nan")."""
+        """``to_dict`` as strict JSON (infinities as the strings "inf", "nan")."""
         return to_json(self.to_dict(), indent)
 
 
 def optional(module: str, what: str, extra: str | None) -> Any:
-    """Import an optional dependency, or raise :class:`MissingDependency` naming the extra."""
+    """Import an optional dependency, or raise [`MissingDependency`][gradlab.MissingDependency]
+    naming the extra."""
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -93,7 +94,8 @@ def check_image_path(path: object, argument: str = "path") -> str:
 
 
 def save_figure(figure: Any, path: object) -> None:
-    """Write ``figure`` to ``path``, refusing bad paths with an :class:`ArgumentError`."""
+    """Write ``figure`` to ``path``, refusing bad paths with an
+    [`ArgumentError`][gradlab.ArgumentError]."""
     text = check_image_path(path)
     try:
         figure.savefig(text, dpi=120)

@@ -58,7 +58,8 @@ class Verdict:
 class GradientReport(_output.Record):
     """Every engine's derivative at one point, compared pairwise in rho.
 
-    Made by :func:`compare_gradients` and :func:`compare_hessians`.
+    Made by [`compare_gradients`][gradlab.compare_gradients] and
+    [`compare_hessians`][gradlab.compare_hessians].
 
     Attributes:
         problem: The problem's name.
@@ -119,9 +120,9 @@ class GradientReport(_output.Record):
         return tuple(name for name, verdict in self.verdicts.items() if not verdict.agrees)
 
     def raise_if_disagree(self) -> None:
-        """Raise :class:`gradlab.Disagreement` (an ``AssertionError``) unless :attr:`ok`.
+        """Raise [`Disagreement`][gradlab.Disagreement] (an ``AssertionError``) unless ``ok``.
 
-        Example:
+        Examples:
             >>> import gradlab
             >>> problem = gradlab.Quadratic()
             >>> report = gradlab.compare_gradients(problem, problem.make_data(20),
@@ -286,14 +287,15 @@ def compare_gradients(
         reference: The engine the verdicts are against. Default ``"numpy"`` (the hand
             derivation) when the problem has one, else ``"fd"``. Added to ``engines`` if absent.
         tolerance: One largest rho for every pair, instead of gradlab's table
-            (:func:`gradlab.tolerance`: exact pairs 1e-9 in float64 and 1e-4 in float32; pairs
-            with an approximate engine such as fd 1e-6 and 1e-4).
+            ([`tolerance`][gradlab.tolerance]: exact pairs 1e-9 in float64 and 1e-4 in float32;
+            pairs with an approximate engine such as fd 1e-6 and 1e-4).
         progress: Show a progress bar (needs tqdm) while engines run.
 
     Returns:
-        A :class:`GradientReport`: ``str()`` it, assert on ``.ok``, or ``raise_if_disagree()``.
+        A [`GradientReport`][gradlab.GradientReport]: ``str()`` it, assert on ``.ok``, or
+        ``raise_if_disagree()``.
 
-    Example:
+    Examples:
         >>> import gradlab
         >>> problem = gradlab.Quadratic()
         >>> report = gradlab.compare_gradients(problem, problem.make_data(50),
@@ -338,13 +340,13 @@ def compare_hessians(
 ) -> GradientReport:
     """Every engine's second derivatives at ``params``: the full Hessian, or H·``tangent``.
 
-    Like :func:`compare_gradients`, with the same tolerance table. Without ``tangent`` each
-    engine builds the full Hessian (one Hessian-vector product per parameter element, so for
-    small problems); with it, each computes the Hessian-vector product H·tangent. Engines
-    without second derivatives are skipped with a note. The default reference is ``"numpy"``
+    Like [`compare_gradients`][gradlab.compare_gradients], with the same tolerance table. Without
+    ``tangent`` each engine builds the full Hessian (one Hessian-vector product per parameter
+    element, so for small problems); with it, each computes the Hessian-vector product H·tangent.
+    Engines without second derivatives are skipped with a note. The default reference is ``"numpy"``
     when the problem has a hand-derived Hessian-vector product, else ``"fd"``.
 
-    Example:
+    Examples:
         >>> import gradlab
         >>> problem = gradlab.LinearRegression()
         >>> data = problem.make_data(30, d=2)

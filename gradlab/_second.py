@@ -14,8 +14,8 @@ from gradlab._fit import check_dtypes, on_engine, prepare
 from gradlab.engines._protocol import HVP, GradientEngine
 from gradlab.problems._base import AbstractProblem
 
-#: The largest number of parameter elements :func:`hessian` builds a full matrix for: it
-#: costs one Hessian-vector product per element and memory for elements².
+#: The largest number of parameter elements [`hessian`][gradlab.hessian] builds a full
+#: matrix for: it costs one Hessian-vector product per element and memory for elements².
 MAX_HESSIAN_SIZE = 2048
 
 
@@ -49,7 +49,7 @@ def hvp(
         NotSupported: the engine has no second derivatives.
         HandGradientMissing: engine ``"numpy"`` on a problem without a hand-derived product.
 
-    Example:
+    Examples:
         >>> import numpy as np, gradlab
         >>> data = {"x": np.array([1.0, 2.0]), "y": np.array([0.0, 0.0])}
         >>> hv = gradlab.hvp(gradlab.Quadratic(), data, {"w": 0.0, "b": 0.0},
@@ -79,13 +79,13 @@ def hessian(
     """The full Hessian of the loss at ``params``, one Hessian-vector product per element.
 
     Meant for small problems (at most ``MAX_HESSIAN_SIZE`` parameter elements); use
-    :func:`hvp` beyond that.
+    [`hvp`][gradlab.hvp] beyond that.
 
     Returns:
         Nested blocks as ``jax.hessian`` gives them: ``H[a][b]`` has shape
         ``shape(a) + shape(b)`` and holds ∂²L/∂a∂b.
 
-    Example:
+    Examples:
         >>> import numpy as np, gradlab
         >>> data = {"x": np.array([1.0, 2.0]), "y": np.array([0.0, 0.0])}
         >>> H = gradlab.hessian(gradlab.Quadratic(), data, {"w": 0.0, "b": 0.0}, engine="fd")
@@ -105,7 +105,7 @@ def hessian_blocks(
     params: Mapping[str, np.ndarray],
     dtype: str,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """:func:`hessian` on checked arguments."""
+    """[`hessian`][gradlab.hessian] on checked arguments."""
     size = sum(value.size for value in params.values())
     if size > MAX_HESSIAN_SIZE:
         raise ArgumentError(
@@ -133,7 +133,8 @@ def hessian_blocks(
 def hessian_matrix(
     blocks: Mapping[str, Mapping[str, np.ndarray]], params: Mapping[str, np.ndarray]
 ) -> np.ndarray:
-    """The blocks of :func:`hessian` as one (P, P) matrix, parameters flattened in order."""
+    """The blocks of [`hessian`][gradlab.hessian] as one (P, P) matrix, parameters flattened in
+    order."""
     sizes = {name: math.prod(value.shape) for name, value in params.items()}
     return np.block(
         [[np.reshape(blocks[a][b], (sizes[a], sizes[b])) for b in params] for a in params]

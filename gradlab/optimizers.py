@@ -1,13 +1,13 @@
 """Optimizers as pure ``(init, update)`` pairs over named parameters, in the style of optax.
 
-An optimizer never mutates anything and never imports a framework: ``init(params)`` returns
-a state, ``update(grads, state, params)`` returns ``(updates, new_state)``, and the loop adds
-the updates to the parameters (:func:`apply_updates`). Only arithmetic operators touch the
-arrays, so the same optimizer runs on NumPy arrays, torch tensors and jax arrays, and is
-traced by ``jax.jit``/``lax.scan`` unchanged. Every ``lr`` may be a number or a schedule
-(:mod:`gradlab.schedules`), evaluated at the number of updates already taken, which each
-state counts (``state.count``). :func:`chain` composes transformations;
-:func:`clip_by_global_norm` is one.
+An optimizer never mutates anything and never imports a framework: ``init(params)`` returns a state,
+``update(grads, state, params)`` returns ``(updates, new_state)``, and the loop adds the updates to
+the parameters ([`apply_updates`][gradlab.apply_updates]). Only arithmetic operators touch the
+arrays, so the same optimizer runs on NumPy arrays, torch tensors and jax arrays, and is traced by
+``jax.jit``/``lax.scan`` unchanged. Every ``lr`` may be a number or a schedule
+([`gradlab.schedules`][gradlab.schedules]), evaluated at the number of updates already taken, which
+each state counts (``state.count``). [`chain`][gradlab.chain] composes transformations;
+[`clip_by_global_norm`][gradlab.clip_by_global_norm] is one.
 
 Conventions, where frameworks differ (the parity tests hold each to ``torch.optim``):
 
@@ -67,7 +67,7 @@ class GradientTransformation(NamedTuple):
     Attributes:
         init: ``init(params) -> state``.
         update: ``update(grads, state, params) -> (updates, state)``; the new parameters are
-            ``params + updates`` (:func:`apply_updates`).
+            ``params + updates`` ([`apply_updates`][gradlab.apply_updates]).
     """
 
     init: Callable[[Params], State]
@@ -75,20 +75,21 @@ class GradientTransformation(NamedTuple):
 
 
 class SGDState(NamedTuple):
-    """The step count of :func:`sgd` (for its schedule)."""
+    """The step count of [`sgd`][gradlab.sgd] (for its schedule)."""
 
     count: Any
 
 
 class MomentumState(NamedTuple):
-    """The step count and velocity of :func:`momentum`, one array per parameter."""
+    """The step count and velocity of [`momentum`][gradlab.momentum], one array per parameter."""
 
     count: Any
     velocity: dict[str, Array]
 
 
 class AdamState(NamedTuple):
-    """The step count and moment estimates of :func:`adam` and :func:`adamw`."""
+    """The step count and moment estimates of [`adam`][gradlab.adam] and
+    [`adamw`][gradlab.adamw]."""
 
     count: Any
     mu: dict[str, Array]
@@ -96,7 +97,7 @@ class AdamState(NamedTuple):
 
 
 class RMSpropState(NamedTuple):
-    """The step count and mean square of :func:`rmsprop`."""
+    """The step count and mean square of [`rmsprop`][gradlab.rmsprop]."""
 
     count: Any
     nu: dict[str, Array]
@@ -109,7 +110,7 @@ def _zeros(params: Params) -> dict[str, Array]:
 def apply_updates(params: Params, updates: Params) -> dict[str, Array]:
     """Return ``params + updates``, name by name.
 
-    Example:
+    Examples:
         >>> apply_updates({"w": 1.0}, {"w": -0.25})
         {'w': 0.75}
     """
@@ -125,7 +126,7 @@ def sgd(lr: LearningRate) -> GradientTransformation:
     Raises:
         ArgumentError: ``lr`` is not a positive finite number (or a valid schedule).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> opt = sgd(0.1)
         >>> updates, _ = opt.update({"w": np.array(2.0)}, opt.init({}), {"w": np.array(1.0)})
@@ -293,12 +294,12 @@ def rmsprop(lr: LearningRate, alpha: float = 0.99, eps: float = 1e-8) -> Gradien
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale all gradients together by min(1, max_norm / ‖g‖), ‖g‖ over every element.
 
-    Use it first in a :func:`chain`: ``chain(clip_by_global_norm(1.0), adam(1e-3))``.
+    Use it first in a [`chain`][gradlab.chain]: ``chain(clip_by_global_norm(1.0), adam(1e-3))``.
 
     Args:
         max_norm: The largest global norm let through, a positive number.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> clip = clip_by_global_norm(1.0)
         >>> updates, _ = clip.update({"a": np.array([3.0]), "b": np.array(4.0)}, (), {})
@@ -323,7 +324,8 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
     """Apply transformations in turn, each to the previous one's updates (as optax does).
 
     Raises:
-        ArgumentTypeError: an argument is not a :class:`GradientTransformation`.
+        ArgumentTypeError: an argument is not a
+            [`GradientTransformation`][gradlab.GradientTransformation].
     """
     if not transformations:
         raise ArgumentError("transformations", "chain needs at least one transformation")

@@ -4,13 +4,15 @@ Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so n
 opens a window, picks a GUI backend or touches pyplot's global state; save one with
 ``figure.savefig(path)`` or through the ``plot(path)`` methods of the reports.
 
-- :func:`agreement_figure`: a :class:`gradlab.GradientReport`'s pairwise rho as a heatmap.
-- :func:`benchmark_figure`: a :class:`gradlab.BenchmarkResult` as time against problem
-  size, log-log, per engine, with the memory floor.
-- :func:`fit_figure`: fits side by side: the data with each engine's fitted curve, the loss
-  per step, and how far each engine's parameter path lies from the reference's.
+- [`agreement_figure`][gradlab.plots.agreement_figure]: a
+  [`GradientReport`][gradlab.GradientReport]'s pairwise rho as a heatmap.
+- [`benchmark_figure`][gradlab.plots.benchmark_figure]: a
+  [`BenchmarkResult`][gradlab.BenchmarkResult] as time against problem size, log-log, per engine,
+  with the memory floor.
+- [`fit_figure`][gradlab.plots.fit_figure]: fits side by side: the data with each engine's fitted
+  curve, the loss per step, and how far each engine's parameter path lies from the reference's.
 
-Example:
+Examples:
     >>> import gradlab
     >>> problem = gradlab.Quadratic()
     >>> report = gradlab.compare_gradients(problem, problem.make_data(20), {"w": 1.0, "b": 0.0},
@@ -105,8 +107,8 @@ def fit_figure(
     """Fits side by side: data and fitted curves, losses, and the paths' disagreement.
 
     Args:
-        results: Fit results by engine name (from :func:`gradlab.fit` or a
-            :class:`gradlab.FitComparison`).
+        results: Fit results by engine name (from [`fit`][gradlab.fit] or a
+            [`FitComparison`][gradlab.FitComparison]).
         model: The problem, to draw each engine's fitted curve through ``data`` (if it
             predicts y from x).
         data: The data the fits ran on.

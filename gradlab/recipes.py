@@ -66,9 +66,9 @@ class Recipe:
     ) -> FitResult:
         """Run the recipe on ``engine`` (in the recipe's dtype unless ``dtype`` is given).
 
-        ``trajectory=True`` keeps every step's parameters (see :func:`gradlab.fit`).
+        ``trajectory=True`` keeps every step's parameters (see [`fit`][gradlab.fit]).
 
-        Example:
+        Examples:
             >>> from gradlab import recipes
             >>> result = recipes.seed_numpy().run("numpy")
             >>> result.status, result.dtype, len(result.losses)
@@ -102,7 +102,7 @@ def seed_numpy() -> Recipe:
     the two ``rand(1, 1)`` draws the tutorial makes and throws away, then ``randn()`` for w
     and ``randn()`` for b.
 
-    Example:
+    Examples:
         >>> from gradlab import recipes
         >>> recipe = recipes.seed_numpy()
         >>> recipe.data["x"].shape, recipe.dtype, recipe.steps

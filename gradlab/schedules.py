@@ -9,12 +9,12 @@ integer, so schedules use arithmetic, and the array's own namespace for ``cos`` 
 Conventions follow ``torch.optim.lr_scheduler`` (the parity tests hold them to it), except
 where noted:
 
-- :func:`step_decay` is ``StepLR``: lr·factorᵗ ᐟᐟ ᵉᵛᵉʳʸ.
-- :func:`exponential_decay` is ``ExponentialLR``: lr·rateᵗ.
-- :func:`cosine_decay` is ``CosineAnnealingLR`` up to t = steps, then stays at ``final``
-  (torch's keeps oscillating; optax's stays, as here).
-- :func:`warmup` multiplies a schedule by min(1, (t + 1) / steps): the first update already
-  moves (torch's ``LinearLR`` needs a start factor > 0 for the same reason).
+- [`step_decay`][gradlab.schedules.step_decay] is ``StepLR``: lr·factorᵗ ᐟᐟ ᵉᵛᵉʳʸ.
+- [`exponential_decay`][gradlab.schedules.exponential_decay] is ``ExponentialLR``: lr·rateᵗ.
+- [`cosine_decay`][gradlab.schedules.cosine_decay] is ``CosineAnnealingLR`` up to t = steps, then
+  stays at ``final`` (torch's keeps oscillating; optax's stays, as here).
+- [`warmup`][gradlab.schedules.warmup] multiplies a schedule by min(1, (t + 1) / steps): the first
+  update already moves (torch's ``LinearLR`` needs a start factor > 0 for the same reason).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _smaller(a: Any, b: Any) -> Any:
 def constant(lr: float) -> Schedule:
     """The same learning rate at every step.
 
-    Example:
+    Examples:
         >>> from gradlab.schedules import constant
         >>> constant(0.1)(0), constant(0.1)(1000)
         (0.1, 0.1)
@@ -76,7 +76,7 @@ def constant(lr: float) -> Schedule:
 def step_decay(lr: float, every: int, factor: float = 0.1) -> Schedule:
     """lr·factorᵏ with k = ⌊t / every⌋ (torch's ``StepLR``).
 
-    Example:
+    Examples:
         >>> from gradlab.schedules import step_decay
         >>> [round(float(step_decay(1.0, every=2, factor=0.5)(t)), 3) for t in range(5)]
         [1.0, 1.0, 0.5, 0.5, 0.25]
@@ -96,7 +96,7 @@ def step_decay(lr: float, every: int, factor: float = 0.1) -> Schedule:
 def exponential_decay(lr: float, rate: float) -> Schedule:
     """lr·rateᵗ (torch's ``ExponentialLR`` with gamma = rate).
 
-    Example:
+    Examples:
         >>> from gradlab.schedules import exponential_decay
         >>> float(exponential_decay(1.0, rate=0.5)(3))
         0.125
@@ -116,7 +116,7 @@ def cosine_decay(lr: float, steps: int, final: float = 0.0) -> Schedule:
     """final + (lr − final)·(1 + cos(π·min(t, steps)/steps))/2 (torch's ``CosineAnnealingLR``
     with T_max = steps and eta_min = final, held at ``final`` after ``steps``).
 
-    Example:
+    Examples:
         >>> from gradlab.schedules import cosine_decay
         >>> [round(float(cosine_decay(1.0, steps=4)(t)), 4) for t in (0, 2, 4, 9)]
         [1.0, 0.5, 0.0, 0.0]
@@ -139,7 +139,7 @@ def warmup(schedule: Schedule | float, steps: int) -> Schedule:
     """``schedule`` (or a constant learning rate) times min(1, (t + 1) / steps): a linear
     warm-up over the first ``steps`` updates.
 
-    Example:
+    Examples:
         >>> from gradlab.schedules import warmup
         >>> [float(warmup(1.0, steps=4)(t)) for t in range(6)]
         [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

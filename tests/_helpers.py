@@ -28,14 +28,23 @@ def default_engines() -> tuple[str, ...]:
     return tuple(name for name in defaults() if name in installed)
 
 
+def first_installed(names: tuple[str, ...]) -> str:
+    """The first of ``names`` that is installed; skip the test when none is."""
+    installed = gradlab.available_engines()
+    for name in names:
+        if name in installed:
+            return name
+    pytest.skip(f"none of {names} is installed")
+
+
 def require_engine(name: str) -> None:
     """Skip the test when the engine's framework is not installed."""
     if name not in gradlab.available_engines():
         pytest.skip(f"engine {name!r} is not installed")
 
 
-def relative_error(a: float, b: float) -> float:
-    """|a − b| / |b|."""
+def relative_error(a: float | np.ndarray, b: float | np.ndarray) -> float:
+    """|a − b| / |b|, for scalars (0-d arrays included)."""
     return abs(float(a) - float(b)) / abs(float(b))
 
 

@@ -34,20 +34,23 @@ settings.load_profile(
 def engine(request: pytest.FixtureRequest) -> str:
     """Every built-in engine (skipping those whose framework is missing), and every
     installed plug-in engine."""
-    require_engine(request.param)
-    return request.param
+    name: str = request.param
+    require_engine(name)
+    return name
 
 
 @pytest.fixture(params=AUTODIFF_ENGINES)
 def autodiff_engine(request: pytest.FixtureRequest) -> str:
     """The automatic-differentiation engines, skipping those not installed."""
-    require_engine(request.param)
-    return request.param
+    name: str = request.param
+    require_engine(name)
+    return name
 
 
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request: pytest.FixtureRequest) -> str:
-    return request.param
+    name: str = request.param
+    return name
 
 
 @pytest.fixture

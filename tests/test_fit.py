@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from _helpers import default_engines
 
 import gradlab
@@ -105,7 +104,11 @@ def test_fit_comparison_table_shows_each_parameter_under_its_own_name() -> None:
     data = problem.make_data(20, seed=3)
     engines = [name for name in default_engines() if name != "fd"]
     comparison = gradlab.compare_fits(
-        problem, data, optimizer=gradlab.sgd(0.01), steps=5, init={"w": 1.0, "b": -1.0},
+        problem,
+        data,
+        optimizer=gradlab.sgd(0.01),
+        steps=5,
+        init={"w": 1.0, "b": -1.0},
         engines=engines,
     )
     lines = str(comparison).splitlines()

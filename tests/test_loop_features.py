@@ -152,7 +152,7 @@ def test_a_resumed_fit_ends_where_an_uninterrupted_one_does(engine: str) -> None
     ],
 )
 def test_bad_loop_options_are_refused_naming_them(options: dict[str, Any], argument: str) -> None:
-    with pytest.raises(gradlab.GradlabError, match=argument) as caught:
+    with pytest.raises(gradlab.ArgumentError, match=argument) as caught:
         run("numpy", **options)
     assert caught.value.argument == argument
 

@@ -100,11 +100,11 @@ def test_optimizers_follow_torch_optim_on_the_same_gradients(
         (lambda: gradlab.sgd(-1e-3), "lr"),
         (lambda: gradlab.sgd(float("nan")), "lr"),
         (lambda: gradlab.sgd(float("inf")), "lr"),
-        (lambda: gradlab.sgd("0.1"), "lr"),
+        (lambda: gradlab.sgd("0.1"), "lr"),  # type: ignore[arg-type]
         (lambda: gradlab.sgd(True), "lr"),
         (lambda: gradlab.momentum(0.1, beta=1.0), "beta"),
         (lambda: gradlab.momentum(0.1, beta=-0.1), "beta"),
-        (lambda: gradlab.momentum(0.1, nesterov=1), "nesterov"),
+        (lambda: gradlab.momentum(0.1, nesterov=1), "nesterov"),  # type: ignore[arg-type]
         (lambda: gradlab.adam(0.1, b1=1.0), "b1"),
         (lambda: gradlab.adam(0.1, b2=1.5), "b2"),
         (lambda: gradlab.adam(0.1, eps=-1e-8), "eps"),

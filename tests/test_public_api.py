@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from _helpers import require_engine
 
 import gradlab
@@ -116,3 +117,19 @@ def test_version_matches_the_installed_metadata() -> None:
     from importlib.metadata import version
 
     assert gradlab.__version__ == version("gradlab")
+
+
+def test_errors_are_named_by_their_public_path() -> None:
+    # A traceback says gradlab.ArgumentError, the name users catch, not gradlab._errors.
+    errors = [
+        value
+        for value in vars(gradlab).values()
+        if isinstance(value, type) and issubclass(value, gradlab.GradlabError)
+    ]
+    assert len(errors) == 9
+    for error in errors:
+        assert error.__module__ == "gradlab"
+        assert getattr(gradlab, error.__name__) is error
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        gradlab.sgd(-1.0)
+    assert caught.exconly().startswith("gradlab.ArgumentError: lr")

@@ -25,8 +25,9 @@ def seed_numpy_run() -> tuple[float, float, float]:
         w1 = np.random.rand(1, 1)
         b1 = np.random.rand(1, 1)
 
-        w1 = np.random.randn()
-        b1 = np.random.randn()
+        # The seed rebinds w1 and b1 from (1, 1) arrays to floats.
+        w1 = np.random.randn()  # type: ignore[assignment]
+        b1 = np.random.randn()  # type: ignore[assignment]
         lr = 0.001
 
         for i in range(800):
@@ -99,9 +100,9 @@ def test_recipes_replay_the_seed_data_and_start() -> None:
     np.random.rand(1, 1)
     w, b = np.random.randn(), np.random.randn()
     np.random.set_state(saved)
-    before = np.random.get_state()[1].copy()
+    before = np.random.get_state(legacy=False)["state"]["key"].copy()
     recipe = recipes.seed_numpy()
-    assert np.array_equal(np.random.get_state()[1], before)
+    assert np.array_equal(np.random.get_state(legacy=False)["state"]["key"], before)
     np.testing.assert_array_equal(recipe.data["x"], x[:, 0])
     np.testing.assert_array_equal(recipe.data["y"], y[:, 0])
     assert float(recipe.init["w"]) == w

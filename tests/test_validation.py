@@ -117,9 +117,9 @@ def test_problem_construction_is_checked() -> None:
     with pytest.raises(gradlab.ArgumentError, match="name"):
         gradlab.Problem(lambda p, d, xp: 0.0, name="")
     with pytest.raises(gradlab.ArgumentError, match=r"params\['a'\]"):
-        gradlab.Problem(lambda p, d, xp: 0.0, params={"a": 3})
+        gradlab.Problem(lambda p, d, xp: 0.0, params={"a": 3})  # type: ignore[dict-item]
     with pytest.raises(gradlab.ArgumentTypeError, match="params"):
-        gradlab.Problem(lambda p, d, xp: 0.0, params=[(3,)])
+        gradlab.Problem(lambda p, d, xp: 0.0, params=[(3,)])  # type: ignore[arg-type]
 
 
 def test_declared_parameter_shapes_are_enforced() -> None:
@@ -138,7 +138,7 @@ def test_declared_parameter_shapes_are_enforced() -> None:
         (lambda: gradlab.LinearRegression().make_data(10, d=0), "d"),
         (lambda: gradlab.Quadratic().make_data(10, noise=-1.0), "noise"),
         (lambda: gradlab.Quadratic().make_data(10, seed=-3), "seed"),
-        (lambda: gradlab.LogisticRegression().make_data(10, seed="x"), "seed"),
+        (lambda: gradlab.LogisticRegression().make_data(10, seed="x"), "seed"),  # type: ignore[arg-type]
         (lambda: gradlab.rho("abc", 1.0), "a"),
         (lambda: gradlab.max_rho({"w": 1.0}, {"w": "x"}), "b['w']"),
         (lambda: gradlab.max_rho({"w": 1.0}, {"v": 1.0}), "b"),

@@ -68,11 +68,16 @@ class FiniteDifferenceEngine(AbstractEngine):
         return value_and_grad
 
     def hvp(self, problem: AbstractProblem) -> HVP:
-        """Central differences of this engine's own gradient along the tangent.
+        """Central differences of this engine's own gradient along the tangent, extrapolated.
 
         H·v is the derivative of the gradient in the direction v, so it is differenced with
-        the same stencil, over the step ``h = rel_step · max(1, max|p|) / max|v|``. Nothing
-        but the loss is evaluated: it stays independent of every derivation.
+        the same stencil over the steps h and 2h, ``h = rel_step · max(1, max|p|) / max|v|``,
+        and the two are combined by Richardson extrapolation, (2ᵏ·D(h) − D(2h)) / (2ᵏ − 1)
+        for a stencil of order k, which cancels the leading truncation term. Why: a nested
+        difference has truncation error ~(h·s)ᵏ·f⁽ᵏ⁺²⁾ for data of scale s; on a tanh network
+        with inputs of 2 that reached 2·10⁻⁶, over the fd tolerance, and 3·10⁻⁸ extrapolated.
+        Steps h and 2h, not h/2, keep the rounding error (~u·|f|/h²) where it was. Nothing but
+        the loss is evaluated: it stays independent of every derivation.
         """
 
         def hvp(params: Params, tangent: Params, data: Data) -> dict[str, np.ndarray]:
@@ -88,9 +93,12 @@ class FiniteDifferenceEngine(AbstractEngine):
                 moved = {name: point[name] + offset * direction[name] for name in point}
                 return self._gradient(problem, moved, data64)
 
+            coarse = self._difference(gradient_at, 2 * h)
+            fine = self._difference(gradient_at, h)
+            gain = 2.0**self.order
             return {
-                name: value.astype(dtype)
-                for name, value in self._difference(gradient_at, h).items()
+                name: ((gain * fine[name] - coarse[name]) / (gain - 1)).astype(dtype)
+                for name in coarse
             }
 
         return hvp

@@ -14,7 +14,7 @@ class NumpyEngine(AbstractEngine):
     """Runs the gradient a person derived by hand (``problem.hand_value_and_grad``).
 
     This is the seed tutorial's first run, generalised. A problem without a hand gradient is
-    refused with :class:`gradlab.HandGradientMissing`, never silently differentiated
+    refused with [`HandGradientMissing`][gradlab.HandGradientMissing], never silently differentiated
     some other way.
     """
 

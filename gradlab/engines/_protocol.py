@@ -28,7 +28,7 @@ class GradientEngine(Protocol):
     An engine owns a kind of array (NumPy arrays, torch tensors, jax arrays, ...). It moves
     NumPy arrays in and out, builds a ``(params, data) -> (loss, grads)`` function for a
     problem, and runs a loop body ``steps`` times. That is all the generic loop in
-    :func:`gradlab.fit` needs, so the loop never asks which engine it is running on.
+    [`fit`][gradlab.fit] needs, so the loop never asks which engine it is running on.
 
     Members:
         name: The engine's registry name (``"torch"``).
@@ -38,26 +38,27 @@ class GradientEngine(Protocol):
             or ``"float64"``), on the engine's device. Must copy: the caller's array is
             never shared with, or changed by, the engine.
         to_numpy(array): An engine array (or scalar) back to a NumPy array.
-        value_and_grad(problem): A function ``(params, data) -> (loss, grads)`` over
-            engine arrays. ``loss`` is a 0-d array; ``grads`` has the keys, shapes and
-            dtype of ``params``. Raise :class:`gradlab.HandGradientMissing` (or another
-            :class:`gradlab.GradlabError`) if this engine cannot differentiate the problem.
-        run(step, carry, data, steps): Apply ``carry, out = step(carry, data)`` ``steps``
-            times, in order, and return the last carry and each output stacked along a new
-            leading axis (a tuple of arrays of length ``steps``). The default is a plain
-            Python loop (:class:`AbstractEngine`); an engine that can compile the whole loop
+        value_and_grad(problem): A function ``(params, data) -> (loss, grads)`` over engine arrays.
+            ``loss`` is a 0-d array; ``grads`` has the keys, shapes and dtype of ``params``. Raise
+            [`HandGradientMissing`][gradlab.HandGradientMissing] (or another
+            [`GradlabError`][gradlab.GradlabError]) if this engine cannot differentiate the problem.
+        run(step, carry, data, steps): Apply ``carry, out = step(carry, data)`` ``steps`` times, in
+            order, and return the last carry and each output stacked along a new leading axis (a
+            tuple of arrays of length ``steps``). The default is a plain Python loop
+            ([`AbstractEngine`][gradlab.AbstractEngine]); an engine that can compile the whole loop
             (jax: ``lax.scan``) may, as long as the result is the same.
         describe(): Facts to record beside every result: framework version, device,
             threads, precision modes (a JSON-friendly dict).
 
-    Optional member, for second derivatives (:func:`gradlab.hvp`, :func:`gradlab.hessian`,
-    :func:`gradlab.compare_hessians`); an engine without it is skipped there with a note:
+    Optional member, for second derivatives ([`hvp`][gradlab.hvp],
+    [`hessian`][gradlab.hessian], [`compare_hessians`][gradlab.compare_hessians]); an engine
+    without it is skipped there with a note:
 
         hvp(problem): A function ``(params, tangent, data) -> H·tangent``, the
             Hessian-vector product of the loss, with the keys, shapes and dtype of
             ``params``. ``tangent`` has the same structure as ``params``.
 
-    Optional members, for :func:`gradlab.benchmark` (which falls back to these defaults
+    Optional members, for [`benchmark`][gradlab.benchmark] (which falls back to these defaults
     when an engine lacks them):
 
         objective(problem): A function ``(params, data) -> loss``, the loss alone, computed
@@ -68,8 +69,8 @@ class GradientEngine(Protocol):
             it, or a clock read after a call measures only the dispatch. Default: nothing
             to wait for.
 
-    The easiest way to write an engine is to subclass :class:`AbstractEngine`, which supplies
-    ``run``, ``to_numpy`` and ``describe``; see ``docs/engines.md``.
+    The easiest way to write an engine is to subclass [`AbstractEngine`][gradlab.AbstractEngine],
+    which supplies ``run``, ``to_numpy`` and ``describe``; see ``docs/engines.md``.
     """
 
     @property
@@ -108,11 +109,11 @@ class GradientEngine(Protocol):
 class AbstractEngine(abc.ABC):
     """Base class for engines: implement ``name``, ``xp``, ``asarray`` and ``value_and_grad``.
 
-    It supplies the protocol's defaults: :meth:`run` as a plain Python loop that stacks the
+    It supplies the protocol's defaults: ``run`` as a plain Python loop that stacks the
     per-step outputs once at the end (so there is no host synchronisation per step),
-    :meth:`to_numpy` through ``numpy.asarray``, an empty :meth:`describe`, an :meth:`hvp`
-    that raises :class:`gradlab.NotSupported` (override it to offer second derivatives), an
-    :meth:`objective` that evaluates the loss on ``xp`` and a :meth:`block` with nothing to
+    ``to_numpy`` through ``numpy.asarray``, an empty ``describe``, an ``hvp``
+    that raises [`NotSupported`][gradlab.NotSupported] (override it to offer second derivatives), an
+    ``objective`` that evaluates the loss on ``xp`` and a ``block`` with nothing to
     wait for (override it if your framework computes asynchronously).
     """
 

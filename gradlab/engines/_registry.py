@@ -67,20 +67,21 @@ def register_engine(
     requires: Sequence[str] = (),
     overwrite: bool = False,
 ) -> None:
-    """Make an engine available to :func:`get_engine` under ``name``.
+    """Make an engine available to [`get_engine`][gradlab.get_engine] under ``name``.
 
     Args:
         name: The registry name (what users pass as ``engine=``).
-        factory: A callable taking the engine's options as keywords and returning an object
-            that satisfies :class:`GradientEngine` (usually the engine class itself).
+        factory: A callable taking the engine's options as keywords and returning an object that
+            satisfies [`GradientEngine`][gradlab.GradientEngine] (usually the engine class itself).
         requires: Modules the engine imports; while one is missing the engine is left out of
-            :func:`available_engines` and :func:`get_engine` raises ``EngineUnavailable``.
+            [`available_engines`][gradlab.available_engines] and [`get_engine`][gradlab.get_engine]
+            raises ``EngineUnavailable``.
         overwrite: Replace an engine already registered under ``name``.
 
     Raises:
         ArgumentError: ``name`` is taken (and ``overwrite`` is false) or not a valid name.
 
-    Example:
+    Examples:
         >>> import gradlab
         >>> class Doubled(gradlab.engines.NumpyEngine):
         ...     name = "doubled-example"
@@ -115,11 +116,12 @@ def known_engines() -> tuple[str, ...]:
 
 
 def available_engines() -> tuple[str, ...]:
-    """The registered engines whose frameworks are installed, in :func:`known_engines` order.
+    """The registered engines whose frameworks are installed, in
+    [`known_engines`][gradlab.known_engines] order.
 
     Installation is checked without importing anything heavy (``importlib.util.find_spec``).
 
-    Example:
+    Examples:
         >>> import gradlab
         >>> {"numpy", "fd"} <= set(gradlab.available_engines())
         True
@@ -131,8 +133,8 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
     """Return a ready engine: a registered one built with ``options``, or ``name`` itself.
 
     Args:
-        name: A registry name (see :func:`known_engines`), or an engine object, which is
-            checked against the protocol and returned as is.
+        name: A registry name (see [`known_engines`][gradlab.known_engines]), or an engine object,
+            which is checked against the protocol and returned as is.
         **options: Passed to the engine's factory (``device="cuda"`` for torch, ``order=2``
             for fd, ...).
 
@@ -142,7 +144,7 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
         EngineUnavailable: the engine is known but its framework is not installed; the
             message names the pip extra.
 
-    Example:
+    Examples:
         >>> import gradlab
         >>> gradlab.get_engine("numpy").name
         'numpy'

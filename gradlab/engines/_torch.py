@@ -49,7 +49,7 @@ class TorchEngine(AbstractEngine):
 
     **Compiled** (``compile=True``, registered as ``"torch-compile"``): the gradient is
     ``torch.func.grad_and_value`` of the loss under ``torch.compile`` (inductor, static
-    shapes), and :meth:`run` compiles the whole loop body (gradient and optimizer update) into
+    shapes), and ``run`` compiles the whole loop body (gradient and optimizer update) into
     one kernel per step. Each new combination of shapes and dtypes compiles once (seconds);
     later calls reuse it. The Python loop over steps stays, with no host sync inside it.
 

@@ -62,16 +62,16 @@ class AbstractProblem(abc.ABC):
     definition. A hand-derived gradient, written in NumPy, may stand beside it: that is what
     the ``numpy`` engine runs.
 
-    Subclasses implement :meth:`loss` and, optionally, :meth:`hand_value_and_grad` (setting
-    ``has_hand_gradient = True``), :meth:`hand_hvp` (setting ``has_hand_hvp = True``),
-    :meth:`param_shapes`, :meth:`check_data` and :meth:`predict`.
+    Subclasses implement ``loss`` and, optionally, ``hand_value_and_grad`` (setting
+    ``has_hand_gradient = True``), ``hand_hvp`` (setting ``has_hand_hvp = True``),
+    ``param_shapes``, ``check_data`` and ``predict``.
     """
 
     #: A short name for tables and error messages.
     name: str = "problem"
-    #: Whether :meth:`hand_value_and_grad` is implemented.
+    #: Whether ``hand_value_and_grad`` is implemented.
     has_hand_gradient: bool = False
-    #: Whether :meth:`hand_hvp` is implemented.
+    #: Whether ``hand_hvp`` is implemented.
     has_hand_hvp: bool = False
 
     @abc.abstractmethod
@@ -127,7 +127,7 @@ class Problem(AbstractProblem):
         name: A short name for tables and messages.
         params: Optional mapping from parameter name to shape, checked against ``init``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import gradlab
         >>> cubic = gradlab.Problem(

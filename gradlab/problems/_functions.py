@@ -17,7 +17,7 @@ from gradlab.problems._data import data_rng
 class _NoData(AbstractProblem):
     """A function of its parameters alone: the data is the empty mapping ``{}``.
 
-    Its size is the number of parameters, so a benchmark sizes it with :meth:`sized`.
+    Its size is the number of parameters, so a benchmark sizes it with ``sized``.
     """
 
     def check_data(self, data: object) -> dict[str, np.ndarray]:
@@ -53,7 +53,7 @@ class Rosenbrock(_NoData):
     Args:
         dim: The number of variables, an integer ≥ 2.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import Rosenbrock
         >>> problem = Rosenbrock(dim=3)
@@ -122,7 +122,7 @@ class LogSumExp(_NoData):
     Args:
         size: The length of x, an integer ≥ 1.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import LogSumExp
         >>> x = {"x": np.array([1000.0, 1000.0])}

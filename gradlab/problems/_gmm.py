@@ -62,7 +62,7 @@ class GMM(AbstractProblem):
         gamma: The Wishart prior's γ > 0 (ADBench's data: 1).
         m: The Wishart prior's m, an integer ≥ 0 (ADBench's data: 0).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import GMM
         >>> problem = GMM(k=2, d=3)

@@ -58,7 +58,7 @@ class LinearRegression(_LinearModel):
 
     Hessian (constant): H = JᵀJ / n with J = [x, 1], the design matrix with a ones column.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import LinearRegression
         >>> data = LinearRegression().make_data(n=4, d=2, seed=0)
@@ -118,7 +118,7 @@ class LogisticRegression(_LinearModel):
 
     Hessian: H = Jᵀ·diag(σ(z)(1 − σ(z)))·J / n with J = [x, 1].
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import LogisticRegression
         >>> data = {"x": np.zeros((2, 1)), "y": np.array([0.0, 1.0])}

@@ -44,7 +44,7 @@ class MLP(AbstractProblem):
         activation: ``"tanh"`` or ``"sigmoid"`` (smooth, so engines have one derivative to
             agree on).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import MLP
         >>> problem = MLP(hidden=(4,))

@@ -46,7 +46,7 @@ class PolynomialRegression(AbstractProblem):
     Args:
         degree: The polynomial's degree, an integer ≥ 0.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import PolynomialRegression
         >>> data = {"x": np.array([0.0, 1.0, 2.0]), "y": np.array([1.0, 2.0, 5.0])}
@@ -115,7 +115,7 @@ class LeastSquares(AbstractProblem):
     r"""GradBench's ``llsq`` (from cmpad): ½·Σᵢ (sᵢ − Σⱼ xⱼ·tᵢʲ)², j = 0 … terms − 1.
 
     The data are fixed by the definition: tᵢ = −1 + 2i / (n − 1) and sᵢ = sign(tᵢ) for
-    i = 0 … n − 1 (:meth:`make_data`); the parameters are the coefficients ``x`` of shape
+    i = 0 … n − 1 (``make_data``); the parameters are the coefficients ``x`` of shape
     ``(terms,)``, GradBench's *m*. The loss is a *sum*, as there, so that figures can be held
     against GradBench's.
 
@@ -125,7 +125,7 @@ class LeastSquares(AbstractProblem):
     Args:
         terms: The number of coefficients m, an integer ≥ 1.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import LeastSquares
         >>> problem = LeastSquares(terms=2)

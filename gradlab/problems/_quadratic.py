@@ -25,7 +25,7 @@ class Quadratic(AbstractProblem):
     Hessian (constant, since the model is linear in w and b):
     H = [[Σᵢ xᵢ⁴, Σᵢ xᵢ²], [Σᵢ xᵢ², n]].
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import Quadratic
         >>> data = {"x": np.array([0.0, 1.0, 2.0]), "y": np.array([1.0, 1.0, 1.0])}

@@ -42,7 +42,7 @@ class SoftmaxRegression(AbstractProblem):
     Args:
         classes: The number of classes, an integer ≥ 2.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gradlab import SoftmaxRegression
         >>> data = {"x": np.zeros((1, 2)), "y": np.array([[0.0, 1.0, 0.0]])}
