@@ -35,6 +35,7 @@ from gradlab._errors import GradlabError as GradlabError
 from gradlab._errors import HandGradientMissing as HandGradientMissing
 from gradlab._errors import MissingDependency as MissingDependency
 from gradlab._errors import NotSupported as NotSupported
+from gradlab._errors import ProblemError as ProblemError
 from gradlab._errors import UnknownEngine as UnknownEngine
 from gradlab._fit import FitResult as FitResult
 from gradlab._fit import Stop as Stop
@@ -105,6 +106,7 @@ __all__ = [
     "NotSupported",
     "PolynomialRegression",
     "Problem",
+    "ProblemError",
     "Quadratic",
     "Rosenbrock",
     "SoftmaxRegression",

@@ -29,13 +29,14 @@ import numpy as np
 
 from gradlab import _output
 from gradlab._checks import check_bool, check_dtype, check_positive_float, check_positive_int
-from gradlab._errors import ArgumentError, GradlabError
-from gradlab._fit import fit, on_engine, prepare
+from gradlab._boundary import calling, on_engine, prepare
+from gradlab._errors import ArgumentError, GradlabError, HandGradientMissing, NotSupported
+from gradlab._fit import fit
 from gradlab._output import Record, table
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
-from gradlab.engines._protocol import GradientEngine
-from gradlab.engines._registry import available_engines, default_engines, get_engine
+from gradlab.engines._protocol import GradientEngine, block_of, objective_of
+from gradlab.engines._registry import engine_list, get_engine
 from gradlab.optimizers import GradientTransformation, sgd
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._named import at_size, problem_named
@@ -454,10 +455,10 @@ def benchmark(
     if budget is not None:
         budget = check_positive_float(budget, "budget")
     for problem in problem_list:
-        if not callable(getattr(problem, "make_data", None)):
-            raise ArgumentError(
-                "problems", f"problem {problem.name!r} has no make_data(n, seed=...) to draw data"
-            )
+        try:  # up front, at the smallest size: a problem that draws no data is named now
+            at_size(problem, min(size_list)).make_data(min(size_list), seed=seed)
+        except NotSupported as error:
+            raise ArgumentError("problems", str(error)) from None
     engine_list = _engines(engines)
     optimizer = sgd(SGD_STEP)
 
@@ -489,7 +490,7 @@ def benchmark(
                 advance(label)
                 continue
             sized = at_size(problem, n)
-            data = sized.make_data(n, seed=seed)  # type: ignore[attr-defined]
+            data = sized.make_data(n, seed=seed)
             key = (problem.name, dtype, n)
             if key not in floors:
                 floors[key] = _floor(data, dtype, min_time)
@@ -529,17 +530,7 @@ def _as_list(value: object, argument: str) -> list[Any]:
 
 def _engines(engines: object) -> list[GradientEngine]:
     """Engine objects, built once for the whole benchmark (so their caches persist)."""
-    if engines is None:
-        installed = available_engines()
-        names: list[Any] = [name for name in default_engines() if name in installed]
-    else:
-        names = _as_list(engines, "engines")
-    built = [get_engine(name) for name in names]
-    seen = [engine.name for engine in built]
-    duplicates = sorted({name for name in seen if seen.count(name) > 1})
-    if duplicates:
-        raise ArgumentError("engines", f"lists {', '.join(duplicates)} more than once")
-    return built
+    return [get_engine(item) for item in engine_list(engines, installed_only=True)[0]]
 
 
 def time_calls(
@@ -612,12 +603,11 @@ def _case(
     base: dict[str, Any] = {"problem": problem.name, "engine": engine.name, "n": n, "dtype": dtype}
     try:
         _, _, checked, start = prepare(problem, data, point(problem, data, seed), engine, dtype)
-        objective = getattr(engine, "objective", None)
-        loss = objective(problem) if objective else _default_objective(engine, problem)
+        loss = objective_of(engine, problem)
         gradient = engine.value_and_grad(problem)
-    except GradlabError as error:  # the numpy engine on a problem without a hand gradient
+    except (HandGradientMissing, NotSupported) as error:  # it cannot run this problem
         return BenchmarkCase(**base, status="skipped", note=str(error))
-    block = getattr(engine, "block", None) or (lambda tree: _to_host(engine, tree))
+    block = block_of(engine)
     with np.errstate(all="ignore"):
         batch = on_engine(engine, checked, dtype)
         params = on_engine(engine, start, dtype)
@@ -661,19 +651,6 @@ def _case(
         ),
         device=str(engine.describe().get("device")),
     )
-
-
-def _default_objective(engine: GradientEngine, problem: AbstractProblem) -> Any:
-    """For engines written before ``objective`` existed: the loss on the engine's ``xp``."""
-    xp = engine.xp
-    return lambda params, data: problem.loss(params, data, xp)
-
-
-def _to_host(engine: GradientEngine, tree: Any) -> Any:
-    """For engines without ``block``: bring one result to the host, which waits for it."""
-    leaf = tree[0] if isinstance(tree, tuple) else tree
-    engine.to_numpy(leaf)
-    return tree
 
 
 def _fit_memory(

@@ -83,23 +83,56 @@ def check_float(
     return number
 
 
-def as_float_array(value: object, argument: str) -> np.ndarray:
-    """Return a finite float64 copy of ``value``; the caller's array is never touched."""
+def as_float_array(value: object, argument: str, *, copy: bool = True) -> np.ndarray:
+    """Return ``value`` as a finite float array; the caller's array is never touched.
+
+    Args:
+        value: An array, a nest of numbers, or a framework tensor (a torch tensor that
+            requires grad is read through a detached copy, never changed).
+        argument: Its name, for errors.
+        copy: ``True``: a float64 copy (parameters: small, and kept). ``False``: a float32
+            or float64 array is returned as a read-only view, not copied (data: maybe large,
+            and copied once more, into the run's dtype, when it moves onto an engine);
+            anything else becomes a float64 copy.
+
+    Raises:
+        ArgumentTypeError: not real numbers, or a masked array (its mask would be ignored).
+        ArgumentError: a NaN or an infinity.
+    """
     if isinstance(value, (str, bytes)):
         raise ArgumentTypeError(argument, f"must be an array of real numbers, got {value!r}")
+    if isinstance(value, np.ma.MaskedArray):
+        raise ArgumentTypeError(
+            argument,
+            "is a masked array, and gradlab does not honour masks: pass value.compressed() "
+            "(the unmasked values) or value.filled(fill_value)",
+        )
+    value = _on_host(value)
     try:
-        array = np.array(value, copy=True)
-    except (TypeError, ValueError) as error:
+        array = np.array(value, copy=True) if copy else np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as error:
         raise ArgumentTypeError(argument, f"must be an array of real numbers ({error})") from None
     if array.dtype.kind not in "biuf":
         raise ArgumentTypeError(
             argument, f"must hold real numbers, got an array of dtype {array.dtype}"
         )
-    array = array.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(array)):
+    if copy or array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float64, copy=False)
+    else:
+        array = array.view()
+        array.flags.writeable = False
+    if not np.isfinite(array).all():
         count = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise ArgumentError(argument, f"holds {count} non-finite value(s) (NaN or inf)")
     return array
+
+
+def _on_host(value: object) -> object:
+    """A torch tensor as a detached CPU tensor that NumPy can read (found without importing
+    torch: by the module its type comes from, as eagerpy does)."""
+    if type(value).__module__.partition(".")[0] == "torch" and hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return value
 
 
 def check_mapping(value: object, argument: str) -> Mapping[str, Any]:

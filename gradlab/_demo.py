@@ -10,6 +10,7 @@ from gradlab._checks import check_positive_int
 from gradlab._fit import FitResult, value_and_grad
 from gradlab._output import table
 from gradlab._progress import progress_bar
+from gradlab.engines._protocol import is_approximate
 from gradlab.engines._registry import get_engine
 from gradlab.recipes import Recipe
 
@@ -63,7 +64,7 @@ def _row(recipe: Recipe, engine: str, repeats: int) -> DemoRow:
         worst = max(worst, max_rho(hand, grads))
     # Judged like the comparisons judge a pair with the hand gradient (see pair_tolerances):
     # an engine that declares itself approximate (fd, or a plug-in) gets the fd tolerance.
-    approximate = bool(getattr(get_engine(engine), "approximate", False))
+    approximate = is_approximate(get_engine(engine))
     limit = tolerance(recipe.dtype, against_fd=approximate)
     return DemoRow(result, worst, limit)
 

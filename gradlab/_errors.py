@@ -16,12 +16,28 @@ __all__ = [
     "HandGradientMissing",
     "MissingDependency",
     "NotSupported",
+    "ProblemError",
     "UnknownEngine",
 ]
 
 
+def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> object:
+    """Unpickle a gradlab error without calling its ``__init__`` (whose signature varies)."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class GradlabError(Exception):
-    """Base class of every error gradlab raises on purpose."""
+    """Base class of every error gradlab raises on purpose.
+
+    Every gradlab error survives pickling with its type, message and attributes
+    (``.argument``, ...), so it can cross a process boundary.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class ArgumentError(GradlabError, ValueError):
@@ -52,13 +68,20 @@ class UnknownEngine(ArgumentError):
         suggestion: The closest known name, or ``None``.
     """
 
-    def __init__(self, name: str, known: tuple[str, ...], suggestion: str | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        known: tuple[str, ...],
+        suggestion: str | None,
+        argument: str = "engine",
+    ) -> None:
         self.name = name
         self.known = known
         self.suggestion = suggestion
         hint = f"; did you mean {suggestion!r}?" if suggestion else "."
         super().__init__(
-            "engine", f"engine: unknown engine {name!r}{hint} Known engines: {', '.join(known)}"
+            argument,
+            f"{argument}: unknown engine {name!r}{hint} Known engines: {', '.join(known)}",
         )
 
 
@@ -112,6 +135,30 @@ class HandGradientMissing(GradlabError, TypeError):
     """The ``numpy`` engine was asked for a problem that has no hand-derived gradient."""
 
 
+class ProblemError(GradlabError, ValueError):
+    """A problem's own code failed, or returned something gradlab cannot use.
+
+    Raised when the loss (on any engine) or a hand-derived gradient or Hessian-vector
+    product raises, or returns something other than what the problem protocol promises:
+    the message names the problem, the function and the engine, and the original
+    exception is chained (``__cause__``).
+
+    Attributes:
+        problem: The problem's name.
+        function: ``"loss"``, ``"value_and_grad"`` (the hand-derived gradient) or ``"hvp"``.
+        engine: The engine it ran on, or ``None``.
+        argument: Always ``"problem"``: the argument to fix.
+    """
+
+    def __init__(self, problem: str, function: str, message: str, engine: str | None = None) -> None:
+        self.problem = problem
+        self.function = function
+        self.engine = engine
+        self.argument = "problem"
+        on = f" on engine {engine!r}" if engine is not None else ""
+        super().__init__(f"problem {problem!r}: {function}{on} {message}")
+
+
 # Tracebacks and reprs name the public path (gradlab.ArgumentError), where users import them
 # from, not this private module.
 for _error in (
@@ -124,5 +171,6 @@ for _error in (
     NotSupported,
     Disagreement,
     HandGradientMissing,
+    ProblemError,
 ):
     _error.__module__ = "gradlab"

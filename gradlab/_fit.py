@@ -10,20 +10,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gradlab._checks import (
-    check_bool,
-    check_dtype,
-    check_float,
-    check_int,
-    check_params,
-    check_positive_int,
+from gradlab._boundary import (
+    calling,
+    check_dtypes,
+    check_optimizer,
+    check_state,
+    check_steps,
+    check_value_and_grad,
+    evaluate,
+    on_engine,
+    prepare,
+    to_engine,
 )
-from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError
+from gradlab._checks import check_bool, check_float, check_int, check_positive_int
+from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._output import Record, jsonable
 from gradlab._provenance import provenance
 from gradlab._tree import tree_map
 from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad
-from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation, apply_updates
 from gradlab.problems._base import AbstractProblem
 
@@ -183,7 +187,8 @@ class _Step:
     Engines run it (``GradientEngine.run``); it never asks which engine it is on. It is a
     hashable value so that engines which compile it (jax) can cache the compiled loop.
 
-    Outputs per step, in order: the loss; with ``check_gradients`` a probe that is NaN when
+    Its outputs per step are laid out by ``outputs`` and read back by ``read``, the one
+    place that knows the layout: the loss; with ``check_gradients`` a probe that is NaN when
     a gradient element is not finite; with ``grad_norms`` the gradient's squared global
     norm; then the recorded parameters. With ``batched`` the carry ends with the position
     in the mini-batch order, and the step takes its rows of the data.
@@ -208,17 +213,40 @@ class _Step:
             data = {name: value[rows] for name, value in data.items() if name != _ORDER}
         loss, grads = self.value_and_grad(params, data)
         updates, state = self.optimizer.update(grads, state, params)
+        new_carry: tuple[Any, ...] = (apply_updates(params, updates), state)
+        if self.batched:
+            new_carry += (carry[2] + 1,)
+        return new_carry, self.outputs(loss, grads, params)
+
+    def outputs(self, loss: Any, grads: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[Any, ...]:
+        """One step's outputs, in the layout ``read`` takes apart."""
         out: tuple[Any, ...] = (loss,)
         if self.check_gradients:
             # 0 when every gradient element is finite, NaN otherwise (inf·0 and NaN·0 are NaN).
             out += (sum(self.xp.sum(g * 0) for g in grads.values()),)
         if self.grad_norms:
             out += (sum(self.xp.sum(g * g) for g in grads.values()),)
-        out += tuple(params[name] for name in self.record)
-        new_carry: tuple[Any, ...] = (apply_updates(params, updates), state)
-        if self.batched:
-            new_carry += (carry[2] + 1,)
-        return new_carry, out
+        return out + tuple(params[name] for name in self.record)
+
+    def read(self, outputs: tuple[Any, ...]) -> _Outputs:
+        """Name the stacked outputs of ``steps`` runs of this body."""
+        at = 1
+        probes = norms = None
+        if self.check_gradients:
+            probes, at = outputs[at], at + 1
+        if self.grad_norms:
+            norms, at = outputs[at], at + 1
+        return _Outputs(outputs[0], probes, norms, dict(zip(self.record, outputs[at:], strict=True)))
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """A stretch's stacked outputs, by name (engine arrays, one row per step)."""
+
+    losses: Any
+    probes: Any
+    norms: Any
+    path: dict[str, Any]
 
 
 Callback = Callable[[int, float, dict[str, np.ndarray]], Any]
@@ -309,41 +337,47 @@ def fit(
             "optimizer",
             f"must be a GradientTransformation (gradlab.sgd(...), ...), got {optimizer!r}",
         )
-    steps = check_positive_int(steps, "steps")
     every = check_positive_int(every, "every")
+    seed = check_int(seed, "seed", 0)
     if stop is not None and not isinstance(stop, Stop):
         raise ArgumentTypeError("stop", f"must be a gradlab.Stop, got {stop!r}")
     if callback is not None and not callable(callback):
         raise ArgumentTypeError("callback", f"must be callable, got {callback!r}")
+    record_trajectory = check_bool(trajectory, "trajectory")
     start_state, first_step = None, 0
     if resume is not None:
         if init is not None:
             raise ArgumentError("init", "cannot be given with resume (the fit continues there)")
-        if not isinstance(resume, FitResult) or resume.state is None:
-            raise ArgumentTypeError(
-                "resume", f"must be a FitResult from gradlab.fit, got {resume!r}"
-            )
-        init, start_state, first_step = resume.params, resume.state, resume.step
+        engine, dtype, checked_data, start_params, start_state, first_step = _resumed(
+            resume, problem, data, engine, dtype
+        )
     elif init is None:
         raise ArgumentError("init", "is required (or resume=, to continue a fit)")
-    engine, dtype, checked_data, start_params = prepare(problem, data, init, engine, dtype)
-    record = tuple(start_params) if check_bool(trajectory, "trajectory") else ()
-    order = _batch_order(checked_data, batch_size, seed, first_step, steps, dtype)
-    if start_state is None:
-        start_state = optimizer.init(start_params)
     else:
-        _check_state(start_state, optimizer.init(start_params))
+        engine, dtype, checked_data, start_params = prepare(problem, data, init, engine, dtype)
+    itemsize = np.dtype(dtype).itemsize
+    recorded = sum(value.size for value in start_params.values()) if record_trajectory else 0
+    steps = check_steps(steps, itemsize * (1 + recorded))
+    record = tuple(start_params) if record_trajectory else ()
+    order = _batch_order(checked_data, batch_size, seed, first_step, steps, dtype)
+    start_state = check_optimizer(optimizer, start_params, start_state)
 
     # Overflow on the way to divergence is reported through the status, not as warnings.
     with np.errstate(all="ignore"):
-        value_and_grad = engine.value_and_grad(problem)
+        with calling(problem, engine, start_params, checked_data):
+            value_and_grad = engine.value_and_grad(problem)
+            batch = on_engine(engine, checked_data, dtype)
+            params = on_engine(engine, start_params, dtype)
+            # What the engine makes of the user's loss (or hand gradient) is checked once,
+            # here, so that the loop itself runs unchecked.
+            first = value_and_grad(params, batch)
+        check_value_and_grad(engine, problem, value_and_grad, first, start_params, dtype)
+        del first
         if order is not None:
-            checked_data = {**checked_data, _ORDER: order.astype(np.float64)}
-        batch = on_engine(engine, checked_data, dtype)
-        params = on_engine(engine, start_params, dtype)
+            batch[_ORDER] = engine.asarray(order.astype(np.float64), dtype)
         # The optimizer's state is made from NumPy parameters and moved like them, so that no
         # framework arithmetic happens outside the engine (jax's 64-bit mode is scoped to it).
-        carry: tuple[Any, ...] = (params, _to_engine(start_state, engine, dtype))
+        carry: tuple[Any, ...] = (params, to_engine(start_state, engine, dtype))
         if order is not None:
             carry += (0,)
         body = _Step(
@@ -354,25 +388,25 @@ def fit(
             grad_norms=stop is not None and stop.grad_norm is not None,
             batched=order is not None,
         )
+        # Only the engine's copies are needed from here on: a large data set is held once.
+        del checked_data
         stretch = steps
         if callback is not None:
             stretch = min(stretch, every)
         if stop is not None:
             stretch = min(stretch, stop.check_every)
-        run = _Run(engine, body, batch, record, stop, tuple(start_params))
+        run = _Run(engine, body, batch, stop, tuple(start_params))
         start = time.perf_counter()
         done = 0
         while done < steps and run.reason is None:
             length = min(stretch, steps - done)
-            carry = run.stretch(carry, length, done)
+            with calling(problem, engine):
+                carry = run.stretch(carry, length, done)
             done = run.updates
-            asked = (
-                callback is not None
-                and run.reason is None
-                and callback(first_step + done, run.last_loss, run.host_params(carry)) is True
-            )
-            if asked:
-                run.reason = "callback"
+            if callback is not None and run.reason is None:
+                answer = callback(first_step + done, run.last_loss, run.host_params(carry))
+                if _stops(answer):
+                    run.reason = "callback"
         loss_history, final, visited = run.results(carry)
         wall_time = time.perf_counter() - start
 
@@ -414,20 +448,13 @@ class _Run:
         engine: GradientEngine,
         body: _Step,
         batch: Data,
-        record: tuple[str, ...],
         stop: Stop | None,
         names: tuple[str, ...],
     ) -> None:
-        self.engine, self.body, self.batch, self.record, self.stop = (
-            engine,
-            body,
-            batch,
-            record,
-            stop,
-        )
+        self.engine, self.body, self.batch, self.stop = engine, body, batch, stop
         self.names = names
         self.losses: list[np.ndarray] = []
-        self.visited: dict[str, list[np.ndarray]] = {name: [] for name in record}
+        self.visited: dict[str, list[np.ndarray]] = {name: [] for name in body.record}
         self.updates = 0
         self.reason: str | None = None
         self.diverged_at: int | None = None
@@ -439,10 +466,12 @@ class _Run:
     def stretch(self, carry: Carry, length: int, done: int) -> Carry:
         """Run ``length`` steps from ``carry``; return the carry where this stretch ends."""
         engine = self.engine
-        end, outputs = engine.run(self.body, carry, self.batch, length)
-        losses = engine.to_numpy(outputs[0])
-        norms = engine.to_numpy(outputs[1]) if self.body.grad_norms else None
-        path = outputs[2:] if self.body.grad_norms else outputs[1:]
+        end, stacked = engine.run(self.body, carry, self.batch, length)
+        outputs = self.body.read(stacked)
+        losses = engine.to_numpy(outputs.losses)
+        _check_losses(engine, losses, length)
+        norms = None if outputs.norms is None else engine.to_numpy(outputs.norms)
+        path = outputs.path
         params_end = {name: engine.to_numpy(end[0][name]) for name in self.names}
         if not (_finite(losses) and all(map(_finite, params_end.values()))):
             checked = dataclasses.replace(
@@ -486,7 +515,9 @@ class _Run:
                     return j
         return None
 
-    def _cut(self, carry: Carry, losses: np.ndarray, path: Any, updates: int, kept: int) -> Carry:
+    def _cut(
+        self, carry: Carry, losses: np.ndarray, path: dict[str, Any], updates: int, kept: int
+    ) -> Carry:
         """End the fit after ``updates`` updates of this stretch, keeping ``kept`` losses."""
         self._keep(losses, path, updates)
         self.losses[-1] = losses[:kept]
@@ -498,9 +529,9 @@ class _Run:
             self.last_loss = float(losses[kept - 1])
         return carry
 
-    def _keep(self, losses: np.ndarray, path: Any, count: int) -> None:
+    def _keep(self, losses: np.ndarray, path: dict[str, Any], count: int) -> None:
         self.losses.append(losses[:count])
-        for name, values in zip(self.record, path, strict=True):
+        for name, values in path.items():
             self.visited[name].append(self.engine.to_numpy(values)[:count])
 
     def host_params(self, carry: Carry) -> dict[str, np.ndarray]:
@@ -518,36 +549,6 @@ class _Run:
             for name, values in self.visited.items()
         }
         return losses, self.host_params(carry), visited
-
-
-def prepare(
-    problem: object,
-    data: object,
-    params: object,
-    engine: object,
-    dtype: object,
-    params_argument: str = "init",
-) -> tuple[GradientEngine, str, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Check the arguments every entry point shares; return the engine, dtype and copies.
-
-    Also evaluates the loss once in NumPy, so that a loss that is not a scalar is refused
-    with a clear message before any framework traces it.
-    """
-    if not isinstance(problem, AbstractProblem):
-        raise ArgumentTypeError(
-            "problem", f"must be a gradlab problem (AbstractProblem), got {type(problem).__name__}"
-        )
-    checked_dtype = check_dtype(dtype)
-    checked_engine = get_engine(engine)  # type: ignore[arg-type]
-    checked_data = problem.check_data(data)
-    checked_params = check_params(params, problem.param_shapes(checked_data), params_argument)
-    with np.errstate(all="ignore"):
-        shape = np.shape(problem.loss(checked_params, checked_data, np))
-    if shape != ():
-        raise GradlabError(
-            f"problem {problem.name!r}: loss must return a scalar, got an array of shape {shape}"
-        )
-    return checked_engine, checked_dtype, checked_data, checked_params
 
 
 def value_and_grad(
@@ -585,41 +586,46 @@ def value_and_grad(
     return evaluate(engine, problem, checked_data, checked_params, dtype)
 
 
-def evaluate(
-    engine: GradientEngine,
-    problem: AbstractProblem,
-    data: Mapping[str, np.ndarray],
-    params: Mapping[str, np.ndarray],
-    dtype: str,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One engine's loss and gradient at checked NumPy ``params``, back as NumPy arrays."""
-    with np.errstate(all="ignore"):
-        function = engine.value_and_grad(problem)
-        loss, grads = function(on_engine(engine, params, dtype), on_engine(engine, data, dtype))
-        result = (engine.to_numpy(loss), {name: engine.to_numpy(grads[name]) for name in params})
-    check_dtypes(engine, dtype, {"loss": result[0], **result[1]})
-    return result
+def _resumed(
+    resume: object, problem: object, data: object, engine: object, dtype: object
+) -> tuple[GradientEngine, str, dict[str, np.ndarray], dict[str, np.ndarray], Any, int]:
+    """What a fit resumed from ``resume`` starts from, every mismatch named as ``resume``."""
+    if not isinstance(resume, FitResult) or resume.state is None:
+        raise ArgumentTypeError("resume", f"must be a FitResult from gradlab.fit, got {resume!r}")
+    name = getattr(problem, "name", None)
+    if name is not None and resume.problem != name:
+        raise ArgumentError(
+            "resume", f"is a fit of problem {resume.problem!r}; it cannot resume {name!r}"
+        )
+    try:
+        checked = prepare(problem, data, resume.params, engine, dtype, "resume.params")
+    except ArgumentError as error:
+        if not str(error.argument).startswith("resume"):
+            raise
+        raise ArgumentError(
+            "resume", f"its parameters do not fit this problem and data: {error}"
+        ) from None
+    return (*checked, resume.state, resume.step)
 
 
-def on_engine(
-    engine: GradientEngine, arrays: Mapping[str, np.ndarray], dtype: str
-) -> dict[str, Any]:
-    """Copies of named NumPy arrays as engine arrays of ``dtype``."""
-    return {name: engine.asarray(value, dtype) for name, value in arrays.items()}
+def _stops(answer: object) -> bool:
+    """Whether a callback's answer asks to stop: its truth value, as ``if answer:`` reads it."""
+    try:
+        return bool(answer)
+    except Exception as error:  # an array of several values has no single truth value
+        raise ArgumentError(
+            "callback", f"returned {type(answer).__name__}, whose truth value is unclear: {error}"
+        ) from None
 
 
-def _to_engine(tree: Any, engine: GradientEngine, dtype: str) -> Any:
-    """Move every NumPy array in a nest of dicts, tuples and lists onto the engine.
-
-    Python numbers (a step count) and None stay as they are.
-    """
-
-    def move(leaf: Any) -> Any:
-        if isinstance(leaf, (np.ndarray, np.generic)):
-            return engine.asarray(np.asarray(leaf), dtype)
-        return leaf
-
-    return tree_map(move, tree)
+def _check_losses(engine: GradientEngine, losses: np.ndarray, length: int) -> None:
+    """An engine's ``run`` must give one loss per step."""
+    if np.shape(losses) != (length,):
+        raise ArgumentError(
+            "engine",
+            f"engine {engine.name!r}: run returned losses of shape {np.shape(losses)} for "
+            f"{length} steps, expected ({length},)",
+        )
 
 
 def _finite(array: np.ndarray) -> bool:
@@ -634,8 +640,10 @@ def _locate_divergence(
     ``steps`` when no loss or gradient was bad: the last update itself overflowed the
     parameters.
     """
-    _, (losses, probes) = engine.run(checked, carry, batch, steps)
-    bad = ~(np.isfinite(engine.to_numpy(losses)) & np.isfinite(engine.to_numpy(probes)))
+    _, stacked = engine.run(checked, carry, batch, steps)
+    outputs = checked.read(stacked)
+    losses, probes = engine.to_numpy(outputs.losses), engine.to_numpy(outputs.probes)
+    bad = ~(np.isfinite(losses) & np.isfinite(probes))
     return int(np.argmax(bad)) if bad.any() else steps
 
 
@@ -682,28 +690,6 @@ def _batch_order(
     return order
 
 
-def _check_state(state: Any, expected: Any, where: str = "resume.state") -> None:
-    """The resumed optimizer state must have the structure this optimizer makes."""
-    if isinstance(expected, dict):
-        if not isinstance(state, dict) or set(state) != set(expected):
-            raise ArgumentError("resume", f"{where} does not match this optimizer's state")
-        for key in expected:
-            _check_state(state[key], expected[key], f"{where}[{key!r}]")
-    elif isinstance(expected, tuple):
-        if type(state) is not type(expected) or len(state) != len(expected):
-            raise ArgumentError(
-                "resume",
-                f"{where} is a {type(state).__name__}, but this optimizer's state is a "
-                f"{type(expected).__name__}: resume with the optimizer the fit ran with",
-            )
-        for index, (item, want) in enumerate(zip(state, expected, strict=True)):
-            _check_state(item, want, f"{where}[{index}]")
-    elif np.shape(state) != np.shape(expected):
-        raise ArgumentError(
-            "resume", f"{where} has shape {np.shape(state)}, expected {np.shape(expected)}"
-        )
-
-
 def _to_numpy_tree(tree: Any, engine: GradientEngine) -> Any:
     """The optimizer state back on the host: NumPy arrays; counts as Python ints."""
 
@@ -716,13 +702,3 @@ def _to_numpy_tree(tree: Any, engine: GradientEngine) -> Any:
         return array
 
     return tree_map(bring, tree)
-
-
-def check_dtypes(engine: GradientEngine, dtype: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """Never report numbers in a precision other than the one asked for."""
-    for what, array in arrays.items():
-        if np.asarray(array).dtype != np.dtype(dtype):
-            raise GradlabError(
-                f"engine {engine.name!r} returned {what} as {np.asarray(array).dtype}, "
-                f"but {dtype} was asked for"
-            )

@@ -12,19 +12,20 @@ from gradlab import _output
 from gradlab._agreement import rho
 from gradlab._checks import check_float, check_positive_int
 from gradlab._errors import ArgumentTypeError
-from gradlab._fit import FitResult, fit, prepare
+from gradlab._boundary import prepare
+from gradlab._fit import FitResult, fit
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._report import (
     Engines,
     default_reference,
-    engine_names,
     outlier,
     pair_tolerances,
     resolve_engines,
     short,
 )
 from gradlab.engines._protocol import GradientEngine
+from gradlab.engines._registry import engine_list
 from gradlab.optimizers import GradientTransformation
 from gradlab.problems._base import AbstractProblem
 
@@ -287,9 +288,9 @@ def compare_fits(
     if loss_tol is not None:
         loss_tol = check_float(loss_tol, "loss_tol")
     _, dtype, checked_data, start = prepare(problem, data, init, "numpy", dtype)
-    engine_list, default = engine_names(engines)
+    wanted, default = engine_list(engines)
     ref = default_reference(reference, problem.has_hand_gradient)
-    built, skipped = resolve_engines(engine_list, default, ref, lambda e: e.value_and_grad(problem))
+    built, skipped = resolve_engines(wanted, default, ref, lambda e: e.value_and_grad(problem))
 
     def run(engine: GradientEngine, trajectory: bool = False) -> FitResult:
         return fit(

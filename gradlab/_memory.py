@@ -5,25 +5,20 @@ object: the resident bytes the fit added at its peak over what the process held 
 and the same for a fit four times longer (a run that kept per-step copies of anything would
 grow with the steps).
 
-Why a fresh process: glibc's allocator keeps memory freed by earlier work and adjusts its
-mmap threshold as it goes, so an in-process figure depends on what ran before. The child
-runs with a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_``), so a large array is mapped
-when allocated and unmapped when freed, and resident memory follows live memory. Linux
-only: the peak is ``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``.
+Why a fresh process: glibc's allocator keeps memory freed by earlier work, so an
+in-process figure depends on what ran before. The child runs with the allocator's default
+settings, as users do: a fixed mmap threshold would unmap every large temporary when freed
+and hide exactly the heap growth a long fit can cause. Linux only: the peak is ``VmHWM``,
+reset by writing 5 to ``/proc/self/clear_refs``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
-import os
 import subprocess
 import sys
 from typing import Any
-
-#: glibc maps allocations above this many bytes, and unmaps them when freed.
-MMAP_THRESHOLD = 128 * 1024
-
 
 def measure(
     problem: str, n: int, dtype: str, engine: str, steps: int, seed: int = 0
@@ -31,10 +26,9 @@ def measure(
     """Run the child; return its figures, or ``None`` where they cannot be measured."""
     if not sys.platform.startswith("linux"):
         return None
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
     command = [sys.executable, "-m", "gradlab._memory", problem, str(n), dtype, engine]
     done = subprocess.run(
-        [*command, str(steps), str(seed)], capture_output=True, text=True, env=env, check=False
+        [*command, str(steps), str(seed)], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         return None
@@ -68,7 +62,7 @@ def _main(arguments: list[str]) -> None:
 
     name, n, dtype, engine_name, steps, seed = arguments
     problem = at_size(problem_named(name), int(n))
-    data = problem.make_data(int(n), seed=int(seed))  # type: ignore[attr-defined]
+    data = problem.make_data(int(n), seed=int(seed))
     start = point(problem, data, int(seed))
     engine = gradlab.get_engine(engine_name)
     optimizer = gradlab.sgd(SGD_STEP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -76,8 +77,8 @@ def optional(module: str, what: str, extra: str | None) -> Any:
 def check_image_path(path: object, argument: str = "path") -> str:
     """Refuse, before any work is done, a path that a figure could not be written to.
 
-    The format comes from the suffix (``.png``, ``.pdf``, ``.svg``); the folder must exist
-    and be writable.
+    The format comes from the suffix (``.png``, ``.pdf``, ``.svg``); the file must be
+    writable (see [`check_writable`][gradlab._output.check_writable]).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(argument, f"must be a file path, got {path!r}")
@@ -85,12 +86,33 @@ def check_image_path(path: object, argument: str = "path") -> str:
     suffix = os.path.splitext(text)[1].lower()
     if suffix not in (".png", ".pdf", ".svg"):
         raise ArgumentError(argument, f"{text!r} must end in .png, .pdf or .svg")
-    folder = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(folder):
-        raise ArgumentError(argument, f"cannot write {text!r}: folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK) or (os.path.exists(text) and not os.access(text, os.W_OK)):
-        raise ArgumentError(argument, f"cannot write {text!r}: permission denied")
+    check_writable(text, argument)
     return text
+
+
+def check_writable(path: str, argument: str) -> None:
+    """Refuse a file path that cannot be written, by opening it for appending.
+
+    Trying is the only test that holds for every user: permission bits do not bind root,
+    and a read-only file system or a special folder (``/proc``) refuses root too. A file
+    that did not exist is removed again; an existing one is left as it was.
+    """
+    if not path:
+        raise ArgumentError(argument, "is empty: give a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ArgumentError(argument, f"cannot write {path!r}: folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise ArgumentError(argument, f"cannot write {path!r}: it is a folder")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise ArgumentError(argument, f"cannot write {path!r}: {error.strerror or error}") from None
+    if not existed:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def save_figure(figure: Any, path: object) -> None:

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from gradlab._checks import check_bool
+
 #: Seconds before a bar appears: runs shorter than this show nothing at all.
 DELAY = 0.5
 
@@ -21,7 +23,7 @@ def progress_bar(
     never a reason to fail.
     """
     bar: Any = None
-    if enabled:
+    if check_bool(enabled, "progress"):
         try:
             from tqdm import tqdm
         except ImportError:

@@ -18,13 +18,14 @@ from gradlab._errors import (
     EngineUnavailable,
     HandGradientMissing,
     NotSupported,
+    UnknownEngine,
 )
-from gradlab._fit import evaluate, on_engine, prepare
+from gradlab._boundary import evaluate, on_engine, prepare
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
-from gradlab._second import hessian_blocks, hessian_matrix, hvp_at, hvp_function
-from gradlab.engines._protocol import GradientEngine
-from gradlab.engines._registry import default_engines, get_engine
+from gradlab._second import hessian_blocks, hessian_matrix, hvp_at
+from gradlab.engines._protocol import GradientEngine, hvp_of, is_approximate
+from gradlab.engines._registry import engine_list, get_engine
 from gradlab.problems._base import AbstractProblem
 
 Derivative = Literal["gradient", "hessian", "hvp"]
@@ -367,8 +368,8 @@ def compare_hessians(
             blocks = hessian_blocks(engine, problem, checked_data, checked_params, dtype)
             return {"hessian": hessian_matrix(blocks, checked_params)}, None
         batch = on_engine(engine, checked_data, dtype)
-        product = hvp_function(engine, problem)
-        return hvp_at(engine, product, batch, checked_params, checked_tangent, dtype), None
+        product = hvp_of(engine, problem)
+        return hvp_at(engine, problem, product, batch, checked_params, checked_tangent, dtype), None
 
     return _report(
         problem,
@@ -391,28 +392,7 @@ def _arguments(
     _, checked_dtype, checked_data, checked_params = prepare(
         problem, data, params, "numpy", dtype, "params"
     )
-    return (*engine_names(engines), checked_dtype, checked_data, checked_params)
-
-
-def engine_names(engines: Engines) -> tuple[list[str | GradientEngine], bool]:
-    """The engines asked for, and whether they are the default (every known engine).
-
-    The default lists uninstalled engines too, so that the report can say they were skipped;
-    it leaves out opt-in engines (``"torch-compile"``), which must be named.
-    """
-    if engines is None:
-        return list(default_engines()), True
-    if isinstance(engines, str):
-        engines = [name.strip() for name in engines.split(",") if name.strip()]
-    if not isinstance(engines, Sequence) or not engines:
-        raise ArgumentTypeError(
-            "engines", f"must be a non-empty list of engine names or engines, got {engines!r}"
-        )
-    names = [item if isinstance(item, str) else getattr(item, "name", None) for item in engines]
-    duplicates = sorted({str(name) for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ArgumentError("engines", f"lists {', '.join(duplicates)} more than once")
-    return list(engines), False
+    return (*engine_list(engines), checked_dtype, checked_data, checked_params)
 
 
 def default_reference(
@@ -449,9 +429,9 @@ def resolve_engines(
         wanted.insert(0, (reference, True))
     built: dict[str, GradientEngine] = {}
     skipped: dict[str, str] = {}
-    for item, required in wanted:
+    for position, (item, required) in enumerate(wanted):
         try:
-            engine = get_engine(item)
+            engine = _built(item, "reference" if reference is not None and position == 0 else "engines")
             can_run(engine)
         except (EngineUnavailable, HandGradientMissing, NotSupported) as error:
             if required:
@@ -460,6 +440,14 @@ def resolve_engines(
             continue
         built[engine.name] = engine
     return built, skipped
+
+
+def _built(item: str | GradientEngine, argument: str) -> GradientEngine:
+    """``get_engine(item)``, an unknown name blamed on ``argument``."""
+    try:
+        return get_engine(item)
+    except UnknownEngine as error:
+        raise UnknownEngine(error.name, error.known, error.suggestion, argument) from None
 
 
 def _report(
@@ -480,7 +468,7 @@ def _report(
     def can_run(engine: GradientEngine) -> object:
         if derivative == "gradient":
             return engine.value_and_grad(problem)
-        return hvp_function(engine, problem)
+        return hvp_of(engine, problem)
 
     built, skipped = resolve_engines(engines, default, reference, can_run)
     values: dict[str, dict[str, np.ndarray]] = {}
@@ -547,7 +535,7 @@ def pair_tolerances(
     A pair with an engine that approximates derivatives (fd, or any engine declaring
     ``approximate = True``) gets the finite-difference tolerance.
     """
-    approximate = [bool(getattr(engine, "approximate", False)) for engine in engines.values()]
+    approximate = [is_approximate(engine) for engine in engines.values()]
     return np.array(
         [
             [

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from gradlab._checks import check_params
-from gradlab._errors import ArgumentError, NotSupported
-from gradlab._fit import check_dtypes, on_engine, prepare
-from gradlab.engines._protocol import HVP, GradientEngine
+from gradlab._boundary import calling, check_hvp, on_engine, prepare
+from gradlab._errors import ArgumentError
+from gradlab.engines._protocol import HVP, GradientEngine, hvp_of
 from gradlab.problems._base import AbstractProblem
 
 #: The largest number of parameter elements [`hessian`][gradlab.hessian] builds a full
@@ -63,9 +63,9 @@ def hvp(
     checked_tangent = check_params(
         tangent, {name: value.shape for name, value in checked_params.items()}, "tangent"
     )
-    product = hvp_function(engine, problem)
+    product = hvp_of(engine, problem)
     batch = on_engine(engine, checked_data, dtype)
-    return hvp_at(engine, product, batch, checked_params, checked_tangent, dtype)
+    return hvp_at(engine, problem, product, batch, checked_params, checked_tangent, dtype)
 
 
 def hessian(
@@ -113,7 +113,7 @@ def hessian_blocks(
             f"has {size} elements; a full Hessian is built for at most {MAX_HESSIAN_SIZE} "
             "(use gradlab.hvp for Hessian-vector products)",
         )
-    product = hvp_function(engine, problem)
+    product = hvp_of(engine, problem)
     batch = on_engine(engine, data, dtype)  # moved once, used by every product
     blocks: dict[str, dict[str, np.ndarray]] = {
         a: {b: np.empty(params[a].shape + params[b].shape, dtype) for b in params} for a in params
@@ -124,7 +124,7 @@ def hessian_blocks(
             # also the row: ∂²L/∂a_i∂b for every b.
             basis = {name: np.zeros_like(other) for name, other in params.items()}
             basis[a][i] = 1.0
-            column = hvp_at(engine, product, batch, params, basis, dtype)
+            column = hvp_at(engine, problem, product, batch, params, basis, dtype)
             for b in params:
                 blocks[a][b][i] = column[b]
     return blocks
@@ -141,16 +141,9 @@ def hessian_matrix(
     )
 
 
-def hvp_function(engine: GradientEngine, problem: AbstractProblem) -> HVP:
-    method = getattr(engine, "hvp", None)
-    if method is None:
-        raise NotSupported(f"engine {engine.name!r} does not compute Hessian-vector products")
-    function: HVP = method(problem)
-    return function
-
-
 def hvp_at(
     engine: GradientEngine,
+    problem: AbstractProblem,
     product: HVP,
     batch: Mapping[str, Any],
     params: Mapping[str, np.ndarray],
@@ -158,8 +151,6 @@ def hvp_at(
     dtype: str,
 ) -> dict[str, np.ndarray]:
     """H·tangent at NumPy ``params``, with the data already on the engine, back in NumPy."""
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), calling(problem, engine):
         out = product(on_engine(engine, params, dtype), on_engine(engine, tangent, dtype), batch)
-        result = {name: np.asarray(engine.to_numpy(out[name])) for name in params}
-    check_dtypes(engine, dtype, result)
-    return result
+    return check_hvp(engine, problem, product, out, params, dtype)

@@ -8,8 +8,8 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from gradlab import optimizers, recipes
+from gradlab._boundary import physical_memory
 from gradlab._errors import ArgumentError, GradlabError
-from gradlab._output import check_image_path, optional, save_figure, to_json
-from gradlab.engines import available_engines
-from gradlab.engines._registry import default_engines
+from gradlab._output import check_image_path, check_writable, optional, save_figure, to_json
+from gradlab.engines._registry import engine_list
 from gradlab.problems import AbstractProblem
 from gradlab.problems._named import NAMED_PROBLEMS, at_size
 
@@ -277,23 +277,19 @@ def _bench(args: argparse.Namespace, show_progress: bool) -> int:
 
 
 def check_output_stem(stem: str) -> None:
-    """Refuse an --out whose folder does not exist or cannot be written, before any work."""
-    folder = os.path.dirname(os.path.abspath(stem))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise ArgumentError("--out", f"cannot write into {folder!r}")
-
-
-def _default_available() -> list[str]:
-    """Installed engines that run by default (opt-in ones, like torch-compile, are named)."""
-    return [name for name in default_engines() if name in available_engines()]
+    """Refuse an --out whose files cannot be written, before any work."""
+    if not stem or os.path.basename(stem) in ("", ".", ".."):
+        raise ArgumentError("--out", f"must name a file stem (STEM.json, STEM.md), got {stem!r}")
+    for suffix in (".json", ".md"):
+        check_writable(f"{stem}{suffix}", "--out")
 
 
 def _demo(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab._demo import format_table, run_demo
 
-    engines = args.engines.split(",") if args.engines else list(_default_available())
+    engines, _ = engine_list(args.engines, "--engines", installed_only=True)
     recipe = _RECIPES[args.recipe]()
-    rows = run_demo(recipe, [name.strip() for name in engines], args.repeats, show_progress)
+    rows = run_demo(recipe, engines, args.repeats, show_progress)
     print(
         f"Seed recipe {recipe.name!r}: {recipe.problem.name}, {recipe.steps} steps, "
         f"{recipe.dtype}, same start on every engine (time per step: fastest of "
@@ -319,11 +315,18 @@ def _demo(args: argparse.Namespace, show_progress: bool) -> int:
 def _problem_and_data(args: argparse.Namespace) -> tuple[AbstractProblem, dict[str, np.ndarray]]:
     """The named problem and its data: --n points (parameters, for rosenbrock and
     log_sum_exp, which take no data) and --features where the problem has features."""
+    memory = physical_memory()
+    needed = 8 * args.n * (args.features + 2) * 4  # x, y and a few working copies, float64
+    if memory is not None and needed > memory:
+        raise ArgumentError(
+            "--n",
+            f"is {args.n}: its data and working copies need about {needed / 2**30:.3g} GiB, "
+            f"more than this machine's {memory / 2**30:.3g} GiB",
+        )
     problem = at_size(_PROBLEMS[args.problem](), args.n)
-    make_data = problem.make_data  # type: ignore[attr-defined]
-    if "d" in inspect.signature(make_data).parameters:
-        return problem, make_data(args.n, d=args.features, seed=args.seed)
-    return problem, make_data(args.n, seed=args.seed)
+    if problem.takes_features:
+        return problem, problem.make_data(args.n, d=args.features, seed=args.seed)  # type: ignore[call-arg]
+    return problem, problem.make_data(args.n, seed=args.seed)
 
 
 def _point(
@@ -389,8 +392,7 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
 
     problem, data = _problem_and_data(args)
     # Zeros, unless the problem knows a better start (an MLP's units must differ).
-    start = getattr(problem, "initial_params", None)
-    default = start(data, seed=args.seed) if start is not None else {}
+    default = problem.initial_params(data, seed=args.seed)
     init = _point(
         problem, data, args.init, "--init", lambda shape, name: default.get(name, np.zeros(shape))
     )
@@ -432,13 +434,7 @@ def _stop(args: argparse.Namespace) -> Any:
     rules = {"loss": args.stop_loss, "grad_norm": args.stop_grad_norm, "patience": args.patience}
     if all(value is None for value in rules.values()):
         return None
-    try:
-        return Stop(**rules)
-    except ArgumentError as error:
-        option = {"loss": "--stop-loss", "grad_norm": "--stop-grad-norm"}.get(
-            str(error.argument), f"--{error.argument}"
-        )
-        raise ArgumentError(option, str(error).split(": ", 1)[-1]) from None
+    return Stop(**rules)  # a bad value names its flag through main's table
 
 
 def _describe_fit(result: Any, args: argparse.Namespace) -> str:
@@ -467,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Refuse what would fail at the end before any work is done.
-        if args.plot:
+        if args.plot is not None:
             check_image_path(args.plot, "--plot")
             optional("matplotlib", "--plot", "plot")
         for option in ("n", "features", "steps", "repeats", "fit_steps"):
@@ -480,5 +476,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = {"demo": _demo, "compare": _compare, "fit": _fit, "bench": _bench}[args.command]
         return command(args, show_progress)
     except GradlabError as error:
-        print(f"gradlab {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args.command, _as_flag(error, parser, args.command))
+    except MemoryError:
+        size = "--sizes" if args.command == "bench" else "--n"
+        return _fail(args.command, f"out of memory: {size} asks for more than this machine has")
+    except KeyboardInterrupt:
+        print(f"gradlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"gradlab {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _as_flag(error: GradlabError, parser: argparse.ArgumentParser, command: str) -> str:
+    """The error's message, naming the command-line flag where the library named an argument.
+
+    The library names its arguments (``lr``, ``init['w']``, ``batch_size``); on the command
+    line the user wrote flags (``--lr``, ``--init``, ``--batch-size``). One table for all.
+    """
+    message = str(error)
+    argument = getattr(error, "argument", None)
+    if not isinstance(argument, str) or argument.startswith("-"):
+        return message
+    base = re.split(r"[\[.]", argument, maxsplit=1)[0]
+    flag = _FLAGS.get(base, f"--{base.replace('_', '-')}")
+    if flag not in _option_strings(parser, command):
+        return message
+    if message.startswith(f"{argument}: "):
+        return f"{flag}: {message[len(argument) + 2 :]}"
+    return f"{flag}: {message}"
+
+
+#: Library argument names whose flag is not simply ``--name``.
+_FLAGS = {
+    "loss": "--stop-loss",
+    "grad_norm": "--stop-grad-norm",
+    "resume": "--init",
+    "reference": "--reference",
+    "dtypes": "--dtypes",
+}
+
+
+def _option_strings(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {
+                option
+                for sub_action in action.choices[command]._actions
+                for option in sub_action.option_strings
+            }
+    return set()

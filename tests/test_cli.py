@@ -155,13 +155,29 @@ def test_compare_exits_1_when_an_engine_disagrees() -> None:
         (["fit", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
         (["fit", "--stop-loss=-1"], "--stop-loss"),
         (["fit", "--patience", "0"], "--patience"),
-        (["fit", "--batch-size", "1000"], "batch_size"),
-        (["fit", "--lr=-1"], "lr: must be a positive"),
+        (["fit", "--batch-size", "1000"], "--batch-size: is 1000"),
+        (["fit", "--lr=-1"], "--lr: must be a positive"),
         (["fit", "--steps", "0"], "--steps"),
         (["fit", "--init", "w=1,2"], "w got 2 value(s)"),
         (["fit", "--json", "--plot", "/no/such/folder/fit.png"], "does not exist"),
         (["fit", "--plot", "fit.jpg"], ".png, .pdf or .svg"),
         (["demo", "--plot", "/no/such/folder/demo.png"], "does not exist"),
+        # Every failure names the flag the user wrote, not the library's argument.
+        (["fit", "--seed=-1"], "--seed: must be a non-negative integer"),
+        (["fit", "--engine", "nmupy"], "--engine: unknown engine 'nmupy'"),
+        (["compare", "--reference", "bogus", "--engines", "numpy"], "--reference: unknown"),
+        (["compare", "--engines", "numpy,", "--n", "5"], "--engines: has an empty name"),
+        (["fit", "--n", "10000000000"], "--n: is 10000000000"),
+        # Empty strings are refused alike everywhere.
+        (["fit", "--plot", ""], "--plot:"),
+        (["bench", "--out", ""], "--out: must name a file stem"),
+        (["demo", "--engines", ""], "--engines: is empty"),
+        (["compare", "--engines", ""], "--engines: is empty"),
+        (["bench", "--engines", "", "--sizes", "10"], "--engines: is empty"),
+        # Paths are tried, not guessed from permission bits (which do not bind root).
+        (["fit", "--plot", "/proc/fit.png"], "--plot: cannot write"),
+        (["bench", "--out", "/proc/results", "--sizes", "10"], "--out: cannot write"),
+        (["fit", "--plot", "/"], "--plot:"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message_and_no_traceback(args: list[str], message: str) -> None:

@@ -98,7 +98,11 @@ def test_torch_engine_is_functional() -> None:
 
 def test_torch_gives_zeros_for_a_parameter_the_loss_ignores() -> None:
     require_engine("torch")
-    problem = gradlab.Problem(lambda p, d, xp: xp.sum(p["a"] * d["x"]), name="ignores-b")
+    # Declared: b is the problem's parameter even though this loss ignores it (an undeclared
+    # parameter the loss never reads is refused instead; see test_boundary.py).
+    problem = gradlab.Problem(
+        lambda p, d, xp: xp.sum(p["a"] * d["x"]), name="ignores-b", params={"a": (), "b": ()}
+    )
     _, grads = gradlab.value_and_grad(
         problem, {"x": [1.0, 2.0]}, {"a": 1.0, "b": 5.0}, engine="torch"
     )

@@ -36,6 +36,7 @@ PUBLIC = {
     "NotSupported",
     "PolynomialRegression",
     "Problem",
+    "ProblemError",
     "Quadratic",
     "Rosenbrock",
     "SoftmaxRegression",
@@ -126,7 +127,7 @@ def test_errors_are_named_by_their_public_path() -> None:
         for value in vars(gradlab).values()
         if isinstance(value, type) and issubclass(value, gradlab.GradlabError)
     ]
-    assert len(errors) == 9
+    assert len(errors) == 10
     for error in errors:
         assert error.__module__ == "gradlab"
         assert getattr(gradlab, error.__name__) is error

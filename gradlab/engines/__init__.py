@@ -14,6 +14,7 @@ from gradlab.engines._registry import get_engine as get_engine
 from gradlab.engines._registry import known_engines as known_engines
 from gradlab.engines._registry import register_engine as register_engine
 from gradlab.engines._registry import unregister_engine as unregister_engine
+from gradlab.engines._torch import TorchCompileEngine as TorchCompileEngine
 from gradlab.engines._torch import TorchEngine as TorchEngine
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "GradientEngine",
     "JaxEngine",
     "NumpyEngine",
+    "TorchCompileEngine",
     "TorchEngine",
     "available_engines",
     "get_engine",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 
+from gradlab._boundary import checked_loss
 from gradlab._checks import check_positive_int
-from gradlab._errors import ArgumentError
+from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab.engines._cache import Compiled, fingerprint, key
 from gradlab.engines._protocol import (
     HVP,
     AbstractEngine,
@@ -35,8 +37,11 @@ class JaxEngine(AbstractEngine):
     really computes in float64, a float32 request computes as default JAX does, and the
     global flag reads the same before and after.
 
-    Compiled functions are cached per problem and per loop body, so a second fit with the
-    same problem and optimizer does not compile again.
+    Compiled functions are cached per problem and per loop body, keyed on everything the
+    loss (and the optimizer) can read (see ``gradlab.engines._cache``): a second fit with an
+    unchanged problem and the same optimizer does not compile again, and a problem whose
+    attributes, closure variables or globals changed is traced again, never answered from
+    the old program.
 
     Args:
         device: A JAX platform (``"cpu"``, ``"gpu"``, ``"cuda"``, ``"tpu"``) or ``None`` for
@@ -54,10 +59,15 @@ class JaxEngine(AbstractEngine):
         self._jax = importlib.import_module("jax")
         self.xp = importlib.import_module("jax.numpy")
         self.unroll = check_positive_int(unroll, "unroll")
+        if device is not None and not isinstance(device, str):
+            raise ArgumentTypeError(
+                "device", f"must be a JAX platform name such as 'cpu', or None, got {device!r}"
+            )
         try:
             self.device = None if device is None else self._jax.devices(device)[0]
-        except RuntimeError as error:
-            raise ArgumentError("device", f"jax cannot use device {device!r}: {error}") from None
+        except (RuntimeError, ValueError) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ArgumentError("device", f"jax cannot use device {device!r}: {message}") from None
 
     def _precision(self, dtype: Any) -> Any:
         """The scoped 64-bit mode matching ``dtype``."""
@@ -80,11 +90,11 @@ class JaxEngine(AbstractEngine):
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
         """``jit(value_and_grad(loss))``, run in the 64-bit mode of its inputs."""
-        return _scoped_value_and_grad(problem)
+        return _COMPILED.get(("value_and_grad", key(problem)), lambda: _value_and_grad(problem))
 
     def objective(self, problem: AbstractProblem) -> Objective:
         """``jit(loss)``, in the 64-bit mode of its inputs."""
-        return _scoped_objective(problem)
+        return _COMPILED.get(("objective", key(problem)), lambda: _objective(problem))
 
     def block(self, tree: Any) -> Any:
         """``jax.block_until_ready``: jax dispatches asynchronously."""
@@ -92,14 +102,17 @@ class JaxEngine(AbstractEngine):
 
     def hvp(self, problem: AbstractProblem) -> HVP:
         """Forward-over-reverse, ``jit(jvp(grad(loss)))``, in the 64-bit mode of its inputs."""
-        return _scoped_hvp(problem)
+        return _COMPILED.get(("hvp", key(problem)), lambda: _hvp(problem))
 
     def run(
         self, step: Step, carry: Carry, data: Data, steps: int
     ) -> tuple[Carry, tuple[Array, ...]]:
         """The loop body, ``steps`` times, as one compiled ``lax.scan``."""
         with self._precision(_first_float_dtype(carry)):
-            loop = _compiled_scan(step, steps, min(self.unroll, steps))
+            # The body compares equal across fits with the same (unchanged) problem and the
+            # same optimizer; the optimizer's fingerprint catches one whose closure changed.
+            optimizer = fingerprint(getattr(step, "optimizer", None))
+            loop = _compiled_scan(step, optimizer, steps, min(self.unroll, steps))
             result: tuple[Carry, tuple[Array, ...]] = loop(carry, data)
         return result
 
@@ -124,13 +137,17 @@ def _first_float_dtype(tree: Any) -> Any:
     return np.float32
 
 
-@functools.lru_cache(maxsize=256)
-def _scoped_value_and_grad(problem: AbstractProblem) -> ValueAndGrad:
-    # Cached per problem so that the loop body built around it hashes the same from one fit
-    # to the next, and jit's cache of the compiled loop is hit.
+# Compiled functions by what they compute and the problem's cache key: the same function
+# object for an unchanged problem, so the loop body built around it compares equal from one
+# fit to the next and jit's cache of the compiled loop is hit.
+_COMPILED: Compiled[Any] = Compiled()
+
+
+def _value_and_grad(problem: AbstractProblem) -> ValueAndGrad:
     jax = importlib.import_module("jax")
     jnp = importlib.import_module("jax.numpy")
-    compiled = jax.jit(jax.value_and_grad(lambda params, data: problem.loss(params, data, jnp)))
+    loss = checked_loss(problem)
+    compiled = jax.jit(jax.value_and_grad(lambda params, data: loss(params, data, jnp)))
 
     def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
         with jax.enable_x64(_first_float_dtype(params) == np.float64):
@@ -140,11 +157,11 @@ def _scoped_value_and_grad(problem: AbstractProblem) -> ValueAndGrad:
     return value_and_grad
 
 
-@functools.lru_cache(maxsize=256)
-def _scoped_objective(problem: AbstractProblem) -> Objective:
+def _objective(problem: AbstractProblem) -> Objective:
     jax = importlib.import_module("jax")
     jnp = importlib.import_module("jax.numpy")
-    compiled = jax.jit(lambda params, data: problem.loss(params, data, jnp))
+    loss = checked_loss(problem)
+    compiled = jax.jit(lambda params, data: loss(params, data, jnp))
 
     def objective(params: Params, data: Data) -> Array:
         with jax.enable_x64(_first_float_dtype(params) == np.float64):
@@ -153,11 +170,11 @@ def _scoped_objective(problem: AbstractProblem) -> Objective:
     return objective
 
 
-@functools.lru_cache(maxsize=256)
-def _scoped_hvp(problem: AbstractProblem) -> HVP:
+def _hvp(problem: AbstractProblem) -> HVP:
     jax = importlib.import_module("jax")
     jnp = importlib.import_module("jax.numpy")
-    gradient = jax.grad(lambda params, data: problem.loss(params, data, jnp))
+    loss = checked_loss(problem)
+    gradient = jax.grad(lambda params, data: loss(params, data, jnp))
 
     def product(params: Params, tangent: Params, data: Data) -> Any:
         return jax.jvp(lambda p: gradient(p, data), (params,), (tangent,))[1]
@@ -183,8 +200,10 @@ def _identity() -> Callable[[Array], Array]:
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled_scan(step: Step, steps: int, unroll: int) -> Callable[[Carry, Data], Any]:
-    """The loop, compiled once per loop body, step count and unroll.
+def _compiled_scan(
+    step: Step, optimizer: Hashable, steps: int, unroll: int
+) -> Callable[[Carry, Data], Any]:
+    """The loop, compiled once per loop body (and optimizer fingerprint), step count and unroll.
 
     Cached on the body, a hashable object that compares equal across fits with the same
     problem and optimizer, so a second fit reuses the compiled loop; the jitted function

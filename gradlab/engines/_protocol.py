@@ -58,6 +58,12 @@ class GradientEngine(Protocol):
             Hessian-vector product of the loss, with the keys, shapes and dtype of
             ``params``. ``tangent`` has the same structure as ``params``.
 
+    Optional attribute, for the comparisons:
+
+        approximate: ``True`` when its derivatives are approximations (finite differences);
+            pairs with it are then judged with gradlab's finite-difference tolerances.
+            Default ``False``.
+
     Optional members, for [`benchmark`][gradlab.benchmark] (which falls back to these defaults
     when an engine lacks them):
 
@@ -69,8 +75,12 @@ class GradientEngine(Protocol):
             it, or a clock read after a call measures only the dispatch. Default: nothing
             to wait for.
 
+    The optional members are looked up in one place (``hvp_of``, ``objective_of``,
+    ``block_of`` and ``is_approximate`` in this module), never probed elsewhere.
+
     The easiest way to write an engine is to subclass [`AbstractEngine`][gradlab.AbstractEngine],
-    which supplies ``run``, ``to_numpy`` and ``describe``; see ``docs/engines.md``.
+    which supplies ``run``, ``to_numpy``, ``describe`` and every optional member; see
+    ``docs/writing-an-engine.md``.
     """
 
     @property
@@ -119,6 +129,9 @@ class AbstractEngine(abc.ABC):
 
     name: str
     xp: Any
+    #: Whether its derivatives are approximations (finite differences): comparisons then
+    #: judge it with gradlab's finite-difference tolerances.
+    approximate: bool = False
 
     @abc.abstractmethod
     def asarray(self, array: np.ndarray, dtype: str) -> Array:
@@ -152,12 +165,31 @@ class AbstractEngine(abc.ABC):
     def run(
         self, step: Step, carry: Carry, data: Data, steps: int
     ) -> tuple[Carry, tuple[Array, ...]]:
-        """Run ``step`` in a Python loop; stack each output once, after the loop."""
-        outputs = []
-        for _ in range(steps):
+        """Run ``step`` in a Python loop, writing each output into a buffer made once.
+
+        Why buffers: keeping one small array per step alive until the end (a list to stack)
+        pins the allocator's heap between each step's large temporaries, and a long fit's
+        resident memory then grows with its steps. One buffer per output, allocated before
+        the loop, keeps memory flat; nothing waits for the device either.
+        """
+        if steps == 0:
+            return carry, ()
+        carry, first = step(carry, data)
+        buffers = [self._buffer(value, steps) for value in first]
+        for buffer, value in zip(buffers, first, strict=True):
+            buffer[0] = value
+        for i in range(1, steps):
             carry, out = step(carry, data)
-            outputs.append(out)
-        return carry, tuple(self.xp.stack(column) for column in zip(*outputs, strict=True))
+            for buffer, value in zip(buffers, out, strict=True):
+                buffer[i] = value
+        return carry, tuple(buffers)
+
+    def _buffer(self, value: Array, steps: int) -> Array:
+        """An uninitialised array for ``steps`` values like ``value``, where ``value`` lives."""
+        # A Python number (a hand gradient's float loss) is a float64 scalar, as in NumPy.
+        shape = tuple(getattr(value, "shape", ()))
+        dtype, device = getattr(value, "dtype", None), getattr(value, "device", None)
+        return self.xp.empty((steps, *shape), dtype=dtype, device=device)
 
     def describe(self) -> dict[str, Any]:
         """Nothing beyond what gradlab records itself."""
@@ -165,3 +197,48 @@ class AbstractEngine(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<gradlab engine {self.name!r}>"
+
+
+# The protocol's optional members, looked up here and nowhere else: an engine that is not an
+# AbstractEngine may lack them, and each has a stated fallback.
+
+
+def hvp_of(engine: GradientEngine, problem: AbstractProblem) -> HVP:
+    """The engine's Hessian-vector product for ``problem``, or ``NotSupported``."""
+    method = getattr(engine, "hvp", None)
+    if method is None:
+        raise NotSupported(f"engine {engine.name!r} does not compute Hessian-vector products")
+    function: HVP = method(problem)
+    return function
+
+
+def objective_of(engine: GradientEngine, problem: AbstractProblem) -> Objective:
+    """The engine's loss alone for ``problem``; by default the loss on ``engine.xp``."""
+    method = getattr(engine, "objective", None)
+    if method is not None:
+        function: Objective = method(problem)
+        return function
+    xp = engine.xp
+
+    def objective(params: Params, data: Data) -> Array:
+        return problem.loss(params, data, xp)
+
+    return objective
+
+
+def block_of(engine: GradientEngine) -> Callable[[Any], Any]:
+    """The engine's ``block``; by default, bring one result to the host, which waits for it."""
+    method = getattr(engine, "block", None)
+    if method is not None:
+        return method  # type: ignore[no-any-return]
+
+    def to_host(tree: Any) -> Any:
+        engine.to_numpy(tree[0] if isinstance(tree, tuple) else tree)
+        return tree
+
+    return to_host
+
+
+def is_approximate(engine: GradientEngine) -> bool:
+    """Whether the engine declares its derivatives approximate (``approximate = True``)."""
+    return bool(getattr(engine, "approximate", False))

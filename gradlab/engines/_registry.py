@@ -11,7 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gradlab._errors import ArgumentError, ArgumentTypeError, EngineUnavailable, UnknownEngine
+from gradlab._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    EngineUnavailable,
+    GradlabError,
+    UnknownEngine,
+)
 from gradlab.engines._protocol import AbstractEngine, GradientEngine
 
 ENTRY_POINT_GROUP = "gradlab.engines"
@@ -29,10 +35,10 @@ class _Entry:
     opt_in: bool = False
 
 
-def _builtin(module: str, name: str, **options: Any) -> Callable[[], EngineFactory]:
+def _builtin(module: str, name: str) -> Callable[[], EngineFactory]:
     def load() -> EngineFactory:
-        factory = getattr(importlib.import_module(module), name)
-        return functools.partial(factory, **options) if options else factory
+        factory: EngineFactory = getattr(importlib.import_module(module), name)
+        return factory
 
     return load
 
@@ -48,7 +54,7 @@ _REGISTRY: dict[str, _Entry] = {
     ),
     "jax": _Entry(_builtin("gradlab.engines._jax", "JaxEngine"), ("jax",), "jax", "builtin"),
     "torch-compile": _Entry(
-        _builtin("gradlab.engines._torch", "TorchEngine", compile=True),
+        _builtin("gradlab.engines._torch", "TorchCompileEngine"),
         ("torch", "array_api_compat"),
         "torch",
         "builtin",
@@ -153,6 +159,10 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
         ...
         gradlab.UnknownEngine: engine: unknown engine 'nmupy'; did you mean 'numpy'? ...
     """
+    if isinstance(name, type):
+        raise ArgumentTypeError(
+            "engine", f"is the class {name.__name__}; pass an engine object, {name.__name__}()"
+        )
     if not isinstance(name, str):
         # An AbstractEngine conforms by construction; checking a runtime protocol costs
         # tens of microseconds, which a short compiled fit would notice.
@@ -178,6 +188,8 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
         raise EngineUnavailable(name, str(error.name or error), entry.extra) from error
     try:
         engine = factory(**options)
+    except GradlabError:
+        raise  # the engine checked its options and named the bad one
     except TypeError as error:
         raise ArgumentError("options", f"engine {name!r} rejected its options: {error}") from None
     if not (isinstance(engine, (AbstractEngine, GradientEngine))):
@@ -193,6 +205,62 @@ def default_engines() -> tuple[str, ...]:
     ``"torch-compile"`` is opt-in: it is torch again, and compiling costs seconds per shape.
     """
     return tuple(name for name in known_engines() if not _REGISTRY[name].opt_in)
+
+
+def engine_list(
+    engines: object, argument: str = "engines", *, installed_only: bool = False
+) -> tuple[list[str | GradientEngine], bool]:
+    """The engines a caller asked for, checked, and whether they are the default set.
+
+    The one place where an engine list is read, for the comparisons, the benchmark and the
+    command line alike.
+
+    Args:
+        engines: ``None`` (the default set), a comma-separated string of names, or a
+            sequence of names and engine objects.
+        argument: The argument's name, for errors.
+        installed_only: For the default set, only the engines installed here (else every
+            known one, so that a report can say which were skipped).
+
+    Returns:
+        ``(engines, default)``. The default set leaves out opt-in engines
+        (``"torch-compile"``), which must be named.
+    """
+    if engines is None:
+        names = default_engines()
+        if installed_only:
+            installed = available_engines()
+            names = tuple(name for name in names if name in installed)
+        return list(names), True
+    if isinstance(engines, str):
+        items: list[Any] = [name.strip() for name in engines.split(",")]
+        if not engines.strip():
+            raise ArgumentError(argument, "is empty: name at least one engine")
+        if not all(items):
+            raise ArgumentError(argument, f"has an empty name in {engines!r}")
+    elif isinstance(engines, (list, tuple)):
+        items = list(engines)
+    else:
+        raise ArgumentTypeError(
+            argument,
+            f"must be a list of engine names or engines, or a comma-separated string, "
+            f"got {type(engines).__name__}",
+        )
+    if not items:
+        raise ArgumentError(argument, "is empty: name at least one engine")
+    for item in items:
+        is_engine = isinstance(item, (AbstractEngine, GradientEngine)) and not isinstance(
+            item, type
+        )
+        if not (isinstance(item, str) and item) and not is_engine:
+            raise ArgumentTypeError(
+                argument, f"holds {item!r}, which is neither an engine name nor an engine object"
+            )
+    names = [item if isinstance(item, str) else item.name for item in items]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ArgumentError(argument, f"lists {', '.join(duplicates)} more than once")
+    return items, False
 
 
 def _missing(entry: _Entry) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import types
 import warnings
@@ -10,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._checks import check_bool
-from gradlab._errors import ArgumentError
+from gradlab._boundary import checked_loss
+from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._tree import leaves as tree_leaves
 from gradlab._tree import tree_map
+from gradlab.engines._cache import Compiled, fingerprint, key
 from gradlab.engines._protocol import (
     HVP,
     AbstractEngine,
@@ -29,10 +31,9 @@ from gradlab.problems._base import AbstractProblem
 
 # Compiled functions live as long as the process, like jit's caches, so that a new engine
 # object (``get_engine`` builds one per call) finds what an earlier one compiled. Keys: the
-# device, what is compiled (objective, gradient, loop body) and for which problem or body;
-# _COMPILED adds the shapes and dtypes of the arguments.
-_CALLS: dict[tuple[Any, ...], Callable[..., Any]] = {}
-_COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
+# device, what is compiled (objective, gradient, loop body) and for which problem (its
+# cache key) or body; each entry compiles once per shape and dtype of its arguments.
+_COMPILED: Compiled[Callable[..., Any]] = Compiled()
 
 
 class TorchEngine(AbstractEngine):
@@ -40,43 +41,40 @@ class TorchEngine(AbstractEngine):
 
     Functional: each call makes fresh leaf tensors, asks ``torch.autograd.grad`` for the
     gradient and returns it, so no ``.grad`` attribute is ever set and the caller's tensors
-    never require grad. Gradient recording is switched on with ``torch.enable_grad()`` for
-    the duration of the call only, so a caller inside ``torch.no_grad()`` gets gradients and
-    finds grad mode as it left it. gradlab never changes torch's default dtype or thread count.
+    never require grad. Gradient recording is switched on (``torch.enable_grad()``, and
+    ``torch.inference_mode(False)``) for the duration of each call only, so a caller inside
+    ``torch.no_grad()`` or ``torch.inference_mode()`` gets gradients and finds the mode as
+    it left it. gradlab never changes torch's default dtype or thread count.
 
     Problems see torch through ``array_api_compat.torch``, the array-API namespace, so a loss
     written with ``xp.sum(..., axis=0)`` runs unchanged.
 
-    **Compiled** (``compile=True``, registered as ``"torch-compile"``): the gradient is
-    ``torch.func.grad_and_value`` of the loss under ``torch.compile`` (inductor, static
-    shapes), and ``run`` compiles the whole loop body (gradient and optimizer update) into
-    one kernel per step. Each new combination of shapes and dtypes compiles once (seconds);
-    later calls reuse it. The Python loop over steps stays, with no host sync inside it.
-
     Args:
-        device: Where tensors live (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
-        compile: Compile the loss, the gradient and the loop body with ``torch.compile``.
+        device: Where tensors live (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``): a device
+            this torch build can compute on, checked when the engine is made.
     """
 
     name = "torch"
 
-    def __init__(self, *, device: str = "cpu", compile: bool = False) -> None:
+    def __init__(self, *, device: str = "cpu") -> None:
         self._torch = importlib.import_module("torch")
         self.xp = importlib.import_module("array_api_compat.torch")
-        self.compile = check_bool(compile, "compile")
-        if self.compile:
-            self.name = "torch-compile"
-        try:
-            self.device = self._torch.device(device)
-            self._torch.empty(0, device=self.device)
-        except (RuntimeError, TypeError) as error:
-            raise ArgumentError("device", f"torch cannot use device {device!r}: {error}") from None
+        self.device = _checked_device(self._torch, device)
+
+    def _recording(self) -> contextlib.ExitStack:
+        """Gradient recording on, whatever grad or inference mode the caller is in."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._torch.inference_mode(False))
+        stack.enter_context(self._torch.enable_grad())
+        return stack
 
     def asarray(self, array: np.ndarray, dtype: str) -> Array:
         """A new tensor (a copy, never a view of the caller's array) on the device."""
-        return self._torch.tensor(
-            np.asarray(array), dtype=getattr(self._torch, dtype), device=self.device
-        )
+        # Made outside inference mode: an inference tensor cannot take part in autograd.
+        with self._torch.inference_mode(False):
+            return self._torch.tensor(
+                np.asarray(array), dtype=getattr(self._torch, dtype), device=self.device
+            )
 
     def to_numpy(self, array: Array) -> np.ndarray:
         """Detach, move to the host, convert."""
@@ -94,36 +92,24 @@ class TorchEngine(AbstractEngine):
         return tree
 
     def objective(self, problem: AbstractProblem) -> Objective:
-        """The loss alone, without recording a graph (compiled when ``compile=True``)."""
-        torch, xp = self._torch, self.xp
+        """The loss alone, without recording a graph."""
+        torch, xp, loss = self._torch, self.xp, checked_loss(problem)
 
         def objective(params: Params, data: Data) -> Array:
             with torch.no_grad():
-                return problem.loss(params, data, xp)
+                return loss(params, data, xp)
 
-        return self._compiling(("objective", problem), objective) if self.compile else objective
+        return objective
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
-        """``torch.autograd.grad`` of the loss with respect to fresh leaves.
-
-        With ``compile=True``: ``torch.func.grad_and_value`` of the loss, compiled.
-        """
-        torch, xp = self._torch, self.xp
-        if self.compile:
-            gradient = importlib.import_module("torch.func").grad_and_value(
-                lambda params, data: problem.loss(params, data, xp)
-            )
-
-            def functional(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
-                grads, loss = gradient(dict(params), data)
-                return loss, dict(grads)
-
-            return self._compiling(("value_and_grad", problem), functional)
+        """``torch.autograd.grad`` of the loss with respect to fresh leaves."""
+        torch, xp, loss_of = self._torch, self.xp, checked_loss(problem)
+        recording = self._recording
 
         def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
-            leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
-            with torch.enable_grad():
-                loss = problem.loss(leaves, data, xp)
+            with recording():
+                leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
+                loss = loss_of(leaves, data, xp)
                 # materialize_grads: a parameter the loss ignores gets zeros, not None.
                 grads = torch.autograd.grad(
                     loss, tuple(leaves.values()), allow_unused=True, materialize_grads=True
@@ -134,13 +120,14 @@ class TorchEngine(AbstractEngine):
 
     def hvp(self, problem: AbstractProblem) -> HVP:
         """Forward-over-reverse: ``torch.func.jvp`` of ``torch.func.grad`` of the loss."""
-        func, xp = importlib.import_module("torch.func"), self.xp
+        func, xp, loss = importlib.import_module("torch.func"), self.xp, checked_loss(problem)
+        recording = self._recording
 
         def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
             def gradient(point: Params) -> Any:
-                return func.grad(lambda p: problem.loss(p, data, xp))(point)
+                return func.grad(lambda p: loss(p, data, xp))(point)
 
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), recording():
                 # torch's first forward-mode call loads its JVP decompositions through
                 # torch.jit.script, which torch 2.13 itself deprecates: torch's warning about
                 # torch's internals, nothing a gradlab user can act on.
@@ -149,7 +136,6 @@ class TorchEngine(AbstractEngine):
                     message=r"`torch\.jit\.script` is deprecated",
                     category=DeprecationWarning,
                 )
-                # torch.func transforms trace their own graph, whatever the caller's grad mode.
                 _, product = func.jvp(gradient, (dict(params),), (dict(tangent),))
             return dict(product)
 
@@ -158,16 +144,67 @@ class TorchEngine(AbstractEngine):
     def run(
         self, step: Step, carry: Carry, data: Data, steps: int
     ) -> tuple[Carry, tuple[Array, ...]]:
-        """The default Python loop; with ``compile=True``, over the compiled loop body.
+        """The default Python loop, with gradient recording on for its duration."""
+        with self._recording():
+            return super().run(step, carry, data, steps)
 
-        Compiled, Python numbers in the carry (Adam's step count) become 0-d tensors of the
+    def describe(self) -> dict[str, Any]:
+        """torch's version, device, intra-op thread count and whether it compiles."""
+        return {
+            "framework": "torch",
+            "torch": self._torch.__version__,
+            "device": str(self.device),
+            "threads": self._torch.get_num_threads(),
+            "torch_compile": False,
+        }
+
+
+class TorchCompileEngine(TorchEngine):
+    """The torch engine with the loss, the gradient and the loop body under ``torch.compile``.
+
+    The gradient is ``torch.func.grad_and_value`` of the loss under ``torch.compile``
+    (inductor, static shapes), and ``run`` compiles the whole loop body (gradient and
+    optimizer update) into one kernel per step. Each new combination of shapes and dtypes
+    compiles once (seconds); later calls reuse it. Compiled code is keyed on the problem
+    and everything its loss reads (see ``gradlab.engines._cache``), so a changed loss is
+    compiled again, never answered from the old program. The Python loop over steps stays,
+    with no host sync inside it. Registered as ``"torch-compile"``; opt-in in comparisons.
+
+    Args:
+        device: As for [`TorchEngine`][gradlab.engines.TorchEngine].
+    """
+
+    name = "torch-compile"
+
+    def objective(self, problem: AbstractProblem) -> Objective:
+        """The loss alone, compiled."""
+        return self._compiling(("objective", key(problem)), super().objective(problem))
+
+    def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
+        """``torch.func.grad_and_value`` of the loss, compiled."""
+        xp, loss = self.xp, checked_loss(problem)
+        gradient = importlib.import_module("torch.func").grad_and_value(
+            lambda params, data: loss(params, data, xp)
+        )
+
+        def functional(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+            grads, value = gradient(dict(params), data)
+            return value, dict(grads)
+
+        return self._compiling(("value_and_grad", key(problem)), functional)
+
+    def run(
+        self, step: Step, carry: Carry, data: Data, steps: int
+    ) -> tuple[Carry, tuple[Array, ...]]:
+        """The Python loop over the compiled loop body.
+
+        Python numbers in the carry (Adam's step count) become 0-d tensors of the
         parameters' dtype first: compiled code is specialised on the value of a Python
         number, so a count that changes every step would compile every step.
         """
-        if self.compile:
-            step = self._compiling(("step", step), step)
-            carry = self._numbers_as_tensors(carry, _float_dtype(carry, self._torch))
-        return super().run(step, carry, data, steps)
+        compiled = self._compiling(("step", step, fingerprint(step.optimizer)), step)  # type: ignore[attr-defined]
+        carry = self._numbers_as_tensors(carry, _float_dtype(carry, self._torch))
+        return super().run(compiled, carry, data, steps)
 
     def _numbers_as_tensors(self, tree: Any, dtype: Any) -> Any:
         def tensor(leaf: Any) -> Any:
@@ -177,54 +214,67 @@ class TorchEngine(AbstractEngine):
 
         return tree_map(tensor, tree)
 
-    def _compiling(self, key: tuple[Any, ...], function: Callable[..., Any]) -> Callable[..., Any]:
+    def _compiling(self, what: tuple[Any, ...], function: Callable[..., Any]) -> Callable[..., Any]:
         """``function``, compiled once per combination of argument shapes and dtypes.
 
         Inside a region that is already being compiled (a loop body calling the gradient),
         the plain function is traced instead, so that dynamo inlines it into one graph.
         """
         torch = self._torch
-        key = (str(self.device), *key)
-        if key in _CALLS:
-            # The same function object for the same problem (or loop body): a loop body
-            # built around it then hashes the same, and its compilations are found again.
-            return _CALLS[key]
+        where = (str(self.device), *what)
 
-        def call(*args: Any) -> Any:
-            if torch.compiler.is_compiling():
-                return function(*args)
-            signature = key + tuple(
-                (tuple(leaf.shape), leaf.dtype) if isinstance(leaf, torch.Tensor) else leaf
-                for leaf in tree_leaves(args)
-            )
-            compiled = _COMPILED.get(signature)
-            if compiled is not None:
-                return compiled(*args)
-            with warnings.catch_warnings():
-                # torch.compile imports parts of torch that use torch.jit.script_method, which
-                # torch 2.13 itself deprecates: torch's warning about torch, nothing to act on.
-                warnings.filterwarnings(
-                    "ignore",
-                    message=r"`torch\.jit\.script(_method)?` is deprecated",
-                    category=DeprecationWarning,
+        def make() -> Callable[..., Any]:
+            compiled_by_signature: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+            def call(*args: Any) -> Any:
+                if torch.compiler.is_compiling():
+                    return function(*args)
+                signature = tuple(
+                    (tuple(leaf.shape), leaf.dtype) if isinstance(leaf, torch.Tensor) else leaf
+                    for leaf in tree_leaves(args)
                 )
-                compiled = torch.compile(_own_code(function), dynamic=False)
-                result = compiled(*args)  # the first call compiles
-            _COMPILED[signature] = compiled
-            return result
+                compiled = compiled_by_signature.get(signature)
+                if compiled is not None:
+                    return compiled(*args)
+                with warnings.catch_warnings():
+                    # torch.compile imports parts of torch that use torch.jit.script_method,
+                    # which torch 2.13 itself deprecates: torch's warning about torch.
+                    warnings.filterwarnings(
+                        "ignore",
+                        message=r"`torch\.jit\.script(_method)?` is deprecated",
+                        category=DeprecationWarning,
+                    )
+                    compiled = torch.compile(_own_code(function), dynamic=False)
+                    result = compiled(*args)  # the first call compiles
+                compiled_by_signature[signature] = compiled
+                return result
 
-        _CALLS[key] = call
-        return call
+            return call
+
+        # The same function object for the same problem (or loop body): a loop body built
+        # around it then compares equal, and its compilations are found again.
+        return _COMPILED.get(where, make)
 
     def describe(self) -> dict[str, Any]:
-        """torch's version, device, intra-op thread count and whether it compiles."""
-        return {
-            "framework": "torch",
-            "torch": self._torch.__version__,
-            "device": str(self.device),
-            "threads": self._torch.get_num_threads(),
-            "torch_compile": self.compile,
-        }
+        """As the torch engine, with ``torch_compile`` true."""
+        return {**super().describe(), "torch_compile": True}
+
+
+def _checked_device(torch: Any, device: object) -> Any:
+    """``device`` as a ``torch.device`` this build can compute on, or an error naming it."""
+    if not isinstance(device, (str, torch.device)):
+        raise ArgumentTypeError("device", f"must be a device name such as 'cpu', got {device!r}")
+    try:
+        checked = torch.device(device)
+        if checked.type == "meta":
+            raise ArgumentError("device", "'meta' tensors hold no values: gradlab cannot compute on it")
+        torch.empty(1, device=checked) + 1  # a build without that device fails here
+    except ArgumentError:
+        raise
+    except Exception as error:  # AssertionError on a CPU build asked for CUDA, RuntimeError, ...
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ArgumentError("device", f"torch cannot use device {device!r}: {message}") from None
+    return checked
 
 
 def _float_dtype(tree: Any, torch: Any) -> Any:

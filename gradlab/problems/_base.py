@@ -64,7 +64,9 @@ class AbstractProblem(abc.ABC):
 
     Subclasses implement ``loss`` and, optionally, ``hand_value_and_grad`` (setting
     ``has_hand_gradient = True``), ``hand_hvp`` (setting ``has_hand_hvp = True``),
-    ``param_shapes``, ``check_data`` and ``predict``.
+    ``param_shapes``, ``check_data`` and ``predict``; for the command line and the
+    benchmark, ``make_data`` (setting ``takes_features = True`` when it takes ``d=``),
+    ``sized`` and ``initial_params``.
     """
 
     #: A short name for tables and error messages.
@@ -73,6 +75,8 @@ class AbstractProblem(abc.ABC):
     has_hand_gradient: bool = False
     #: Whether ``hand_hvp`` is implemented.
     has_hand_hvp: bool = False
+    #: Whether ``make_data`` takes ``d=``, a number of features (the CLI's ``--features``).
+    takes_features: bool = False
 
     @abc.abstractmethod
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
@@ -108,10 +112,47 @@ class AbstractProblem(abc.ABC):
         """Return the shape of each parameter for this (checked) data, or ``None`` if free."""
         return None
 
+    def make_data(self, n: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+        """Return a generated data set of size ``n`` (for the command line and the benchmark).
+
+        Problems with features also take ``d=`` (and set ``takes_features = True``).
+
+        Raises:
+            NotSupported: the problem does not generate data (the default).
+        """
+        raise NotSupported(
+            f"problem {self.name!r} does not generate data: it has no make_data(n, seed=...)"
+        )
+
+    def sized(self, n: int) -> AbstractProblem:
+        """Return this problem for size ``n``: itself, when ``n`` counts data points.
+
+        Problems without data, whose size is their number of variables (Rosenbrock,
+        LogSumExp), return a copy with ``n`` variables.
+        """
+        return self
+
+    def initial_params(self, data: Mapping[str, np.ndarray], *, seed: int = 0) -> dict[str, Any]:
+        """Return a starting point for a fit on ``data``: zeros of the declared shapes.
+
+        Problems whose zeros are a poor start (an MLP's units would stay identical)
+        override it.
+
+        Raises:
+            NotSupported: the problem declares no parameter shapes.
+        """
+        shapes = self.param_shapes(self.check_data(data))
+        if shapes is None:
+            raise NotSupported(f"problem {self.name!r} declares no parameter shapes to start from")
+        return {name: np.zeros(shape) for name, shape in shapes.items()}
+
     def check_data(self, data: object) -> dict[str, np.ndarray]:
         """Return finite float64 copies of the data arrays, or raise ``ArgumentError``."""
         mapping = check_mapping(data, "data")
-        return {key: as_float_array(value, f"data[{key!r}]") for key, value in mapping.items()}
+        return {
+            key: as_float_array(value, f"data[{key!r}]", copy=False)
+            for key, value in mapping.items()
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -171,34 +212,20 @@ class Problem(AbstractProblem):
         return self._loss(params, data, xp)
 
     def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
-        """Evaluate the user's hand-derived gradient."""
+        """Evaluate the user's hand-derived gradient.
+
+        What it returns is checked where it enters gradlab (``gradlab._boundary``): a pair
+        of a scalar loss and gradients with the parameters' names, shapes and dtype.
+        """
         if self._value_and_grad is None:
             return super().hand_value_and_grad(params, data)
-        loss, grads = self._value_and_grad(params, data)
-        return loss, self._checked(grads, params, "value_and_grad")
+        return self._value_and_grad(params, data)
 
     def hand_hvp(self, params: Params, tangent: Params, data: Data) -> dict[str, Array]:
-        """Evaluate the user's hand-derived Hessian-vector product."""
+        """Evaluate the user's hand-derived Hessian-vector product (checked like the gradient)."""
         if self._hvp is None:
             return super().hand_hvp(params, tangent, data)
-        return self._checked(self._hvp(params, tangent, data), params, "hvp")
-
-    def _checked(self, grads: object, params: Params, source: str) -> dict[str, Array]:
-        # A user's derivation is checked on every call: a wrong key or shape would otherwise
-        # surface as a KeyError or a broadcast deep inside the optimizer.
-        if not isinstance(grads, Mapping) or set(grads) != set(params):
-            got = sorted(grads) if isinstance(grads, Mapping) else type(grads).__name__
-            raise GradlabError(
-                f"problem {self.name!r}: {source} returned values for {got}, "
-                f"expected {sorted(params)}"
-            )
-        for name, value in params.items():
-            if np.shape(grads[name]) != np.shape(value):
-                raise GradlabError(
-                    f"problem {self.name!r}: {source} returned shape "
-                    f"{np.shape(grads[name])} for {name!r}, whose shape is {np.shape(value)}"
-                )
-        return dict(grads)
+        return self._hvp(params, tangent, data)
 
     def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
         """Return the declared parameter shapes, if any."""

@@ -21,8 +21,8 @@ def check_xy(data: object, *, x_ndim: int) -> tuple[np.ndarray, np.ndarray]:
         raise ArgumentError(
             "data", f"must have exactly the keys 'x' and 'y', got {sorted(mapping)}"
         )
-    x = as_float_array(mapping["x"], "data['x']")
-    y = as_float_array(mapping["y"], "data['y']")
+    x = as_float_array(mapping["x"], "data['x']", copy=False)
+    y = as_float_array(mapping["y"], "data['y']", copy=False)
     if x.ndim == 2 and x_ndim == 1 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim == 1 and x_ndim == 2:

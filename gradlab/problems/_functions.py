@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +36,9 @@ class _NoData(AbstractProblem):
         data_rng(seed)
         return {}
 
+    @abc.abstractmethod
     def sized(self, n: int) -> AbstractProblem:
         """The same function with ``n`` parameters."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,29 @@ def _log_multigamma(a: float, p: int) -> float:
     )
 
 
+#: Points summed naively in one block before blocks are summed pairwise.
+_BLOCK = 1024
+
+
+def _sum_over_points(subscripts: str, *operands: np.ndarray) -> np.ndarray:
+    """``np.einsum(subscripts, *operands)`` summed over the leading axis n (the points).
+
+    ``einsum`` and ``sum(axis=0)`` add the points one after another, so their rounding
+    error grows with n (rho 2·10⁻¹⁰ at ADBench's 2.5M points, where torch and jax stay at
+    10⁻¹⁴). Here points are added naively only within blocks of ``_BLOCK``, and the block
+    sums pairwise: the error grows with log n, and memory stays one block's.
+    """
+    n = operands[0].shape[0]
+    parts = [
+        np.einsum(subscripts, *(operand[start : start + _BLOCK] for operand in operands))
+        for start in range(0, n, _BLOCK)
+    ]
+    while len(parts) > 1:
+        pairs = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
+        parts = pairs + parts[len(pairs) * 2 :]
+    return parts[0]
+
+
 def _lower_offsets(d: int) -> list[int]:
     """Where column c's strictly-lower entries start among an icf row's last d(d−1)/2."""
     offsets, start = [], 0
@@ -164,15 +187,16 @@ class GMM(AbstractProblem):
         value = self._constant(n) + slse - n * lse_alphas + prior
 
         weighted = resp[:, :, None] * y  # rᵢₖ·yᵢₖ
-        grad_alphas = np.sum(resp, axis=0) - n * alpha_weights / np.sum(alpha_weights)
-        grad_means = np.einsum("kac,ka->kc", factors, np.sum(weighted, axis=0))
+        responsibility = _sum_over_points("nk->k", resp)
+        grad_alphas = responsibility - n * alpha_weights / np.sum(alpha_weights)
+        grad_means = np.einsum("kac,ka->kc", factors, _sum_over_points("nka->ka", weighted))
         # ∂β/∂Q[a, c] = −y_a·z_c: one (k, d, d) matrix of which the diagonal and the lower
         # triangle are used.
-        outer = -np.einsum("nka,nkc->kac", weighted, z)
+        outer = -_sum_over_points("nka,nkc->kac", weighted, z)
         grad_icf = np.empty_like(icf)
         diagonal = np.exp(q)
         grad_icf[:, :d] = (
-            np.sum(resp, axis=0)[:, None]
+            responsibility[:, None]
             + np.einsum("kaa->ka", outer) * diagonal
             + gamma2 * diagonal**2
             - self.m
@@ -199,7 +223,7 @@ class GMM(AbstractProblem):
         mapping = check_mapping(data, "data")
         if set(mapping) != {"x"}:
             raise ArgumentError("data", f"must have exactly the key 'x', got {sorted(mapping)}")
-        x = as_float_array(mapping["x"], "data['x']")
+        x = as_float_array(mapping["x"], "data['x']", copy=False)
         if x.ndim != 2 or x.shape[1] != self.d or x.shape[0] == 0:
             raise ArgumentError("data['x']", f"has shape {x.shape}, expected (n, {self.d})")
         return {"x": x}

@@ -17,6 +17,8 @@ from gradlab.problems._data import check_xy, data_rng
 class _LinearModel(AbstractProblem):
     """Shared shape logic: ``x`` is ``(n, d)``, ``y`` is ``(n,)``, params ``w (d,)``, ``b ()``."""
 
+    takes_features = True  # make_data(n, d=...)
+
     has_hand_gradient = True
     has_hand_hvp = True
 

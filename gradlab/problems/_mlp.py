@@ -56,6 +56,8 @@ class MLP(AbstractProblem):
         True
     """
 
+    takes_features = True  # make_data(n, d=...)
+
     hidden: tuple[int, ...] = (16,)
     activation: str = "tanh"
     name = "mlp"

@@ -50,5 +50,4 @@ def problem_named(problem: object, argument: str = "problem") -> AbstractProblem
 def at_size(problem: AbstractProblem, n: int) -> AbstractProblem:
     """``problem`` for size n: itself when n counts data points, ``problem.sized(n)`` when the
     problem has no data and n counts its variables (Rosenbrock, LogSumExp)."""
-    sized = getattr(problem, "sized", None)
-    return problem if sized is None else sized(n)
+    return problem.sized(n)

@@ -51,6 +51,8 @@ class SoftmaxRegression(AbstractProblem):
         True
     """
 
+    takes_features = True  # make_data(n, d=...)
+
     classes: int = 3
     name = "softmax_regression"
     has_hand_gradient = True

@@ -1,0 +1,484 @@
+"""The boundary between gradlab and the code users hand it, checked where it crosses.
+
+Everything user-supplied reaches an engine through this module, whichever entry point it
+came from ([`fit`][gradlab.fit], [`value_and_grad`][gradlab.value_and_grad], the
+comparisons, the second derivatives, the benchmark):
+
+- [`prepare`][gradlab._boundary.prepare] checks the problem, data, parameters, engine and
+  dtype. For a problem that declares no parameter shapes it also evaluates the loss once in
+  NumPy on a view of the parameters that records what the loss reads, so a parameter the
+  loss needs but ``init`` lacks, or one ``init`` has that the loss never reads, is named
+  before any framework runs.
+- [`checked_loss`][gradlab._boundary.checked_loss] is the loss every built-in engine
+  differentiates: it refuses, on every engine alike, a loss that returns anything but a 0-d
+  floating-point array of the ``xp`` it was given (``None``, a Python number, a string, an
+  integer array, a vector, a NumPy value where torch or jax was expected).
+- [`calling`][gradlab._boundary.calling] turns an exception raised inside user code, wherever
+  a framework surfaces it, into a [`ProblemError`][gradlab.ProblemError] naming the problem,
+  the function and the engine.
+- [`check_value_and_grad`][gradlab._boundary.check_value_and_grad] and
+  [`check_dtypes`][gradlab._boundary.check_dtypes] check what an engine (or a hand-derived
+  gradient) returned: a scalar loss, gradients with the parameters' names and shapes, in the
+  dtype asked for.
+- [`check_optimizer`][gradlab._boundary.check_optimizer] runs one update of a
+  user-supplied optimizer on NumPy arrays and checks its structure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from gradlab._checks import check_dtype, check_params
+from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError
+from gradlab._tree import tree_map
+from gradlab.engines._protocol import GradientEngine
+from gradlab.engines._registry import get_engine
+from gradlab.optimizers import GradientTransformation
+from gradlab.problems._base import AbstractProblem
+
+Loss = Callable[[Any, Any, Any], Any]
+
+
+def check_problem(problem: object) -> AbstractProblem:
+    """``problem`` if it is a gradlab problem, else an error naming ``problem``."""
+    if not isinstance(problem, AbstractProblem):
+        hint = " (a class: pass an instance)" if isinstance(problem, type) else ""
+        raise ArgumentTypeError(
+            "problem",
+            f"must be a gradlab problem (AbstractProblem), got {type(problem).__name__}{hint}",
+        )
+    return problem
+
+
+def prepare(
+    problem: object,
+    data: object,
+    params: object,
+    engine: object,
+    dtype: object,
+    params_argument: str = "init",
+) -> tuple[GradientEngine, str, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Check the arguments every entry point shares; return the engine, dtype and checked arrays.
+
+    Data comes back as read-only views of the caller's float arrays (or float64 copies of
+    anything else), parameters as float64 copies: nothing the caller owns is ever written.
+    """
+    checked = check_problem(problem)
+    checked_dtype = check_dtype(dtype)
+    checked_engine = get_engine(engine)  # type: ignore[arg-type]
+    checked_data = checked.check_data(data)
+    shapes = checked.param_shapes(checked_data)
+    checked_params = check_params(params, shapes, params_argument)
+    if shapes is None:
+        _probe(checked, checked_data, checked_params, params_argument)
+    return checked_engine, checked_dtype, checked_data, checked_params
+
+
+class _Reads(dict):  # type: ignore[type-arg]
+    """A dict that records which keys were read (a loss's view of its parameters)."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: Any) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def _everything(self) -> None:
+        self.read.update(self)
+
+    def keys(self) -> Any:
+        self._everything()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._everything()
+        return super().values()
+
+    def items(self) -> Any:
+        self._everything()
+        return super().items()
+
+    def __iter__(self) -> Iterator[Any]:
+        self._everything()
+        return super().__iter__()
+
+
+def _probe(
+    problem: AbstractProblem,
+    data: dict[str, np.ndarray],
+    params: dict[str, np.ndarray],
+    argument: str,
+) -> None:
+    """Evaluate the loss once in NumPy, recording what it reads, for a problem whose
+    parameters are not declared: the only way to name a missing or unused parameter."""
+    seen, given = _Reads(params), _Reads(data)
+    with np.errstate(all="ignore"), calling(problem, None, seen, given, argument):
+        checked_loss(problem)(seen, given, np)
+    unused = sorted(set(params) - seen.read)
+    if unused:
+        raise ArgumentError(
+            argument,
+            f"has parameter(s) {', '.join(map(repr, unused))} that problem {problem.name!r}'s "
+            f"loss never reads (it reads {', '.join(map(repr, sorted(seen.read))) or 'none'})",
+        )
+
+
+def checked_loss(problem: AbstractProblem) -> Loss:
+    """``problem.loss``, refusing any value that is not a 0-d floating-point array of ``xp``.
+
+    Engines differentiate this rather than ``problem.loss`` itself, so a bad loss is
+    refused with the same message on every engine. Under a tracing framework (jax, torch
+    compiled) the check runs once, while tracing; eagerly it costs about a microsecond.
+    """
+
+    def loss(params: Any, data: Any, xp: Any) -> Any:
+        value = problem.loss(params, data, xp)
+        shape = getattr(value, "shape", None)
+        dtype = getattr(value, "dtype", None)
+        if shape is None or dtype is None or isinstance(value, (str, bytes)):
+            raise ProblemError(
+                problem.name,
+                "loss",
+                f"returned {_describe(value)}; it must return a 0-d floating-point array of "
+                "the xp it is given (xp.sum(...), not float(...))",
+            )
+        if xp is not np and isinstance(value, (np.ndarray, np.generic)):
+            raise ProblemError(
+                problem.name,
+                "loss",
+                "returned a NumPy value where it was given another array namespace: write "
+                "the loss with xp (xp.sum, xp.exp, ...), not numpy",
+            )
+        if tuple(shape) != ():
+            raise ProblemError(
+                problem.name,
+                "loss",
+                f"must return a scalar (a 0-d array), got an array of shape {tuple(shape)}",
+            )
+        if not xp.isdtype(dtype, "real floating"):
+            raise ProblemError(
+                problem.name,
+                "loss",
+                f"returned an array of dtype {dtype}; it must be floating-point (a loss of "
+                "integers or booleans has no gradient)",
+            )
+        return value
+
+    return loss
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, (bool, int, float, complex)):
+        return f"a Python {type(value).__name__} ({value!r})"
+    text = repr(value)
+    return f"a {type(value).__name__} ({text[:40]}{'…' if len(text) > 40 else ''})"
+
+
+@contextlib.contextmanager
+def calling(
+    problem: AbstractProblem,
+    engine: GradientEngine | None,
+    params: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    params_argument: str = "params",
+) -> Iterator[None]:
+    """Run user code (a loss, a hand gradient) inside an engine; translate what it raises.
+
+    A gradlab error passes through; ``MemoryError`` and ``KeyboardInterrupt`` too. A
+    ``KeyError`` for a name missing from ``params`` or ``data`` (recorded reads say which,
+    where the loss was given a recording view) names that argument. Anything else becomes a
+    [`ProblemError`][gradlab.ProblemError] naming the problem and the engine, with the
+    original exception chained.
+    """
+    try:
+        yield
+    except (GradlabError, MemoryError):
+        raise
+    except KeyError as error:
+        key = error.args[0] if len(error.args) == 1 else None
+        missing = _missing_from(key, params, data)
+        if missing == "data":
+            raise ArgumentError(
+                "data", f"has no array {key!r}, which problem {problem.name!r}'s loss reads"
+            ) from None
+        if missing == "params":
+            raise ArgumentError(
+                params_argument,
+                f"is missing parameter {key!r}, which problem {problem.name!r}'s loss reads",
+            ) from None
+        raise _failed(problem, engine, error) from error
+    except Exception as error:
+        raise _failed(problem, engine, error) from error
+
+
+def _missing_from(
+    key: object, params: Mapping[str, Any] | None, data: Mapping[str, Any] | None
+) -> str | None:
+    """Which mapping a loss looked ``key`` up in and did not find: "params", "data" or None."""
+    if not isinstance(key, str):
+        return None
+    for name, mapping in (("params", params), ("data", data)):
+        if isinstance(mapping, _Reads) and key in mapping.read and key not in mapping:
+            return name
+    if params is None or data is None:
+        return None
+    # Without recorded reads: the one of the two that lacks the name (not both, or either).
+    if key not in params and key in data:
+        return "params"
+    if key not in data and key in params:
+        return "data"
+    return None
+
+
+def _failed(problem: AbstractProblem, engine: GradientEngine | None, error: Exception) -> Exception:
+    name = None if engine is None else engine.name
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    hint = ""
+    if name not in (None, "numpy", "fd") and ("numpy" in message or "__array__" in message):
+        hint = " (is the loss written with numpy rather than the xp it is given?)"
+    return ProblemError(
+        problem.name, "loss", f"raised {type(error).__name__}: {message}{hint}", name
+    )
+
+
+def evaluate(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+    argument: str = "params",
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One engine's loss and gradient at checked NumPy ``params``, checked, back as NumPy."""
+    with np.errstate(all="ignore"), calling(problem, engine, params, data, argument):
+        function = engine.value_and_grad(problem)
+        output = function(on_engine(engine, params, dtype), on_engine(engine, data, dtype))
+    return check_value_and_grad(engine, problem, function, output, params, dtype)
+
+
+def check_value_and_grad(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    function: Callable[..., Any],
+    output: object,
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """What ``engine.value_and_grad(problem)`` returned, checked and brought to NumPy.
+
+    A hand-derived gradient (the function is ``problem.hand_value_and_grad``) is blamed as
+    the problem's ``value_and_grad``; anything else as the engine.
+    """
+    fault = _blame(engine, problem, "value_and_grad", function == problem.hand_value_and_grad)
+    if not isinstance(output, (tuple, list)) or len(output) != 2:
+        got = f"a {len(output)}-tuple" if isinstance(output, (tuple, list)) else _describe(output)
+        raise fault(f"must return a pair (loss, grads), got {got}")
+    loss, grads = output
+    host = check_named_output(engine, fault, {"loss": loss}, {"loss": np.zeros(())}, dtype)
+    return host["loss"], check_named_output(engine, fault, grads, params, dtype)
+
+
+def check_hvp(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    function: Callable[..., Any],
+    output: object,
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> dict[str, np.ndarray]:
+    """What ``engine.hvp(problem)`` returned, checked and brought to NumPy."""
+    fault = _blame(engine, problem, "hvp", function == problem.hand_hvp)
+    return check_named_output(engine, fault, output, params, dtype)
+
+
+def _blame(
+    engine: GradientEngine, problem: AbstractProblem, function: str, hand: bool
+) -> Callable[[str], GradlabError]:
+    def fault(message: str) -> GradlabError:
+        if hand:
+            return ProblemError(problem.name, function, message, engine.name)
+        return ArgumentError("engine", f"engine {engine.name!r}: {function} {message}")
+
+    return fault
+
+
+def check_named_output(
+    engine: GradientEngine,
+    fault: Callable[[str], GradlabError],
+    output: object,
+    like: Mapping[str, np.ndarray],
+    dtype: str,
+) -> dict[str, np.ndarray]:
+    """Named engine arrays with the names and shapes of ``like``, as NumPy arrays of ``dtype``."""
+    if not isinstance(output, Mapping):
+        raise fault(f"must return a mapping from name to array, got {_describe(output)}")
+    if set(output) != set(like):
+        raise fault(f"returned values for {sorted(output)}, expected {sorted(like)}")
+    try:
+        with np.errstate(all="ignore"):
+            host = {name: engine.to_numpy(output[name]) for name in like}
+    except GradlabError:
+        raise
+    except Exception as error:
+        raise fault(f"returned values that cannot be read as arrays ({error})") from None
+    for name, value in host.items():
+        if not isinstance(value, (np.ndarray, np.generic)):
+            raise fault(f"returned {name} as {_describe(value)}")
+        if np.shape(value) != np.shape(like[name]):
+            raise fault(
+                f"returned shape {np.shape(value)} for {name!r}, whose shape is "
+                f"{np.shape(like[name])}"
+            )
+        if value.dtype != np.dtype(dtype):
+            raise fault(f"returned {name} as {value.dtype}, but {dtype} was asked for")
+    return {name: np.asarray(value) for name, value in host.items()}
+
+
+def on_engine(
+    engine: GradientEngine, arrays: Mapping[str, np.ndarray], dtype: str
+) -> dict[str, Any]:
+    """Copies of named NumPy arrays as engine arrays of ``dtype``."""
+    return {name: engine.asarray(value, dtype) for name, value in arrays.items()}
+
+
+def to_engine(tree: Any, engine: GradientEngine, dtype: str) -> Any:
+    """Move every NumPy array in a nest of dicts, tuples and lists onto the engine.
+
+    Python numbers (a step count) and None stay as they are.
+    """
+
+    def move(leaf: Any) -> Any:
+        if isinstance(leaf, (np.ndarray, np.generic)):
+            return engine.asarray(np.asarray(leaf), dtype)
+        return leaf
+
+    return tree_map(move, tree)
+
+
+def check_dtypes(engine: GradientEngine, dtype: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Never report numbers in a precision other than the one asked for."""
+    for what, array in arrays.items():
+        got = np.asarray(array).dtype
+        if got != np.dtype(dtype):
+            raise ArgumentError(
+                "engine", f"engine {engine.name!r} returned {what} as {got}, but {dtype} was asked for"
+            )
+
+
+def check_optimizer(
+    optimizer: object, params: Mapping[str, np.ndarray], resumed: Any = None
+) -> Any:
+    """The optimizer's state at ``params`` (``resumed``, checked, or a fresh one), after one
+    update on NumPy arrays has shown the structure it must have.
+
+    An optimizer touches arrays with arithmetic only, so it runs on NumPy as on any
+    engine; a custom one that raises, returns ``None``, drops a parameter or changes its
+    state's structure is named here, not as a framework error inside a compiled loop.
+    """
+    if not isinstance(optimizer, GradientTransformation):
+        raise ArgumentTypeError(
+            "optimizer",
+            f"must be a GradientTransformation (gradlab.sgd(...), ...), got {optimizer!r}",
+        )
+    zeros = {name: np.zeros_like(value) for name, value in params.items()}
+    try:
+        with np.errstate(all="ignore"):
+            fresh = optimizer.init(params)
+            output = optimizer.update(zeros, fresh, params)
+    except GradlabError:
+        raise
+    except Exception as error:
+        raise ArgumentError(
+            "optimizer", f"raised {type(error).__name__} on NumPy arrays: {error}"
+        ) from error
+    if not isinstance(output, tuple) or len(output) != 2:
+        raise ArgumentError(
+            "optimizer", f"update must return (updates, state), got {_describe(output)}"
+        )
+    updates, new_state = output
+    if not isinstance(updates, Mapping) or set(updates) != set(params):
+        got = sorted(updates) if isinstance(updates, Mapping) else _describe(updates)
+        raise ArgumentError(
+            "optimizer", f"update returned updates for {got}, expected {sorted(params)}"
+        )
+    for name, value in params.items():
+        if np.shape(updates[name]) != np.shape(value):
+            raise ArgumentError(
+                "optimizer",
+                f"update returned shape {np.shape(updates[name])} for {name!r}, whose shape "
+                f"is {np.shape(value)}",
+            )
+    check_state(new_state, fresh, "optimizer", "the state its update returns")
+    if resumed is None:
+        return fresh
+    check_state(resumed, fresh, "resume", "resume.state")
+    return resumed
+
+
+def check_state(state: Any, expected: Any, argument: str, where: str) -> None:
+    """``state`` must have the structure (containers and shapes) of ``expected``."""
+    if isinstance(expected, Mapping):
+        if not isinstance(state, Mapping) or set(state) != set(expected):
+            raise ArgumentError(argument, f"{where} does not match the optimizer's state")
+        for key in expected:
+            check_state(state[key], expected[key], argument, f"{where}[{key!r}]")
+    elif isinstance(expected, tuple):
+        if type(state) is not type(expected) or len(state) != len(expected):
+            raise ArgumentError(
+                argument,
+                f"{where} is a {type(state).__name__}, but the optimizer's state is a "
+                f"{type(expected).__name__}",
+            )
+        for index, (item, want) in enumerate(zip(state, expected, strict=True)):
+            check_state(item, want, argument, f"{where}[{index}]")
+    elif np.shape(state) != np.shape(expected):
+        raise ArgumentError(
+            argument, f"{where} has shape {np.shape(state)}, expected {np.shape(expected)}"
+        )
+
+
+def check_steps(steps: object, per_step_bytes: int) -> int:
+    """``steps`` as a positive int whose per-step records (losses, a trajectory) can exist.
+
+    A fit keeps ``per_step_bytes`` for every step until it ends; more steps than this
+    machine's memory can hold are refused up front, not after the memory has run out.
+    """
+    from gradlab._checks import check_positive_int
+
+    count = check_positive_int(steps, "steps")
+    memory = physical_memory()
+    if memory is not None and count * per_step_bytes > memory:
+        raise ArgumentError(
+            "steps",
+            f"is {count}: a fit records {per_step_bytes} bytes per step (its loss"
+            f"{' and parameters' if per_step_bytes > 8 else ''}), "
+            f"{_gigabytes(count * per_step_bytes)}, more than this machine's "
+            f"{_gigabytes(memory)} of memory; fit in stretches with resume=",
+        )
+    return count
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory, where the platform says (POSIX ``sysconf``)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gigabytes(count: int) -> str:
+    return f"{count / 2**30:.3g} GiB" if count < 2**70 else f"about 2^{math.log2(count):.0f} bytes"
