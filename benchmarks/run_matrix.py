@@ -154,7 +154,7 @@ def main() -> None:
     if args.device:
         engines = [
             gradlab.get_engine("torch", device="cuda"),
-            gradlab.get_engine("torch", device="cuda", compile=True),
+            gradlab.get_engine("torch-compile", device="cuda"),
             gradlab.get_engine("jax", device="gpu"),
         ]
     matrix = gradlab.benchmark(

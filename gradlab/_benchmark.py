@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from gradlab import _output
+from gradlab._boundary import on_engine, prepare
 from gradlab._checks import check_bool, check_dtype, check_positive_float, check_positive_int
-from gradlab._boundary import calling, on_engine, prepare
 from gradlab._errors import ArgumentError, GradlabError, HandGradientMissing, NotSupported
 from gradlab._fit import fit
 from gradlab._output import Record, table

@@ -40,7 +40,7 @@ from gradlab._tree import tree_map
 from gradlab.engines._protocol import GradientEngine
 from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation
-from gradlab.problems._base import AbstractProblem
+from gradlab.problems._base import AbstractProblem, Problem
 
 Loss = Callable[[Any, Any, Any], Any]
 
@@ -348,6 +348,26 @@ def check_named_output(
     return {name: np.asarray(value) for name, value in host.items()}
 
 
+def crosses(engine: GradientEngine, problem: AbstractProblem, function: Callable[..., Any]) -> bool:
+    """Whether ``function`` (what ``engine.value_and_grad(problem)`` returned) runs code that
+    gradlab did not write, so that what it returns must be checked before it is used.
+
+    A built-in engine differentiates [`checked_loss`][gradlab._boundary.checked_loss], which
+    is checked where the loss returns; its gradients have the parameters' structure by
+    construction. A plug-in or user engine, and a hand-derived gradient a user wrote, may
+    return anything: their first call in a fit is checked.
+    """
+    if not _is_gradlab(type(engine)):
+        return True
+    if function == problem.hand_value_and_grad:
+        return isinstance(problem, Problem) or not _is_gradlab(type(problem))
+    return False
+
+
+def _is_gradlab(thing: Any) -> bool:
+    return str(getattr(thing, "__module__", "")).partition(".")[0] == "gradlab"
+
+
 def on_engine(
     engine: GradientEngine, arrays: Mapping[str, np.ndarray], dtype: str
 ) -> dict[str, Any]:
@@ -375,7 +395,8 @@ def check_dtypes(engine: GradientEngine, dtype: str, arrays: Mapping[str, np.nda
         got = np.asarray(array).dtype
         if got != np.dtype(dtype):
             raise ArgumentError(
-                "engine", f"engine {engine.name!r} returned {what} as {got}, but {dtype} was asked for"
+                "engine",
+                f"engine {engine.name!r} returned {what} as {got}, but {dtype} was asked for",
             )
 
 
@@ -394,6 +415,8 @@ def check_optimizer(
             "optimizer",
             f"must be a GradientTransformation (gradlab.sgd(...), ...), got {optimizer!r}",
         )
+    if _is_gradlab(optimizer.init) and _is_gradlab(optimizer.update) and resumed is None:
+        return optimizer.init(params)  # gradlab's own: its structure is tested, not probed
     zeros = {name: np.zeros_like(value) for name, value in params.items()}
     try:
         with np.errstate(all="ignore"):

@@ -21,7 +21,9 @@ __all__ = [
 ]
 
 
-def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> object:
+def _rebuild(
+    cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]
+) -> object:
     """Unpickle a gradlab error without calling its ``__init__`` (whose signature varies)."""
     error = cls.__new__(cls)
     error.args = args
@@ -150,7 +152,9 @@ class ProblemError(GradlabError, ValueError):
         argument: Always ``"problem"``: the argument to fix.
     """
 
-    def __init__(self, problem: str, function: str, message: str, engine: str | None = None) -> None:
+    def __init__(
+        self, problem: str, function: str, message: str, engine: str | None = None
+    ) -> None:
         self.problem = problem
         self.function = function
         self.engine = engine

@@ -14,9 +14,9 @@ from gradlab._boundary import (
     calling,
     check_dtypes,
     check_optimizer,
-    check_state,
     check_steps,
     check_value_and_grad,
+    crosses,
     evaluate,
     on_engine,
     prepare,
@@ -218,7 +218,9 @@ class _Step:
             new_carry += (carry[2] + 1,)
         return new_carry, self.outputs(loss, grads, params)
 
-    def outputs(self, loss: Any, grads: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[Any, ...]:
+    def outputs(
+        self, loss: Any, grads: Mapping[str, Any], params: Mapping[str, Any]
+    ) -> tuple[Any, ...]:
         """One step's outputs, in the layout ``read`` takes apart."""
         out: tuple[Any, ...] = (loss,)
         if self.check_gradients:
@@ -236,7 +238,9 @@ class _Step:
             probes, at = outputs[at], at + 1
         if self.grad_norms:
             norms, at = outputs[at], at + 1
-        return _Outputs(outputs[0], probes, norms, dict(zip(self.record, outputs[at:], strict=True)))
+        return _Outputs(
+            outputs[0], probes, norms, dict(zip(self.record, outputs[at:], strict=True))
+        )
 
 
 @dataclass(frozen=True)
@@ -368,10 +372,12 @@ def fit(
             value_and_grad = engine.value_and_grad(problem)
             batch = on_engine(engine, checked_data, dtype)
             params = on_engine(engine, start_params, dtype)
-            # What the engine makes of the user's loss (or hand gradient) is checked once,
-            # here, so that the loop itself runs unchecked.
-            first = value_and_grad(params, batch)
-        check_value_and_grad(engine, problem, value_and_grad, first, start_params, dtype)
+            # Code gradlab did not write (a plug-in engine, a hand gradient) is checked on
+            # its first call, here, so that the loop itself runs unchecked.
+            check = crosses(engine, problem, value_and_grad)
+            first = value_and_grad(params, batch) if check else None
+        if check:
+            check_value_and_grad(engine, problem, value_and_grad, first, start_params, dtype)
         del first
         if order is not None:
             batch[_ORDER] = engine.asarray(order.astype(np.float64), dtype)

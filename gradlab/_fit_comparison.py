@@ -10,9 +10,9 @@ import numpy as np
 
 from gradlab import _output
 from gradlab._agreement import rho
+from gradlab._boundary import prepare
 from gradlab._checks import check_float, check_positive_int
 from gradlab._errors import ArgumentTypeError
-from gradlab._boundary import prepare
 from gradlab._fit import FitResult, fit
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from typing import Any
 
+
 def measure(
     problem: str, n: int, dtype: str, engine: str, steps: int, seed: int = 0
 ) -> dict[str, Any] | None:

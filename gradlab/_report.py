@@ -10,9 +10,9 @@ import numpy as np
 
 from gradlab import _output
 from gradlab._agreement import rho, tolerance
+from gradlab._boundary import evaluate, on_engine, prepare
 from gradlab._checks import check_params, check_positive_float
 from gradlab._errors import (
-    ArgumentError,
     ArgumentTypeError,
     Disagreement,
     EngineUnavailable,
@@ -20,7 +20,6 @@ from gradlab._errors import (
     NotSupported,
     UnknownEngine,
 )
-from gradlab._boundary import evaluate, on_engine, prepare
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._second import hessian_blocks, hessian_matrix, hvp_at
@@ -431,7 +430,9 @@ def resolve_engines(
     skipped: dict[str, str] = {}
     for position, (item, required) in enumerate(wanted):
         try:
-            engine = _built(item, "reference" if reference is not None and position == 0 else "engines")
+            engine = _built(
+                item, "reference" if reference is not None and position == 0 else "engines"
+            )
             can_run(engine)
         except (EngineUnavailable, HandGradientMissing, NotSupported) as error:
             if required:

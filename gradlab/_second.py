@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._checks import check_params
 from gradlab._boundary import calling, check_hvp, on_engine, prepare
+from gradlab._checks import check_params
 from gradlab._errors import ArgumentError
 from gradlab.engines._protocol import HVP, GradientEngine, hvp_of
 from gradlab.problems._base import AbstractProblem

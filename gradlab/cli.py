@@ -289,7 +289,7 @@ def _demo(args: argparse.Namespace, show_progress: bool) -> int:
 
     engines, _ = engine_list(args.engines, "--engines", installed_only=True)
     recipe = _RECIPES[args.recipe]()
-    rows = run_demo(recipe, engines, args.repeats, show_progress)
+    rows = run_demo(recipe, [str(name) for name in engines], args.repeats, show_progress)
     print(
         f"Seed recipe {recipe.name!r}: {recipe.problem.name}, {recipe.steps} steps, "
         f"{recipe.dtype}, same start on every engine (time per step: fastest of "

@@ -150,7 +150,8 @@ def test_a_loss_that_returns_anything_but_a_scalar_is_refused_on_every_engine(
     ):
         with pytest.raises(gradlab.ProblemError, match=r"problem 'bad-loss': loss") as caught:
             call()
-        assert caught.value.problem == "bad-loss" and caught.value.function == "loss"
+        assert caught.value.problem == "bad-loss"
+        assert caught.value.function == "loss"
 
 
 @pytest.mark.parametrize("engine", ["torch", "jax", "torch-compile"])
@@ -171,14 +172,16 @@ def test_an_exception_inside_the_loss_names_problem_engine_and_cause() -> None:
     for engine in ("fd", "torch", "jax"):
         if engine not in gradlab.available_engines():
             continue
-        with pytest.raises(gradlab.ProblemError, match="ZeroDivisionError: the user's own bug") as e:
+        with pytest.raises(
+            gradlab.ProblemError, match="ZeroDivisionError: the user's own bug"
+        ) as e:
             gradlab.value_and_grad(problem, LINE, {"a": 1.0}, engine=engine)
         assert isinstance(e.value.__cause__, ZeroDivisionError)
 
 
 # 2. A hand gradient's output -----------------------------------------------------------------
 
-BAD_HANDS = {
+BAD_HANDS: dict[str, Any] = {
     "only the grads": lambda p, d: {"a": 2 * p["a"]},
     "a 3-tuple": lambda p, d: (p["a"] ** 2, {"a": 2 * p["a"]}, None),
     "strings": lambda p, d: ("loss", {"a": "grad"}),
@@ -312,7 +315,10 @@ def test_an_engine_class_or_none_in_a_list_is_named() -> None:
     data = problem.make_data(5)
     with pytest.raises(gradlab.ArgumentTypeError, match=r"engine: is the class NumpyEngine"):
         gradlab.value_and_grad(
-            problem, data, {"w": 0.0, "b": 0.0}, engine=gradlab.engines.NumpyEngine  # type: ignore[arg-type]
+            problem,
+            data,
+            {"w": 0.0, "b": 0.0},
+            engine=gradlab.engines.NumpyEngine,  # type: ignore[arg-type]
         )
     for engines in (["numpy", None], [None], [gradlab.engines.NumpyEngine], [], "", " , "):
         with pytest.raises(gradlab.ArgumentError) as caught:
@@ -325,15 +331,27 @@ def test_an_engine_class_or_none_in_a_list_is_named() -> None:
 
 @pytest.mark.parametrize(
     ("engine", "device"),
-    [("torch", "cuda"), ("torch", "cuda:3"), ("torch", "meta"), ("torch", "nonsense"),
-     ("torch", 0), ("jax", 0), ("jax", "tpu"), ("jax", "nonsense")],
+    [
+        ("torch", "cuda"),
+        ("torch", "cuda:3"),
+        ("torch", "meta"),
+        ("torch", "nonsense"),
+        ("torch", 0),
+        ("jax", 0),
+        ("jax", "tpu"),
+        ("jax", "nonsense"),
+    ],
 )
 def test_a_device_that_cannot_compute_is_named_at_construction(engine: str, device: Any) -> None:
     require_engine(engine)
     if engine == "torch":
         import torch
 
-        if device in ("cuda", "cuda:3") and torch.cuda.is_available() and torch.cuda.device_count() > 3:
+        if (
+            device in ("cuda", "cuda:3")
+            and torch.cuda.is_available()
+            and torch.cuda.device_count() > 3
+        ):
             pytest.skip("this machine has that device")
     with pytest.raises(gradlab.ArgumentError) as caught:
         gradlab.get_engine(engine, device=device)
@@ -362,7 +380,8 @@ def test_torch_tensors_that_require_grad_are_read_through_a_detached_copy() -> N
         )
         assert result.ok
     for tensor, copy in zip((x, y, w), before, strict=True):
-        assert torch.equal(tensor.detach(), copy) and tensor.grad is None
+        assert torch.equal(tensor.detach(), copy)
+        assert tensor.grad is None
     hand = gradlab.value_and_grad(
         gradlab.Quadratic(), {"x": x, "y": y}, {"w": w, "b": 0.0}, engine="numpy"
     )
@@ -376,7 +395,7 @@ def test_torch_tensors_that_require_grad_are_read_through_a_detached_copy() -> N
 
 
 def test_masked_arrays_are_refused_rather_than_their_mask_ignored() -> None:
-    x = np.ma.masked_array(np.linspace(0, 1, 5), mask=[0, 0, 1, 0, 0])
+    x = np.ma.masked_array(np.linspace(0, 1, 5), mask=[False, False, True, False, False])
     with pytest.raises(gradlab.ArgumentTypeError, match=r"data\['x'\]: is a masked array"):
         gradlab.value_and_grad(
             gradlab.Quadratic(), {"x": x, "y": np.ones(5)}, {"w": 0.0, "b": 0.0}, engine="numpy"
@@ -401,7 +420,8 @@ def test_the_torch_engines_work_inside_inference_mode_and_leave_it_on(engine: st
         assert torch.is_inference_mode_enabled()
     assert not torch.is_inference_mode_enabled()
     np.testing.assert_array_equal(inside.losses, outside.losses)
-    assert np.isfinite(grads["w"]) and np.isfinite(product["w"])
+    assert np.isfinite(grads["w"])
+    assert np.isfinite(product["w"])
 
 
 # 2. Names ---------------------------------------------------------------------------------------
@@ -410,7 +430,9 @@ def test_the_torch_engines_work_inside_inference_mode_and_leave_it_on(engine: st
 def test_an_unknown_reference_names_reference() -> None:
     problem = gradlab.Quadratic()
     with pytest.raises(gradlab.UnknownEngine) as caught:
-        gradlab.compare_gradients(problem, problem.make_data(5), {"w": 0.0, "b": 0.0}, reference="bogus")
+        gradlab.compare_gradients(
+            problem, problem.make_data(5), {"w": 0.0, "b": 0.0}, reference="bogus"
+        )
     assert caught.value.argument == "reference"
     assert str(caught.value).startswith("reference: unknown engine 'bogus'")
 
@@ -430,7 +452,9 @@ def test_resuming_another_problem_or_data_width_names_resume() -> None:
         (gradlab.Quadratic(), gradlab.Quadratic().make_data(20)),
     ):
         with pytest.raises(gradlab.ArgumentError) as caught:
-            gradlab.fit(problem, data, engine="numpy", optimizer=gradlab.sgd(0.1), steps=3, resume=first)
+            gradlab.fit(
+                problem, data, engine="numpy", optimizer=gradlab.sgd(0.1), steps=3, resume=first
+            )
         assert caught.value.argument == "resume"
 
 
@@ -464,15 +488,21 @@ def test_a_callback_stops_the_fit_when_its_answer_is_true(answer: Any) -> None:
         every=10,
         callback=lambda step, loss, params: answer,
     )
-    assert result.status == "stopped" and result.step == 10
+    assert result.status == "stopped"
+    assert result.step == 10
 
 
 @pytest.mark.parametrize("answer", [None, False, np.False_, 0, ""])
 def test_a_callback_whose_answer_is_false_lets_the_fit_go_on(answer: Any) -> None:
     problem = gradlab.Quadratic()
     result = sgd_fit(
-        problem, "numpy", data=problem.make_data(10), init={"w": 0.0, "b": 0.0}, steps=50,
-        every=10, callback=lambda step, loss, params: answer,
+        problem,
+        "numpy",
+        data=problem.make_data(10),
+        init={"w": 0.0, "b": 0.0},
+        steps=50,
+        every=10,
+        callback=lambda step, loss, params: answer,
     )
     assert result.status == "completed"
 
@@ -481,8 +511,13 @@ def test_a_callback_answer_without_one_truth_value_is_named() -> None:
     problem = gradlab.Quadratic()
     with pytest.raises(gradlab.ArgumentError) as caught:
         sgd_fit(
-            problem, "numpy", data=problem.make_data(10), init={"w": 0.0, "b": 0.0}, steps=20,
-            every=10, callback=lambda step, loss, params: np.array([1.0, 0.0]),
+            problem,
+            "numpy",
+            data=problem.make_data(10),
+            init={"w": 0.0, "b": 0.0},
+            steps=20,
+            every=10,
+            callback=lambda step, loss, params: np.array([1.0, 0.0]),
         )
     assert caught.value.argument == "callback"
 
@@ -500,9 +535,7 @@ def test_steps_whose_history_cannot_exist_are_refused_up_front(steps: int, engin
 def test_every_gradlab_error_survives_pickling() -> None:
     problem = gradlab.Quadratic()
     data = problem.make_data(5)
-    report = gradlab.compare_gradients(
-        problem, data, {"w": 0.0, "b": 0.0}, engines=["numpy", "fd"]
-    )
+    report = gradlab.compare_gradients(problem, data, {"w": 0.0, "b": 0.0}, engines=["numpy", "fd"])
     errors: list[gradlab.GradlabError] = [
         gradlab.GradlabError("plain"),
         gradlab.ArgumentError("lr", "must be positive"),
@@ -533,6 +566,8 @@ def test_user_data_is_never_written_even_by_a_loss_that_tries(engine: str) -> No
     def loss(p: Any, d: Any, xp: Any) -> Any:
         return xp.sum((p["a"] * d["x"]) ** 2)
 
-    problem = gradlab.Problem(loss, lambda p, d: (np.sum((p["a"] * d["x"]) ** 2), {"a": np.sum(2 * p["a"] * d["x"] ** 2)}))
+    problem = gradlab.Problem(
+        loss, lambda p, d: (np.sum((p["a"] * d["x"]) ** 2), {"a": np.sum(2 * p["a"] * d["x"] ** 2)})
+    )
     sgd_fit(problem, engine, data={"x": x}, steps=3, init={"a": 1.0})
     np.testing.assert_array_equal(x, original)

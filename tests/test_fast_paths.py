@@ -98,7 +98,8 @@ def test_torch_compile_is_an_opt_in_engine_named_for_what_it_is() -> None:
     compiled = gradlab.get_engine("torch-compile")
     assert isinstance(compiled, gradlab.engines.TorchCompileEngine)
     assert isinstance(compiled, gradlab.engines.TorchEngine)  # a variant: a subclass
-    assert compiled.name == "torch-compile" and compiled.describe()["torch_compile"] is True
+    assert compiled.name == "torch-compile"
+    assert compiled.describe()["torch_compile"] is True
     assert gradlab.get_engine("torch").name == "torch"
     problem = gradlab.Quadratic()
     data = problem.make_data(10)

@@ -30,7 +30,8 @@ MEASURE = textwrap.dedent("""
                 if line.startswith(name + ":"):
                     return int(line.split()[1]) * 1024
 
-    engine, n, dtype, short, long = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    engine, dtype = sys.argv[1], sys.argv[3]
+    n, short, long = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
     problem = gradlab.Quadratic()
     data = problem.make_data(n, seed=0)
 

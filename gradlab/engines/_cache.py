@@ -31,11 +31,11 @@ import sysconfig
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
-
-T = TypeVar("T")
+from typing import Generic, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 #: Where installed libraries live: their code is not followed (it does not change per call).
 _LIBRARY_PATHS = tuple(
@@ -165,7 +165,7 @@ class _Walk:
 def _array(array: np.ndarray) -> Hashable:
     if array.dtype.hasobject:
         return ("object array", array.shape, tuple(map(repr, array.ravel().tolist())))
-    digest = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8), digest_size=16)
+    digest = hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16)
     return ("array", array.dtype.str, array.shape, digest.digest())
 
 
@@ -173,7 +173,7 @@ def _tensor(value: object) -> Hashable | None:
     """A torch tensor or jax array by content, found without importing either."""
     root = type(value).__module__.partition(".")[0]
     if root == "torch" and hasattr(value, "detach"):
-        return ("tensor", _array(value.detach().cpu().numpy()))  # type: ignore[attr-defined]
+        return ("tensor", _array(value.detach().cpu().numpy()))
     if root in ("jax", "jaxlib") and hasattr(value, "__array__") and hasattr(value, "shape"):
         try:
             return ("jax array", _array(np.asarray(value)))

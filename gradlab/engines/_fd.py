@@ -22,6 +22,12 @@ _EPS = float(np.finfo(np.float64).eps)
 TARGET = 1e-9
 #: Most halvings of a step while looking for one whose error estimate meets ``TARGET``.
 MAX_HALVINGS = 16
+#: Most doublings, where rounding dominates (a small derivative beside a large loss).
+MAX_DOUBLINGS = 8
+#: The rounding error of a difference at step h is taken as ROUNDING·eps·max|f|/h: the
+#: stencil's weights sum to 1.5/h, and a loss summed over many terms carries a few eps of
+#: its largest partial sums.
+ROUNDING = 4.0
 
 
 class FiniteDifferenceEngine(AbstractEngine):
@@ -36,19 +42,22 @@ class FiniteDifferenceEngine(AbstractEngine):
     - ``order=4`` (default): D(h) = (8·(f(p+h) − f(p−h)) − (f(p+2h) − f(p−2h))) / 12h,
       truncation error O(h⁴); ``order=2``: D(h) = (f(p+h) − f(p−h)) / 2h, O(h²).
     - The step starts at ``h = rel_step · max(1, |p|)`` (``rel_step = eps^(1/5) ≈ 7e-4``
-      for order 4, ``eps^(1/3)`` for order 2; on later elements of the same array, at most
-      4× the step the previous element settled on) and is halved while the estimated
-      error ``|D(h) − D(h/2)| / (2ᵏ − 1)`` is above ``TARGET · max(1, |D|)``, at most
-      ``MAX_HALVINGS`` times, and never past the point where the estimate stops falling
-      (rounding, eps·|f|/h, has taken over from truncation). The result is the Richardson
-      extrapolation (2ᵏ·D(h/2) − D(h)) / (2ᵏ − 1) at the best pair.
+      for order 4, ``eps^(1/3)`` for order 2), or, on later elements of the same array, at
+      the step the previous element settled on. The error of D(h/2) is estimated as
+      ``|D(h) − D(h/2)| / (2ᵏ − 1)``; unless it is at most ``TARGET · max(1, |D|)``, the
+      step walks the way the estimate falls, halving where truncation dominates (at most
+      ``MAX_HALVINGS`` times), doubling where rounding (eps·|f|/h) does (at most
+      ``MAX_DOUBLINGS``), and stops where the estimate stops falling. The result is the
+      Richardson extrapolation (2ᵏ·D(h/2) − D(h)) / (2ᵏ − 1) at the best pair.
 
     Why adaptive: no step proportional to |p| suits every loss. A shift-invariant loss
     (log-sum-exp at x ≈ 1000) curves on a scale of 1 wherever x is, so h ∝ |x| is far too
     coarse (rho 1.7e-4); GMM's exp(icf) curves faster the larger icf is (rho 1.8e-4 on
-    ADBench-distributed inputs). The error estimate finds the scale the loss has. Each
-    element costs 4 + 2·(halvings + 1) loss evaluations for order 4 (6 when the first step
-    is already good), 2·(halvings + 2) for order 2; evaluations are shared between levels.
+    ADBench-distributed inputs); a small derivative beside a large loss (GMM's alphas on
+    data of scale 10³) needs a larger step than 7e-4, or rounding swamps it. The error
+    estimate finds the scale the loss has. Each element costs 6 loss evaluations for order
+    4 when the first pair is already good, 2 more for each further step tried;
+    evaluations are shared between pairs.
     Steps are rounded so that ``p ± h`` is exact.
 
     The difference is always taken in float64, whatever dtype is asked; results are then cast
@@ -116,7 +125,9 @@ class FiniteDifferenceEngine(AbstractEngine):
             size = max(float(np.max(np.abs(v), initial=0.0)) for v in direction.values())
             if size == 0.0:
                 return {name: np.zeros(np.shape(value), dtype) for name, value in point.items()}
-            where = b"".join(np.ascontiguousarray(v).tobytes() for v in (*point.values(), *data64.values()))
+            where = b"".join(
+                np.ascontiguousarray(v).tobytes() for v in (*point.values(), *data64.values())
+            )
             if where not in frozen:
                 frozen.clear()  # one point at a time: a Hessian's products share it
                 frozen[where] = self._gradient(problem, point, data64)[1]
@@ -128,7 +139,7 @@ class FiniteDifferenceEngine(AbstractEngine):
                 moved = {name: point[name] + offset * direction[name] for name in point}
                 return self._gradient(problem, moved, data64, steps)[0]
 
-            at = _memo(gradient_at)
+            at = _Memo(gradient_at)
             coarse, fine = self._stencil(at, 2 * h), self._stencil(at, h)
             gain = 2.0**self.order
             return {
@@ -160,12 +171,23 @@ class FiniteDifferenceEngine(AbstractEngine):
                 moved = functools.partial(_loss_moved, loss, point, data, name, i)
                 if steps is not None:
                     h = float(steps[name].reshape(-1)[i])
-                    grad[i] = self._stencil(_memo(moved), h)[""]
+                    grad[i] = self._stencil(_Memo(moved), h)[""]
                     continue
-                h = min(self.rel_step * max(1.0, abs(flat[i])), 4 * previous)
+                # The step the previous element of this array settled on is a good start: the
+                # elements of one parameter tend to share a scale.
+                if not np.isfinite(flat[i]):  # a diverged point: no derivative to find
+                    grad[i], chosen[i] = np.nan, np.nan
+                    continue
+                h = previous if np.isfinite(previous) else self.rel_step * max(1.0, abs(flat[i]))
                 h = (flat[i] + h) - flat[i]  # a step that p + h represents exactly
-                estimate, previous = self._derivative(moved, h)
-                grad[i], chosen[i] = estimate[""], previous
+                estimate, fine = self._derivative(moved, h)
+                # The accepted pair's coarser step: where the next element starts (a start
+                # at the finer one would drift down element by element), and the step a
+                # Hessian-vector product freezes (its truncation is within 2ᵏ times the
+                # accepted estimate, and the nested difference's rounding, ~1/(step·h),
+                # calls for the larger of the two).
+                grad[i], chosen[i] = estimate[""], 2 * fine
+                previous = chosen[i]
             grads[name] = grad.reshape(value.shape)
             used[name] = chosen.reshape(value.shape)
         return grads, used
@@ -175,29 +197,59 @@ class FiniteDifferenceEngine(AbstractEngine):
     ) -> tuple[dict[str, np.ndarray], float]:
         """The derivative at offset 0 of ``at(offset)`` (a dict of arrays), and its step.
 
-        Halves ``h`` while the error estimate falls and is above ``TARGET`` (see the
-        class's docstring); returns the Richardson-extrapolated estimate at the best pair.
+        A pair of steps (2s, s) is judged by its error estimate: the truncation estimate
+        ``|D(2s) − D(s)| / (2ᵏ − 1)`` plus the rounding bound ``ROUNDING · eps · max|f| / s``
+        (max|f| over the values evaluated so far). The pair (h, h/2) is accepted if that
+        meets ``TARGET``; else the walk goes down (halving) when truncation dominates and up
+        (doubling) when rounding does, while the estimate keeps falling. Returns the
+        Richardson-extrapolated estimate of the best pair, and its finer step.
         """
-        at = _memo(at)
+        memo = _Memo(at)
         gain = 2.0**self.order
-        coarse = self._stencil(at, h)
-        best, best_error, best_step = coarse, np.inf, h
-        for _ in range(MAX_HALVINGS):
-            fine = self._stencil(at, h / 2)
-            error, size = 0.0, 1.0
-            for name in fine:
-                change = np.abs(fine[name] - coarse[name]) / (gain - 1)
+        stencils: dict[float, dict[str, np.ndarray]] = {}
+
+        def judged(fine: float) -> tuple[float, float, float, dict[str, np.ndarray]]:
+            """The pair (2·fine, fine): truncation and rounding estimates, scale, estimate."""
+            small, large = (
+                stencils.get(step) or stencils.setdefault(step, self._stencil(memo, step))
+                for step in (fine, 2 * fine)
+            )
+            truncation, size = 0.0, 1.0
+            for name in small:
+                change = np.abs(small[name] - large[name]) / (gain - 1)
                 if change.size:
-                    error = max(error, float(np.max(change)))
-                    size = max(size, float(np.max(np.abs(fine[name]))))
-            if not np.isfinite(error) or error >= best_error:
-                break  # rounding has taken over: the previous pair was the best
-            best = {name: fine[name] + (fine[name] - coarse[name]) / (gain - 1) for name in fine}
-            best_error, best_step = error, h / 2
+                    truncation = max(truncation, float(np.max(change)))
+                    size = max(size, float(np.max(np.abs(small[name]))))
+            rounding = ROUNDING * _EPS * memo.largest / fine
+            if not (np.isfinite(truncation) and np.isfinite(rounding)):
+                truncation = np.inf
+            extrapolated = {
+                name: small[name] + (small[name] - large[name]) / (gain - 1) for name in small
+            }
+            return truncation, rounding, size, extrapolated
+
+        step = h / 2
+        truncation, rounding, size, best = judged(step)
+        error = truncation + rounding
+        if error <= TARGET * size:
+            return best, step
+        factor = 2.0 if rounding > truncation else 0.5
+        limit = MAX_HALVINGS if factor < 1 else MAX_DOUBLINGS
+        candidate_step = step
+        for _ in range(limit):
+            candidate_step *= factor
+            truncation, rounding, candidate_size, candidate = judged(candidate_step)
+            if not truncation + rounding < error:
+                break  # the estimate stopped falling: the previous pair was the best
+            step, error, size, best = (
+                candidate_step,
+                truncation + rounding,
+                candidate_size,
+                candidate,
+            )
             if error <= TARGET * size:
                 break
-            coarse, h = fine, h / 2
-        return best, best_step
+        return best, step
 
     def _stencil(
         self, at: Callable[[float], dict[str, np.ndarray]], h: float
@@ -223,16 +275,23 @@ class FiniteDifferenceEngine(AbstractEngine):
         }
 
 
-def _memo(at: Callable[[float], dict[str, np.ndarray]]) -> Callable[[float], dict[str, np.ndarray]]:
-    """``at``, evaluated once per offset: stencils at h and h/2 share points."""
-    values: dict[float, dict[str, np.ndarray]] = {}
+class _Memo:
+    """``at``, evaluated once per offset (stencils at h and h/2 share points), remembering
+    the largest magnitude it returned: the scale of its rounding error."""
 
-    def memoised(offset: float) -> dict[str, np.ndarray]:
-        if offset not in values:
-            values[offset] = at(offset)
-        return values[offset]
+    def __init__(self, at: Callable[[float], dict[str, np.ndarray]]) -> None:
+        self.at = at
+        self.values: dict[float, dict[str, np.ndarray]] = {}
+        self.largest = 0.0
 
-    return memoised
+    def __call__(self, offset: float) -> dict[str, np.ndarray]:
+        value = self.values.get(offset)  # a NaN offset (a diverged point) is never found
+        if value is None:
+            value = self.values[offset] = self.at(offset)
+            for array in value.values():
+                if np.size(array):
+                    self.largest = max(self.largest, float(np.max(np.abs(array))))
+        return value
 
 
 def _loss_moved(

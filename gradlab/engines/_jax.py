@@ -140,7 +140,7 @@ def _first_float_dtype(tree: Any) -> Any:
 # Compiled functions by what they compute and the problem's cache key: the same function
 # object for an unchanged problem, so the loop body built around it compares equal from one
 # fit to the next and jit's cache of the compiled loop is hit.
-_COMPILED: Compiled[Any] = Compiled()
+_COMPILED: Compiled[Callable[..., Any]] = Compiled()
 
 
 def _value_and_grad(problem: AbstractProblem) -> ValueAndGrad:

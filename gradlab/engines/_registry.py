@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -227,11 +226,8 @@ def engine_list(
         (``"torch-compile"``), which must be named.
     """
     if engines is None:
-        names = default_engines()
-        if installed_only:
-            installed = available_engines()
-            names = tuple(name for name in names if name in installed)
-        return list(names), True
+        installed = available_engines() if installed_only else known_engines()
+        return [name for name in default_engines() if name in installed], True
     if isinstance(engines, str):
         items: list[Any] = [name.strip() for name in engines.split(",")]
         if not engines.strip():

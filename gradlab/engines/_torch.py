@@ -108,7 +108,9 @@ class TorchEngine(AbstractEngine):
 
         def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
             with recording():
-                leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
+                leaves = {
+                    name: value.detach().requires_grad_(True) for name, value in params.items()
+                }
                 loss = loss_of(leaves, data, xp)
                 # materialize_grads: a parameter the loss ignores gets zeros, not None.
                 grads = torch.autograd.grad(
@@ -267,7 +269,9 @@ def _checked_device(torch: Any, device: object) -> Any:
     try:
         checked = torch.device(device)
         if checked.type == "meta":
-            raise ArgumentError("device", "'meta' tensors hold no values: gradlab cannot compute on it")
+            raise ArgumentError(
+                "device", "'meta' tensors hold no values: gradlab cannot compute on it"
+            )
         torch.empty(1, device=checked) + 1  # a build without that device fails here
     except ArgumentError:
         raise

@@ -12,7 +12,6 @@ from gradlab._checks import as_float_array, check_mapping
 from gradlab._errors import (
     ArgumentError,
     ArgumentTypeError,
-    GradlabError,
     HandGradientMissing,
     NotSupported,
 )

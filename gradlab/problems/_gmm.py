@@ -42,7 +42,8 @@ def _sum_over_points(subscripts: str, *operands: np.ndarray) -> np.ndarray:
     while len(parts) > 1:
         pairs = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
         parts = pairs + parts[len(pairs) * 2 :]
-    return parts[0]
+    total: np.ndarray = parts[0]
+    return total
 
 
 def _lower_offsets(d: int) -> list[int]:
