@@ -60,6 +60,27 @@ def max_rho(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
     return worst
 
 
+def path_rho(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> np.ndarray:
+    """Per step, the largest rho between two fits' trajectories, over their common steps.
+
+    ``a`` and ``b`` are ``FitResult.trajectory`` values: for each parameter an array whose
+    leading axis is the step. Non-finite parameters count as total disagreement (``inf``).
+    """
+    if a is None or b is None:
+        raise ArgumentTypeError("results", "need trajectories: fit(..., trajectory=True)")
+    length = min(len(np.asarray(path)) for path in (*a.values(), *b.values()))
+    per_step = np.zeros(length)
+    for name, path in a.items():
+        left = np.asarray(path)[:length].reshape(length, -1).astype(np.float64)
+        right = np.asarray(b[name])[:length].reshape(length, -1).astype(np.float64)
+        if left.shape[1] == 0:
+            continue
+        with np.errstate(all="ignore"):
+            elementwise = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
+        per_step = np.maximum(per_step, elementwise.max(axis=1))
+    return per_step
+
+
 def _as_real(value: Any, argument: str) -> np.ndarray:
     """``value`` as a float64 array (non-finite values allowed), or a named error."""
     try:

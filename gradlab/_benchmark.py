@@ -35,6 +35,7 @@ from gradlab._fit import fit
 from gradlab._output import Record, table
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
+from gradlab._workload import SGD_STEP, point
 from gradlab.engines._protocol import GradientEngine, block_of, objective_of
 from gradlab.engines._registry import engine_list, get_engine
 from gradlab.optimizers import GradientTransformation, sgd
@@ -509,11 +510,6 @@ def benchmark(
     )
 
 
-#: The benchmark's fits take SGD steps this small: time per step does not depend on the
-#: values as long as they stay finite, and this keeps every shipped problem finite at every
-#: size (the quadratic's loss is a sum, so its curvature grows with n).
-SGD_STEP = 1e-7
-
 
 def _as_list(value: object, argument: str) -> list[Any]:
     """One value or a sequence of them (a comma-separated string for names)."""
@@ -574,17 +570,6 @@ def _floor(data: dict[str, np.ndarray], dtype: str, min_time: float) -> Timing |
     return Timing.of(
         time_calls(lambda: [np.vdot(a, a) for a in arrays.values()], lambda out: out, min_time)
     )
-
-
-def point(problem: AbstractProblem, data: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """A small random point (seeded) where gradients are taken and fits start."""
-    shapes = problem.param_shapes(problem.check_data(data))
-    if shapes is None:
-        raise ArgumentError(
-            "problems", f"problem {problem.name!r} does not declare its parameter shapes"
-        )
-    rng = np.random.default_rng(seed)
-    return {name: 0.1 * rng.standard_normal(shape) for name, shape in shapes.items()}
 
 
 def _case(

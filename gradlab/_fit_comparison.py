@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from gradlab import _output
-from gradlab._agreement import rho
+from gradlab._agreement import path_rho
 from gradlab._boundary import prepare
 from gradlab._checks import check_float, check_positive_int
 from gradlab._errors import ArgumentTypeError
@@ -43,9 +43,10 @@ class FitComparison(_output.Record):
         engines: The engines, in order (the reference first).
         steps: The number of steps asked for.
         init: The common starting point.
-        results: Each engine's [`FitResult`][gradlab.FitResult], with its ``trajectory``.
+        results: Each engine's [`FitResult`][gradlab.FitResult], with its ``trajectory``
+            (from a last run that recorded it, after the timed runs).
         times: Each engine's wall time in seconds: the fastest of the timed runs, which
-            follow a first (warm-up) run that also recorded the trajectory.
+            follow an untimed warm-up run and record nothing.
         loss_tol: The loss tolerance asked for, or ``None``.
         steps_to_tol: Per engine, the number of updates after which the loss first was at or
             below ``loss_tol`` (``None`` if it never was, or no ``loss_tol`` was given).
@@ -243,9 +244,10 @@ def compare_fits(
 ) -> FitComparison:
     """Run the same fit on every engine from the same start, and compare the paths.
 
-    Each engine runs the fit once recording every step's parameters (this run also warms
-    up: imports, tracing, compilation), then ``repeats`` more times without recording;
-    the fastest of those is the engine's time. The parameter paths are compared step by
+    Each engine runs the fit once untimed, to warm up (imports, tracing, compilation),
+    then ``repeats`` times without recording, the fastest of which is the engine's time,
+    then once more recording every step's parameters (recording is kept out of the
+    timed runs). The parameter paths are compared step by
     step in rho against the reference, with the tolerance table of
     [`tolerance`][gradlab.tolerance] (a correct engine's path stays as close as its gradients,
     since gradient descent on these problems does not amplify round-off).
@@ -327,7 +329,7 @@ def compare_fits(
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             if i != j:
-                per_step = path_rho(results[a], results[b])
+                per_step = path_rho(results[a].trajectory, results[b].trajectory)
                 peak[i, j] = int(np.argmax(per_step))
                 divergence[i, j] = per_step[peak[i, j]]
     return FitComparison(
@@ -353,26 +355,6 @@ def compare_fits(
         model=problem,
         data=checked_data,
     )
-
-
-def path_rho(a: FitResult, b: FitResult) -> np.ndarray:
-    """Per step, the largest rho between two fits' parameters, over their common steps.
-
-    Non-finite parameters count as total disagreement (``inf``).
-    """
-    if a.trajectory is None or b.trajectory is None:
-        raise ArgumentTypeError("results", "need trajectories: fit(..., trajectory=True)")
-    length = min(len(a.losses), len(b.losses)) + 1
-    per_step = np.zeros(length)
-    for name, path in a.trajectory.items():
-        left = path[:length].reshape(length, -1).astype(np.float64)
-        right = b.trajectory[name][:length].reshape(length, -1).astype(np.float64)
-        if left.shape[1] == 0:
-            continue
-        with np.errstate(all="ignore"):
-            elementwise = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
-        per_step = np.maximum(per_step, elementwise.max(axis=1))
-    return per_step
 
 
 def _first_below(losses: np.ndarray, limit: float | None) -> int | None:

@@ -58,7 +58,7 @@ def _main(arguments: list[str]) -> None:
     import numpy as np
 
     import gradlab
-    from gradlab._benchmark import SGD_STEP, point
+    from gradlab._workload import SGD_STEP, point
     from gradlab.problems._named import at_size, problem_named
 
     name, n, dtype, engine_name, steps, seed = arguments

@@ -25,18 +25,16 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from gradlab._agreement import path_rho
 from gradlab._output import optional
 from gradlab.problems._base import AbstractProblem
 
-if TYPE_CHECKING:
-    from gradlab._benchmark import BenchmarkResult
-    from gradlab._fit import FitResult
-    from gradlab._report import GradientReport
-
+# The results are typed Any here: the result modules import this one (for their ``plot``
+# methods), and this module reads only their public attributes, so it imports none of them.
 __all__ = ["agreement_figure", "benchmark_figure", "fit_figure"]
 
 #: rho below this is drawn at it: 0 has no logarithm, and float64 round-off sits above it.
@@ -58,7 +56,7 @@ def _style(index: int, count: int) -> dict[str, Any]:
     }
 
 
-def agreement_figure(report: GradientReport) -> Any:
+def agreement_figure(report: Any) -> Any:
     """Heatmap of the largest rho between every pair of engines, against its tolerance.
 
     Colour is rho / tolerance on a log scale: green is well inside the tolerance, yellow at
@@ -98,7 +96,7 @@ def agreement_figure(report: GradientReport) -> Any:
 
 
 def fit_figure(
-    results: Mapping[str, FitResult],
+    results: Mapping[str, Any],
     *,
     model: AbstractProblem | None = None,
     data: Mapping[str, Any] | None = None,
@@ -115,7 +113,6 @@ def fit_figure(
         reference: The engine the paths are measured against; the third panel (path rho per
             step) is drawn when there are at least two results with trajectories.
     """
-    from gradlab._fit_comparison import path_rho
 
     names = list(results)
     reference = reference if reference is not None else names[0]
@@ -154,7 +151,7 @@ def fit_figure(
         axes = next(grid)
         others = [name for name in names if name != reference]
         for index, name in enumerate(others, start=1):
-            per_step = np.maximum(path_rho(results[name], results[reference]), RHO_FLOOR)
+            per_step = np.maximum(path_rho(results[name].trajectory, results[reference].trajectory), RHO_FLOOR)
             axes.plot(np.arange(len(per_step)), per_step, label=name, **_style(index, len(names)))
         axes.set_yscale("log")
         axes.set_title(f"How far each path lies from {reference}'s")
@@ -166,7 +163,7 @@ def fit_figure(
 
 
 def _draw_curves(
-    axes: Any, model: AbstractProblem, data: Mapping[str, Any], results: Mapping[str, FitResult]
+    axes: Any, model: AbstractProblem, data: Mapping[str, Any], results: Mapping[str, Any]
 ) -> None:
     """The data and each engine's fitted curve (1-D inputs), or predicted against observed."""
     x, y = np.asarray(data["x"]), np.asarray(data["y"])
@@ -196,7 +193,7 @@ def _draw_curves(
     axes.grid(True, alpha=0.3)
 
 
-def benchmark_figure(result: BenchmarkResult) -> Any:
+def benchmark_figure(result: Any) -> Any:
     """Time of value-and-gradient against n, log-log: a column per problem, a row per dtype.
 
     One line per engine (minimum over the timed calls; the band reaches the median), the

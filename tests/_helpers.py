@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import gradlab
 
@@ -26,6 +28,20 @@ def default_engines() -> tuple[str, ...]:
 
     installed = gradlab.available_engines()
     return tuple(name for name in defaults() if name in installed)
+
+
+#: Examples per property test where one example is expensive: jax compiles anew for every
+#: shape drawn (GMM and MLP draw many), and fd Hessians cost elements² loss evaluations.
+#: The deep profile (HYPOTHESIS_PROFILE=deep) lifts these caps.
+EXPENSIVE = {"gmm": 12, "mlp": 12, "log_sum_exp": 20, "rosenbrock": 20}
+
+
+def examples(problem: str) -> settings:
+    """The loaded profile's settings, with fewer examples for an expensive problem."""
+    cap = EXPENSIVE.get(problem)
+    if cap is None or os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+        return settings()
+    return settings(max_examples=min(cap, settings().max_examples))
 
 
 def first_installed(names: tuple[str, ...]) -> str:

@@ -25,6 +25,9 @@ settings.register_profile(
     derandomize=True,
     print_blob=True,
 )
+# On demand (HYPOTHESIS_PROFILE=deep): ten times the examples, and no per-test caps
+# (_helpers.examples), for a thorough run before a release.
+settings.register_profile("deep", parent=settings.get_profile("default"), max_examples=400)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import BUILTIN_ENGINES
+from _helpers import BUILTIN_ENGINES, examples
 from _strategies import CASES
 from hypothesis import given
 
@@ -31,6 +31,7 @@ def gradient(engine: str, case: tuple[Any, Any, Any], dtype: str = "float64") ->
 def test_engine_agrees_with_hand_gradient_in_float64(problem: str, engine: str) -> None:
     limit = gradlab.tolerance("float64", against_fd=engine == "fd")
 
+    @examples(problem)
     @given(CASES[problem])
     def check(case: tuple[Any, Any, Any]) -> None:
         grads = gradient(engine, case)
@@ -44,6 +45,7 @@ def test_engine_agrees_with_hand_gradient_in_float64(problem: str, engine: str) 
 def test_hand_gradient_agrees_with_finite_differences(problem: str) -> None:
     """The hand derivations themselves, checked the way ADBench checks its Manual module."""
 
+    @examples(problem)
     @given(CASES[problem])
     def check(case: tuple[Any, Any, Any]) -> None:
         assert gradlab.max_rho(gradient("fd", case), gradient("numpy", case)) <= 1e-6
@@ -55,6 +57,7 @@ def test_hand_gradient_agrees_with_finite_differences(problem: str) -> None:
 def test_installed_engines_agree_with_each_other(problem: str) -> None:
     engines = [name for name in BUILTIN_ENGINES if name in gradlab.available_engines()]
 
+    @examples(problem)
     @given(CASES[problem])
     def check(case: tuple[Any, Any, Any]) -> None:
         grads = {name: gradient(name, case) for name in engines}
@@ -69,6 +72,7 @@ def test_installed_engines_agree_with_each_other(problem: str) -> None:
 def test_engine_agrees_in_float32(problem: str, engine: str) -> None:
     """float32 gradients against the float64 hand gradient at the same float32 point."""
 
+    @examples(problem)
     @given(CASES[problem])
     def check(case: tuple[Any, Any, Any]) -> None:
         problem_, data, params = case

@@ -17,6 +17,7 @@ from _helpers import (
     AUTODIFF_ENGINES,
     BUILTIN_ENGINES,
     RequiredMembersOnly,
+    examples,
     first_installed,
     require_engine,
 )
@@ -61,6 +62,7 @@ def test_hvp_agrees_with_the_hand_derivation(problem: str, dtype: str, engine: s
         truth_engine = "fd" if engine != "fd" else first_installed(AUTODIFF_ENGINES)
     limit = gradlab.tolerance(dtype, against_fd="fd" in (engine, truth_engine))
 
+    @examples(problem)
     @given(CASES[problem], st.data())
     def check(case: Case, draw: st.DataObject) -> None:
         problem_, data, params = as_float32_point(case) if dtype == "float32" else case
@@ -83,6 +85,7 @@ def test_hand_hvp_agrees_with_finite_differences(problem: str) -> None:
     if problem in NO_HAND_HVP:
         pytest.skip(f"{problem} has no hand-derived Hessian-vector product")
 
+    @examples(problem)
     @given(CASES[problem], st.data())
     def check(case: Case, draw: st.DataObject) -> None:
         problem_, data, params = case
@@ -100,6 +103,7 @@ def test_hessian_is_symmetric_and_hvp_is_linear(problem: str, engine: str) -> No
         pytest.skip(f"{problem} has no hand-derived Hessian-vector product")
     limit = gradlab.tolerance("float64", against_fd=engine == "fd")
 
+    @examples(problem)
     @given(CASES[problem], st.data(), reals(-3, 3))
     def check(case: Case, draw: st.DataObject, scale: float) -> None:
         problem_, data, params = case

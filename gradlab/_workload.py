@@ -1,0 +1,30 @@
+"""What one benchmark case runs: its starting point and its optimizer step.
+
+Shared by the benchmark (``gradlab._benchmark``) and the fresh process that measures a
+case's memory (``gradlab._memory``), so that both run the same fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gradlab._errors import ArgumentError
+from gradlab.problems._base import AbstractProblem
+
+#: The benchmark's fits take SGD steps this small: time per step does not depend on the
+#: values as long as they stay finite, and this keeps every shipped problem finite at every
+#: size (the quadratic's loss is a sum, so its curvature grows with n).
+SGD_STEP = 1e-7
+
+
+def point(problem: AbstractProblem, data: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """A small random point (seeded) where gradients are taken and fits start."""
+    shapes = problem.param_shapes(problem.check_data(data))
+    if shapes is None:
+        raise ArgumentError(
+            "problems", f"problem {problem.name!r} does not declare its parameter shapes"
+        )
+    rng = np.random.default_rng(seed)
+    return {name: 0.1 * rng.standard_normal(shape) for name, shape in shapes.items()}
