@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from gradlab import _output
-from gradlab._boundary import on_engine, prepare
+from gradlab._boundary import (
+    calling,
+    check_value_and_grad,
+    crosses,
+    on_engine,
+    prepare,
+)
 from gradlab._checks import check_bool, check_dtype, check_positive_float, check_positive_int
 from gradlab._errors import ArgumentError, GradlabError, HandGradientMissing, NotSupported
 from gradlab._fit import fit
@@ -510,7 +516,6 @@ def benchmark(
     )
 
 
-
 def _as_list(value: object, argument: str) -> list[Any]:
     """One value or a sequence of them (a comma-separated string for names)."""
     if isinstance(value, str):
@@ -593,11 +598,13 @@ def _case(
     except (HandGradientMissing, NotSupported) as error:  # it cannot run this problem
         return BenchmarkCase(**base, status="skipped", note=str(error))
     block = block_of(engine)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), calling(problem, engine, start, checked):
         batch = on_engine(engine, checked, dtype)
         params = on_engine(engine, start, dtype)
         first_objective = _first(lambda: loss(params, batch), block)
         first_gradient = _first(lambda: gradient(params, batch), block)
+        if crosses(engine, problem, gradient):  # a plug-in or hand gradient: check it once
+            check_value_and_grad(engine, problem, gradient, gradient(params, batch), start, dtype)
         objective_timing = Timing.of(time_calls(lambda: loss(params, batch), block, min_time))
         gradient_timing = Timing.of(time_calls(lambda: gradient(params, batch), block, min_time))
         # About min_time per fit; at least 10 steps, so that per-call costs are spread.

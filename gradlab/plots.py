@@ -151,7 +151,8 @@ def fit_figure(
         axes = next(grid)
         others = [name for name in names if name != reference]
         for index, name in enumerate(others, start=1):
-            per_step = np.maximum(path_rho(results[name].trajectory, results[reference].trajectory), RHO_FLOOR)
+            trajectories = results[name].trajectory, results[reference].trajectory
+            per_step = np.maximum(path_rho(*trajectories), RHO_FLOOR)
             axes.plot(np.arange(len(per_step)), per_step, label=name, **_style(index, len(names)))
         axes.set_yscale("log")
         axes.set_title(f"How far each path lies from {reference}'s")

@@ -41,7 +41,7 @@ def test_no_module_imports_itself_through_others() -> None:
     def visit(name: str, path: list[str]) -> None:
         for target in sorted(graph[name]):
             if target in path:
-                cycles.append(path[path.index(target) :] + [target])
+                cycles.append([*path[path.index(target) :], target])
             elif len(path) < 12:
                 visit(target, [*path, target])
 

@@ -226,6 +226,31 @@ def test_gmm_is_adbenchs_objective(engine: str) -> None:
     assert gradlab.rho(loss, expected) <= 1e-12
 
 
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).eps > 1e-18, reason="needs an extended-precision long double"
+)
+def test_gmms_hand_gradient_does_not_lose_digits_as_points_grow() -> None:
+    """ADBench's 2.5M-point inputs repeat one point. Summed one after another, n equal terms
+    lose digits in proportion to n (rho 1.1e-10 at 2²⁰ points); summed in blocks and pairs,
+    the loss grows with log n. Oracle: the same hand gradient in long double (64-bit
+    mantissa), whose own error at this n is about 10⁻¹⁴ in rho."""
+    problem = gradlab.GMM(2, 2)
+    rng = np.random.default_rng(0)
+    params = {
+        "alphas": rng.standard_normal(2),
+        "means": rng.uniform(0, 1, (2, 2)),
+        "icf": rng.standard_normal((2, 3)),
+    }
+    x = np.repeat(rng.standard_normal((1, 2)), 2**20, axis=0)
+    _, float64 = problem.hand_value_and_grad(params, {"x": x})
+    extended = {k: v.astype(np.longdouble) for k, v in params.items()}
+    _, truth = problem.hand_value_and_grad(extended, {"x": x.astype(np.longdouble)})
+    worst = max(
+        float(np.max(gradlab.rho(float64[k], np.asarray(truth[k], np.float64)))) for k in truth
+    )
+    assert worst <= 1e-12
+
+
 @pytest.mark.parametrize(
     ("arguments", "argument"),
     [({"k": 0}, "k"), ({"d": 0}, "d"), ({"gamma": 0.0}, "gamma"), ({"m": -1}, "m")],

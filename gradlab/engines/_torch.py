@@ -204,7 +204,8 @@ class TorchCompileEngine(TorchEngine):
         parameters' dtype first: compiled code is specialised on the value of a Python
         number, so a count that changes every step would compile every step.
         """
-        compiled = self._compiling(("step", step, fingerprint(step.optimizer)), step)  # type: ignore[attr-defined]
+        optimizer = fingerprint(getattr(step, "optimizer", None))
+        compiled = self._compiling(("step", step, optimizer), step)
         carry = self._numbers_as_tensors(carry, _float_dtype(carry, self._torch))
         return super().run(compiled, carry, data, steps)
 
