@@ -77,9 +77,8 @@ def check_float(
     above = number >= high if high_open else number > high
     if not math.isfinite(number) or number < low or above:
         bracket = ")" if high_open else "]"
-        raise ArgumentError(
-            argument, f"must be a finite number in [{low}, {high}{bracket}, got {value!r}"
-        )
+        bounds = "" if math.isinf(low) and math.isinf(high) else f" in [{low}, {high}{bracket}"
+        raise ArgumentError(argument, f"must be a finite number{bounds}, got {value!r}")
     return number
 
 

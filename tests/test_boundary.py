@@ -571,3 +571,25 @@ def test_user_data_is_never_written_even_by_a_loss_that_tries(engine: str) -> No
     )
     sgd_fit(problem, engine, data={"x": x}, steps=3, init={"a": 1.0})
     np.testing.assert_array_equal(x, original)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "jax", "torch"])
+def test_fits_in_threads_give_what_fits_in_turn_give(engine: str) -> None:
+    require_engine(engine)
+    import concurrent.futures
+
+    recipe = gradlab.recipes.seed_numpy()
+    alone = recipe.run(engine, steps=50)
+    problems = [Shifted(shift=float(i)) for i in range(4)]
+
+    def work(i: int) -> tuple[gradlab.FitResult, gradlab.FitResult | None]:
+        seed = recipe.run(engine, steps=50)
+        own = None if engine == "numpy" else sgd_fit(problems[i], engine, steps=300)
+        return seed, own
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    for i, (seed, own) in enumerate(results):
+        np.testing.assert_array_equal(seed.losses, alone.losses)
+        if own is not None:
+            assert float(own.params["a"]) == pytest.approx(float(i), abs=1e-6)

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import sys
 import sysconfig
+import threading
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -63,16 +64,20 @@ class Compiled(Generic[T]):
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self._items: OrderedDict[Hashable, T] = OrderedDict()
+        # Fits may run in threads; ``make`` only wraps functions (compiling happens on their
+        # first call), so holding the lock while it runs costs nothing.
+        self._lock = threading.Lock()
 
     def get(self, cache_key: Hashable, make: Callable[[], T]) -> T:
         """The value under ``cache_key``, made by ``make()`` the first time."""
-        if cache_key in self._items:
-            self._items.move_to_end(cache_key)
-            return self._items[cache_key]
-        value = self._items[cache_key] = make()
-        if len(self._items) > self.size:
-            self._items.popitem(last=False)
-        return value
+        with self._lock:
+            if cache_key in self._items:
+                self._items.move_to_end(cache_key)
+                return self._items[cache_key]
+            value = self._items[cache_key] = make()
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+            return value
 
     def __len__(self) -> int:
         return len(self._items)
