@@ -110,10 +110,14 @@ class FiniteDifferenceEngine(AbstractEngine):
           (a step that jumped would put its own error into the difference): those steps
           are frozen, and reused by every product at the same ``params`` (a Hessian);
         - the outer difference's truncation and rounding: the stencil over the steps h and
-          2h, ``h = rel_step · max(1, max|p|) / max|v|``, combined by Richardson
-          extrapolation, (2ᵏ·D(h) − D(2h)) / (2ᵏ − 1), which cancels the leading
-          truncation term without a smaller step (the rounding error, ~eps·|f|/(h·hᵢ),
-          would grow with each halving).
+          2h, combined by Richardson extrapolation, (2ᵏ·D(h) − D(2h)) / (2ᵏ − 1), which
+          cancels the leading truncation term. That makes it sixth-order (order 4), so for
+          a loss of unit scale the step that balances its truncation (~h⁶) against the
+          nested rounding (~eps·|f|/(h·hᵢ)) is eps^(1/7) ≈ 5.8e-3, 7.8 times the
+          gradient's eps^(1/5). The inner search has measured the scale the loss has along
+          each coordinate, so ``h = 7.8 · min(hᵢ) / max|v|``: eight times less rounding
+          than the gradient's step where the loss is tame (Rosenbrock's Hessian to 2e-11),
+          and a step that shrinks where it curves fast (GMM's exp(icf)).
 
         Nothing but the loss is evaluated: it stays independent of every derivation.
         """
@@ -133,19 +137,25 @@ class FiniteDifferenceEngine(AbstractEngine):
                 frozen[where] = self._gradient(problem, point, data64)[1]
             steps = frozen[where]
             scale = max([1.0] + [float(np.max(np.abs(v), initial=0.0)) for v in point.values()])
-            h = self.rel_step * scale / size
+            # The outer difference is searched like a partial derivative (see _derivative),
+            # from 7.8 (= eps^(1/7) / eps^(1/5)) times the smallest inner step along v: the
+            # inner search measured the scale the loss has along each coordinate. Its values
+            # are differences themselves, so their rounding is judged as eps·|f|·4/hᵢ, not
+            # by their own size; and it walks up at most twice (each step costs two
+            # gradients).
+            inner = min(float(np.min(step, initial=np.inf)) for step in steps.values())
+            if not np.isfinite(inner):
+                inner = self.rel_step * scale
+            loss = abs(float(np.asarray(checked_loss(problem)(point, data64, np))))
+            noise = ROUNDING * max(loss, 1.0) / inner
+            h = _EPS ** (1 / 7) / _EPS ** (1 / 5) * inner / size
 
             def gradient_at(offset: float) -> dict[str, np.ndarray]:
                 moved = {name: point[name] + offset * direction[name] for name in point}
                 return self._gradient(problem, moved, data64, steps)[0]
 
-            at = _Memo(gradient_at)
-            coarse, fine = self._stencil(at, 2 * h), self._stencil(at, h)
-            gain = 2.0**self.order
-            return {
-                name: ((gain * fine[name] - coarse[name]) / (gain - 1)).astype(dtype)
-                for name in fine
-            }
+            product, _ = self._derivative(gradient_at, h, noise=noise, doublings=2)
+            return {name: value.astype(dtype) for name, value in product.items()}
 
         return hvp
 
@@ -193,7 +203,11 @@ class FiniteDifferenceEngine(AbstractEngine):
         return grads, used
 
     def _derivative(
-        self, at: Callable[[float], dict[str, np.ndarray]], h: float
+        self,
+        at: Callable[[float], dict[str, np.ndarray]],
+        h: float,
+        noise: float | None = None,
+        doublings: int = 8,
     ) -> tuple[dict[str, np.ndarray], float]:
         """The derivative at offset 0 of ``at(offset)`` (a dict of arrays), and its step.
 
@@ -203,6 +217,10 @@ class FiniteDifferenceEngine(AbstractEngine):
         meets ``TARGET``; else the walk goes down (halving) when truncation dominates and up
         (doubling) when rounding does, while the estimate keeps falling. Returns the
         Richardson-extrapolated estimate of the best pair, and its finer step.
+
+        ``noise`` replaces max|f| in the rounding bound where the values differenced carry
+        more rounding than their own size says (a gradient taken by differences);
+        ``doublings`` caps the walk up.
         """
         memo = _Memo(at)
         gain = 2.0**self.order
@@ -220,7 +238,7 @@ class FiniteDifferenceEngine(AbstractEngine):
                 if change.size:
                     truncation = max(truncation, float(np.max(change)))
                     size = max(size, float(np.max(np.abs(small[name]))))
-            rounding = ROUNDING * _EPS * memo.largest / fine
+            rounding = ROUNDING * _EPS * (memo.largest if noise is None else noise) / fine
             if not (np.isfinite(truncation) and np.isfinite(rounding)):
                 truncation = np.inf
             extrapolated = {
@@ -234,7 +252,7 @@ class FiniteDifferenceEngine(AbstractEngine):
         if error <= TARGET * size:
             return best, step
         factor = 2.0 if rounding > truncation else 0.5
-        limit = MAX_HALVINGS if factor < 1 else MAX_DOUBLINGS
+        limit = MAX_HALVINGS if factor < 1 else min(doublings, MAX_DOUBLINGS)
         candidate_step = step
         for _ in range(limit):
             candidate_step *= factor
