@@ -22,6 +22,11 @@ comparisons, the second derivatives, the benchmark):
   dtype asked for.
 - [`check_optimizer`][gradlab._boundary.check_optimizer] runs one update of a
   user-supplied optimizer on NumPy arrays and checks its structure.
+- [`check_steps`][gradlab._boundary.check_steps] refuses a fit whose per-step records could
+  not fit in memory, before it starts.
+
+Code gradlab wrote itself (its engines, problems and optimizers) is not probed again on
+every call: [`crosses`][gradlab._boundary.crosses] says where user code crosses.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._checks import check_dtype, check_params
+from gradlab._checks import check_dtype, check_params, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError
 from gradlab._tree import tree_map
 from gradlab.engines._protocol import GradientEngine
@@ -480,8 +485,6 @@ def check_steps(steps: object, per_step_bytes: int) -> int:
     A fit keeps ``per_step_bytes`` for every step until it ends; more steps than this
     machine's memory can hold are refused up front, not after the memory has run out.
     """
-    from gradlab._checks import check_positive_int
-
     count = check_positive_int(steps, "steps")
     memory = physical_memory()
     if memory is not None and count * per_step_bytes > memory:

@@ -33,7 +33,7 @@ def default_engines() -> tuple[str, ...]:
 #: Examples per property test where one example is expensive: jax compiles anew for every
 #: shape drawn (GMM and MLP draw many), and fd Hessians cost elements² loss evaluations.
 #: The deep profile (HYPOTHESIS_PROFILE=deep) lifts these caps.
-EXPENSIVE = {"gmm": 12, "mlp": 12, "log_sum_exp": 20, "rosenbrock": 20}
+EXPENSIVE = {"gmm": 8, "mlp": 8, "log_sum_exp": 15, "rosenbrock": 15, "softmax_regression": 20}
 
 
 def examples(problem: str) -> settings:
