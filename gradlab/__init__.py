@@ -68,15 +68,18 @@ from gradlab.optimizers import sgd as sgd
 from gradlab.problems import GMM as GMM
 from gradlab.problems import MLP as MLP
 from gradlab.problems import AbstractProblem as AbstractProblem
+from gradlab.problems import Layout as Layout
 from gradlab.problems import LeastSquares as LeastSquares
 from gradlab.problems import LinearRegression as LinearRegression
 from gradlab.problems import LogisticRegression as LogisticRegression
 from gradlab.problems import LogSumExp as LogSumExp
+from gradlab.problems import NativeProblem as NativeProblem
 from gradlab.problems import PolynomialRegression as PolynomialRegression
 from gradlab.problems import Problem as Problem
 from gradlab.problems import Quadratic as Quadratic
 from gradlab.problems import Rosenbrock as Rosenbrock
 from gradlab.problems import SoftmaxRegression as SoftmaxRegression
+from gradlab.problems import torch_module as torch_module
 
 __version__ = "0.1.0"
 
@@ -98,11 +101,13 @@ __all__ = [
     "GradientTransformation",
     "GradlabError",
     "HandGradientMissing",
+    "Layout",
     "LeastSquares",
     "LinearRegression",
     "LogSumExp",
     "LogisticRegression",
     "MissingDependency",
+    "NativeProblem",
     "NotSupported",
     "PolynomialRegression",
     "Problem",
@@ -143,6 +148,7 @@ __all__ = [
     "schedules",
     "sgd",
     "tolerance",
+    "torch_module",
     "unregister_engine",
     "value_and_grad",
 ]

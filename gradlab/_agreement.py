@@ -9,6 +9,7 @@ import numpy as np
 
 from gradlab._checks import check_dtype
 from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._tree import flatten
 
 #: Largest rho accepted between two exact gradients (autodiff or hand-derived), per dtype.
 #: float64: round-off of a few hundred operations on data of moderate size sits near 1e-14;
@@ -36,15 +37,22 @@ def rho(a: Any, b: Any) -> np.ndarray:
     return out
 
 
-def max_rho(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+def max_rho(a: Any, b: Any) -> float:
     """The largest [`rho`][gradlab.rho] over every element of two gradients with the same names.
 
-    Non-finite values count as total disagreement (``inf``).
+    Gradients are dicts of arrays, or nests of the same structure (compared leaf by leaf,
+    by path). Non-finite values count as total disagreement (``inf``).
 
     Examples:
         >>> max_rho({"w": [1.0, 2.0], "b": 0.0}, {"w": [1.0, 2.5], "b": 0.0})
         0.1111111111111111
     """
+    for argument, value in (("a", a), ("b", b)):
+        if not isinstance(value, (Mapping, list, tuple)):
+            raise ArgumentTypeError(
+                argument, f"must be a dict of arrays or a nest of them, got {type(value).__name__}"
+            )
+    a, b = flatten(a)[0], flatten(b)[0]
     if set(a) != set(b):
         raise ArgumentError("b", f"names {sorted(b)} differ from {sorted(a)}")
     worst = 0.0
@@ -60,14 +68,16 @@ def max_rho(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
     return worst
 
 
-def path_rho(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> np.ndarray:
+def path_rho(a: Any, b: Any) -> np.ndarray:
     """Per step, the largest rho between two fits' trajectories, over their common steps.
 
-    ``a`` and ``b`` are ``FitResult.trajectory`` values: for each parameter an array whose
-    leading axis is the step. Non-finite parameters count as total disagreement (``inf``).
+    ``a`` and ``b`` are ``FitResult.trajectory`` values: for each parameter (a dict, or a
+    nest) an array whose leading axis is the step. Non-finite parameters count as total
+    disagreement (``inf``).
     """
     if a is None or b is None:
         raise ArgumentTypeError("results", "need trajectories: fit(..., trajectory=True)")
+    a, b = flatten(a)[0], flatten(b)[0]
     length = min(len(np.asarray(path)) for path in (*a.values(), *b.values()))
     per_step = np.zeros(length)
     for name, path in a.items():

@@ -42,7 +42,7 @@ from gradlab._output import Record, table
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._workload import SGD_STEP, point
-from gradlab.engines._protocol import GradientEngine, block_of, objective_of
+from gradlab.engines._protocol import GradientEngine, block_of, objective_of, value_and_grad_of
 from gradlab.engines._registry import engine_list, get_engine
 from gradlab.optimizers import GradientTransformation, sgd
 from gradlab.problems._base import AbstractProblem
@@ -307,21 +307,40 @@ class BenchmarkResult(Record):
             "|" + "|".join("---" for _ in header) + "|",
             *("| " + " | ".join(row) + " |" for row in rows),
             "",
+            *(f"{line}  " for line in self._notes()),
         ]
         return "\n".join(lines)
 
     def __str__(self) -> str:
         header, rows = self._rows()
+        measured = len(self.select())
         lines = [
-            f"Benchmark: {len(self.select())} cases measured in {self.elapsed:.1f} s "
+            f"Benchmark: {measured} of {len(self.cases)} cases measured in {self.elapsed:.1f} s "
             f"(min of repeated calls, each synchronised; first call apart; "
             f"min measuring time {self.settings['min_time']} s per figure)",
             "",
             table(header, rows),
         ]
+        notes = self._notes()
+        if notes:
+            lines += ["", *notes]
+        if self.cases and not measured:
+            lines += ["", "No case could be measured: see the notes above."]
         if self.truncated:
             lines += ["", "The time budget ran out: the cases marked 'over budget' did not run."]
         return "\n".join(lines)
+
+    def _note_numbers(self) -> dict[str, int]:
+        """Each distinct reason a case was not measured, numbered in order of appearance."""
+        numbers: dict[str, int] = {}
+        for case in self.cases:
+            if case.status != "measured" and case.note and case.note not in numbers:
+                numbers[case.note] = len(numbers) + 1
+        return numbers
+
+    def _notes(self) -> list[str]:
+        """The notes in full: why cases were skipped (never cut short)."""
+        return [f"note {number}: {note}" for note, number in self._note_numbers().items()]
 
     def _rows(self) -> tuple[list[str], list[list[str]]]:
         header = [
@@ -340,11 +359,12 @@ class BenchmarkResult(Record):
         if self.settings.get("memory"):
             header.append("peak MB (4× steps)")
         rows = []
+        notes = self._note_numbers()
         for case in self.cases:
             if case.status != "measured":
+                marker = f"see note {notes[case.note]}" if case.note else ""
                 rows.append(
-                    [case.problem, str(case.n), case.dtype, case.engine, case.status]
-                    + [case.note[:60]]
+                    [case.problem, str(case.n), case.dtype, case.engine, case.status, marker]
                     + [""] * (len(header) - 6)
                 )
                 continue
@@ -462,10 +482,17 @@ def benchmark(
     if budget is not None:
         budget = check_positive_float(budget, "budget")
     for problem in problem_list:
-        try:  # up front, at the smallest size: a problem that draws no data is named now
-            at_size(problem, min(size_list)).make_data(min(size_list), seed=seed)
+        # Up front, at the smallest size: a problem that draws no data, or has no parameters
+        # to start from, is named now, not after the other problems ran.
+        sized = at_size(problem, min(size_list))
+        try:
+            point(sized, sized.make_data(min(size_list), seed=seed), seed)
         except NotSupported as error:
-            raise ArgumentError("problems", str(error)) from None
+            raise ArgumentError(
+                "problems",
+                f"{error}; a benchmarked problem needs make_data(n, seed=...) and parameter "
+                "shapes (declared, or initial_params(data, seed=...))",
+            ) from None
     engine_list = _engines(engines)
     optimizer = sgd(SGD_STEP)
 
@@ -592,19 +619,21 @@ def _case(
     """Measure one engine on one problem, size and dtype."""
     base: dict[str, Any] = {"problem": problem.name, "engine": engine.name, "n": n, "dtype": dtype}
     try:
-        _, _, checked, start = prepare(problem, data, point(problem, data, seed), engine, dtype)
-        loss = objective_of(engine, problem)
-        gradient = engine.value_and_grad(problem)
+        _, _, flat, checked, start, layout = prepare(
+            problem, data, point(problem, data, seed), engine, dtype
+        )
+        loss = objective_of(engine, flat)
+        gradient = value_and_grad_of(engine, flat)
     except (HandGradientMissing, NotSupported) as error:  # it cannot run this problem
         return BenchmarkCase(**base, status="skipped", note=str(error))
     block = block_of(engine)
-    with np.errstate(all="ignore"), calling(problem, engine, start, checked):
+    with np.errstate(all="ignore"), calling(flat, engine, start, checked):
         batch = on_engine(engine, checked, dtype)
         params = on_engine(engine, start, dtype)
         first_objective = _first(lambda: loss(params, batch), block)
         first_gradient = _first(lambda: gradient(params, batch), block)
-        if crosses(engine, problem, gradient):  # a plug-in or hand gradient: check it once
-            check_value_and_grad(engine, problem, gradient, gradient(params, batch), start, dtype)
+        if crosses(engine, flat, gradient):  # a plug-in or hand gradient: check it once
+            check_value_and_grad(engine, flat, gradient, gradient(params, batch), start, dtype)
         objective_timing = Timing.of(time_calls(lambda: loss(params, batch), block, min_time))
         gradient_timing = Timing.of(time_calls(lambda: gradient(params, batch), block, min_time))
         # About min_time per fit; at least 10 steps, so that per-call costs are spread.
@@ -613,11 +642,11 @@ def _case(
         def run() -> Any:
             return fit(
                 problem,
-                checked,
+                data,
                 engine=engine,
                 optimizer=optimizer,
                 steps=steps,
-                init=start,
+                init=layout.unflatten(start),
                 dtype=dtype,
             )
 

@@ -35,17 +35,19 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from gradlab._checks import check_dtype, check_params, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError
-from gradlab._tree import tree_map
-from gradlab.engines._protocol import GradientEngine
+from gradlab._flat import FlatView, flat_view
+from gradlab._tree import Keys, Structure, flatten, structure, subscript, tree_map
+from gradlab.engines._protocol import GradientEngine, value_and_grad_of
 from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation
 from gradlab.problems._base import AbstractProblem, Problem
+from gradlab.problems._native import NativeProblem
 
 Loss = Callable[[Any, Any, Any], Any]
 
@@ -61,6 +63,27 @@ def check_problem(problem: object) -> AbstractProblem:
     return problem
 
 
+class Prepared(NamedTuple):
+    """The checked arguments of an entry point, flat, and how to rebuild the caller's nests.
+
+    Attributes:
+        engine: The engine object.
+        dtype: ``"float32"`` or ``"float64"``.
+        problem: What engines are handed: the problem itself, or its
+            [`FlatView`][gradlab._flat.FlatView] when parameters or data are nests.
+        data: The data by path (read-only views or float64 copies).
+        params: The parameters by path (float64 copies).
+        layout: The parameters' structure: ``layout.unflatten`` rebuilds the caller's nest.
+    """
+
+    engine: GradientEngine
+    dtype: str
+    problem: AbstractProblem
+    data: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+    layout: Structure
+
+
 def prepare(
     problem: object,
     data: object,
@@ -68,40 +91,65 @@ def prepare(
     engine: object,
     dtype: object,
     params_argument: str = "init",
-) -> tuple[GradientEngine, str, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Check the arguments every entry point shares; return the engine, dtype and checked arrays.
+) -> Prepared:
+    """Check the arguments every entry point shares; return them flat, ready for engines.
 
     Data comes back as read-only views of the caller's float arrays (or float64 copies of
     anything else), parameters as float64 copies: nothing the caller owns is ever written.
+    Parameters and data may be nests; they come back flattened by path, with the problem
+    wrapped to match.
     """
     checked = check_problem(problem)
     checked_dtype = check_dtype(dtype)
     checked_engine = get_engine(engine)  # type: ignore[arg-type]
-    checked_data = checked.check_data(data)
-    shapes = checked.param_shapes(checked_data)
-    checked_params = check_params(params, shapes, params_argument)
-    if shapes is None:
-        _probe(checked, checked_data, checked_params, params_argument)
-    return checked_engine, checked_dtype, checked_data, checked_params
+    nested_data = checked.check_data(data)
+    flat_data, data_layout = flatten(nested_data)
+    shapes = checked.param_shapes(nested_data)
+    checked_params, layout = check_params(params, shapes, params_argument)
+    if shapes is None and checked.probe:
+        _probe(checked, nested_data, layout.unflatten(checked_params), params_argument)
+    return Prepared(
+        checked_engine,
+        checked_dtype,
+        flat_view(checked, layout, data_layout),
+        flat_data,
+        checked_params,
+        layout,
+    )
+
+
+class _Missing(KeyError):
+    """A name a loss looked up in its parameters or data that is not there (from the probe)."""
+
+    def __init__(self, argument: str, keys: Keys, kind: str) -> None:
+        super().__init__(keys[-1])
+        self.argument, self.keys, self.kind = argument, keys, kind
 
 
 class _Reads(dict):  # type: ignore[type-arg]
-    """A dict that records which keys were read (a loss's view of its parameters)."""
+    """A dict that records which keys were read (a loss's view of its parameters).
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
+    Every dict of a nest is one, sharing ``read``: the set of key paths read.
+    """
+
+    def __init__(
+        self, values: Mapping[Any, Any], read: set[Keys], prefix: Keys, argument: str, kind: str
+    ) -> None:
         super().__init__(values)
-        self.read: set[str] = set()
+        self.read, self.prefix, self.argument, self.kind = read, prefix, argument, kind
 
     def __getitem__(self, key: Any) -> Any:
-        self.read.add(key)
+        self.read.add((*self.prefix, key))
+        if key not in self:
+            raise _Missing(self.argument, (*self.prefix, key), self.kind)
         return super().__getitem__(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        self.read.add(key)
+        self.read.add((*self.prefix, key))
         return super().get(key, default)
 
     def _everything(self) -> None:
-        self.read.update(self)
+        self.read.update((*self.prefix, key) for key in self)
 
     def keys(self) -> Any:
         self._everything()
@@ -120,24 +168,70 @@ class _Reads(dict):  # type: ignore[type-arg]
         return super().__iter__()
 
 
-def _probe(
-    problem: AbstractProblem,
-    data: dict[str, np.ndarray],
-    params: dict[str, np.ndarray],
-    argument: str,
-) -> None:
+def _recording(tree: Any, read: set[Keys], argument: str, kind: str, prefix: Keys = ()) -> Any:
+    """``tree`` with every dict a [`_Reads`][gradlab._boundary._Reads] sharing ``read``."""
+    if isinstance(tree, Mapping):
+        children = {
+            key: _recording(value, read, argument, kind, (*prefix, key))
+            for key, value in tree.items()
+        }
+        return _Reads(children, read, prefix, argument, kind)
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(
+            *(
+                _recording(value, read, argument, kind, (*prefix, name))
+                for name, value in zip(tree._fields, tree, strict=True)
+            )
+        )
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(
+            _recording(value, read, argument, kind, (*prefix, index))
+            for index, value in enumerate(tree)
+        )
+    return tree
+
+
+def _probe(problem: AbstractProblem, data: Any, params: Any, argument: str) -> None:
     """Evaluate the loss once in NumPy, recording what it reads, for a problem whose
-    parameters are not declared: the only way to name a missing or unused parameter."""
-    seen, given = _Reads(params), _Reads(data)
-    with np.errstate(all="ignore"), calling(problem, None, seen, given, argument):
+    parameters are not declared: the only way to name a missing or unused parameter.
+
+    A parameter counts as read when the loss looked up the dict key nearest above it
+    (``params["layers"][0]["w"]`` reads ``layers[0].w``; reading ``params["x"]``, a
+    list, reads all of it).
+    """
+    read: set[Keys] = set()
+    seen = _recording(params, read, argument, "params")
+    given = _recording(data, set(), "data", "data")
+    with np.errstate(all="ignore"), calling(problem, None, params_argument=argument):
         checked_loss(problem)(seen, given, np)
-    unused = sorted(set(params) - seen.read)
+    layout = structure(params)
+    unused = [
+        name
+        for name, keys in zip(layout.paths, layout.keys, strict=True)
+        if _looked_up(params, keys) not in read
+    ]
     if unused:
+        found = [
+            name for name, keys in zip(layout.paths, layout.keys, strict=True) if name not in unused
+        ]
         raise ArgumentError(
             argument,
             f"has parameter(s) {', '.join(map(repr, unused))} that problem {problem.name!r}'s "
-            f"loss never reads (it reads {', '.join(map(repr, sorted(seen.read))) or 'none'})",
+            f"loss never reads (it reads {', '.join(map(repr, found)) or 'none'})",
         )
+
+
+def _looked_up(tree: Any, keys: Keys) -> Keys:
+    """The keys of a leaf up to its nearest dict key: what a loss looks up to reach it."""
+    last = 0
+    node = tree
+    for depth, key in enumerate(keys, 1):
+        if isinstance(node, Mapping):
+            last = depth
+        node = (
+            getattr(node, key) if isinstance(key, str) and hasattr(node, "_fields") else node[key]
+        )
+    return keys[:last]
 
 
 def checked_loss(problem: AbstractProblem) -> Loss:
@@ -203,9 +297,10 @@ def calling(
 ) -> Iterator[None]:
     """Run user code (a loss, a hand gradient) inside an engine; translate what it raises.
 
-    A gradlab error passes through; ``MemoryError`` and ``KeyboardInterrupt`` too. A
-    ``KeyError`` for a name missing from ``params`` or ``data`` (recorded reads say which,
-    where the loss was given a recording view) names that argument. Anything else becomes a
+    A gradlab error passes through; ``MemoryError`` and ``KeyboardInterrupt`` too. A name
+    the loss looked up and did not find (in the recording views of the NumPy probe, which
+    know the argument) names that argument and where in it; so does a ``KeyError`` for a
+    name that only one of flat ``params`` and ``data`` lacks. Anything else becomes a
     [`ProblemError`][gradlab.ProblemError] naming the problem and the engine, with the
     original exception chained.
     """
@@ -213,6 +308,13 @@ def calling(
         yield
     except (GradlabError, MemoryError):
         raise
+    except _Missing as error:
+        what = "array" if error.kind == "data" else "parameter"
+        raise ArgumentError(
+            subscript(error.argument, error.keys[:-1]) if len(error.keys) > 1 else error.argument,
+            f"{'has no' if error.kind == 'data' else 'is missing'} {what} {error.keys[-1]!r}, "
+            f"which problem {problem.name!r}'s loss reads",
+        ) from None
     except KeyError as error:
         key = error.args[0] if len(error.args) == 1 else None
         missing = _missing_from(key, params, data)
@@ -233,15 +335,10 @@ def calling(
 def _missing_from(
     key: object, params: Mapping[str, Any] | None, data: Mapping[str, Any] | None
 ) -> str | None:
-    """Which mapping a loss looked ``key`` up in and did not find: "params", "data" or None."""
-    if not isinstance(key, str):
+    """Which of two flat mappings lacks ``key`` while the other has it: "params", "data" or
+    None (both or neither: the loss's own lookup failed)."""
+    if not isinstance(key, str) or params is None or data is None:
         return None
-    for name, mapping in (("params", params), ("data", data)):
-        if isinstance(mapping, _Reads) and key in mapping.read and key not in mapping:
-            return name
-    if params is None or data is None:
-        return None
-    # Without recorded reads: the one of the two that lacks the name (not both, or either).
     if key not in params and key in data:
         return "params"
     if key not in data and key in params:
@@ -270,7 +367,7 @@ def evaluate(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One engine's loss and gradient at checked NumPy ``params``, checked, back as NumPy."""
     with np.errstate(all="ignore"), calling(problem, engine, params, data, argument):
-        function = engine.value_and_grad(problem)
+        function = value_and_grad_of(engine, problem)
         output = function(on_engine(engine, params, dtype), on_engine(engine, data, dtype))
     return check_value_and_grad(engine, problem, function, output, params, dtype)
 
@@ -365,7 +462,8 @@ def crosses(engine: GradientEngine, problem: AbstractProblem, function: Callable
     if not _is_gradlab(type(engine)):
         return True
     if function == problem.hand_value_and_grad:
-        return isinstance(problem, Problem) or not _is_gradlab(type(problem))
+        user = problem.problem if isinstance(problem, FlatView) else problem
+        return isinstance(user, (Problem, NativeProblem)) or not _is_gradlab(type(user))
     return False
 
 
@@ -405,6 +503,20 @@ def check_dtypes(engine: GradientEngine, dtype: str, arrays: Mapping[str, np.nda
             )
 
 
+def check_transformation(optimizer: object) -> Any:
+    """``optimizer`` if it is one: gradlab's ``GradientTransformation``, optax's, or anything
+    with ``init`` and ``update`` functions; else an error naming ``optimizer``."""
+    if isinstance(optimizer, GradientTransformation) or (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        return optimizer
+    raise ArgumentTypeError(
+        "optimizer",
+        "must be a GradientTransformation (gradlab.sgd(...), optax.adam(...), anything with "
+        f"init and update), got {optimizer!r}",
+    )
+
+
 def check_optimizer(
     optimizer: object, params: Mapping[str, np.ndarray], resumed: Any = None
 ) -> Any:
@@ -415,18 +527,14 @@ def check_optimizer(
     engine; a custom one that raises, returns ``None``, drops a parameter or changes its
     state's structure is named here, not as a framework error inside a compiled loop.
     """
-    if not isinstance(optimizer, GradientTransformation):
-        raise ArgumentTypeError(
-            "optimizer",
-            f"must be a GradientTransformation (gradlab.sgd(...), ...), got {optimizer!r}",
-        )
-    if _is_gradlab(optimizer.init) and _is_gradlab(optimizer.update) and resumed is None:
-        return optimizer.init(params)  # gradlab's own: its structure is tested, not probed
+    transformation = check_transformation(optimizer)
+    if _is_gradlab(transformation.init) and _is_gradlab(transformation.update) and resumed is None:
+        return transformation.init(params)  # gradlab's own: its structure is tested, not probed
     zeros = {name: np.zeros_like(value) for name, value in params.items()}
     try:
         with np.errstate(all="ignore"):
-            fresh = optimizer.init(params)
-            output = optimizer.update(zeros, fresh, params)
+            fresh = transformation.init(params)
+            output = transformation.update(zeros, fresh, params)
     except GradlabError:
         raise
     except Exception as error:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._tree import Structure, named_leaves, structure, subscript
 
 DTYPES = ("float32", "float64")
 
@@ -147,21 +148,29 @@ def check_params(
     params: object,
     shapes: Mapping[str, tuple[int, ...]] | None,
     argument: str = "init",
-) -> dict[str, np.ndarray]:
-    """Return float64 copies of named parameters, checking names and shapes against ``shapes``.
+) -> tuple[dict[str, np.ndarray], Structure]:
+    """Return float64 copies of the parameters by path, and their structure.
 
     Args:
-        params: The caller's mapping from parameter name to array (or number).
-        shapes: The expected shape of every parameter, or ``None`` when the problem does not
-            declare them (a user problem given only a loss).
+        params: The caller's parameters: a mapping from name to array (or number), or any
+            nest of dicts, lists, tuples and NamedTuples of arrays.
+        shapes: The expected shape of every parameter by path (``"layers[0].w"``), or
+            ``None`` when the problem does not declare them (a user problem given only a
+            loss).
         argument: The argument's name for error messages.
+
+    Returns:
+        ``({path: array}, structure)``: the leaves flattened in the caller's order, and the
+        structure that rebuilds the caller's nest from them.
     """
-    mapping = check_mapping(params, argument)
-    if not mapping:
+    layout = _nest(params, argument)
+    if not layout.paths:
         raise ArgumentError(argument, "has no parameters")
+    if len(set(layout.paths)) != len(layout.paths):
+        raise ArgumentError(argument, f"has two parameters named alike: {list(layout.paths)}")
     if shapes is not None:
-        missing = sorted(set(shapes) - set(mapping))
-        extra = sorted(set(mapping) - set(shapes))
+        missing = [name for name in shapes if name not in layout.paths]
+        extra = [name for name in layout.paths if name not in shapes]
         if missing or extra:
             parts = []
             if missing:
@@ -172,12 +181,32 @@ def check_params(
                 argument, f"{' and '.join(parts)}; expected {', '.join(map(repr, shapes))}"
             )
     out = {}
-    for name, value in mapping.items():
-        array = as_float_array(value, f"{argument}[{name!r}]")
+    for name, (keys, value) in zip(layout.paths, named_leaves(params), strict=True):
+        where = subscript(argument, keys)
+        array = as_float_array(value, where)
         if shapes is not None and array.shape != tuple(shapes[name]):
-            raise ArgumentError(
-                f"{argument}[{name!r}]",
-                f"has shape {array.shape}, expected {tuple(shapes[name])}",
-            )
+            raise ArgumentError(where, f"has shape {array.shape}, expected {tuple(shapes[name])}")
         out[name] = array
-    return out
+    return out, layout
+
+
+def check_tree(tree: object, argument: str) -> Any:
+    """A nest of arrays (data) with every leaf a finite float array (read-only views where
+    the caller's arrays are already float, float64 copies otherwise)."""
+    layout = _nest(tree, argument)
+    checked = [
+        as_float_array(value, subscript(argument, keys), copy=False)
+        for keys, value in named_leaves(tree)
+    ]
+    return layout.unflatten(dict(zip(layout.paths, checked, strict=True)))
+
+
+def _nest(tree: object, argument: str) -> Structure:
+    """The structure of ``tree``, which must be a mapping or a nest of containers."""
+    if not isinstance(tree, (Mapping, tuple, list)):
+        raise ArgumentTypeError(
+            argument,
+            "must be a mapping from names to arrays, or a nest of dicts, lists and tuples of "
+            f"arrays, got {type(tree).__name__}",
+        )
+    return structure(tree)

@@ -11,10 +11,12 @@ from typing import Any, Literal
 import numpy as np
 
 from gradlab._boundary import (
+    Prepared,
     calling,
     check_dtypes,
     check_optimizer,
     check_steps,
+    check_transformation,
     check_value_and_grad,
     crosses,
     evaluate,
@@ -24,10 +26,12 @@ from gradlab._boundary import (
 )
 from gradlab._checks import check_bool, check_float, check_int, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._optax import is_optax
+from gradlab._optax import start_state as start_state_optax
 from gradlab._output import Record, jsonable
 from gradlab._provenance import provenance
-from gradlab._tree import tree_map
-from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad
+from gradlab._tree import flatten, tree_map
+from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad, value_and_grad_of
 from gradlab.optimizers import GradientTransformation, apply_updates
 from gradlab.problems._base import AbstractProblem
 
@@ -41,7 +45,8 @@ class FitResult(Record):
     """The outcome of [`fit`][gradlab.fit].
 
     Attributes:
-        params: Final parameters, as NumPy arrays of the run's dtype. When the fit diverged
+        params: Final parameters, as NumPy arrays of the run's dtype, in the structure of
+            ``init`` (a dict, or the nest of dicts, lists and tuples it was). When the fit diverged
             at step k, the parameters after k updates: the point whose loss or gradient was
             first non-finite.
         losses: The loss at every step, *before* that step's update (as in the seed), as a
@@ -60,12 +65,13 @@ class FitResult(Record):
         problem: The problem's name.
         provenance: Versions, machine, threads, device, precision mode and time of the run.
         trajectory: With ``fit(..., trajectory=True)``, the parameters at every step: for
-            each name an array of shape ``(updates + 1, *shape)`` whose row k is the point
-            after k updates of this call (row 0 the start, the last row ``params``); else
-            ``None``.
+            each parameter (in the structure of ``params``) an array of shape
+            ``(updates + 1, *shape)`` whose row k is the point after k updates of this call
+            (row 0 the start, the last row ``params``); else ``None``.
         stop_reason: Why the fit ended: ``"steps"``, ``"loss"``, ``"grad_norm"``,
             ``"patience"`` (the [`Stop`][gradlab.Stop] rules), ``"callback"`` or ``"diverged"``.
-        state: The optimizer's state at ``params``, as NumPy arrays: with ``params`` and
+        state: The optimizer's state at ``params``, as NumPy arrays (its moments in the
+            structure of ``params``): with ``params`` and
             ``step`` what ``fit(..., resume=result)`` continues from.
         step: Updates taken in total, counting those of the fits this one resumed.
 
@@ -74,7 +80,7 @@ class FitResult(Record):
     being the loss that met the rule (``final_loss``).
     """
 
-    params: dict[str, np.ndarray]
+    params: Any
     losses: np.ndarray
     engine: str
     dtype: str
@@ -84,7 +90,7 @@ class FitResult(Record):
     wall_time: float
     problem: str
     provenance: dict[str, Any] = field(repr=False)
-    trajectory: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    trajectory: Any = field(default=None, repr=False)
     stop_reason: str = "steps"
     state: Any = field(default=None, repr=False)
     step: int = 0
@@ -129,7 +135,8 @@ class FitResult(Record):
 
     def __repr__(self) -> str:
         params = ", ".join(
-            f"{name}={np.array2string(value, precision=6)}" for name, value in self.params.items()
+            f"{name}={np.array2string(value, precision=6)}"
+            for name, value in flatten(self.params)[0].items()
         )
         where = f" at step {self.diverged_at}" if self.diverged_at is not None else ""
         return (
@@ -253,17 +260,17 @@ class _Outputs:
     path: dict[str, Any]
 
 
-Callback = Callable[[int, float, dict[str, np.ndarray]], Any]
+Callback = Callable[[int, float, Any], Any]
 
 
 def fit(
     problem: AbstractProblem,
-    data: Mapping[str, Any],
+    data: Any,
     *,
     engine: str | GradientEngine,
-    optimizer: GradientTransformation,
+    optimizer: GradientTransformation | Any,
     steps: int,
-    init: Mapping[str, Any] | None = None,
+    init: Any = None,
     dtype: str = "float64",
     trajectory: bool = False,
     batch_size: int | None = None,
@@ -293,10 +300,12 @@ def fit(
         engine: An engine name (``"numpy"``, ``"torch"``, ``"jax"``, ``"fd"``, ...) or an
             engine object.
         optimizer: A [`GradientTransformation`][gradlab.GradientTransformation]
-            ([`sgd`][gradlab.sgd], [`adam`][gradlab.adam], ...).
+            ([`sgd`][gradlab.sgd], [`adam`][gradlab.adam], ...), anything with ``init``
+            and ``update``, or an optax transformation (on the jax engine).
         steps: How many steps to take, a positive integer.
-        init: Starting parameters, a mapping from name to array. Copied, never modified.
-            Not with ``resume``.
+        init: Starting parameters: a mapping from name to array, or any nest of dicts,
+            lists, tuples and NamedTuples of arrays (a pytree), which the loss receives as
+            engine arrays in the same structure. Copied, never modified. Not with ``resume``.
         dtype: ``"float32"`` or ``"float64"``: the precision of data, parameters and gradients.
         trajectory: Also keep the parameters at every step (``FitResult.trajectory``); they
             stay on the engine until the end, like the losses. Costs memory steps × size.
@@ -336,40 +345,41 @@ def fit(
         >>> round(float(result.params["w"]), 1), round(float(result.params["b"]), 1)
         (3.0, 2.1)
     """
-    if not isinstance(optimizer, GradientTransformation):
-        raise ArgumentTypeError(
-            "optimizer",
-            f"must be a GradientTransformation (gradlab.sgd(...), ...), got {optimizer!r}",
-        )
+    optimizer = check_transformation(optimizer)
     every = check_positive_int(every, "every")
+    start_state: Any = None
+    first_step = 0
     seed = check_int(seed, "seed", 0)
     if stop is not None and not isinstance(stop, Stop):
         raise ArgumentTypeError("stop", f"must be a gradlab.Stop, got {stop!r}")
     if callback is not None and not callable(callback):
         raise ArgumentTypeError("callback", f"must be callable, got {callback!r}")
     record_trajectory = check_bool(trajectory, "trajectory")
-    start_state, first_step = None, 0
     if resume is not None:
         if init is not None:
             raise ArgumentError("init", "cannot be given with resume (the fit continues there)")
-        engine, dtype, checked_data, start_params, start_state, first_step = _resumed(
-            resume, problem, data, engine, dtype
-        )
+        prepared, start_state, first_step = _resumed(resume, problem, data, engine, dtype)
     elif init is None:
         raise ArgumentError("init", "is required (or resume=, to continue a fit)")
     else:
-        engine, dtype, checked_data, start_params = prepare(problem, data, init, engine, dtype)
+        prepared = prepare(problem, data, init, engine, dtype)
+    engine, dtype, problem, checked_data, start_params, layout = prepared
+    if start_state is not None:
+        start_state = layout.flatten_within(start_state)
     itemsize = np.dtype(dtype).itemsize
     recorded = sum(value.size for value in start_params.values()) if record_trajectory else 0
     steps = check_steps(steps, itemsize * (1 + recorded))
     record = tuple(start_params) if record_trajectory else ()
     order = _batch_order(checked_data, batch_size, seed, first_step, steps, dtype)
-    start_state = check_optimizer(optimizer, start_params, start_state)
+    if is_optax(optimizer):
+        start_state = start_state_optax(optimizer, start_params, start_state, engine, dtype)
+    else:
+        start_state = check_optimizer(optimizer, start_params, start_state)
 
     # Overflow on the way to divergence is reported through the status, not as warnings.
     with np.errstate(all="ignore"):
         with calling(problem, engine, start_params, checked_data):
-            value_and_grad = engine.value_and_grad(problem)
+            value_and_grad = value_and_grad_of(engine, problem)
             batch = on_engine(engine, checked_data, dtype)
             params = on_engine(engine, start_params, dtype)
             # Code gradlab did not write (a plug-in engine, a hand gradient) is checked on
@@ -410,7 +420,9 @@ def fit(
                 carry = run.stretch(carry, length, done)
             done = run.updates
             if callback is not None and run.reason is None:
-                answer = callback(first_step + done, run.last_loss, run.host_params(carry))
+                answer = callback(
+                    first_step + done, run.last_loss, layout.unflatten(run.host_params(carry))
+                )
                 if _stops(answer):
                     run.reason = "callback"
         loss_history, final, visited = run.results(carry)
@@ -418,7 +430,9 @@ def fit(
 
     check_dtypes(engine, dtype, {"loss": loss_history, **final})
     path_arrays = (
-        {name: np.concatenate([visited[name], final[name][None]]) for name in record}
+        layout.unflatten(
+            {name: np.concatenate([visited[name], final[name][None]]) for name in record}
+        )
         if record
         else None
     )
@@ -429,7 +443,7 @@ def fit(
         "steps": "completed",
     }.get(reason, "converged")  # type: ignore[assignment]
     return FitResult(
-        params=final,
+        params=layout.unflatten(final),
         losses=loss_history,
         engine=engine.name,
         dtype=dtype,
@@ -441,7 +455,7 @@ def fit(
         provenance=provenance(engine.describe(), dtype),
         trajectory=path_arrays,
         stop_reason=reason,
-        state=_to_numpy_tree(carry[1], engine),
+        state=layout.unflatten_within(_to_numpy_tree(carry[1], engine)),
         step=first_step + run.updates,
     )
 
@@ -559,24 +573,25 @@ class _Run:
 
 def value_and_grad(
     problem: AbstractProblem,
-    data: Mapping[str, Any],
-    params: Mapping[str, Any],
+    data: Any,
+    params: Any,
     *,
     engine: str | GradientEngine,
     dtype: str = "float64",
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[np.ndarray, Any]:
     """Evaluate one engine's loss and gradient at ``params``, returned as NumPy arrays.
 
     Args:
         problem: The problem.
         data: Its data (copied, never modified).
-        params: Where to evaluate, a mapping from name to array (copied, never modified).
+        params: Where to evaluate: a mapping from name to array, or a nest of them (copied,
+            never modified).
         engine: An engine name or object.
         dtype: ``"float32"`` or ``"float64"``.
 
     Returns:
-        ``(loss, grads)``: a 0-d array and a dict with the keys and shapes of ``params``, in
-        ``dtype``.
+        ``(loss, grads)``: a 0-d array, and the gradient in the structure and shapes of
+        ``params``, in ``dtype``.
 
     Examples:
         >>> import numpy as np, gradlab
@@ -586,15 +601,16 @@ def value_and_grad(
         >>> float(loss), round(float(grads["w"]), 9), round(float(grads["b"]), 9)
         (5.0, 12.0, 2.0)
     """
-    engine, dtype, checked_data, checked_params = prepare(
+    engine, dtype, flat, checked_data, checked_params, layout = prepare(
         problem, data, params, engine, dtype, "params"
     )
-    return evaluate(engine, problem, checked_data, checked_params, dtype)
+    loss, grads = evaluate(engine, flat, checked_data, checked_params, dtype)
+    return loss, layout.unflatten(grads)
 
 
 def _resumed(
     resume: object, problem: object, data: object, engine: object, dtype: object
-) -> tuple[GradientEngine, str, dict[str, np.ndarray], dict[str, np.ndarray], Any, int]:
+) -> tuple[Prepared, Any, int]:
     """What a fit resumed from ``resume`` starts from, every mismatch named as ``resume``."""
     if not isinstance(resume, FitResult) or resume.state is None:
         raise ArgumentTypeError("resume", f"must be a FitResult from gradlab.fit, got {resume!r}")
@@ -611,7 +627,7 @@ def _resumed(
         raise ArgumentError(
             "resume", f"its parameters do not fit this problem and data: {error}"
         ) from None
-    return (*checked, resume.state, resume.step)
+    return checked, resume.state, resume.step
 
 
 def _stops(answer: object) -> bool:

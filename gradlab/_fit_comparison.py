@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,10 +9,10 @@ import numpy as np
 
 from gradlab import _output
 from gradlab._agreement import path_rho
-from gradlab._boundary import prepare
+from gradlab._boundary import check_transformation, prepare
 from gradlab._checks import check_float, check_positive_int
-from gradlab._errors import ArgumentTypeError
 from gradlab._fit import FitResult, fit
+from gradlab._optax import check_engine as check_optax_engine
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._report import (
@@ -21,10 +20,12 @@ from gradlab._report import (
     default_reference,
     outlier,
     pair_tolerances,
+    point,
     resolve_engines,
     short,
 )
-from gradlab.engines._protocol import GradientEngine
+from gradlab._tree import flatten
+from gradlab.engines._protocol import GradientEngine, value_and_grad_of
 from gradlab.engines._registry import engine_list
 from gradlab.optimizers import GradientTransformation
 from gradlab.problems._base import AbstractProblem
@@ -42,7 +43,7 @@ class FitComparison(_output.Record):
         reference: The engine the others' paths are compared with.
         engines: The engines, in order (the reference first).
         steps: The number of steps asked for.
-        init: The common starting point.
+        init: The common starting point, by parameter path (``"w"``, ``"layers[0].w"``).
         results: Each engine's [`FitResult`][gradlab.FitResult], with its ``trajectory``
             (from a last run that recorded it, after the timed runs).
         times: Each engine's wall time in seconds: the fastest of the timed runs, which
@@ -112,7 +113,7 @@ class FitComparison(_output.Record):
         return f"All {len(self.engines)} engines follow the same path within tolerance; {status}."
 
     def __str__(self) -> str:
-        at = ", ".join(f"{name}={short(value)}" for name, value in self.init.items())
+        at = point(self.init)
         lines = [
             f"Fit comparison: {self.problem}, {self.dtype}, {self.steps} steps from {at}",
             f"reference: {self.reference}; path rho = largest rho between the parameters at "
@@ -131,7 +132,8 @@ class FitComparison(_output.Record):
             result = self.results[name]
             row = [name, result.status, f"{result.final_loss:.9g}"]
             if show:
-                row += [short(result.params[param], 9) for param in self.init]
+                final = flatten(result.params)[0]
+                row += [short(final[param], 9) for param in self.init]
             if self.loss_tol is not None:
                 reached = self.steps_to_tol[name]
                 row.append("never" if reached is None else str(reached))
@@ -230,11 +232,11 @@ class FitComparison(_output.Record):
 
 def compare_fits(
     problem: AbstractProblem,
-    data: Mapping[str, Any],
+    data: Any,
     *,
-    optimizer: GradientTransformation,
+    optimizer: GradientTransformation | Any,
     steps: int,
-    init: Mapping[str, Any],
+    init: Any,
     engines: Engines = None,
     dtype: str = "float64",
     reference: str | GradientEngine | None = None,
@@ -280,28 +282,30 @@ def compare_fits(
         >>> comparison.ok, comparison.steps_to_tol["numpy"] == comparison.steps_to_tol["fd"]
         (True, True)
     """
-    if not isinstance(optimizer, GradientTransformation):
-        raise ArgumentTypeError(
-            "optimizer",
-            f"must be a GradientTransformation (gradlab.sgd(...), ...), got {optimizer!r}",
-        )
+    optimizer = check_transformation(optimizer)
     steps = check_positive_int(steps, "steps")
     repeats = check_positive_int(repeats, "repeats")
     if loss_tol is not None:
         loss_tol = check_float(loss_tol, "loss_tol")
-    _, dtype, checked_data, start = prepare(problem, data, init, "numpy", dtype)
+    _, dtype, flat, checked_data, start, layout = prepare(problem, data, init, "numpy", dtype)
     wanted, default = engine_list(engines)
     ref = default_reference(reference, problem.has_hand_gradient)
-    built, skipped = resolve_engines(wanted, default, ref, lambda e: e.value_and_grad(problem))
+
+    def can_run(engine: GradientEngine) -> None:
+        value_and_grad_of(engine, flat)
+        check_optax_engine(optimizer, engine)
+
+    built, skipped = resolve_engines(wanted, default, ref, can_run)
+    nested_start = layout.unflatten(start)
 
     def run(engine: GradientEngine, trajectory: bool = False) -> FitResult:
         return fit(
             problem,
-            checked_data,
+            data,
             engine=engine,
             optimizer=optimizer,
             steps=steps,
-            init=start,
+            init=nested_start,
             dtype=dtype,
             trajectory=trajectory,
         )

@@ -11,7 +11,7 @@ import numpy as np
 from gradlab import _output
 from gradlab._agreement import rho, tolerance
 from gradlab._boundary import evaluate, on_engine, prepare
-from gradlab._checks import check_params, check_positive_float
+from gradlab._checks import check_positive_float
 from gradlab._errors import (
     ArgumentTypeError,
     Disagreement,
@@ -22,8 +22,9 @@ from gradlab._errors import (
 )
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
-from gradlab._second import hessian_blocks, hessian_matrix, hvp_at
-from gradlab.engines._protocol import GradientEngine, hvp_of, is_approximate
+from gradlab._second import check_tangent, hessian_blocks, hessian_matrix, hvp_at
+from gradlab._tree import structure
+from gradlab.engines._protocol import GradientEngine, hvp_of, is_approximate, value_and_grad_of
 from gradlab.engines._registry import engine_list, get_engine
 from gradlab.problems._base import AbstractProblem
 
@@ -39,7 +40,8 @@ class Verdict:
     Attributes:
         engine: The engine's name.
         rho: The largest rho between its values and the reference's.
-        worst: The element where that rho peaks (``"w[2]"``), or ``None`` when rho is 0.
+        worst: The element where that rho peaks (``"w[2]"``, ``"layers[0].w[3, 1]"``), or
+            ``None`` when rho is 0.
         tolerance: The largest rho allowed for this pair, in this dtype.
     """
 
@@ -67,8 +69,10 @@ class GradientReport(_output.Record):
         dtype: The precision every engine computed in.
         reference: The engine the verdicts are against.
         engines: The engines compared, in order (the reference among them).
-        params: Where the derivatives were taken (NumPy, in ``dtype``).
+        params: Where the derivatives were taken (NumPy, in ``dtype``), by parameter path
+            (``"w"``; ``"layers[0].w"`` for nested parameters), in the caller's order.
         values: Each engine's result, as NumPy arrays: the gradient (or H·v) by parameter
+            path
             name, or for a Hessian one ``"hessian"`` matrix over the flattened parameters.
         losses: Each engine's loss at ``params`` (gradient reports only).
         rho: ``rho[i, j]`` is the largest rho between engines i and j over every element.
@@ -151,7 +155,7 @@ class GradientReport(_output.Record):
 
     def __str__(self) -> str:
         label = {"gradient": "Gradient", "hessian": "Hessian", "hvp": "Hessian-vector product"}
-        at = ", ".join(f"{name}={short(value)}" for name, value in self.params.items())
+        at = point(self.params)
         lines = [
             f"{label[self.derivative]} agreement: {self.problem}, {self.dtype}, at {at}",
             f"reference: {self.reference}; rho = |a − b| / max(1, |a| + |b|), largest over "
@@ -265,8 +269,8 @@ class GradientReport(_output.Record):
 
 def compare_gradients(
     problem: AbstractProblem,
-    data: Mapping[str, Any],
-    params: Mapping[str, Any],
+    data: Any,
+    params: Any,
     *,
     engines: Engines = None,
     dtype: str = "float64",
@@ -303,7 +307,7 @@ def compare_gradients(
         >>> report.ok, report.reference, report.verdicts["fd"].rho < 1e-9
         (True, 'numpy', True)
     """
-    engine_list, default_list, checked_dtype, checked_data, checked_params = _arguments(
+    engine_list, default_list, checked_dtype, problem, checked_data, checked_params = _arguments(
         problem, data, params, engines, dtype
     )
     ref = default_reference(reference, problem.has_hand_gradient)
@@ -328,10 +332,10 @@ def compare_gradients(
 
 def compare_hessians(
     problem: AbstractProblem,
-    data: Mapping[str, Any],
-    params: Mapping[str, Any],
+    data: Any,
+    params: Any,
     *,
-    tangent: Mapping[str, Any] | None = None,
+    tangent: Any = None,
     engines: Engines = None,
     dtype: str = "float64",
     reference: str | GradientEngine | None = None,
@@ -355,12 +359,13 @@ def compare_hessians(
         >>> report.ok, report.values["numpy"]["hessian"].shape
         (True, (3, 3))
     """
-    engine_list, default_list, checked_dtype, checked_data, checked_params = _arguments(
+    engine_list, default_list, checked_dtype, problem, checked_data, checked_params = _arguments(
         problem, data, params, engines, dtype
     )
     ref = default_reference(reference, problem.has_hand_hvp)
-    shapes = {name: value.shape for name, value in checked_params.items()}
-    checked_tangent = None if tangent is None else check_params(tangent, shapes, "tangent")
+    checked_tangent = (
+        None if tangent is None else check_tangent(tangent, checked_params, structure(params))
+    )
 
     def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], float | None]:
         if checked_tangent is None:
@@ -386,12 +391,20 @@ def compare_hessians(
 
 def _arguments(
     problem: object, data: object, params: object, engines: Engines, dtype: object
-) -> tuple[list[str | GradientEngine], bool, str, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Check what every comparison shares; return the engine list and checked copies."""
-    _, checked_dtype, checked_data, checked_params = prepare(
+) -> tuple[
+    list[str | GradientEngine],
+    bool,
+    str,
+    AbstractProblem,
+    dict[str, np.ndarray],
+    dict[str, np.ndarray],
+]:
+    """Check what every comparison shares; return the engine list, the problem as engines
+    see it (flat) and checked copies of data and parameters, by path."""
+    _, checked_dtype, flat, checked_data, checked_params, _ = prepare(
         problem, data, params, "numpy", dtype, "params"
     )
-    return (*engine_list(engines), checked_dtype, checked_data, checked_params)
+    return (*engine_list(engines), checked_dtype, flat, checked_data, checked_params)
 
 
 def default_reference(
@@ -468,7 +481,7 @@ def _report(
 
     def can_run(engine: GradientEngine) -> object:
         if derivative == "gradient":
-            return engine.value_and_grad(problem)
+            return value_and_grad_of(engine, problem)
         return hvp_of(engine, problem)
 
     built, skipped = resolve_engines(engines, default, reference, can_run)
@@ -598,6 +611,15 @@ def outlier(names: tuple[str, ...], agree: np.ndarray) -> str | None:
 
 def _rho_cell(value: float, diagonal: bool = False) -> str:
     return "—" if diagonal else "0" if value == 0 else f"{value:.1e}"
+
+
+def point(params: Mapping[str, np.ndarray]) -> str:
+    """Parameters for a header line: their values when few, else their count and shapes."""
+    size = sum(np.size(value) for value in params.values())
+    if size <= 12:
+        return ", ".join(f"{name}={short(value)}" for name, value in params.items())
+    shapes = ", ".join(f"{name} {np.shape(value)}" for name, value in params.items())
+    return f"{size} parameter values ({shapes})"
 
 
 def short(value: np.ndarray, digits: int = 6) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from gradlab._boundary import calling, check_hvp, on_engine, prepare
 from gradlab._checks import check_params
 from gradlab._errors import ArgumentError
+from gradlab._tree import Structure
 from gradlab.engines._protocol import HVP, GradientEngine, hvp_of
 from gradlab.problems._base import AbstractProblem
 
@@ -21,13 +22,13 @@ MAX_HESSIAN_SIZE = 2048
 
 def hvp(
     problem: AbstractProblem,
-    data: Mapping[str, Any],
-    params: Mapping[str, Any],
-    tangent: Mapping[str, Any],
+    data: Any,
+    params: Any,
+    tangent: Any,
     *,
     engine: str | GradientEngine,
     dtype: str = "float64",
-) -> dict[str, np.ndarray]:
+) -> Any:
     """The Hessian-vector product H·v of the loss at ``params``, on one engine.
 
     torch and jax compute it forward-over-reverse (a JVP of the gradient), ``numpy`` runs the
@@ -38,12 +39,12 @@ def hvp(
         problem: The problem.
         data: Its data (copied, never modified).
         params: Where to evaluate (copied, never modified).
-        tangent: The vector v, with the names and shapes of ``params``.
+        tangent: The vector v, with the structure and shapes of ``params``.
         engine: An engine name or object that offers ``hvp``.
         dtype: ``"float32"`` or ``"float64"``.
 
     Returns:
-        H·v with the names and shapes of ``params``, as NumPy arrays of ``dtype``.
+        H·v with the structure and shapes of ``params``, as NumPy arrays of ``dtype``.
 
     Raises:
         NotSupported: the engine has no second derivatives.
@@ -57,25 +58,39 @@ def hvp(
         >>> float(hv["w"]), float(hv["b"])  # (Σx⁴, Σx²): the first column of H
         (17.0, 5.0)
     """
-    engine, dtype, checked_data, checked_params = prepare(
+    engine, dtype, flat, checked_data, checked_params, layout = prepare(
         problem, data, params, engine, dtype, "params"
     )
-    checked_tangent = check_params(
-        tangent, {name: value.shape for name, value in checked_params.items()}, "tangent"
-    )
-    product = hvp_of(engine, problem)
+    checked_tangent = check_tangent(tangent, checked_params, layout)
+    product = hvp_of(engine, flat)
     batch = on_engine(engine, checked_data, dtype)
-    return hvp_at(engine, problem, product, batch, checked_params, checked_tangent, dtype)
+    return layout.unflatten(
+        hvp_at(engine, flat, product, batch, checked_params, checked_tangent, dtype)
+    )
+
+
+def check_tangent(
+    tangent: object, params: Mapping[str, np.ndarray], layout: Structure
+) -> dict[str, np.ndarray]:
+    """``tangent`` by path: the structure and shapes of the parameters, or an error naming it."""
+    checked, tangent_layout = check_params(
+        tangent, {name: value.shape for name, value in params.items()}, "tangent"
+    )
+    if tangent_layout != layout:
+        raise ArgumentError(
+            "tangent", "must have the structure of params (the same containers, in order)"
+        )
+    return checked
 
 
 def hessian(
     problem: AbstractProblem,
-    data: Mapping[str, Any],
-    params: Mapping[str, Any],
+    data: Any,
+    params: Any,
     *,
     engine: str | GradientEngine,
     dtype: str = "float64",
-) -> dict[str, dict[str, np.ndarray]]:
+) -> Any:
     """The full Hessian of the loss at ``params``, one Hessian-vector product per element.
 
     Meant for small problems (at most ``MAX_HESSIAN_SIZE`` parameter elements); use
@@ -83,7 +98,8 @@ def hessian(
 
     Returns:
         Nested blocks as ``jax.hessian`` gives them: ``H[a][b]`` has shape
-        ``shape(a) + shape(b)`` and holds ∂²L/∂a∂b.
+        ``shape(a) + shape(b)`` and holds ∂²L/∂a∂b. For nested parameters, the outer nest
+        has their structure and each of its leaves is a nest of that structure again.
 
     Examples:
         >>> import numpy as np, gradlab
@@ -92,10 +108,11 @@ def hessian(
         >>> [[round(float(H[a][b]), 6) for b in "wb"] for a in "wb"]  # [[Σx⁴, Σx²], [Σx², n]]
         [[17.0, 5.0], [5.0, 2.0]]
     """
-    engine, dtype, checked_data, checked_params = prepare(
+    engine, dtype, flat, checked_data, checked_params, layout = prepare(
         problem, data, params, engine, dtype, "params"
     )
-    return hessian_blocks(engine, problem, checked_data, checked_params, dtype)
+    blocks = hessian_blocks(engine, flat, checked_data, checked_params, dtype)
+    return layout.unflatten({a: layout.unflatten(row) for a, row in blocks.items()})
 
 
 def hessian_blocks(

@@ -1,20 +1,94 @@
-"""Nests of dicts, NamedTuples, tuples and lists: parameters and optimizer states."""
+"""Nests of dicts, lists, tuples and NamedTuples of arrays (pytrees): gradlab's one implementation.
+
+Why gradlab's own and not ``jax.tree_util`` or ``optree``: the core depends on NumPy alone,
+and gradlab needs little: map a function over leaves, and flatten a nest into named leaves
+and back. A leaf's name is its path, written as a reader would index it
+(``layers[0].w``), so reports, tables and plots name elements the way the user wrote them.
+
+Every entry point flattens the caller's nests once, where arguments are checked
+(``gradlab._boundary.prepare``): inside, gradlab works on flat ``{path: array}`` dicts, and
+results are rebuilt into the caller's structure on the way out. A flat dict of plain names
+is its own flattening, so it costs nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import numbers
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+#: A leaf's position: the keys, indices and field names leading to it.
+Keys = tuple[Any, ...]
 
-def tree_map(function: Callable[[Any], Any], tree: Any) -> Any:
-    """The same nest with ``function`` applied to every leaf (anything not a container)."""
-    if isinstance(tree, dict):
-        return {key: tree_map(function, value) for key, value in tree.items()}
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple state
-        return type(tree)(*(tree_map(function, value) for value in tree))
+# A dict key written without brackets in a path: no dots, brackets or quotes in it.
+_BARE = re.compile(r"[^.\[\]'\"]+")
+
+
+_CONTAINERS = (Mapping, list, tuple)
+
+
+def _is_namedtuple(tree: object) -> bool:
+    return isinstance(tree, tuple) and hasattr(tree, "_fields")
+
+
+def _is_numbers(tree: object) -> bool:
+    """Whether ``tree`` is a number, or a non-empty list or tuple of them (nested or not)."""
+    if isinstance(tree, numbers.Real):
+        return True
+    return (
+        isinstance(tree, (list, tuple))
+        and not _is_namedtuple(tree)
+        and len(tree) > 0
+        and all(map(_is_numbers, tree))
+    )
+
+
+def _children(tree: Any) -> list[tuple[Any, Any]] | None:
+    """``(key, child)`` pairs of a container, in order; ``None`` for a leaf.
+
+    A list or tuple of plain numbers (``[1.0, -1.0]``, ``[[1, 2], [3, 4]]``) is one array,
+    a leaf, as gradlab has always read ``{"w": [1.0, -1.0]}``; a list of arrays (or of
+    dicts) is a container.
+    """
+    if isinstance(tree, Mapping):
+        return list(tree.items())
+    if _is_namedtuple(tree):
+        return list(zip(tree._fields, tree, strict=True))
+    if isinstance(tree, (tuple, list)) and not _is_numbers(tree):
+        return list(enumerate(tree))
+    return None
+
+
+def tree_map(function: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """The same nest with ``function`` applied to every leaf (anything not a container).
+
+    With more trees (of the same structure), ``function`` takes the leaves at the same
+    position in each, as ``jax.tree_util.tree_map`` does; dicts are matched by key.
+    """
+    if type(tree) is dict and not rest:  # the common case, flat dicts of arrays: no recursion
+        return {
+            key: tree_map(function, value) if isinstance(value, _CONTAINERS) else function(value)
+            for key, value in tree.items()
+        }
+    if isinstance(tree, Mapping):
+        return {
+            key: tree_map(function, value, *(other[key] for other in rest))
+            for key, value in tree.items()
+        }
+    if _is_namedtuple(tree):
+        return type(tree)(
+            *(
+                tree_map(function, value, *others)
+                for value, *others in zip(tree, *rest, strict=True)
+            )
+        )
     if isinstance(tree, (tuple, list)):
-        return type(tree)(tree_map(function, value) for value in tree)
-    return function(tree)
+        return type(tree)(
+            tree_map(function, value, *others) for value, *others in zip(tree, *rest, strict=True)
+        )
+    return function(tree, *rest)
 
 
 def leaves(tree: Any) -> list[Any]:
@@ -22,3 +96,142 @@ def leaves(tree: Any) -> list[Any]:
     found: list[Any] = []
     tree_map(found.append, tree)
     return found
+
+
+def path(keys: Keys) -> str:
+    """A leaf's name for reports: ``layers[0].w`` (keys and fields dotted, indices bracketed)."""
+    parts: list[str] = []
+    for key in keys:
+        if isinstance(key, int) and not isinstance(key, bool):
+            parts.append(f"[{key}]")
+        elif isinstance(key, str) and _BARE.fullmatch(key):
+            parts.append(f".{key}" if parts else key)
+        else:
+            parts.append(f"[{key!r}]")
+    return "".join(parts)
+
+
+def subscript(argument: str, keys: Keys) -> str:
+    """A leaf as Python indexes it, for errors naming an argument: ``init['layers'][0]['w']``."""
+    return argument + "".join(f"[{key!r}]" for key in keys)
+
+
+def named_leaves(tree: Any) -> list[tuple[Keys, Any]]:
+    """Every leaf of a nest with its keys, in order (lists of numbers are leaves)."""
+    return list(_walk(tree))
+
+
+def _walk(tree: Any, prefix: Keys = ()) -> Iterator[tuple[Keys, Any]]:
+    children = _children(tree)
+    if children is None:
+        yield prefix, tree
+        return
+    for key, child in children:
+        yield from _walk(child, (*prefix, key))
+
+
+def _node(tree: Any) -> Any:
+    """A hashable description of the containers, without the leaves."""
+    children = _children(tree)
+    if children is None:
+        return None
+    if isinstance(tree, Mapping):
+        return ("dict", tuple((key, _node(value)) for key, value in children))
+    if _is_namedtuple(tree):
+        return ("namedtuple", type(tree), tuple(_node(value) for _, value in children))
+    return (type(tree).__name__, tuple(_node(value) for _, value in children))
+
+
+def _build(node: Any, values: Iterator[Any]) -> Any:
+    if node is None:
+        return next(values)
+    kind = node[0]
+    if kind == "dict":
+        return {key: _build(child, values) for key, child in node[1]}
+    if kind == "namedtuple":
+        return node[1](*(_build(child, values) for child in node[2]))
+    built = [_build(child, values) for child in node[1]]
+    return tuple(built) if kind == "tuple" else built
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The containers of a nest without its leaves (a treedef): how to flatten and rebuild it.
+
+    Attributes:
+        keys: Each leaf's keys, in order.
+        paths: Each leaf's name (``layers[0].w``), in the same order: the keys of the flat
+            dict that ``flatten`` gives.
+    """
+
+    node: Any
+    keys: tuple[Keys, ...]
+    paths: tuple[str, ...] = field(compare=False)
+
+    @property
+    def trivial(self) -> bool:
+        """Whether the nest is a flat dict whose names are their own paths (nothing to do)."""
+        return (
+            self.node is not None
+            and self.node[0] == "dict"
+            and all(
+                child is None and isinstance(key, str) and path((key,)) == key
+                for key, child in self.node[1]
+            )
+        )
+
+    def flatten(self, tree: Any) -> dict[str, Any]:
+        """``{path: leaf}`` of a nest with this structure."""
+        if self.trivial and isinstance(tree, Mapping):
+            return dict(tree)
+        return dict(zip(self.paths, (leaf for _, leaf in _walk(tree)), strict=True))
+
+    def unflatten(self, flat: Mapping[str, Any]) -> Any:
+        """The nest with this structure whose leaves are ``flat``'s values, by path."""
+        return _build(self.node, iter([flat[name] for name in self.paths]))
+
+    def unflatten_within(self, tree: Any) -> Any:
+        """``tree`` with every flat dict of this structure's paths rebuilt as a nest.
+
+        Optimizer states hold one dict of the parameters' paths per moment (Adam's ``mu``
+        and ``nu``); this gives them the parameters' structure.
+        """
+        if self.trivial:
+            return tree
+        names = set(self.paths)
+        return _replace(
+            tree, lambda node: isinstance(node, Mapping) and set(node) == names, self.unflatten
+        )
+
+    def flatten_within(self, tree: Any) -> Any:
+        """``tree`` with every nest of this structure flattened: ``unflatten_within`` undone."""
+        if self.trivial:
+            return tree
+        return _replace(tree, lambda node: _node(node) == self.node, self.flatten)
+
+
+def _replace(tree: Any, matches: Callable[[Any], bool], replace: Callable[[Any], Any]) -> Any:
+    """``tree`` with every subtree that ``matches`` replaced by ``replace(subtree)``."""
+    if matches(tree):
+        return replace(tree)
+    children = _children(tree)
+    if children is None:
+        return tree
+    rebuilt = [_replace(child, matches, replace) for _, child in children]
+    if isinstance(tree, Mapping):
+        return dict(zip(tree, rebuilt, strict=True))
+    if _is_namedtuple(tree):
+        return type(tree)(*rebuilt)
+    return type(tree)(rebuilt)
+
+
+def structure(tree: Any) -> Structure:
+    """The structure of a nest."""
+    keys = tuple(keys for keys, _ in _walk(tree))
+    return Structure(_node(tree), keys, tuple(path(k) for k in keys))
+
+
+def flatten(tree: Any) -> tuple[dict[str, Any], Structure]:
+    """``({path: leaf}, structure)``: a nest's named leaves, and how to rebuild it."""
+    shape = structure(tree)
+    return shape.flatten(tree), shape

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._errors import ArgumentError
+from gradlab._tree import flatten
 from gradlab.problems._base import AbstractProblem
 
 #: The benchmark's fits take SGD steps this small: time per step does not depend on the
@@ -19,12 +19,15 @@ from gradlab.problems._base import AbstractProblem
 SGD_STEP = 1e-7
 
 
-def point(problem: AbstractProblem, data: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """A small random point (seeded) where gradients are taken and fits start."""
-    shapes = problem.param_shapes(problem.check_data(data))
-    if shapes is None:
-        raise ArgumentError(
-            "problems", f"problem {problem.name!r} does not declare its parameter shapes"
-        )
+def point(problem: AbstractProblem, data: dict[str, np.ndarray], seed: int) -> Any:
+    """A small random point (seeded) where gradients are taken and fits start, in the
+    structure of the problem's ``initial_params`` (zeros of its declared shapes by default).
+
+    Raises:
+        NotSupported: the problem neither declares shapes nor has ``initial_params``.
+    """
+    start, layout = flatten(problem.initial_params(data, seed=seed))
     rng = np.random.default_rng(seed)
-    return {name: 0.1 * rng.standard_normal(shape) for name, shape in shapes.items()}
+    return layout.unflatten(
+        {name: 0.1 * rng.standard_normal(np.shape(value)) for name, value in start.items()}
+    )

@@ -18,13 +18,18 @@ import numpy as np
 
 from gradlab import optimizers, recipes
 from gradlab._boundary import physical_memory
-from gradlab._errors import ArgumentError, GradlabError
+from gradlab._errors import ArgumentError, GradlabError, NotSupported
 from gradlab._output import check_image_path, check_writable, optional, save_figure, to_json
+from gradlab._tree import flatten
 from gradlab.engines._registry import engine_list
 from gradlab.problems import AbstractProblem
-from gradlab.problems._named import NAMED_PROBLEMS, at_size
+from gradlab.problems._named import NAMED_PROBLEMS, at_size, problem_named
 
-_RECIPES = {"numpy": recipes.seed_numpy, "torch": recipes.seed_torch}
+_RECIPES = {
+    "numpy": recipes.seed_numpy,
+    "torch": recipes.seed_torch,
+    "mlp-frameworks": recipes.mlp_frameworks,
+}
 _PROBLEMS = NAMED_PROBLEMS
 _OPTIMIZERS = {
     "sgd": optimizers.sgd,
@@ -54,9 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     setup = argparse.ArgumentParser(add_help=False)
     setup.add_argument(
         "--problem",
-        choices=sorted(_PROBLEMS),
         default="quadratic",
-        help="the problem (default quadratic, the seed's model)",
+        help=(
+            f"the problem: one of {', '.join(_PROBLEMS)} (default quadratic, the seed's "
+            "model), or your own as package.module:attribute or path/to/file.py:attribute "
+            "(a problem, or a function returning one, with make_data(n, seed=...))"
+        ),
     )
     setup.add_argument(
         "--n",
@@ -93,7 +101,11 @@ def _parser() -> argparse.ArgumentParser:
         "--recipe",
         choices=sorted(_RECIPES),
         default="numpy",
-        help="which of the seed's runs: numpy (float64, default) or torch (float32)",
+        help=(
+            "which recipe: the seed's runs, numpy (float64, default) or torch (float32); or "
+            "mlp-frameworks, one MLP classifier written in torch, JAX and NumPy, whose "
+            "gradients, Hessian-vector products and 200-step Adam fits are compared"
+        ),
     )
     demo.add_argument(
         "--engines",
@@ -285,10 +297,12 @@ def check_output_stem(stem: str) -> None:
 
 
 def _demo(args: argparse.Namespace, show_progress: bool) -> int:
-    from gradlab._demo import format_table, run_demo
+    from gradlab._demo import format_table, run_demo, run_frameworks_demo
 
-    engines, _ = engine_list(args.engines, "--engines", installed_only=True)
     recipe = _RECIPES[args.recipe]()
+    if args.recipe == "mlp-frameworks":
+        return run_frameworks_demo(recipe, args.engines, args.repeats, show_progress, args.plot)
+    engines, _ = engine_list(args.engines, "--engines", installed_only=True)
     rows = run_demo(recipe, [str(name) for name in engines], args.repeats, show_progress)
     print(
         f"Seed recipe {recipe.name!r}: {recipe.problem.name}, {recipe.steps} steps, "
@@ -323,10 +337,15 @@ def _problem_and_data(args: argparse.Namespace) -> tuple[AbstractProblem, dict[s
             f"is {args.n}: its data and working copies need about {needed / 2**30:.3g} GiB, "
             f"more than this machine's {memory / 2**30:.3g} GiB",
         )
-    problem = at_size(_PROBLEMS[args.problem](), args.n)
-    if problem.takes_features:
-        return problem, problem.make_data(args.n, d=args.features, seed=args.seed)  # type: ignore[call-arg]
-    return problem, problem.make_data(args.n, seed=args.seed)
+    problem = at_size(problem_named(args.problem, "--problem"), args.n)
+    try:
+        if problem.takes_features:
+            return problem, problem.make_data(args.n, d=args.features, seed=args.seed)  # type: ignore[call-arg]
+        return problem, problem.make_data(args.n, seed=args.seed)
+    except NotSupported as error:
+        raise ArgumentError(
+            "--problem", f"{error}; the command line makes --n points of data with it"
+        ) from None
 
 
 def _point(
@@ -335,9 +354,18 @@ def _point(
     given: Sequence[str],
     option: str,
     default: Callable[[tuple[int, ...], str], np.ndarray],
-) -> dict[str, np.ndarray]:
-    """Parameters from NAME=V1,V2,... words, the rest from ``default(shape, name)``."""
-    shapes = dict(problem.param_shapes(problem.check_data(data)) or {})
+) -> Any:
+    """Parameters from NAME=V1,V2,... words (NAME a path, ``layers[0].w``), the rest from
+    ``default(shape, name)``, in the structure of the problem's ``initial_params``."""
+    try:
+        start, layout = flatten(problem.initial_params(data))
+    except NotSupported as error:
+        raise ArgumentError(
+            "--problem",
+            f"{error}; for the command line, a problem declares its parameters "
+            "(Problem(params=...)) or has initial_params(data, seed=...)",
+        ) from None
+    shapes = {name: np.shape(value) for name, value in start.items()}
     point = {name: default(shape, name) for name, shape in shapes.items()}
     for word in given:
         name, sep, values = word.partition("=")
@@ -359,7 +387,7 @@ def _point(
                 f"{shape} here ({int(np.prod(shape))} value(s))",
             )
         point[name] = numbers.reshape(shape)
-    return point
+    return layout.unflatten(point)
 
 
 def _compare(args: argparse.Namespace, show_progress: bool) -> int:
@@ -392,10 +420,8 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
 
     problem, data = _problem_and_data(args)
     # Zeros, unless the problem knows a better start (an MLP's units must differ).
-    default = problem.initial_params(data, seed=args.seed)
-    init = _point(
-        problem, data, args.init, "--init", lambda shape, name: default.get(name, np.zeros(shape))
-    )
+    default = flatten(problem.initial_params(data, seed=args.seed))[0]
+    init = _point(problem, data, args.init, "--init", lambda shape, name: default[name])
     optimizer = _OPTIMIZERS[args.optimizer](args.lr)
     with progress_bar(1, f"fit on {args.engine}", show_progress) as advance:
         result = fit(
@@ -448,7 +474,7 @@ def _describe_fit(result: Any, args: argparse.Namespace) -> str:
         + ("" if result.stop_reason in ("steps", "diverged") else f" ({result.stop_reason})"),
         *(
             f"final {name}:{' ' * max(1, 5 - len(name))}{short(value, 9)}"
-            for name, value in result.params.items()
+            for name, value in flatten(result.params)[0].items()
         ),
         f"final loss: {result.final_loss:.9g}",
         f"time:       {result.wall_time:.3g} s ({result.time_per_step * 1e6:.1f} µs/step, "

@@ -1,4 +1,4 @@
-"""Optimizers as pure ``(init, update)`` pairs over named parameters, in the style of optax.
+"""Optimizers as pure ``(init, update)`` pairs over parameters (dicts or any nest), as optax.
 
 An optimizer never mutates anything and never imports a framework: ``init(params)`` returns a state,
 ``update(grads, state, params)`` returns ``(updates, new_state)``, and the loop adds the updates to
@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 from gradlab._checks import check_bool, check_float, check_positive_float
 from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._tree import leaves, tree_map
 from gradlab.schedules import Schedule, as_schedule
 
 Array = Any
@@ -103,18 +104,20 @@ class RMSpropState(NamedTuple):
     nu: dict[str, Array]
 
 
-def _zeros(params: Params) -> dict[str, Array]:
-    return {name: value * 0 for name, value in params.items()}
+def _zeros(params: Params) -> Any:
+    return tree_map(lambda value: value * 0, params)
 
 
-def apply_updates(params: Params, updates: Params) -> dict[str, Array]:
-    """Return ``params + updates``, name by name.
+def apply_updates(params: Params, updates: Params) -> Any:
+    """Return ``params + updates``, leaf by leaf (dicts, or nests of the same structure).
 
     Examples:
         >>> apply_updates({"w": 1.0}, {"w": -0.25})
         {'w': 0.75}
+        >>> apply_updates({"layers": [{"w": 1.0}]}, {"layers": [{"w": 0.5}]})
+        {'layers': [{'w': 1.5}]}
     """
-    return {name: value + updates[name] for name, value in params.items()}
+    return tree_map(lambda value, update: value + update, params, updates)
 
 
 def sgd(lr: LearningRate) -> GradientTransformation:
@@ -140,7 +143,7 @@ def sgd(lr: LearningRate) -> GradientTransformation:
 
     def update(grads: Params, state: SGDState, params: Params) -> tuple[Updates, SGDState]:
         rate = schedule(state.count)
-        return {name: -(rate * g) for name, g in grads.items()}, SGDState(state.count + 1)
+        return tree_map(lambda g: -(rate * g), grads), SGDState(state.count + 1)
 
     return GradientTransformation(init, update)
 
@@ -176,14 +179,11 @@ def momentum(
     ) -> tuple[Updates, MomentumState]:
         rate = schedule(state.count)
         if convention == "sutskever":
-            velocity = {n: beta * state.velocity[n] - rate * g for n, g in grads.items()}
-            return dict(velocity), MomentumState(state.count + 1, velocity)
-        velocity = {name: beta * state.velocity[name] + g for name, g in grads.items()}
-        if nesterov:
-            step = {name: g + beta * velocity[name] for name, g in grads.items()}
-        else:
-            step = velocity
-        updates = {name: -(rate * s) for name, s in step.items()}
+            velocity = tree_map(lambda v, g: beta * v - rate * g, state.velocity, grads)
+            return velocity, MomentumState(state.count + 1, velocity)
+        velocity = tree_map(lambda v, g: beta * v + g, state.velocity, grads)
+        step = tree_map(lambda g, v: g + beta * v, grads, velocity) if nesterov else velocity
+        updates = tree_map(lambda s: -(rate * s), step)
         return updates, MomentumState(state.count + 1, velocity)
 
     return GradientTransformation(init, update)
@@ -242,24 +242,22 @@ def adamw(
     decay = check_float(weight_decay, "weight_decay", 0.0)
 
     def init(params: Params) -> AdamState:
-        zeros = _zeros(params)
-        return AdamState(0, zeros, dict(zeros))
+        return AdamState(0, _zeros(params), _zeros(params))
 
     def update(grads: Params, state: AdamState, params: Params) -> tuple[Updates, AdamState]:
         rate = schedule(state.count)
         count = state.count + 1
-        mu = {name: b1 * state.mu[name] + (1 - b1) * g for name, g in grads.items()}
-        nu = {name: b2 * state.nu[name] + (1 - b2) * (g * g) for name, g in grads.items()}
+        mu = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+        nu = tree_map(lambda v, g: b2 * v + (1 - b2) * (g * g), state.nu, grads)
         # The count may be a traced integer under jax, so the corrections use ** on it.
         correction1 = 1 - b1**count
         correction2 = 1 - b2**count
-        updates = {
-            name: -(rate * (mu[name] / correction1) / ((nu[name] / correction2) ** 0.5 + eps))
-            for name in grads
-        }
-        if decay:
-            updates = {name: u - rate * decay * params[name] for name, u in updates.items()}
-        return updates, AdamState(count, mu, nu)
+
+        def step(m: Array, v: Array, p: Array) -> Array:
+            update = -(rate * (m / correction1) / ((v / correction2) ** 0.5 + eps))
+            return update - rate * decay * p if decay else update
+
+        return tree_map(step, mu, nu, params), AdamState(count, mu, nu)
 
     return GradientTransformation(init, update)
 
@@ -284,8 +282,8 @@ def rmsprop(lr: LearningRate, alpha: float = 0.99, eps: float = 1e-8) -> Gradien
 
     def update(grads: Params, state: RMSpropState, params: Params) -> tuple[Updates, RMSpropState]:
         rate = schedule(state.count)
-        nu = {name: alpha * state.nu[name] + (1 - alpha) * (g * g) for name, g in grads.items()}
-        updates = {name: -(rate * g / (nu[name] ** 0.5 + eps)) for name, g in grads.items()}
+        nu = tree_map(lambda v, g: alpha * v + (1 - alpha) * (g * g), state.nu, grads)
+        updates = tree_map(lambda g, v: -(rate * g / (v**0.5 + eps)), grads, nu)
         return updates, RMSpropState(state.count + 1, nu)
 
     return GradientTransformation(init, update)
@@ -312,10 +310,10 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         return ()
 
     def update(grads: Params, state: tuple[()], params: Params) -> tuple[Updates, tuple[()]]:
-        norm = sum((g * g).sum() for g in grads.values()) ** 0.5
+        norm = sum((g * g).sum() for g in leaves(grads)) ** 0.5
         # max_norm / max(‖g‖, max_norm), the max by arithmetic: never a division by zero.
         scale = max_norm / ((norm + max_norm + abs(norm - max_norm)) / 2)
-        return {name: g * scale for name, g in grads.items()}, state
+        return tree_map(lambda g: g * scale, grads), state
 
     return GradientTransformation(init, update)
 
@@ -341,7 +339,7 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
     def update(
         grads: Params, state: tuple[Any, ...], params: Params
     ) -> tuple[Updates, tuple[Any, ...]]:
-        updates: Updates = dict(grads)
+        updates: Any = grads
         states = []
         for item, inner in zip(transformations, state, strict=True):
             updates, inner = item.update(updates, inner, params)

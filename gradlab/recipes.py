@@ -1,4 +1,5 @@
-"""The seed tutorial's two runs, rebuilt exactly, ready to run on any engine.
+"""Complete fits, ready to run on any engine: the seed tutorial's two runs, and one MLP
+classifier written natively in torch, JAX and NumPy.
 
 The seed fits y = w·x² + b to 100 points by plain gradient descent (lr 0.001, 800 steps,
 loss ½·Σ(y_pred − y)²) twice: once with hand-derived NumPy gradients in float64, once with
@@ -21,12 +22,14 @@ import numpy as np
 
 from gradlab._errors import EngineUnavailable
 from gradlab._fit import FitResult, fit
+from gradlab._tree import tree_map
 from gradlab.engines._protocol import GradientEngine
-from gradlab.optimizers import GradientTransformation, sgd
+from gradlab.optimizers import GradientTransformation, adam, sgd
 from gradlab.problems._base import AbstractProblem
+from gradlab.problems._classifier import classifier_data, classifier_init, mlp_classifier
 from gradlab.problems._quadratic import Quadratic
 
-__all__ = ["Recipe", "seed_numpy", "seed_torch"]
+__all__ = ["Recipe", "mlp_frameworks", "seed_numpy", "seed_torch"]
 
 SEED = 100
 LEARNING_RATE = 0.001
@@ -42,7 +45,7 @@ class Recipe:
         name: A short name.
         problem: What is minimised.
         data: The data, as read-only NumPy arrays.
-        init: The starting parameters, as read-only NumPy arrays.
+        init: The starting parameters, as read-only NumPy arrays (a dict, or a nest).
         optimizer: The optimizer.
         steps: The number of steps.
         dtype: The dtype the original run used.
@@ -51,7 +54,7 @@ class Recipe:
     name: str
     problem: AbstractProblem
     data: Mapping[str, np.ndarray]
-    init: Mapping[str, np.ndarray]
+    init: Any
     optimizer: GradientTransformation
     steps: int
     dtype: str
@@ -86,13 +89,15 @@ class Recipe:
         )
 
 
-def _frozen(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    out = {}
-    for name, value in arrays.items():
+def _frozen(arrays: Any) -> Any:
+    """Read-only copies of every array in a nest."""
+
+    def freeze(value: Any) -> np.ndarray:
         array = np.array(value, copy=True)
         array.flags.writeable = False
-        out[name] = array
-    return out
+        return array
+
+    return tree_map(freeze, arrays)
 
 
 def seed_numpy() -> Recipe:
@@ -153,4 +158,37 @@ def seed_torch() -> Recipe:
         optimizer=sgd(LEARNING_RATE),
         steps=STEPS,
         dtype="float32",
+    )
+
+
+def mlp_frameworks() -> Recipe:
+    """One MLP classifier written three times, as users write it in each framework.
+
+    A ``torch.nn.Module`` (``nn.Sequential(Linear(2, 16), Tanh(), Linear(16, 3))``, run
+    through ``torch.func.functional_call``), a JAX function with Flax-style kernels, and
+    NumPy with hand-derived backpropagation, as one [`NativeProblem`][gradlab.NativeProblem];
+    a [`Layout`][gradlab.Layout] maps the kernels onto torch's transposed weights. Softmax
+    cross-entropy on 120 points of a three-armed spiral; 200 Adam steps (lr 0.05) in float64
+    from one Glorot-normal start, the same on every engine. Every engine differentiates its
+    own framework's implementation: ``gradlab demo --recipe mlp-frameworks`` shows that the
+    gradients, Hessian-vector products and fits agree.
+
+    Examples:
+        >>> from gradlab import recipes
+        >>> recipe = recipes.mlp_frameworks()
+        >>> [layer["kernel"].shape for layer in recipe.init["layers"]]
+        [(2, 16), (16, 3)]
+        >>> result = recipe.run("numpy")
+        >>> result.status, result.final_loss < 0.5 * recipe.run("numpy", steps=1).final_loss
+        ('completed', True)
+    """
+    sizes = (2, 16, 3)
+    return Recipe(
+        name="mlp_frameworks",
+        problem=mlp_classifier(sizes),
+        data=_frozen(classifier_data(120, sizes[-1], seed=0)),
+        init=_frozen(classifier_init(sizes, seed=0)),
+        optimizer=adam(0.05),
+        steps=200,
+        dtype="float64",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -144,7 +145,7 @@ def test_compare_exits_1_when_an_engine_disagrees() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["compare", "--problem", "cubic"], "invalid choice: 'cubic'"),
+        (["compare", "--problem", "cubic"], "--problem: unknown problem 'cubic'"),
         (["compare", "--params", "w=1,2", "b=0", "--engines", "numpy"], "w got 2 value(s)"),
         (["compare", "--params", "z=1", "--engines", "numpy"], "has no parameter 'z'"),
         (["compare", "--params", "w", "--engines", "numpy"], "expected NAME=VALUES"),
@@ -288,3 +289,117 @@ def test_fit_takes_mini_batches_and_stop_rules() -> None:
     # Mini-batch noise keeps the loss from improving for ever: patience ends the fit.
     batched = fit("--batch-size", "10", "--patience", "100")
     assert (batched["status"], batched["stop_reason"]) == ("converged", "patience")
+
+
+def test_demo_mlp_frameworks_compares_three_implementations() -> None:
+    for name in ("torch", "jax"):
+        if name not in gradlab.available_engines():
+            pytest.skip(f"{name} is not installed")
+    out = gradlab_cli(
+        "demo", "--recipe", "mlp-frameworks", "--engines", "numpy,torch,jax", "--repeats", "1"
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "All 3 engines' gradients agree within tolerance." in text
+    assert "Hessian-vector products agree within tolerance." in text
+    assert "All 3 engines follow the same path within tolerance" in text
+    assert "layers[0].kernel" in text
+
+
+USER_MODULE = """
+import numpy as np
+import gradlab
+
+
+class Poisson(gradlab.AbstractProblem):
+    name = "poisson"
+
+    def loss(self, params, data, xp):
+        rate = xp.exp(data["x"] @ params["glm"]["w"] + params["glm"]["b"])
+        return xp.sum(rate - data["y"] * xp.log(rate))
+
+    def make_data(self, n, *, seed=0):
+        rng = np.random.default_rng(seed)
+        x = 0.3 * rng.standard_normal((n, 2))
+        return {"x": x, "y": rng.poisson(np.exp(x @ [0.5, -0.2] + 0.1)).astype(float)}
+
+    def initial_params(self, data, *, seed=0):
+        return {"glm": {"w": np.zeros(2), "b": np.zeros(())}}
+
+
+poisson = Poisson()
+make_poisson = Poisson
+no_data = gradlab.Problem(lambda p, d, xp: xp.sum(p["a"] ** 2), params={"a": (2,)})
+number = 3
+
+
+def broken():
+    raise RuntimeError("cannot build")
+"""
+
+
+def user_cli(cwd: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed ``gradlab`` script, run in ``cwd`` (where the user's module is)."""
+    script = os.path.join(os.path.dirname(sys.executable), "gradlab")
+    return subprocess.run([script, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_problem_from_a_module_or_a_file(tmp_path: Any) -> None:
+    (tmp_path / "mymodels.py").write_text(USER_MODULE)
+    for spec in ("mymodels:poisson", "mymodels:make_poisson", "./mymodels.py:poisson"):
+        out = user_cli(tmp_path, "compare", "--problem", spec, "--engines", "fd", "-q")
+        assert out.returncode == 0, out.stderr
+        assert "glm.w[" in out.stdout or "glm.b" in out.stdout
+    out = user_cli(
+        tmp_path,
+        "fit",
+        "--problem",
+        "mymodels:poisson",
+        "--engine",
+        "fd",
+        "--steps",
+        "50",
+        "--lr",
+        "0.001",
+        "--init",
+        "glm.w=0.1,0.2",
+        "-q",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "final glm.w:" in out.stdout
+    assert "final glm.b:" in out.stdout
+    out = user_cli(
+        tmp_path,
+        "bench",
+        "--problems",
+        "mymodels:poisson",
+        "--engines",
+        "fd",
+        "--sizes",
+        "20",
+        "--min-time",
+        "0.001",
+        "-q",
+    )
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("mymodels:missing", "'mymodels' has no attribute 'missing'"),
+        ("mymodels:broken", "mymodels:broken() raised RuntimeError: cannot build"),
+        ("mymodels:number", "is of type int, not a gradlab problem"),
+        ("mymodels:no_data", "does not generate data"),
+        ("nomodule:x", "cannot import 'nomodule': ModuleNotFoundError"),
+        ("./nofile.py:x", "no such file"),
+        ("mymodels:", "must be module:attribute"),
+    ],
+)
+def test_problem_that_cannot_be_loaded_is_named(tmp_path: Any, spec: str, message: str) -> None:
+    (tmp_path / "mymodels.py").write_text(USER_MODULE)
+    out = user_cli(tmp_path, "compare", "--problem", spec, "-q")
+    assert out.returncode == 2, out
+    assert "--problem: " in out.stderr, out.stderr
+    assert message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -23,6 +23,7 @@ import gradlab
 
 def gradient(engine: str, case: tuple[Any, Any, Any], dtype: str = "float64") -> dict[str, Any]:
     problem, data, params = case
+    grads: dict[str, Any]
     _, grads = gradlab.value_and_grad(problem, data, params, engine=engine, dtype=dtype)
     return grads
 

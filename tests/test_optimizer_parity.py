@@ -35,7 +35,8 @@ def gradlab_path(optimizer: gradlab.GradientTransformation) -> dict[str, np.ndar
         trajectory=True,
     )
     assert result.trajectory is not None
-    return result.trajectory
+    trajectory: dict[str, np.ndarray] = result.trajectory
+    return trajectory
 
 
 def torch_path(

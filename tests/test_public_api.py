@@ -27,12 +27,14 @@ PUBLIC = {
     "GradientTransformation",
     "GradlabError",
     "HandGradientMissing",
+    "Layout",
     "LeastSquares",
     "LinearRegression",
     "LogSumExp",
     "LogisticRegression",
     "MLP",
     "MissingDependency",
+    "NativeProblem",
     "NotSupported",
     "PolynomialRegression",
     "Problem",
@@ -73,6 +75,7 @@ PUBLIC = {
     "rho",
     "sgd",
     "tolerance",
+    "torch_module",
     "unregister_engine",
     "value_and_grad",
 }
@@ -85,7 +88,16 @@ def test_public_surface_is_pinned() -> None:
         assert hasattr(gradlab, name), name
 
 
-HEAVY = {"torch", "jax", "jaxlib", "matplotlib", "array_api_compat", "pandas", "tqdm"}
+HEAVY = {
+    "torch",
+    "jax",
+    "jaxlib",
+    "matplotlib",
+    "array_api_compat",
+    "pandas",
+    "tqdm",
+    "optax",
+}
 
 
 def heavy_modules_after(code: str) -> set[str]:

@@ -203,12 +203,26 @@ class AbstractEngine(abc.ABC):
 # AbstractEngine may lack them, and each has a stated fallback.
 
 
+def value_and_grad_of(engine: GradientEngine, problem: AbstractProblem) -> ValueAndGrad:
+    """``engine.value_and_grad(problem)``, refusing up front (``NotSupported``) a problem
+    whose loss has no implementation for the engine's framework (a
+    [`NativeProblem`][gradlab.NativeProblem] without one), unless the engine runs the hand
+    gradient instead of the loss."""
+    function = engine.value_and_grad(problem)
+    if function != problem.hand_value_and_grad:
+        problem.check_namespace(engine.xp)
+    return function
+
+
 def hvp_of(engine: GradientEngine, problem: AbstractProblem) -> HVP:
-    """The engine's Hessian-vector product for ``problem``, or ``NotSupported``."""
+    """The engine's Hessian-vector product for ``problem``, or ``NotSupported`` (also for a
+    problem without an implementation for the engine's framework, as ``value_and_grad_of``)."""
     method = getattr(engine, "hvp", None)
     if method is None:
         raise NotSupported(f"engine {engine.name!r} does not compute Hessian-vector products")
     function: HVP = method(problem)
+    if function != problem.hand_hvp:
+        problem.check_namespace(engine.xp)
     return function
 
 

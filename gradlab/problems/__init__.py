@@ -8,6 +8,9 @@ from gradlab.problems._gmm import GMM as GMM
 from gradlab.problems._linear import LinearRegression as LinearRegression
 from gradlab.problems._linear import LogisticRegression as LogisticRegression
 from gradlab.problems._mlp import MLP as MLP
+from gradlab.problems._native import Layout as Layout
+from gradlab.problems._native import NativeProblem as NativeProblem
+from gradlab.problems._native import torch_module as torch_module
 from gradlab.problems._polynomial import LeastSquares as LeastSquares
 from gradlab.problems._polynomial import PolynomialRegression as PolynomialRegression
 from gradlab.problems._quadratic import Quadratic as Quadratic
@@ -17,13 +20,16 @@ __all__ = [
     "GMM",
     "MLP",
     "AbstractProblem",
+    "Layout",
     "LeastSquares",
     "LinearRegression",
     "LogSumExp",
     "LogisticRegression",
+    "NativeProblem",
     "PolynomialRegression",
     "Problem",
     "Quadratic",
     "Rosenbrock",
     "SoftmaxRegression",
+    "torch_module",
 ]

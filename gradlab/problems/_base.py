@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._checks import as_float_array, check_mapping
+from gradlab._checks import check_mapping, check_tree
 from gradlab._errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -76,10 +76,22 @@ class AbstractProblem(abc.ABC):
     has_hand_hvp: bool = False
     #: Whether ``make_data`` takes ``d=``, a number of features (the CLI's ``--features``).
     takes_features: bool = False
+    #: Whether the loss runs on NumPy, so that gradlab may evaluate it once there to name
+    #: a parameter it needs and ``init`` lacks, or one it never reads (for problems that
+    #: declare no parameter shapes).
+    probe: bool = True
 
     @abc.abstractmethod
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
         """Return the scalar loss, computed with the array namespace ``xp`` only."""
+
+    def check_namespace(self, xp: Any) -> None:
+        """Raise ``NotSupported`` if the loss cannot be evaluated with ``xp``.
+
+        A loss written against ``xp`` runs on any namespace (the default); a
+        [`NativeProblem`][gradlab.NativeProblem] runs only where it has an implementation.
+        """
+        return  # a stated default (any namespace), not an abstract method
 
     def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
         """Return ``(loss, grads)`` computed by hand-derived NumPy code.
@@ -145,13 +157,14 @@ class AbstractProblem(abc.ABC):
             raise NotSupported(f"problem {self.name!r} declares no parameter shapes to start from")
         return {name: np.zeros(shape) for name, shape in shapes.items()}
 
-    def check_data(self, data: object) -> dict[str, np.ndarray]:
-        """Return finite float64 copies of the data arrays, or raise ``ArgumentError``."""
-        mapping = check_mapping(data, "data")
-        return {
-            key: as_float_array(value, f"data[{key!r}]", copy=False)
-            for key, value in mapping.items()
-        }
+    def check_data(self, data: object) -> Any:
+        """Return the data with every array finite and floating-point, or raise ``ArgumentError``.
+
+        Data may be a mapping from name to array or any nest of dicts, lists, tuples and
+        NamedTuples of arrays; float arrays come back as read-only views (never copied or
+        written), anything else as float64 copies.
+        """
+        return check_tree(data, "data")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
+import os
+import sys
+import types
 from collections.abc import Callable
 
 from gradlab._errors import ArgumentError, ArgumentTypeError
@@ -30,19 +35,23 @@ NAMED_PROBLEMS: dict[str, Callable[[], AbstractProblem]] = {
 
 
 def problem_named(problem: object, argument: str = "problem") -> AbstractProblem:
-    """A problem object as given, or a built-in one by name (with a suggestion if misspelt)."""
+    """A problem object as given, a built-in one by name (with a suggestion if misspelt), or
+    a user's, ``"package.module:attribute"`` or ``"path/to/file.py:attribute"``."""
     if isinstance(problem, AbstractProblem):
         return problem
     if not isinstance(problem, str):
         raise ArgumentTypeError(
             argument, f"must be a problem name or a gradlab problem, got {type(problem).__name__}"
         )
+    if ":" in problem:
+        return load_problem(problem, argument)
     if problem not in NAMED_PROBLEMS:
         close = difflib.get_close_matches(problem, NAMED_PROBLEMS, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ArgumentError(
             argument,
-            f"unknown problem {problem!r}{hint} (known: {', '.join(NAMED_PROBLEMS)})",
+            f"unknown problem {problem!r}{hint} (known: {', '.join(NAMED_PROBLEMS)}; or "
+            "your own, as module:attribute or file.py:attribute)",
         )
     return NAMED_PROBLEMS[problem]()
 
@@ -51,3 +60,67 @@ def at_size(problem: AbstractProblem, n: int) -> AbstractProblem:
     """``problem`` for size n: itself when n counts data points, ``problem.sized(n)`` when the
     problem has no data and n counts its variables (Rosenbrock, LogSumExp)."""
     return problem.sized(n)
+
+
+def load_problem(spec: str, argument: str = "problem") -> AbstractProblem:
+    """The problem ``"module:attribute"`` or ``"file.py:attribute"`` names.
+
+    The module is imported (from the working directory too, as ``python -m`` would), or the
+    file loaded by path; the attribute (dotted for a nested one) is a problem instance, or
+    a function or class called with no arguments that returns one.
+
+    Raises:
+        ArgumentError: the module or file cannot be imported (with the error it raised),
+            the attribute does not exist, or it is not a problem (naming ``argument``).
+    """
+    source, _, attribute = spec.rpartition(":")
+    if not source or not attribute:
+        raise ArgumentError(
+            argument, f"must be module:attribute or file.py:attribute, got {spec!r}"
+        )
+    module = _import(source, argument)
+    value: object = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise ArgumentError(argument, f"{source!r} has no attribute {attribute!r}")
+        value = getattr(value, part)
+    if not isinstance(value, AbstractProblem) and callable(value):
+        try:
+            value = value()
+        except Exception as error:
+            raise ArgumentError(
+                argument, f"{spec}() raised {type(error).__name__}: {error}"
+            ) from error
+    if not isinstance(value, AbstractProblem):
+        raise ArgumentError(
+            argument,
+            f"{spec} is of type {type(value).__name__}, not a gradlab problem (a Problem, a "
+            "NativeProblem, an AbstractProblem subclass instance, or a function returning one)",
+        )
+    return value
+
+
+def _import(source: str, argument: str) -> types.ModuleType:
+    """A module by dotted name (the working directory searched first), or a file by path."""
+    try:
+        if source.endswith(".py") or os.sep in source or "/" in source:
+            path = os.path.abspath(source)
+            if not os.path.isfile(path):
+                raise ArgumentError(argument, f"no such file: {source!r}")
+            name = f"gradlab_user_{abs(hash(path))}"
+            found = importlib.util.spec_from_file_location(name, path)
+            if found is None or found.loader is None:
+                raise ArgumentError(argument, f"cannot load {source!r} as Python")
+            module = importlib.util.module_from_spec(found)
+            sys.modules[name] = module  # dataclasses and pickling look modules up here
+            found.loader.exec_module(module)
+            return module
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        return importlib.import_module(source)
+    except ArgumentError:
+        raise
+    except Exception as error:
+        raise ArgumentError(
+            argument, f"cannot import {source!r}: {type(error).__name__}: {error}"
+        ) from error

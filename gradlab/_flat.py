@@ -1,0 +1,103 @@
+"""A problem over nested parameters, seen by engines as one over flat ``{path: array}`` dicts.
+
+Engines, optimizers and the loop work on flat dicts of named arrays. A problem whose
+parameters (or data) are nests is handed to them as a [`FlatView`][gradlab._flat.FlatView]:
+its loss rebuilds the nests from the flat dicts (of the engine's own arrays: torch tensors,
+jax arrays) before calling the user's loss, so the user's code sees the structure it was
+written for, and every derivative comes back keyed by path (``layers[0].w``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gradlab._tree import Structure, flatten
+from gradlab.engines._cache import Compiled, key
+from gradlab.problems._base import AbstractProblem, Array
+
+
+class FlatView(AbstractProblem):
+    """``problem`` with its parameters and data flattened by path.
+
+    Args:
+        problem: The user's problem, whose loss takes nests.
+        params: The structure of its parameters.
+        data: The structure of its data.
+    """
+
+    def __init__(self, problem: AbstractProblem, params: Structure, data: Structure) -> None:
+        self.problem = problem
+        self.params = params
+        self.data = data
+        self.name = problem.name
+        self.has_hand_gradient = problem.has_hand_gradient
+        self.has_hand_hvp = problem.has_hand_hvp
+        self.probe = problem.probe
+
+    def loss(self, params: Mapping[str, Array], data: Mapping[str, Array], xp: Any) -> Array:
+        """The user's loss, on the nests rebuilt from flat dicts."""
+        return self.problem.loss(self.params.unflatten(params), self.data.unflatten(data), xp)
+
+    def check_namespace(self, xp: Any) -> None:
+        """As the user's problem."""
+        self.problem.check_namespace(xp)
+
+    def hand_value_and_grad(
+        self, params: Mapping[str, Array], data: Mapping[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        """The user's hand gradient, flattened by path (checked at the boundary)."""
+        output = self.problem.hand_value_and_grad(
+            self.params.unflatten(params), self.data.unflatten(data)
+        )
+        if isinstance(output, tuple) and len(output) == 2:
+            return output[0], _by_path(output[1])
+        return output  # not a pair: refused, as such, where it is checked
+
+    def hand_hvp(
+        self, params: Mapping[str, Array], tangent: Mapping[str, Array], data: Mapping[str, Array]
+    ) -> Any:
+        """The user's hand Hessian-vector product, flattened by path."""
+        return _by_path(
+            self.problem.hand_hvp(
+                self.params.unflatten(params),
+                self.params.unflatten(tangent),
+                self.data.unflatten(data),
+            )
+        )
+
+    def predict(self, params: Mapping[str, Array], x: np.ndarray) -> np.ndarray:
+        """The user's prediction, on the rebuilt parameters."""
+        return self.problem.predict(self.params.unflatten(params), x)
+
+    def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
+        """The user's problem's declared shapes (by path)."""
+        return self.problem.param_shapes(self.data.unflatten(data))
+
+    def check_data(self, data: object) -> Any:
+        """Already checked: the view is made from checked data."""
+        return data
+
+    def __repr__(self) -> str:
+        return f"FlatView({self.problem!r})"
+
+
+def _by_path(tree: object) -> Any:
+    """A nest of derivatives as ``{path: array}``; anything else as it is, to be refused."""
+    if isinstance(tree, (Mapping, tuple, list)):
+        return flatten(tree)[0]
+    return tree
+
+
+# One view per problem (as it is now) and pair of structures: compiled code is cached on the
+# problem an engine is handed, so the same nests must give the same view object.
+_VIEWS: Compiled[FlatView] = Compiled()
+
+
+def flat_view(problem: AbstractProblem, params: Structure, data: Structure) -> AbstractProblem:
+    """What engines are handed for ``problem``: itself when both structures are flat dicts."""
+    if params.trivial and (data.trivial or not data.paths):
+        return problem
+    return _VIEWS.get((key(problem), params, data), lambda: FlatView(problem, params, data))

@@ -1,0 +1,66 @@
+"""optax transformations as ``optimizer=``, on the jax engine.
+
+An optax ``GradientTransformation`` has gradlab's shape (``init``, ``update``), and gradlab's
+loop runs it unchanged. What differs is where it computes: optax calls ``jax.numpy``, so
+it runs where the parameters are jax arrays, the ``jax`` engine; elsewhere it is refused,
+naming ``optimizer`` and the gradlab optimizer that matches it. Its state is made in the
+64-bit mode of the run (JAX makes float32 state outside it), with the integer step count
+optax keeps, and a resumed state is given the dtypes of a fresh one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gradlab._boundary import check_state, on_engine
+from gradlab._errors import ArgumentError, NotSupported
+from gradlab._tree import tree_map
+from gradlab.engines._protocol import GradientEngine
+from gradlab.problems._native import framework_of
+
+
+def is_optax(optimizer: object) -> bool:
+    """Whether ``optimizer`` is optax's (found from its module, without importing optax)."""
+    return type(optimizer).__module__.partition(".")[0] == "optax"
+
+
+def check_engine(optimizer: object, engine: GradientEngine) -> None:
+    """Refuse (``NotSupported``) an optax ``optimizer`` on an engine other than jax; a
+    comparison over default engines skips those with this note."""
+    if is_optax(optimizer) and framework_of(engine.xp) != "jax":
+        raise NotSupported(
+            f"optimizer is an optax transformation, which computes with jax.numpy, so it runs "
+            f"on the 'jax' engine only, not {engine.name!r}; gradlab's own optimizers "
+            "(gradlab.adam, sgd, momentum, ...) match optax's to round-off and run everywhere"
+        )
+
+
+def start_state(
+    optimizer: Any,
+    params: Mapping[str, np.ndarray],
+    resumed: Any,
+    engine: GradientEngine,
+    dtype: str,
+) -> Any:
+    """The optax state a fit on ``engine`` starts from: fresh, or ``resumed`` (checked).
+
+    Raises:
+        ArgumentError: the engine is not jax (naming ``optimizer``), or ``resumed`` does not
+            have the state's structure (naming ``resume``).
+    """
+    try:
+        check_engine(optimizer, engine)
+    except NotSupported as error:
+        raise ArgumentError("optimizer", str(error).removeprefix("optimizer ")) from None
+    jax = importlib.import_module("jax")
+    with jax.enable_x64(dtype == "float64"):
+        fresh = optimizer.init(on_engine(engine, params, dtype))
+        if resumed is None:
+            return fresh
+        check_state(resumed, fresh, "resume", "resume.state")
+        jnp = importlib.import_module("jax.numpy")
+        return tree_map(lambda old, new: jnp.asarray(old, dtype=new.dtype), resumed, fresh)

@@ -1,0 +1,330 @@
+"""One model written natively in several frameworks: each engine runs its own framework's code.
+
+A [`Problem`][gradlab.Problem] is one loss written against ``xp``, so every engine
+differentiates the *same* code. A [`NativeProblem`][gradlab.NativeProblem] is the question
+users more often have: the same function written with ``torch`` ops (or an ``nn.Module``),
+with ``jax.numpy`` (or a Flax-style ``apply``), and maybe by hand in NumPy. Each engine
+differentiates its own framework's implementation, so a comparison says whether the
+*implementations* agree, not only whether the autodiff does.
+
+Parameters have one canonical structure (what ``init`` is, what reports name). Where an
+implementation lays them out differently (torch's ``Linear.weight`` is ``(out, in)``, a JAX
+dense kernel ``(in, out)``), a [`Layout`][gradlab.Layout] declares the mapping once; it is
+applied inside the differentiated function, so every engine's gradient comes back in the
+canonical layout.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from gradlab._errors import ArgumentError, ArgumentTypeError, NotSupported
+from gradlab._tree import flatten
+from gradlab.problems._base import (
+    AbstractProblem,
+    Array,
+    _check_shapes,
+    missing_hand_gradient,
+    missing_hand_hvp,
+)
+
+Implementation = Callable[[Any, Any], Array]
+
+
+def framework_of(xp: Any) -> str:
+    """The framework an array namespace belongs to: ``"numpy"``, ``"torch"``, ``"jax"``, ...
+
+    Read from the namespace's module name, without importing anything
+    (``array_api_compat.torch`` is torch's).
+    """
+    name = str(getattr(xp, "__name__", type(xp).__module__))
+    return name.removeprefix("array_api_compat.").partition(".")[0]
+
+
+class Layout:
+    """How one implementation's parameters are laid out, given the canonical ones.
+
+    The implementation receives a flat dict ``{native name: array}`` (what
+    ``torch.func.functional_call`` takes). Each native array is one canonical parameter,
+    named by its path (``"layers[0].kernel"``), with its axes permuted or not. The mapping
+    must use every canonical parameter exactly once, and is applied inside the function an
+    engine differentiates, so gradients come back in the canonical layout.
+
+    Args:
+        mapping: ``{native name: canonical path}``, or ``{native name: (canonical path,
+            axes)}`` where ``axes`` permutes the canonical array's axes (``(1, 0)``: a
+            transpose).
+        shapes: Optionally, each native parameter's shape (``{"0.weight": (8, 4)}``), checked
+            against the canonical shapes permuted (see [`torch_module`][gradlab.torch_module]).
+
+    Examples:
+        >>> import numpy as np, gradlab
+        >>> layout = gradlab.Layout({"fc.weight": ("fc.kernel", (1, 0)), "fc.bias": "fc.bias"})
+        >>> native = layout.to_native({"fc": {"kernel": np.ones((3, 2)), "bias": np.zeros(2)}}, np)
+        >>> native["fc.weight"].shape
+        (2, 3)
+    """
+
+    def __init__(
+        self,
+        mapping: Mapping[str, str | tuple[str, Sequence[int]]],
+        *,
+        shapes: Mapping[str, Sequence[int]] | None = None,
+    ) -> None:
+        if not isinstance(mapping, Mapping) or not mapping:
+            raise ArgumentTypeError(
+                "mapping", f"must be a non-empty mapping from native name to path, got {mapping!r}"
+            )
+        self.mapping: dict[str, tuple[str, tuple[int, ...] | None]] = {}
+        for native, spec in mapping.items():
+            source, axes = (spec, None) if isinstance(spec, str) else _pair(native, spec)
+            self.mapping[str(native)] = (source, axes)
+        sources = [source for source, _ in self.mapping.values()]
+        repeated = sorted({source for source in sources if sources.count(source) > 1})
+        if repeated:
+            raise ArgumentError("mapping", f"uses canonical parameter(s) {repeated} more than once")
+        self.shapes = (
+            None
+            if shapes is None
+            else {str(name): tuple(int(size) for size in shape) for name, shape in shapes.items()}
+        )
+        if self.shapes is not None and set(self.shapes) != set(self.mapping):
+            raise ArgumentError(
+                "shapes",
+                f"names {sorted(self.shapes)}, but the mapping names {sorted(self.mapping)}",
+            )
+
+    def to_native(self, params: Any, xp: Any) -> dict[str, Array]:
+        """The implementation's parameters from canonical ones (arrays of namespace ``xp``).
+
+        Raises:
+            ArgumentError: the canonical parameters are not those the mapping uses, or a
+                shape differs from the declared native one (named as ``init``).
+        """
+        flat = flatten(params)[0]
+        self.check(flat)
+        native = {}
+        for name, (source, axes) in self.mapping.items():
+            value = flat[source]
+            native[name] = value if axes is None else xp.permute_dims(value, axes)
+        return native
+
+    def check(self, flat: Mapping[str, Any]) -> None:
+        """Refuse canonical parameters (by path) that do not fit this layout."""
+        used = {source for source, _ in self.mapping.values()}
+        missing, unused = sorted(used - set(flat)), sorted(set(flat) - used)
+        if missing or unused:
+            parts = [f"lacks {missing}" if missing else "", f"has {unused}" if unused else ""]
+            raise ArgumentError(
+                "init",
+                f"does not fit the layout: it {' and '.join(p for p in parts if p)}, while the "
+                f"layout maps {sorted(used)}",
+            )
+        if self.shapes is None:
+            return
+        for name, (source, axes) in self.mapping.items():
+            shape = tuple(np.shape(flat[source]))
+            if axes is not None:
+                if len(axes) != len(shape):
+                    raise ArgumentError(
+                        "init",
+                        f"{source!r} has {len(shape)} axes; the layout permutes {len(axes)} "
+                        f"for {name!r}",
+                    )
+                shape = tuple(shape[axis] for axis in axes)
+            if shape != self.shapes[name]:
+                raise ArgumentError(
+                    "init",
+                    f"{source!r} gives {name!r} the shape {shape}, but the implementation's "
+                    f"{name!r} has shape {self.shapes[name]}",
+                )
+
+    def __repr__(self) -> str:
+        return f"Layout({self.mapping!r})"
+
+
+def _pair(native: object, spec: object) -> tuple[str, tuple[int, ...]]:
+    if (
+        isinstance(spec, tuple)
+        and len(spec) == 2
+        and isinstance(spec[0], str)
+        and isinstance(spec[1], (tuple, list))
+        and all(isinstance(axis, int) for axis in spec[1])
+        and sorted(spec[1]) == list(range(len(spec[1])))
+    ):
+        return spec[0], tuple(spec[1])
+    raise ArgumentError(
+        f"mapping[{native!r}]",
+        f"must be a path or (path, axes) with axes a permutation, got {spec!r}",
+    )
+
+
+class NativeProblem(AbstractProblem):
+    """One function, implemented natively in several frameworks; each engine runs its own.
+
+    Each implementation is ``loss(params, data) -> scalar``, written with its framework's
+    own ops: the ``torch`` one receives torch tensors, the ``jax`` one jax arrays, the
+    ``numpy`` one NumPy arrays, in the structure of the parameters (or as a flat dict in
+    the implementation's own layout, when ``layouts`` gives one). The ``torch`` engines
+    differentiate the torch implementation, ``jax`` the jax one, ``fd`` the NumPy one,
+    and ``numpy`` runs the hand-derived gradient.
+
+    Args:
+        name: A short name for tables and messages.
+        value_and_grad: Optional hand-derived ``(params, data) -> (loss, grads)`` in NumPy.
+        hvp: Optional hand-derived ``(params, tangent, data) -> H·tangent`` in NumPy.
+        params: Optional shapes of the canonical parameters, by path
+            (``{"layers[0].kernel": (4, 8)}``).
+        layouts: Optional ``{framework: Layout}``: how that implementation's parameters are
+            laid out (see [`Layout`][gradlab.Layout]).
+        **implementations: The implementations, by framework: ``torch=``, ``jax=``,
+            ``numpy=`` (and any framework a plug-in engine's namespace belongs to).
+
+    Raises:
+        ArgumentError: no implementation, one that is not callable, or a layout for a
+            framework without one.
+    """
+
+    probe = False
+
+    def __init__(
+        self,
+        *,
+        name: str = "problem",
+        value_and_grad: Callable[..., Any] | None = None,
+        hvp: Callable[..., Any] | None = None,
+        params: Mapping[str, tuple[int, ...]] | None = None,
+        layouts: Mapping[str, Layout] | None = None,
+        **implementations: Implementation,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ArgumentError("name", f"must be a non-empty string, got {name!r}")
+        if not implementations and value_and_grad is None:
+            raise ArgumentError(
+                "implementations", "give at least one (torch=..., jax=..., numpy=...)"
+            )
+        for framework, function in implementations.items():
+            if not callable(function):
+                raise ArgumentTypeError(framework, f"must be callable, got {function!r}")
+        for argument, hand in (("value_and_grad", value_and_grad), ("hvp", hvp)):
+            if hand is not None and not callable(hand):
+                raise ArgumentTypeError(argument, f"must be callable or None, got {hand!r}")
+        layouts = dict(layouts or {})
+        for framework, layout in layouts.items():
+            if framework not in implementations:
+                raise ArgumentError(
+                    "layouts", f"has a layout for {framework!r}, which has no implementation"
+                )
+            if not isinstance(layout, Layout):
+                raise ArgumentTypeError(
+                    f"layouts[{framework!r}]", f"must be a gradlab.Layout, got {layout!r}"
+                )
+        self.name = name
+        self.implementations = dict(implementations)
+        self.layouts = layouts
+        self._value_and_grad = value_and_grad
+        self._hvp = hvp
+        self.has_hand_gradient = value_and_grad is not None
+        self.has_hand_hvp = hvp is not None
+        # The NumPy implementation, where there is one, is evaluated once to check ``init``.
+        self.probe = "numpy" in implementations and "numpy" not in layouts
+        self._shapes = None if params is None else _check_shapes(params)
+
+    def check_namespace(self, xp: Any) -> None:
+        """Refuse an engine whose framework has no implementation here."""
+        framework = framework_of(xp)
+        if framework not in self.implementations:
+            have = ", ".join(sorted(self.implementations)) or "none"
+            raise NotSupported(
+                f"problem {self.name!r} has no {framework} implementation (it has: {have}); "
+                f"give {framework}=... to NativeProblem"
+            )
+
+    def loss(self, params: Any, data: Any, xp: Any) -> Array:
+        """The implementation for ``xp``'s framework, on parameters in its layout."""
+        self.check_namespace(xp)
+        framework = framework_of(xp)
+        layout = self.layouts.get(framework)
+        native = params if layout is None else layout.to_native(params, xp)
+        return self.implementations[framework](native, data)
+
+    def hand_value_and_grad(self, params: Any, data: Any) -> tuple[Array, Any]:
+        """The hand-derived gradient (checked at the boundary)."""
+        if self._value_and_grad is None:
+            raise missing_hand_gradient(self)
+        return self._value_and_grad(params, data)  # type: ignore[no-any-return]
+
+    def hand_hvp(self, params: Any, tangent: Any, data: Any) -> Any:
+        """The hand-derived Hessian-vector product (checked at the boundary)."""
+        if self._hvp is None:
+            raise missing_hand_hvp(self)
+        return self._hvp(params, tangent, data)
+
+    def param_shapes(self, data: Any) -> Mapping[str, tuple[int, ...]] | None:
+        """The declared canonical shapes, if any."""
+        return self._shapes
+
+    def __repr__(self) -> str:
+        return f"NativeProblem(name={self.name!r}, {', '.join(self.implementations)})"
+
+
+def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]]:
+    """A ``torch.nn.Module`` as a pure function of its parameters, for a torch implementation.
+
+    Returns ``(apply, params)``: ``apply(params, *inputs)`` runs the module through
+    ``torch.func.functional_call`` on the parameters it is given (never on its own, which
+    are not read or changed), and ``params`` is a float64 NumPy copy of the module's
+    parameters by name (``{"0.weight": ...}``): a starting point, or the shapes a
+    [`Layout`][gradlab.Layout] checks against (``Layout(..., shapes=...)``).
+
+    Raises:
+        ArgumentTypeError: not an ``nn.Module``.
+        ArgumentError: the module has buffers (``BatchNorm``'s running statistics: state
+            that a forward pass changes, so the loss would not be a function of the
+            parameters alone), non-floating-point parameters, or parameters that do not
+            require grad (frozen parameters would be differentiated all the same).
+
+    Examples:
+        >>> import torch, gradlab
+        >>> apply, params = gradlab.torch_module(torch.nn.Linear(3, 2))
+        >>> {name: value.shape for name, value in params.items()}
+        {'weight': (2, 3), 'bias': (2,)}
+    """
+    torch = importlib.import_module("torch")
+    if not isinstance(module, torch.nn.Module):
+        raise ArgumentTypeError("module", f"must be a torch.nn.Module, got {module!r}")
+    buffers = [name for name, _ in module.named_buffers()]
+    if buffers:
+        raise ArgumentError(
+            "module",
+            f"has buffers {buffers}: state a forward pass may change, which a gradient "
+            "comparison cannot hold fixed; use a module without them (LayerNorm rather than "
+            "BatchNorm), or write the function by hand",
+        )
+    named = dict(module.named_parameters())
+    if not named:
+        raise ArgumentError("module", "has no parameters")
+    for name, value in named.items():
+        if not value.is_floating_point():
+            raise ArgumentError(
+                "module", f"parameter {name!r} is {value.dtype}; it must be floating-point"
+            )
+        if not value.requires_grad:
+            raise ArgumentError(
+                "module",
+                f"parameter {name!r} does not require grad (frozen); gradlab differentiates "
+                "every parameter it is given: leave it out of the module, or unfreeze it",
+            )
+    functional_call = importlib.import_module("torch.func").functional_call
+
+    def apply(params: Mapping[str, Any], *inputs: Any) -> Any:
+        return functional_call(module, dict(params), inputs)
+
+    copies = {
+        name: value.detach().cpu().numpy().astype(np.float64) for name, value in named.items()
+    }
+    return apply, copies

@@ -1,0 +1,272 @@
+"""The same model written natively in several frameworks (NativeProblem), layouts, optax.
+
+The two-framework MLP classifier is checked engine against engine: each engine runs its
+own framework's implementation (torch: an ``nn.Module`` through ``functional_call``; jax:
+a JAX function; numpy: hand backpropagation; fd: differences of the NumPy forward pass),
+so agreement to float64 round-off means the implementations agree.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+import pytest
+from _helpers import require_engine
+
+import gradlab
+from gradlab import recipes
+from gradlab._tree import tree_map
+
+
+@pytest.fixture(scope="module")
+def recipe() -> recipes.Recipe:
+    require_engine("torch")
+    require_engine("jax")
+    return recipes.mlp_frameworks()
+
+
+#: float64: engines that differentiate exactly agree to round-off; fd to its own accuracy.
+ROUND_OFF = 1e-13
+
+
+def test_mlp_gradients_agree_to_round_off_across_frameworks(recipe: recipes.Recipe) -> None:
+    report = gradlab.compare_gradients(
+        recipe.problem, recipe.data, recipe.init, engines="numpy,torch,jax,fd,torch-compile"
+    )
+    assert report.ok, report
+    for engine in ("torch", "jax", "torch-compile"):
+        assert report.verdicts[engine].rho < ROUND_OFF, report
+    assert report.verdicts["fd"].rho < 1e-9
+    assert report.verdicts["torch"].worst is None or report.verdicts["torch"].worst.startswith(
+        "layers["
+    )
+
+
+def test_mlp_float32_gradients_agree_within_float32(recipe: recipes.Recipe) -> None:
+    report = gradlab.compare_gradients(
+        recipe.problem, recipe.data, recipe.init, engines="numpy,torch,jax", dtype="float32"
+    )
+    assert report.ok, report
+    assert max(report.rho_float64.values()) < 1e-6
+
+
+def test_mlp_hvps_agree_across_frameworks(recipe: recipes.Recipe) -> None:
+    rng = np.random.default_rng(3)
+    tangent = tree_map(lambda value: rng.standard_normal(np.shape(value)), recipe.init)
+    report = gradlab.compare_hessians(
+        recipe.problem, recipe.data, recipe.init, tangent=tangent, engines="torch,jax,fd"
+    )
+    assert report.ok, report
+    assert report.rho[1, 2] < ROUND_OFF  # torch against jax
+    assert report.verdicts["torch"].rho < 1e-8  # against fd
+
+
+def test_mlp_adam_fits_follow_one_path(recipe: recipes.Recipe) -> None:
+    comparison = gradlab.compare_fits(
+        recipe.problem,
+        recipe.data,
+        optimizer=recipe.optimizer,
+        steps=recipe.steps,
+        init=recipe.init,
+        engines="numpy,torch,jax",
+    )
+    assert comparison.ok, comparison
+    assert comparison.divergence[0].max() < 1e-12, comparison
+    # The fit learns: 200 Adam steps take the cross-entropy from over 1 to near 0.
+    assert comparison.results["numpy"].losses[0] > 1
+    assert comparison.results["jax"].final_loss < 0.05
+
+
+def test_the_layout_matches_the_torch_module(recipe: recipes.Recipe) -> None:
+    from gradlab.problems._classifier import torch_layout, torch_model
+
+    _, native = gradlab.torch_module(torch_model((2, 16, 3)))
+    layout = torch_layout((2, 16, 3), {name: value.shape for name, value in native.items()})
+    mapped = layout.to_native(recipe.init, np)
+    for name, value in native.items():
+        assert mapped[name].shape == value.shape
+    np.testing.assert_array_equal(mapped["0.weight"], recipe.init["layers"][0]["kernel"].T)
+
+
+def test_an_engine_without_an_implementation_is_skipped_or_refused() -> None:
+    require_engine("jax")
+    problem = gradlab.NativeProblem(name="numpy_only", numpy=lambda p, d: np.sum(p["a"] ** 2))
+    report = gradlab.compare_gradients(problem, {}, {"a": np.ones(2)})
+    assert "jax" in report.skipped
+    assert "no jax implementation" in report.skipped["jax"]
+    with pytest.raises(gradlab.NotSupported, match="no jax implementation"):
+        gradlab.compare_gradients(problem, {}, {"a": np.ones(2)}, engines="fd,jax")
+    with pytest.raises(gradlab.NotSupported, match=r"give jax=\.\.\."):
+        gradlab.value_and_grad(problem, {}, {"a": np.ones(2)}, engine="jax")
+
+
+def test_implementations_that_read_other_structures_are_named() -> None:
+    require_engine("torch")
+    torch = importlib.import_module("torch")
+    problem = gradlab.NativeProblem(
+        name="mismatch",
+        numpy=lambda p, d: np.sum(p["w"] ** 2),
+        torch=lambda p, d: torch.sum(p["W"] ** 2),
+    )
+    with pytest.raises(gradlab.ProblemError) as caught:
+        gradlab.compare_gradients(problem, {}, {"w": np.ones(2)}, engines="fd,torch")
+    assert caught.value.engine == "torch"
+    assert "KeyError" in str(caught.value)
+
+
+def test_a_hand_gradient_of_another_structure_is_named() -> None:
+    problem = gradlab.NativeProblem(
+        name="bad_hand",
+        numpy=lambda p, d: np.sum(p["layer"]["w"] ** 2),
+        value_and_grad=lambda p, d: (np.sum(p["layer"]["w"] ** 2), {"w": 2 * p["layer"]["w"]}),
+    )
+    with pytest.raises(gradlab.ProblemError, match="value_and_grad"):
+        gradlab.value_and_grad(problem, {}, {"layer": {"w": np.ones(2)}}, engine="numpy")
+
+
+def test_torch_module_refuses_buffers_integers_and_frozen_parameters() -> None:
+    require_engine("torch")
+    torch = importlib.import_module("torch")
+    with pytest.raises(gradlab.ArgumentError, match="buffers"):
+        gradlab.torch_module(torch.nn.BatchNorm1d(3))
+    counted = torch.nn.Linear(2, 2)
+    counted.steps = torch.nn.Parameter(torch.zeros(1, dtype=torch.int64), requires_grad=False)
+    with pytest.raises(gradlab.ArgumentError, match=r"'steps' is torch\.int64"):
+        gradlab.torch_module(counted)
+    frozen = torch.nn.Linear(2, 2)
+    frozen.bias.requires_grad_(False)
+    with pytest.raises(gradlab.ArgumentError, match="'bias' does not require grad"):
+        gradlab.torch_module(frozen)
+    with pytest.raises(gradlab.ArgumentTypeError) as caught:
+        gradlab.torch_module(lambda x: x)
+    assert caught.value.argument == "module"
+
+
+def test_layout_errors_name_what_does_not_fit() -> None:
+    layout = gradlab.Layout({"fc.weight": ("fc.kernel", (1, 0))}, shapes={"fc.weight": (2, 3)})
+    with pytest.raises(gradlab.ArgumentError, match="lacks"):
+        layout.to_native({"other": np.zeros((3, 2))}, np)
+    with pytest.raises(gradlab.ArgumentError, match="has shape"):
+        layout.to_native({"fc": {"kernel": np.zeros((2, 3))}}, np)
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        gradlab.Layout({"a": ("x", (0, 0))})
+    assert caught.value.argument == "mapping['a']"
+    with pytest.raises(gradlab.ArgumentError, match="more than once"):
+        gradlab.Layout({"a": "x", "b": "x"})
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        gradlab.NativeProblem(numpy=lambda p, d: p, layouts={"torch": layout})
+    assert caught.value.argument == "layouts"
+
+
+def test_an_init_that_does_not_fit_the_layout_is_refused_on_that_engine() -> None:
+    require_engine("torch")
+    torch = importlib.import_module("torch")
+    apply, native = gradlab.torch_module(torch.nn.Linear(3, 2))
+    layout = gradlab.Layout(
+        {"weight": ("fc.kernel", (1, 0)), "bias": "fc.bias"},
+        shapes={name: value.shape for name, value in native.items()},
+    )
+    problem = gradlab.NativeProblem(
+        name="linear",
+        torch=lambda p, d: torch.sum(apply(p, d["x"]) ** 2),
+        layouts={"torch": layout},
+    )
+    data = {"x": np.ones((4, 3))}
+    _, grads = gradlab.value_and_grad(
+        problem, data, {"fc": {"kernel": np.ones((3, 2)), "bias": np.zeros(2)}}, engine="torch"
+    )
+    np.testing.assert_allclose(grads["fc"]["kernel"], np.full((3, 2), 2 * 4 * 3.0))
+    for wrong, words in (
+        ({"fc": {"kernel": np.ones((3, 2))}}, "lacks ['fc.bias']"),
+        ({"fc": {"kernel": np.ones((2, 3)), "bias": np.zeros(2)}}, "has shape (2, 3)"),
+    ):
+        with pytest.raises(gradlab.ArgumentError) as caught:
+            gradlab.value_and_grad(problem, data, wrong, engine="torch")
+        assert caught.value.argument == "init"
+        assert words in str(caught.value)
+
+
+OPTAX_PAIRS = [
+    ("adam", lambda o: o.adam(0.05), lambda: gradlab.adam(0.05)),
+    ("sgd", lambda o: o.sgd(0.1), lambda: gradlab.sgd(0.1)),
+    ("momentum", lambda o: o.sgd(0.1, momentum=0.9), lambda: gradlab.momentum(0.1, 0.9)),
+    (
+        "nesterov",
+        lambda o: o.sgd(0.1, momentum=0.9, nesterov=True),
+        lambda: gradlab.momentum(0.1, 0.9, nesterov=True),
+    ),
+]
+
+
+def on_jax(recipe: recipes.Recipe, optimizer: Any, **kwargs: Any) -> gradlab.FitResult:
+    """The recipe's fit on the jax engine with ``optimizer`` (from its start unless told)."""
+    kwargs.setdefault("init", recipe.init)
+    return gradlab.fit(recipe.problem, recipe.data, engine="jax", optimizer=optimizer, **kwargs)
+
+
+@pytest.mark.parametrize(("name", "make_optax", "make_gradlab"), OPTAX_PAIRS)
+def test_gradlab_optimizers_match_optax_over_100_steps(
+    recipe: recipes.Recipe, name: str, make_optax: Any, make_gradlab: Any
+) -> None:
+    optax = pytest.importorskip("optax")
+    runs = [
+        on_jax(recipe, optimizer, steps=100, trajectory=True)
+        for optimizer in (make_optax(optax), make_gradlab())
+    ]
+    path = gradlab._agreement.path_rho(runs[0].trajectory, runs[1].trajectory)
+    assert path.max() < 1e-12, (name, path.max())
+
+
+def test_optax_state_and_resume(recipe: recipes.Recipe) -> None:
+    optax = pytest.importorskip("optax")
+    optimizer = optax.adam(0.05)
+    whole = on_jax(recipe, optimizer, steps=60)
+    first = on_jax(recipe, optimizer, steps=25)
+    rest = on_jax(recipe, optimizer, steps=35, init=None, resume=first)
+    assert type(first.state[0]).__name__ == "ScaleByAdamState"
+    assert int(first.state[0].count) == 25
+    assert first.state[0].mu["layers"][0]["kernel"].shape == (2, 16)
+    assert gradlab.max_rho(rest.params, whole.params) < 1e-13
+    for dtype in ("float32", "float64"):
+        result = on_jax(recipe, optimizer, steps=3, dtype=dtype)
+        assert result.state[0].mu["layers"][1]["bias"].dtype == np.dtype(dtype)
+
+
+def test_optax_elsewhere_is_refused_naming_the_optimizer(recipe: recipes.Recipe) -> None:
+    optax = pytest.importorskip("optax")
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        gradlab.fit(
+            recipe.problem,
+            recipe.data,
+            engine="torch",
+            optimizer=optax.adam(0.1),
+            steps=2,
+            init=recipe.init,
+        )
+    assert caught.value.argument == "optimizer"
+    assert "'jax' engine only" in str(caught.value)
+    comparison = gradlab.compare_fits(
+        recipe.problem,
+        recipe.data,
+        optimizer=optax.sgd(0.1),
+        steps=5,
+        init=recipe.init,
+        reference="jax",
+    )
+    assert comparison.engines == ("jax",)
+    assert "torch" in comparison.skipped
+
+
+def test_optimizer_must_have_init_and_update() -> None:
+    with pytest.raises(gradlab.ArgumentTypeError) as caught:
+        gradlab.fit(
+            gradlab.Quadratic(),
+            {"x": [1.0], "y": [1.0]},
+            engine="numpy",
+            optimizer=object(),
+            steps=1,
+            init={"w": 0.0, "b": 0.0},
+        )
+    assert caught.value.argument == "optimizer"
