@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gradlab._checks import check_dtype, check_params, check_positive_int
-from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError
+from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError, naming
 from gradlab._flat import FlatView, flat_view
 from gradlab._tree import Keys, Structure, flatten, structure, subscript, tree_map
 from gradlab.engines._protocol import GradientEngine, value_and_grad_of
@@ -101,11 +101,13 @@ def prepare(
     """
     checked = check_problem(problem)
     checked_dtype = check_dtype(dtype)
-    checked_engine = get_engine(engine)  # type: ignore[arg-type]
+    with naming("engine"):
+        checked_engine = get_engine(engine)  # type: ignore[arg-type]
     nested_data = checked.check_data(data)
     flat_data, data_layout = flatten(nested_data)
     shapes = checked.param_shapes(nested_data)
     checked_params, layout = check_params(params, shapes, params_argument)
+    checked.check_params(checked_params, params_argument)
     if shapes is None and checked.probe:
         _probe(checked, nested_data, layout.unflatten(checked_params), params_argument)
     return Prepared(
@@ -197,9 +199,10 @@ def _probe(problem: AbstractProblem, data: Any, params: Any, argument: str) -> N
 
     A parameter counts as read when the loss looked up the dict key nearest above it
     (``params["layers"][0]["w"]`` reads ``layers[0].w``; reading ``params["x"]``, a
-    list, reads all of it).
+    list, reads all of it; parameters with no dict above them, a top-level tuple or list, are
+    read with the whole).
     """
-    read: set[Keys] = set()
+    read: set[Keys] = {()}
     seen = _recording(params, read, argument, "params")
     given = _recording(data, set(), "data", "data")
     with np.errstate(all="ignore"), calling(problem, None, params_argument=argument):
@@ -367,7 +370,8 @@ def evaluate(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One engine's loss and gradient at checked NumPy ``params``, checked, back as NumPy."""
     with np.errstate(all="ignore"), calling(problem, engine, params, data, argument):
-        function = value_and_grad_of(engine, problem)
+        with naming("engine"):
+            function = value_and_grad_of(engine, problem)
         output = function(on_engine(engine, params, dtype), on_engine(engine, data, dtype))
     return check_value_and_grad(engine, problem, function, output, params, dtype)
 

@@ -207,6 +207,19 @@ def _nest(tree: object, argument: str) -> Structure:
         raise ArgumentTypeError(
             argument,
             "must be a mapping from names to arrays, or a nest of dicts, lists and tuples of "
-            f"arrays, got {type(tree).__name__}",
+            f"arrays, got {type(tree).__name__}{_wrap_hint(tree)}",
         )
-    return structure(tree)
+    layout = structure(tree)
+    if layout.node is None:  # a list of numbers: one array, with no name to report it by
+        raise ArgumentTypeError(
+            argument,
+            f"is a single array of numbers, not a named parameter{_wrap_hint(tree)}",
+        )
+    return layout
+
+
+def _wrap_hint(tree: object) -> str:
+    """How to pass one array: reports name every parameter, so it needs a name."""
+    if hasattr(tree, "shape") or isinstance(tree, (list, tuple, numbers.Real)):
+        return "; give it a name: {'theta': ...}"
+    return ""

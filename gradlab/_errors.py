@@ -7,6 +7,9 @@ either. Argument errors carry the name of the offending argument in ``.argument`
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
@@ -36,7 +39,13 @@ class GradlabError(Exception):
 
     Every gradlab error survives pickling with its type, message and attributes
     (``.argument``, ...), so it can cross a process boundary.
+
+    Attributes:
+        argument: The argument to fix, where one is to blame (``"engine"`` for an engine
+            that cannot run the problem), else ``None``.
     """
+
+    argument: str | None = None
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (type(self), self.args, dict(self.__dict__)))
@@ -161,6 +170,19 @@ class ProblemError(GradlabError, ValueError):
         self.argument = "problem"
         on = f" on engine {engine!r}" if engine is not None else ""
         super().__init__(f"problem {problem!r}: {function}{on} {message}")
+
+
+@contextlib.contextmanager
+def naming(argument: str) -> Iterator[None]:
+    """Blame ``argument`` for an engine that cannot do what it is asked (not installed, no
+    hand gradient, no implementation for its framework), where the code that found out
+    could not know which argument chose that engine."""
+    try:
+        yield
+    except (EngineUnavailable, HandGradientMissing, NotSupported) as error:
+        if error.argument is None:
+            error.argument = argument
+        raise
 
 
 # Tracebacks and reprs name the public path (gradlab.ArgumentError), where users import them

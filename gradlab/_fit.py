@@ -25,7 +25,8 @@ from gradlab._boundary import (
     to_engine,
 )
 from gradlab._checks import check_bool, check_float, check_int, check_positive_int
-from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._errors import ArgumentError, ArgumentTypeError, ProblemError, naming
+from gradlab._optax import blame as blame_optax
 from gradlab._optax import is_optax
 from gradlab._optax import start_state as start_state_optax
 from gradlab._output import Record, jsonable
@@ -379,7 +380,8 @@ def fit(
     # Overflow on the way to divergence is reported through the status, not as warnings.
     with np.errstate(all="ignore"):
         with calling(problem, engine, start_params, checked_data):
-            value_and_grad = value_and_grad_of(engine, problem)
+            with naming("engine"):
+                value_and_grad = value_and_grad_of(engine, problem)
             batch = on_engine(engine, checked_data, dtype)
             params = on_engine(engine, start_params, dtype)
             # Code gradlab did not write (a plug-in engine, a hand gradient) is checked on
@@ -416,8 +418,13 @@ def fit(
         done = 0
         while done < steps and run.reason is None:
             length = min(stretch, steps - done)
-            with calling(problem, engine):
-                carry = run.stretch(carry, length, done)
+            try:
+                with calling(problem, engine):
+                    carry = run.stretch(carry, length, done)
+            except ProblemError:
+                if is_optax(optimizer):  # whose code failed: the loss's or optax's?
+                    blame_optax(optimizer, carry[0], carry[1], dtype)
+                raise
             done = run.updates
             if callback is not None and run.reason is None:
                 answer = callback(

@@ -17,7 +17,7 @@ from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._report import (
     Engines,
-    default_reference,
+    element_labels,
     outlier,
     pair_tolerances,
     point,
@@ -109,6 +109,9 @@ class FitComparison(_output.Record):
             departed = ", ".join(self.disagreeing)
             return f"Paths depart from {self.reference}'s beyond tolerance: {departed}."
         done = all(result.ok for result in self.results.values())
+        if len(self.engines) == 1:
+            outcome = "it completed" if done else "it diverged"
+            return f"Only {self.reference} ran ({outcome}): there was no other path to compare."
         status = "every fit completed" if done else "every fit diverged at the same step"
         return f"All {len(self.engines)} engines follow the same path within tolerance; {status}."
 
@@ -199,13 +202,10 @@ class FitComparison(_output.Record):
             result = self.results[name]
             row: dict[str, Any] = {"engine": name, "status": result.status}
             row["final_loss"] = result.final_loss
-            for param, value in result.params.items():
-                if value.ndim == 0:
-                    row[param] = float(value)
-                else:
-                    row.update(
-                        {f"{param}{list(k)}": float(value[k]) for k in np.ndindex(value.shape)}
-                    )
+            # One column per parameter element, named as reports name it (layers[0].w[1, 2]).
+            flat = flatten(result.params)[0]
+            elements = (float(x) for value in flat.values() for x in np.ravel(value))
+            row.update(zip(element_labels(flat), elements, strict=True))
             row["steps_to_tol"] = self.steps_to_tol[name]
             row["time"] = self.times[name]
             row["time_per_step"] = self.time_per_step(name)
@@ -265,7 +265,8 @@ def compare_fits(
             with a note).
         dtype: ``"float32"`` or ``"float64"``.
         reference: The engine the others are compared with; default ``"numpy"`` if the
-            problem has a hand gradient, else ``"fd"``.
+            problem has a hand gradient, else ``"fd"``; where that cannot run (an optax
+            optimizer, a problem without a NumPy implementation), the first engine that can.
         loss_tol: Report, per engine, how many steps it took to reach this loss.
         repeats: Timed runs per engine after the first; the fastest is reported.
         progress: Show a progress bar (needs tqdm).
@@ -289,13 +290,12 @@ def compare_fits(
         loss_tol = check_float(loss_tol, "loss_tol")
     _, dtype, flat, checked_data, start, layout = prepare(problem, data, init, "numpy", dtype)
     wanted, default = engine_list(engines)
-    ref = default_reference(reference, problem.has_hand_gradient)
 
     def can_run(engine: GradientEngine) -> None:
         value_and_grad_of(engine, flat)
         check_optax_engine(optimizer, engine)
 
-    built, skipped = resolve_engines(wanted, default, ref, can_run)
+    built, skipped = resolve_engines(wanted, default, reference, can_run, problem.has_hand_gradient)
     nested_start = layout.unflatten(start)
 
     def run(engine: GradientEngine, trajectory: bool = False) -> FitResult:

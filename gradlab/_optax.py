@@ -64,3 +64,26 @@ def start_state(
         check_state(resumed, fresh, "resume", "resume.state")
         jnp = importlib.import_module("jax.numpy")
         return tree_map(lambda old, new: jnp.asarray(old, dtype=new.dtype), resumed, fresh)
+
+
+def blame(optimizer: Any, params: Any, state: Any, dtype: str) -> None:
+    """After a fit with an optax ``optimizer`` failed: raise an error naming ``optimizer`` if
+    its update alone fails on these parameters and state (so the failure is not blamed on
+    the loss); else return, and the original error stands.
+
+    It runs only on failure, so a fit that succeeds pays nothing for it. Transformations
+    whose update needs more than ``(grads, state, params)`` (``optax.lbfgs``'s ``value``,
+    ``grad`` and ``value_fn``) are what this names most often.
+    """
+    jax = importlib.import_module("jax")
+    jnp = importlib.import_module("jax.numpy")
+    with jax.enable_x64(dtype == "float64"):
+        try:
+            optimizer.update(tree_map(jnp.zeros_like, params), state, params)
+        except Exception as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ArgumentError(
+                "optimizer",
+                f"raised {type(error).__name__} in update(grads, state, params): {message}; "
+                "gradlab's loop calls update with those three arguments only",
+            ) from error

@@ -19,6 +19,7 @@ from gradlab._errors import (
     HandGradientMissing,
     NotSupported,
     UnknownEngine,
+    naming,
 )
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
@@ -146,6 +147,8 @@ class GradientReport(_output.Record):
                 f"{self.outlier}{blame} disagrees with every other engine, and "
                 f"{', '.join(others)} agree with each other: suspect {self.outlier}."
             )
+        if len(self.engines) == 1:
+            return f"Only {self.reference} ran: there was nothing to compare its {what} with."
         if self.ok:
             return f"All {len(self.engines)} engines' {what} agree within tolerance."
         return (
@@ -289,7 +292,8 @@ def compare_gradients(
             problem. An engine named explicitly that cannot run is an error.
         dtype: ``"float32"`` or ``"float64"``: every engine computes in it.
         reference: The engine the verdicts are against. Default ``"numpy"`` (the hand
-            derivation) when the problem has one, else ``"fd"``. Added to ``engines`` if absent.
+            derivation) when the problem has one, else ``"fd"``, added to ``engines`` if
+            absent; where that default cannot run the problem, the first engine that can.
         tolerance: One largest rho for every pair, instead of gradlab's table
             ([`tolerance`][gradlab.tolerance]: exact pairs 1e-9 in float64 and 1e-4 in float32;
             pairs with an approximate engine such as fd 1e-6 and 1e-4).
@@ -310,7 +314,6 @@ def compare_gradients(
     engine_list, default_list, checked_dtype, problem, checked_data, checked_params = _arguments(
         problem, data, params, engines, dtype
     )
-    ref = default_reference(reference, problem.has_hand_gradient)
 
     def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], float]:
         loss, grads = evaluate(engine, problem, checked_data, checked_params, dtype)
@@ -323,7 +326,7 @@ def compare_gradients(
         checked_params,
         engine_list,
         default_list,
-        ref,
+        reference,
         compute,
         tolerance,
         progress,
@@ -348,7 +351,8 @@ def compare_hessians(
     ``tangent`` each engine builds the full Hessian (one Hessian-vector product per parameter
     element, so for small problems); with it, each computes the Hessian-vector product H·tangent.
     Engines without second derivatives are skipped with a note. The default reference is ``"numpy"``
-    when the problem has a hand-derived Hessian-vector product, else ``"fd"``.
+    when the problem has a hand-derived Hessian-vector product, else ``"fd"`` (where that cannot
+    run the problem, the first engine that can).
 
     Examples:
         >>> import gradlab
@@ -362,7 +366,6 @@ def compare_hessians(
     engine_list, default_list, checked_dtype, problem, checked_data, checked_params = _arguments(
         problem, data, params, engines, dtype
     )
-    ref = default_reference(reference, problem.has_hand_hvp)
     checked_tangent = (
         None if tangent is None else check_tangent(tangent, checked_params, structure(params))
     )
@@ -382,7 +385,7 @@ def compare_hessians(
         checked_params,
         engine_list,
         default_list,
-        ref,
+        reference,
         compute,
         tolerance,
         progress,
@@ -425,28 +428,36 @@ def resolve_engines(
     default: bool,
     reference: str | GradientEngine | None,
     can_run: Callable[[GradientEngine], object],
+    has_hand: bool,
 ) -> tuple[dict[str, GradientEngine], dict[str, str]]:
     """Build the engines, the reference first among them; skip the unusable defaults.
 
     ``can_run(engine)`` raises (``HandGradientMissing``, ``NotSupported``) when the engine
     cannot do the job. For the default list that skips the engine with a note; for an engine
-    the caller named, and always for the reference, it is an error.
+    the caller named, and for a reference the caller named, it is an error.
+
+    Without a ``reference``, the hand derivation (``numpy``) is the reference where the
+    problem has one, else ``fd``. Where that one cannot run (``fd`` on a
+    [`NativeProblem`][gradlab.NativeProblem] without a NumPy implementation, an optax
+    optimizer), it is skipped with its note, and the first engine that can run is the
+    reference.
     """
+    chosen = default_reference(reference, has_hand)
+    ref_name = chosen if isinstance(chosen, str) else chosen.name
+    names = [item if isinstance(item, str) else item.name for item in engines]
     wanted: list[tuple[str | GradientEngine, bool]] = [(item, not default) for item in engines]
-    if reference is not None:
-        ref_name = reference if isinstance(reference, str) else reference.name
-        names = [item if isinstance(item, str) else item.name for item in engines]
-        if ref_name in names:
-            wanted.pop(names.index(ref_name))
-        wanted.insert(0, (reference, True))
+    named = ref_name in names and not default
+    if ref_name in names:
+        wanted.pop(names.index(ref_name))
+    wanted.insert(0, (chosen, reference is not None or named))
     built: dict[str, GradientEngine] = {}
     skipped: dict[str, str] = {}
     for position, (item, required) in enumerate(wanted):
+        argument = "reference" if reference is not None and position == 0 else "engines"
         try:
-            engine = _built(
-                item, "reference" if reference is not None and position == 0 else "engines"
-            )
-            can_run(engine)
+            with naming(argument):
+                engine = _built(item, argument)
+                can_run(engine)
         except (EngineUnavailable, HandGradientMissing, NotSupported) as error:
             if required:
                 raise
@@ -471,7 +482,7 @@ def _report(
     params: dict[str, np.ndarray],
     engines: list[str | GradientEngine],
     default: bool,
-    reference: str | GradientEngine,
+    reference: str | GradientEngine | None,
     compute: Callable[[GradientEngine, str], tuple[dict[str, np.ndarray], float | None]],
     custom_tolerance: float | None,
     progress: bool,
@@ -484,7 +495,8 @@ def _report(
             return value_and_grad_of(engine, problem)
         return hvp_of(engine, problem)
 
-    built, skipped = resolve_engines(engines, default, reference, can_run)
+    has_hand = problem.has_hand_gradient if derivative == "gradient" else problem.has_hand_hvp
+    built, skipped = resolve_engines(engines, default, reference, can_run, has_hand)
     values: dict[str, dict[str, np.ndarray]] = {}
     losses: dict[str, float] = {}
     with progress_bar(len(built), f"{derivative}s", progress) as advance:
@@ -495,7 +507,7 @@ def _report(
             advance(name)
 
     names = tuple(built)
-    labels = _element_labels(params)
+    labels = element_labels(params)
     size = len(names)
     matrix = np.zeros((size, size))
     limits = pair_tolerances(built, dtype, custom_tolerance)
@@ -561,7 +573,7 @@ def pair_tolerances(
     )
 
 
-def _element_labels(params: Mapping[str, np.ndarray]) -> list[str]:
+def element_labels(params: Mapping[str, np.ndarray]) -> list[str]:
     """``"w[0]"``, ``"w[1]"``, ``"b"``: one label per parameter element, in flattening order."""
     labels = []
     for name, value in params.items():

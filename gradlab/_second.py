@@ -10,7 +10,7 @@ import numpy as np
 
 from gradlab._boundary import calling, check_hvp, on_engine, prepare
 from gradlab._checks import check_params
-from gradlab._errors import ArgumentError
+from gradlab._errors import ArgumentError, naming
 from gradlab._tree import Structure
 from gradlab.engines._protocol import HVP, GradientEngine, hvp_of
 from gradlab.problems._base import AbstractProblem
@@ -62,7 +62,8 @@ def hvp(
         problem, data, params, engine, dtype, "params"
     )
     checked_tangent = check_tangent(tangent, checked_params, layout)
-    product = hvp_of(engine, flat)
+    with naming("engine"):
+        product = hvp_of(engine, flat)
     batch = on_engine(engine, checked_data, dtype)
     return layout.unflatten(
         hvp_at(engine, flat, product, batch, checked_params, checked_tangent, dtype)
@@ -130,7 +131,8 @@ def hessian_blocks(
             f"has {size} elements; a full Hessian is built for at most {MAX_HESSIAN_SIZE} "
             "(use gradlab.hvp for Hessian-vector products)",
         )
-    product = hvp_of(engine, problem)
+    with naming("engine"):
+        product = hvp_of(engine, problem)
     batch = on_engine(engine, data, dtype)  # moved once, used by every product
     blocks: dict[str, dict[str, np.ndarray]] = {
         a: {b: np.empty(params[a].shape + params[b].shape, dtype) for b in params} for a in params

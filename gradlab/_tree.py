@@ -73,10 +73,13 @@ def tree_map(function: Callable[..., Any], tree: Any, *rest: Any) -> Any:
             for key, value in tree.items()
         }
     if isinstance(tree, Mapping):
-        return {
-            key: tree_map(function, value, *(other[key] for other in rest))
-            for key, value in tree.items()
-        }
+        return _mapping(
+            type(tree),
+            {
+                key: tree_map(function, value, *(other[key] for other in rest))
+                for key, value in tree.items()
+            },
+        )
     if _is_namedtuple(tree):
         return type(tree)(
             *(
@@ -136,10 +139,21 @@ def _node(tree: Any) -> Any:
     if children is None:
         return None
     if isinstance(tree, Mapping):
-        return ("dict", tuple((key, _node(value)) for key, value in children))
+        return ("dict", tuple((key, _node(value)) for key, value in children), type(tree))
     if _is_namedtuple(tree):
         return ("namedtuple", type(tree), tuple(_node(value) for _, value in children))
     return (type(tree).__name__, tuple(_node(value) for _, value in children))
+
+
+def _mapping(kind: type, items: dict[Any, Any]) -> Any:
+    """``items`` as a mapping of the caller's type (an ``OrderedDict``, a torch ``state_dict``,
+    a Flax ``FrozenDict``) where that type is built from a dict; else as a plain dict."""
+    if kind is dict:
+        return items
+    try:
+        return kind(items)
+    except Exception:  # a mapping type built otherwise (defaultdict, MappingProxyType, ...)
+        return items
 
 
 def _build(node: Any, values: Iterator[Any]) -> Any:
@@ -147,7 +161,7 @@ def _build(node: Any, values: Iterator[Any]) -> Any:
         return next(values)
     kind = node[0]
     if kind == "dict":
-        return {key: _build(child, values) for key, child in node[1]}
+        return _mapping(node[2], {key: _build(child, values) for key, child in node[1]})
     if kind == "namedtuple":
         return node[1](*(_build(child, values) for child in node[2]))
     built = [_build(child, values) for child in node[1]]
@@ -170,10 +184,12 @@ class Structure:
 
     @property
     def trivial(self) -> bool:
-        """Whether the nest is a flat dict whose names are their own paths (nothing to do)."""
+        """Whether the nest is a plain flat dict whose names are their own paths (nothing to
+        do; another mapping type, an ``OrderedDict``, is rebuilt as such)."""
         return (
             self.node is not None
             and self.node[0] == "dict"
+            and self.node[2] is dict
             and all(
                 child is None and isinstance(key, str) and path((key,)) == key
                 for key, child in self.node[1]
@@ -219,7 +235,7 @@ def _replace(tree: Any, matches: Callable[[Any], bool], replace: Callable[[Any],
         return tree
     rebuilt = [_replace(child, matches, replace) for _, child in children]
     if isinstance(tree, Mapping):
-        return dict(zip(tree, rebuilt, strict=True))
+        return _mapping(type(tree), dict(zip(tree, rebuilt, strict=True)))
     if _is_namedtuple(tree):
         return type(tree)(*rebuilt)
     return type(tree)(rebuilt)

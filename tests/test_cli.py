@@ -403,3 +403,22 @@ def test_problem_that_cannot_be_loaded_is_named(tmp_path: Any, spec: str, messag
     assert "--problem: " in out.stderr, out.stderr
     assert message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fit", "--engine", "numpy"],
+        ["compare", "--engines", "fd,numpy"],
+        ["compare", "--reference", "numpy"],
+    ],
+)
+def test_an_engine_that_cannot_run_the_problem_names_the_flag(
+    tmp_path: Any, args: list[str]
+) -> None:
+    (tmp_path / "mymodels.py").write_text(USER_MODULE)
+    out = user_cli(tmp_path, *args, "--problem", "mymodels:poisson", "-q")
+    assert out.returncode == 2, out
+    flag = args[1]
+    assert f"error: {flag}: problem 'poisson' has no hand-derived gradient" in out.stderr, out
+    assert "Traceback" not in out.stderr

@@ -79,6 +79,22 @@ def test_mlp_adam_fits_follow_one_path(recipe: recipes.Recipe) -> None:
     assert comparison.results["jax"].final_loss < 0.05
 
 
+def test_the_benchmark_times_each_framework_on_its_own_implementation(
+    recipe: recipes.Recipe,
+) -> None:
+    result = gradlab.benchmark(
+        recipe.problem, [40], engines="numpy,torch,jax", min_time=0.001, fit_steps=10
+    )
+    assert [(case.engine, case.status) for case in result.cases] == [
+        ("numpy", "measured"),
+        ("torch", "measured"),
+        ("jax", "measured"),
+    ]
+    data = recipe.problem.make_data(40, seed=1)
+    assert data["x"].shape == (40, 2)
+    assert data["y"].sum(axis=1).tolist() == [1.0] * 40  # one-hot labels
+
+
 def test_the_layout_matches_the_torch_module(recipe: recipes.Recipe) -> None:
     from gradlab.problems._classifier import torch_layout, torch_model
 
@@ -100,6 +116,31 @@ def test_an_engine_without_an_implementation_is_skipped_or_refused() -> None:
         gradlab.compare_gradients(problem, {}, {"a": np.ones(2)}, engines="fd,jax")
     with pytest.raises(gradlab.NotSupported, match=r"give jax=\.\.\."):
         gradlab.value_and_grad(problem, {}, {"a": np.ones(2)}, engine="jax")
+
+
+def test_without_a_numpy_implementation_the_first_engine_that_can_is_the_reference() -> None:
+    require_engine("torch")
+    require_engine("jax")
+    torch = importlib.import_module("torch")
+    jnp = importlib.import_module("jax.numpy")
+    problem = gradlab.NativeProblem(
+        name="cubes",
+        torch=lambda p, d: torch.sum(p["a"] ** 3),
+        jax=lambda p, d: jnp.sum(p["a"] ** 3),
+    )
+    point = {"a": np.array([1.0, -2.0])}
+    for engines in (None, "jax,torch"):
+        report = gradlab.compare_gradients(problem, {}, point, engines=engines)
+        assert report.ok, report
+        assert report.reference == ("torch" if engines is None else "jax")
+        assert "no numpy implementation" in report.skipped["fd"]
+        np.testing.assert_allclose(report.values["torch"]["a"], [3.0, 12.0], rtol=1e-15)
+    hessians = gradlab.compare_hessians(problem, {}, point, engines="jax,torch")
+    assert hessians.reference == "jax"
+    np.testing.assert_allclose(hessians.values["torch"]["hessian"], np.diag([6.0, -12.0]))
+    # A reference the caller names must run.
+    with pytest.raises(gradlab.NotSupported, match="no numpy implementation"):
+        gradlab.compare_gradients(problem, {}, point, engines="jax,torch", reference="fd")
 
 
 def test_implementations_that_read_other_structures_are_named() -> None:
@@ -146,10 +187,11 @@ def test_torch_module_refuses_buffers_integers_and_frozen_parameters() -> None:
 
 def test_layout_errors_name_what_does_not_fit() -> None:
     layout = gradlab.Layout({"fc.weight": ("fc.kernel", (1, 0))}, shapes={"fc.weight": (2, 3)})
-    with pytest.raises(gradlab.ArgumentError, match="lacks"):
-        layout.to_native({"other": np.zeros((3, 2))}, np)
+    with pytest.raises(gradlab.ArgumentError, match="lacks") as caught:
+        layout.check({"other": np.zeros((3, 2))}, "params")
+    assert caught.value.argument == "params"
     with pytest.raises(gradlab.ArgumentError, match="has shape"):
-        layout.to_native({"fc": {"kernel": np.zeros((2, 3))}}, np)
+        layout.check({"fc.kernel": np.zeros((2, 3))})
     with pytest.raises(gradlab.ArgumentError) as caught:
         gradlab.Layout({"a": ("x", (0, 0))})
     assert caught.value.argument == "mapping['a']"
@@ -160,7 +202,7 @@ def test_layout_errors_name_what_does_not_fit() -> None:
     assert caught.value.argument == "layouts"
 
 
-def test_an_init_that_does_not_fit_the_layout_is_refused_on_that_engine() -> None:
+def test_parameters_that_do_not_fit_a_layout_are_refused_by_every_entry_point() -> None:
     require_engine("torch")
     torch = importlib.import_module("torch")
     apply, native = gradlab.torch_module(torch.nn.Linear(3, 2))
@@ -178,14 +220,31 @@ def test_an_init_that_does_not_fit_the_layout_is_refused_on_that_engine() -> Non
         problem, data, {"fc": {"kernel": np.ones((3, 2)), "bias": np.zeros(2)}}, engine="torch"
     )
     np.testing.assert_allclose(grads["fc"]["kernel"], np.full((3, 2), 2 * 4 * 3.0))
+    sgd = gradlab.sgd(1.0)
+
+    def fit(p: Any) -> Any:
+        return gradlab.fit(problem, data, engine="jax", optimizer=sgd, steps=1, init=p)
+
+    # Refused at the boundary, before any engine runs (even jax, which has no implementation
+    # here), naming each entry point's argument
+    # (fd has no NumPy implementation here: the layout's error comes first all the same).
+    entry_points: list[tuple[str, Any]] = [
+        ("params", lambda p: gradlab.value_and_grad(problem, data, p, engine="torch")),
+        ("params", lambda p: gradlab.compare_gradients(problem, data, p)),
+        (
+            "init",
+            lambda p: gradlab.fit(problem, data, engine="jax", optimizer=sgd, steps=1, init=p),
+        ),
+    ]
     for wrong, words in (
         ({"fc": {"kernel": np.ones((3, 2))}}, "lacks ['fc.bias']"),
         ({"fc": {"kernel": np.ones((2, 3)), "bias": np.zeros(2)}}, "has shape (2, 3)"),
     ):
-        with pytest.raises(gradlab.ArgumentError) as caught:
-            gradlab.value_and_grad(problem, data, wrong, engine="torch")
-        assert caught.value.argument == "init"
-        assert words in str(caught.value)
+        for argument, call in entry_points:
+            with pytest.raises(gradlab.ArgumentError) as caught:
+                call(wrong)
+            assert caught.value.argument == argument
+            assert words in str(caught.value)
 
 
 OPTAX_PAIRS = [
@@ -257,6 +316,37 @@ def test_optax_elsewhere_is_refused_naming_the_optimizer(recipe: recipes.Recipe)
     )
     assert comparison.engines == ("jax",)
     assert "torch" in comparison.skipped
+    # Without a reference named, the default one (numpy: the hand gradient) cannot run an
+    # optax optimizer: it is skipped with its note, and jax is the reference.
+    default = gradlab.compare_fits(
+        recipe.problem, recipe.data, optimizer=optax.sgd(0.1), steps=5, init=recipe.init
+    )
+    assert default.reference == "jax"
+    assert "'jax' engine only" in default.skipped["numpy"]
+
+
+def test_an_optax_update_that_fails_is_blamed_on_the_optimizer_not_the_loss() -> None:
+    optax = pytest.importorskip("optax")
+    require_engine("jax")
+    problem = gradlab.Problem(lambda p, d, xp: xp.sum((p["w"] - 1.0) ** 2), name="bowl")
+    init = {"w": np.zeros(3)}
+    # lbfgs's update needs value, grad and value_fn besides (grads, state, params).
+    with pytest.raises(gradlab.ArgumentError, match="value_fn") as caught:
+        gradlab.fit(problem, {}, engine="jax", optimizer=optax.lbfgs(), steps=3, init=init)
+    assert caught.value.argument == "optimizer"
+
+    def broken(p: Any, d: Any, xp: Any) -> Any:
+        raise RuntimeError("the loss's own bug")
+
+    with pytest.raises(gradlab.ProblemError, match="the loss's own bug"):
+        gradlab.fit(
+            gradlab.Problem(broken, params={"w": (3,)}),
+            {},
+            engine="jax",
+            optimizer=optax.adam(0.1),
+            steps=3,
+            init=init,
+        )
 
 
 def test_optimizer_must_have_init_and_update() -> None:

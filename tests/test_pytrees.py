@@ -9,6 +9,7 @@ with flat parameter names, which never goes through a nest.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -223,6 +224,11 @@ def test_compare_fits_on_a_nest() -> None:
     assert comparison.ok
     assert list(comparison.init) == PATHS
     same_structure(comparison.results["fd"].params, INIT)
+    pytest.importorskip("pandas")
+    frame = comparison.to_frame()
+    final = comparison.results["fd"].params["enc"][1][1].scale
+    assert frame.loc["fd", "enc[1][1].scale[1]"] == final[1]
+    assert frame.loc["fd", "enc[0].w[2, 0]"] == comparison.results["fd"].params["enc"][0]["w"][2, 0]
 
 
 def test_gradlab_optimizers_work_on_nests_as_on_the_flat_dict() -> None:
@@ -328,3 +334,35 @@ def hand_split(p: Any, d: Any) -> tuple[Any, Any]:
     x, y = d["inputs"][0], d["inputs"][1]["target"]
     r = p["a"] * x - y
     return np.sum(r**2), {"a": np.sum(2 * r * x)}
+
+
+def test_a_top_level_tuple_of_arrays_is_a_nest_the_loss_reads_whole() -> None:
+    # No dict above the leaves: the NumPy probe cannot see which the loss indexes, and
+    # counts them read with the whole (it named them unused before).
+    problem = gradlab.Problem(lambda p, d, xp: xp.sum(p[0] ** 2) * p[1], name="pair")
+    _, grads = gradlab.value_and_grad(problem, {}, (np.array([1.0, 2.0]), 3.0), engine="fd")
+    assert isinstance(grads, tuple)
+    np.testing.assert_allclose(grads[0], [6.0, 12.0], rtol=1e-8)
+    np.testing.assert_allclose(grads[1], 5.0, rtol=1e-8)
+
+
+@pytest.mark.parametrize("root", [np.ones(3), [1.0, 2.0], 2.5])
+def test_one_unnamed_array_is_refused_with_a_hint(root: Any) -> None:
+    problem = gradlab.Problem(lambda p, d, xp: xp.sum(p**2))
+    with pytest.raises(gradlab.ArgumentTypeError, match=r"give it a name: \{'theta'") as caught:
+        gradlab.value_and_grad(problem, {}, root, engine="fd")
+    assert caught.value.argument == "params"
+
+
+def test_the_callers_mapping_type_comes_back() -> None:
+    # A torch state_dict is an OrderedDict; results keep that type (and the order).
+    init = OrderedDict(b=np.array(0.5), w=np.array([1.0, -1.0]))
+    problem = gradlab.Problem(
+        lambda p, d, xp: xp.sum((p["w"] - 2) ** 2) + p["b"] ** 2, name="ordered"
+    )
+    _, grads = gradlab.value_and_grad(problem, {}, init, engine="fd")
+    assert type(grads) is OrderedDict
+    assert list(grads) == ["b", "w"]
+    result = gradlab.fit(problem, {}, engine="fd", optimizer=gradlab.adam(0.1), steps=3, init=init)
+    assert type(result.params) is OrderedDict
+    assert type(result.state.mu) is OrderedDict

@@ -103,7 +103,7 @@ def test_hessian_is_symmetric_and_hvp_is_linear(problem: str, engine: str) -> No
         pytest.skip(f"{problem} has no hand-derived Hessian-vector product")
     limit = gradlab.tolerance("float64", against_fd=engine == "fd")
 
-    @examples(problem)
+    @examples(problem, fd_hessian=engine == "fd")
     @given(CASES[problem], st.data(), reals(-3, 3))
     def check(case: Case, draw: st.DataObject, scale: float) -> None:
         problem_, data, params = case

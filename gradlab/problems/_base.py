@@ -63,7 +63,7 @@ class AbstractProblem(abc.ABC):
 
     Subclasses implement ``loss`` and, optionally, ``hand_value_and_grad`` (setting
     ``has_hand_gradient = True``), ``hand_hvp`` (setting ``has_hand_hvp = True``),
-    ``param_shapes``, ``check_data`` and ``predict``; for the command line and the
+    ``param_shapes``, ``check_data``, ``check_params`` and ``predict``; for the command line and the
     benchmark, ``make_data`` (setting ``takes_features = True`` when it takes ``d=``),
     ``sized`` and ``initial_params``.
     """
@@ -165,6 +165,15 @@ class AbstractProblem(abc.ABC):
         written), anything else as float64 copies.
         """
         return check_tree(data, "data")
+
+    def check_params(self, params: Mapping[str, np.ndarray], argument: str) -> None:
+        """Refuse parameters (checked, by path) that this problem cannot take, naming
+        ``argument``; beyond declared shapes, which the boundary checks itself.
+
+        The default accepts any; a [`NativeProblem`][gradlab.NativeProblem] checks them
+        against its implementations' [`Layout`][gradlab.Layout]s.
+        """
+        return  # a stated default (anything the loss reads), not an abstract method
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -107,9 +107,31 @@ def torch_layout(sizes: Sequence[int], shapes: dict[str, tuple[int, ...]] | None
     return Layout(mapping, shapes=shapes)
 
 
-def mlp_classifier(sizes: Sequence[int] = (2, 16, 3)) -> NativeProblem:
+class MLPClassifier(NativeProblem):
+    """The classifier, with the data and starting point the benchmark and the CLI need.
+
+    Args:
+        sizes: Input features, hidden widths, classes.
+        **kwargs: As [`NativeProblem`][gradlab.NativeProblem].
+    """
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sizes = sizes
+
+    def make_data(self, n: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+        """``n`` points of a spiral with one arm per class (``classifier_data``)."""
+        return classifier_data(n, self.sizes[-1], features=self.sizes[0], seed=seed)
+
+    def initial_params(self, data: Any, *, seed: int = 0) -> dict[str, Any]:
+        """A Glorot-normal start (zeros would leave every hidden unit the same)."""
+        return classifier_init(self.sizes, seed=seed)
+
+
+def mlp_classifier(sizes: Sequence[int] = (2, 16, 3)) -> MLPClassifier:
     """The classifier as a [`NativeProblem`][gradlab.NativeProblem]: torch (when installed),
-    JAX (when installed) and NumPy implementations, and the hand-derived gradient.
+    JAX (when installed) and NumPy implementations, and the hand-derived gradient; with
+    ``make_data`` and ``initial_params``, so that ``gradlab.benchmark`` times it.
 
     Args:
         sizes: Input features, hidden widths, classes (at least two numbers, each ≥ 1).
@@ -131,7 +153,8 @@ def mlp_classifier(sizes: Sequence[int] = (2, 16, 3)) -> NativeProblem:
 
         implementations["torch"] = torch_loss
         layouts["torch"] = torch_layout(sizes, {k: v.shape for k, v in native.items()})
-    return NativeProblem(
+    return MLPClassifier(
+        sizes,
         name="mlp_classifier",
         value_and_grad=hand_value_and_grad,
         layouts=layouts,
@@ -139,14 +162,22 @@ def mlp_classifier(sizes: Sequence[int] = (2, 16, 3)) -> NativeProblem:
     )
 
 
-def classifier_data(n: int = 120, classes: int = 3, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """``classes`` interleaved spiral arms in 2-D: ``x`` (n, 2) and one-hot ``y`` (n, classes)."""
+def classifier_data(
+    n: int = 120, classes: int = 3, *, features: int = 2, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """``classes`` interleaved spiral arms: ``x`` (n, features) and one-hot ``y`` (n, classes).
+
+    The arms lie in the first two features; any further features are N(0, 0.3²) noise, and
+    with one feature only the first coordinate is kept.
+    """
     rng = np.random.default_rng(seed)
     label = np.arange(n) % classes
     radius = rng.uniform(0.2, 1.0, n)
     angle = 2.5 * radius + 2 * np.pi * label / classes + 0.2 * rng.standard_normal(n)
     x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
-    return {"x": x, "y": np.eye(classes)[label]}
+    if features > 2:
+        x = np.concatenate([x, 0.3 * rng.standard_normal((n, features - 2))], axis=1)
+    return {"x": x[:, :features], "y": np.eye(classes)[label]}
 
 
 def classifier_init(sizes: Sequence[int] = (2, 16, 3), *, seed: int = 0) -> dict[str, Any]:

@@ -101,26 +101,29 @@ class Layout:
     def to_native(self, params: Any, xp: Any) -> dict[str, Array]:
         """The implementation's parameters from canonical ones (arrays of namespace ``xp``).
 
-        Raises:
-            ArgumentError: the canonical parameters are not those the mapping uses, or a
-                shape differs from the declared native one (named as ``init``).
+        The parameters are not checked here (this runs inside every differentiated call):
+        entry points check them first, with [`check`][gradlab.Layout.check].
         """
         flat = flatten(params)[0]
-        self.check(flat)
         native = {}
         for name, (source, axes) in self.mapping.items():
             value = flat[source]
             native[name] = value if axes is None else xp.permute_dims(value, axes)
         return native
 
-    def check(self, flat: Mapping[str, Any]) -> None:
-        """Refuse canonical parameters (by path) that do not fit this layout."""
+    def check(self, flat: Mapping[str, Any], argument: str = "init") -> None:
+        """Refuse canonical parameters (by path) that do not fit this layout.
+
+        Raises:
+            ArgumentError: the canonical parameters are not those the mapping uses, or a
+                shape differs from the declared native one (naming ``argument``).
+        """
         used = {source for source, _ in self.mapping.values()}
         missing, unused = sorted(used - set(flat)), sorted(set(flat) - used)
         if missing or unused:
             parts = [f"lacks {missing}" if missing else "", f"has {unused}" if unused else ""]
             raise ArgumentError(
-                "init",
+                argument,
                 f"does not fit the layout: it {' and '.join(p for p in parts if p)}, while the "
                 f"layout maps {sorted(used)}",
             )
@@ -131,14 +134,14 @@ class Layout:
             if axes is not None:
                 if len(axes) != len(shape):
                     raise ArgumentError(
-                        "init",
+                        argument,
                         f"{source!r} has {len(shape)} axes; the layout permutes {len(axes)} "
                         f"for {name!r}",
                     )
                 shape = tuple(shape[axis] for axis in axes)
             if shape != self.shapes[name]:
                 raise ArgumentError(
-                    "init",
+                    argument,
                     f"{source!r} gives {name!r} the shape {shape}, but the implementation's "
                     f"{name!r} has shape {self.shapes[name]}",
                 )
@@ -243,6 +246,11 @@ class NativeProblem(AbstractProblem):
                 f"problem {self.name!r} has no {framework} implementation (it has: {have}); "
                 f"give {framework}=... to NativeProblem"
             )
+
+    def check_params(self, params: Mapping[str, np.ndarray], argument: str) -> None:
+        """Refuse parameters that do not fit every implementation's layout."""
+        for layout in self.layouts.values():
+            layout.check(params, argument)
 
     def loss(self, params: Any, data: Any, xp: Any) -> Array:
         """The implementation for ``xp``'s framework, on parameters in its layout."""
