@@ -166,7 +166,8 @@ def mlp_frameworks() -> Recipe:
 
     A ``torch.nn.Module`` (``nn.Sequential(Linear(2, 16), Tanh(), Linear(16, 3))``, run
     through ``torch.func.functional_call``), a JAX function with Flax-style kernels, and
-    NumPy with hand-derived backpropagation, as one [`NativeProblem`][gradlab.NativeProblem];
+    NumPy with hand-derived backpropagation (and its R-operator for Hessian-vector
+    products), as one [`NativeProblem`][gradlab.NativeProblem];
     a [`Layout`][gradlab.Layout] maps the kernels onto torch's transposed weights. Softmax
     cross-entropy on 120 points of a three-armed spiral; 200 Adam steps (lr 0.05) in float64
     from one Glorot-normal start, the same on every engine. Every engine differentiates its

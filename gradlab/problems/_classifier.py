@@ -13,6 +13,7 @@ with one-hot labels y. Canonical parameters are laid out as Flax does,
 
 Hand gradient (backpropagation): with p = softmax(logits) and δ₁ = (p − y)/n,
 ∂L/∂K₁ = hᵀδ₁, ∂L/∂c₁ = Σᵢ δ₁; δ₀ = (δ₁K₁ᵀ) ⊙ (1 − h²), ∂L/∂K₀ = xᵀδ₀, ∂L/∂c₀ = Σᵢ δ₀.
+Hand Hessian-vector product: the same backpropagation under the R-operator (``hand_hvp``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,40 @@ def hand_value_and_grad(params: Any, data: Any) -> tuple[np.ndarray, Any]:
         if i > 0:
             delta = (delta @ layers[i]["kernel"].T) * (1 - inputs[i] ** 2)
     return loss, {"layers": grads}
+
+
+def hand_hvp(params: Any, tangent: Any, data: Any) -> Any:
+    """H·tangent by the R-operator (Pearlmutter 1994): backpropagation differentiated along
+    ``tangent``, with R(·) the directional derivative of each forward and backward quantity.
+
+    Forward: R(aᵢ) = R(hᵢ₋₁)Kᵢ + hᵢ₋₁Vᵢ + vᵢ, R(hᵢ) = (1 − hᵢ²) ⊙ R(aᵢ) (R(x) = 0);
+    softmax: R(p) = p ⊙ (R(z) − Σ_c p ⊙ R(z)). Backward: R(δ) = R(p)/n at the top,
+    R(∂Kᵢ) = R(hᵢ₋₁)ᵀδᵢ + hᵢ₋₁ᵀR(δᵢ), and R(δᵢ₋₁) = (R(δᵢ)Kᵢᵀ + δᵢVᵢᵀ) ⊙ (1 − hᵢ₋₁²) −
+    2(δᵢKᵢᵀ) ⊙ hᵢ₋₁ ⊙ R(hᵢ₋₁).
+    """
+    layers, directions = _layers(params), _layers(tangent)
+    inputs, logits = _forward(params, data["x"])
+    r_inputs = [np.zeros_like(inputs[0])]
+    for i, (layer, direction) in enumerate(zip(layers, directions, strict=True)):
+        r_a = r_inputs[i] @ layer["kernel"] + inputs[i] @ direction["kernel"] + direction["bias"]
+        if i < len(layers) - 1:
+            r_inputs.append((1 - inputs[i + 1] ** 2) * r_a)
+    p = np.exp(_log_softmax(logits))
+    y = data["y"]
+    delta = (p - y) / len(y)
+    r_delta = p * (r_a - np.sum(p * r_a, axis=1, keepdims=True)) / len(y)
+    products: list[dict[str, np.ndarray]] = [{} for _ in layers]
+    for i in reversed(range(len(layers))):
+        products[i] = {
+            "kernel": r_inputs[i].T @ delta + inputs[i].T @ r_delta,
+            "bias": r_delta.sum(axis=0),
+        }
+        if i > 0:
+            h, back = inputs[i], delta @ layers[i]["kernel"].T
+            r_back = r_delta @ layers[i]["kernel"].T + delta @ directions[i]["kernel"].T
+            r_delta = r_back * (1 - h**2) - 2 * back * h * r_inputs[i]
+            delta = back * (1 - h**2)
+    return {"layers": products}
 
 
 def jax_loss(params: Any, data: Any) -> Any:
@@ -157,6 +192,7 @@ def mlp_classifier(sizes: Sequence[int] = (2, 16, 3)) -> MLPClassifier:
         sizes,
         name="mlp_classifier",
         value_and_grad=hand_value_and_grad,
+        hvp=hand_hvp,
         layouts=layouts,
         **implementations,
     )

@@ -277,7 +277,7 @@ class NativeProblem(AbstractProblem):
         return self._shapes
 
     def __repr__(self) -> str:
-        return f"NativeProblem(name={self.name!r}, {', '.join(self.implementations)})"
+        return f"{type(self).__name__}(name={self.name!r}, {', '.join(self.implementations)})"
 
 
 def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]]:
