@@ -349,12 +349,24 @@ def _missing_from(
     return None
 
 
+def _native(problem: AbstractProblem) -> AbstractProblem:
+    """The user's problem behind gradlab's flat view of it."""
+    return problem.problem if isinstance(problem, FlatView) else problem
+
+
 def _failed(problem: AbstractProblem, engine: GradientEngine | None, error: Exception) -> Exception:
     name = None if engine is None else engine.name
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     hint = ""
     if name not in (None, "numpy", "fd") and ("numpy" in message or "__array__" in message):
         hint = " (is the loss written with numpy rather than the xp it is given?)"
+    elif isinstance(error, KeyError) and isinstance(_native(problem), NativeProblem):
+        # Implementations of one NativeProblem must read one structure: init's, or the
+        # native names their Layout gives them.
+        hint = (
+            " (an implementation reads a name its parameters or data do not have: each reads "
+            "the structure of init, or the names its Layout maps)"
+        )
     return ProblemError(
         problem.name, "loss", f"raised {type(error).__name__}: {message}{hint}", name
     )

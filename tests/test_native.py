@@ -172,7 +172,8 @@ def test_implementations_that_read_other_structures_are_named() -> None:
     with pytest.raises(gradlab.ProblemError) as caught:
         gradlab.compare_gradients(problem, {}, {"w": np.ones(2)}, engines="fd,torch")
     assert caught.value.engine == "torch"
-    assert "KeyError" in str(caught.value)
+    assert "KeyError: 'W'" in str(caught.value)
+    assert "each reads the structure of init" in str(caught.value)
 
 
 def test_a_hand_gradient_of_another_structure_is_named() -> None:

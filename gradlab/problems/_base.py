@@ -19,9 +19,11 @@ from gradlab._errors import (
 Array = Any
 Params = Mapping[str, Array]
 Data = Mapping[str, Array]
-LossFn = Callable[[Params, Data, Any], Array]
-HandFn = Callable[[Params, Data], "tuple[Array, dict[str, Array]]"]
-HandHVP = Callable[[Params, Params, Data], "dict[str, Array]"]
+# A user's functions take parameters and data as any nest (dicts, lists, tuples,
+# NamedTuples), and hand derivatives return the parameters' structure.
+LossFn = Callable[[Any, Any, Any], Array]
+HandFn = Callable[[Any, Any], "tuple[Array, Any]"]
+HandHVP = Callable[[Any, Any, Any], Any]
 
 
 def missing_hand_gradient(problem: AbstractProblem) -> HandGradientMissing:
@@ -246,7 +248,7 @@ class Problem(AbstractProblem):
         """Evaluate the user's hand-derived Hessian-vector product (checked like the gradient)."""
         if self._hvp is None:
             return super().hand_hvp(params, tangent, data)
-        return self._hvp(params, tangent, data)
+        return self._hvp(params, tangent, data)  # type: ignore[no-any-return]
 
     def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
         """Return the declared parameter shapes, if any."""
