@@ -384,6 +384,26 @@ def test_problem_from_a_module_or_a_file(tmp_path: Any) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def test_a_problem_file_imports_the_modules_beside_it(tmp_path: Any) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "losses.py").write_text(
+        "def bowl(params, data, xp):\n    return xp.sum((params['w'] - 1.0) ** 2)\n"
+    )
+    (folder / "model.py").write_text(
+        "import gradlab\nfrom losses import bowl\n"
+        "class Bowl(gradlab.AbstractProblem):\n"
+        "    name = 'bowl'\n"
+        "    def loss(self, params, data, xp):\n        return bowl(params, data, xp)\n"
+        "    def make_data(self, n, *, seed=0):\n        return {}\n"
+        "    def param_shapes(self, data):\n        return {'w': (2,)}\n"
+        "bowl_problem = Bowl()\n"
+    )
+    out = user_cli(tmp_path, "compare", "--problem", "project/model.py:bowl_problem", "-q")
+    assert out.returncode == 0, out.stderr
+    assert "agree within tolerance" in out.stdout
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

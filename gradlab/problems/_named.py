@@ -66,7 +66,8 @@ def load_problem(spec: str, argument: str = "problem") -> AbstractProblem:
     """The problem ``"module:attribute"`` or ``"file.py:attribute"`` names.
 
     The module is imported (from the working directory too, as ``python -m`` would), or the
-    file loaded by path; the attribute (dotted for a nested one) is a problem instance, or
+    file loaded by path (its folder searched for what it imports, as ``python file.py``
+    would); the attribute (dotted for a nested one) is a problem instance, or
     a function or class called with no arguments that returns one.
 
     Raises:
@@ -112,8 +113,17 @@ def _import(source: str, argument: str) -> types.ModuleType:
             if found is None or found.loader is None:
                 raise ArgumentError(argument, f"cannot load {source!r} as Python")
             module = importlib.util.module_from_spec(found)
+            # As `python path/to/file.py` would: the file's folder is searched for the
+            # modules it imports (its helpers beside it).
+            folder = os.path.dirname(path)
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
             sys.modules[name] = module  # dataclasses and pickling look modules up here
-            found.loader.exec_module(module)
+            try:
+                found.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]  # no half-made module left behind
+                raise
             return module
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
