@@ -366,3 +366,13 @@ def test_the_callers_mapping_type_comes_back() -> None:
     result = gradlab.fit(problem, {}, engine="fd", optimizer=gradlab.adam(0.1), steps=3, init=init)
     assert type(result.params) is OrderedDict
     assert type(result.state.mu) is OrderedDict
+
+
+def test_max_rho_reads_nests_and_names_what_differs() -> None:
+    moved = copy.deepcopy(INIT)
+    moved["enc"][1][1].scale[0] += 1e-3
+    a, b = INIT["enc"][1][1].scale[0], moved["enc"][1][1].scale[0]
+    expected = abs(a - b) / max(1.0, abs(a) + abs(b))  # rho by hand, at the one moved element
+    assert gradlab.max_rho(INIT, moved) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(gradlab.ArgumentError, match="differ"):
+        gradlab.max_rho(INIT, {"x": 1.0})
