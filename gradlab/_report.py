@@ -440,7 +440,7 @@ def resolve_engines(
     problem has one, else ``fd``. Where that one cannot run (``fd`` on a
     [`NativeProblem`][gradlab.NativeProblem] without a NumPy implementation, an optax
     optimizer), it is skipped with its note, and the first engine that can run is the
-    reference.
+    reference. When none can, a ``NotSupported`` (naming ``engines``) gives every reason.
     """
     chosen = default_reference(reference, has_hand)
     ref_name = chosen if isinstance(chosen, str) else chosen.name
@@ -464,6 +464,11 @@ def resolve_engines(
             skipped[item if isinstance(item, str) else item.name] = str(error)
             continue
         built[engine.name] = engine
+    if not built:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        refusal = NotSupported(f"no engine can run this: {reasons}")
+        refusal.argument = "engines"
+        raise refusal
     return built, skipped
 
 

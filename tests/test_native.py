@@ -161,6 +161,20 @@ def test_without_a_numpy_implementation_the_first_engine_that_can_is_the_referen
         gradlab.compare_gradients(problem, {}, point, engines="jax,torch", reference="fd")
 
 
+def test_a_problem_no_installed_engine_can_run_is_refused_with_every_reason() -> None:
+    problem = gradlab.NativeProblem(name="elsewhere", tensorflow=lambda p, d: p["a"])
+    point = {"a": np.ones(2)}
+    for compare in (
+        lambda: gradlab.compare_gradients(problem, {}, point),
+        lambda: gradlab.compare_hessians(problem, {}, point),
+        lambda: gradlab.compare_fits(problem, {}, optimizer=gradlab.sgd(0.1), steps=2, init=point),
+    ):
+        with pytest.raises(gradlab.NotSupported, match="no engine can run this") as caught:
+            compare()
+        assert caught.value.argument == "engines"
+        assert "fd: problem 'elsewhere' has no numpy implementation" in str(caught.value)
+
+
 def test_implementations_that_read_other_structures_are_named() -> None:
     require_engine("torch")
     torch = importlib.import_module("torch")
