@@ -9,26 +9,35 @@ written for, and every derivative comes back keyed by path (``layers[0].w``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
 
 from gradlab._tree import Structure, flatten
-from gradlab.engines._cache import Compiled, key
+from gradlab.engines._cache import Compiled, Keyed, key
 from gradlab.problems._base import AbstractProblem, Array
 
 
-class FlatView(AbstractProblem):
+class FlatView(AbstractProblem, Keyed):
     """``problem`` with its parameters and data flattened by path.
 
     Args:
         problem: The user's problem, whose loss takes nests.
         params: The structure of its parameters.
         data: The structure of its data.
+        fingerprint: ``problem``'s cache key when the view was made (``key(problem)``):
+            compiled code for the view is keyed on it, without walking ``problem`` again.
     """
 
-    def __init__(self, problem: AbstractProblem, params: Structure, data: Structure) -> None:
+    def __init__(
+        self,
+        problem: AbstractProblem,
+        params: Structure,
+        data: Structure,
+        fingerprint: Hashable,
+    ) -> None:
+        self.fingerprint = (fingerprint, params, data)
         self.problem = problem
         self.params = params
         self.data = data
@@ -100,4 +109,7 @@ def flat_view(problem: AbstractProblem, params: Structure, data: Structure) -> A
     """What engines are handed for ``problem``: itself when both structures are flat dicts."""
     if params.trivial and (data.trivial or not data.paths):
         return problem
-    return _VIEWS.get((key(problem), params, data), lambda: FlatView(problem, params, data))
+    problem_key = key(problem)
+    return _VIEWS.get(
+        (problem_key, params, data), lambda: FlatView(problem, params, data, problem_key)
+    )

@@ -16,6 +16,8 @@ What the fingerprint follows, from the problem object:
   code names, recursively;
 - containers (dict, list, tuple, set), NumPy arrays and framework tensors by content,
   numbers and strings by value.
+- gradlab's flat view of a nested problem (``Keyed``) by the
+  fingerprint its problem had when the view was made (a changed problem gets a new view).
 
 It stops at modules and at code from installed libraries (numpy, jax, torch...), which
 are keyed by identity, and at objects it cannot look inside (C objects without
@@ -83,6 +85,17 @@ class Compiled(Generic[T]):
         return len(self._items)
 
 
+class Keyed:
+    """A gradlab object whose fingerprint was taken when it was made, from what it wraps.
+
+    gradlab's flat view of a nested problem is made for one fingerprint of the user's
+    problem and cached under it: a changed problem gets a new view. Walking into the view
+    again would only repeat that walk, so the walk stops here and reads ``fingerprint``.
+    """
+
+    fingerprint: Hashable
+
+
 def fingerprint(value: object) -> Hashable:
     """A hashable summary of ``value`` and of everything reachable from it that a loss reads."""
     return _Walk().of(value)
@@ -99,6 +112,8 @@ class _Walk:
         if marker in self.seen:
             return ("seen", self.seen[marker])
         self.seen[marker] = len(self.seen)
+        if isinstance(value, Keyed):
+            return ("keyed", type(value).__qualname__, value.fingerprint)
         if isinstance(value, (np.ndarray, np.generic)):
             return _array(np.asarray(value))
         if isinstance(value, types.ModuleType):
