@@ -105,6 +105,12 @@ class FitComparison(_output.Record):
         """One sentence: do the paths agree, did the fits complete."""
         if self.outlier is not None:
             return f"{self.outlier}'s path leaves every other engine's, and those agree."
+        if not self.ok and len(self.engines) == 2:
+            return (
+                f"The paths of {self.engines[0]} and {self.engines[1]} part beyond tolerance; "
+                "with two engines gradlab cannot tell which is wrong: add a third engine to "
+                "find out."
+            )
         if not self.ok:
             departed = ", ".join(self.disagreeing)
             return f"Paths depart from {self.reference}'s beyond tolerance: {departed}."
@@ -114,6 +120,25 @@ class FitComparison(_output.Record):
             return f"Only {self.reference} ran ({outcome}): there was no other path to compare."
         status = "every fit completed" if done else "every fit diverged at the same step"
         return f"All {len(self.engines)} engines follow the same path within tolerance; {status}."
+
+    def __repr__(self) -> str:
+        """One line with the verdict and, when paths part, where and by how much
+        (``assert comparison.ok, comparison`` shows it; ``str()`` is the whole table)."""
+        head = f"FitComparison({self.problem!r}, {self.dtype}, {self.steps} steps: "
+        if self.ok:
+            return head + f"{', '.join(self.engines)} follow one path)"
+        name = self.disagreeing[0]
+        if name == self.reference:
+            name = next(other for other in self.engines if other != self.reference)
+        i = self.engines.index(name)
+        statuses = f"{name} {self.results[name].status}, {self.reference} " + (
+            self.results[self.reference].status
+        )
+        return head + (
+            f"{name}'s path is {self.divergence[i, 0]:.1e} from {self.reference}'s at step "
+            f"{int(self.peak_step[i, 0])} (tolerance {self.tolerances[i, 0]:.0e}; {statuses}); "
+            "print(comparison) for the table)"
+        )
 
     def __str__(self) -> str:
         at = point(self.init)

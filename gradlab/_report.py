@@ -13,6 +13,7 @@ from gradlab._agreement import rho, tolerance
 from gradlab._boundary import evaluate, on_engine, prepare
 from gradlab._checks import check_positive_float
 from gradlab._errors import (
+    ArgumentError,
     ArgumentTypeError,
     Disagreement,
     EngineUnavailable,
@@ -134,6 +135,7 @@ class GradientReport(_output.Record):
             ...     {"w": 1.0, "b": 0.5}, engines=["numpy", "fd"])
             >>> report.raise_if_disagree()  # silent: they agree
         """
+        __tracebackhide__ = True  # pytest shows the caller's line, not gradlab's
         if not self.ok:
             raise Disagreement(f"{self.summary()}\n\n{self}", self)
 
@@ -151,9 +153,49 @@ class GradientReport(_output.Record):
             return f"Only {self.reference} ran: there was nothing to compare its {what} with."
         if self.ok:
             return f"All {len(self.engines)} engines' {what} agree within tolerance."
+        if len(self.engines) == 2:
+            # Either may be the wrong one (fd, the approximate one, is often right).
+            return (
+                f"{self.engines[0]} and {self.engines[1]} disagree beyond tolerance; with two "
+                "engines gradlab cannot tell which is wrong: add a third engine to find out."
+            )
         return (
             f"Disagreement beyond tolerance with the reference {self.reference}: "
             f"{', '.join(self.disagreeing)}."
+        )
+
+    def largest_differences(
+        self, engine: str, count: int = 5
+    ) -> list[tuple[str, float, float, float]]:
+        """The elements where ``engine`` is farthest from the reference, farthest first.
+
+        Returns:
+            Up to ``count`` tuples ``(element, reference's value, engine's value, rho)``,
+            the element named by path (``"layers[0].w[3, 1]"``).
+
+        Raises:
+            ArgumentError: ``engine`` is not in the report.
+        """
+        if engine not in self.values:
+            raise ArgumentError("engine", f"{engine!r} is not in this report: {self.engines}")
+        labels = element_labels(self.params)
+        return _differences(self.values[self.reference], self.values[engine], labels, count)
+
+    def __repr__(self) -> str:
+        """One line with the verdict and, when engines disagree, the numbers where they part
+        (``assert report.ok, report`` shows it; ``str(report)`` is the whole table)."""
+        # pytest cuts an assertion's message at 240 characters: the numbers come first.
+        head = f"GradientReport({self.problem!r}, {self.derivative}, {self.dtype}: "
+        if self.ok:
+            return head + f"{', '.join(self.engines)} agree)"
+        name = self.disagreeing[0]
+        if name == self.reference:  # the reference is the outlier: show it against another
+            name = next(other for other in self.engines if other != self.reference)
+        element, expected, value, rho_ = self.largest_differences(name, 1)[0]
+        return head + (
+            f"{name} and {self.reference} differ most at {element}: {value:.10g} vs "
+            f"{expected:.10g}, rho {rho_:.1e} > {self.verdicts[name].tolerance:.0e}; "
+            "print(report) for the table)"
         )
 
     def __str__(self) -> str:
@@ -196,6 +238,20 @@ class GradientReport(_output.Record):
             for i, a in enumerate(self.engines)
         ]
         lines.append(_output.table(["", *self.engines], matrix))
+        for name in self.engines:
+            verdict = self.verdicts[name]
+            if name == self.reference or verdict.agrees:
+                continue
+            lines += [
+                "",
+                f"Largest differences, {name} against {self.reference} (tolerance "
+                f"{verdict.tolerance:.0e}):",
+            ]
+            rows = [
+                [element, f"{expected:.12g}", f"{value:.12g}", _rho_cell(rho_)]
+                for element, expected, value, rho_ in self.largest_differences(name)
+            ]
+            lines.append(_output.table(["element", self.reference, name, "rho"], rows))
         lines += ["", self.summary()]
         lines += [f"skipped {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
@@ -605,6 +661,28 @@ def _largest_rho(
             worst = float(elementwise[index])
             where = _label(name, index, labels)
     return worst, where
+
+
+def _differences(
+    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], labels: list[str], count: int
+) -> list[tuple[str, float, float, float]]:
+    """The ``count`` elements where rho between ``a`` and ``b`` is largest, largest first:
+    ``(element, a's value, b's value, rho)`` (a pair with a non-finite value has rho inf)."""
+    found: list[tuple[str, float, float, float]] = []
+    for name in a:
+        left, right = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
+        if left.size == 0:
+            continue
+        with np.errstate(all="ignore"):
+            rhos = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
+        flat = rhos.ravel()
+        top = np.argpartition(-flat, count - 1)[:count] if flat.size > count else range(flat.size)
+        for position in top:
+            index = np.unravel_index(int(position), rhos.shape)
+            element = _label(name, tuple(index), labels)
+            found.append((element, float(left[index]), float(right[index]), float(flat[position])))
+    found.sort(key=lambda item: -item[3])
+    return found[:count]
 
 
 def _label(name: str, index: tuple[Any, ...], labels: list[str]) -> str:

@@ -105,6 +105,37 @@ def test_a_planted_bug_is_seen_in_the_path_and_blamed() -> None:
     assert comparison.outlier == "planted"
     assert comparison.disagreeing == ("planted",)
     assert not comparison.ok
+    # What `assert comparison.ok, comparison` prints: where the path parts, and by how much.
+    assert repr(comparison).startswith(
+        f"FitComparison('quadratic', float64, {RECIPE.steps} steps: planted's path is "
+        f"{comparison.divergence[index, 0]:.1e} from numpy's at step "
+        f"{int(comparison.peak_step[index, 0])} (tolerance 1e-09"
+    )
+
+
+def test_two_engines_whose_paths_part_blame_neither() -> None:
+    comparison = gradlab.compare_fits(
+        RECIPE.problem,
+        RECIPE.data,
+        optimizer=RECIPE.optimizer,
+        steps=50,
+        init=RECIPE.init,
+        engines=["numpy", PlantedBug(param="b", factor=1 + 1e-3)],
+    )
+    assert not comparison.ok
+    assert comparison.outlier is None
+    assert "cannot tell which is wrong" in comparison.summary()
+    agreeing = gradlab.compare_fits(
+        RECIPE.problem,
+        RECIPE.data,
+        optimizer=RECIPE.optimizer,
+        steps=50,
+        init=RECIPE.init,
+        engines="numpy,fd",
+    )
+    assert (
+        repr(agreeing) == "FitComparison('quadratic', float64, 50 steps: numpy, fd follow one path)"
+    )
 
 
 def test_fits_that_all_diverge_agree_and_say_so() -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,91 @@ def test_two_engines_cannot_name_an_outlier() -> None:
     report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy", PlantedBug()])
     assert report.outlier is None
     assert report.disagreeing == ("planted",)
+    # Either could be the wrong one: the summary blames neither.
+    assert "cannot tell which is wrong" in report.summary()
+    assert "suspect" not in str(report)
+
+
+def test_a_failed_report_shows_the_numbers_where_engines_part() -> None:
+    bug = PlantedBug(index=(1,), factor=1.01)
+    report = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy", "fd", bug])
+    truth = float(report.values["numpy"]["w"][1])
+    worst = report.largest_differences("planted", 3)
+    # The planted element first, with both values and rho by the definition.
+    element, expected, value, rho = worst[0]
+    assert element == "w[1]"
+    assert expected == truth
+    assert value == pytest.approx(1.01 * truth, rel=1e-12)
+    assert rho == pytest.approx(abs(value - expected) / max(1.0, abs(value) + abs(expected)))
+    assert [item[3] for item in worst] == sorted((item[3] for item in worst), reverse=True)
+    text = str(report)
+    assert "Largest differences, planted against numpy (tolerance 1e-09):" in text
+    assert f"{expected:.12g}" in text
+    assert f"{value:.12g}" in text
+    # repr (what `assert report.ok, report` prints) leads with the numbers.
+    assert repr(report).startswith(
+        f"GradientReport('linear_regression', gradient, float64: planted and numpy differ most "
+        f"at w[1]: {value:.10g} vs {expected:.10g}"
+    )
+    agreeing = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy,fd")
+    assert (
+        repr(agreeing) == "GradientReport('linear_regression', gradient, float64: numpy, fd agree)"
+    )
+    assert "Largest differences" not in str(agreeing)
+    with pytest.raises(gradlab.ArgumentError):
+        report.largest_differences("jax-typo")
+
+
+PYTEST_FAILURE = """
+import gradlab
+
+
+def broken(params, data):
+    loss, grads = gradlab.Quadratic().hand_value_and_grad(params, data)
+    return loss, {"w": grads["w"], "b": 2 * grads["b"]}
+
+
+problem = gradlab.Problem(gradlab.Quadratic().loss, broken, name="broken")
+data = gradlab.Quadratic().make_data(20)
+
+
+def test_assert_ok():
+    report = gradlab.compare_gradients(problem, data, {"w": 1.0, "b": 0.5}, engines="numpy,fd")
+    assert report.ok, report
+
+
+def test_raise_if_disagree():
+    report = gradlab.compare_gradients(problem, data, {"w": 1.0, "b": 0.5}, engines="numpy,fd")
+    report.raise_if_disagree()
+"""
+
+
+def test_a_broken_hand_gradient_shows_its_values_in_a_pytest_failure(tmp_path: Path) -> None:
+    (tmp_path / "test_user.py").write_text(PYTEST_FAILURE)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_user.py"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert "2 failed" in out.stdout, out.stdout
+    quadratic = gradlab.Quadratic()
+    _, right = quadratic.hand_value_and_grad({"w": 1.0, "b": 0.5}, quadratic.make_data(20))
+    true_b = float(right["b"])
+    # assert report.ok, report: the repr, with fd's value (right) beside the hand one (2x).
+    shown = re.search(r"fd and numpy differ most at b: (\S+) vs (\S+), rho", out.stdout)
+    assert shown is not None, out.stdout
+    assert float(shown[1]) == pytest.approx(true_b, rel=1e-8)
+    assert float(shown[2]) == pytest.approx(2 * true_b, rel=1e-9)
+    # raise_if_disagree: the table of largest differences, both values in full.
+    table = out.stdout.split("Largest differences, fd against numpy", 1)[1]
+    row = re.search(r"\n\S*\s*b\s+(\S+)\s+(\S+)\s+\S+\n", table)
+    assert row is not None, table
+    assert row[1] == f"{2 * true_b:.12g}"  # the broken hand value, in full
+    assert float(row[2]) == pytest.approx(true_b, rel=1e-8)  # fd's, to fd's accuracy
+    # gradlab's own frame is hidden: the failure points at the user's line.
+    assert "raise Disagreement" not in out.stdout
 
 
 def test_problem_without_hand_gradient_uses_fd_and_skips_numpy_with_a_note() -> None:
