@@ -648,19 +648,12 @@ def element_labels(params: Mapping[str, np.ndarray]) -> list[str]:
 def _largest_rho(
     a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], labels: list[str]
 ) -> tuple[float, str | None]:
-    """The largest rho over every element of two results, and the element where it peaks."""
-    worst, where = 0.0, None
-    for name in a:
-        left, right = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
-        if left.size == 0:
-            continue
-        with np.errstate(all="ignore"):
-            elementwise = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
-        index = np.unravel_index(int(np.argmax(elementwise)), elementwise.shape)
-        if elementwise[index] > worst:
-            worst = float(elementwise[index])
-            where = _label(name, index, labels)
-    return worst, where
+    """The largest rho over every element of two results, and the element where it peaks
+    (``None`` when they are equal everywhere)."""
+    top = _differences(a, b, labels, 1)
+    if not top or top[0][3] == 0:
+        return 0.0, None
+    return top[0][3], top[0][0]
 
 
 def _differences(
@@ -676,12 +669,17 @@ def _differences(
         with np.errstate(all="ignore"):
             rhos = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
         flat = rhos.ravel()
-        top = np.argpartition(-flat, count - 1)[:count] if flat.size > count else range(flat.size)
+        if count == 1:  # the first of equal largest, in flattening order
+            top: Any = [int(np.argmax(flat))]
+        elif flat.size > count:
+            top = np.argpartition(-flat, count - 1)[:count]
+        else:
+            top = range(flat.size)
         for position in top:
             index = np.unravel_index(int(position), rhos.shape)
             element = _label(name, tuple(index), labels)
             found.append((element, float(left[index]), float(right[index]), float(flat[position])))
-    found.sort(key=lambda item: -item[3])
+    found.sort(key=lambda item: -item[3])  # stable: the first parameter among equals
     return found[:count]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,26 +114,24 @@ def test_a_planted_bug_is_seen_in_the_path_and_blamed() -> None:
     )
 
 
-def test_two_engines_whose_paths_part_blame_neither() -> None:
-    comparison = gradlab.compare_fits(
+def recipe_fits(engines: str | list[Any], steps: int = 50) -> gradlab.FitComparison:
+    """The seed recipe's fit, compared over ``engines`` for ``steps`` steps."""
+    return gradlab.compare_fits(
         RECIPE.problem,
         RECIPE.data,
         optimizer=RECIPE.optimizer,
-        steps=50,
+        steps=steps,
         init=RECIPE.init,
-        engines=["numpy", PlantedBug(param="b", factor=1 + 1e-3)],
+        engines=engines,
     )
+
+
+def test_two_engines_whose_paths_part_blame_neither() -> None:
+    comparison = recipe_fits(["numpy", PlantedBug(param="b", factor=1 + 1e-3)])
     assert not comparison.ok
     assert comparison.outlier is None
     assert "cannot tell which is wrong" in comparison.summary()
-    agreeing = gradlab.compare_fits(
-        RECIPE.problem,
-        RECIPE.data,
-        optimizer=RECIPE.optimizer,
-        steps=50,
-        init=RECIPE.init,
-        engines="numpy,fd",
-    )
+    agreeing = recipe_fits("numpy,fd")
     assert (
         repr(agreeing) == "FitComparison('quadratic', float64, 50 steps: numpy, fd follow one path)"
     )
