@@ -10,7 +10,7 @@ import numpy as np
 from gradlab import _output
 from gradlab._agreement import path_rho
 from gradlab._boundary import check_transformation, prepare
-from gradlab._checks import check_float, check_positive_int
+from gradlab._checks import check_float, check_positive_float, check_positive_int
 from gradlab._fit import FitResult, fit
 from gradlab._optax import check_engine as check_optax_engine
 from gradlab._progress import progress_bar
@@ -268,6 +268,7 @@ def compare_fits(
     loss_tol: float | None = None,
     repeats: int = 1,
     progress: bool = False,
+    tolerance: float | None = None,
 ) -> FitComparison:
     """Run the same fit on every engine from the same start, and compare the paths.
 
@@ -295,6 +296,9 @@ def compare_fits(
         loss_tol: Report, per engine, how many steps it took to reach this loss.
         repeats: Timed runs per engine after the first; the fastest is reported.
         progress: Show a progress bar (needs tqdm).
+        tolerance: One largest path rho for every pair, instead of gradlab's table (as in
+            [`compare_gradients`][gradlab.compare_gradients]): for float32 fits whose
+            round-off an optimizer amplifies (Adam divides by √v), say.
 
     Returns:
         A [`FitComparison`][gradlab.FitComparison].
@@ -313,6 +317,8 @@ def compare_fits(
     repeats = check_positive_int(repeats, "repeats")
     if loss_tol is not None:
         loss_tol = check_float(loss_tol, "loss_tol")
+    if tolerance is not None:
+        tolerance = check_positive_float(tolerance, "tolerance")
     _, dtype, flat, checked_data, start, layout = prepare(problem, data, init, "numpy", dtype)
     wanted, default = engine_list(engines)
 
@@ -354,7 +360,7 @@ def compare_fits(
     names = tuple(built)
     size = len(names)
     divergence, peak = np.zeros((size, size)), np.zeros((size, size), dtype=int)
-    limits = pair_tolerances(built, dtype)
+    limits = pair_tolerances(built, dtype, tolerance)
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             if i != j:

@@ -114,7 +114,7 @@ def test_a_planted_bug_is_seen_in_the_path_and_blamed() -> None:
     )
 
 
-def recipe_fits(engines: str | list[Any], steps: int = 50) -> gradlab.FitComparison:
+def recipe_fits(engines: str | list[Any], steps: int = 50, **options: Any) -> gradlab.FitComparison:
     """The seed recipe's fit, compared over ``engines`` for ``steps`` steps."""
     return gradlab.compare_fits(
         RECIPE.problem,
@@ -123,6 +123,7 @@ def recipe_fits(engines: str | list[Any], steps: int = 50) -> gradlab.FitCompari
         steps=steps,
         init=RECIPE.init,
         engines=engines,
+        **options,
     )
 
 
@@ -135,6 +136,20 @@ def test_two_engines_whose_paths_part_blame_neither() -> None:
     assert (
         repr(agreeing) == "FitComparison('quadratic', float64, 50 steps: numpy, fd follow one path)"
     )
+
+
+def test_an_explicit_path_tolerance_replaces_the_table() -> None:
+    bug = PlantedBug(param="b", factor=1 + 1e-3)
+    strict = recipe_fits(["numpy", "fd", bug])
+    index = strict.engines.index("planted")
+    parted = float(strict.divergence[index, 0])
+    assert not strict.ok
+    loose = recipe_fits(["numpy", "fd", bug], tolerance=2 * parted)
+    assert loose.ok, loose
+    assert np.all(loose.tolerances == 2 * parted)
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        recipe_fits("numpy", steps=5, tolerance=-1.0)
+    assert caught.value.argument == "tolerance"
 
 
 def test_fits_that_all_diverge_agree_and_say_so() -> None:
