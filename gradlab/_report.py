@@ -11,7 +11,7 @@ import numpy as np
 from gradlab import _output
 from gradlab._agreement import rho, tolerance
 from gradlab._boundary import evaluate, on_engine, prepare
-from gradlab._checks import check_positive_float
+from gradlab._checks import check_positive_float, check_positive_int
 from gradlab._errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -174,10 +174,12 @@ class GradientReport(_output.Record):
             the element named by path (``"layers[0].w[3, 1]"``).
 
         Raises:
-            ArgumentError: ``engine`` is not in the report.
+            ArgumentError: ``engine`` is not in the report, or ``count`` is not a positive
+                integer.
         """
         if engine not in self.values:
             raise ArgumentError("engine", f"{engine!r} is not in this report: {self.engines}")
+        count = check_positive_int(count, "count")
         labels = element_labels(self.params)
         return _differences(self.values[self.reference], self.values[engine], labels, count)
 

@@ -140,6 +140,10 @@ def test_a_failed_report_shows_the_numbers_where_engines_part() -> None:
     assert "Largest differences" not in str(agreeing)
     with pytest.raises(gradlab.ArgumentError):
         report.largest_differences("jax-typo")
+    for count in (0, -1, 2.5, "3"):
+        with pytest.raises(gradlab.ArgumentError) as caught:
+            report.largest_differences("planted", count)  # type: ignore[arg-type]
+        assert caught.value.argument == "count"
 
 
 PYTEST_FAILURE = """
