@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from gradlab._checks import check_dtype
+from gradlab._checks import check_dtype, check_float, check_positive_float
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._tree import flatten
 
@@ -68,12 +69,86 @@ def max_rho(a: Any, b: Any) -> float:
     return worst
 
 
-def path_rho(a: Any, b: Any) -> np.ndarray:
+def excess(a: Any, b: Any, atol: float, rtol: float) -> np.ndarray:
+    """Elementwise |a − b| / (atol + rtol·max(|a|, |b|)): at most 1 where a and b are close.
+
+    The symmetric form of ``numpy.isclose`` (which scales by |b| alone, so that
+    ``isclose(a, b)`` and ``isclose(b, a)`` can differ): a pair of engines is judged the same
+    whichever is the reference. Equal values score 0, non-finite ones ``inf``.
+
+    How it relates to rho: rho ≤ τ means |a − b| ≤ τ·max(1, |a| + |b|), so ``atol = rtol =
+    τ`` accepts everything rho ≤ τ/2 accepts, and rho ≤ 2τ accepts everything it accepts.
+
+    Examples:
+        >>> float(excess(1.0, 1.1, atol=0.0, rtol=0.1))  # |Δ| = 0.1 of max(|a|, |b|) = 1.1
+        0.9090909090909091
+    """
+    a, b = _as_real(a, "a"), _as_real(b, "b")
+    with np.errstate(all="ignore"):
+        allowed = atol + rtol * np.maximum(np.abs(a), np.abs(b))
+        out = np.where(a == b, 0.0, np.abs(a - b) / allowed)
+        out = np.where(np.isfinite(a) & np.isfinite(b), out, np.inf)
+    return np.asarray(np.where(np.isnan(out), np.inf, out))
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """How two engines' values are judged close: a largest rho (gradlab's table, or one the
+    caller gives), or the caller's ``atol``/``rtol`` (see [`excess`][gradlab._agreement.excess]).
+
+    Attributes:
+        tolerance: One largest rho for every pair, or ``None`` for gradlab's table.
+        atol: The absolute tolerance, or ``None`` when judging in rho.
+        rtol: The relative tolerance, or ``None`` when judging in rho.
+    """
+
+    tolerance: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+
+    @property
+    def in_rho(self) -> bool:
+        """Whether pairs are judged in rho (no ``atol``/``rtol`` given)."""
+        return self.atol is None
+
+    def close(self, a: Any, b: Any) -> bool:
+        """With ``atol``/``rtol``: whether every element of two arrays is close."""
+        assert self.atol is not None and self.rtol is not None
+        scores = excess(a, b, self.atol, self.rtol)
+        return bool(scores.size == 0 or np.max(scores) <= 1.0)
+
+    def describe(self) -> str:
+        """The criterion for a table's tolerance column."""
+        return f"atol {self.atol:g}, rtol {self.rtol:g}"
+
+
+def criterion(tolerance: object = None, atol: object = None, rtol: object = None) -> Criterion:
+    """Check a comparison's tolerance arguments: ``tolerance`` (a largest rho) or ``atol`` and
+    ``rtol`` (either alone means the other is 0), not both kinds."""
+    if tolerance is not None and (atol is not None or rtol is not None):
+        raise ArgumentError(
+            "tolerance", "and atol/rtol are two ways of saying the same thing: give one of them"
+        )
+    if tolerance is not None:
+        return Criterion(tolerance=check_positive_float(tolerance, "tolerance"))
+    if atol is None and rtol is None:
+        return Criterion()
+    checked = {
+        name: 0.0 if value is None else check_float(value, name, 0.0)
+        for name, value in (("atol", atol), ("rtol", rtol))
+    }
+    if checked["atol"] == 0.0 and checked["rtol"] == 0.0:
+        raise ArgumentError("atol", "and rtol are both 0: nothing but exact equality would pass")
+    return Criterion(atol=checked["atol"], rtol=checked["rtol"])
+
+
+def path_rho(a: Any, b: Any, judge: Criterion | None = None) -> np.ndarray:
     """Per step, the largest rho between two fits' trajectories, over their common steps.
 
     ``a`` and ``b`` are ``FitResult.trajectory`` values: for each parameter (a dict, or a
     nest) an array whose leading axis is the step. Non-finite parameters count as total
-    disagreement (``inf``).
+    disagreement (``inf``). With an ``atol``/``rtol`` ``judge``, the largest
+    [`excess`][gradlab._agreement.excess] instead (at most 1 where the paths are close).
     """
     if a is None or b is None:
         raise ArgumentTypeError("results", "need trajectories: fit(..., trajectory=True)")
@@ -85,8 +160,13 @@ def path_rho(a: Any, b: Any) -> np.ndarray:
         right = np.asarray(b[name])[:length].reshape(length, -1).astype(np.float64)
         if left.shape[1] == 0:
             continue
-        with np.errstate(all="ignore"):
-            elementwise = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
+        if judge is not None and not judge.in_rho:
+            assert judge.atol is not None and judge.rtol is not None
+            elementwise = excess(left, right, judge.atol, judge.rtol)
+        else:
+            with np.errstate(all="ignore"):
+                finite = np.isfinite(left) & np.isfinite(right)
+                elementwise = np.where(finite, rho(left, right), np.inf)
         per_step = np.maximum(per_step, elementwise.max(axis=1))
     return per_step
 

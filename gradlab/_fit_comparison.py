@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from gradlab import _output
-from gradlab._agreement import path_rho
+from gradlab._agreement import Criterion, criterion, path_rho
 from gradlab._boundary import check_transformation, prepare
-from gradlab._checks import check_float, check_positive_float, check_positive_int
+from gradlab._checks import check_float, check_positive_int
 from gradlab._fit import FitResult, fit
 from gradlab._optax import check_engine as check_optax_engine
 from gradlab._progress import progress_bar
@@ -58,6 +58,10 @@ class FitComparison(_output.Record):
         outlier: The engine whose path leaves all others while they agree, or ``None``.
         skipped: Engines left out, with the reason.
         provenance: Versions, machine, dtype, time, and each engine's device and threads.
+        close: With ``atol``/``rtol``: per engine, whether its path met them against the
+            reference's at every step (``None`` when judged in path rho).
+        atol: The absolute tolerance paths were judged with, or ``None``.
+        rtol: The relative tolerance paths were judged with, or ``None``.
     """
 
     problem: str
@@ -78,6 +82,9 @@ class FitComparison(_output.Record):
     provenance: dict[str, Any] = field(default_factory=dict, repr=False)
     model: AbstractProblem | None = field(default=None, repr=False, compare=False)
     data: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    close: np.ndarray | None = None
+    atol: float | None = None
+    rtol: float | None = None
 
     def time_per_step(self, engine: str) -> float:
         """An engine's timed wall time divided by the steps it ran."""
@@ -92,9 +99,20 @@ class FitComparison(_output.Record):
         return tuple(
             name
             for i, name in enumerate(self.engines)
-            if self.divergence[i, 0] > self.tolerances[i, 0]
-            or self.results[name].status != ref.status
+            if not self._close(i) or self.results[name].status != ref.status
         )
+
+    def _tolerance(self, i: int) -> str:
+        """What engine i's path was judged with, for tables."""
+        if self.atol is None:
+            return f"{self.tolerances[i, 0]:.0e}"
+        return Criterion(atol=self.atol, rtol=self.rtol).describe()
+
+    def _close(self, i: int) -> bool:
+        """Whether engine i's path stayed within tolerance of the reference's."""
+        if self.close is not None:
+            return bool(self.close[i])
+        return bool(self.divergence[i, 0] <= self.tolerances[i, 0])
 
     @property
     def ok(self) -> bool:
@@ -136,7 +154,7 @@ class FitComparison(_output.Record):
         )
         return head + (
             f"{name}'s path is {self.divergence[i, 0]:.1e} from {self.reference}'s at step "
-            f"{int(self.peak_step[i, 0])} (tolerance {self.tolerances[i, 0]:.0e}; {statuses}); "
+            f"{int(self.peak_step[i, 0])} (tolerance {self._tolerance(i)}; {statuses}); "
             "print(comparison) for the table)"
         )
 
@@ -197,6 +215,8 @@ class FitComparison(_output.Record):
                 "summary": self.summary(),
                 "outlier": self.outlier,
                 "loss_tol": self.loss_tol,
+                "atol": self.atol,
+                "rtol": self.rtol,
                 "engine_results": {
                     name: {
                         **self.results[name].to_dict(),
@@ -269,6 +289,8 @@ def compare_fits(
     repeats: int = 1,
     progress: bool = False,
     tolerance: float | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> FitComparison:
     """Run the same fit on every engine from the same start, and compare the paths.
 
@@ -299,6 +321,10 @@ def compare_fits(
         tolerance: One largest path rho for every pair, instead of gradlab's table (as in
             [`compare_gradients`][gradlab.compare_gradients]): for float32 fits whose
             round-off an optimizer amplifies (Adam divides by √v), say.
+        atol: Judge paths instead in the familiar form, at every step and element:
+            |a − b| ≤ atol + rtol·max(|a|, |b|), as in
+            [`compare_gradients`][gradlab.compare_gradients]; not with ``tolerance``.
+        rtol: See ``atol``.
 
     Returns:
         A [`FitComparison`][gradlab.FitComparison].
@@ -317,8 +343,7 @@ def compare_fits(
     repeats = check_positive_int(repeats, "repeats")
     if loss_tol is not None:
         loss_tol = check_float(loss_tol, "loss_tol")
-    if tolerance is not None:
-        tolerance = check_positive_float(tolerance, "tolerance")
+    judge = criterion(tolerance, atol, rtol)
     _, dtype, flat, checked_data, start, layout = prepare(problem, data, init, "numpy", dtype)
     wanted, default = engine_list(engines)
 
@@ -360,13 +385,19 @@ def compare_fits(
     names = tuple(built)
     size = len(names)
     divergence, peak = np.zeros((size, size)), np.zeros((size, size), dtype=int)
-    limits = pair_tolerances(built, dtype, tolerance)
+    limits = pair_tolerances(built, dtype, judge.tolerance)
+    agree = np.ones((size, size), dtype=bool)
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             if i != j:
                 per_step = path_rho(results[a].trajectory, results[b].trajectory)
                 peak[i, j] = int(np.argmax(per_step))
                 divergence[i, j] = per_step[peak[i, j]]
+                if judge.in_rho:
+                    agree[i, j] = divergence[i, j] <= limits[i, j]
+                else:
+                    scores = path_rho(results[a].trajectory, results[b].trajectory, judge)
+                    agree[i, j] = bool(np.max(scores, initial=0.0) <= 1.0)
     return FitComparison(
         problem=problem.name,
         dtype=dtype,
@@ -381,7 +412,7 @@ def compare_fits(
         divergence=divergence,
         peak_step=peak,
         tolerances=limits,
-        outlier=outlier(names, divergence <= limits),
+        outlier=outlier(names, agree),
         skipped=skipped,
         provenance={
             **common_provenance(dtype),
@@ -389,6 +420,9 @@ def compare_fits(
         },
         model=problem,
         data=checked_data,
+        close=agree[:, 0],
+        atol=judge.atol,
+        rtol=judge.rtol,
     )
 
 

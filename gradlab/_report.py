@@ -9,9 +9,9 @@ from typing import Any, Literal
 import numpy as np
 
 from gradlab import _output
-from gradlab._agreement import rho, tolerance
+from gradlab._agreement import Criterion, criterion, excess, rho, tolerance
 from gradlab._boundary import evaluate, on_engine, prepare
-from gradlab._checks import check_positive_float, check_positive_int
+from gradlab._checks import check_positive_int
 from gradlab._errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -33,6 +33,7 @@ from gradlab.problems._base import AbstractProblem
 Derivative = Literal["gradient", "hessian", "hvp"]
 _QUANTITIES = {"gradient": "gradients", "hessian": "Hessians", "hvp": "Hessian-vector products"}
 Engines = str | Sequence["str | GradientEngine"] | None
+_IN_RHO = Criterion()
 
 
 @dataclass(frozen=True)
@@ -45,17 +46,21 @@ class Verdict:
         worst: The element where that rho peaks (``"w[2]"``, ``"layers[0].w[3, 1]"``), or
             ``None`` when rho is 0.
         tolerance: The largest rho allowed for this pair, in this dtype.
+        close: With ``atol``/``rtol``, whether every element met them (``rho`` and
+            ``tolerance`` are then for information); ``None`` when judged in rho.
     """
 
     engine: str
     rho: float
     worst: str | None
     tolerance: float
+    close: bool | None = None
 
     @property
     def agrees(self) -> bool:
-        """Whether rho is within the tolerance."""
-        return self.rho <= self.tolerance
+        """Whether rho is within the tolerance (or, with ``atol``/``rtol``, every element
+        is close)."""
+        return self.rho <= self.tolerance if self.close is None else self.close
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ class GradientReport(_output.Record):
         skipped: Engines left out, with the reason (not installed, no hand derivative...).
         provenance: Versions, machine, dtype, time, and ``"engines"``: each engine's device,
             threads and precision mode.
+        atol: The absolute tolerance pairs were judged with, or ``None`` (judged in rho).
+        rtol: The relative tolerance pairs were judged with, or ``None`` (judged in rho).
     """
 
     problem: str
@@ -107,6 +114,13 @@ class GradientReport(_output.Record):
     rho_float64: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+    atol: float | None = None
+    rtol: float | None = None
+
+    @property
+    def criterion(self) -> Criterion:
+        """How pairs were judged: in rho, or with ``atol``/``rtol``."""
+        return Criterion(atol=self.atol, rtol=self.rtol)
 
     @property
     def quantity(self) -> str:
@@ -181,7 +195,9 @@ class GradientReport(_output.Record):
             raise ArgumentError("engine", f"{engine!r} is not in this report: {self.engines}")
         count = check_positive_int(count, "count")
         labels = element_labels(self.params)
-        return _differences(self.values[self.reference], self.values[engine], labels, count)
+        return _differences(
+            self.values[self.reference], self.values[engine], labels, count, self.criterion
+        )
 
     def __repr__(self) -> str:
         """One line with the verdict and, when engines disagree, the numbers where they part
@@ -194,11 +210,19 @@ class GradientReport(_output.Record):
         if name == self.reference:  # the reference is the outlier: show it against another
             name = next(other for other in self.engines if other != self.reference)
         element, expected, value, rho_ = self.largest_differences(name, 1)[0]
+        limit = f"rho {rho_:.1e} > {self._tolerance(name)}"
+        if not self.criterion.in_rho:
+            limit = f"beyond {self._tolerance(name)} (rho {rho_:.1e})"
         return head + (
             f"{name} and {self.reference} differ most at {element}: {value:.10g} vs "
-            f"{expected:.10g}, rho {rho_:.1e} > {self.verdicts[name].tolerance:.0e}; "
-            "print(report) for the table)"
+            f"{expected:.10g}, {limit}; print(report) for the table)"
         )
+
+    def _tolerance(self, engine: str) -> str:
+        """What ``engine`` was judged with against the reference, for tables."""
+        if self.criterion.in_rho:
+            return f"{self.verdicts[engine].tolerance:.0e}"
+        return self.criterion.describe()
 
     def __str__(self) -> str:
         label = {"gradient": "Gradient", "hessian": "Hessian", "hvp": "Hessian-vector product"}
@@ -227,7 +251,7 @@ class GradientReport(_output.Record):
                 row += [
                     _rho_cell(verdict.rho),
                     verdict.worst or "—",
-                    f"{verdict.tolerance:.0e}",
+                    self._tolerance(name),
                     "yes" if verdict.agrees else "NO",
                 ]
             if self.rho_float64:
@@ -247,7 +271,7 @@ class GradientReport(_output.Record):
             lines += [
                 "",
                 f"Largest differences, {name} against {self.reference} (tolerance "
-                f"{verdict.tolerance:.0e}):",
+                f"{self._tolerance(name)}):",
             ]
             rows = [
                 [element, f"{expected:.12g}", f"{value:.12g}", _rho_cell(rho_)]
@@ -270,6 +294,8 @@ class GradientReport(_output.Record):
                 "ok": self.ok,
                 "summary": self.summary(),
                 "outlier": self.outlier,
+                "atol": self.atol,
+                "rtol": self.rtol,
                 "params": self.params,
                 "verdicts": {
                     name: {
@@ -337,6 +363,8 @@ def compare_gradients(
     dtype: str = "float64",
     reference: str | GradientEngine | None = None,
     tolerance: float | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
     progress: bool = False,
 ) -> GradientReport:
     """Every engine's gradient at ``params``, compared pairwise and against a reference.
@@ -355,6 +383,12 @@ def compare_gradients(
         tolerance: One largest rho for every pair, instead of gradlab's table
             ([`tolerance`][gradlab.tolerance]: exact pairs 1e-9 in float64 and 1e-4 in float32;
             pairs with an approximate engine such as fd 1e-6 and 1e-4).
+        atol: Judge pairs instead in the familiar form, element by element:
+            |a − b| ≤ atol + rtol·max(|a|, |b|) (symmetric, unlike ``numpy.isclose``).
+            ``atol = rtol = τ`` is within a factor 2 of ``tolerance = τ``: it accepts all
+            that rho ≤ τ/2 accepts, and rho ≤ 2τ accepts all it accepts. Either alone means
+            the other is 0; not with ``tolerance``.
+        rtol: See ``atol``.
         progress: Show a progress bar (needs tqdm) while engines run.
 
     Returns:
@@ -386,7 +420,7 @@ def compare_gradients(
         default_list,
         reference,
         compute,
-        tolerance,
+        criterion(tolerance, atol, rtol),
         progress,
     )
 
@@ -401,11 +435,14 @@ def compare_hessians(
     dtype: str = "float64",
     reference: str | GradientEngine | None = None,
     tolerance: float | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
     progress: bool = False,
 ) -> GradientReport:
     """Every engine's second derivatives at ``params``: the full Hessian, or H·``tangent``.
 
-    Like [`compare_gradients`][gradlab.compare_gradients], with the same tolerance table. Without
+    Like [`compare_gradients`][gradlab.compare_gradients], with the same tolerance table and
+    overrides (``tolerance``, ``atol``, ``rtol``). Without
     ``tangent`` each engine builds the full Hessian (one Hessian-vector product per parameter
     element, so for small problems); with it, each computes the Hessian-vector product H·tangent.
     Engines without second derivatives are skipped with a note. The default reference is ``"numpy"``
@@ -445,7 +482,7 @@ def compare_hessians(
         default_list,
         reference,
         compute,
-        tolerance,
+        criterion(tolerance, atol, rtol),
         progress,
     )
 
@@ -547,11 +584,9 @@ def _report(
     default: bool,
     reference: str | GradientEngine | None,
     compute: Callable[[GradientEngine, str], tuple[dict[str, np.ndarray], float | None]],
-    custom_tolerance: float | None,
+    judge: Criterion,
     progress: bool,
 ) -> GradientReport:
-    if custom_tolerance is not None:
-        custom_tolerance = check_positive_float(custom_tolerance, "tolerance")
 
     def can_run(engine: GradientEngine) -> object:
         if derivative == "gradient":
@@ -573,7 +608,7 @@ def _report(
     labels = element_labels(params)
     size = len(names)
     matrix = np.zeros((size, size))
-    limits = pair_tolerances(built, dtype, custom_tolerance)
+    limits = pair_tolerances(built, dtype, judge.tolerance)
     worst: dict[str, dict[str, str | None]] = {name: {} for name in names}
     for i, a in enumerate(names):
         for j, b in enumerate(names):
@@ -591,8 +626,19 @@ def _report(
         # still all be off the truth by the same rounding.
         truth, _ = compute(built[ref_name], "float64")
         against_float64 = {name: _largest_rho(truth, values[name], labels)[0] for name in names}
+    agree = matrix <= limits
+    if not judge.in_rho:
+        agree = np.array(
+            [[judge.close(*_joined(values[a], values[b])) for b in names] for a in names]
+        )
     verdicts = {
-        name: Verdict(name, float(matrix[i, 0]), worst[name][ref_name], float(limits[i, 0]))
+        name: Verdict(
+            name,
+            float(matrix[i, 0]),
+            worst[name][ref_name],
+            float(limits[i, 0]),
+            None if judge.in_rho else bool(agree[i, 0]),
+        )
         for i, name in enumerate(names)
     }
     facts = {name: engine.describe() for name, engine in built.items()}
@@ -609,10 +655,22 @@ def _report(
         worst=worst,
         tolerances=limits,
         verdicts=verdicts,
-        outlier=outlier(names, matrix <= limits),
+        outlier=outlier(names, agree),
         rho_float64=against_float64,
         skipped=skipped,
         provenance={**common_provenance(dtype), "engines": facts},
+        atol=judge.atol,
+        rtol=judge.rtol,
+    )
+
+
+def _joined(
+    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two results with the same names as two flat arrays, element by element."""
+    return (
+        np.concatenate([np.ravel(a[name]) for name in a] or [np.zeros(0)]),
+        np.concatenate([np.ravel(b[name]) for name in a] or [np.zeros(0)]),
     )
 
 
@@ -659,18 +717,24 @@ def _largest_rho(
 
 
 def _differences(
-    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], labels: list[str], count: int
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    labels: list[str],
+    count: int,
+    judge: Criterion = _IN_RHO,
 ) -> list[tuple[str, float, float, float]]:
-    """The ``count`` elements where rho between ``a`` and ``b`` is largest, largest first:
-    ``(element, a's value, b's value, rho)`` (a pair with a non-finite value has rho inf)."""
-    found: list[tuple[str, float, float, float]] = []
+    """The ``count`` elements where ``a`` and ``b`` differ most, most first: ``(element, a's
+    value, b's value, rho)`` (a pair with a non-finite value has rho inf). "Most" is by rho,
+    or by [`excess`][gradlab._agreement.excess] when ``judge`` has ``atol``/``rtol``."""
+    found: list[tuple[str, float, float, float, float]] = []
     for name in a:
         left, right = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
         if left.size == 0:
             continue
         with np.errstate(all="ignore"):
             rhos = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
-        flat = rhos.ravel()
+        scores = rhos if judge.in_rho else excess(left, right, judge.atol or 0.0, judge.rtol or 0.0)
+        flat = scores.ravel()
         if count == 1:  # the first of equal largest, in flattening order
             top: Any = [int(np.argmax(flat))]
         elif flat.size > count:
@@ -680,9 +744,17 @@ def _differences(
         for position in top:
             index = np.unravel_index(int(position), rhos.shape)
             element = _label(name, tuple(index), labels)
-            found.append((element, float(left[index]), float(right[index]), float(flat[position])))
-    found.sort(key=lambda item: -item[3])  # stable: the first parameter among equals
-    return found[:count]
+            found.append(
+                (
+                    element,
+                    float(left[index]),
+                    float(right[index]),
+                    float(rhos[index]),
+                    float(flat[position]),
+                )
+            )
+    found.sort(key=lambda item: -item[4])  # stable: the first parameter among equals
+    return [item[:4] for item in found[:count]]
 
 
 def _label(name: str, index: tuple[Any, ...], labels: list[str]) -> str:

@@ -152,6 +152,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compare full Hessians (second derivatives) instead of gradients",
     )
+    compare.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="one largest rho for every pair, instead of gradlab's table",
+    )
+    compare.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="judge pairs by |a-b| <= atol + rtol*max(|a|,|b|) instead of rho",
+    )
+    compare.add_argument("--rtol", type=float, default=None, help="see --atol")
 
     fit = commands.add_parser(
         "fit",
@@ -404,6 +417,9 @@ def _compare(args: argparse.Namespace, show_progress: bool) -> int:
         engines=args.engines,
         dtype=args.dtype,
         reference=args.reference,
+        tolerance=args.tolerance,
+        atol=args.atol,
+        rtol=args.rtol,
         progress=show_progress,
     )
     print(report.to_json() if args.json else report)

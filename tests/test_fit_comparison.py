@@ -276,3 +276,24 @@ def test_bad_arguments_are_refused_by_name(arguments: dict[str, object], match: 
 def test_trajectory_flag_must_be_a_bool() -> None:
     with pytest.raises(gradlab.ArgumentTypeError, match="trajectory"):
         RECIPE.run("numpy", trajectory="yes")  # type: ignore[arg-type]
+
+
+def test_paths_can_be_judged_with_atol_and_rtol() -> None:
+    bug = PlantedBug(param="b", factor=1 + 1e-3)
+    strict = recipe_fits(["numpy", bug], rtol=1e-12)
+    assert not strict.ok
+    # The planted path's largest relative departure, from the trajectories themselves.
+    planted, reference = strict.results["planted"].trajectory, strict.results["numpy"].trajectory
+    relative = max(
+        float(
+            np.max(
+                np.abs(planted[k] - reference[k]) / np.maximum(abs(planted[k]), abs(reference[k]))
+            )
+        )
+        for k in ("w", "b")
+    )
+    assert recipe_fits(["numpy", bug], rtol=relative * 1.01).ok
+    assert not recipe_fits(["numpy", bug], rtol=relative * 0.99).ok
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        recipe_fits("numpy", steps=5, tolerance=1.0, atol=1.0)
+    assert caught.value.argument == "tolerance"

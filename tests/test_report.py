@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from _helpers import PlantedBug, default_engines, require_engine
 
 import gradlab
@@ -413,3 +415,69 @@ def test_float32_reports_measure_round_off_against_float64() -> None:
         assert report.rho_float64[name] <= gradlab.tolerance("float32")
     assert "rho vs float64 numpy" in str(report)
     assert gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy").rho_float64 == {}
+
+
+def test_atol_and_rtol_judge_each_element_in_the_familiar_form() -> None:
+    # A planted relative error of 1e-6 on w[1]: rtol 2e-6 passes it, rtol 5e-7 does not,
+    # whatever rho says; the verdict follows |a − b| ≤ atol + rtol·max(|a|, |b|).
+    bug = PlantedBug(param="w", index=(1,), factor=1 + 1e-6)
+    exact = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy"])
+    true = float(exact.values["numpy"]["w"][1])
+    planted = true * (1 + 1e-6)
+    limit = abs(planted - true) / max(abs(planted), abs(true))  # the relative error, ~1e-6
+    passes = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy", bug], rtol=2e-6)
+    fails = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy", bug], rtol=5e-7)
+    assert 5e-7 < limit < 2e-6
+    assert passes.ok and passes.verdicts["planted"].close is True
+    assert not fails.ok and fails.verdicts["planted"].close is False
+    assert (fails.atol, fails.rtol) == (0.0, 5e-7)
+    # The worst element is the planted one, with both values, and the criterion is shown.
+    element, reference, value, _ = fails.largest_differences("planted", 1)[0]
+    assert (element, reference, value) == ("w[1]", true, planted)
+    assert "atol 0, rtol 5e-07" in str(fails)
+    assert "beyond atol 0, rtol 5e-07" in repr(fails)
+    # atol alone: an absolute allowance just above and below the planted difference.
+    gap = abs(planted - true)
+    loose = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=[bug], atol=gap * 1.5)
+    tight = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=[bug], atol=gap / 1.5)
+    assert loose.ok and not tight.ok
+    assert json.loads(tight.to_json())["atol"] == gap / 1.5
+
+
+@pytest.mark.parametrize(
+    ("arguments", "argument"),
+    [
+        ({"tolerance": 1e-6, "atol": 1e-6}, "tolerance"),
+        ({"rtol": -1e-6}, "rtol"),
+        ({"atol": float("nan")}, "atol"),
+        ({"atol": 0.0, "rtol": 0.0}, "atol"),
+        ({"rtol": "1e-6"}, "rtol"),
+    ],
+)
+def test_bad_atol_and_rtol_are_refused_by_name(arguments: dict[str, Any], argument: str) -> None:
+    with pytest.raises(gradlab.GradlabError) as caught:
+        gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines="numpy,fd", **arguments)
+    assert caught.value.argument == argument  # type: ignore[attr-defined]
+
+
+@given(
+    a=st.floats(-1e6, 1e6, allow_nan=False),
+    b=st.floats(-1e6, 1e6, allow_nan=False),
+    tol=st.floats(1e-12, 1e-1),
+)
+def test_atol_rtol_and_rho_are_within_a_factor_two_of_each_other(
+    a: float, b: float, tol: float
+) -> None:
+    # The documented relation, from the definitions: excess is symmetric; rho ≤ τ/2 implies
+    # closeness at atol = rtol = τ, and closeness implies rho ≤ 2τ.
+    from gradlab._agreement import excess
+
+    score = float(excess(a, b, tol, tol))
+    assert score == float(excess(b, a, tol, tol))
+    manual = abs(a - b) <= tol + tol * max(abs(a), abs(b))
+    assert (score <= 1.0) == manual or math.isclose(score, 1.0, rel_tol=1e-9)
+    r = abs(a - b) / max(1.0, abs(a) + abs(b))
+    if r <= tol / 2:
+        assert manual
+    if manual:
+        assert r <= 2 * tol * (1 + 1e-12)
