@@ -111,10 +111,13 @@ class Criterion:
         """Whether pairs are judged in rho (no ``atol``/``rtol`` given)."""
         return self.atol is None
 
+    def excess(self, a: Any, b: Any) -> np.ndarray:
+        """With ``atol``/``rtol``: each element's [`excess`][gradlab._agreement.excess]."""
+        return excess(a, b, self.atol or 0.0, self.rtol or 0.0)
+
     def close(self, a: Any, b: Any) -> bool:
         """With ``atol``/``rtol``: whether every element of two arrays is close."""
-        assert self.atol is not None and self.rtol is not None
-        scores = excess(a, b, self.atol, self.rtol)
+        scores = self.excess(a, b)
         return bool(scores.size == 0 or np.max(scores) <= 1.0)
 
     def describe(self) -> str:
@@ -161,8 +164,7 @@ def path_rho(a: Any, b: Any, judge: Criterion | None = None) -> np.ndarray:
         if left.shape[1] == 0:
             continue
         if judge is not None and not judge.in_rho:
-            assert judge.atol is not None and judge.rtol is not None
-            elementwise = excess(left, right, judge.atol, judge.rtol)
+            elementwise = judge.excess(left, right)
         else:
             with np.errstate(all="ignore"):
                 finite = np.isfinite(left) & np.isfinite(right)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gradlab import _output
-from gradlab._agreement import Criterion, criterion, excess, rho, tolerance
+from gradlab._agreement import Criterion, criterion, rho, tolerance
 from gradlab._boundary import evaluate, on_engine, prepare
 from gradlab._checks import check_positive_int
 from gradlab._errors import (
@@ -733,7 +733,7 @@ def _differences(
             continue
         with np.errstate(all="ignore"):
             rhos = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
-        scores = rhos if judge.in_rho else excess(left, right, judge.atol or 0.0, judge.rtol or 0.0)
+        scores = rhos if judge.in_rho else judge.excess(left, right)
         flat = scores.ravel()
         if count == 1:  # the first of equal largest, in flattening order
             top: Any = [int(np.argmax(flat))]

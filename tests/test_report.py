@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _helpers import PlantedBug, default_engines, require_engine
 from hypothesis import given
 from hypothesis import strategies as st
-from _helpers import PlantedBug, default_engines, require_engine
 
 import gradlab
 
@@ -428,8 +428,10 @@ def test_atol_and_rtol_judge_each_element_in_the_familiar_form() -> None:
     passes = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy", bug], rtol=2e-6)
     fails = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=["numpy", bug], rtol=5e-7)
     assert 5e-7 < limit < 2e-6
-    assert passes.ok and passes.verdicts["planted"].close is True
-    assert not fails.ok and fails.verdicts["planted"].close is False
+    assert passes.ok
+    assert passes.verdicts["planted"].close is True
+    assert not fails.ok
+    assert fails.verdicts["planted"].close is False
     assert (fails.atol, fails.rtol) == (0.0, 5e-7)
     # The worst element is the planted one, with both values, and the criterion is shown.
     element, reference, value, _ = fails.largest_differences("planted", 1)[0]
@@ -440,7 +442,8 @@ def test_atol_and_rtol_judge_each_element_in_the_familiar_form() -> None:
     gap = abs(planted - true)
     loose = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=[bug], atol=gap * 1.5)
     tight = gradlab.compare_gradients(PROBLEM, DATA, PARAMS, engines=[bug], atol=gap / 1.5)
-    assert loose.ok and not tight.ok
+    assert loose.ok
+    assert not tight.ok
     assert json.loads(tight.to_json())["atol"] == gap / 1.5
 
 
