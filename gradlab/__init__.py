@@ -43,6 +43,12 @@ from gradlab._fit import fit as fit
 from gradlab._fit import value_and_grad as value_and_grad
 from gradlab._fit_comparison import FitComparison as FitComparison
 from gradlab._fit_comparison import compare_fits as compare_fits
+from gradlab._jacobian import compare_jacobians as compare_jacobians
+from gradlab._jacobian import compare_per_example_grads as compare_per_example_grads
+from gradlab._jacobian import jacobian as jacobian
+from gradlab._jacobian import jvp as jvp
+from gradlab._jacobian import per_example_grads as per_example_grads
+from gradlab._jacobian import vjp as vjp
 from gradlab._report import GradientReport as GradientReport
 from gradlab._report import Verdict as Verdict
 from gradlab._report import compare_gradients as compare_gradients

@@ -42,7 +42,7 @@ import numpy as np
 from gradlab._checks import check_dtype, check_params, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError, naming
 from gradlab._flat import FlatView, flat_view
-from gradlab._tree import Keys, Structure, flatten, structure, subscript, tree_map
+from gradlab._tree import Keys, Structure, flatten, leaves, structure, subscript, tree_map
 from gradlab.engines._protocol import GradientEngine, value_and_grad_of
 from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation
@@ -91,13 +91,15 @@ def prepare(
     engine: object,
     dtype: object,
     params_argument: str = "init",
+    output: str = "scalar",
 ) -> Prepared:
     """Check the arguments every entry point shares; return them flat, ready for engines.
 
     Data comes back as read-only views of the caller's float arrays (or float64 copies of
     anything else), parameters as float64 copies: nothing the caller owns is ever written.
     Parameters and data may be nests; they come back flattened by path, with the problem
-    wrapped to match.
+    wrapped to match. ``output="array"`` is for the Jacobian entry points: the loss may
+    return any nest of floating-point arrays, not only a scalar.
     """
     checked = check_problem(problem)
     checked_dtype = check_dtype(dtype)
@@ -109,7 +111,7 @@ def prepare(
     checked_params, layout = check_params(params, shapes, params_argument)
     checked.check_params(checked_params, params_argument)
     if shapes is None and checked.probe:
-        _probe(checked, nested_data, layout.unflatten(checked_params), params_argument)
+        _probe(checked, nested_data, layout.unflatten(checked_params), params_argument, output)
     return Prepared(
         checked_engine,
         checked_dtype,
@@ -193,7 +195,9 @@ def _recording(tree: Any, read: set[Keys], argument: str, kind: str, prefix: Key
     return tree
 
 
-def _probe(problem: AbstractProblem, data: Any, params: Any, argument: str) -> None:
+def _probe(
+    problem: AbstractProblem, data: Any, params: Any, argument: str, output: str = "scalar"
+) -> None:
     """Evaluate the loss once in NumPy, recording what it reads, for a problem whose
     parameters are not declared: the only way to name a missing or unused parameter.
 
@@ -206,7 +210,7 @@ def _probe(problem: AbstractProblem, data: Any, params: Any, argument: str) -> N
     seen = _recording(params, read, argument, "params")
     given = _recording(data, set(), "data", "data")
     with np.errstate(all="ignore"), calling(problem, None, params_argument=argument):
-        checked_loss(problem)(seen, given, np)
+        (checked_loss if output == "scalar" else checked_output)(problem)(seen, given, np)
     layout = structure(params)
     unused = [
         name
@@ -247,38 +251,63 @@ def checked_loss(problem: AbstractProblem) -> Loss:
 
     def loss(params: Any, data: Any, xp: Any) -> Any:
         value = problem.loss(params, data, xp)
-        shape = getattr(value, "shape", None)
-        dtype = getattr(value, "dtype", None)
-        if shape is None or dtype is None or isinstance(value, (str, bytes)):
-            raise ProblemError(
-                problem.name,
-                "loss",
-                f"returned {_describe(value)}; it must return a 0-d floating-point array of "
-                "the xp it is given (xp.sum(...), not float(...))",
-            )
-        if xp is not np and isinstance(value, (np.ndarray, np.generic)):
-            raise ProblemError(
-                problem.name,
-                "loss",
-                "returned a NumPy value where it was given another array namespace: write "
-                "the loss with xp (xp.sum, xp.exp, ...), not numpy",
-            )
-        if tuple(shape) != ():
-            raise ProblemError(
-                problem.name,
-                "loss",
-                f"must return a scalar (a 0-d array), got an array of shape {tuple(shape)}",
-            )
-        if not xp.isdtype(dtype, "real floating"):
-            raise ProblemError(
-                problem.name,
-                "loss",
-                f"returned an array of dtype {dtype}; it must be floating-point (a loss of "
-                "integers or booleans has no gradient)",
-            )
+        _check_array(problem, "loss", value, xp, scalar=True)
         return value
 
     return loss
+
+
+def checked_output(problem: AbstractProblem) -> Loss:
+    """``problem.loss`` as a vector-valued function (for Jacobians): any nest of floating-point
+    arrays of ``xp`` (a scalar too), each leaf checked as
+    [`checked_loss`][gradlab._boundary.checked_loss] checks a loss, whatever its shape."""
+
+    def output(params: Any, data: Any, xp: Any) -> Any:
+        value = problem.loss(params, data, xp)
+        found = leaves(value)
+        if not found:
+            raise ProblemError(problem.name, "function", "returned no arrays")
+        for leaf in found:
+            _check_array(problem, "function", leaf, xp, scalar=False)
+        return value
+
+    return output
+
+
+def _check_array(
+    problem: AbstractProblem, function: str, value: Any, xp: Any, scalar: bool
+) -> None:
+    """A value user code returned must be a floating-point array of ``xp`` (0-d if ``scalar``)."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None or isinstance(value, (str, bytes)):
+        what = "a 0-d floating-point array" if scalar else "floating-point arrays"
+        raise ProblemError(
+            problem.name,
+            function,
+            f"returned {_describe(value)}; it must return {what} of the xp it is given "
+            "(xp.sum(...), not float(...))",
+        )
+    numpy_value = isinstance(value, (np.ndarray, np.generic))
+    if xp is not np and numpy_value and not isinstance(value, getattr(xp, "ndarray", ())):
+        raise ProblemError(
+            problem.name,
+            function,
+            f"returned a NumPy value where it was given another array namespace: write the "
+            f"{function} with xp (xp.sum, xp.exp, ...), not numpy",
+        )
+    if scalar and tuple(shape) != ():
+        raise ProblemError(
+            problem.name,
+            function,
+            f"must return a scalar (a 0-d array), got an array of shape {tuple(shape)}",
+        )
+    if not xp.isdtype(dtype, "real floating"):
+        raise ProblemError(
+            problem.name,
+            function,
+            f"returned an array of dtype {dtype}; it must be floating-point (a {function} of "
+            "integers or booleans has no derivative)",
+        )
 
 
 def _describe(value: object) -> str:

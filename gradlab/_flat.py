@@ -44,6 +44,7 @@ class FlatView(AbstractProblem, Keyed):
         self.name = problem.name
         self.has_hand_gradient = problem.has_hand_gradient
         self.has_hand_hvp = problem.has_hand_hvp
+        self.has_hand_jacobian = problem.has_hand_jacobian
         self.probe = problem.probe
 
     def loss(self, params: Mapping[str, Array], data: Mapping[str, Array], xp: Any) -> Array:
@@ -76,6 +77,13 @@ class FlatView(AbstractProblem, Keyed):
                 self.data.unflatten(data),
             )
         )
+
+    def hand_jacobian(self, params: Mapping[str, Array], data: Mapping[str, Array]) -> Any:
+        """The user's hand Jacobian, its blocks for each output flattened by parameter path."""
+        jacobian = self.problem.hand_jacobian(
+            self.params.unflatten(params), self.data.unflatten(data)
+        )
+        return self.params.flatten_within(jacobian)
 
     def predict(self, params: Mapping[str, Array], x: np.ndarray) -> np.ndarray:
         """The user's prediction, on the rebuilt parameters."""

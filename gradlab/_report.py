@@ -26,14 +26,29 @@ from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._second import check_tangent, hessian_blocks, hessian_matrix, hvp_at
 from gradlab._tree import structure
-from gradlab.engines._protocol import GradientEngine, hvp_of, is_approximate, value_and_grad_of
+from gradlab.engines._protocol import (
+    GradientEngine,
+    hvp_of,
+    is_approximate,
+    jacobian_of,
+    per_example_of,
+    value_and_grad_of,
+)
 from gradlab.engines._registry import engine_list, get_engine
 from gradlab.problems._base import AbstractProblem
 
-Derivative = Literal["gradient", "hessian", "hvp"]
-_QUANTITIES = {"gradient": "gradients", "hessian": "Hessians", "hvp": "Hessian-vector products"}
+Derivative = Literal["gradient", "hessian", "hvp", "jacobian", "per-example"]
+_QUANTITIES = {
+    "gradient": "gradients",
+    "hessian": "Hessians",
+    "hvp": "Hessian-vector products",
+    "jacobian": "Jacobians",
+    "per-example": "per-example gradients",
+}
 Engines = str | Sequence["str | GradientEngine"] | None
 _IN_RHO = Criterion()
+#: Names the element at an index of a report's value (see ``labeler``).
+Label = Callable[[str, "tuple[int, ...]"], str]
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,9 @@ class GradientReport(_output.Record):
             threads and precision mode.
         atol: The absolute tolerance pairs were judged with, or ``None`` (judged in rho).
         rtol: The relative tolerance pairs were judged with, or ``None`` (judged in rho).
+        outputs: For Jacobians, the function's output shapes by path (``""`` for a single
+            array); ``values[engine]["jacobian"]`` is then one (outputs, parameters) matrix,
+            both flattened in order.
     """
 
     problem: str
@@ -116,6 +134,7 @@ class GradientReport(_output.Record):
     provenance: dict[str, Any] = field(default_factory=dict, repr=False)
     atol: float | None = None
     rtol: float | None = None
+    outputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def criterion(self) -> Criterion:
@@ -194,9 +213,9 @@ class GradientReport(_output.Record):
         if engine not in self.values:
             raise ArgumentError("engine", f"{engine!r} is not in this report: {self.engines}")
         count = check_positive_int(count, "count")
-        labels = element_labels(self.params)
+        label = labeler(self.derivative, self.params, self.outputs)
         return _differences(
-            self.values[self.reference], self.values[engine], labels, count, self.criterion
+            self.values[self.reference], self.values[engine], label, count, self.criterion
         )
 
     def __repr__(self) -> str:
@@ -225,7 +244,13 @@ class GradientReport(_output.Record):
         return self.criterion.describe()
 
     def __str__(self) -> str:
-        label = {"gradient": "Gradient", "hessian": "Hessian", "hvp": "Hessian-vector product"}
+        label = {
+            "gradient": "Gradient",
+            "hessian": "Hessian",
+            "hvp": "Hessian-vector product",
+            "jacobian": "Jacobian",
+            "per-example": "Per-example gradient",
+        }
         at = point(self.params)
         lines = [
             f"{label[self.derivative]} agreement: {self.problem}, {self.dtype}, at {at}",
@@ -488,7 +513,12 @@ def compare_hessians(
 
 
 def _arguments(
-    problem: object, data: object, params: object, engines: Engines, dtype: object
+    problem: object,
+    data: object,
+    params: object,
+    engines: Engines,
+    dtype: object,
+    output: str = "scalar",
 ) -> tuple[
     list[str | GradientEngine],
     bool,
@@ -500,7 +530,7 @@ def _arguments(
     """Check what every comparison shares; return the engine list, the problem as engines
     see it (flat) and checked copies of data and parameters, by path."""
     _, checked_dtype, flat, checked_data, checked_params, _ = prepare(
-        problem, data, params, "numpy", dtype, "params"
+        problem, data, params, "numpy", dtype, "params", output
     )
     return (*engine_list(engines), checked_dtype, flat, checked_data, checked_params)
 
@@ -586,14 +616,19 @@ def _report(
     compute: Callable[[GradientEngine, str], tuple[dict[str, np.ndarray], float | None]],
     judge: Criterion,
     progress: bool,
+    outputs: dict[str, tuple[int, ...]] | None = None,
 ) -> GradientReport:
+    """The report of one derivative on every engine: ``compute(engine, dtype)`` gives an
+    engine's values (and loss); ``outputs`` (Jacobians) is filled in by ``compute``."""
 
     def can_run(engine: GradientEngine) -> object:
-        if derivative == "gradient":
-            return value_and_grad_of(engine, problem)
-        return hvp_of(engine, problem)
+        return _NEEDS[derivative](engine, problem)
 
-    has_hand = problem.has_hand_gradient if derivative == "gradient" else problem.has_hand_hvp
+    has_hand = {
+        "gradient": problem.has_hand_gradient,
+        "per-example": problem.has_hand_gradient,
+        "jacobian": problem.has_hand_jacobian or problem.has_hand_gradient,
+    }.get(derivative, problem.has_hand_hvp)
     built, skipped = resolve_engines(engines, default, reference, can_run, has_hand)
     values: dict[str, dict[str, np.ndarray]] = {}
     losses: dict[str, float] = {}
@@ -605,7 +640,8 @@ def _report(
             advance(name)
 
     names = tuple(built)
-    labels = element_labels(params)
+    outputs = outputs or {}
+    label = labeler(derivative, params, outputs)
     size = len(names)
     matrix = np.zeros((size, size))
     limits = pair_tolerances(built, dtype, judge.tolerance)
@@ -615,7 +651,7 @@ def _report(
             if j < i:
                 matrix[i, j], worst[a][b] = matrix[j, i], worst[b][a]
             elif j > i:
-                matrix[i, j], worst[a][b] = _largest_rho(values[a], values[b], labels)
+                matrix[i, j], worst[a][b] = _largest_rho(values[a], values[b], label)
             else:
                 worst[a][b] = None
     ref_name = names[0]
@@ -625,7 +661,7 @@ def _report(
         # the same (float32-representable) point: engines can agree with one another and
         # still all be off the truth by the same rounding.
         truth, _ = compute(built[ref_name], "float64")
-        against_float64 = {name: _largest_rho(truth, values[name], labels)[0] for name in names}
+        against_float64 = {name: _largest_rho(truth, values[name], label)[0] for name in names}
     agree = matrix <= limits
     if not judge.in_rho:
         agree = np.array(
@@ -661,7 +697,18 @@ def _report(
         provenance={**common_provenance(dtype), "engines": facts},
         atol=judge.atol,
         rtol=judge.rtol,
+        outputs=outputs,
     )
+
+
+#: What an engine must offer for each derivative (raising ``NotSupported`` if it cannot).
+_NEEDS: dict[str, Callable[[GradientEngine, AbstractProblem], object]] = {
+    "gradient": value_and_grad_of,
+    "hessian": hvp_of,
+    "hvp": hvp_of,
+    "jacobian": jacobian_of,
+    "per-example": per_example_of,
+}
 
 
 def _joined(
@@ -706,11 +753,11 @@ def element_labels(params: Mapping[str, np.ndarray]) -> list[str]:
 
 
 def _largest_rho(
-    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], labels: list[str]
+    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], label: Label
 ) -> tuple[float, str | None]:
     """The largest rho over every element of two results, and the element where it peaks
     (``None`` when they are equal everywhere)."""
-    top = _differences(a, b, labels, 1)
+    top = _differences(a, b, label, 1)
     if not top or top[0][3] == 0:
         return 0.0, None
     return top[0][3], top[0][0]
@@ -719,7 +766,7 @@ def _largest_rho(
 def _differences(
     a: Mapping[str, np.ndarray],
     b: Mapping[str, np.ndarray],
-    labels: list[str],
+    label: Label,
     count: int,
     judge: Criterion = _IN_RHO,
 ) -> list[tuple[str, float, float, float]]:
@@ -743,7 +790,7 @@ def _differences(
             top = range(flat.size)
         for position in top:
             index = np.unravel_index(int(position), rhos.shape)
-            element = _label(name, tuple(index), labels)
+            element = label(name, tuple(int(i) for i in index))
             found.append(
                 (
                     element,
@@ -757,10 +804,28 @@ def _differences(
     return [item[:4] for item in found[:count]]
 
 
-def _label(name: str, index: tuple[Any, ...], labels: list[str]) -> str:
-    if name == "hessian":  # a flattened (P, P) matrix: name both elements
-        return f"∂²/∂{labels[int(index[0])]}∂{labels[int(index[1])]}"
-    return f"{name}[{', '.join(str(int(i)) for i in index)}]" if index else name
+def labeler(
+    derivative: str, params: Mapping[str, np.ndarray], outputs: Mapping[str, tuple[int, ...]]
+) -> Label:
+    """How a report names the element at ``index`` of its value ``name``: ``w[1]``; a
+    Hessian's ``∂²/∂w[0]∂b``; a Jacobian's ``∂f[2]/∂w[0]``; a per-example gradient's
+    ``w[0] of row 3``."""
+    wrt = element_labels(params)
+    of = element_labels({path or "f": np.zeros(shape) for path, shape in outputs.items()})
+
+    def plain(name: str, index: tuple[int, ...]) -> str:
+        return f"{name}[{', '.join(map(str, index))}]" if index else name
+
+    def label(name: str, index: tuple[int, ...]) -> str:
+        if derivative == "hessian":  # a flattened (P, P) matrix: name both elements
+            return f"∂²/∂{wrt[index[0]]}∂{wrt[index[1]]}"
+        if derivative == "jacobian":  # a flattened (M, P) matrix
+            return f"∂{of[index[0]]}/∂{wrt[index[1]]}"
+        if derivative == "per-example":
+            return f"{plain(name, index[1:])} of row {index[0]}"
+        return plain(name, index)
+
+    return label
 
 
 def outlier(names: tuple[str, ...], agree: np.ndarray) -> str | None:

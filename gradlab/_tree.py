@@ -251,3 +251,22 @@ def flatten(tree: Any) -> tuple[dict[str, Any], Structure]:
     """``({path: leaf}, structure)``: a nest's named leaves, and how to rebuild it."""
     shape = structure(tree)
     return shape.flatten(tree), shape
+
+
+class _Whole:
+    """A subtree held as one leaf (see [`flatten_up_to`][gradlab._tree.flatten_up_to])."""
+
+    def __init__(self, tree: Any) -> None:
+        self.tree = tree
+
+
+def flatten_up_to(tree: Any, matches: Callable[[Any], bool]) -> tuple[dict[str, Any], Structure]:
+    """``flatten``, with every subtree for which ``matches`` is true kept whole as one leaf.
+
+    A Jacobian is the output's nest with a ``{param: block}`` dict at each output leaf: this
+    gives ``{output path: {param: block}}`` and the output's structure.
+    """
+    flat, shape = flatten(_replace(tree, matches, _Whole))
+    return {
+        name: leaf.tree if isinstance(leaf, _Whole) else leaf for name, leaf in flat.items()
+    }, shape

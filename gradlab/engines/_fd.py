@@ -8,10 +8,21 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import checked_loss
+from gradlab._boundary import checked_loss, checked_output
 from gradlab._checks import check_positive_float
 from gradlab._errors import ArgumentError
-from gradlab.engines._protocol import HVP, AbstractEngine, Data, Params, ValueAndGrad
+from gradlab._tree import structure
+from gradlab.engines._protocol import (
+    HVP,
+    JVP,
+    VJP,
+    AbstractEngine,
+    Data,
+    Jacobian,
+    Params,
+    Tree,
+    ValueAndGrad,
+)
 from gradlab.problems._base import AbstractProblem
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -158,6 +169,48 @@ class FiniteDifferenceEngine(AbstractEngine):
             return {name: value.astype(dtype) for name, value in product.items()}
 
         return hvp
+
+    def jvp(self, problem: AbstractProblem) -> JVP:
+        """J·v as the derivative of the function along v, by the same adaptive, extrapolated
+        differences as a partial derivative (all outputs at once)."""
+        output = checked_output(problem)
+
+        def jvp(params: Params, tangent: Params, data: Data) -> tuple[Tree, Tree]:
+            dtype = np.result_type(*params.values())
+            point, direction, data64 = _float64(params), _float64(tangent), _float64(data)
+            value = output(point, data64, np)
+            out = structure(value)
+            size = max(float(np.max(np.abs(v), initial=0.0)) for v in direction.values())
+            if size == 0.0:
+                zeros = {
+                    path: np.zeros(np.shape(leaf), dtype)
+                    for path, leaf in out.flatten(value).items()
+                }
+                return _cast(value, dtype), out.unflatten(zeros)
+
+            def at(offset: float) -> dict[str, np.ndarray]:
+                moved = {name: point[name] + offset * direction[name] for name in point}
+                return _float64(out.flatten(output(moved, data64, np)))
+
+            scale = max([1.0] + [float(np.max(np.abs(v), initial=0.0)) for v in point.values()])
+            product, _ = self._derivative(at, self.rel_step * scale / size)
+            return _cast(value, dtype), out.unflatten(
+                {path: np.asarray(value, dtype) for path, value in product.items()}
+            )
+
+        return jvp
+
+    def jacobian(self, problem: AbstractProblem) -> Jacobian:
+        """Column by column: one directional difference per parameter element."""
+        from gradlab._jacobian import jacobian_from_jvp
+
+        return jacobian_from_jvp(self.jvp(problem))
+
+    def vjp(self, problem: AbstractProblem) -> VJP:
+        """The differenced Jacobian, contracted with the cotangent (no reverse mode here)."""
+        from gradlab._jacobian import vjp_from_jacobian
+
+        return vjp_from_jacobian(self.jacobian(problem))
 
     def _gradient(
         self,
@@ -325,6 +378,13 @@ def _loss_moved(
     moved[i] += offset
     shifted = dict(point, **{name: moved.reshape(point[name].shape)})
     return {"": np.asarray(loss(shifted, data, np), np.float64)}
+
+
+def _cast(tree: Any, dtype: Any) -> Any:
+    """A nest of arrays in ``dtype``."""
+    from gradlab._tree import tree_map
+
+    return tree_map(lambda leaf: np.asarray(leaf, dtype), tree)
 
 
 def _float64(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:

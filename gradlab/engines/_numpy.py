@@ -6,8 +6,24 @@ from typing import Any
 
 import numpy as np
 
-from gradlab.engines._protocol import HVP, AbstractEngine, ValueAndGrad
-from gradlab.problems._base import AbstractProblem, missing_hand_gradient, missing_hand_hvp
+from gradlab._boundary import checked_output
+from gradlab.engines._protocol import (
+    HVP,
+    JVP,
+    VJP,
+    AbstractEngine,
+    Data,
+    Jacobian,
+    Params,
+    Tree,
+    ValueAndGrad,
+)
+from gradlab.problems._base import (
+    AbstractProblem,
+    missing_hand_gradient,
+    missing_hand_hvp,
+    missing_hand_jacobian,
+)
 
 
 class NumpyEngine(AbstractEngine):
@@ -36,6 +52,37 @@ class NumpyEngine(AbstractEngine):
         if not problem.has_hand_hvp:
             raise missing_hand_hvp(problem)
         return problem.hand_hvp
+
+    def jacobian(self, problem: AbstractProblem) -> Jacobian:
+        """The problem's hand-derived Jacobian, beside its value in NumPy; for a scalar loss
+        without one, its hand-derived gradient (the Jacobian of a scalar)."""
+        if problem.has_hand_jacobian:
+            output = checked_output(problem)
+
+            def jacobian(params: Params, data: Data) -> tuple[Tree, Tree]:
+                return output(params, data, np), problem.hand_jacobian(params, data)
+
+        elif problem.has_hand_gradient:
+
+            def jacobian(params: Params, data: Data) -> tuple[Tree, Tree]:
+                return problem.hand_value_and_grad(params, data)
+
+        else:
+            raise missing_hand_jacobian(problem)
+        jacobian.hand = True  # type: ignore[attr-defined]
+        return jacobian
+
+    def jvp(self, problem: AbstractProblem) -> JVP:
+        """The hand-derived Jacobian, contracted with the tangent."""
+        from gradlab._jacobian import jvp_from_jacobian
+
+        return jvp_from_jacobian(self.jacobian(problem))
+
+    def vjp(self, problem: AbstractProblem) -> VJP:
+        """The hand-derived Jacobian, contracted with the cotangent."""
+        from gradlab._jacobian import vjp_from_jacobian
+
+        return vjp_from_jacobian(self.jacobian(problem))
 
     def describe(self) -> dict[str, Any]:
         """NumPy's version; it runs on the host CPU."""

@@ -19,6 +19,14 @@ ValueAndGrad = Callable[[Params, Data], "tuple[Array, dict[str, Array]]"]
 Objective = Callable[[Params, Data], Array]
 HVP = Callable[[Params, Params, Data], "dict[str, Array]"]
 Step = Callable[[Carry, Data], "tuple[Carry, tuple[Array, ...]]"]
+# Vector-valued functions: their output is any nest of arrays (``Tree``); a Jacobian has the
+# output's structure outside and a flat ``{param path: block}`` dict at each output leaf.
+Tree = Any
+Jacobian = Callable[[Params, Data], "tuple[Tree, Tree]"]
+JVP = Callable[[Params, Params, Data], "tuple[Tree, Tree]"]
+Pullback = Callable[[Tree], "dict[str, Array]"]
+VJP = Callable[[Params, Data], "tuple[Tree, Pullback]"]
+PerExample = Callable[[Params, Data], "dict[str, Array]"]
 
 
 @runtime_checkable
@@ -57,6 +65,27 @@ class GradientEngine(Protocol):
         hvp(problem): A function ``(params, tangent, data) -> H·tangent``, the
             Hessian-vector product of the loss, with the keys, shapes and dtype of
             ``params``. ``tangent`` has the same structure as ``params``.
+
+    Optional members, for vector-valued functions ([`jacobian`][gradlab.jacobian],
+    [`jvp`][gradlab.jvp], [`vjp`][gradlab.vjp], [`compare_jacobians`][gradlab.compare_jacobians]),
+    whose ``problem.loss`` returns any nest of arrays; an engine without them is skipped there
+    with a note:
+
+        jacobian(problem): A function ``(params, data) -> (value, J)``: the function's value
+            and its Jacobian, laid out as ``jax.jacobian`` lays it out (the output's
+            structure outside, a ``{param: block}`` dict at each output leaf, blocks of shape
+            ``output.shape + param.shape``).
+        jvp(problem): ``(params, tangent, data) -> (value, J·tangent)``.
+        vjp(problem): ``(params, data) -> (value, pullback)``, as ``jax.vjp``:
+            ``pullback(cotangent)`` is cotangentᵀ·J, the cotangent with the output's
+            structure, the result with the parameters'.
+
+    Optional member, for [`per_example_grads`][gradlab.per_example_grads]; the default runs
+    ``value_and_grad`` on one row at a time:
+
+        per_example_grads(problem): ``(params, data) -> grads``, each row's gradient (the
+            loss on a batch of that row alone), stacked: ``grads[name]`` has shape
+            ``(rows,) + params[name].shape``.
 
     Optional attribute, for the comparisons:
 
@@ -144,6 +173,23 @@ class AbstractEngine(abc.ABC):
     def hvp(self, problem: AbstractProblem) -> HVP:
         """Second derivatives are optional: by default, refuse with a clear error."""
         raise NotSupported(f"engine {self.name!r} does not compute Hessian-vector products")
+
+    def jacobian(self, problem: AbstractProblem) -> Jacobian:
+        """Jacobians are optional: by default, refuse with a clear error."""
+        raise NotSupported(f"engine {self.name!r} does not compute Jacobians")
+
+    def jvp(self, problem: AbstractProblem) -> JVP:
+        """Jacobian-vector products are optional: by default, refuse with a clear error."""
+        raise NotSupported(f"engine {self.name!r} does not compute Jacobian-vector products")
+
+    def vjp(self, problem: AbstractProblem) -> VJP:
+        """Vector-Jacobian products are optional: by default, refuse with a clear error."""
+        raise NotSupported(f"engine {self.name!r} does not compute vector-Jacobian products")
+
+    def per_example_grads(self, problem: AbstractProblem) -> PerExample:
+        """Each row's gradient, one row at a time through ``value_and_grad``: every engine
+        can; frameworks that vectorise (``vmap``) override it."""
+        return per_row(self, value_and_grad_of(self, problem))
 
     def objective(self, problem: AbstractProblem) -> Objective:
         """The loss alone, on ``xp``: what benchmarks divide the gradient's time by."""
@@ -256,3 +302,62 @@ def block_of(engine: GradientEngine) -> Callable[[Any], Any]:
 def is_approximate(engine: GradientEngine) -> bool:
     """Whether the engine declares its derivatives approximate (``approximate = True``)."""
     return bool(getattr(engine, "approximate", False))
+
+
+def _optional(engine: GradientEngine, member: str, problem: AbstractProblem, what: str) -> Any:
+    """``engine.<member>(problem)``, or ``NotSupported`` naming ``what`` when the engine lacks
+    it; a problem without an implementation for the engine's framework is refused too,
+    unless the function runs a hand derivation instead of the loss (marked ``hand``)."""
+    method = getattr(engine, member, None)
+    if method is None:
+        raise NotSupported(f"engine {engine.name!r} does not compute {what}")
+    function = method(problem)
+    if not getattr(function, "hand", False):
+        problem.check_namespace(engine.xp)
+    return function
+
+
+def jacobian_of(engine: GradientEngine, problem: AbstractProblem) -> Jacobian:
+    """The engine's ``(params, data) -> (value, Jacobian)`` for ``problem``, or ``NotSupported``."""
+    function: Jacobian = _optional(engine, "jacobian", problem, "Jacobians")
+    return function
+
+
+def jvp_of(engine: GradientEngine, problem: AbstractProblem) -> JVP:
+    """The engine's Jacobian-vector product for ``problem``, or ``NotSupported``."""
+    function: JVP = _optional(engine, "jvp", problem, "Jacobian-vector products")
+    return function
+
+
+def vjp_of(engine: GradientEngine, problem: AbstractProblem) -> VJP:
+    """The engine's vector-Jacobian product for ``problem``, or ``NotSupported``."""
+    function: VJP = _optional(engine, "vjp", problem, "vector-Jacobian products")
+    return function
+
+
+def per_example_of(engine: GradientEngine, problem: AbstractProblem) -> PerExample:
+    """The engine's per-example gradients for ``problem``; by default, one row at a time."""
+    if getattr(engine, "per_example_grads", None) is None:
+        return per_row(engine, value_and_grad_of(engine, problem))
+    function: PerExample = _optional(engine, "per_example_grads", problem, "")
+    return function
+
+
+def row(data: Data, index: int) -> dict[str, Array]:
+    """Row ``index`` of every data array, as a batch of one (the leading axis kept)."""
+    return {name: value[index : index + 1] for name, value in data.items()}
+
+
+def per_row(engine: GradientEngine, value_and_grad: ValueAndGrad) -> PerExample:
+    """Per-example gradients as a loop: ``value_and_grad`` on each row, stacked on the
+    engine (for engines and losses that cannot vectorise over rows)."""
+    xp = engine.xp
+
+    def per_example(params: Params, data: Data) -> dict[str, Array]:
+        rows = len(next(iter(data.values())))
+        grads = [value_and_grad(params, row(data, i))[1] for i in range(rows)]
+        return {name: xp.stack([grad[name] for grad in grads]) for name in params}
+
+    # Checked already: value_and_grad came through value_and_grad_of.
+    per_example.hand = True  # type: ignore[attr-defined]
+    return per_example

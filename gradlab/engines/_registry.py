@@ -60,9 +60,44 @@ _REGISTRY: dict[str, _Entry] = {
         opt_in=True,
     ),
 }
+_REGISTRY.update(
+    {
+        "torch-fwd": _Entry(
+            _builtin("gradlab.engines._torch", "TorchForwardEngine"),
+            ("torch", "array_api_compat"),
+            "torch",
+            "builtin",
+            opt_in=True,
+        ),
+        "complex-step": _Entry(
+            _builtin("gradlab.engines._complex_step", "ComplexStepEngine"),
+            (),
+            None,
+            "builtin",
+            opt_in=True,
+        ),
+        "jax-fwd": _Entry(
+            _builtin("gradlab.engines._jax", "JaxForwardEngine"),
+            ("jax",),
+            "jax",
+            "builtin",
+            opt_in=True,
+        ),
+    }
+)
 _entry_points_loaded = False
-# The hand-derived reference first, then the autodiff engines, then finite differences.
-_BUILTIN_ORDER = {"numpy": 0, "torch": 1, "jax": 2, "fd": 3, "torch-compile": 4}
+# The hand-derived reference first, then the autodiff engines, then finite differences, then
+# the opt-in variants.
+_BUILTIN_ORDER = {
+    "numpy": 0,
+    "torch": 1,
+    "jax": 2,
+    "fd": 3,
+    "torch-compile": 4,
+    "torch-fwd": 5,
+    "jax-fwd": 6,
+    "complex-step": 7,
+}
 
 
 def register_engine(
@@ -201,7 +236,9 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
 def default_engines() -> tuple[str, ...]:
     """The engines comparisons use when none are named: every known one but the opt-in ones.
 
-    ``"torch-compile"`` is opt-in: it is torch again, and compiling costs seconds per shape.
+    ``"torch-compile"`` is opt-in: it is torch again, and compiling costs seconds per shape;
+    so are ``"torch-fwd"`` and ``"jax-fwd"``, torch and jax again in forward mode, and
+    ``"complex-step"``, which refuses losses that are not analytic (max, abs, ...).
     """
     return tuple(name for name in known_engines() if not _REGISTRY[name].opt_in)
 

@@ -11,21 +11,28 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import checked_loss
+from gradlab._boundary import checked_loss, checked_output
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._tree import leaves as tree_leaves
 from gradlab._tree import tree_map
 from gradlab.engines._cache import Compiled, fingerprint, key
 from gradlab.engines._protocol import (
     HVP,
+    JVP,
+    VJP,
     AbstractEngine,
     Array,
     Carry,
     Data,
+    Jacobian,
     Objective,
     Params,
+    PerExample,
     Step,
+    Tree,
     ValueAndGrad,
+    per_row,
+    value_and_grad_of,
 )
 from gradlab.problems._base import AbstractProblem
 
@@ -120,28 +127,107 @@ class TorchEngine(AbstractEngine):
 
         return value_and_grad
 
+    def _transforming(self) -> contextlib.ExitStack:
+        """Recording on, for ``torch.func`` transforms, without torch's warning about itself.
+
+        torch's first forward-mode call loads its JVP decompositions through
+        torch.jit.script, which torch 2.13 itself deprecates: torch's warning about torch's
+        internals, nothing a gradlab user can act on.
+        """
+        stack = self._recording()
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning
+        )
+        return stack
+
     def hvp(self, problem: AbstractProblem) -> HVP:
         """Forward-over-reverse: ``torch.func.jvp`` of ``torch.func.grad`` of the loss."""
         func, xp, loss = importlib.import_module("torch.func"), self.xp, checked_loss(problem)
-        recording = self._recording
+        transforming = self._transforming
 
         def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
             def gradient(point: Params) -> Any:
                 return func.grad(lambda p: loss(p, data, xp))(point)
 
-            with warnings.catch_warnings(), recording():
-                # torch's first forward-mode call loads its JVP decompositions through
-                # torch.jit.script, which torch 2.13 itself deprecates: torch's warning about
-                # torch's internals, nothing a gradlab user can act on.
-                warnings.filterwarnings(
-                    "ignore",
-                    message=r"`torch\.jit\.script` is deprecated",
-                    category=DeprecationWarning,
-                )
+            with transforming():
                 _, product = func.jvp(gradient, (dict(params),), (dict(tangent),))
             return dict(product)
 
         return hvp
+
+    #: How this engine builds a Jacobian (and, in ``torch-fwd``, a gradient): reverse mode.
+    _jacobian_transform = "jacrev"
+
+    def jacobian(self, problem: AbstractProblem) -> Jacobian:
+        """``torch.func.jacrev`` of the function (``jacfwd`` in ``torch-fwd``), with its value."""
+        func, xp, output = importlib.import_module("torch.func"), self.xp, checked_output(problem)
+        transform, transforming = getattr(func, self._jacobian_transform), self._transforming
+        torch = self._torch
+
+        def jacobian(params: Params, data: Data) -> tuple[Tree, Tree]:
+            def with_value(point: Params) -> tuple[Tree, Tree]:
+                value = output(point, data, xp)
+                return value, value
+
+            with transforming():
+                full, value = transform(with_value, has_aux=True)(dict(params))
+            return value, _in_dtype(full, _float_dtype(params, torch))
+
+        return jacobian
+
+    def jvp(self, problem: AbstractProblem) -> JVP:
+        """``torch.func.jvp``: forward mode, one pass."""
+        func, xp, output = importlib.import_module("torch.func"), self.xp, checked_output(problem)
+        transforming = self._transforming
+
+        def jvp(params: Params, tangent: Params, data: Data) -> tuple[Tree, Tree]:
+            with transforming():
+                value, product = func.jvp(
+                    lambda p: output(p, data, xp), (dict(params),), (dict(tangent),)
+                )
+            return value, product
+
+        return jvp
+
+    def vjp(self, problem: AbstractProblem) -> VJP:
+        """``torch.func.vjp``: reverse mode, one pass."""
+        func, xp, output = importlib.import_module("torch.func"), self.xp, checked_output(problem)
+        transforming = self._transforming
+
+        def vjp(params: Params, data: Data) -> tuple[Tree, Any]:
+            with transforming():
+                value, pull = func.vjp(lambda p: output(p, data, xp), dict(params))
+
+            def pullback(cotangent: Tree) -> dict[str, Array]:
+                with transforming():
+                    return dict(pull(cotangent)[0])
+
+            return value, pullback
+
+        return vjp
+
+    def per_example_grads(self, problem: AbstractProblem) -> PerExample:
+        """``torch.func.vmap`` of the gradient of one row's loss; where the loss cannot be
+        vmapped (data-dependent Python control flow, ``.item()``), one row at a time."""
+        func, xp, loss = importlib.import_module("torch.func"), self.xp, checked_loss(problem)
+        transforming, torch = self._transforming, self._torch
+        if self._jacobian_transform == "jacrev":
+            gradient = func.grad(lambda p, row: loss(p, _one_row(row), xp))
+        else:
+            gradient = func.jacfwd(lambda p, row: loss(p, _one_row(row), xp))
+        vectorised = func.vmap(gradient, in_dims=(None, 0))
+        one_at_a_time = per_row(self, value_and_grad_of(self, problem))
+
+        def per_example(params: Params, data: Data) -> dict[str, Array]:
+            try:
+                with transforming():
+                    grads = vectorised(dict(params), dict(data))
+                return dict(_in_dtype(grads, _float_dtype(params, torch)))
+            except Exception:  # not vmappable: the loop runs it, or raises its own error
+                return one_at_a_time(params, data)
+
+        return per_example
 
     def run(
         self, step: Step, carry: Carry, data: Data, steps: int
@@ -261,6 +347,59 @@ class TorchCompileEngine(TorchEngine):
     def describe(self) -> dict[str, Any]:
         """As the torch engine, with ``torch_compile`` true."""
         return {**super().describe(), "torch_compile": True}
+
+
+class TorchForwardEngine(TorchEngine):
+    """The torch engine in forward mode: gradients and Jacobians by ``torch.func.jacfwd``.
+
+    One forward-mode pass (a JVP) per parameter element, vectorised by ``vmap``: cheaper
+    than reverse mode when a function has more outputs than inputs, dearer for a scalar loss
+    of many parameters. JVPs, VJPs and Hessian-vector products are the torch engine's.
+    Registered as ``"torch-fwd"``; opt-in in comparisons.
+
+    Args:
+        device: As for [`TorchEngine`][gradlab.engines.TorchEngine].
+    """
+
+    name = "torch-fwd"
+    _jacobian_transform = "jacfwd"
+
+    def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
+        """``torch.func.jacfwd`` of the loss: the gradient in forward mode."""
+        jacobian = self.jacobian(_Scalar(problem))
+
+        def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+            value, grads = jacobian(params, data)
+            return value.detach(), dict(grads)
+
+        return value_and_grad
+
+    def describe(self) -> dict[str, Any]:
+        """As the torch engine, with the mode."""
+        return {**super().describe(), "mode": "forward (torch.func.jacfwd)"}
+
+
+class _Scalar(AbstractProblem):
+    """A problem seen through ``checked_loss`` where ``checked_output`` would look: the
+    Jacobian of its loss is its gradient, and a loss that is not a scalar is refused."""
+
+    def __init__(self, problem: AbstractProblem) -> None:
+        self.problem, self.name = problem, problem.name
+
+    def loss(self, params: Params, data: Data, xp: Any) -> Array:
+        return checked_loss(self.problem)(params, data, xp)
+
+
+def _in_dtype(tree: Tree, dtype: Any) -> Tree:
+    """Derivatives in the parameters' dtype. Why: ``torch.func.jacfwd`` (torch 2.13) computes
+    the tangent of a product with a Python float (``0.5 * mean(r²)``) in float64 even for
+    float32 inputs; its values are right, its dtype is not what was asked for."""
+    return tree_map(lambda leaf: leaf.to(dtype) if leaf.dtype != dtype else leaf, tree)
+
+
+def _one_row(row: Data) -> Data:
+    """One row of data (as ``vmap`` hands it) as a batch of one: the leading axis restored."""
+    return {name: value[None] for name, value in row.items()}
 
 
 def _checked_device(torch: Any, device: object) -> Any:

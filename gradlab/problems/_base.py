@@ -42,6 +42,15 @@ def missing_hand_hvp(problem: AbstractProblem) -> HandGradientMissing:
     )
 
 
+def missing_hand_jacobian(problem: AbstractProblem) -> HandGradientMissing:
+    """The error for asking a problem without one for its hand-derived Jacobian."""
+    return HandGradientMissing(
+        f"problem {problem.name!r} has no hand-derived Jacobian (nor, for a scalar loss, a "
+        "hand-derived gradient), so the 'numpy' engine cannot give its Jacobian; give one "
+        "(jacobian=...) or use an autodiff engine or 'fd'"
+    )
+
+
 def _check_shapes(shapes: object) -> dict[str, tuple[int, ...]]:
     """Declared parameter shapes: a mapping from name to a tuple of non-negative ints."""
     out = {}
@@ -76,6 +85,8 @@ class AbstractProblem(abc.ABC):
     has_hand_gradient: bool = False
     #: Whether ``hand_hvp`` is implemented.
     has_hand_hvp: bool = False
+    #: Whether ``hand_jacobian`` is implemented.
+    has_hand_jacobian: bool = False
     #: Whether ``make_data`` takes ``d=``, a number of features (the CLI's ``--features``).
     takes_features: bool = False
     #: Whether the loss runs on NumPy, so that gradlab may evaluate it once there to name
@@ -112,6 +123,17 @@ class AbstractProblem(abc.ABC):
             HandGradientMissing: the problem has no hand-derived Hessian-vector product.
         """
         raise missing_hand_hvp(self)
+
+    def hand_jacobian(self, params: Params, data: Data) -> Any:
+        """Return the Jacobian of the (vector-valued) loss from hand-derived NumPy code.
+
+        Laid out as ``jax.jacobian`` lays it out: the output's structure outside, the
+        parameters' inside, each block of shape ``output.shape + param.shape``.
+
+        Raises:
+            HandGradientMissing: the problem has no hand-derived Jacobian.
+        """
+        raise missing_hand_jacobian(self)
 
     def predict(self, params: Params, x: np.ndarray) -> np.ndarray:
         """Return the model's prediction at inputs ``x`` (NumPy), for plots.
@@ -188,6 +210,9 @@ class Problem(AbstractProblem):
         loss: ``loss(params, data, xp) -> scalar``, written against the namespace ``xp``.
         value_and_grad: Optional hand-derived ``(params, data) -> (loss, grads)`` in NumPy.
         hvp: Optional hand-derived ``(params, tangent, data) -> H·tangent`` in NumPy.
+        jacobian: Optional hand-derived ``(params, data) -> J`` in NumPy, for a ``loss`` that
+            returns arrays (a vector-valued function, see [`jacobian`][gradlab.jacobian]):
+            the output's structure outside, the parameters' inside, as ``jax.jacobian``.
         name: A short name for tables and messages.
         params: Optional mapping from parameter name to shape, checked against ``init``.
 
@@ -209,6 +234,7 @@ class Problem(AbstractProblem):
         value_and_grad: HandFn | None = None,
         *,
         hvp: HandHVP | None = None,
+        jacobian: HandFn | None = None,
         name: str = "problem",
         params: Mapping[str, tuple[int, ...]] | None = None,
     ) -> None:
@@ -220,11 +246,15 @@ class Problem(AbstractProblem):
             )
         if hvp is not None and not callable(hvp):
             raise ArgumentTypeError("hvp", f"must be callable or None, got {hvp!r}")
+        if jacobian is not None and not callable(jacobian):
+            raise ArgumentTypeError("jacobian", f"must be callable or None, got {jacobian!r}")
         if not isinstance(name, str) or not name:
             raise ArgumentError("name", f"must be a non-empty string, got {name!r}")
         self._loss = loss
         self._value_and_grad = value_and_grad
         self._hvp = hvp
+        self._jacobian = jacobian
+        self.has_hand_jacobian = jacobian is not None
         self.name = name
         self.has_hand_gradient = value_and_grad is not None
         self.has_hand_hvp = hvp is not None
@@ -249,6 +279,12 @@ class Problem(AbstractProblem):
         if self._hvp is None:
             return super().hand_hvp(params, tangent, data)
         return self._hvp(params, tangent, data)  # type: ignore[no-any-return]
+
+    def hand_jacobian(self, params: Params, data: Data) -> Any:
+        """Evaluate the user's hand-derived Jacobian (checked like the gradient)."""
+        if self._jacobian is None:
+            return super().hand_jacobian(params, data)
+        return self._jacobian(params, data)
 
     def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
         """Return the declared parameter shapes, if any."""
