@@ -13,6 +13,8 @@ that needs them: a Jacobian from JVPs (one column per parameter element: ``fd`` 
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,14 +43,24 @@ from gradlab.engines._protocol import (
 )
 from gradlab.problems._base import AbstractProblem, Data, Problem
 
+_WRAPPED: weakref.WeakKeyDictionary[Any, AbstractProblem] = weakref.WeakKeyDictionary()
+
 
 def as_function(function: object) -> AbstractProblem:
     """A problem as it is; a plain ``f(params, data, xp)`` as a [`Problem`][gradlab.Problem]."""
     if isinstance(function, AbstractProblem):
         return function
     if callable(function) and not isinstance(function, type):
+        try:
+            return _WRAPPED[function]
+        except (KeyError, TypeError):  # new, or not weakly referable
+            pass
         name = getattr(function, "__name__", "function")
-        return Problem(function, name="function" if name == "<lambda>" else name)
+        problem = Problem(function, name="function" if name == "<lambda>" else name)
+        with contextlib.suppress(TypeError):
+            # The same Problem for the same function: what engines compiled for it is found.
+            _WRAPPED[function] = problem
+        return problem
     raise ArgumentTypeError(
         "function",
         "must be a gradlab problem or a function f(params, data, xp), got "

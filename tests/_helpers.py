@@ -10,6 +10,7 @@ import pytest
 from hypothesis import settings
 
 import gradlab
+from gradlab.engines import _registry
 
 BUILTIN_ENGINES = ("numpy", "torch", "jax", "fd")
 AUTODIFF_ENGINES = ("torch", "jax")
@@ -18,7 +19,7 @@ AUTODIFF_ENGINES = ("torch", "jax")
 PLUGIN_ENGINES = tuple(
     name
     for name in gradlab.available_engines()
-    if name not in BUILTIN_ENGINES and name != "torch-compile"
+    if _registry._REGISTRY[name].source == "entry point"
 )
 
 

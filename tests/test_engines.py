@@ -200,9 +200,9 @@ class ComplexStepEngine(AbstractEngine):
 
 @pytest.fixture
 def complex_step() -> Any:
-    gradlab.register_engine("complex-step", ComplexStepEngine)
-    yield "complex-step"
-    gradlab.unregister_engine("complex-step")
+    gradlab.register_engine("complex-step-example", ComplexStepEngine)
+    yield "complex-step-example"
+    gradlab.unregister_engine("complex-step-example")
 
 
 def test_a_third_party_engine_works_everywhere_an_engine_does(complex_step: str) -> None:

@@ -11,6 +11,12 @@ from _helpers import require_engine
 import gradlab
 
 PUBLIC = {
+    "compare_jacobians",
+    "compare_per_example_grads",
+    "jacobian",
+    "jvp",
+    "per_example_grads",
+    "vjp",
     "AbstractEngine",
     "AbstractProblem",
     "ArgumentError",

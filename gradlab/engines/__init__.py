@@ -4,8 +4,10 @@ No engine module imports its framework at import time; each does so when an engi
 constructed, so ``import gradlab`` imports neither torch nor jax.
 """
 
+from gradlab.engines._complex_step import ComplexStepEngine as ComplexStepEngine
 from gradlab.engines._fd import FiniteDifferenceEngine as FiniteDifferenceEngine
 from gradlab.engines._jax import JaxEngine as JaxEngine
+from gradlab.engines._jax import JaxForwardEngine as JaxForwardEngine
 from gradlab.engines._numpy import NumpyEngine as NumpyEngine
 from gradlab.engines._protocol import AbstractEngine as AbstractEngine
 from gradlab.engines._protocol import GradientEngine as GradientEngine
@@ -16,15 +18,19 @@ from gradlab.engines._registry import register_engine as register_engine
 from gradlab.engines._registry import unregister_engine as unregister_engine
 from gradlab.engines._torch import TorchCompileEngine as TorchCompileEngine
 from gradlab.engines._torch import TorchEngine as TorchEngine
+from gradlab.engines._torch import TorchForwardEngine as TorchForwardEngine
 
 __all__ = [
     "AbstractEngine",
+    "ComplexStepEngine",
     "FiniteDifferenceEngine",
     "GradientEngine",
     "JaxEngine",
+    "JaxForwardEngine",
     "NumpyEngine",
     "TorchCompileEngine",
     "TorchEngine",
+    "TorchForwardEngine",
     "available_engines",
     "get_engine",
     "known_engines",
