@@ -23,6 +23,8 @@ from gradlab import schedules as schedules
 from gradlab._agreement import max_rho as max_rho
 from gradlab._agreement import rho as rho
 from gradlab._agreement import tolerance as tolerance
+from gradlab._baseline import BaselineComparison as BaselineComparison
+from gradlab._baseline import Change as Change
 from gradlab._benchmark import BenchmarkCase as BenchmarkCase
 from gradlab._benchmark import BenchmarkResult as BenchmarkResult
 from gradlab._benchmark import Timing as Timing
@@ -36,6 +38,7 @@ from gradlab._errors import HandGradientMissing as HandGradientMissing
 from gradlab._errors import MissingDependency as MissingDependency
 from gradlab._errors import NotSupported as NotSupported
 from gradlab._errors import ProblemError as ProblemError
+from gradlab._errors import Regression as Regression
 from gradlab._errors import UnknownEngine as UnknownEngine
 from gradlab._fit import FitResult as FitResult
 from gradlab._fit import Stop as Stop
@@ -49,6 +52,7 @@ from gradlab._jacobian import jacobian as jacobian
 from gradlab._jacobian import jvp as jvp
 from gradlab._jacobian import per_example_grads as per_example_grads
 from gradlab._jacobian import vjp as vjp
+from gradlab._output import load as load
 from gradlab._report import GradientReport as GradientReport
 from gradlab._report import Verdict as Verdict
 from gradlab._report import compare_gradients as compare_gradients
@@ -96,8 +100,10 @@ __all__ = [
     "AbstractProblem",
     "ArgumentError",
     "ArgumentTypeError",
+    "BaselineComparison",
     "BenchmarkCase",
     "BenchmarkResult",
+    "Change",
     "Disagreement",
     "EngineUnavailable",
     "FitComparison",
@@ -119,6 +125,7 @@ __all__ = [
     "Problem",
     "ProblemError",
     "Quadratic",
+    "Regression",
     "Rosenbrock",
     "SoftmaxRegression",
     "Stop",
@@ -146,6 +153,7 @@ __all__ = [
     "jacobian",
     "jvp",
     "known_engines",
+    "load",
     "max_rho",
     "momentum",
     "optimizers",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,8 @@ EXACT_TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
 #: engine. fd always differences in float64 with a fourth-order stencil (error ~1e-11 on
 #: smooth losses), so it is bounded by the compared engine's own round-off in float32.
 FD_TOLERANCE = {"float64": 1e-6, "float32": 1e-4}
+#: Names the element at an index of a named result (``"w[1]"``, ``"∂f[2]/∂x[0]"``).
+Label = Callable[[str, "tuple[int, ...]"], str]
 
 
 def rho(a: Any, b: Any) -> np.ndarray:
@@ -171,6 +173,57 @@ def path_rho(a: Any, b: Any, judge: Criterion | None = None) -> np.ndarray:
                 elementwise = np.where(finite, rho(left, right), np.inf)
         per_step = np.maximum(per_step, elementwise.max(axis=1))
     return per_step
+
+
+def joined(
+    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two results with the same names as two flat arrays, element by element."""
+    return (
+        np.concatenate([np.ravel(a[name]) for name in a] or [np.zeros(0)]),
+        np.concatenate([np.ravel(b[name]) for name in a] or [np.zeros(0)]),
+    )
+
+
+def differences(
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    label: Label,
+    count: int,
+    judge: Criterion | None = None,
+) -> list[tuple[str, float, float, float]]:
+    """The ``count`` elements where ``a`` and ``b`` differ most, most first: ``(element, a's
+    value, b's value, rho)`` (a pair with a non-finite value has rho inf). "Most" is by rho,
+    or by [`excess`][gradlab._agreement.excess] when ``judge`` has ``atol``/``rtol``."""
+    judge = judge or Criterion()
+    found: list[tuple[str, float, float, float, float]] = []
+    for name in a:
+        left, right = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
+        if left.size == 0:
+            continue
+        with np.errstate(all="ignore"):
+            rhos = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
+        scores = rhos if judge.in_rho else judge.excess(left, right)
+        flat = scores.ravel()
+        if count == 1:  # the first of equal largest, in flattening order
+            top: Any = [int(np.argmax(flat))]
+        elif flat.size > count:
+            top = np.argpartition(-flat, count - 1)[:count]
+        else:
+            top = range(flat.size)
+        for position in top:
+            index = np.unravel_index(int(position), rhos.shape)
+            found.append(
+                (
+                    label(name, tuple(int(i) for i in index)),
+                    float(left[index]),
+                    float(right[index]),
+                    float(rhos[index]),
+                    float(flat[position]),
+                )
+            )
+    found.sort(key=lambda item: -item[4])  # stable: the first parameter among equals
+    return [item[:4] for item in found[:count]]
 
 
 def _as_real(value: Any, argument: str) -> np.ndarray:

@@ -17,7 +17,6 @@ times the function. [`benchmark`][gradlab.benchmark] measures it in-process, and
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 import time
@@ -190,16 +189,16 @@ class BenchmarkResult(Record):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly record: settings, provenance, elapsed time and every case."""
-        record: dict[str, Any] = _output.jsonable(
+        return _output.stamp(
+            self,
             {
                 "settings": self.settings,
                 "elapsed": self.elapsed,
                 "truncated": self.truncated,
                 "provenance": self.provenance,
                 "cases": [case.to_dict() for case in self.cases],
-            }
+            },
         )
-        return record
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> BenchmarkResult:
@@ -214,26 +213,14 @@ class BenchmarkResult(Record):
             >>> again.cases == result.cases
             True
         """
-        try:
-            cases = [_case_from_dict(case) for case in record["cases"]]
+        with _output.reading(cls, record) as saved:
             return cls(
-                cases=cases,
-                settings=dict(record["settings"]),
-                provenance=dict(record["provenance"]),
-                elapsed=float(record["elapsed"]),
-                truncated=bool(record["truncated"]),
+                cases=[_case_from_dict(case) for case in saved["cases"]],
+                settings=dict(saved["settings"]),
+                provenance=dict(saved["provenance"]),
+                elapsed=float(saved["elapsed"]),
+                truncated=bool(saved["truncated"]),
             )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ArgumentError("record", f"is not a saved benchmark result ({error!r})") from None
-
-    @classmethod
-    def from_json(cls, text: str) -> BenchmarkResult:
-        """Rebuild a result from ``to_json`` text."""
-        try:
-            record = json.loads(text)
-        except (TypeError, ValueError) as error:
-            raise ArgumentError("text", f"is not JSON ({error})") from None
-        return cls.from_dict(record)
 
     def to_frame(self) -> Any:
         """One row per case, timings in seconds (min and median columns). Needs pandas."""
@@ -389,6 +376,8 @@ class BenchmarkResult(Record):
 
 def _case_from_dict(record: Mapping[str, Any]) -> BenchmarkCase:
     fields = {name: record[name] for name in BenchmarkCase.__dataclass_fields__}
+    for name in ("first_objective", "first_gradient"):  # a loss may be saved as "nan"
+        fields[name] = _output.maybe(fields[name])
     for name in ("objective", "gradient", "fit_per_step", "floor"):
         if fields[name] is not None:
             fields[name] = Timing(**fields[name])

@@ -20,6 +20,7 @@ __all__ = [
     "MissingDependency",
     "NotSupported",
     "ProblemError",
+    "Regression",
     "UnknownEngine",
 ]
 
@@ -142,6 +143,20 @@ class Disagreement(GradlabError, AssertionError):
         super().__init__(message)
 
 
+class Regression(GradlabError, AssertionError):
+    """A result changed since its baseline (``BaselineComparison.raise_if_changed``).
+
+    An ``AssertionError`` too, so that test runners report it as a failed check.
+
+    Attributes:
+        comparison: The [`BaselineComparison`][gradlab.BaselineComparison] that found it.
+    """
+
+    def __init__(self, message: str, comparison: object) -> None:
+        self.comparison = comparison
+        super().__init__(message)
+
+
 class HandGradientMissing(GradlabError, TypeError):
     """The ``numpy`` engine was asked for a problem that has no hand-derived gradient."""
 
@@ -196,6 +211,7 @@ for _error in (
     EngineUnavailable,
     NotSupported,
     Disagreement,
+    Regression,
     HandGradientMissing,
     ProblemError,
 ):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
+from gradlab import _output
+from gradlab._baseline import BaselineComparison, fit_against
 from gradlab._boundary import (
     Prepared,
     calling,
@@ -24,14 +27,14 @@ from gradlab._boundary import (
     prepare,
     to_engine,
 )
-from gradlab._checks import check_bool, check_float, check_int, check_positive_int
+from gradlab._checks import check_bool, check_dtype, check_float, check_int, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, ProblemError, naming
 from gradlab._optax import blame as blame_optax
 from gradlab._optax import is_optax
 from gradlab._optax import start_state as start_state_optax
-from gradlab._output import Record, jsonable
+from gradlab._output import Record
 from gradlab._provenance import provenance
-from gradlab._tree import flatten, tree_map
+from gradlab._tree import flatten, layout, rebuild, tree_map
 from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad, value_and_grad_of
 from gradlab.optimizers import GradientTransformation, apply_updates
 from gradlab.problems._base import AbstractProblem
@@ -112,8 +115,11 @@ class FitResult(Record):
         return float(self.losses[-1]) if len(self.losses) else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly record: every field, arrays as lists (trajectory if recorded)."""
-        record: dict[str, Any] = jsonable(
+        """A JSON-friendly record: every field, arrays as lists (trajectory if recorded), and
+        the layout of ``params``; [`from_dict`][gradlab.FitResult.from_dict] rebuilds the
+        result from it (without the optimizer state)."""
+        return _output.stamp(
+            self,
             {
                 "problem": self.problem,
                 "engine": self.engine,
@@ -124,15 +130,67 @@ class FitResult(Record):
                 "diverged_at": self.diverged_at,
                 "steps": self.steps,
                 "params": self.params,
+                "layout": layout(self.params),
                 "final_loss": self.final_loss,
                 "losses": self.losses,
                 "wall_time": self.wall_time,
                 "time_per_step": self.time_per_step,
                 "trajectory": self.trajectory,
                 "provenance": self.provenance,
-            }
+            },
         )
-        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> FitResult:
+        """Rebuild a result from [`to_dict`][gradlab.FitResult.to_dict] (or parsed
+        ``to_json``, or ``gradlab fit --json``): parameters in their structure and dtype.
+
+        The optimizer state is not saved, so a loaded result cannot be resumed
+        (``fit(..., resume=...)`` needs the result ``fit`` returned).
+
+        Raises:
+            ArgumentError: ``record`` is not a saved fit result.
+        """
+        with _output.reading(cls, record) as saved:
+            dtype = check_dtype(saved["dtype"], "record")
+            shape = saved["layout"]
+
+            def nest(value: Any) -> Any:
+                return rebuild(shape, value, lambda leaf: _output.array(leaf, dtype))
+
+            status = saved["status"]
+            if status not in get_args(Status):
+                raise ValueError(f"unknown status {status!r}")
+            return cls(
+                params=nest(saved["params"]),
+                losses=_output.array(saved["losses"], dtype).reshape(-1),
+                engine=str(saved["engine"]),
+                dtype=dtype,
+                status=status,
+                diverged_at=_output.maybe(saved["diverged_at"], int),
+                steps=int(saved["steps"]),
+                wall_time=_output.number(saved["wall_time"]),
+                problem=str(saved["problem"]),
+                provenance=dict(saved["provenance"]),
+                trajectory=_output.maybe(saved["trajectory"], nest),
+                stop_reason=str(saved["stop_reason"]),
+                step=int(saved["step"]),
+            )
+
+    def against(self, baseline: FitResult | str | os.PathLike[str]) -> BaselineComparison:
+        """Whether this fit's path changed since ``baseline``, the same fit saved earlier:
+        its losses step by step and its final parameters (and, when both recorded one, its
+        trajectory), judged with gradlab's path tolerance for its engine and dtype. See
+        [`FitComparison.against`][gradlab.FitComparison.against] for several engines.
+
+        Args:
+            baseline: The earlier result, or the path of its JSON (``save``, ``--json``).
+
+        Raises:
+            ArgumentError: ``baseline`` is not a saved fit result, or is of another problem,
+                engine, dtype, start or number of steps.
+        """
+        return fit_against(self, baseline)
 
     def __repr__(self) -> str:
         params = ", ".join(
@@ -619,8 +677,14 @@ def _resumed(
     resume: object, problem: object, data: object, engine: object, dtype: object
 ) -> tuple[Prepared, Any, int]:
     """What a fit resumed from ``resume`` starts from, every mismatch named as ``resume``."""
-    if not isinstance(resume, FitResult) or resume.state is None:
+    if not isinstance(resume, FitResult):
         raise ArgumentTypeError("resume", f"must be a FitResult from gradlab.fit, got {resume!r}")
+    if resume.state is None:
+        raise ArgumentError(
+            "resume",
+            "has no optimizer state (a result loaded from JSON): resume from the FitResult "
+            "that fit returned, or start a new fit with init=result.params",
+        )
     name = getattr(problem, "name", None)
     if name is not None and resume.problem != name:
         raise ArgumentError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,21 +11,15 @@ import numpy as np
 
 from gradlab import _output
 from gradlab._agreement import Criterion, criterion, path_rho
+from gradlab._baseline import BaselineComparison, fits_against
 from gradlab._boundary import check_transformation, prepare
-from gradlab._checks import check_float, check_positive_int
+from gradlab._checks import check_dtype, check_float, check_positive_int
 from gradlab._fit import FitResult, fit
 from gradlab._optax import check_engine as check_optax_engine
+from gradlab._output import point, short
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
-from gradlab._report import (
-    Engines,
-    element_labels,
-    outlier,
-    pair_tolerances,
-    point,
-    resolve_engines,
-    short,
-)
+from gradlab._report import Engines, element_labels, outlier, pair_tolerances, resolve_engines
 from gradlab._tree import flatten
 from gradlab.engines._protocol import GradientEngine, value_and_grad_of
 from gradlab.engines._registry import engine_list
@@ -62,6 +58,9 @@ class FitComparison(_output.Record):
             reference's at every step (``None`` when judged in path rho).
         atol: The absolute tolerance paths were judged with, or ``None``.
         rtol: The relative tolerance paths were judged with, or ``None``.
+        data_digest: A fingerprint of the data, so that
+            [`against`][gradlab.FitComparison.against] can tell a baseline run on other data
+            from a changed path; ``None`` if unknown.
     """
 
     problem: str
@@ -85,6 +84,7 @@ class FitComparison(_output.Record):
     close: np.ndarray | None = None
     atol: float | None = None
     rtol: float | None = None
+    data_digest: str | None = None
 
     def time_per_step(self, engine: str) -> float:
         """An engine's timed wall time divided by the steps it ran."""
@@ -202,8 +202,10 @@ class FitComparison(_output.Record):
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly record (losses and trajectories included, as lists)."""
-        record: dict[str, Any] = _output.jsonable(
+        """A JSON-friendly record (losses and trajectories included, as lists);
+        [`from_dict`][gradlab.FitComparison.from_dict] rebuilds the comparison from it."""
+        return _output.stamp(
+            self,
             {
                 "problem": self.problem,
                 "dtype": self.dtype,
@@ -217,6 +219,7 @@ class FitComparison(_output.Record):
                 "loss_tol": self.loss_tol,
                 "atol": self.atol,
                 "rtol": self.rtol,
+                "data_digest": self.data_digest,
                 "engine_results": {
                     name: {
                         **self.results[name].to_dict(),
@@ -226,18 +229,73 @@ class FitComparison(_output.Record):
                         "path_rho": float(self.divergence[i, 0]),
                         "path_rho_step": int(self.peak_step[i, 0]),
                         "agrees": name not in self.disagreeing,
+                        "close": None if self.close is None else bool(self.close[i]),
                     }
                     for i, name in enumerate(self.engines)
                 },
-                "path_rho": {
-                    a: {b: float(self.divergence[i, j]) for j, b in enumerate(self.engines)}
-                    for i, a in enumerate(self.engines)
-                },
+                "path_rho": _output.pairs(self.divergence, self.engines),
+                "path_rho_step": _output.pairs(self.peak_step, self.engines),
+                "tolerances": _output.pairs(self.tolerances, self.engines),
                 "skipped": self.skipped,
                 "provenance": self.provenance,
-            }
+            },
         )
-        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> FitComparison:
+        """Rebuild a comparison from [`to_dict`][gradlab.FitComparison.to_dict] (or parsed
+        ``to_json``). Without the model and data, its ``plot`` draws the losses and paths
+        but not the fitted curves.
+
+        Raises:
+            ArgumentError: ``record`` is not a saved fit comparison.
+        """
+        with _output.reading(cls, record) as saved:
+            dtype = check_dtype(saved["dtype"], "record")
+            engines = tuple(str(name) for name in saved["engines"])
+            per_engine = {name: saved["engine_results"][name] for name in engines}
+            closes = [per_engine[name]["close"] for name in engines]
+            return cls(
+                problem=str(saved["problem"]),
+                dtype=dtype,
+                reference=str(saved["reference"]),
+                engines=engines,
+                steps=int(saved["steps"]),
+                init=_output.arrays(saved["init"], dtype),
+                results={name: FitResult.from_dict(per_engine[name]) for name in engines},
+                times={name: _output.number(per_engine[name]["time"]) for name in engines},
+                loss_tol=_output.maybe(saved["loss_tol"]),
+                steps_to_tol={
+                    name: _output.maybe(per_engine[name]["steps_to_tol"], int) for name in engines
+                },
+                divergence=_output.square(saved["path_rho"], engines, float),
+                peak_step=_output.square(saved["path_rho_step"], engines, int),
+                tolerances=_output.square(saved["tolerances"], engines, float),
+                outlier=saved["outlier"],
+                skipped=dict(saved["skipped"]),
+                provenance=dict(saved["provenance"]),
+                close=None if closes[0] is None else np.array(closes, dtype=bool),
+                atol=_output.maybe(saved["atol"]),
+                rtol=_output.maybe(saved["rtol"]),
+                data_digest=saved["data_digest"],
+            )
+
+    def against(self, baseline: FitComparison | str | os.PathLike[str]) -> BaselineComparison:
+        """Whether each engine's path changed since ``baseline``, the same fits saved earlier
+        (same problem, data, start, steps and dtype): each engine's parameters step by step
+        against its own earlier ones, judged with this comparison's criterion (its path
+        tolerance against itself, or the ``tolerance``/``atol``/``rtol`` given), and its
+        status. Times are shown, not judged. See
+        [`BaselineComparison`][gradlab.BaselineComparison].
+
+        Args:
+            baseline: The earlier comparison, or the path of its JSON (``save``).
+
+        Raises:
+            ArgumentError: ``baseline`` is not a saved fit comparison, or is of another
+                problem, dtype, start, number of steps or data.
+        """
+        return fits_against(self, baseline)
 
     def to_frame(self) -> Any:
         """One row per engine (final loss and parameters, times, path rho). Needs pandas."""
@@ -423,6 +481,7 @@ def compare_fits(
         close=agree[:, 0],
         atol=judge.atol,
         rtol=judge.rtol,
+        data_digest=_output.digest(checked_data),
     )
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._agreement import criterion
 from gradlab._boundary import _blame, _describe, calling, check_named_output, on_engine, prepare
 from gradlab._checks import as_float_array, check_params
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, naming
@@ -506,36 +505,34 @@ def compare_jacobians(
         >>> report.ok, report.values["fd"]["jacobian"].shape
         (True, (3, 2))
     """
-    engine_list, default, checked_dtype, flat, checked_data, checked_params = arguments(
-        as_function(function), data, params, engines, dtype, "array"
+    setup = arguments(
+        as_function(function),
+        data,
+        params,
+        engines,
+        dtype,
+        reference,
+        tolerance,
+        atol,
+        rtol,
+        progress,
+        "array",
     )
     outputs: dict[str, tuple[int, ...]] = {}
 
     def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], None]:
-        value, blocks, _ = jacobian_at(engine, flat, checked_data, checked_params, dtype)
+        value, blocks, _ = jacobian_at(engine, setup.problem, setup.data, setup.params, dtype)
         outputs.update({path: np.shape(array) for path, array in value.items()})
         rows = [
             np.concatenate(
-                [np.reshape(row[name], (np.size(value[path]), -1)) for name in checked_params],
+                [np.reshape(row[name], (np.size(value[path]), -1)) for name in setup.params],
                 axis=1,
             )
             for path, row in blocks.items()
         ]
         return {"jacobian": np.concatenate(rows, axis=0)}, None
 
-    return report(
-        flat,
-        "jacobian",
-        checked_dtype,
-        checked_params,
-        engine_list,
-        default,
-        reference,
-        compute,
-        criterion(tolerance, atol, rtol),
-        progress,
-        outputs,
-    )
+    return report(setup, "jacobian", compute, outputs)
 
 
 def compare_per_example_grads(
@@ -564,23 +561,12 @@ def compare_per_example_grads(
         >>> report.ok, report.values["numpy"]["w"].shape
         (True, (8, 2))
     """
-    engine_list, default, checked_dtype, flat, checked_data, checked_params = arguments(
-        problem, data, params, engines, dtype
+    setup = arguments(
+        problem, data, params, engines, dtype, reference, tolerance, atol, rtol, progress
     )
-    rows_of(checked_data)
+    rows_of(setup.data)
 
     def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], None]:
-        return per_example_at(engine, flat, checked_data, checked_params, dtype), None
+        return per_example_at(engine, setup.problem, setup.data, setup.params, dtype), None
 
-    return report(
-        flat,
-        "per-example",
-        checked_dtype,
-        checked_params,
-        engine_list,
-        default,
-        reference,
-        compute,
-        criterion(tolerance, atol, rtol),
-        progress,
-    )
+    return report(setup, "per-example", compute)

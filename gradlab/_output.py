@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -54,15 +55,201 @@ def to_json(record: Mapping[str, Any], indent: int | None = 2) -> str:
     return json.dumps(jsonable(record), indent=indent, allow_nan=False)
 
 
+#: The layout of saved records: bumped when a field changes meaning, so that a loader can
+#: refuse a record written by a newer gradlab instead of misreading it.
+FORMAT = 1
+_R = TypeVar("_R", bound="Record")
+
+
 class Record:
-    """Mixin for results with a ``to_dict()``: gives them ``to_json()``."""
+    """Mixin for results that can be saved and loaded: ``to_dict``/``from_dict`` (each
+    class's own), and from them ``to_json``/``from_json``, ``save`` and
+    [`load`][gradlab.load]. Every record names its class (``"kind"``) and ``"format"``."""
+
+    #: Every saved kind by name, for ``load`` (filled in as subclasses are defined).
+    kinds: ClassVar[dict[str, type[Record]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Record.kinds[cls.__name__] = cls
 
     def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[_R], record: Mapping[str, Any]) -> _R:
         raise NotImplementedError
 
     def to_json(self, indent: int | None = 2) -> str:
         """``to_dict`` as strict JSON (infinities as the strings "inf", "nan")."""
         return to_json(self.to_dict(), indent)
+
+    @classmethod
+    def from_json(cls: type[_R], text: str) -> _R:
+        """Rebuild from ``to_json`` text (an [`ArgumentError`][gradlab.ArgumentError] naming
+        ``text`` if it is not one)."""
+        rebuilt: _R = _as(cls.from_dict, parse(text, "text"), "text")
+        return rebuilt
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``to_json()`` to ``path``; [`load`][gradlab.load] reads it back."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ArgumentTypeError("path", f"must be a file path, got {path!r}")
+        text = os.fspath(path)
+        check_writable(text, "path")
+        with open(text, "w", encoding="utf-8") as file:
+            file.write(self.to_json() + "\n")
+
+
+def stamp(record: Record, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``to_dict`` record: its kind and format first, then ``fields`` made JSON-friendly."""
+    stamped: dict[str, Any] = jsonable({"kind": type(record).__name__, "format": FORMAT, **fields})
+    return stamped
+
+
+def parse(text: object, argument: str) -> Any:
+    """JSON text parsed, or an [`ArgumentError`][gradlab.ArgumentError] naming ``argument``."""
+    if not isinstance(text, (str, bytes, bytearray)):
+        raise ArgumentTypeError(argument, f"must be JSON text, got {type(text).__name__}")
+    try:
+        return json.loads(text)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise ArgumentError(argument, f"is not JSON ({error})") from None
+    except RecursionError:
+        raise ArgumentError(argument, "is nested too deeply to be a saved result") from None
+
+
+def load(path: str | os.PathLike[str], kind: type[_R] | None = None, argument: str = "path") -> Any:
+    """Read a saved report or result (``save``, ``to_json``, ``gradlab compare --json``).
+
+    Args:
+        path: The JSON file.
+        kind: The class expected (a record of another kind is refused), or ``None`` for
+            whichever class the record names.
+        argument: The argument to name in errors.
+
+    Returns:
+        A [`GradientReport`][gradlab.GradientReport], [`FitComparison`][gradlab.FitComparison],
+        [`FitResult`][gradlab.FitResult], [`BenchmarkResult`][gradlab.BenchmarkResult] or
+        [`BaselineComparison`][gradlab.BaselineComparison], as the record says.
+
+    Raises:
+        ArgumentError: The file cannot be read, is not JSON, or is not a gradlab record
+            (of ``kind``).
+
+    Examples:
+        >>> import os, tempfile, gradlab
+        >>> problem = gradlab.Quadratic()
+        >>> report = gradlab.compare_gradients(problem, problem.make_data(20),
+        ...                                    {"w": 1.0, "b": 0.5}, engines="numpy,fd")
+        >>> path = os.path.join(tempfile.mkdtemp(), "baseline.json")
+        >>> report.save(path)
+        >>> str(gradlab.load(path)) == str(report)
+        True
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(argument, f"must be a file path, got {path!r}")
+    text = os.fspath(path)
+    try:
+        with open(text, "rb") as file:
+            content = file.read()
+    except OSError as error:
+        raise ArgumentError(argument, f"cannot read {text!r}: {error.strerror or error}") from None
+    try:
+        record = parse(content, argument)
+    except ArgumentError as error:
+        raise ArgumentError(
+            argument, f"{text!r} {str(error).removeprefix(argument + ': ')}"
+        ) from None
+    name = record.get("kind") if isinstance(record, Mapping) else None
+    if not isinstance(name, str) or name not in Record.kinds:
+        raise ArgumentError(argument, f"{text!r} is not a saved gradlab report or result")
+    if kind is not None and name != kind.__name__:
+        raise ArgumentError(argument, f"{text!r} holds a {name}, not a {kind.__name__}")
+    found = Record.kinds[name]
+    return _as(found.from_dict, record, argument)
+
+
+def _as(build: Any, record: Any, argument: str) -> Any:
+    """``build(record)``, its failures blamed on ``argument`` (the text or file it came from)."""
+    try:
+        return build(record)
+    except ArgumentError as error:
+        raise ArgumentError(argument, str(error).removeprefix("record: ")) from None
+
+
+@contextlib.contextmanager
+def reading(cls: type, record: object) -> Iterator[Mapping[str, Any]]:
+    """Rebuild a ``cls`` from ``record`` inside the block: a record that is not a mapping, names
+    another kind or a newer format, or lacks what the block reads, is an
+    [`ArgumentError`][gradlab.ArgumentError] naming ``record``."""
+    name = cls.__name__
+    if not isinstance(record, Mapping):
+        raise ArgumentTypeError("record", f"must be a saved {name} (a dict), got {record!r:.60}")
+    kind = record.get("kind", name)  # records saved before kinds were written have none
+    if kind != name:
+        raise ArgumentError("record", f"is a saved {kind}, not a {name}")
+    version = record.get("format", FORMAT)
+    if not isinstance(version, int) or version > FORMAT:
+        raise ArgumentError(
+            "record", f"has format {version!r}; this gradlab reads up to {FORMAT}: upgrade it"
+        )
+    try:
+        yield record
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError) as error:
+        if isinstance(error, ArgumentError):
+            raise
+        raise ArgumentError("record", f"is not a saved {name} ({error!r:.200})") from None
+
+
+def number(value: Any) -> float:
+    """A float from a record: ``jsonable``'s "nan", "inf" and "-inf" strings undone."""
+    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r:.60}")
+    return float(value)
+
+
+def maybe(value: Any, convert: Any = None) -> Any:
+    """``None`` kept, anything else through ``convert`` (by default
+    [`number`][gradlab._output.number])."""
+    return None if value is None else (convert or number)(value)
+
+
+def array(value: Any, dtype: str) -> np.ndarray:
+    """An array from a record's nested lists, in ``dtype`` (strings "nan", "inf" undone)."""
+
+    def numbers(item: Any) -> Any:
+        return [numbers(inner) for inner in item] if isinstance(item, list) else number(item)
+
+    return np.asarray(numbers(value), dtype=dtype)
+
+
+def arrays(value: Mapping[str, Any], dtype: str) -> dict[str, np.ndarray]:
+    """``{name: array}`` from a record, in ``dtype``."""
+    return {str(name): array(item, dtype) for name, item in value.items()}
+
+
+def pairs(matrix: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A matrix over ``names`` as a record's ``{a: {b: value}}`` (``square`` undoes it)."""
+    return {a: {b: matrix[i, j].item() for j, b in enumerate(names)} for i, a in enumerate(names)}
+
+
+def square(value: Mapping[str, Mapping[str, Any]], names: Sequence[str], dtype: Any) -> np.ndarray:
+    """A matrix over ``names`` from a record's ``{a: {b: value}}``."""
+    return np.array([[number(value[a][b]) for b in names] for a in names], dtype=dtype)
+
+
+def digest(arrays: Mapping[str, Any]) -> str:
+    """A short fingerprint of named arrays (names, dtypes, shapes and bytes), to tell whether
+    a baseline was computed on the same data without storing the data."""
+    hasher = hashlib.blake2b(digest_size=12)
+    for name in sorted(arrays, key=str):
+        value = np.ascontiguousarray(arrays[name])
+        hasher.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        hasher.update(value.data)  # the bytes in place: no copy of large data
+    return hasher.hexdigest()
 
 
 def optional(module: str, what: str, extra: str | None) -> Any:
@@ -123,3 +310,19 @@ def save_figure(figure: Any, path: object) -> None:
         figure.savefig(text, dpi=120)
     except OSError as error:
         raise ArgumentError("path", f"cannot write {text!r}: {error.strerror or error}") from None
+
+
+def point(params: Mapping[str, np.ndarray]) -> str:
+    """Parameters for a header line: their values when few, else their count and shapes."""
+    size = sum(np.size(value) for value in params.values())
+    if size <= 12:
+        return ", ".join(f"{name}={short(value)}" for name, value in params.items())
+    shapes = ", ".join(f"{name} {np.shape(value)}" for name, value in params.items())
+    return f"{size} parameter values ({shapes})"
+
+
+def short(value: np.ndarray, digits: int = 6) -> str:
+    """A parameter value in a table or header line: the number, or a short array."""
+    if np.ndim(value) == 0:
+        return f"{float(value):.{digits}g}"
+    return np.array2string(np.asarray(value), precision=4, threshold=6, separator=", ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -9,9 +10,10 @@ from typing import Any, Literal
 import numpy as np
 
 from gradlab import _output
-from gradlab._agreement import Criterion, criterion, rho, tolerance
+from gradlab._agreement import Criterion, Label, criterion, differences, joined, tolerance
+from gradlab._baseline import BaselineComparison, gradients_against
 from gradlab._boundary import evaluate, on_engine, prepare
-from gradlab._checks import check_positive_int
+from gradlab._checks import check_dtype, check_positive_int
 from gradlab._errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -22,10 +24,11 @@ from gradlab._errors import (
     UnknownEngine,
     naming,
 )
+from gradlab._output import point
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._second import check_tangent, hessian_blocks, hessian_matrix, hvp_at
-from gradlab._tree import structure
+from gradlab._tree import element, structure
 from gradlab.engines._protocol import (
     GradientEngine,
     hvp_of,
@@ -46,9 +49,6 @@ _QUANTITIES = {
     "per-example": "per-example gradients",
 }
 Engines = str | Sequence["str | GradientEngine"] | None
-_IN_RHO = Criterion()
-#: Names the element at an index of a report's value (see ``labeler``).
-Label = Callable[[str, "tuple[int, ...]"], str]
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,10 @@ class GradientReport(_output.Record):
         outputs: For Jacobians, the function's output shapes by path (``""`` for a single
             array); ``values[engine]["jacobian"]`` is then one (outputs, parameters) matrix,
             both flattened in order.
+        tangent: For Hessian-vector products, the vector, by parameter path; else ``None``.
+        data_digest: A fingerprint of the data (names, dtypes, shapes and bytes), so that
+            [`against`][gradlab.GradientReport.against] can tell a baseline taken on other
+            data from a changed derivative; ``None`` if unknown.
     """
 
     problem: str
@@ -135,6 +139,8 @@ class GradientReport(_output.Record):
     atol: float | None = None
     rtol: float | None = None
     outputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    tangent: dict[str, np.ndarray] | None = None
+    data_digest: str | None = None
 
     @property
     def criterion(self) -> Criterion:
@@ -214,7 +220,7 @@ class GradientReport(_output.Record):
             raise ArgumentError("engine", f"{engine!r} is not in this report: {self.engines}")
         count = check_positive_int(count, "count")
         label = labeler(self.derivative, self.params, self.outputs)
-        return _differences(
+        return differences(
             self.values[self.reference], self.values[engine], label, count, self.criterion
         )
 
@@ -308,8 +314,10 @@ class GradientReport(_output.Record):
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly record of everything in the report (arrays as lists)."""
-        record: dict[str, Any] = _output.jsonable(
+        """A JSON-friendly record of everything in the report (arrays as lists);
+        [`from_dict`][gradlab.GradientReport.from_dict] rebuilds the report from it."""
+        return _output.stamp(
+            self,
             {
                 "problem": self.problem,
                 "derivative": self.derivative,
@@ -322,6 +330,9 @@ class GradientReport(_output.Record):
                 "atol": self.atol,
                 "rtol": self.rtol,
                 "params": self.params,
+                "tangent": self.tangent,
+                "outputs": {path: list(shape) for path, shape in self.outputs.items()},
+                "data_digest": self.data_digest,
                 "verdicts": {
                     name: {
                         "rho": v.rho,
@@ -331,19 +342,90 @@ class GradientReport(_output.Record):
                     }
                     for name, v in self.verdicts.items()
                 },
-                "rho": {
-                    a: {b: float(self.rho[i, j]) for j, b in enumerate(self.engines)}
-                    for i, a in enumerate(self.engines)
-                },
+                "rho": _output.pairs(self.rho, self.engines),
+                "tolerances": _output.pairs(self.tolerances, self.engines),
                 "worst": self.worst,
                 "losses": self.losses,
                 "rho_float64": self.rho_float64,
                 "values": self.values,
                 "skipped": self.skipped,
                 "provenance": self.provenance,
-            }
+            },
         )
-        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> GradientReport:
+        """Rebuild a report from [`to_dict`][gradlab.GradientReport.to_dict] (or parsed
+        ``to_json``, or ``gradlab compare --json``): every value in its dtype, exactly.
+
+        Raises:
+            ArgumentError: ``record`` is not a saved report.
+        """
+        with _output.reading(cls, record) as saved:
+            dtype = check_dtype(saved["dtype"], "record")
+            engines = tuple(str(name) for name in saved["engines"])
+            judged_close = saved["atol"] is not None
+            return cls(
+                problem=str(saved["problem"]),
+                derivative=_derivative(saved["derivative"]),
+                dtype=dtype,
+                reference=str(saved["reference"]),
+                engines=engines,
+                params=_output.arrays(saved["params"], dtype),
+                values={name: _output.arrays(saved["values"][name], dtype) for name in engines},
+                losses={name: _output.number(v) for name, v in saved["losses"].items()},
+                rho=_output.square(saved["rho"], engines, float),
+                worst={a: {b: saved["worst"][a][b] for b in engines} for a in engines},
+                tolerances=_output.square(saved["tolerances"], engines, float),
+                verdicts={
+                    name: Verdict(
+                        name,
+                        _output.number(v["rho"]),
+                        v["worst"],
+                        _output.number(v["tolerance"]),
+                        bool(v["agrees"]) if judged_close else None,
+                    )
+                    for name, v in ((name, saved["verdicts"][name]) for name in engines)
+                },
+                outlier=saved["outlier"],
+                rho_float64={k: _output.number(v) for k, v in saved["rho_float64"].items()},
+                skipped=dict(saved["skipped"]),
+                provenance=dict(saved["provenance"]),
+                atol=_output.maybe(saved["atol"]),
+                rtol=_output.maybe(saved["rtol"]),
+                outputs={path: tuple(map(int, shape)) for path, shape in saved["outputs"].items()},
+                tangent=_output.maybe(saved["tangent"], lambda t: _output.arrays(t, dtype)),
+                data_digest=saved["data_digest"],
+            )
+
+    def against(self, baseline: GradientReport | str | os.PathLike[str]) -> BaselineComparison:
+        """Whether each engine's derivative changed since ``baseline``, a report of the same
+        problem, data and point saved earlier (a regression test across framework upgrades).
+
+        Each engine in both is judged against its own earlier values with this report's
+        criterion: its tolerance against itself (1e-9 in float64 for exact engines), or the
+        ``tolerance``/``atol``/``rtol`` this report was made with. See
+        [`BaselineComparison`][gradlab.BaselineComparison].
+
+        Args:
+            baseline: The earlier report, or the path of its JSON (``save``, ``--json``).
+
+        Raises:
+            ArgumentError: ``baseline`` is not a saved report, or is of another problem,
+                derivative, dtype, point or data.
+
+        Examples:
+            >>> import gradlab
+            >>> problem = gradlab.Quadratic()
+            >>> data, point = problem.make_data(20), {"w": 1.0, "b": 0.5}
+            >>> before = gradlab.compare_gradients(problem, data, point, engines="numpy,fd")
+            >>> saved = before.to_json()  # e.g. report.save("baseline.json")
+            >>> now = gradlab.compare_gradients(problem, data, point, engines="numpy,fd")
+            >>> now.against(gradlab.GradientReport.from_json(saved)).ok
+            True
+        """
+        label = labeler(self.derivative, self.params, self.outputs)
+        return gradients_against(self, baseline, label)
 
     def to_frame(self) -> Any:
         """One row per engine: loss, verdict against the reference, and rho against each engine.
@@ -428,26 +510,15 @@ def compare_gradients(
         >>> report.ok, report.reference, report.verdicts["fd"].rho < 1e-9
         (True, 'numpy', True)
     """
-    engine_list, default_list, checked_dtype, problem, checked_data, checked_params = _arguments(
-        problem, data, params, engines, dtype
+    setup = _arguments(
+        problem, data, params, engines, dtype, reference, tolerance, atol, rtol, progress
     )
 
     def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], float]:
-        loss, grads = evaluate(engine, problem, checked_data, checked_params, dtype)
+        loss, grads = evaluate(engine, setup.problem, setup.data, setup.params, dtype)
         return grads, float(loss)
 
-    return _report(
-        problem,
-        "gradient",
-        checked_dtype,
-        checked_params,
-        engine_list,
-        default_list,
-        reference,
-        compute,
-        criterion(tolerance, atol, rtol),
-        progress,
-    )
+    return _report(setup, "gradient", compute)
 
 
 def compare_hessians(
@@ -483,33 +554,41 @@ def compare_hessians(
         >>> report.ok, report.values["numpy"]["hessian"].shape
         (True, (3, 3))
     """
-    engine_list, default_list, checked_dtype, problem, checked_data, checked_params = _arguments(
-        problem, data, params, engines, dtype
+    setup = _arguments(
+        problem, data, params, engines, dtype, reference, tolerance, atol, rtol, progress
     )
     checked_tangent = (
-        None if tangent is None else check_tangent(tangent, checked_params, structure(params))
+        None if tangent is None else check_tangent(tangent, setup.params, structure(params))
     )
 
     def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], float | None]:
         if checked_tangent is None:
-            blocks = hessian_blocks(engine, problem, checked_data, checked_params, dtype)
-            return {"hessian": hessian_matrix(blocks, checked_params)}, None
-        batch = on_engine(engine, checked_data, dtype)
-        product = hvp_of(engine, problem)
-        return hvp_at(engine, problem, product, batch, checked_params, checked_tangent, dtype), None
+            blocks = hessian_blocks(engine, setup.problem, setup.data, setup.params, dtype)
+            return {"hessian": hessian_matrix(blocks, setup.params)}, None
+        batch = on_engine(engine, setup.data, dtype)
+        product = hvp_of(engine, setup.problem)
+        return hvp_at(
+            engine, setup.problem, product, batch, setup.params, checked_tangent, dtype
+        ), None
 
-    return _report(
-        problem,
-        "hvp" if tangent is not None else "hessian",
-        checked_dtype,
-        checked_params,
-        engine_list,
-        default_list,
-        reference,
-        compute,
-        criterion(tolerance, atol, rtol),
-        progress,
-    )
+    derivative: Derivative = "hessian" if checked_tangent is None else "hvp"
+    return _report(setup, derivative, compute, tangent=checked_tangent)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every comparison checked before computing anything: the engines, the problem as
+    engines see it (flat), copies of data and parameters by path, and how to judge."""
+
+    engines: list[str | GradientEngine]
+    default: bool
+    reference: str | GradientEngine | None
+    dtype: str
+    problem: AbstractProblem
+    data: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+    judge: Criterion
+    progress: bool
 
 
 def _arguments(
@@ -518,21 +597,37 @@ def _arguments(
     params: object,
     engines: Engines,
     dtype: object,
+    reference: str | GradientEngine | None,
+    tolerance: object,
+    atol: object,
+    rtol: object,
+    progress: bool,
     output: str = "scalar",
-) -> tuple[
-    list[str | GradientEngine],
-    bool,
-    str,
-    AbstractProblem,
-    dict[str, np.ndarray],
-    dict[str, np.ndarray],
-]:
-    """Check what every comparison shares; return the engine list, the problem as engines
-    see it (flat) and checked copies of data and parameters, by path."""
+) -> Setup:
+    """Check what every comparison shares, in one place."""
     _, checked_dtype, flat, checked_data, checked_params, _ = prepare(
         problem, data, params, "numpy", dtype, "params", output
     )
-    return (*engine_list(engines), checked_dtype, flat, checked_data, checked_params)
+    judge = criterion(tolerance, atol, rtol)
+    wanted, default = engine_list(engines)
+    return Setup(
+        wanted,
+        default,
+        reference,
+        checked_dtype,
+        flat,
+        checked_data,
+        checked_params,
+        judge,
+        progress,
+    )
+
+
+def _derivative(name: object) -> Derivative:
+    """A saved report's derivative, checked."""
+    if name not in _QUANTITIES:
+        raise ValueError(f"unknown derivative {name!r}")
+    return name  # type: ignore[return-value]
 
 
 def default_reference(
@@ -606,20 +701,15 @@ def _built(item: str | GradientEngine, argument: str) -> GradientEngine:
 
 
 def _report(
-    problem: AbstractProblem,
+    setup: Setup,
     derivative: Derivative,
-    dtype: str,
-    params: dict[str, np.ndarray],
-    engines: list[str | GradientEngine],
-    default: bool,
-    reference: str | GradientEngine | None,
     compute: Callable[[GradientEngine, str], tuple[dict[str, np.ndarray], float | None]],
-    judge: Criterion,
-    progress: bool,
     outputs: dict[str, tuple[int, ...]] | None = None,
+    tangent: dict[str, np.ndarray] | None = None,
 ) -> GradientReport:
     """The report of one derivative on every engine: ``compute(engine, dtype)`` gives an
     engine's values (and loss); ``outputs`` (Jacobians) is filled in by ``compute``."""
+    problem, dtype, params, judge = setup.problem, setup.dtype, setup.params, setup.judge
 
     def can_run(engine: GradientEngine) -> object:
         return _NEEDS[derivative](engine, problem)
@@ -629,12 +719,18 @@ def _report(
         "per-example": problem.has_hand_gradient,
         "jacobian": problem.has_hand_jacobian or problem.has_hand_gradient,
     }.get(derivative, problem.has_hand_hvp)
-    built, skipped = resolve_engines(engines, default, reference, can_run, has_hand)
+    built, skipped = resolve_engines(
+        setup.engines, setup.default, setup.reference, can_run, has_hand
+    )
     values: dict[str, dict[str, np.ndarray]] = {}
     losses: dict[str, float] = {}
-    with progress_bar(len(built), f"{derivative}s", progress) as advance:
-        for name, engine in built.items():
-            values[name], loss = compute(engine, dtype)
+    with progress_bar(len(built), f"{derivative}s", setup.progress) as advance:
+        for position, (name, engine) in enumerate(built.items()):
+            # What an engine finds it cannot do only once it runs (the complex step meeting
+            # xp.max) is blamed on the argument that chose it, as in resolve_engines.
+            chosen = "reference" if setup.reference is not None and position == 0 else "engines"
+            with naming(chosen):
+                values[name], loss = compute(engine, dtype)
             if loss is not None:
                 losses[name] = loss
             advance(name)
@@ -665,7 +761,7 @@ def _report(
     agree = matrix <= limits
     if not judge.in_rho:
         agree = np.array(
-            [[judge.close(*_joined(values[a], values[b])) for b in names] for a in names]
+            [[judge.close(*joined(values[a], values[b])) for b in names] for a in names]
         )
     verdicts = {
         name: Verdict(
@@ -698,6 +794,8 @@ def _report(
         atol=judge.atol,
         rtol=judge.rtol,
         outputs=outputs,
+        tangent=None if tangent is None else {k: v.astype(dtype) for k, v in tangent.items()},
+        data_digest=_output.digest(setup.data),
     )
 
 
@@ -709,16 +807,6 @@ _NEEDS: dict[str, Callable[[GradientEngine, AbstractProblem], object]] = {
     "jacobian": jacobian_of,
     "per-example": per_example_of,
 }
-
-
-def _joined(
-    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two results with the same names as two flat arrays, element by element."""
-    return (
-        np.concatenate([np.ravel(a[name]) for name in a] or [np.zeros(0)]),
-        np.concatenate([np.ravel(b[name]) for name in a] or [np.zeros(0)]),
-    )
 
 
 def pair_tolerances(
@@ -743,13 +831,9 @@ def pair_tolerances(
 
 def element_labels(params: Mapping[str, np.ndarray]) -> list[str]:
     """``"w[0]"``, ``"w[1]"``, ``"b"``: one label per parameter element, in flattening order."""
-    labels = []
-    for name, value in params.items():
-        if value.ndim == 0:
-            labels.append(name)
-        else:
-            labels += [f"{name}[{', '.join(map(str, index))}]" for index in np.ndindex(value.shape)]
-    return labels
+    return [
+        element(name, index) for name, value in params.items() for index in np.ndindex(value.shape)
+    ]
 
 
 def _largest_rho(
@@ -757,51 +841,10 @@ def _largest_rho(
 ) -> tuple[float, str | None]:
     """The largest rho over every element of two results, and the element where it peaks
     (``None`` when they are equal everywhere)."""
-    top = _differences(a, b, label, 1)
+    top = differences(a, b, label, 1)
     if not top or top[0][3] == 0:
         return 0.0, None
     return top[0][3], top[0][0]
-
-
-def _differences(
-    a: Mapping[str, np.ndarray],
-    b: Mapping[str, np.ndarray],
-    label: Label,
-    count: int,
-    judge: Criterion = _IN_RHO,
-) -> list[tuple[str, float, float, float]]:
-    """The ``count`` elements where ``a`` and ``b`` differ most, most first: ``(element, a's
-    value, b's value, rho)`` (a pair with a non-finite value has rho inf). "Most" is by rho,
-    or by [`excess`][gradlab._agreement.excess] when ``judge`` has ``atol``/``rtol``."""
-    found: list[tuple[str, float, float, float, float]] = []
-    for name in a:
-        left, right = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
-        if left.size == 0:
-            continue
-        with np.errstate(all="ignore"):
-            rhos = np.where(np.isfinite(left) & np.isfinite(right), rho(left, right), np.inf)
-        scores = rhos if judge.in_rho else judge.excess(left, right)
-        flat = scores.ravel()
-        if count == 1:  # the first of equal largest, in flattening order
-            top: Any = [int(np.argmax(flat))]
-        elif flat.size > count:
-            top = np.argpartition(-flat, count - 1)[:count]
-        else:
-            top = range(flat.size)
-        for position in top:
-            index = np.unravel_index(int(position), rhos.shape)
-            element = label(name, tuple(int(i) for i in index))
-            found.append(
-                (
-                    element,
-                    float(left[index]),
-                    float(right[index]),
-                    float(rhos[index]),
-                    float(flat[position]),
-                )
-            )
-    found.sort(key=lambda item: -item[4])  # stable: the first parameter among equals
-    return [item[:4] for item in found[:count]]
 
 
 def labeler(
@@ -813,17 +856,14 @@ def labeler(
     wrt = element_labels(params)
     of = element_labels({path or "f": np.zeros(shape) for path, shape in outputs.items()})
 
-    def plain(name: str, index: tuple[int, ...]) -> str:
-        return f"{name}[{', '.join(map(str, index))}]" if index else name
-
     def label(name: str, index: tuple[int, ...]) -> str:
         if derivative == "hessian":  # a flattened (P, P) matrix: name both elements
             return f"∂²/∂{wrt[index[0]]}∂{wrt[index[1]]}"
         if derivative == "jacobian":  # a flattened (M, P) matrix
             return f"∂{of[index[0]]}/∂{wrt[index[1]]}"
         if derivative == "per-example":
-            return f"{plain(name, index[1:])} of row {index[0]}"
-        return plain(name, index)
+            return f"{element(name, index[1:])} of row {index[0]}"
+        return element(name, index)
 
     return label
 
@@ -843,19 +883,3 @@ def outlier(names: tuple[str, ...], agree: np.ndarray) -> str | None:
 
 def _rho_cell(value: float, diagonal: bool = False) -> str:
     return "—" if diagonal else "0" if value == 0 else f"{value:.1e}"
-
-
-def point(params: Mapping[str, np.ndarray]) -> str:
-    """Parameters for a header line: their values when few, else their count and shapes."""
-    size = sum(np.size(value) for value in params.values())
-    if size <= 12:
-        return ", ".join(f"{name}={short(value)}" for name, value in params.items())
-    shapes = ", ".join(f"{name} {np.shape(value)}" for name, value in params.items())
-    return f"{size} parameter values ({shapes})"
-
-
-def short(value: np.ndarray, digits: int = 6) -> str:
-    """A parameter value in a table or header line: the number, or a short array."""
-    if np.ndim(value) == 0:
-        return f"{float(value):.{digits}g}"
-    return np.array2string(np.asarray(value), precision=4, threshold=6, separator=", ")

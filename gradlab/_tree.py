@@ -13,6 +13,7 @@ is its own flattening, so it costs nothing.
 
 from __future__ import annotations
 
+import collections
 import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -112,6 +113,11 @@ def path(keys: Keys) -> str:
         else:
             parts.append(f"[{key!r}]")
     return "".join(parts)
+
+
+def element(name: str, index: tuple[int, ...]) -> str:
+    """One element of the leaf ``name``, for reports: ``w[1, 2]``, or ``b`` for a scalar."""
+    return f"{name}[{', '.join(map(str, index))}]" if index else name
 
 
 def subscript(argument: str, keys: Keys) -> str:
@@ -270,3 +276,40 @@ def flatten_up_to(tree: Any, matches: Callable[[Any], bool]) -> tuple[dict[str, 
     return {
         name: leaf.tree if isinstance(leaf, _Whole) else leaf for name, leaf in flat.items()
     }, shape
+
+
+def layout(tree: Any) -> Any:
+    """The containers of a nest as JSON (leaves ``None``), so that a saved nest, which JSON
+    writes with lists for tuples and strings for keys, can be rebuilt as it was
+    ([`rebuild`][gradlab._tree.rebuild])."""
+    children = _children(tree)
+    if children is None:
+        return None
+    pairs = [
+        [key if isinstance(key, (str, int)) else str(key), layout(child)] for key, child in children
+    ]
+    if isinstance(tree, Mapping):
+        return {"dict": pairs}
+    if _is_namedtuple(tree):
+        return {"namedtuple": type(tree).__name__, "fields": pairs}
+    return {type(tree).__name__: [child for _, child in pairs]}
+
+
+def rebuild(shape: Any, saved: Any, leaf: Callable[[Any], Any]) -> Any:
+    """The nest that ``layout`` described, from its JSON form ``saved``; ``leaf`` makes each
+    leaf (an array). A NamedTuple comes back as a NamedTuple of the same name and fields."""
+    if shape is None:
+        return leaf(saved)
+    if "dict" in shape:
+        return {key: rebuild(child, saved[str(key)], leaf) for key, child in shape["dict"]}
+    if "namedtuple" in shape:
+        fields = [name for name, _ in shape["fields"]]
+        kind = collections.namedtuple(shape["namedtuple"], fields)  # type: ignore[misc]
+        return kind(
+            *(rebuild(child, saved[i], leaf) for i, (_, child) in enumerate(shape["fields"]))
+        )
+    ((kind_name, children),) = shape.items()
+    built = [rebuild(child, saved[i], leaf) for i, child in enumerate(children)]
+    if kind_name not in ("list", "tuple") or len(saved) != len(children):
+        raise ValueError(f"a saved nest does not match its layout at {kind_name!r}")
+    return tuple(built) if kind_name == "tuple" else built

@@ -19,7 +19,16 @@ import numpy as np
 from gradlab import optimizers, recipes
 from gradlab._boundary import physical_memory
 from gradlab._errors import ArgumentError, GradlabError, NotSupported
-from gradlab._output import check_image_path, check_writable, optional, save_figure, to_json
+from gradlab._fit import FitResult
+from gradlab._output import (
+    check_image_path,
+    check_writable,
+    load,
+    optional,
+    save_figure,
+    to_json,
+)
+from gradlab._report import GradientReport
 from gradlab._tree import flatten
 from gradlab.engines._registry import engine_list
 from gradlab.problems import AbstractProblem
@@ -56,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     machine = argparse.ArgumentParser(add_help=False)
     machine.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    against = argparse.ArgumentParser(add_help=False)
+    against.add_argument(
+        "--baseline",
+        metavar="FILE",
+        default=None,
+        help="also compare the result with the same run saved earlier as JSON (--json > FILE): "
+        "exit status 1 if any engine's numbers changed beyond tolerance or it no longer runs",
+    )
     setup = argparse.ArgumentParser(add_help=False)
     setup.add_argument(
         "--problem",
@@ -121,12 +138,13 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare",
-        parents=[setup, output, machine],
+        parents=[setup, output, machine, against],
         help="compare every engine's gradient (or Hessian) at one point",
         description=(
             "Take every engine's gradient at the same parameters and compare them pairwise in "
             "rho = |a−b| / max(1, |a|+|b|), with a verdict per engine against the reference. "
-            "Exit status 0 when all agree, 1 when an engine disagrees beyond tolerance."
+            "Exit status 0 when all agree, 1 when an engine disagrees beyond tolerance (or, "
+            "with --baseline, when a result changed since the baseline)."
         ),
     )
     compare.add_argument(
@@ -168,10 +186,11 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
-        parents=[setup, output, machine],
+        parents=[setup, output, machine, against],
         help="fit a problem on one engine",
         description="Minimise a problem by gradient descent on one engine. Exit status 0 when "
-        "the fit completed, 1 when it diverged.",
+        "the fit completed, 1 when it diverged (or, with --baseline, when its path changed "
+        "since the baseline).",
     )
     fit.add_argument("--engine", default="numpy", help="the engine (default numpy)")
     fit.add_argument(
@@ -406,6 +425,7 @@ def _point(
 def _compare(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab._report import compare_gradients, compare_hessians
 
+    baseline = _baseline(args, GradientReport)
     problem, data = _problem_and_data(args)
     rng = np.random.default_rng(args.seed)
     params = _point(problem, data, args.params, "--params", lambda s, _: rng.standard_normal(s))
@@ -422,18 +442,41 @@ def _compare(args: argparse.Namespace, show_progress: bool) -> int:
         rtol=args.rtol,
         progress=show_progress,
     )
-    print(report.to_json() if args.json else report)
+    against = None if baseline is None else report.against(baseline)
+    _print(report, against, args.json)
     if args.plot:
         report.plot(args.plot)
         if not args.json:
             print(f"\nPlot written to {args.plot}")
-    return 0 if report.ok else 1
+    return 0 if report.ok and (against is None or against.ok) else 1
+
+
+def _baseline(args: argparse.Namespace, kind: type) -> Any:
+    """The --baseline file, loaded before any work is done (``None`` without one)."""
+    if args.baseline is None:
+        return None
+    return load(args.baseline, kind, "--baseline")
+
+
+def _print(result: Any, against: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """A result as its table or JSON, with its comparison against the baseline if any (in
+    JSON under ``"against_baseline"``, so that the record still loads as the result)."""
+    if as_json:
+        record = {**result.to_dict(), **(extra or {})}
+        if against is not None:
+            record["against_baseline"] = against.to_dict()
+        print(to_json(record))
+        return
+    print(result if extra is None else _describe_fit(result, extra))
+    if against is not None:
+        print(f"\n{against}")
 
 
 def _fit(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab._fit import fit
     from gradlab._progress import progress_bar
 
+    baseline = _baseline(args, FitResult)
     problem, data = _problem_and_data(args)
     # Zeros, unless the problem knows a better start (an MLP's units must differ).
     default = flatten(problem.initial_params(data, seed=args.seed))[0]
@@ -448,25 +491,21 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
             steps=args.steps,
             init=init,
             dtype=args.dtype,
-            trajectory=bool(args.plot),
+            trajectory=bool(args.plot) or baseline is not None,
             batch_size=args.batch_size,
             seed=args.seed,
             stop=_stop(args),
         )
         advance(args.engine)
-    if args.json:
-        record = result.to_dict()
-        record["optimizer"] = {"name": args.optimizer, "lr": args.lr}
-        print(to_json(record))
-    else:
-        print(_describe_fit(result, args))
+    against = None if baseline is None else result.against(baseline)
+    _print(result, against, args.json, {"optimizer": {"name": args.optimizer, "lr": args.lr}})
     if args.plot:
         from gradlab.plots import fit_figure
 
         save_figure(fit_figure({result.engine: result}, model=problem, data=data), args.plot)
         if not args.json:
             print(f"\nPlot written to {args.plot}")
-    return 0 if result.ok else 1
+    return 0 if result.ok and (against is None or against.ok) else 1
 
 
 def _stop(args: argparse.Namespace) -> Any:
@@ -479,13 +518,14 @@ def _stop(args: argparse.Namespace) -> Any:
     return Stop(**rules)  # a bad value names its flag through main's table
 
 
-def _describe_fit(result: Any, args: argparse.Namespace) -> str:
-    from gradlab._report import short
+def _describe_fit(result: Any, extra: dict[str, Any]) -> str:
+    from gradlab._output import short
 
     where = f" at step {result.diverged_at}" if result.diverged_at is not None else ""
+    optimizer = extra["optimizer"]
     lines = [
-        f"Fit: {result.problem} on {result.engine}, {result.dtype}, {args.optimizer} "
-        f"(lr {args.lr:g}), {result.steps} steps",
+        f"Fit: {result.problem} on {result.engine}, {result.dtype}, {optimizer['name']} "
+        f"(lr {optimizer['lr']:g}), {result.steps} steps",
         f"status:     {result.status}{where}"
         + ("" if result.stop_reason in ("steps", "diverged") else f" ({result.stop_reason})"),
         *(

@@ -224,6 +224,21 @@ def test_complex_step_refuses_what_is_not_analytic(loss: Any) -> None:
         gradlab.value_and_grad(problem, {}, {"x": [1.0, -2.0]}, engine="complex-step")
 
 
+@pytest.mark.parametrize(
+    ("given", "argument"), [("engines", "engines"), ("reference", "reference")]
+)
+def test_a_comparison_blames_the_argument_that_chose_complex_step(
+    given: str, argument: str
+) -> None:
+    problem = gradlab.Problem(lambda p, d, xp: xp.max(p["x"] ** 2), name="kinked")
+    engines, reference = ("fd,complex-step", None) if given == "engines" else ("fd", "complex-step")
+    with pytest.raises(gradlab.NotSupported, match="not analytic") as raised:
+        gradlab.compare_gradients(
+            problem, {}, {"x": [1.0, -2.0]}, engines=engines, reference=reference
+        )
+    assert raised.value.argument == argument
+
+
 def test_complex_step_is_exact_where_fd_is_not() -> None:
     # exp(x)·sin(3x) at x = 1.3, with a derivative known in closed form: complex-step is
     # exact to round-off; fd, with its best step, is not.

@@ -58,6 +58,10 @@ PUBLIC = {
     "apply_updates",
     "available_engines",
     "benchmark",
+    "BaselineComparison",
+    "Change",
+    "Regression",
+    "load",
     "chain",
     "clip_by_global_norm",
     "compare_fits",
@@ -145,7 +149,7 @@ def test_errors_are_named_by_their_public_path() -> None:
         for value in vars(gradlab).values()
         if isinstance(value, type) and issubclass(value, gradlab.GradlabError)
     ]
-    assert len(errors) == 10
+    assert len(errors) == 11
     for error in errors:
         assert error.__module__ == "gradlab"
         assert getattr(gradlab, error.__name__) is error
