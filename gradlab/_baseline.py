@@ -402,6 +402,9 @@ def _change(
         raise ArgumentError(
             "baseline", f"its {engine} results have other names or shapes than this one's"
         )
+    # The same NaN or infinity as before is no change (a comparison of two engines counts
+    # it as total disagreement; here it is the same engine giving the same answer).
+    then, now = _unchanged_as_zero(then, now), _unchanged_as_zero(now, then)
     top = differences(then, now, label, 1, judge)
     worst, before, after, largest = top[0] if top else (None, None, None, 0.0)
     if largest == 0.0:  # nothing moved: no element to name
@@ -411,6 +414,18 @@ def _change(
     else:
         moved, described = not judge.close(*joined(then, now)), judge.describe()
     return Change(engine, largest, worst, before, after, described, moved or bool(note), note=note)
+
+
+def _unchanged_as_zero(
+    values: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``values`` with 0 wherever it and ``other`` hold the same non-finite number."""
+    result = {}
+    for name, value in values.items():
+        a, b = np.asarray(value, np.float64), np.asarray(other[name], np.float64)
+        same = (np.isnan(a) & np.isnan(b)) | (np.isinf(a) & (a == b))
+        result[name] = np.where(same, 0.0, a) if same.any() else a
+    return result
 
 
 def _fit_change(then: Any, now: Any, judge: Criterion, limit: float) -> Change:

@@ -307,6 +307,19 @@ def test_a_changed_hand_gradient_is_caught_and_shown_with_its_numbers() -> None:
     assert raised.value.comparison is comparison
 
 
+def test_the_same_nan_as_before_is_no_change_and_a_new_one_is() -> None:
+    root = gradlab.Problem(lambda p, d, xp: xp.sum(xp.sqrt(p["x"])), name="root")
+    before = gradlab.compare_gradients(root, {}, {"x": [-1.0, 4.0]}, engines="fd,jax")
+    assert np.isnan(before.values["jax"]["x"][0])
+    again = gradlab.GradientReport.from_json(before.to_json())
+    assert before.against(again).ok
+    record = before.to_dict()
+    record["values"]["jax"]["x"][0] = 0.5  # the baseline had a number where now is NaN
+    comparison = before.against(gradlab.GradientReport.from_dict(record))
+    assert comparison.regressions == ("jax",)
+    assert comparison.changes["jax"].worst == "x[0]"
+
+
 def test_a_change_within_round_off_is_no_change() -> None:
     before = gradlab.compare_gradients(_quadratic(), DATA, POINT, engines="numpy,fd")
     after = gradlab.compare_gradients(_quadratic(1 + 1e-13), DATA, POINT, engines="numpy,fd")
@@ -456,6 +469,7 @@ def test_a_fit_that_now_diverges_is_a_change_whatever_its_numbers() -> None:
     assert "now diverged" in comparison.changes["numpy"].note
     assert "now diverged" in str(comparison)
     assert once(1e-3).against(before).ok
+    assert once(100.0).against(after).ok  # diverging the same way again is no change
     # Without trajectories the final parameters and the losses are compared.
     plain = gradlab.fit(
         QUADRATIC, DATA, engine="numpy", optimizer=gradlab.sgd(1e-3), steps=60, init=POINT
