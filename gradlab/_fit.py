@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -35,6 +35,7 @@ from gradlab._optax import start_state as start_state_optax
 from gradlab._output import Record
 from gradlab._provenance import provenance
 from gradlab._tree import flatten, layout, rebuild, tree_map
+from gradlab.engines._numpy import read_only
 from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad, value_and_grad_of
 from gradlab.optimizers import GradientTransformation, apply_updates
 from gradlab.problems._base import AbstractProblem
@@ -261,8 +262,11 @@ class _Step:
     """
 
     value_and_grad: ValueAndGrad
-    optimizer: GradientTransformation
-    xp: Any
+    #: Left out of equality: engines key compiled loops on the optimizer's fingerprint
+    #: instead (its code and the values it closes over), so ``sgd(0.01)`` made afresh for
+    #: each fit reuses the loop compiled for the first, as an unchanged problem does.
+    optimizer: GradientTransformation = dataclasses.field(compare=False)
+    xp: Any = None
     check_gradients: bool = False
     #: Parameters to record at every step (before its update), in this order.
     record: tuple[str, ...] = ()
@@ -430,6 +434,7 @@ def fit(
     steps = check_steps(steps, itemsize * (1 + recorded))
     record = tuple(start_params) if record_trajectory else ()
     order = _batch_order(checked_data, batch_size, seed, first_step, steps, dtype)
+    checked_data = _with_constants(problem, checked_data, dtype, order is not None)
     if is_optax(optimizer):
         start_state = start_state_optax(optimizer, start_params, start_state, engine, dtype)
     else:
@@ -738,6 +743,59 @@ def _locate_divergence(
     losses, probes = engine.to_numpy(outputs.losses), engine.to_numpy(outputs.probes)
     bad = ~(np.isfinite(losses) & np.isfinite(probes))
     return int(np.argmax(bad)) if bad.any() else steps
+
+
+class _InDtype(Mapping[str, np.ndarray]):
+    """The checked data as a problem's ``constants`` sees it: each array in the run's dtype,
+    cast on first use (a float32 fit of float64 data casts only what the constants read)."""
+
+    def __init__(self, data: Mapping[str, np.ndarray], dtype: str) -> None:
+        self._data, self._dtype = data, dtype
+        self._cast: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cast:
+            self._cast[name] = read_only(self._data[name], self._dtype)
+        return self._cast[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def _with_constants(
+    problem: AbstractProblem, data: dict[str, np.ndarray], dtype: str, batched: bool
+) -> dict[str, np.ndarray]:
+    """``data`` with the problem's ``constants``, computed once in the run's dtype (so that
+    they are, bit for bit, what the loss would compute from the data at every step)."""
+    with calling(problem, None):
+        made = problem.constants(_InDtype(data, dtype))
+    if not made:
+        return data
+    if not isinstance(made, Mapping) or not all(isinstance(name, str) for name in made):
+        raise ProblemError(problem.name, "constants", "must return a dict of named arrays")
+    rows = {np.shape(value)[0] for value in data.values() if np.ndim(value)}
+    added = {}
+    for name, value in made.items():
+        if name in data:
+            raise ProblemError(
+                problem.name, "constants", f"returned {name!r}, a name the data already uses"
+            )
+        array = np.asarray(value)
+        if array.dtype != np.dtype(dtype):
+            raise ProblemError(
+                problem.name, "constants", f"returned {name!r} in {array.dtype}, not {dtype}"
+            )
+        if batched and (array.ndim == 0 or {array.shape[0]} != rows):
+            raise ProblemError(
+                problem.name,
+                "constants",
+                f"returned {name!r} of shape {array.shape}: mini-batches need one row per data row",
+            )
+        added[name] = array
+    return {**data, **added}
 
 
 def _batch_order(

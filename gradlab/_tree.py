@@ -73,6 +73,15 @@ def tree_map(function: Callable[..., Any], tree: Any, *rest: Any) -> Any:
             key: tree_map(function, value) if isinstance(value, _CONTAINERS) else function(value)
             for key, value in tree.items()
         }
+    if type(tree) is dict and len(rest) == 1 and type(rest[0]) is dict:
+        # Two flat dicts (an optimizer's update, apply_updates): every step of every fit.
+        other = rest[0]
+        return {
+            key: tree_map(function, value, other[key])
+            if isinstance(value, _CONTAINERS)
+            else function(value, other[key])
+            for key, value in tree.items()
+        }
     if isinstance(tree, Mapping):
         return _mapping(
             type(tree),

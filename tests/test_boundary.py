@@ -123,6 +123,30 @@ def test_an_unchanged_problem_is_compiled_once(engine: str) -> None:
     assert _jax._compiled_scan.cache_info().currsize == scans
 
 
+@pytest.mark.parametrize("engine", COMPILING)
+def test_an_optimizer_made_afresh_with_the_same_settings_is_compiled_once(engine: str) -> None:
+    """``optimizer=gradlab.sgd(0.2)`` written inline makes a new object for every fit: the
+    loop compiled for the first is reused (it used to be compiled again, 0.2 s a fit), and
+    one with another learning rate is compiled anew and lands where its own path does."""
+    require_engine(engine)
+    from gradlab.engines import _jax, _torch
+
+    cache = _jax._COMPILED if engine == "jax" else _torch._COMPILED
+    problem = Shifted(shift=0.25)
+    first = sgd_fit(problem, engine, optimizer=gradlab.sgd(0.02), steps=5)
+    size, scans = len(cache), _jax._compiled_scan.cache_info().currsize
+    for _ in range(3):
+        again = sgd_fit(problem, engine, optimizer=gradlab.sgd(0.02), steps=5)
+        assert float(again.params["a"]) == float(first.params["a"])
+    assert len(cache) == size
+    assert _jax._compiled_scan.cache_info().currsize == scans
+    # Another rate: a ≠ its own closed form would mean the old program answered.
+    other = sgd_fit(problem, engine, optimizer=gradlab.sgd(0.01), steps=5)
+    # a ← a − lr·2·Σx·(a − shift): the distance to the shift shrinks by (1 − 2·lr·Σx) a step.
+    factor = 1 - 2 * 0.01 * float(np.sum(LINE["x"]))
+    assert float(other.params["a"]) == pytest.approx(0.25 - 0.25 * factor**5, rel=1e-5)
+
+
 def test_a_custom_optimizer_whose_closure_changed_is_compiled_again() -> None:
     require_engine("jax")
     rate = 0.2

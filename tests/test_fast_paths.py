@@ -76,6 +76,28 @@ def test_hand_gradients_never_touch_the_data_or_the_parameters(problem: Any) -> 
         np.testing.assert_array_equal(params[name], params_before[name])
 
 
+@pytest.mark.parametrize("n", [1_000, 150_000], ids=["small", "large"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_seed_hand_gradient_is_the_formula_on_either_side_of_its_size_switch(
+    n: int, dtype: str
+) -> None:
+    """Quadratic's hand gradient takes Σ r·x² one way below 10⁵ points and another above:
+    both are ½Σr², Σr·x², Σr with r = w·x² + b − y, here in float64 ``math.fsum``."""
+    import math
+
+    problem = gradlab.Quadratic()
+    data = {k: v.astype(dtype) for k, v in problem.make_data(n, seed=5).items()}
+    params = {"w": np.asarray(0.7, dtype), "b": np.asarray(-0.3, dtype)}
+    loss, grads = problem.hand_value_and_grad(params, data)
+    x, y = data["x"].astype(np.float64), data["y"].astype(np.float64)
+    r = 0.7 * x * x - 0.3 - y
+    expected = (0.5 * math.fsum(r * r), math.fsum(r * x * x), math.fsum(r))
+    tolerance = 1e-12 if dtype == "float64" else 1e-4
+    for value, exact in zip((loss, grads["w"], grads["b"]), expected, strict=True):
+        assert np.asarray(value).dtype == np.dtype(dtype)
+        assert gradlab.rho(float(value), exact) <= tolerance
+
+
 def test_logistic_hand_gradient_stays_accurate_in_both_tails() -> None:
     """σ(z) = exp(z − softplus(z)) must not lose the tails: |z| up to 700, against float64 math."""
     problem = gradlab.LogisticRegression()
@@ -150,3 +172,91 @@ def test_torch_compile_compiles_an_adam_loop_once_and_lands_where_numpy_does() -
     hand = recipe.run("numpy", steps=40)
     assert gradlab.max_rho(compiled.params, hand.params) <= 1e-12
     assert np.max(gradlab.rho(compiled.losses, hand.losses)) <= 1e-12
+
+
+class _WithoutConstants(gradlab.Quadratic):
+    """The seed's problem with the constants hook switched off: x² again at every step."""
+
+    def constants(self, data: Any) -> dict[str, np.ndarray]:
+        return {}
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "fd"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch_size", [None, 7])
+def test_constants_made_once_per_fit_change_nothing_but_the_time(
+    engine: str, dtype: str, batch_size: int | None
+) -> None:
+    """x², made once per fit by ``Quadratic.constants``, gives the same path to the last
+    bit as x² computed at every step (the same product, rounded once, in the run's dtype);
+    fd in float32 is the one exception, explained below."""
+    require_engine(engine)
+    data = gradlab.Quadratic().make_data(30, seed=4)
+    runs = [
+        gradlab.fit(
+            problem,
+            data,
+            engine=engine,
+            dtype=dtype,
+            optimizer=gradlab.adam(0.05),
+            steps=40,
+            init={"w": 0.5, "b": -0.5},
+            batch_size=batch_size,
+            trajectory=True,
+        )
+        for problem in (gradlab.Quadratic(), _WithoutConstants())
+    ]
+    if engine == "fd" and dtype == "float32":
+        # fd differences in float64: without constants it squares x in float64, with them
+        # it reads x² rounded to float32, like every other engine of a float32 run.
+        np.testing.assert_allclose(runs[0].losses, runs[1].losses, rtol=1e-6)
+        return
+    np.testing.assert_array_equal(runs[0].losses, runs[1].losses)
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(runs[0].trajectory[name], runs[1].trajectory[name])
+
+
+@pytest.mark.parametrize(
+    ("made", "batch_size", "match"),
+    [
+        ({"x": np.zeros(30)}, None, "'x', a name the data already uses"),
+        ({"c": np.zeros(30, np.float32)}, None, "in float32, not float64"),
+        ({"c": np.float64(1.0)}, 5, "mini-batches need one row per data row"),
+        ([np.zeros(30)], None, "must return a dict of named arrays"),
+    ],
+)
+def test_bad_constants_are_the_problems_fault(made: Any, batch_size: Any, match: str) -> None:
+    class Bad(gradlab.Quadratic):
+        def constants(self, data: Any) -> Any:
+            return made
+
+    with pytest.raises(gradlab.ProblemError, match=match) as raised:
+        gradlab.fit(
+            Bad(),
+            gradlab.Quadratic().make_data(30),
+            engine="numpy",
+            optimizer=gradlab.sgd(1e-3),
+            steps=3,
+            init={"w": 0.0, "b": 0.0},
+            batch_size=batch_size,
+        )
+    assert raised.value.function == "constants"
+
+
+def test_constants_are_made_once_per_fit() -> None:
+    calls = []
+
+    class Counted(gradlab.Quadratic):
+        def constants(self, data: Any) -> dict[str, np.ndarray]:
+            calls.append(1)
+            return super().constants(data)
+
+    gradlab.fit(
+        Counted(),
+        gradlab.Quadratic().make_data(30),
+        engine="numpy",
+        optimizer=gradlab.sgd(1e-3),
+        steps=50,
+        init={"w": 0.0, "b": 0.0},
+    )
+    assert len(calls) == 1

@@ -24,6 +24,7 @@ import numpy as np
 from gradlab._boundary import checked_loss, checked_output
 from gradlab._errors import NotSupported
 from gradlab._tree import structure, tree_map
+from gradlab.engines._numpy import read_only
 from gradlab.engines._protocol import (
     JVP,
     VJP,
@@ -274,8 +275,8 @@ class ComplexStepEngine(AbstractEngine):
     xp = XP
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        """A fresh NumPy copy in ``dtype`` (the complex point is made per evaluation)."""
-        return np.array(array, dtype=dtype, copy=True)
+        """``array`` in ``dtype``, read-only ([`read_only`][gradlab.engines._numpy.read_only])."""
+        return read_only(array, dtype)
 
     def objective(self, problem: AbstractProblem) -> Callable[[Params, Data], Any]:
         """The loss alone, in NumPy."""

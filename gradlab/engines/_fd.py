@@ -12,6 +12,7 @@ from gradlab._boundary import checked_loss, checked_output
 from gradlab._checks import check_positive_float
 from gradlab._errors import ArgumentError
 from gradlab._tree import structure
+from gradlab.engines._numpy import read_only
 from gradlab.engines._protocol import (
     HVP,
     JVP,
@@ -93,8 +94,8 @@ class FiniteDifferenceEngine(AbstractEngine):
         self.rel_step = default if rel_step is None else check_positive_float(rel_step, "rel_step")
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        """A fresh NumPy copy in ``dtype``."""
-        return np.array(array, dtype=dtype, copy=True)
+        """``array`` in ``dtype``, read-only ([`read_only`][gradlab.engines._numpy.read_only])."""
+        return read_only(array, dtype)
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
         """Central differences of ``problem.loss`` evaluated with NumPy."""

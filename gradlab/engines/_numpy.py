@@ -26,6 +26,20 @@ from gradlab.problems._base import (
 )
 
 
+def read_only(array: np.ndarray, dtype: str) -> np.ndarray:
+    """``array`` in ``dtype`` for a NumPy engine: a read-only view where it already is one,
+    else a read-only copy.
+
+    Why not always a copy: the data of a fit is checked once and then only read, and a
+    copy of large data cost a float64 fit of 10⁶ points 3.5 ms of its 4.6 ms fixed cost.
+    Read-only keeps the promise that user data is never written: a hand gradient that
+    wrote into its data would fail loudly instead of corrupting the next step.
+    """
+    view: np.ndarray = np.asarray(array, dtype=dtype).view()
+    view.flags.writeable = False
+    return view
+
+
 class NumpyEngine(AbstractEngine):
     """Runs the gradient a person derived by hand (``problem.hand_value_and_grad``).
 
@@ -38,8 +52,8 @@ class NumpyEngine(AbstractEngine):
     xp = np
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        """A fresh NumPy copy in ``dtype``."""
-        return np.array(array, dtype=dtype, copy=True)
+        """``array`` in ``dtype``, read-only ([`read_only`][gradlab.engines._numpy.read_only])."""
+        return read_only(array, dtype)
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
         """The problem's hand-derived ``(loss, grads)``."""

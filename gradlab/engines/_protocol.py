@@ -123,7 +123,8 @@ class GradientEngine(Protocol):
         ...
 
     def asarray(self, array: np.ndarray, dtype: str) -> Array:
-        """Copy a NumPy array into an engine array of ``dtype``."""
+        """A NumPy array as an engine array of ``dtype``: a copy, or a read-only view (the
+        caller's array must never be written through it)."""
         ...
 
     def to_numpy(self, array: Array) -> np.ndarray:

@@ -113,17 +113,21 @@ class TorchEngine(AbstractEngine):
         torch, xp, loss_of = self._torch, self.xp, checked_loss(problem)
         recording = self._recording
 
-        def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
-            with recording():
-                leaves = {
-                    name: value.detach().requires_grad_(True) for name, value in params.items()
-                }
-                loss = loss_of(leaves, data, xp)
-                # materialize_grads: a parameter the loss ignores gets zeros, not None.
-                grads = torch.autograd.grad(
-                    loss, tuple(leaves.values()), allow_unused=True, materialize_grads=True
-                )
+        def differentiate(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+            leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
+            loss = loss_of(leaves, data, xp)
+            # materialize_grads: a parameter the loss ignores gets zeros, not None.
+            grads = torch.autograd.grad(
+                loss, tuple(leaves.values()), allow_unused=True, materialize_grads=True
+            )
             return loss.detach(), dict(zip(leaves, grads, strict=True))
+
+        def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+            # Entering the two modes costs more than a small problem's step: only when needed.
+            if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+                return differentiate(params, data)
+            with recording():
+                return differentiate(params, data)
 
         return value_and_grad
 

@@ -181,6 +181,19 @@ class AbstractProblem(abc.ABC):
             raise NotSupported(f"problem {self.name!r} declares no parameter shapes to start from")
         return {name: np.zeros(shape) for name, shape in shapes.items()}
 
+    def constants(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Values derived from the data alone that the loss (and hand gradient) would
+        otherwise recompute at every step: [`fit`][gradlab.fit] computes them once, from
+        the checked data already in the run's dtype, and hands them to every engine as
+        extra entries of ``data`` (``Quadratic`` gives ``{"x2": x * x}``).
+
+        The loss must still work without them (``data["x2"] if "x2" in data else ...``):
+        comparisons and direct calls pass the data alone. Each must be an array with one
+        row per data row (mini-batches take its rows with the data's), under a name the
+        data does not use. The default is none.
+        """
+        return {}
+
     def check_data(self, data: object) -> Any:
         """Return the data with every array finite and floating-point, or raise ``ArgumentError``.
 
