@@ -262,11 +262,8 @@ class _Step:
     """
 
     value_and_grad: ValueAndGrad
-    #: Left out of equality: engines key compiled loops on the optimizer's fingerprint
-    #: instead (its code and the values it closes over), so ``sgd(0.01)`` made afresh for
-    #: each fit reuses the loop compiled for the first, as an unchanged problem does.
-    optimizer: GradientTransformation = dataclasses.field(compare=False)
-    xp: Any = None
+    optimizer: GradientTransformation
+    xp: Any
     check_gradients: bool = False
     #: Parameters to record at every step (before its update), in this order.
     record: tuple[str, ...] = ()

@@ -31,8 +31,9 @@ Conventions, where frameworks differ (the parity tests hold each to ``torch.opti
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, ParamSpec
 
 from gradlab._checks import check_bool, check_float, check_positive_float
 from gradlab._errors import ArgumentError, ArgumentTypeError
@@ -44,6 +45,7 @@ Params = Mapping[str, Array]
 Updates = dict[str, Array]
 State = Any
 LearningRate = float | Schedule
+_P = ParamSpec("_P")
 
 __all__ = [
     "AdamState",
@@ -104,6 +106,32 @@ class RMSpropState(NamedTuple):
     nu: dict[str, Array]
 
 
+def _shared(
+    factory: Callable[_P, GradientTransformation],
+) -> Callable[_P, GradientTransformation]:
+    """``factory``, returning the same optimizer object for the same (hashable) arguments.
+
+    Why: engines that compile the loop (jax, torch-compile) key it on the optimizer object,
+    and ``optimizer=gradlab.sgd(0.01)`` written inline makes a new one for every fit, which
+    compiled the loop again (0.2 s a fit of the seed). Optimizers are pure and immutable,
+    so one object per setting is the same optimizer. Arguments compare by type too
+    (``typed``): ``sgd(1)`` and ``sgd(True)`` are checked apart. An unhashable argument (a
+    schedule object that is not hashable) makes a new optimizer, as before.
+    """
+    cached = functools.lru_cache(maxsize=256, typed=True)(factory)
+
+    @functools.wraps(factory)
+    def make(*args: _P.args, **kwargs: _P.kwargs) -> GradientTransformation:
+        try:
+            hash((args, tuple(kwargs.items())))
+        except TypeError:
+            return factory(*args, **kwargs)
+        made: GradientTransformation = cached(*args, **kwargs)  # type: ignore[arg-type]
+        return made
+
+    return make
+
+
 def _zeros(params: Params) -> Any:
     return tree_map(lambda value: value * 0, params)
 
@@ -120,6 +148,7 @@ def apply_updates(params: Params, updates: Params) -> Any:
     return tree_map(lambda value, update: value + update, params, updates)
 
 
+@_shared
 def sgd(lr: LearningRate) -> GradientTransformation:
     """Plain gradient descent, p ← p − lr·g, as in the seed tutorial.
 
@@ -148,6 +177,7 @@ def sgd(lr: LearningRate) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+@_shared
 def momentum(
     lr: LearningRate, beta: float = 0.9, nesterov: bool = False, convention: str = "torch"
 ) -> GradientTransformation:
@@ -197,6 +227,7 @@ def _moments(b1: float, b2: float, eps: float) -> tuple[float, float, float]:
     )
 
 
+@_shared
 def adam(
     lr: LearningRate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 ) -> GradientTransformation:
@@ -217,6 +248,7 @@ def adam(
     return adamw(lr, b1, b2, eps, weight_decay=0.0)
 
 
+@_shared
 def adamw(
     lr: LearningRate,
     b1: float = 0.9,
@@ -262,6 +294,7 @@ def adamw(
     return GradientTransformation(init, update)
 
 
+@_shared
 def rmsprop(lr: LearningRate, alpha: float = 0.99, eps: float = 1e-8) -> GradientTransformation:
     """RMSprop as ``torch.optim.RMSprop``: v ← α·v + (1 − α)·g², p ← p − lr·g / (√v + ε).
 
@@ -289,6 +322,7 @@ def rmsprop(lr: LearningRate, alpha: float = 0.99, eps: float = 1e-8) -> Gradien
     return GradientTransformation(init, update)
 
 
+@_shared
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale all gradients together by min(1, max_norm / ‖g‖), ‖g‖ over every element.
 
@@ -318,6 +352,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+@_shared
 def chain(*transformations: GradientTransformation) -> GradientTransformation:
     """Apply transformations in turn, each to the previous one's updates (as optax does).
 

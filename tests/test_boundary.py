@@ -125,9 +125,9 @@ def test_an_unchanged_problem_is_compiled_once(engine: str) -> None:
 
 @pytest.mark.parametrize("engine", COMPILING)
 def test_an_optimizer_made_afresh_with_the_same_settings_is_compiled_once(engine: str) -> None:
-    """``optimizer=gradlab.sgd(0.2)`` written inline makes a new object for every fit: the
-    loop compiled for the first is reused (it used to be compiled again, 0.2 s a fit), and
-    one with another learning rate is compiled anew and lands where its own path does."""
+    """``optimizer=gradlab.sgd(0.02)`` written inline for every fit reuses the loop compiled
+    for the first (it used to be compiled again, 0.2 s a fit), and one with another learning
+    rate is compiled anew and lands where its own path does."""
     require_engine(engine)
     from gradlab.engines import _jax, _torch
 

@@ -134,3 +134,34 @@ def test_optimizers_trace_under_jax_jit() -> None:
     new_params, state = step(params, optimizer.init(params))
     assert new_params["w"].shape == (3,)
     assert int(state.count) == 1
+
+
+def test_the_same_settings_give_the_same_optimizer_object() -> None:
+    """Compiling engines key their loop on the optimizer object: ``sgd(0.1)`` written inline
+    for each fit must not compile again, so equal settings share one (pure, immutable) object."""
+    assert gradlab.sgd(0.1) is gradlab.sgd(0.1)
+    assert gradlab.adam(0.01, b1=0.8) is gradlab.adam(0.01, b1=0.8)
+    assert gradlab.sgd(0.1) is not gradlab.sgd(0.2)
+    assert gradlab.adam(0.01) is not gradlab.adamw(0.01)
+    assert gradlab.chain(gradlab.clip_by_global_norm(1.0), gradlab.sgd(0.1)) is gradlab.chain(
+        gradlab.clip_by_global_norm(1.0), gradlab.sgd(0.1)
+    )
+    # Checked by type as well as value: a bool is refused, not answered from sgd(1).
+    gradlab.sgd(1)
+    with pytest.raises(gradlab.ArgumentError):
+        gradlab.sgd(True)
+    # A schedule is shared by identity; an unhashable one still makes an optimizer.
+    schedule = gradlab.schedules.constant(0.1)
+    assert gradlab.sgd(schedule) is gradlab.sgd(schedule)
+
+    class Rate:  # a callable schedule that cannot be hashed
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, count: Any) -> float:
+            return 0.1
+
+    rate = Rate()
+    first, second = gradlab.sgd(rate), gradlab.sgd(rate)
+    assert first is not second
+    updates, _ = first.update({"w": np.array(2.0)}, first.init({}), {"w": np.array(1.0)})
+    assert float(updates["w"]) == pytest.approx(-0.2)

@@ -275,7 +275,7 @@ class ComplexStepEngine(AbstractEngine):
     xp = XP
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        """``array`` in ``dtype``, read-only ([`read_only`][gradlab.engines._numpy.read_only])."""
+        """``array`` in ``dtype``: a read-only view where it already is, else a read-only copy."""
         return read_only(array, dtype)
 
     def objective(self, problem: AbstractProblem) -> Callable[[Params, Data], Any]:

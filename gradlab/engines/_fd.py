@@ -94,7 +94,7 @@ class FiniteDifferenceEngine(AbstractEngine):
         self.rel_step = default if rel_step is None else check_positive_float(rel_step, "rel_step")
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        """``array`` in ``dtype``, read-only ([`read_only`][gradlab.engines._numpy.read_only])."""
+        """``array`` in ``dtype``: a read-only view where it already is, else a read-only copy."""
         return read_only(array, dtype)
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:

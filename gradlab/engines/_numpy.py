@@ -52,7 +52,7 @@ class NumpyEngine(AbstractEngine):
     xp = np
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        """``array`` in ``dtype``, read-only ([`read_only`][gradlab.engines._numpy.read_only])."""
+        """``array`` in ``dtype``: a read-only view where it already is, else a read-only copy."""
         return read_only(array, dtype)
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
