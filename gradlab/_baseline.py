@@ -260,7 +260,7 @@ def gradients_against(report: Any, baseline: Any, label: Label) -> BaselineCompa
         if name not in then.values:
             continue
         before, after = dict(then.values[name]), dict(report.values[name])
-        if _present(name, then.losses, report.losses):  # the loss is the first output
+        if name in then.losses and name in report.losses:  # the loss counts too
             before[""], after[""] = np.asarray(then.losses[name]), np.asarray(report.losses[name])
         changes[name] = _change(
             name, before, after, _with_loss(label), judge, float(report.tolerances[i, i])
@@ -375,10 +375,6 @@ def _same_data(now: str | None, then: str | None) -> None:
             "was computed on other data (its fingerprint differs: another n, seed, features "
             "or data): compare like with like",
         )
-
-
-def _present(name: str, then: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
-    return name in then and name in now
 
 
 def _with_loss(label: Label) -> Label:
