@@ -5,7 +5,10 @@ evaluates every installed engine in float64 and float32 at the same float32-repr
 point, and prints the worst rho seen per problem, engine and dtype, next to gradlab's
 tolerance. These are the figures docs/agreement.md quotes.
 
-    python benchmarks/agreement_survey.py [--trials 300] [--seed 0] [--hessians]
+    python benchmarks/agreement_survey.py [--trials 300] [--seed 0] [--hessians] [--device gpu]
+
+With ``--device gpu`` the engines are torch and jax on the GPU (torch-compile too), each
+against the float64 hand gradient computed on the CPU.
 
 With ``--hessians`` it compares full Hessians (gradlab.hessian) with the hand-derived one
 instead of gradients.
@@ -14,6 +17,7 @@ instead of gradients.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 
@@ -76,10 +80,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hessians", action="store_true", help="compare Hessians instead")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args()
     what = "Hessian" if args.hessians else "gradient"
 
-    def derivative(problem: gradlab.AbstractProblem, data: dict, params: dict, **how: str) -> dict:
+    def derivative(problem: gradlab.AbstractProblem, data: dict, params: dict, **how: Any) -> dict:
         if args.hessians:
             blocks = gradlab.hessian(problem, data, params, **how)
             return {f"{a},{b}": block for a, row in blocks.items() for b, block in row.items()}
@@ -99,7 +104,12 @@ def main() -> None:
         "gmm",
     ]
     # torch-compile would compile afresh for every random shape: it is left out here.
-    engines = [name for name in gradlab.available_engines() if name != "torch-compile"]
+    engines: list[Any] = [name for name in gradlab.available_engines() if name != "torch-compile"]
+    if args.device == "gpu":
+        engines = [
+            gradlab.get_engine("torch", device="cuda"),
+            gradlab.get_engine("jax", device="gpu"),
+        ]
     worst: dict[tuple[str, str, str], float] = {}
     for _ in range(args.trials):
         for name in names:
@@ -109,14 +119,25 @@ def main() -> None:
             truth = derivative(problem, data, params, engine="numpy")
             for engine in engines:
                 for dtype in ("float64", "float32"):
-                    grads = derivative(problem, data, params, engine=engine, dtype=dtype)
-                    key = (problem.name, engine, dtype)
+                    try:
+                        grads = derivative(problem, data, params, engine=engine, dtype=dtype)
+                    except gradlab.NotSupported:  # complex step through a non-analytic loss
+                        continue
+                    key = (problem.name, _label(engine), dtype)
                     worst[key] = max(worst.get(key, 0.0), gradlab.max_rho(truth, grads))
     print(f"worst rho against the float64 hand {what}, {args.trials} random cases each")
-    print(f"{'problem':<20} {'engine':<7} {'dtype':<8} {'worst rho':>10} {'tolerance':>10}")
+    print(f"{'problem':<20} {'engine':<12} {'dtype':<8} {'worst rho':>10} {'tolerance':>10}")
     for (problem, engine, dtype), value in sorted(worst.items()):
         limit = gradlab.tolerance(dtype, against_fd=engine == "fd")
-        print(f"{problem:<20} {engine:<7} {dtype:<8} {value:>10.2e} {limit:>10.0e}")
+        print(f"{problem:<20} {engine:<12} {dtype:<8} {value:>10.2e} {limit:>10.0e}")
+
+
+def _label(engine: Any) -> str:
+    """An engine's name, with its device when it is not the CPU."""
+    if isinstance(engine, str):
+        return engine
+    device = str(engine.describe().get("device", "cpu"))
+    return engine.name if device.startswith("cpu") else f"{engine.name}:{device.split(':')[0]}"
 
 
 if __name__ == "__main__":

@@ -2,26 +2,27 @@
 
 The seed's loops (``seed_overhead.py``) were written to teach; these are written to be fast,
 and share no code with gradlab: x² computed once, buffers preallocated, the loss recorded
-at every step as gradlab records it, one thread per framework (``torch.set_num_threads(1)``
-and XLA's CPU client on one thread: set before jax is imported). Each pair runs interleaved
-in one process after a warm-up; the figure is CPU time per step (``time.process_time``),
-the minimum over the repeats, and gradlab's includes everything one ``fit`` call does
-(checks, copies, moving data to the engine and back). Both must land on the same
-parameters (to 1e-12), or the script stops.
+at every step as gradlab records it. Both start from the same NumPy arrays, so moving the
+data to the device is in both. Each pair runs interleaved in one process after a warm-up
+(which compiles what is compiled); the figures are CPU time (``time.process_time``) and
+wall time per step, each the minimum over the repeats, and gradlab's includes everything
+one ``fit`` call does (checks, copies, moving data to the engine and back). Both must land
+on the same parameters (to 1e-12 in float64), or the script stops.
+
+``--threads one`` (the default) runs one thread per framework (``torch.set_num_threads(1)``
+and XLA's CPU client on one thread, set before jax is imported); ``--threads default``
+leaves each framework's own defaults. ``--device gpu`` runs torch, torch-compile and jax on
+the GPU, where wall time is the figure that counts.
 
     python benchmarks/expert_baselines.py [--sizes 100,10000,1000000] [--repeats 7]
+        [--engines numpy,torch,jax,torch-compile] [--threads one|default] [--device cpu|gpu]
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
-
 import argparse
 import functools
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,10 @@ import numpy as np
 
 import gradlab
 from gradlab._workload import SGD_STEP
+
+# Steps per compiled graph (torch-compile) or per loop iteration (jax) in the expert's
+# unrolled variants: as many as gradlab's engines unroll.
+UNROLL = 8
 
 
 def numpy_expert(x: np.ndarray, y: np.ndarray, w: float, b: float, steps: int) -> Any:
@@ -45,29 +50,77 @@ def numpy_expert(x: np.ndarray, y: np.ndarray, w: float, b: float, steps: int) -
     return w, b, losses
 
 
-def torch_expert(x: Any, y: Any, w0: float, b0: float, steps: int) -> Any:
+def torch_expert(
+    x: np.ndarray, y: np.ndarray, w0: float, b0: float, steps: int, device: str
+) -> Any:
     """Autograd on two leaf scalars, x² once, in-place SGD without a graph."""
     import torch
 
-    x2 = x * x
-    w = torch.tensor(w0, dtype=x.dtype, requires_grad=True)
-    b = torch.tensor(b0, dtype=x.dtype, requires_grad=True)
-    losses = torch.empty(steps, dtype=x.dtype)
+    tx, ty = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+    x2 = tx * tx
+    w = torch.tensor(w0, dtype=tx.dtype, device=device, requires_grad=True)
+    b = torch.tensor(b0, dtype=tx.dtype, device=device, requires_grad=True)
+    losses = torch.empty(steps, dtype=tx.dtype, device=device)
     for i in range(steps):
-        residual = torch.addcmul(b - y, x2, w)  # w·x² + b − y
+        residual = torch.addcmul(b - ty, x2, w)  # w·x² + b − y
         loss = 0.5 * residual.dot(residual)
         gw, gb = torch.autograd.grad(loss, (w, b))
         with torch.no_grad():
             w.sub_(SGD_STEP * gw)
             b.sub_(SGD_STEP * gb)
             losses[i] = loss
-    return w.item(), b.item(), losses.numpy()
+    return w.item(), b.item(), losses.cpu().numpy()
 
 
-def jax_expert(dot: bool) -> Callable[..., Any]:
+def torch_compile_expert(per_graph: int, device: str) -> Callable[..., Any]:
+    """``per_graph`` steps of ``torch.func.grad_and_value`` and SGD, unrolled into one
+    ``torch.compile`` graph (inductor, static shapes); one compiled step for the remainder.
+    With ``per_graph=1`` this is one compiled step per call, as a loop body is usually
+    compiled."""
+    import torch
+
+    def loss(p: Any, x2: Any, y: Any) -> Any:
+        residual = p[0] * x2 + p[1] - y
+        return 0.5 * residual.dot(residual)
+
+    gradient = torch.func.grad_and_value(loss)
+
+    def unrolled(count: int) -> Callable[..., Any]:
+        def steps(p: Any, x2: Any, y: Any) -> Any:
+            values = []
+            for _ in range(count):
+                g, value = gradient(p, x2, y)
+                p = p - SGD_STEP * g
+                values.append(value)
+            return p, torch.stack(values)
+
+        return torch.compile(steps, dynamic=False)
+
+    # torch.compile caches compiled code on the Python function's code object, shared by
+    # every case of this run: allow a recompilation per case (size, dtype, unroll).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    many, one = unrolled(per_graph), unrolled(1)
+
+    def call(x: np.ndarray, y: np.ndarray, w: float, b: float, steps: int) -> Any:
+        tx, ty = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+        x2, p = tx * tx, torch.tensor([w, b], dtype=tx.dtype, device=device)
+        losses = torch.empty(steps, dtype=tx.dtype, device=device)
+        done = 0
+        while done < steps:
+            count = per_graph if steps - done >= per_graph else 1
+            p, losses[done : done + count] = (many if count == per_graph else one)(p, x2, ty)
+            done += count
+        p = p.cpu()
+        return float(p[0]), float(p[1]), losses.cpu().numpy()
+
+    return call
+
+
+def jax_expert(dot: bool, unroll: int) -> Callable[..., Any]:
     """One compiled ``fori_loop`` over ``value_and_grad``, x² once, losses in a buffer; the
-    squares summed by a dot product or by ``sum(r * r)`` (XLA's CPU backend is faster with
-    one or the other depending on size and dtype: the expert takes the faster)."""
+    squares summed by a dot product or by ``sum(r * r)``, ``unroll`` steps per iteration
+    (XLA is faster with one or the other depending on size, dtype and device: the expert
+    takes the fastest)."""
     import jax
     import jax.numpy as jnp
 
@@ -88,7 +141,7 @@ def jax_expert(dot: bool) -> Callable[..., Any]:
             value, g = grad(p, x2, y)
             return p - SGD_STEP * g, losses.at[i].set(value)
 
-        return jax.lax.fori_loop(0, steps, body, (p, jnp.empty(steps, x.dtype)))
+        return jax.lax.fori_loop(0, steps, body, (p, jnp.empty(steps, x.dtype)), unroll=unroll)
 
     def call(x: np.ndarray, y: np.ndarray, w: float, b: float, steps: int) -> Any:
         p, losses = run(x, y, np.array([w, b], x.dtype), steps)
@@ -99,31 +152,35 @@ def jax_expert(dot: bool) -> Callable[..., Any]:
 
 
 def _pair(
-    engine: str, x: np.ndarray, y: np.ndarray, dtype: str, steps: int
-) -> tuple[list[Callable[[], Any]], Callable[[], Any]]:
-    """The expert loops (the fastest counts) and gradlab's fit for one case, from the same
-    start."""
+    engine: str, x: np.ndarray, y: np.ndarray, dtype: str, steps: int, device: str
+) -> tuple[dict[str, Callable[[], Any]], Callable[[], Any]]:
+    """The expert loops by name (the fastest counts) and gradlab's fit for one case, from the
+    same start."""
+    on = "cuda" if device == "gpu" else "cpu"
+    hands: dict[str, Callable[..., Any]]
     if engine == "torch":
-        import torch
-
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def hand() -> Any:
-            return torch_expert(tx, ty, 0.1, -0.1, steps)
+        hands = {"autograd": functools.partial(torch_expert, device=on)}
+    elif engine == "torch-compile":
+        hands = {
+            "one compiled step": torch_compile_expert(1, on),
+            f"{UNROLL} steps per graph": torch_compile_expert(UNROLL, on),
+        }
     elif engine == "jax":
-        calls = [jax_expert(dot=True), jax_expert(dot=False)]
-        return [functools.partial(call, x, y, 0.1, -0.1, steps) for call in calls], _ours(
-            engine, x, y, dtype, steps
-        )
+        hands = {
+            f"fori_loop, {'dot' if dot else 'sum'}, unroll {unroll}": jax_expert(dot, unroll)
+            for dot in (True, False)
+            for unroll in (1, UNROLL)
+        }
     else:
+        hands = {"in place": numpy_expert}
+    calls = {name: functools.partial(hand, x, y, 0.1, -0.1, steps) for name, hand in hands.items()}
+    kwargs = {"device": "gpu" if engine == "jax" else on} if device == "gpu" else {}
+    return calls, _ours(gradlab.get_engine(engine, **kwargs), x, y, dtype, steps)
 
-        def hand() -> Any:
-            return numpy_expert(x, y, 0.1, -0.1, steps)
 
-    return [hand], _ours(engine, x, y, dtype, steps)
-
-
-def _ours(engine: str, x: np.ndarray, y: np.ndarray, dtype: str, steps: int) -> Callable[[], Any]:
+def _ours(
+    engine: gradlab.GradientEngine, x: np.ndarray, y: np.ndarray, dtype: str, steps: int
+) -> Callable[[], Any]:
     """gradlab's fit of the same case: everything one call does, fixed costs included."""
     problem, data = gradlab.Quadratic(), {"x": x, "y": y}
 
@@ -142,24 +199,34 @@ def _ours(engine: str, x: np.ndarray, y: np.ndarray, dtype: str, steps: int) -> 
     return ours
 
 
-def _cpu_per_step(function: Callable[[], Any], steps: int) -> float:
-    start = time.process_time()
+def _per_step(function: Callable[[], Any], steps: int) -> tuple[float, float]:
+    """CPU and wall seconds per step of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
     function()
-    return (time.process_time() - start) / steps
+    return (time.process_time() - cpu) / steps, (time.perf_counter() - wall) / steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,10000,1000000")
     parser.add_argument("--dtypes", default="float64,float32")
-    parser.add_argument("--engines", default="numpy,torch,jax")
+    parser.add_argument("--engines", default=None, help="default: every framework the device has")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", choices=["one", "default"], default="one")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args()
-    engines = args.engines.split(",")
-    if "torch" in engines:
+    default = "torch,torch-compile,jax" if args.device == "gpu" else "numpy,torch,torch-compile,jax"
+    engines = (args.engines or default).split(",")
+    if args.threads == "one":
+        # Before jax is imported: XLA reads its flags once.
+        os.environ.setdefault(
+            "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        )
+    if {"torch", "torch-compile"} & set(engines) and args.threads == "one":
         import torch
 
         torch.set_num_threads(1)
+    print(f"{args.device}, threads: {args.threads}; {_machine(args.device)}", flush=True)
     problem = gradlab.Quadratic()
     rows = []
     for dtype in args.dtypes.split(","):
@@ -168,32 +235,61 @@ def main() -> None:
             data = problem.make_data(n, seed=0)
             x, y = data["x"].astype(dtype), data["y"].astype(dtype)
             for engine in engines:
-                hands, ours = _pair(engine, x, y, dtype, steps)
-                result = ours()
+                hands, ours = _pair(engine, x, y, dtype, steps, args.device)
+                result = ours()  # the warm-up: compiles what is compiled
                 tol = 1e-12 if dtype == "float64" else 1e-5
-                for hand in hands:
+                for name, hand in hands.items():
                     w, b, _ = hand()
                     final = [result.params["w"], result.params["b"]]
-                    assert np.allclose([w, b], final, rtol=tol), (engine, n, dtype, (w, b), final)
-                timings: dict[str, list[float]] = {"hand": [], "gradlab": []}
+                    assert np.allclose([w, b], final, rtol=tol), (engine, name, n, dtype, final)
+                times: dict[str, list[tuple[float, float]]] = {"hand": [], "gradlab": []}
+                best_hand: dict[str, float] = dict.fromkeys(hands, np.inf)
                 for _ in range(args.repeats):
-                    timings["hand"].append(min(_cpu_per_step(hand, steps) for hand in hands))
-                    timings["gradlab"].append(_cpu_per_step(ours, steps))
-                best = {name: min(values) for name, values in timings.items()}
-                rows.append((engine, dtype, n, steps, best["hand"], best["gradlab"]))
-                print(
-                    f"{engine:6} {dtype} n={n:>8}: expert {best['hand'] * 1e6:9.2f} µs/step, "
-                    f"gradlab {best['gradlab'] * 1e6:9.2f} µs/step, "
-                    f"ratio {best['gradlab'] / best['hand']:.2f}",
-                    flush=True,
-                )
-    print("\n| engine | dtype | n | steps | expert µs/step | gradlab µs/step | gradlab / expert |")
-    print("|---|---|---|---|---|---|---|")
-    for engine, dtype, n, steps, hand_time, ours_time in rows:
-        print(
-            f"| {engine} | {dtype} | {n:,} | {steps} | {hand_time * 1e6:.2f} | "
-            f"{ours_time * 1e6:.2f} | {ours_time / hand_time:.2f} |"
-        )
+                    for name, hand in hands.items():
+                        cpu, wall = _per_step(hand, steps)
+                        times["hand"].append((cpu, wall))
+                        best_hand[name] = min(best_hand[name], wall)
+                    times["gradlab"].append(_per_step(ours, steps))
+                best = {
+                    who: (min(t[0] for t in pairs), min(t[1] for t in pairs))
+                    for who, pairs in times.items()
+                }
+                fastest = min(best_hand, key=best_hand.__getitem__)
+                rows.append((engine, dtype, n, steps, fastest, best["hand"], best["gradlab"]))
+                print(_row(*rows[-1]), flush=True)
+    print(
+        "\n| engine | dtype | n | steps | fastest expert (wall) | expert CPU µs | gradlab CPU µs "
+        "| CPU ratio | expert wall µs | gradlab wall µs | wall ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(_row(*row))
+
+
+def _row(
+    engine: str,
+    dtype: str,
+    n: int,
+    steps: int,
+    fastest: str,
+    hand: tuple[float, float],
+    ours: tuple[float, float],
+) -> str:
+    """One row of the table: per-step times in µs and gradlab / expert, CPU and wall."""
+    return (
+        f"| {engine} | {dtype} | {n:,} | {steps} | {fastest} | {hand[0] * 1e6:.2f} | "
+        f"{ours[0] * 1e6:.2f} | {ours[0] / hand[0]:.2f} | {hand[1] * 1e6:.2f} | "
+        f"{ours[1] * 1e6:.2f} | {ours[1] / hand[1]:.2f} |"
+    )
+
+
+def _machine(device: str) -> str:
+    """What ran it: the GPU's name, or the CPU count."""
+    if device == "gpu":
+        import torch
+
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"{os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":

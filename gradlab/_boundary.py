@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,7 +43,7 @@ from gradlab._checks import check_dtype, check_params, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError, naming
 from gradlab._flat import FlatView, flat_view
 from gradlab._tree import Keys, Structure, flatten, leaves, structure, subscript, tree_map
-from gradlab.engines._protocol import GradientEngine, value_and_grad_of
+from gradlab.engines._protocol import GradientEngine, asarrays_of, value_and_grad_of
 from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation
 from gradlab.problems._base import AbstractProblem, Problem
@@ -526,7 +526,17 @@ def on_engine(
     engine: GradientEngine, arrays: Mapping[str, np.ndarray], dtype: str
 ) -> dict[str, Any]:
     """Copies of named NumPy arrays as engine arrays of ``dtype``."""
-    return {name: engine.asarray(value, dtype) for name, value in arrays.items()}
+    return on_engine_together(engine, [arrays], dtype)[0]
+
+
+def on_engine_together(
+    engine: GradientEngine, groups: Sequence[Mapping[str, np.ndarray]], dtype: str
+) -> list[dict[str, Any]]:
+    """Several groups of named arrays (data, parameters) moved as ``on_engine`` moves each,
+    in one call of the engine's ``asarrays``: one transfer where the framework batches."""
+    arrays = [value for group in groups for value in group.values()]
+    moved = iter(asarrays_of(engine)(arrays, dtype))
+    return [{name: next(moved) for name in group} for group in groups]
 
 
 def to_engine(tree: Any, engine: GradientEngine, dtype: str) -> Any:

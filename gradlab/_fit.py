@@ -23,7 +23,7 @@ from gradlab._boundary import (
     check_value_and_grad,
     crosses,
     evaluate,
-    on_engine,
+    on_engine_together,
     prepare,
     to_engine,
 )
@@ -36,7 +36,14 @@ from gradlab._output import Record
 from gradlab._provenance import provenance
 from gradlab._tree import flatten, layout, rebuild, tree_map
 from gradlab.engines._numpy import read_only
-from gradlab.engines._protocol import Carry, Data, GradientEngine, ValueAndGrad, value_and_grad_of
+from gradlab.engines._protocol import (
+    Carry,
+    Data,
+    GradientEngine,
+    ValueAndGrad,
+    to_numpy_all_of,
+    value_and_grad_of,
+)
 from gradlab.optimizers import GradientTransformation, apply_updates
 from gradlab.problems._base import AbstractProblem
 
@@ -442,8 +449,7 @@ def fit(
         with calling(problem, engine, start_params, checked_data):
             with naming("engine"):
                 value_and_grad = value_and_grad_of(engine, problem)
-            batch = on_engine(engine, checked_data, dtype)
-            params = on_engine(engine, start_params, dtype)
+            batch, params = on_engine_together(engine, [checked_data, start_params], dtype)
             # Code gradlab did not write (a plug-in engine, a hand gradient) is checked on
             # its first call, here, so that the loop itself runs unchecked.
             check = crosses(engine, problem, value_and_grad)
@@ -555,11 +561,16 @@ class _Run:
         engine = self.engine
         end, stacked = engine.run(self.body, carry, self.batch, length)
         outputs = self.body.read(stacked)
-        losses = engine.to_numpy(outputs.losses)
+        # Everything this stretch checks on the host, brought back in one transfer.
+        wanted = [outputs.losses, *(end[0][name] for name in self.names)]
+        if outputs.norms is not None:
+            wanted.append(outputs.norms)
+        host = to_numpy_all_of(engine)(wanted)
+        losses = host[0]
         _check_losses(engine, losses, length)
-        norms = None if outputs.norms is None else engine.to_numpy(outputs.norms)
+        norms = host[-1] if outputs.norms is not None else None
         path = outputs.path
-        params_end = {name: engine.to_numpy(end[0][name]) for name in self.names}
+        params_end = dict(zip(self.names, host[1 : 1 + len(self.names)], strict=True))
         if not (_finite(losses) and all(map(_finite, params_end.values()))):
             checked = dataclasses.replace(
                 self.body, check_gradients=True, record=(), grad_norms=False
@@ -839,12 +850,22 @@ def _batch_order(
 
 
 def _to_numpy_tree(tree: Any, engine: GradientEngine) -> Any:
-    """The optimizer state back on the host: NumPy arrays; counts as Python ints."""
+    """The optimizer state back on the host, in one transfer: NumPy arrays; counts as Python
+    ints."""
+    arrays: list[Any] = []
+
+    def collect(leaf: Any) -> Any:
+        if not (leaf is None or isinstance(leaf, (int, float))):
+            arrays.append(leaf)
+        return leaf
+
+    tree_map(collect, tree)
+    brought = iter(to_numpy_all_of(engine)(arrays))
 
     def bring(leaf: Any) -> Any:
         if leaf is None or isinstance(leaf, (int, float)):
             return leaf
-        array = engine.to_numpy(leaf)
+        array = next(brought)
         if array.ndim == 0 and not np.issubdtype(array.dtype, np.floating):
             return int(array)
         return array

@@ -8,6 +8,7 @@ loss evaluated in NumPy.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -156,18 +157,95 @@ def test_torch_compile_agrees_with_the_hand_derivation_and_leaves_dynamo_config_
     assert torch._dynamo.config.recompile_limit == limit
 
 
+@pytest.mark.parametrize("steps", [21, 5])
+def test_torch_compile_unrolled_graphs_land_where_one_step_graphs_and_the_hand_do(
+    steps: int,
+) -> None:
+    """21 steps: two graphs of 8 and a remainder of 5 single steps; 5: single steps only."""
+    require_engine("torch")
+    recipe = dataclasses.replace(recipes.seed_numpy(), optimizer=gradlab.adam(0.01))
+    hand = recipe.run("numpy", steps=steps)
+    unrolled = recipe.run(gradlab.engines.TorchCompileEngine(unroll=8), steps=steps)
+    single = recipe.run(gradlab.engines.TorchCompileEngine(unroll=1), steps=steps)
+    for result in (unrolled, single):
+        assert len(result.losses) == steps
+        assert gradlab.max_rho(result.params, hand.params) <= 1e-12
+        assert np.max(gradlab.rho(result.losses, hand.losses)) <= 1e-12
+    assert gradlab.max_rho(unrolled.state, single.state) <= 1e-12  # Adam's moments too
+
+
+def test_torch_compile_unroll_must_be_a_positive_integer() -> None:
+    require_engine("torch")
+    bad: list[Any] = [0, -1, 2.5, True]
+    for unroll in bad:
+        with pytest.raises(gradlab.GradlabError, match="unroll"):
+            gradlab.engines.TorchCompileEngine(unroll=unroll)
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+@pytest.mark.parametrize("rows", [5, 70_000], ids=["small", "large"])
+def test_jax_moves_many_arrays_in_one_call_as_it_moves_each(device: str | None, rows: int) -> None:
+    """One transfer for data and parameters (a jitted identity, or ``device_put`` for large
+    arrays): the same values and dtypes as one at a time, brought back as writable copies,
+    and the caller's arrays never written."""
+    require_engine("jax")
+    engine = gradlab.engines.JaxEngine(device=device)
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal(rows), rng.standard_normal((2, 3)), np.array(0.25)]
+    before = [array.copy() for array in arrays]
+    for dtype in ("float64", "float32"):
+        together = engine.asarrays(arrays, dtype)
+        alone = [engine.asarray(array, dtype) for array in arrays]
+        back = engine.to_numpy_all(together)
+        for array, moved, single, host in zip(arrays, together, alone, back, strict=True):
+            assert str(moved.dtype) == dtype
+            assert moved.shape == array.shape
+            np.testing.assert_array_equal(np.asarray(moved), np.asarray(single))
+            np.testing.assert_array_equal(host, array.astype(dtype))
+            assert host.flags.writeable
+            host[...] = 7.0  # writing the copy leaves the caller's array alone
+    for array, kept in zip(arrays, before, strict=True):
+        np.testing.assert_array_equal(array, kept)
+
+
+def test_an_engine_without_the_batched_moves_gets_them_from_its_single_ones() -> None:
+    """The optional asarrays / to_numpy_all fall back to asarray / to_numpy, one array at a
+    time, for an engine written against the bare protocol."""
+    from gradlab.engines._protocol import asarrays_of, to_numpy_all_of
+
+    class Bare:
+        name, xp = "bare", np
+
+        def __init__(self) -> None:
+            self.moved: list[str] = []
+
+        def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
+            self.moved.append("in")
+            return np.array(array, dtype=dtype)
+
+        def to_numpy(self, array: np.ndarray) -> np.ndarray:
+            self.moved.append("out")
+            return np.array(array)
+
+    engine = Bare()
+    arrays = [np.arange(3.0), np.ones((2, 2))]
+    moved = asarrays_of(engine)(arrays, "float32")  # type: ignore[arg-type]
+    assert [array.dtype for array in moved] == [np.float32, np.float32]
+    back = to_numpy_all_of(engine)(moved)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(back[1], arrays[1])
+    assert engine.moved == ["in", "in", "out", "out"]
+
+
 def test_torch_compile_compiles_an_adam_loop_once_and_lands_where_numpy_does() -> None:
     """Adam's step count changes every step; compiled code must not be specialised on it."""
     require_engine("torch")
-    import dataclasses
-
     from gradlab.engines import _torch
 
     recipe = dataclasses.replace(recipes.seed_numpy(), optimizer=gradlab.adam(0.01))
     before = len(_torch._COMPILED)
     compiled = recipe.run("torch-compile", steps=40)
-    # The gradient (checked once before the loop) and the loop body: each compiled once,
-    # not once per step.
+    # The gradient (checked once before the loop) and the loop body (8 steps per graph,
+    # no remainder in 40): each compiled once, not once per step.
     assert len(_torch._COMPILED) - before == 2
     hand = recipe.run("numpy", steps=40)
     assert gradlab.max_rho(compiled.params, hand.params) <= 1e-12

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -87,6 +87,14 @@ class GradientEngine(Protocol):
             loss on a batch of that row alone), stacked: ``grads[name]`` has shape
             ``(rows,) + params[name].shape``.
 
+    Optional members, for moving data (a framework that moves several arrays in one
+    transfer, such as jax, saves a dispatch, or a wait for the device, per array):
+
+        asarrays(arrays, dtype): A list of NumPy arrays as engine arrays of ``dtype``, as
+            ``asarray`` makes each, in one call. Default: ``asarray`` on each.
+        to_numpy_all(arrays): A list of engine arrays back as NumPy arrays, as
+            ``to_numpy`` makes each, in one call. Default: ``to_numpy`` on each.
+
     Optional attribute, for the comparisons:
 
         approximate: ``True`` when its derivatives are approximations (finite differences);
@@ -105,7 +113,9 @@ class GradientEngine(Protocol):
             to wait for.
 
     The optional members are looked up in one place (``hvp_of``, ``objective_of``,
-    ``block_of`` and ``is_approximate`` in this module), never probed elsewhere.
+    ``block_of``, ``asarrays_of``, ``to_numpy_all_of`` and ``is_approximate`` in this
+    module), never probed
+    elsewhere.
 
     The easiest way to write an engine is to subclass [`AbstractEngine`][gradlab.AbstractEngine],
     which supplies ``run``, ``to_numpy``, ``describe`` and every optional member; see
@@ -205,6 +215,14 @@ class AbstractEngine(abc.ABC):
         """Synchronous by default: everything is computed once a call returns."""
         return tree
 
+    def asarrays(self, arrays: Sequence[np.ndarray], dtype: str) -> list[Array]:
+        """``asarray`` on each array; override it where one transfer moves them all."""
+        return [self.asarray(array, dtype) for array in arrays]
+
+    def to_numpy_all(self, arrays: Sequence[Array]) -> list[np.ndarray]:
+        """``to_numpy`` on each array; override it where one transfer brings them all."""
+        return [self.to_numpy(array) for array in arrays]
+
     def to_numpy(self, array: Array) -> np.ndarray:
         """Convert with ``numpy.asarray``."""
         return np.asarray(array)
@@ -285,6 +303,30 @@ def objective_of(engine: GradientEngine, problem: AbstractProblem) -> Objective:
         return problem.loss(params, data, xp)
 
     return objective
+
+
+def asarrays_of(engine: GradientEngine) -> Callable[[Sequence[np.ndarray], str], list[Array]]:
+    """The engine's ``asarrays``; by default ``asarray`` on each array."""
+    method = getattr(engine, "asarrays", None)
+    if method is not None:
+        return method  # type: ignore[no-any-return]
+
+    def asarrays(arrays: Sequence[np.ndarray], dtype: str) -> list[Array]:
+        return [engine.asarray(array, dtype) for array in arrays]
+
+    return asarrays
+
+
+def to_numpy_all_of(engine: GradientEngine) -> Callable[[Sequence[Array]], list[np.ndarray]]:
+    """The engine's ``to_numpy_all``; by default ``to_numpy`` on each array."""
+    method = getattr(engine, "to_numpy_all", None)
+    if method is not None:
+        return method  # type: ignore[no-any-return]
+
+    def to_numpy_all(arrays: Sequence[Array]) -> list[np.ndarray]:
+        return [engine.to_numpy(array) for array in arrays]
+
+    return to_numpy_all
 
 
 def block_of(engine: GradientEngine) -> Callable[[Any], Any]:
