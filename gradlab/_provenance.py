@@ -33,7 +33,9 @@ def common_provenance(dtype: str) -> dict[str, Any]:
         # threading.
         "device": None,
         "threads": None,
-        "thread_env": {name: os.environ[name] for name in _THREAD_VARIABLES if name in os.environ},
+        "thread_env": {
+            name: value for name in _THREAD_VARIABLES if (value := os.environ.get(name)) is not None
+        },
         "jax_enable_x64": _jax_x64(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

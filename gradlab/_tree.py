@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 #: A leaf's position: the keys, indices and field names leading to it.
 Keys = tuple[Any, ...]
 
@@ -258,8 +260,18 @@ def _replace(tree: Any, matches: Callable[[Any], bool], replace: Callable[[Any],
 
 def structure(tree: Any) -> Structure:
     """The structure of a nest."""
+    if type(tree) is dict and all(type(leaf) in _PLAIN_LEAVES for leaf in tree.values()):
+        # A flat dict of arrays and numbers, what nearly every call passes: the same
+        # Structure as the walk below builds, without the walk (every fit takes two).
+        keys = tuple((key,) for key in tree)
+        node = ("dict", tuple((key, None) for key in tree), dict)
+        return Structure(node, keys, tuple(path(k) for k in keys))
     keys = tuple(keys for keys, _ in _walk(tree))
     return Structure(_node(tree), keys, tuple(path(k) for k in keys))
+
+
+#: Types that are always leaves (``_children`` is None for them).
+_PLAIN_LEAVES = frozenset({np.ndarray, np.float64, np.float32, float, int})
 
 
 def flatten(tree: Any) -> tuple[dict[str, Any], Structure]:

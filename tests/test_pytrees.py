@@ -376,3 +376,29 @@ def test_max_rho_reads_nests_and_names_what_differs() -> None:
     assert gradlab.max_rho(INIT, moved) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(gradlab.ArgumentError, match="differ"):
         gradlab.max_rho(INIT, {"x": 1.0})
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"w": np.zeros(3), "b": 0.5, "n": 2},
+        {"not an identifier": np.ones(2), "x2": np.float32(1.0)},
+        {},
+        {"w": [1.0, 2.0]},  # a list of numbers: a leaf, by the general walk
+        {"w": True, "b": np.float64(1.0)},  # a bool: the general walk
+        OrderedDict(w=np.zeros(1)),  # another mapping type: the general walk
+    ],
+    ids=["arrays-and-numbers", "odd-names", "empty", "list-leaf", "bool", "ordered"],
+)
+def test_the_flat_dict_fast_path_builds_the_structure_the_walk_builds(tree: Any) -> None:
+    """``structure`` takes a shortcut for flat dicts of arrays and numbers; it must give what
+    walking the nest gives: the same node, keys, paths and flat dict."""
+    from gradlab._tree import _node, _walk, path, structure
+
+    keys = tuple(k for k, _ in _walk(tree))
+    walked = gradlab._tree.Structure(_node(tree), keys, tuple(path(k) for k in keys))
+    fast = structure(tree)
+    assert fast == walked
+    assert fast.paths == walked.paths
+    assert fast.trivial == walked.trivial
+    assert list(fast.flatten(tree)) == list(walked.flatten(tree))
