@@ -236,6 +236,27 @@ def test_an_engine_without_the_batched_moves_gets_them_from_its_single_ones() ->
     assert engine.moved == ["in", "in", "out", "out"]
 
 
+@pytest.mark.parametrize("member", ["asarrays", "to_numpy_all"])
+def test_a_plug_in_whose_batched_move_loses_an_array_is_named(member: str) -> None:
+    """A batched move that returns fewer arrays than it was given would misalign data and
+    parameters: the fit stops with an error naming the engine."""
+
+    class Lossy(gradlab.engines.NumpyEngine):
+        name = "lossy"
+
+        def asarrays(self, arrays: Any, dtype: str) -> list[Any]:
+            moved = super().asarrays(arrays, dtype)
+            return moved[:-1] if member == "asarrays" else moved
+
+        def to_numpy_all(self, arrays: Any) -> list[Any]:
+            back = super().to_numpy_all(arrays)
+            return back[:-1] if member == "to_numpy_all" else back
+
+    recipe = recipes.seed_numpy()
+    with pytest.raises(gradlab.ArgumentError, match=f"lossy.*{member} returned"):
+        recipe.run(Lossy(), steps=3)
+
+
 def test_torch_compile_compiles_an_adam_loop_once_and_lands_where_numpy_does() -> None:
     """Adam's step count changes every step; compiled code must not be specialised on it."""
     require_engine("torch")

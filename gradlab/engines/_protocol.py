@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from gradlab._errors import NotSupported
+from gradlab._errors import ArgumentError, NotSupported
 from gradlab.problems._base import AbstractProblem
 
 Array = Any
@@ -306,27 +306,47 @@ def objective_of(engine: GradientEngine, problem: AbstractProblem) -> Objective:
 
 
 def asarrays_of(engine: GradientEngine) -> Callable[[Sequence[np.ndarray], str], list[Array]]:
-    """The engine's ``asarrays``; by default ``asarray`` on each array."""
+    """The engine's ``asarrays`` (one array back per array given, or an error naming the
+    engine); by default ``asarray`` on each array."""
     method = getattr(engine, "asarrays", None)
-    if method is not None:
-        return method  # type: ignore[no-any-return]
+    if method is None:
 
-    def asarrays(arrays: Sequence[np.ndarray], dtype: str) -> list[Array]:
-        return [engine.asarray(array, dtype) for array in arrays]
+        def asarrays(arrays: Sequence[np.ndarray], dtype: str) -> list[Array]:
+            return [engine.asarray(array, dtype) for array in arrays]
 
-    return asarrays
+        return asarrays
+
+    def checked(arrays: Sequence[np.ndarray], dtype: str) -> list[Array]:
+        return _as_many(engine, "asarrays", list(method(arrays, dtype)), len(arrays))
+
+    return checked
 
 
 def to_numpy_all_of(engine: GradientEngine) -> Callable[[Sequence[Array]], list[np.ndarray]]:
-    """The engine's ``to_numpy_all``; by default ``to_numpy`` on each array."""
+    """The engine's ``to_numpy_all`` (checked as ``asarrays_of`` checks); by default
+    ``to_numpy`` on each array."""
     method = getattr(engine, "to_numpy_all", None)
-    if method is not None:
-        return method  # type: ignore[no-any-return]
+    if method is None:
 
-    def to_numpy_all(arrays: Sequence[Array]) -> list[np.ndarray]:
-        return [engine.to_numpy(array) for array in arrays]
+        def to_numpy_all(arrays: Sequence[Array]) -> list[np.ndarray]:
+            return [engine.to_numpy(array) for array in arrays]
 
-    return to_numpy_all
+        return to_numpy_all
+
+    def checked(arrays: Sequence[Array]) -> list[np.ndarray]:
+        return _as_many(engine, "to_numpy_all", list(method(arrays)), len(arrays))
+
+    return checked
+
+
+def _as_many(engine: GradientEngine, member: str, out: list[Any], count: int) -> list[Any]:
+    """``out``, if a batched move gave one array per array; else an error naming the engine
+    (a plug-in's mistake, which would otherwise surface as a misaligned result)."""
+    if len(out) != count:
+        raise ArgumentError(
+            "engine", f"engine {engine.name!r}: {member} returned {len(out)} arrays for {count}"
+        )
+    return out
 
 
 def block_of(engine: GradientEngine) -> Callable[[Any], Any]:
