@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -34,7 +34,7 @@ from gradlab._optax import is_optax
 from gradlab._optax import start_state as start_state_optax
 from gradlab._output import Record
 from gradlab._provenance import provenance
-from gradlab._tree import flatten, layout, rebuild, tree_map
+from gradlab._tree import flatten, layout, leaves, rebuild, tree_map
 from gradlab.engines._numpy import read_only
 from gradlab.engines._protocol import (
     Carry,
@@ -528,7 +528,7 @@ def fit(
         provenance=provenance(engine.describe(), dtype),
         trajectory=path_arrays,
         stop_reason=reason,
-        state=layout.unflatten_within(_to_numpy_tree(carry[1], engine)),
+        state=layout.unflatten_within(run.host_state(carry)),
         step=first_step + run.updates,
     )
 
@@ -554,15 +554,17 @@ class _Run:
         self.best = np.inf
         self.best_at = 0
         self.last_loss = float("nan")
-        self._host: tuple[Carry, dict[str, np.ndarray]] | None = None
+        self._host: tuple[Carry, dict[str, np.ndarray], Any] | None = None
 
     def stretch(self, carry: Carry, length: int, done: int) -> Carry:
         """Run ``length`` steps from ``carry``; return the carry where this stretch ends."""
         engine = self.engine
         end, stacked = engine.run(self.body, carry, self.batch, length)
         outputs = self.body.read(stacked)
-        # Everything this stretch checks on the host, brought back in one transfer.
-        wanted = [outputs.losses, *(end[0][name] for name in self.names)]
+        # Everything this stretch checks on the host, and the optimizer state a fit that
+        # ends here returns, brought back in one transfer (on a GPU, one wait).
+        state = _state_arrays(end[1])
+        wanted = [outputs.losses, *(end[0][name] for name in self.names), *state]
         if outputs.norms is not None:
             wanted.append(outputs.norms)
         host = to_numpy_all_of(engine)(wanted)
@@ -570,7 +572,8 @@ class _Run:
         _check_losses(engine, losses, length)
         norms = host[-1] if outputs.norms is not None else None
         path = outputs.path
-        params_end = dict(zip(self.names, host[1 : 1 + len(self.names)], strict=True))
+        at = 1 + len(self.names)
+        params_end = dict(zip(self.names, host[1:at], strict=True))
         if not (_finite(losses) and all(map(_finite, params_end.values()))):
             checked = dataclasses.replace(
                 self.body, check_gradients=True, record=(), grad_norms=False
@@ -586,7 +589,8 @@ class _Run:
         self._keep(losses, path, length)
         self.updates = done + length
         self.last_loss = float(losses[-1])
-        self._host = (end, params_end)  # already on the host: not converted again at the end
+        # Already on the host: not converted again at the end.
+        self._host = (end, params_end, _state_on_host(end[1], host[at : at + len(state)]))
         return end
 
     def _rule(self, losses: np.ndarray, norms: np.ndarray | None, done: int) -> int | None:
@@ -631,6 +635,12 @@ class _Run:
         self.losses.append(losses[:count])
         for name, values in path.items():
             self.visited[name].append(self.engine.to_numpy(values)[:count])
+
+    def host_state(self, carry: Carry) -> Any:
+        """The optimizer state of ``carry`` on the host."""
+        if self._host is not None and self._host[0] is carry:
+            return self._host[2]
+        return _to_numpy_tree(carry[1], self.engine)
 
     def host_params(self, carry: Carry) -> dict[str, np.ndarray]:
         if self._host is not None and self._host[0] is carry:
@@ -852,18 +862,26 @@ def _batch_order(
 def _to_numpy_tree(tree: Any, engine: GradientEngine) -> Any:
     """The optimizer state back on the host, in one transfer: NumPy arrays; counts as Python
     ints."""
-    arrays: list[Any] = []
+    return _state_on_host(tree, to_numpy_all_of(engine)(_state_arrays(tree)))
 
-    def collect(leaf: Any) -> Any:
-        if not (leaf is None or isinstance(leaf, (int, float))):
-            arrays.append(leaf)
-        return leaf
 
-    tree_map(collect, tree)
-    brought = iter(to_numpy_all_of(engine)(arrays))
+def _is_array(leaf: Any) -> bool:
+    """Whether an optimizer state's leaf is an engine array (not a Python number or None)."""
+    return not (leaf is None or isinstance(leaf, (int, float)))
+
+
+def _state_arrays(tree: Any) -> list[Any]:
+    """The engine arrays of an optimizer state, in order."""
+    return [leaf for leaf in leaves(tree) if _is_array(leaf)]
+
+
+def _state_on_host(tree: Any, arrays: Sequence[np.ndarray]) -> Any:
+    """``tree`` with its engine arrays replaced, in order, by ``arrays`` (their host copies);
+    0-d integer arrays (counts) as Python ints."""
+    brought = iter(arrays)
 
     def bring(leaf: Any) -> Any:
-        if leaf is None or isinstance(leaf, (int, float)):
+        if not _is_array(leaf):
             return leaf
         array = next(brought)
         if array.ndim == 0 and not np.issubdtype(array.dtype, np.floating):
