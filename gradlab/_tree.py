@@ -14,6 +14,7 @@ is its own flattening, so it costs nothing.
 from __future__ import annotations
 
 import collections
+import functools
 import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -199,10 +200,11 @@ class Structure:
     keys: tuple[Keys, ...]
     paths: tuple[str, ...] = field(compare=False)
 
-    @property
+    @functools.cached_property
     def trivial(self) -> bool:
         """Whether the nest is a plain flat dict whose names are their own paths (nothing to
-        do; another mapping type, an ``OrderedDict``, is rebuilt as such)."""
+        do; another mapping type, an ``OrderedDict``, is rebuilt as such). Computed once:
+        every fit asks several times."""
         return (
             self.node is not None
             and self.node[0] == "dict"
