@@ -171,8 +171,10 @@ def sgd(lr: LearningRate) -> GradientTransformation:
         return SGDState(0)
 
     def update(grads: Params, state: SGDState, params: Params) -> tuple[Updates, SGDState]:
-        rate = schedule(state.count)
-        return tree_map(lambda g: -(rate * g), grads), SGDState(state.count + 1)
+        # (−rate)·g is −(rate·g) to the bit (negation is exact), in one multiplication per
+        # leaf instead of two operations: one kernel less per parameter on torch.
+        step = -schedule(state.count)
+        return tree_map(lambda g: step * g, grads), SGDState(state.count + 1)
 
     return GradientTransformation(init, update)
 
@@ -213,7 +215,8 @@ def momentum(
             return velocity, MomentumState(state.count + 1, velocity)
         velocity = tree_map(lambda v, g: beta * v + g, state.velocity, grads)
         step = tree_map(lambda g, v: g + beta * v, grads, velocity) if nesterov else velocity
-        updates = tree_map(lambda s: -(rate * s), step)
+        negative = -rate  # as in sgd: one multiplication per leaf, the same bits
+        updates = tree_map(lambda s: negative * s, step)
         return updates, MomentumState(state.count + 1, velocity)
 
     return GradientTransformation(init, update)
