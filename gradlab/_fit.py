@@ -486,7 +486,7 @@ def fit(
             length = min(stretch, steps - done)
             try:
                 with calling(problem, engine):
-                    carry = run.stretch(carry, length, done)
+                    carry = run.stretch(carry, length, done, last=done + length == steps)
             except ProblemError:
                 if is_optax(optimizer):  # whose code failed: the loss's or optax's?
                     blame_optax(optimizer, carry[0], carry[1], dtype)
@@ -556,14 +556,18 @@ class _Run:
         self.last_loss = float("nan")
         self._host: tuple[Carry, dict[str, np.ndarray], Any] | None = None
 
-    def stretch(self, carry: Carry, length: int, done: int) -> Carry:
-        """Run ``length`` steps from ``carry``; return the carry where this stretch ends."""
+    def stretch(self, carry: Carry, length: int, done: int, last: bool = False) -> Carry:
+        """Run ``length`` steps from ``carry``; return the carry where this stretch ends.
+
+        ``last``: the fit ends with this stretch unless a rule stops it earlier, so the
+        optimizer state it returns comes back with the stretch's own results.
+        """
         engine = self.engine
         end, stacked = engine.run(self.body, carry, self.batch, length)
         outputs = self.body.read(stacked)
-        # Everything this stretch checks on the host, and the optimizer state a fit that
-        # ends here returns, brought back in one transfer (on a GPU, one wait).
-        state = _state_arrays(end[1])
+        # Everything this stretch checks on the host (and, in the last, the optimizer state
+        # the fit returns), brought back in one transfer: on a GPU, one wait.
+        state = _state_arrays(end[1]) if last else []
         wanted = [outputs.losses, *(end[0][name] for name in self.names), *state]
         if outputs.norms is not None:
             wanted.append(outputs.norms)
@@ -590,7 +594,8 @@ class _Run:
         self.updates = done + length
         self.last_loss = float(losses[-1])
         # Already on the host: not converted again at the end.
-        self._host = (end, params_end, _state_on_host(end[1], host[at : at + len(state)]))
+        on_host = _state_on_host(end[1], host[at : at + len(state)]) if last else None
+        self._host = (end, params_end, on_host)
         return end
 
     def _rule(self, losses: np.ndarray, norms: np.ndarray | None, done: int) -> int | None:
@@ -638,7 +643,7 @@ class _Run:
 
     def host_state(self, carry: Carry) -> Any:
         """The optimizer state of ``carry`` on the host."""
-        if self._host is not None and self._host[0] is carry:
+        if self._host is not None and self._host[0] is carry and self._host[2] is not None:
             return self._host[2]
         return _to_numpy_tree(carry[1], self.engine)
 

@@ -359,3 +359,39 @@ def test_constants_are_made_once_per_fit() -> None:
         init={"w": 0.0, "b": 0.0},
     )
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("engine", ["numpy", "jax"])
+def test_the_optimizer_state_a_fit_returns_is_the_same_however_it_is_brought_back(
+    engine: str,
+) -> None:
+    """The state comes back with the last stretch's results (one transfer), or on its own
+    when a rule ended the fit before its last stretch: Adam's moments and count, the same
+    either way as in one uninterrupted stretch."""
+    require_engine(engine)
+    recipe = recipes.seed_numpy()
+
+    def fit(steps: int, **how: Any) -> Any:
+        return gradlab.fit(
+            recipe.problem,
+            recipe.data,
+            engine=engine,
+            optimizer=gradlab.adam(0.01),
+            steps=steps,
+            init=recipe.init,
+            **how,
+        )
+
+    whole = fit(20)
+    # A callback cuts the fit into stretches of 7, 7 and 6 steps.
+    pieces = fit(20, callback=lambda *_: None, every=7)
+    # A callback that stops after the first stretch: no last stretch.
+    stopped = fit(20, callback=lambda *_: True, every=7)
+    short = fit(7)
+    for result, reference in ((pieces, whole), (stopped, short)):
+        assert result.state.count == reference.state.count
+        for moment in ("mu", "nu"):
+            # Equal to round-off: jax compiles a loop per stretch length, which XLA may fuse
+            # differently; a misplaced or stale moment would be off by far more.
+            got, want = getattr(result.state, moment), getattr(reference.state, moment)
+            assert gradlab.max_rho(got, want) <= 1e-12, (moment, got, want)
