@@ -391,7 +391,12 @@ def _native(problem: AbstractProblem) -> AbstractProblem:
 
 def _failed(problem: AbstractProblem, engine: GradientEngine | None, error: Exception) -> Exception:
     name = None if engine is None else engine.name
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    lines = str(error).strip().splitlines() or [""]
+    message = lines[0]
+    if message == "in user code:":
+        # tf.function re-raises an error from traced code with the traceback in its message:
+        # the original message is the last line, after the exception's type.
+        message = lines[-1].strip().removeprefix(f"{type(error).__name__}: ")
     hint = ""
     if name not in (None, "numpy", "fd") and ("numpy" in message or "__array__" in message):
         hint = " (is the loss written with numpy rather than the xp it is given?)"

@@ -281,9 +281,13 @@ class _Step:
         params, state = carry[0], carry[1]
         if self.batched:
             position = carry[2]
-            index = position if isinstance(position, int) else self.xp.astype(position, int)
-            # The order is carried as floats (engines hold float arrays); rows are exact.
-            rows = self.xp.astype(data[_ORDER][index], int)
+            # The order is carried as floats (engines hold float arrays); rows are exact. The
+            # indices are int32: every namespace has it (MLX's and TensorFlow's take no
+            # Python ``int`` as a dtype; jax's int64 needs its 64-bit mode).
+            index = (
+                position if isinstance(position, int) else self.xp.astype(position, self.xp.int32)
+            )
+            rows = self.xp.astype(data[_ORDER][index], self.xp.int32)
             data = {name: value[rows] for name, value in data.items() if name != _ORDER}
         loss, grads = self.value_and_grad(params, data)
         updates, state = self.optimizer.update(grads, state, params)

@@ -522,13 +522,19 @@ def compare_jacobians(
 
     def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], None]:
         value, blocks, _ = jacobian_at(engine, setup.problem, setup.data, setup.params, dtype)
-        outputs.update({path: np.shape(array) for path, array in value.items()})
+        # Outputs in one order for every engine: jax sorts a dict's keys, a hand Jacobian
+        # (and torch) keeps the order it was written in.
+        paths = sorted(blocks)
+        outputs.update({path: np.shape(value[path]) for path in paths})
         rows = [
             np.concatenate(
-                [np.reshape(row[name], (np.size(value[path]), -1)) for name in setup.params],
+                [
+                    np.reshape(blocks[path][name], (np.size(value[path]), -1))
+                    for name in setup.params
+                ],
                 axis=1,
             )
-            for path, row in blocks.items()
+            for path in paths
         ]
         return {"jacobian": np.concatenate(rows, axis=0)}, None
 

@@ -59,6 +59,7 @@ class JaxEngine(AbstractEngine):
     """
 
     name = "jax"
+    compiled_loop = True
 
     def __init__(self, *, device: str | None = None, unroll: int = 8) -> None:
         self._jax = importlib.import_module("jax")

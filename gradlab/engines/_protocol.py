@@ -101,6 +101,11 @@ class GradientEngine(Protocol):
             pairs with it are then judged with gradlab's finite-difference tolerances.
             Default ``False``.
 
+    Optional attribute, for listings (``gradlab engines``):
+
+        compiled_loop: ``True`` when ``run`` executes the loop body as compiled code (jax's
+            ``lax.scan``, torch-compile's graphs). Default ``False``.
+
     Optional members, for [`benchmark`][gradlab.benchmark] (which falls back to these defaults
     when an engine lacks them):
 
@@ -172,6 +177,8 @@ class AbstractEngine(abc.ABC):
     #: Whether its derivatives are approximations (finite differences): comparisons then
     #: judge it with gradlab's finite-difference tolerances.
     approximate: bool = False
+    #: Whether ``run`` executes the loop body as compiled code (for listings).
+    compiled_loop: bool = False
 
     @abc.abstractmethod
     def asarray(self, array: np.ndarray, dtype: str) -> Array:
@@ -360,6 +367,37 @@ def block_of(engine: GradientEngine) -> Callable[[Any], Any]:
         return tree
 
     return to_host
+
+
+#: What an engine can do, in the order listings show it.
+CAPABILITIES = ("gradient", "hvp", "jacobian", "forward mode", "per-example", "compiled loop")
+
+
+def capabilities_of(engine: Any) -> dict[str, bool]:
+    """What an engine (an object, or an engine class, which need not be importable-ready:
+    nothing is constructed) can do, by ``CAPABILITIES`` name.
+
+    An optional member counts when it is there and is not
+    [`AbstractEngine`][gradlab.AbstractEngine]'s refusing default; ``per-example`` means
+    vectorised per-example gradients (every engine can loop over rows); ``forward mode``
+    means Jacobian-vector products.
+    """
+
+    def offers(member: str) -> bool:
+        method = getattr(engine, member, None)
+        if method is None:
+            return False
+        default = getattr(AbstractEngine, member, None)
+        return getattr(method, "__func__", method) is not default
+
+    return {
+        "gradient": True,
+        "hvp": offers("hvp"),
+        "jacobian": offers("jacobian"),
+        "forward mode": offers("jvp"),
+        "per-example": offers("per_example_grads"),
+        "compiled loop": bool(getattr(engine, "compiled_loop", False)),
+    }
 
 
 def is_approximate(engine: GradientEngine) -> bool:

@@ -83,6 +83,30 @@ _REGISTRY.update(
             "builtin",
             opt_in=True,
         ),
+        "torch-func": _Entry(
+            _builtin("gradlab.engines._torch", "TorchFuncEngine"),
+            ("torch", "array_api_compat"),
+            "torch",
+            "builtin",
+            opt_in=True,
+        ),
+        "mlx": _Entry(
+            _builtin("gradlab.engines._mlx", "MlxEngine"), ("mlx",), "mlx", "builtin", opt_in=True
+        ),
+        "tensorflow": _Entry(
+            _builtin("gradlab.engines._tensorflow", "TensorFlowEngine"),
+            ("tensorflow",),
+            "tensorflow",
+            "builtin",
+            opt_in=True,
+        ),
+        "tensorflow-xla": _Entry(
+            _builtin("gradlab.engines._tensorflow", "TensorFlowXlaEngine"),
+            ("tensorflow",),
+            "tensorflow",
+            "builtin",
+            opt_in=True,
+        ),
     }
 )
 _entry_points_loaded = False
@@ -97,6 +121,10 @@ _BUILTIN_ORDER = {
     "torch-fwd": 5,
     "jax-fwd": 6,
     "complex-step": 7,
+    "torch-func": 8,
+    "mlx": 9,
+    "tensorflow": 10,
+    "tensorflow-xla": 11,
 }
 
 
@@ -238,7 +266,10 @@ def default_engines() -> tuple[str, ...]:
 
     ``"torch-compile"`` is opt-in: it is torch again, and compiling costs seconds per shape;
     so are ``"torch-fwd"`` and ``"jax-fwd"``, torch and jax again in forward mode, and
-    ``"complex-step"``, which refuses losses that are not analytic (max, abs, ...).
+    ``"complex-step"``, which refuses losses that are not analytic (max, abs, ...);
+    ``"torch-func"`` is torch again through ``torch.func``; ``"mlx"``, ``"tensorflow"`` and
+    ``"tensorflow-xla"`` are frameworks outside ``gradlab[all]`` (TensorFlow alone takes
+    seconds to import), compared when named.
     """
     return tuple(name for name in known_engines() if not _REGISTRY[name].opt_in)
 

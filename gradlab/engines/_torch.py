@@ -277,6 +277,7 @@ class TorchCompileEngine(TorchEngine):
     """
 
     name = "torch-compile"
+    compiled_loop = True
 
     def __init__(self, *, device: str = "cpu", unroll: int = 8) -> None:
         super().__init__(device=device)
@@ -418,6 +419,45 @@ class TorchForwardEngine(TorchEngine):
     def describe(self) -> dict[str, Any]:
         """As the torch engine, with the mode."""
         return {**super().describe(), "mode": "forward (torch.func.jacfwd)"}
+
+
+class TorchFuncEngine(TorchEngine):
+    """The torch engine's gradient by ``torch.func.grad_and_value``: no tape state at all.
+
+    ``torch.autograd`` (the ``torch`` engine) records a graph on tensors that require grad
+    and walks it back; ``torch.func`` transforms the function itself, as jax does, so
+    gradients compose with ``vmap`` (per-example gradients), ``jvp`` and ``jacrev``/
+    ``jacfwd`` without any tensor ever requiring grad. Both must give the same numbers;
+    which is faster depends on the problem's size (``benchmarks/``). Per-example gradients,
+    Jacobians, JVPs, VJPs and Hessian-vector products are ``torch.func`` in both engines.
+    Registered as ``"torch-func"``; opt-in in comparisons.
+
+    Args:
+        device: As for [`TorchEngine`][gradlab.engines.TorchEngine].
+    """
+
+    name = "torch-func"
+
+    def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
+        """``torch.func.grad_and_value`` of the loss."""
+        func, xp, loss = importlib.import_module("torch.func"), self.xp, checked_loss(problem)
+        transform = func.grad_and_value(lambda params, data: loss(params, data, xp))
+        torch, transforming = self._torch, self._transforming
+
+        def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+            # torch.func ignores an outer no_grad, not inference mode: leave that only if on.
+            if not torch.is_inference_mode_enabled():
+                grads, value = transform(dict(params), data)
+            else:
+                with transforming():
+                    grads, value = transform(dict(params), data)
+            return value, dict(grads)
+
+        return value_and_grad
+
+    def describe(self) -> dict[str, Any]:
+        """As the torch engine, with the mode."""
+        return {**super().describe(), "mode": "functional (torch.func.grad_and_value)"}
 
 
 class _Scalar(AbstractProblem):

@@ -39,8 +39,12 @@ def framework_of(xp: Any) -> str:
     """The framework an array namespace belongs to: ``"numpy"``, ``"torch"``, ``"jax"``, ...
 
     Read from the namespace's module name, without importing anything
-    (``array_api_compat.torch`` is torch's).
+    (``array_api_compat.torch`` is torch's), or from its ``gradlab_framework`` attribute,
+    where gradlab adapts a framework's namespace itself (TensorFlow's).
     """
+    declared = getattr(xp, "gradlab_framework", None)
+    if isinstance(declared, str):
+        return declared
     name = str(getattr(xp, "__name__", type(xp).__module__))
     return name.removeprefix("array_api_compat.").partition(".")[0]
 

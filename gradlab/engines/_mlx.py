@@ -1,0 +1,198 @@
+"""The ``mlx`` engine: Apple's MLX, ``mx.value_and_grad`` under ``mx.compile``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradlab._boundary import checked_loss
+from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._tree import leaves as tree_leaves
+from gradlab._tree import tree_map
+from gradlab.engines._cache import Compiled, fingerprint, key
+from gradlab.engines._protocol import (
+    HVP,
+    AbstractEngine,
+    Array,
+    Carry,
+    Data,
+    Objective,
+    Params,
+    PerExample,
+    Step,
+    ValueAndGrad,
+)
+from gradlab.problems._base import AbstractProblem
+
+# Compiled functions for the life of the process, keyed as the other compiling engines key
+# theirs (see ``gradlab.engines._cache``): a changed problem is traced again.
+_COMPILED: Compiled[Callable[..., Any]] = Compiled()
+
+
+class MlxEngine(AbstractEngine):
+    """Reverse-mode autodiff with MLX's ``mx.value_and_grad``, compiled by ``mx.compile``.
+
+    MLX (Apple's array framework) runs on Apple silicon's GPU and, through its CPU package
+    (``mlx[cpu]``), on any Linux or macOS CPU. ``mlx.core`` is an array-API namespace, so
+    problems written against ``xp`` run unchanged. float32 and float64 are both real:
+    MLX computes float64 on the CPU only (its GPU has no float64), so ``device="gpu"``
+    refuses float64 arrays when they are made.
+
+    MLX evaluates lazily: an operation records a graph, computed when a value is needed.
+    ``block`` and the loop call ``mx.eval``; the loop does so after every step, so a long
+    fit never builds one graph of all its steps. The gradient and the loop body are each
+    compiled once per shape and dtype (``mx.compile``). Every call runs on the engine's
+    device through ``mx.stream``, so MLX's default device is never changed.
+
+    Args:
+        device: ``"cpu"`` (default) or ``"gpu"`` (Apple silicon).
+    """
+
+    name = "mlx"
+    compiled_loop = True
+
+    def __init__(self, *, device: str = "cpu") -> None:
+        self._mx = importlib.import_module("mlx.core")
+        self.xp = self._mx
+        if device not in ("cpu", "gpu"):
+            raise ArgumentTypeError("device", f"must be 'cpu' or 'gpu', got {device!r}")
+        self.device = getattr(self._mx, device)
+        if device == "gpu" and not self._mx.is_available(self.device):
+            raise ArgumentError("device", "this MLX build has no GPU (Apple silicon only)")
+
+    def asarray(self, array: np.ndarray, dtype: str) -> Array:
+        """An MLX array of ``dtype`` (a copy), evaluated on the engine's device."""
+        if dtype == "float64" and self.device == self._mx.gpu:
+            raise ArgumentError("dtype", "MLX computes float64 on the CPU only, not on its GPU")
+        with self._mx.stream(self.device):
+            # The dtype is explicit: MLX turns float64 NumPy arrays into float32 otherwise.
+            out = self._mx.array(np.asarray(array), dtype=getattr(self._mx, dtype))
+            self._mx.eval(out)
+        return out
+
+    def to_numpy(self, array: Array) -> np.ndarray:
+        """A NumPy copy (``numpy.array`` evaluates the array first)."""
+        return np.array(array)
+
+    def block(self, tree: Any) -> Any:
+        """``mx.eval`` of every array: nothing is computed until asked for."""
+        self._mx.eval([leaf for leaf in tree_leaves(tree) if isinstance(leaf, self._mx.array)])
+        return tree
+
+    def _on_device(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function``, run on the engine's device (MLX's default device left alone)."""
+        mx, device = self._mx, self.device
+
+        def on_device(*args: Any) -> Any:
+            with mx.stream(device):
+                return function(*args)
+
+        return on_device
+
+    def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
+        """``mx.compile(mx.value_and_grad(loss))``, differentiating the parameters."""
+        mx, loss = self._mx, checked_loss(problem)
+
+        def make() -> Callable[..., Any]:
+            compiled = mx.compile(mx.value_and_grad(lambda params, data: loss(params, data, mx)))
+
+            def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
+                value, grads = compiled(dict(params), dict(data))
+                return value, dict(grads)
+
+            return value_and_grad
+
+        return self._on_device(_COMPILED.get(("value_and_grad", key(problem)), make))
+
+    def objective(self, problem: AbstractProblem) -> Objective:
+        """``mx.compile(loss)``."""
+        mx, loss = self._mx, checked_loss(problem)
+
+        def make() -> Callable[..., Any]:
+            return mx.compile(lambda params, data: loss(dict(params), dict(data), mx))  # type: ignore[no-any-return]
+
+        return self._on_device(_COMPILED.get(("objective", key(problem)), make))
+
+    def hvp(self, problem: AbstractProblem) -> HVP:
+        """Forward-over-reverse: ``mx.jvp`` of ``mx.grad`` of the loss."""
+        mx, loss = self._mx, checked_loss(problem)
+
+        def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+            names = list(params)  # mx.jvp takes and gives lists of arrays, not dicts
+
+            def gradient(*values: Array) -> list[Array]:
+                grads = mx.grad(lambda p: loss(p, data, mx))(dict(zip(names, values, strict=True)))
+                return [grads[name] for name in names]
+
+            _, products = mx.jvp(
+                gradient, [params[name] for name in names], [tangent[name] for name in names]
+            )
+            return dict(zip(names, products, strict=True))
+
+        return self._on_device(hvp)
+
+    def per_example_grads(self, problem: AbstractProblem) -> PerExample:
+        """``mx.vmap`` of ``mx.grad`` of one row's loss."""
+        mx, loss = self._mx, checked_loss(problem)
+
+        def row_loss(params: Params, row: Data) -> Array:
+            return loss(params, {name: value[None] for name, value in row.items()}, mx)
+
+        vectorised = mx.vmap(mx.grad(row_loss), in_axes=(None, 0))
+
+        def per_example(params: Params, data: Data) -> dict[str, Array]:
+            return dict(vectorised(dict(params), dict(data)))
+
+        return self._on_device(per_example)
+
+    def run(
+        self, step: Step, carry: Carry, data: Data, steps: int
+    ) -> tuple[Carry, tuple[Array, ...]]:
+        """A Python loop over the compiled loop body, evaluated after every step.
+
+        Python numbers in the carry (Adam's step count) become 0-d arrays first: compiled
+        code would otherwise be specialised on each value of the count.
+        """
+        mx = self._mx
+        if steps == 0:
+            return carry, ()
+        dtype = _float_dtype(carry, mx)
+        carry = tree_map(
+            lambda leaf: (
+                mx.array(leaf, dtype=dtype)
+                if isinstance(leaf, (int, float)) and not isinstance(leaf, bool)
+                else leaf
+            ),
+            carry,
+        )
+        optimizer = fingerprint(getattr(step, "optimizer", None))
+        body = _COMPILED.get(("step", step, optimizer), lambda: mx.compile(step))
+        outputs = []
+        with mx.stream(self.device):
+            for _ in range(steps):
+                carry, out = body(carry, data)
+                # Evaluated now, so that the graph of a long fit stays one step deep.
+                mx.eval(carry, out)
+                outputs.append(out)
+            stacked = tuple(mx.stack(list(column)) for column in zip(*outputs, strict=True))
+        return carry, stacked
+
+    def describe(self) -> dict[str, Any]:
+        """MLX's version and device."""
+        return {
+            "framework": "mlx",
+            "mlx": self._mx.__version__,
+            "device": str(self.device),
+            "compiled": "mx.compile (gradient and loop body)",
+        }
+
+
+def _float_dtype(tree: Any, mx: Any) -> Any:
+    """The dtype of the first floating-point array in ``tree`` (float32 if none)."""
+    for leaf in tree_leaves(tree):
+        if isinstance(leaf, mx.array) and mx.issubdtype(leaf.dtype, mx.floating):
+            return leaf.dtype
+    return mx.float32

@@ -1,0 +1,371 @@
+"""The conformance suite every gradlab engine passes, for third-party engines too.
+
+Every built-in engine runs these tests (``tests/test_conformance.py``); a plug-in runs the
+same ones with one class in its own test suite:
+
+```python
+from gradlab.testing import EngineConformance
+
+
+class TestMyEngine(EngineConformance):
+    engine = "my-engine"  # the registered name (or an engine object)
+```
+
+pytest collects the inherited tests. What they check, for every shipped problem, in
+float32 and float64:
+
+- **agreement**: the gradient against gradlab's hand derivations (the ``numpy`` engine)
+  and finite differences, to round-off for an exact engine (rho ≤ 1e-12 in float64), within
+  gradlab's finite-difference tolerances for an approximate one; Hessian-vector products,
+  per-example gradients and Jacobians where the engine offers them;
+- **the loop**: the seed tutorial's fit, and a mini-batch Adam fit, land where the hand
+  derivation's do;
+- **dtypes**: results in the dtype asked for;
+- **global state**: NumPy's and every imported framework's global settings, the
+  environment and the warning filters are as they were;
+- **bad input**: a bad dtype, bad parameters and a loss that fails or returns a Python
+  number give gradlab errors naming the argument, the problem and the engine, never a
+  framework's traceback; the caller's arrays are never written.
+
+A problem the engine declines (``NotSupported``, e.g. complex step on a loss that is not
+analytic) is skipped with the engine's reason. Needs pytest (it is a test suite).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+import gradlab
+from gradlab._errors import ArgumentError, GradlabError, NotSupported, ProblemError
+from gradlab.engines._protocol import capabilities_of, is_approximate
+from gradlab.problems._named import NAMED_PROBLEMS, at_size
+
+__all__ = ["EngineConformance", "global_state"]
+
+#: rho an exact engine may differ by from the hand derivation in float64 (round-off of the
+#: largest shipped problems; observed ≤ 1e-14).
+EXACT = 1e-12
+#: Problems with a hand-derived Hessian-vector product.
+_WITH_HVP = ("quadratic", "rosenbrock", "log_sum_exp", "softmax_regression")
+
+
+def _setup(name: str, size: int = 7, rows: int = 40) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """A shipped problem at a small size, its data and parameters drawn from fixed seeds."""
+    problem = at_size(NAMED_PROBLEMS[name](), size)
+    data = problem.make_data(rows, seed=3)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(4)
+    shapes = problem.param_shapes(problem.check_data(data)) or {}
+    params = {key: 0.5 * rng.standard_normal(shape) for key, shape in shapes.items()}
+    return problem, data, params
+
+
+def global_state() -> dict[str, Any]:
+    """NumPy's and every imported framework's process-wide settings, the environment and the
+    warning filters: what an engine must leave as it found it. Frameworks not imported are
+    not imported here."""
+    state: dict[str, Any] = {
+        "environ": dict(os.environ),
+        "warnings": list(warnings.filters),
+        "numpy": (np.geterr(), np.get_printoptions(), _rng_state()),
+    }
+    modules = sys.modules
+    if "torch" in modules:
+        torch = modules["torch"]
+        state["torch"] = (
+            torch.get_default_dtype(),
+            torch.get_num_threads(),
+            torch.is_grad_enabled(),
+            torch.is_inference_mode_enabled(),
+            torch.are_deterministic_algorithms_enabled(),
+        )
+    if "jax" in modules:
+        config = modules["jax"].config
+        state["jax"] = (config.jax_enable_x64, config.jax_default_matmul_precision)
+    if "tensorflow" in modules:
+        tf = modules["tensorflow"]
+        state["tensorflow"] = (
+            tf.config.functions_run_eagerly(),
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+            # Set on every tensor by tf.experimental.numpy's process-wide NumPy behaviour.
+            hasattr(tf.Tensor, "T"),
+        )
+    if "mlx.core" in modules:
+        mx = modules["mlx.core"]
+        state["mlx"] = (str(mx.default_device()), str(mx.default_stream(mx.default_device())))
+    return state
+
+
+def _rng_state() -> str:
+    kind, keys, position, *_ = np.random.get_state()
+    return f"{kind}:{int(np.sum(keys))}:{position}"
+
+
+def _layer(params: Any, data: Any, xp: Any) -> Any:
+    """A vector-valued function for the Jacobian tests: a tanh layer, and a norm."""
+    return {
+        "out": xp.tanh(data["x"] @ params["w"] + params["b"]),
+        "norm": xp.sum(params["w"] ** 2),
+    }
+
+
+def _layer_jacobian(params: Any, data: Any) -> Any:
+    """Its Jacobian by hand: d tanh(u)/du = 1 − tanh(u)²."""
+    slope = 1 - np.tanh(data["x"] @ params["w"] + params["b"]) ** 2
+    return {
+        "out": {"w": slope[:, None] * data["x"], "b": slope},
+        "norm": {"w": 2 * params["w"], "b": np.zeros_like(params["b"])},
+    }
+
+
+def _hand(loss: Any, params: Any, data: Any) -> Any:
+    """A "hand gradient" that runs ``loss`` (the numpy engine calls it, not the loss)."""
+    return loss(params, data, np), params
+
+
+def _references(engine: Any) -> list[str]:
+    """What an engine is checked against: the hand derivation, and finite differences
+    (the hand derivation alone for an approximate engine; fd alone for ``numpy``)."""
+    if engine.name == "numpy":
+        return ["fd"]
+    return ["numpy"] if is_approximate(engine) or engine.name == "fd" else ["numpy", "fd"]
+
+
+@contextlib.contextmanager
+def _skipped_if_declined() -> Iterator[None]:
+    """Skip, with the engine's reason, what the engine declines (``NotSupported``)."""
+    try:
+        yield
+    except NotSupported as declined:
+        pytest.skip(str(declined))
+
+
+class EngineConformance:
+    """Subclass it in a test file and set ``engine``: pytest runs the whole suite on it.
+
+    Attributes:
+        engine: The engine under test: a registered name, or an engine object.
+        problems: The shipped problems to run (default: all of them).
+    """
+
+    engine: ClassVar[Any] = None
+    problems: ClassVar[tuple[str, ...]] = tuple(NAMED_PROBLEMS)
+    #: A framework's known defects, by ``(problem, dtype)``, with the reason: there the
+    #: suite expects gradlab to *find* the disagreement (an expected failure, and a failure
+    #: once the framework is fixed, until the entry is removed).
+    known_disagreements: ClassVar[Mapping[tuple[str, str], str]] = {}
+
+    def _judge(self, report: Any, engine: str, case: tuple[str, str]) -> None:
+        """The engine's verdict in ``report``, unless ``case`` is a known disagreement."""
+        verdict = report.verdicts[engine]
+        reason = self.known_disagreements.get(case)
+        if reason is not None:
+            assert not verdict.agrees, f"{case} agrees now: remove it from known_disagreements"
+            pytest.xfail(reason)
+        assert verdict.agrees, str(report)
+
+    def _engine(self) -> Any:
+        if self.engine is None:
+            pytest.fail(f"{type(self).__name__} must set engine = 'engine-name'")
+        if isinstance(self.engine, str) and self.engine not in gradlab.available_engines():
+            pytest.skip(f"engine {self.engine!r} is not installed")
+        return gradlab.get_engine(self.engine)
+
+    def _name(self) -> str:
+        return str(self._engine().name)
+
+    def _problem(self, name: str) -> None:
+        if name not in self.problems:
+            pytest.skip(f"{name} is not among this engine's problems")
+
+    # -- the protocol --------------------------------------------------------------------
+
+    def test_satisfies_the_protocol(self) -> None:
+        engine = self._engine()
+        assert isinstance(engine, gradlab.GradientEngine)
+        assert isinstance(engine.name, str) and engine.name
+        facts = engine.describe()
+        assert isinstance(facts, dict)
+        json.dumps(facts)  # recorded beside every result: must be JSON
+        assert capabilities_of(engine)["gradient"]
+
+    # -- agreement -----------------------------------------------------------------------
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    @pytest.mark.parametrize("name", sorted(NAMED_PROBLEMS))
+    def test_gradient_agrees_with_the_hand_derivation(self, name: str, dtype: str) -> None:
+        self._problem(name)
+        engine = self._engine()
+        problem, data, params = _setup(name)
+        others = _references(engine)
+        with _skipped_if_declined():
+            report = gradlab.compare_gradients(
+                problem, data, params, engines=[engine, *others], dtype=dtype, reference=others[0]
+            )
+        if engine.name in report.skipped:
+            pytest.skip(report.skipped[engine.name])
+        self._judge(report, engine.name, (name, dtype))
+        if dtype == "float64" and not is_approximate(engine) and engine.name != "numpy":
+            assert report.verdicts[engine.name].rho <= EXACT, str(report)
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    @pytest.mark.parametrize("name", _WITH_HVP)
+    def test_hessian_vector_product_agrees(self, name: str, dtype: str) -> None:
+        self._problem(name)
+        engine = self._engine()
+        if not capabilities_of(engine)["hvp"]:
+            pytest.skip(f"engine {engine.name!r} computes no Hessian-vector products")
+        problem, data, params = _setup(name, 5, 20)
+        tangent = {
+            key: np.cos(np.arange(np.size(v))).reshape(np.shape(v)) for key, v in params.items()
+        }
+        others = _references(engine)[:1]
+        report = gradlab.compare_hessians(
+            problem, data, params, tangent=tangent, engines=[engine, *others], dtype=dtype
+        )
+        if engine.name in report.skipped:
+            pytest.skip(report.skipped[engine.name])
+        self._judge(report, engine.name, (name, dtype))
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    def test_per_example_gradients_agree(self, dtype: str) -> None:
+        engine = self._engine()
+        problem, data, params = _setup("softmax_regression", 3, 9)
+        with _skipped_if_declined():
+            report = gradlab.compare_per_example_grads(
+                problem, data, params, engines=[engine, *_references(engine)[:1]], dtype=dtype
+            )
+        if engine.name in report.skipped:
+            pytest.skip(report.skipped[engine.name])
+        self._judge(report, engine.name, ("softmax_regression", dtype))
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    def test_jacobian_agrees_with_finite_differences(self, dtype: str) -> None:
+        engine = self._engine()
+        capable = capabilities_of(engine)
+        if not (capable["jacobian"] or capable["forward mode"]):
+            pytest.skip(f"engine {engine.name!r} computes no Jacobians")
+        layer = gradlab.Problem(_layer, jacobian=_layer_jacobian, name="tanh_layer")
+        rng = np.random.default_rng(5)
+        data = {"x": rng.standard_normal((6, 3))}
+        params = {"w": rng.standard_normal(3), "b": np.array(0.3)}
+        others = _references(engine)[:1]
+        report = gradlab.compare_jacobians(
+            layer, data, params, engines=[engine, *others], dtype=dtype, reference=others[0]
+        )
+        if engine.name in report.skipped:
+            pytest.skip(report.skipped[engine.name])
+        assert report.verdicts[engine.name].agrees, str(report)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def test_the_seed_fit_lands_where_the_seed_does(self) -> None:
+        engine = self._engine()
+        recipe = gradlab.recipes.seed_numpy()
+        with _skipped_if_declined():
+            hand, ours = recipe.run("numpy"), recipe.run(engine)
+        assert ours.status == "completed"
+        limit = 1e-6 if is_approximate(engine) else 1e-10
+        assert gradlab.max_rho(hand.params, ours.params) <= limit
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    def test_a_mini_batch_adam_fit_follows_the_hand_derivation(self, dtype: str) -> None:
+        engine = self._engine()
+        problem, data, params = _setup("linear_regression", 3, 40)
+        options: dict[str, Any] = {"steps": 23, "batch_size": 9, "dtype": dtype}
+        hand = gradlab.fit(
+            problem, data, optimizer=gradlab.adam(0.05), engine="numpy", init=params, **options
+        )
+        with _skipped_if_declined():
+            ours = gradlab.fit(
+                problem, data, optimizer=gradlab.adam(0.05), engine=engine, init=params, **options
+            )
+        assert ours.status == "completed"
+        limit = 1e-10 if dtype == "float64" and not is_approximate(engine) else 1e-4
+        assert gradlab.max_rho({"loss": hand.losses}, {"loss": ours.losses}) <= limit
+        assert gradlab.max_rho(hand.params, ours.params) <= limit
+        assert all(np.asarray(v).dtype == dtype for v in ours.params.values())
+
+    # -- dtypes, global state, bad input ---------------------------------------------------
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    def test_results_have_the_requested_dtype(self, dtype: str) -> None:
+        engine = self._engine()
+        problem, data, params = _setup("mlp", 3, 10)
+        loss, grads = gradlab.value_and_grad(problem, data, params, engine=engine, dtype=dtype)
+        assert isinstance(loss, np.ndarray) and loss.dtype == dtype and loss.shape == ()
+        for key, value in params.items():
+            assert grads[key].dtype == dtype and grads[key].shape == value.shape
+
+    def test_global_state_is_left_as_found(self) -> None:
+        engine = self._engine()  # importing a framework the first time is not a change
+        problem, data, params = _setup("logistic_regression", 3, 10)
+        gradlab.value_and_grad(problem, data, params, engine=engine, dtype="float32")
+        before = global_state()
+        for dtype in ("float32", "float64"):
+            gradlab.value_and_grad(problem, data, params, engine=engine, dtype=dtype)
+            with contextlib.suppress(NotSupported):  # an engine that cannot fit: complex step
+                gradlab.fit(
+                    problem,
+                    data,
+                    optimizer=gradlab.adam(0.1),
+                    engine=engine,
+                    init=params,
+                    steps=3,
+                    dtype=dtype,
+                )
+            if capabilities_of(engine)["hvp"]:
+                gradlab.hvp(problem, data, params, params, engine=engine, dtype=dtype)
+        assert global_state() == before
+
+    def test_the_callers_arrays_are_never_written(self) -> None:
+        engine = self._engine()
+        problem, data, params = _setup("linear_regression", 3, 12)
+        saved = copy.deepcopy((data, params))
+        with _skipped_if_declined():
+            result = gradlab.fit(
+                problem, data, optimizer=gradlab.sgd(0.1), engine=engine, init=params, steps=4
+            )
+        gradlab.value_and_grad(problem, data, params, engine=engine)
+        for value in result.params.values():
+            value[...] = np.nan  # results are the caller's to write, not views of the input
+        assert all(np.array_equal(data[k], saved[0][k]) for k in data)
+        assert all(np.array_equal(params[k], saved[1][k]) for k in params)
+
+    def test_bad_input_gives_gradlab_errors(self) -> None:
+        engine = self._engine()
+        problem, data, params = _setup("linear_regression", 3, 12)
+        with pytest.raises(ArgumentError, match="dtype"):
+            gradlab.value_and_grad(problem, data, params, engine=engine, dtype="float16")
+        wrong = {**params, "w": np.ones(len(params["w"]) + 1)}
+        with pytest.raises(GradlabError, match="w"):
+            gradlab.value_and_grad(problem, data, wrong, engine=engine)
+        with pytest.raises(GradlabError, match="nan|inf|finite"):
+            gradlab.value_and_grad(problem, data, {**params, "b": np.nan}, engine=engine)
+
+        def fails(p: Any, d: Any, xp: Any) -> Any:
+            raise ValueError("planted failure")
+
+        def number(p: Any, d: Any, xp: Any) -> Any:
+            return 1.0
+
+        cases = [(fails, "planted failure"), (number, "Python float")]
+        # A hand gradient may return its loss as a Python number: numpy runs the hand one.
+        for loss, message in cases[: 1 if engine.name == "numpy" else 2]:
+            hand = functools.partial(_hand, loss)
+            bad = gradlab.Problem(loss, hand, name="bad", params={"w": (3,)})
+            with pytest.raises(ProblemError, match=message):
+                gradlab.value_and_grad(
+                    bad, {"x": np.ones((4, 3))}, {"w": np.ones(3)}, engine=engine
+                )

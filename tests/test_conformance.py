@@ -1,0 +1,60 @@
+"""Every built-in engine passes the public conformance suite (``gradlab.testing``), as a
+plug-in would: one class per engine."""
+
+from __future__ import annotations
+
+from gradlab.testing import EngineConformance
+
+
+class TestNumpy(EngineConformance):
+    engine = "numpy"
+
+
+class TestFiniteDifferences(EngineConformance):
+    engine = "fd"
+
+
+class TestComplexStep(EngineConformance):
+    engine = "complex-step"
+
+
+class TestTorch(EngineConformance):
+    engine = "torch"
+
+
+class TestTorchFunc(EngineConformance):
+    engine = "torch-func"
+
+
+class TestTorchForward(EngineConformance):
+    engine = "torch-fwd"
+
+
+class TestTorchCompile(EngineConformance):
+    engine = "torch-compile"
+
+
+class TestJax(EngineConformance):
+    engine = "jax"
+
+
+class TestJaxForward(EngineConformance):
+    engine = "jax-fwd"
+
+
+class TestMlx(EngineConformance):
+    engine = "mlx"
+    # MLX's CPU exp, sin and cos are float32 approximations, float64 included (relative
+    # error 3.5e-7 for exp, measured; ml-explore/mlx#3047, #4158): gradlab must see it.
+    known_disagreements = {
+        (problem, "float64"): "MLX computes float64 exp in float32 accuracy (mlx#3047)"
+        for problem in ("gmm", "log_sum_exp", "logistic_regression", "softmax_regression")
+    }
+
+
+class TestTensorFlow(EngineConformance):
+    engine = "tensorflow"
+
+
+class TestTensorFlowXla(EngineConformance):
+    engine = "tensorflow-xla"
