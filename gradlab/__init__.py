@@ -60,8 +60,10 @@ from gradlab._report import compare_hessians as compare_hessians
 from gradlab._second import hessian as hessian
 from gradlab._second import hvp as hvp
 from gradlab.engines import AbstractEngine as AbstractEngine
+from gradlab.engines import EngineInfo as EngineInfo
 from gradlab.engines import GradientEngine as GradientEngine
 from gradlab.engines import available_engines as available_engines
+from gradlab.engines import engine_info as engine_info
 from gradlab.engines import get_engine as get_engine
 from gradlab.engines import known_engines as known_engines
 from gradlab.engines import register_engine as register_engine
@@ -105,6 +107,7 @@ __all__ = [
     "BenchmarkResult",
     "Change",
     "Disagreement",
+    "EngineInfo",
     "EngineUnavailable",
     "FitComparison",
     "FitResult",
@@ -145,6 +148,7 @@ __all__ = [
     "compare_hessians",
     "compare_jacobians",
     "compare_per_example_grads",
+    "engine_info",
     "engines",
     "fit",
     "get_engine",

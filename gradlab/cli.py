@@ -8,6 +8,7 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -280,7 +281,61 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="also write STEM.json and STEM.md (the table, with the machine described)",
     )
+    engines = commands.add_parser(
+        "engines",
+        parents=[machine],
+        help="list every known engine: installed, version, device, capabilities",
+        description=(
+            "List every engine gradlab knows, installed or not: the framework's version, the "
+            "device it computes on, what it can do (gradient, Hessian-vector products, "
+            "Jacobians, forward mode, vectorised per-example gradients, a compiled loop), "
+            "whether comparisons use it by default, and how to install a missing one."
+        ),
+    )
+    engines.add_argument(
+        "--no-load",
+        action="store_true",
+        help="do not import the frameworks (fast; the device column stays empty)",
+    )
     return parser
+
+
+def _engines(args: argparse.Namespace, show_progress: bool) -> int:
+    from gradlab.engines._listing import engine_info
+
+    listing = engine_info(load=not args.no_load)
+    if args.json:
+        print(json.dumps([info.to_dict() for info in listing], indent=2))
+        return 0
+    short = {"forward mode": "forward", "compiled loop": "compiled"}
+    rows = [("engine", "installed", "version", "device", "can do", "note")]
+    for info in listing:
+        can = [short.get(name, name) for name, has in info.capabilities.items() if has]
+        note = "default" if info.default else "opt-in: name it"
+        if info.install:
+            note = info.install
+        elif info.error:
+            note = f"error: {info.error}"
+        rows.append(
+            (
+                info.name,
+                "yes" if info.installed else "no",
+                info.version or "",
+                info.device or "",
+                ", ".join(can) or ("?" if info.installed else ""),
+                note,
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for index, row in enumerate(rows):
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[-1]
+        )
+        if index == 0:
+            print("  ".join("-" * width for width in widths) + "  " + "-" * 4)
+    return 0
 
 
 def _bench(args: argparse.Namespace, show_progress: bool) -> int:
@@ -545,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Refuse what would fail at the end before any work is done.
-        if args.plot is not None:
+        if getattr(args, "plot", None) is not None:
             check_image_path(args.plot, "--plot")
             optional("matplotlib", "--plot", "plot")
         for option in ("n", "features", "steps", "repeats", "fit_steps"):
@@ -554,8 +609,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"--{option.replace('_', '-')}",
                     f"must be a positive integer, got {getattr(args, option)}",
                 )
-        show_progress = not args.quiet and sys.stderr.isatty()
-        command = {"demo": _demo, "compare": _compare, "fit": _fit, "bench": _bench}[args.command]
+        show_progress = not getattr(args, "quiet", True) and sys.stderr.isatty()
+        command = {
+            "demo": _demo,
+            "compare": _compare,
+            "fit": _fit,
+            "bench": _bench,
+            "engines": _engines,
+        }[args.command]
         return command(args, show_progress)
     except GradlabError as error:
         return _fail(args.command, _as_flag(error, parser, args.command))

@@ -63,7 +63,7 @@ _WITH_HVP = ("quadratic", "rosenbrock", "log_sum_exp", "softmax_regression")
 def _setup(name: str, size: int = 7, rows: int = 40) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """A shipped problem at a small size, its data and parameters drawn from fixed seeds."""
     problem = at_size(NAMED_PROBLEMS[name](), size)
-    data = problem.make_data(rows, seed=3)  # type: ignore[attr-defined]
+    data = problem.make_data(rows, seed=3)
     rng = np.random.default_rng(4)
     shapes = problem.param_shapes(problem.check_data(data)) or {}
     params = {key: 0.5 * rng.standard_normal(shape) for key, shape in shapes.items()}
@@ -108,7 +108,7 @@ def global_state() -> dict[str, Any]:
 
 
 def _rng_state() -> str:
-    kind, keys, position, *_ = np.random.get_state()
+    kind, keys, position, *_ = np.random.get_state()  # noqa: NPY002 - the legacy global state
     return f"{kind}:{int(np.sum(keys))}:{position}"
 
 
@@ -194,7 +194,8 @@ class EngineConformance:
     def test_satisfies_the_protocol(self) -> None:
         engine = self._engine()
         assert isinstance(engine, gradlab.GradientEngine)
-        assert isinstance(engine.name, str) and engine.name
+        assert isinstance(engine.name, str)
+        assert engine.name
         facts = engine.describe()
         assert isinstance(facts, dict)
         json.dumps(facts)  # recorded beside every result: must be JSON
@@ -304,9 +305,11 @@ class EngineConformance:
         engine = self._engine()
         problem, data, params = _setup("mlp", 3, 10)
         loss, grads = gradlab.value_and_grad(problem, data, params, engine=engine, dtype=dtype)
-        assert isinstance(loss, np.ndarray) and loss.dtype == dtype and loss.shape == ()
+        assert isinstance(loss, np.ndarray)
+        assert loss.dtype == np.dtype(dtype)
+        assert loss.shape == ()
         for key, value in params.items():
-            assert grads[key].dtype == dtype and grads[key].shape == value.shape
+            assert (grads[key].dtype, grads[key].shape) == (np.dtype(dtype), value.shape)
 
     def test_global_state_is_left_as_found(self) -> None:
         engine = self._engine()  # importing a framework the first time is not a change
@@ -351,7 +354,7 @@ class EngineConformance:
         wrong = {**params, "w": np.ones(len(params["w"]) + 1)}
         with pytest.raises(GradlabError, match="w"):
             gradlab.value_and_grad(problem, data, wrong, engine=engine)
-        with pytest.raises(GradlabError, match="nan|inf|finite"):
+        with pytest.raises(GradlabError, match=r"nan|inf|finite"):
             gradlab.value_and_grad(problem, data, {**params, "b": np.nan}, engine=engine)
 
         def fails(p: Any, d: Any, xp: Any) -> Any:

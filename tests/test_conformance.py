@@ -3,6 +3,9 @@ plug-in would: one class per engine."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 from gradlab.testing import EngineConformance
 
 
@@ -46,7 +49,7 @@ class TestMlx(EngineConformance):
     engine = "mlx"
     # MLX's CPU exp, sin and cos are float32 approximations, float64 included (relative
     # error 3.5e-7 for exp, measured; ml-explore/mlx#3047, #4158): gradlab must see it.
-    known_disagreements = {
+    known_disagreements: ClassVar[Mapping[tuple[str, str], str]] = {
         (problem, "float64"): "MLX computes float64 exp in float32 accuracy (mlx#3047)"
         for problem in ("gmm", "log_sum_exp", "logistic_regression", "softmax_regression")
     }

@@ -290,3 +290,28 @@ def test_a_cotangent_of_the_wrong_shape_is_refused_by_name() -> None:
     with pytest.raises(gradlab.ArgumentTypeError) as caught:
         gradlab.jacobian(42, data, params, engine="fd")
     assert caught.value.argument == "function"
+
+
+def test_outputs_in_a_dict_are_matched_by_name_whatever_order_an_engine_gives_them() -> None:
+    # jax sorts a dict's keys; a hand Jacobian keeps the order it was written in ("out" before
+    # "norm"). Rows were once stacked in each engine's own order, and every engine disagreed.
+    def function(p: Any, d: Any, xp: Any) -> Any:
+        return {"out": xp.tanh(d["A"] @ p["x"] + p["c"]), "norm": xp.sum(p["x"] ** 2)}
+
+    def hand(p: Any, d: Any) -> Any:
+        slope = 1 - np.tanh(d["A"] @ p["x"] + p["c"]) ** 2
+        return {
+            "out": {"x": slope[:, None] * d["A"], "c": slope},
+            "norm": {"x": 2 * p["x"], "c": np.zeros_like(p["c"])},
+        }
+
+    data, params = tanh_case(5, 3)
+    engines = [
+        "numpy",
+        "fd",
+        *(name for name in ("jax", "torch") if name in gradlab.available_engines()),
+    ]
+    problem = gradlab.Problem(function, jacobian=hand, name="two_outputs")
+    report = gradlab.compare_jacobians(problem, data, params, engines=engines)
+    assert report.ok, str(report)
+    assert max(verdict.rho for verdict in report.verdicts.values()) <= 1e-9

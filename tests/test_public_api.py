@@ -24,6 +24,7 @@ PUBLIC = {
     "BenchmarkCase",
     "BenchmarkResult",
     "Disagreement",
+    "EngineInfo",
     "EngineUnavailable",
     "FitComparison",
     "FitResult",
@@ -57,6 +58,7 @@ PUBLIC = {
     "adamw",
     "apply_updates",
     "available_engines",
+    "engine_info",
     "benchmark",
     "BaselineComparison",
     "Change",
@@ -107,6 +109,8 @@ HEAVY = {
     "pandas",
     "tqdm",
     "optax",
+    "tensorflow",
+    "mlx",
 }
 
 
@@ -129,6 +133,11 @@ def test_import_gradlab_imports_neither_torch_nor_jax() -> None:
 def test_listing_and_making_numpy_engines_imports_no_framework() -> None:
     code = "import gradlab\ngradlab.available_engines()\ngradlab.get_engine('numpy')\n"
     assert heavy_modules_after(code + "gradlab.get_engine('fd')") == set()
+
+
+def test_listing_engines_without_loading_them_imports_no_framework() -> None:
+    code = "import gradlab\ninfo = gradlab.engine_info(load=False)\nassert len(info) >= 8\n"
+    assert heavy_modules_after(code) == set()
 
 
 def test_the_torch_engine_imports_torch_only_when_made() -> None:

@@ -60,6 +60,7 @@ class MlxEngine(AbstractEngine):
         if device not in ("cpu", "gpu"):
             raise ArgumentTypeError("device", f"must be 'cpu' or 'gpu', got {device!r}")
         self.device = getattr(self._mx, device)
+        self._device_name = device
         if device == "gpu" and not self._mx.is_available(self.device):
             raise ArgumentError("device", "this MLX build has no GPU (Apple silicon only)")
 
@@ -185,7 +186,7 @@ class MlxEngine(AbstractEngine):
         return {
             "framework": "mlx",
             "mlx": self._mx.__version__,
-            "device": str(self.device),
+            "device": self._device_name,
             "compiled": "mx.compile (gradient and loop body)",
         }
 

@@ -168,7 +168,6 @@ class TensorFlowEngine(AbstractEngine):
                     },
                     value,
                 )
-                del tape
                 return value, blocks
 
             return jacobian
@@ -203,11 +202,11 @@ class TensorFlowEngine(AbstractEngine):
 
         def vjp(params: Params, data: Data) -> tuple[Tree, Any]:
             watched = tensors(dict(params))
-            with tf.device(device):
-                with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
-                    for tensor in watched.values():
-                        tape.watch(tensor)
-                    value = tree_map(xp.unwrap, output(arrays(watched), data, xp))
+            tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
+            with tf.device(device), tape:
+                for tensor in watched.values():
+                    tape.watch(tensor)
+                value = tree_map(xp.unwrap, output(arrays(watched), data, xp))
             flat_value = _leaves(value)
 
             def pullback(cotangent: Tree) -> dict[str, Array]:
@@ -218,9 +217,8 @@ class TensorFlowEngine(AbstractEngine):
                         output_gradients=_leaves(tensors(cotangent)),
                         unconnected_gradients=zero,
                     )
-                return arrays(
-                    dict(zip(watched, [tf.convert_to_tensor(g) for g in grads], strict=True))
-                )
+                dense = [tf.convert_to_tensor(grad) for grad in grads]
+                return dict(arrays(dict(zip(watched, dense, strict=True))))
 
             return arrays(value), pullback
 
@@ -228,7 +226,7 @@ class TensorFlowEngine(AbstractEngine):
 
     def _cached(
         self, what: str, problem: AbstractProblem, make: Callable[[], Callable[..., Any]]
-    ) -> Any:
+    ) -> Callable[..., Any]:
         """The engine's ``what`` for ``problem``: made and compiled once per problem state."""
         function = _COMPILED.get(
             (self.name, what, self.device, self._options(), key(problem)),

@@ -32,7 +32,7 @@ import tensorflow.experimental.numpy as tnp
 gradlab_framework = "tensorflow"
 
 float32, float64, int32, int64 = tf.float32, tf.float64, tf.int32, tf.int64
-bool = tf.bool  # noqa: A001 - the array API's name for it
+bool = tf.bool
 e, pi, inf, nan = np.e, np.pi, np.inf, np.nan
 
 
@@ -106,11 +106,11 @@ class Array:
         return str(self.tensor.device)
 
     @property
-    def T(self) -> Array:  # noqa: N802 - the array API's name
+    def T(self) -> Array:
         return Array(tf.transpose(self.tensor))
 
     @property
-    def mT(self) -> Array:  # noqa: N802 - the array API's name
+    def mT(self) -> Array:
         return Array(tf.linalg.matrix_transpose(self.tensor))
 
     def __getitem__(self, key: Any) -> Array:
@@ -207,13 +207,13 @@ for _name, _function in {
 ndarray = Array
 
 # Element-wise functions, by their array-API names.
-abs = _lifted(tnp.abs)  # noqa: A001
+abs = _lifted(tnp.abs)
 acos, asin, atan = _lifted(tnp.arccos), _lifted(tnp.arcsin), _lifted(tnp.arctan)
 acosh, asinh, atanh = _lifted(tnp.arccosh), _lifted(tnp.arcsinh), _lifted(tnp.arctanh)
 atan2 = _lifted(tnp.arctan2)
 add, subtract, multiply = _lifted(tnp.add), _lifted(tnp.subtract), _lifted(tnp.multiply)
-divide, pow, negative = _lifted(tnp.true_divide), _lifted(tnp.power), _lifted(tnp.negative)  # noqa: A001
-ceil, floor, round = _lifted(tnp.ceil), _lifted(tnp.floor), _lifted(tnp.round)  # noqa: A001
+divide, pow, negative = _lifted(tnp.true_divide), _lifted(tnp.power), _lifted(tnp.negative)
+ceil, floor, round = _lifted(tnp.ceil), _lifted(tnp.floor), _lifted(tnp.round)
 cos, cosh, sin, sinh, tan, tanh = (
     _lifted(tnp.cos),
     _lifted(tnp.cosh),
@@ -239,19 +239,23 @@ where = _lifted(tnp.where)
 clip = _lifted(tnp.clip)
 
 # Reductions and linear algebra.
-sum, prod, mean = _lifted(tnp.sum), _lifted(tnp.prod), _lifted(tnp.mean)  # noqa: A001
-max, min = _lifted(tnp.max), _lifted(tnp.min)  # noqa: A001
+sum, prod, mean = _lifted(tnp.sum), _lifted(tnp.prod), _lifted(tnp.mean)
+max, min = _lifted(tnp.max), _lifted(tnp.min)
 argmax, argmin = _lifted(tnp.argmax), _lifted(tnp.argmin)
-all, any = _lifted(tnp.all), _lifted(tnp.any)  # noqa: A001
+all, any = _lifted(tnp.all), _lifted(tnp.any)
 cumulative_sum = _lifted(tnp.cumsum)
 matmul, tensordot, outer = _lifted(tnp.matmul), _lifted(tnp.tensordot), _lifted(tnp.outer)
 
 
-def var(x: Any, /, *, axis: Any = None, correction: float = 0.0, keepdims: bool = False) -> Any:
+def var(
+    x: Any, /, *, axis: Any = None, correction: float = 0.0, keepdims: builtins.bool = False
+) -> Any:
     return _wrap(tnp.var(unwrap(x), axis=axis, ddof=correction, keepdims=keepdims))
 
 
-def std(x: Any, /, *, axis: Any = None, correction: float = 0.0, keepdims: bool = False) -> Any:
+def std(
+    x: Any, /, *, axis: Any = None, correction: float = 0.0, keepdims: builtins.bool = False
+) -> Any:
     return _wrap(tnp.std(unwrap(x), axis=axis, ddof=correction, keepdims=keepdims))
 
 

@@ -12,6 +12,14 @@ import pytest
 
 import gradlab
 from gradlab.problems._named import NAMED_PROBLEMS, at_size
+from gradlab.testing import EngineConformance
+
+
+class TestConformance(EngineConformance):
+    """gradlab's conformance suite (agreement, dtypes, the loop, global state, bad input),
+    the one every built-in engine passes: one class is the whole hook."""
+
+    engine = "autograd"
 
 
 def test_the_entry_point_registers_the_engine() -> None:

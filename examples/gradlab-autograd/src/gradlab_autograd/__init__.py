@@ -30,7 +30,10 @@ class AutogradEngine(gradlab.AbstractEngine):
 
     def value_and_grad(self, problem: gradlab.AbstractProblem) -> Any:
         """``autograd.value_and_grad`` of the loss with respect to the parameter dict."""
-        function = autograd.value_and_grad(lambda params, data: problem.loss(params, data, anp))
+        # gradlab's checked loss: a loss that returns anything but a 0-d float array of xp
+        # is refused with gradlab's message, as on the built-in engines.
+        loss = gradlab.engines.checked_loss(problem)
+        function = autograd.value_and_grad(lambda params, data: loss(params, data, anp))
 
         def value_and_grad(params: Mapping[str, Any], data: Mapping[str, Any]) -> Any:
             loss, grads = function(dict(params), data)
