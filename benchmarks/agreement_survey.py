@@ -6,6 +6,7 @@ point, and prints the worst rho seen per problem, engine and dtype, next to grad
 tolerance. These are the figures docs/agreement.md quotes.
 
     python benchmarks/agreement_survey.py [--trials 300] [--seed 0] [--hessians] [--device gpu]
+        [--engines numpy,torch,torch-func,jax,mlx,tensorflow]
 
 With ``--device gpu`` the engines are torch and jax on the GPU (torch-compile too), each
 against the float64 hand gradient computed on the CPU.
@@ -81,6 +82,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hessians", action="store_true", help="compare Hessians instead")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument(
+        "--engines",
+        default=None,
+        help="comma-separated engines (default: every installed one but the engines that "
+        "compile per shape: torch-compile, tensorflow-xla)",
+    )
     args = parser.parse_args()
     what = "Hessian" if args.hessians else "gradient"
 
@@ -103,8 +110,17 @@ def main() -> None:
         "log_sum_exp",
         "gmm",
     ]
-    # torch-compile would compile afresh for every random shape: it is left out here.
-    engines: list[Any] = [name for name in gradlab.available_engines() if name != "torch-compile"]
+    # torch-compile and tensorflow-xla would compile afresh for every random shape: they are
+    # left out unless named.
+    engines: list[Any] = (
+        args.engines.split(",")
+        if args.engines
+        else [
+            name
+            for name in gradlab.available_engines()
+            if name not in ("torch-compile", "tensorflow-xla")
+        ]
+    )
     if args.device == "gpu":
         engines = [
             gradlab.get_engine("torch", device="cuda"),

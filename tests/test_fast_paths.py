@@ -61,7 +61,10 @@ def test_every_engines_objective_is_the_loss(problem: Any, dtype: str) -> None:
         )
         value = engine.to_numpy(engine.block(loss))
         assert value.dtype == np.dtype(dtype), name
-        assert gradlab.rho(value, expected) <= (1e-12 if dtype == "float64" else 1e-5), name
+        limit = 1e-12 if dtype == "float64" else 1e-5
+        if name == "mlx" and dtype == "float64":
+            limit = 1e-6  # MLX's float64 exp is a float32 approximation (mlx#3047)
+        assert gradlab.rho(value, expected) <= limit, name
 
 
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)

@@ -200,3 +200,14 @@ def test_gradlab_engines_lists_every_engine_with_its_capabilities(
         assert listing["jax"]["capabilities"]["per-example"]
     assert "needs-a-missing-framework" in table
     assert "pip install no_such_module_x" in table
+
+
+def test_mlx_compiled_and_eager_follow_the_same_path() -> None:
+    require_engine("mlx")
+    recipe = gradlab.recipes.seed_numpy()
+    compiled = recipe.run(gradlab.get_engine("mlx"))
+    eager = recipe.run(gradlab.get_engine("mlx", compile=False))
+    assert gradlab.max_rho(compiled.params, eager.params) <= 1e-12
+    assert gradlab.get_engine("mlx", compile=False).describe()["compiled"] == "eager"
+    with pytest.raises(gradlab.ArgumentTypeError, match="compile"):
+        gradlab.get_engine("mlx", compile="yes")

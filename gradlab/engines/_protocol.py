@@ -9,6 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from gradlab._errors import ArgumentError, NotSupported
+from gradlab._tree import leaves, tree_map
 from gradlab.problems._base import AbstractProblem
 
 Array = Any
@@ -442,6 +443,33 @@ def per_example_of(engine: GradientEngine, problem: AbstractProblem) -> PerExamp
         return per_row(engine, value_and_grad_of(engine, problem))
     function: PerExample = _optional(engine, "per_example_grads", problem, "")
     return function
+
+
+def float_dtype(tree: Any, xp: Any, default: Any) -> Any:
+    """The dtype of the first floating-point array in ``tree`` (else ``default``): the
+    precision a loop or a call follows, for engines whose precision is chosen per call."""
+    for leaf in leaves(tree):
+        dtype = getattr(leaf, "dtype", None)
+        if (
+            dtype is not None
+            and not isinstance(leaf, np.generic)
+            and xp.isdtype(dtype, "real floating")
+        ):
+            return dtype
+    return default
+
+
+def numbers_as_arrays(tree: Any, make: Callable[[float], Array]) -> Any:
+    """``tree`` with each Python number (Adam's step count in a loop's carry) made a 0-d
+    array by ``make``. Why: compiled code is specialised on the value of a Python number, so
+    a count that changes every step would compile every step."""
+
+    def array(leaf: Any) -> Any:
+        if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+            return make(leaf)
+        return leaf
+
+    return tree_map(array, tree)
 
 
 def row(data: Data, index: int) -> dict[str, Array]:

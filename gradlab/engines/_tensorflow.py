@@ -10,7 +10,7 @@ import numpy as np
 
 from gradlab._boundary import checked_loss, checked_output
 from gradlab._errors import ArgumentError, ArgumentTypeError
-from gradlab._tree import tree_map
+from gradlab._tree import leaves, tree_map
 from gradlab.engines._cache import Compiled, fingerprint, key
 from gradlab.engines._protocol import (
     HVP,
@@ -26,6 +26,8 @@ from gradlab.engines._protocol import (
     Step,
     Tree,
     ValueAndGrad,
+    float_dtype,
+    numbers_as_arrays,
 )
 from gradlab.problems._base import AbstractProblem
 
@@ -207,14 +209,14 @@ class TensorFlowEngine(AbstractEngine):
                 for tensor in watched.values():
                     tape.watch(tensor)
                 value = tree_map(xp.unwrap, output(arrays(watched), data, xp))
-            flat_value = _leaves(value)
+            flat_value = leaves(value)
 
             def pullback(cotangent: Tree) -> dict[str, Array]:
                 with tf.device(device):
                     grads = tape.gradient(
                         flat_value,
                         list(watched.values()),
-                        output_gradients=_leaves(tensors(cotangent)),
+                        output_gradients=leaves(tensors(cotangent)),
                         unconnected_gradients=zero,
                     )
                 dense = [tf.convert_to_tensor(grad) for grad in grads]
@@ -314,15 +316,8 @@ class TensorFlowXlaEngine(TensorFlowEngine):
         if steps == 0:
             return carry, ()
         tf = self._tf
-        dtype = _float_dtype(self._tensors(carry), tf)
-        carry = tree_map(
-            lambda leaf: (
-                self.xp.Array(tf.constant(leaf, dtype=dtype))
-                if isinstance(leaf, (int, float)) and not isinstance(leaf, bool)
-                else leaf
-            ),
-            carry,
-        )
+        dtype = float_dtype(carry, self.xp, tf.float32)
+        carry = numbers_as_arrays(carry, lambda number: self.xp.Array(tf.constant(number, dtype)))
         optimizer = fingerprint(getattr(step, "optimizer", None))
         loop = _COMPILED.get(
             ("loop", self.device, self.jit_compile, step, optimizer, steps),
@@ -363,20 +358,6 @@ class TensorFlowXlaEngine(TensorFlowEngine):
         """As the tensorflow engine, with the compilation."""
         mode = "tf.function with XLA (jit_compile=True)" if self.jit_compile else "tf.function"
         return {**super().describe(), "mode": mode}
-
-
-def _leaves(tree: Any) -> list[Any]:
-    from gradlab._tree import leaves
-
-    return leaves(tree)
-
-
-def _float_dtype(tree: Any, tf: Any) -> Any:
-    """The dtype of the first floating-point tensor in ``tree`` (float32 if none)."""
-    for leaf in _leaves(tree):
-        if isinstance(leaf, tf.Tensor) and leaf.dtype.is_floating:
-            return leaf.dtype
-    return tf.float32
 
 
 def _checked_device(tf: Any, device: object) -> str:

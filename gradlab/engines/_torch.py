@@ -33,6 +33,8 @@ from gradlab.engines._protocol import (
     Step,
     Tree,
     ValueAndGrad,
+    float_dtype,
+    numbers_as_arrays,
     per_row,
     value_and_grad_of,
 )
@@ -310,7 +312,10 @@ class TorchCompileEngine(TorchEngine):
         number, so a count that changes every step would compile every step.
         """
         optimizer = fingerprint(getattr(step, "optimizer", None))
-        carry = self._numbers_as_tensors(carry, _float_dtype(carry, self._torch))
+        dtype = _float_dtype(carry, self._torch)
+        carry = numbers_as_arrays(
+            carry, lambda number: self._torch.tensor(number, dtype=dtype, device=self.device)
+        )
         unroll = self.unroll
         if unroll == 1 or steps < unroll:  # a short stretch: no graph of its own length
             return super().run(self._compiling(("step", step, optimizer), step), carry, data, steps)
@@ -336,14 +341,6 @@ class TorchCompileEngine(TorchEngine):
                     for buffer, value in zip(buffers, out, strict=True):
                         buffer[i] = value
         return carry, tuple(buffers)
-
-    def _numbers_as_tensors(self, tree: Any, dtype: Any) -> Any:
-        def tensor(leaf: Any) -> Any:
-            if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
-                return self._torch.tensor(leaf, dtype=dtype, device=self.device)
-            return leaf
-
-        return tree_map(tensor, tree)
 
     def _compiling(self, what: tuple[Any, ...], function: Callable[..., Any]) -> Callable[..., Any]:
         """``function``, compiled once per combination of argument shapes and dtypes.
@@ -516,10 +513,9 @@ def _checked_device(torch: Any, device: object) -> Any:
 
 def _float_dtype(tree: Any, torch: Any) -> Any:
     """The dtype of the first floating-point tensor in ``tree`` (torch's default if none)."""
-    for leaf in tree_leaves(tree):
-        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
-            return leaf.dtype
-    return torch.get_default_dtype()
+    return float_dtype(
+        tree, importlib.import_module("array_api_compat.torch"), torch.get_default_dtype()
+    )
 
 
 def _own_code(function: Callable[..., Any]) -> Callable[..., Any]:
