@@ -17,7 +17,7 @@ from _helpers import BUILTIN_ENGINES, require_engine
 
 import gradlab
 
-COMPILING = ["jax", "torch-compile"]
+COMPILING = ["jax", "torch-compile", "mlx", "tensorflow-xla"]
 AUTODIFF_AND_FD = ["torch", "jax", "fd", "torch-compile"]
 LINE = {"x": np.linspace(0.0, 1.0, 8)}
 OFFSET = 2.0  # a global the loss below reads
@@ -27,6 +27,14 @@ def sgd_fit(problem: Any, engine: str, data: Any = LINE, **kwargs: Any) -> gradl
     options: dict[str, Any] = {"optimizer": gradlab.sgd(0.2), "steps": 300, "init": {"a": 0.0}}
     options.update(kwargs)
     return gradlab.fit(problem, data, engine=engine, **options)
+
+
+def compiled_cache(engine: str) -> Any:
+    """The cache of compiled functions of a compiling engine's module."""
+    from gradlab.engines import _jax, _mlx, _tensorflow, _torch
+
+    module = {"jax": _jax, "torch-compile": _torch, "mlx": _mlx, "tensorflow-xla": _tensorflow}
+    return module[engine]._COMPILED
 
 
 # 1. Never a stale result ---------------------------------------------------------------------
@@ -108,9 +116,9 @@ def test_a_changed_attribute_and_an_array_changed_in_place_are_seen(engine: str)
 @pytest.mark.parametrize("engine", COMPILING)
 def test_an_unchanged_problem_is_compiled_once(engine: str) -> None:
     require_engine(engine)
-    from gradlab.engines import _jax, _torch
+    from gradlab.engines import _jax
 
-    cache = _jax._COMPILED if engine == "jax" else _torch._COMPILED
+    cache = compiled_cache(engine)
     problem = Shifted(shift=0.5)
     optimizer = gradlab.sgd(0.2)
     sgd_fit(problem, engine, optimizer=optimizer)
@@ -129,9 +137,9 @@ def test_an_optimizer_made_afresh_with_the_same_settings_is_compiled_once(engine
     for the first (it used to be compiled again, 0.2 s a fit), and one with another learning
     rate is compiled anew and lands where its own path does."""
     require_engine(engine)
-    from gradlab.engines import _jax, _torch
+    from gradlab.engines import _jax
 
-    cache = _jax._COMPILED if engine == "jax" else _torch._COMPILED
+    cache = compiled_cache(engine)
     problem = Shifted(shift=0.25)
     first = sgd_fit(problem, engine, optimizer=gradlab.sgd(0.02), steps=5)
     size, scans = len(cache), _jax._compiled_scan.cache_info().currsize

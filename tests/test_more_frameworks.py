@@ -211,3 +211,12 @@ def test_mlx_compiled_and_eager_follow_the_same_path() -> None:
     assert gradlab.get_engine("mlx", compile=False).describe()["compiled"] == "eager"
     with pytest.raises(gradlab.ArgumentTypeError, match="compile"):
         gradlab.get_engine("mlx", compile="yes")
+
+
+def test_a_loss_using_what_the_tensorflow_namespace_lacks_gets_a_clear_error() -> None:
+    require_engine("tensorflow")
+    problem = gradlab.Problem(
+        lambda p, d, xp: xp.sum(xp.linalg.solve(d["A"], p["x"])), name="solve", params={"x": (2,)}
+    )
+    with pytest.raises(gradlab.ProblemError, match=r"no 'linalg'.*NativeProblem\(tensorflow"):
+        gradlab.value_and_grad(problem, {"A": np.eye(2)}, {"x": np.ones(2)}, engine="tensorflow")

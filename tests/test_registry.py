@@ -158,3 +158,32 @@ def test_an_entry_point_whose_import_fails_is_unavailable(plugin_path: Path) -> 
     assert "plugged" not in gradlab.available_engines()
     with pytest.raises(gradlab.EngineUnavailable, match="no_such_framework_for_gradlab"):
         gradlab.get_engine("plugged")
+
+
+def test_an_engine_whose_framework_is_installed_but_does_not_load_is_unavailable() -> None:
+    # ``pip install mlx`` on Linux gives the package without its CPU backend: the module is
+    # found, but importing it fails. The engine is unavailable, naming its extra.
+    code = textwrap.dedent("""
+        import importlib, importlib.util, sys
+        import gradlab
+
+        real = importlib.import_module
+
+        def broken(name, *args):
+            if name == "mlx.core":
+                raise ImportError("libmlx.so: cannot open shared object file", name="mlx.core")
+            return real(name, *args)
+
+        importlib.import_module = broken
+        sys.modules.pop("mlx.core", None)
+        try:
+            gradlab.get_engine("mlx")
+        except gradlab.EngineUnavailable as error:
+            print(error)
+        else:
+            raise SystemExit("no error")
+    """)
+    if "mlx" not in gradlab.available_engines():
+        pytest.skip("mlx is not installed")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'gradlab[mlx]'" in out.stdout

@@ -119,7 +119,7 @@ class MlxEngine(AbstractEngine):
 
             return value_and_grad
 
-        return self._on_device(_COMPILED.get(("value_and_grad", self._compile, key(problem)), make))
+        return self._cached("value_and_grad", problem, make)
 
     def objective(self, problem: AbstractProblem) -> Objective:
         """``mx.compile(loss)``."""
@@ -128,7 +128,7 @@ class MlxEngine(AbstractEngine):
         def make() -> Callable[..., Any]:
             return self._compiling(lambda params, data: loss(dict(params), dict(data), mx))
 
-        return self._on_device(_COMPILED.get(("objective", self._compile, key(problem)), make))
+        return self._cached("objective", problem, make)
 
     def hvp(self, problem: AbstractProblem) -> HVP:
         """Forward-over-reverse: ``mx.jvp`` of ``mx.grad`` of the loss."""
@@ -161,6 +161,17 @@ class MlxEngine(AbstractEngine):
             return dict(vectorised(dict(params), dict(data)))
 
         return self._on_device(per_example)
+
+    def _cached(
+        self, what: str, problem: AbstractProblem, make: Callable[[], Callable[..., Any]]
+    ) -> Callable[..., Any]:
+        """``make()`` on the engine's device, made once per problem state: the same function
+        object for an unchanged problem, so the loop body built around it compares equal from
+        one fit to the next and its compiled code is found again."""
+        return _COMPILED.get(
+            (what, self._device_name, self._compile, key(problem)),
+            lambda: self._on_device(make()),
+        )
 
     def _compiling(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """``mx.compile(function)``, or ``function`` itself with ``compile=False``."""

@@ -252,6 +252,10 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
         engine = factory(**options)
     except GradlabError:
         raise  # the engine checked its options and named the bad one
+    except ImportError as error:
+        # Installed, but a part it loads is not: MLX without its CPU backend (``pip install
+        # mlx`` on Linux instead of ``mlx[cpu]``), a framework's broken native library.
+        raise EngineUnavailable(name, str(error.name or error), entry.extra) from error
     except TypeError as error:
         raise ArgumentError("options", f"engine {name!r} rejected its options: {error}") from None
     if not (isinstance(engine, (AbstractEngine, GradientEngine))):

@@ -229,12 +229,16 @@ class TensorFlowEngine(AbstractEngine):
     def _cached(
         self, what: str, problem: AbstractProblem, make: Callable[[], Callable[..., Any]]
     ) -> Callable[..., Any]:
-        """The engine's ``what`` for ``problem``: made and compiled once per problem state."""
-        function = _COMPILED.get(
+        """The engine's ``what`` for ``problem``: made and compiled once per problem state.
+
+        The same function object for an unchanged problem (the device wrapper included), so
+        that the loop body built around it compares equal from one fit to the next and the
+        compiled loop is found again.
+        """
+        return _COMPILED.get(
             (self.name, what, self.device, self._options(), key(problem)),
-            lambda: self._compiled(make()),
+            lambda: self._on_device(self._compiled(make())),
         )
-        return self._on_device(function)
 
     def _options(self) -> tuple[Any, ...]:
         return ()

@@ -382,3 +382,12 @@ def isdtype(dtype: Any, kind: Any) -> builtins.bool:
             raise ValueError(f"unknown dtype kind {kind!r}")
         return dtype in _KINDS[kind]
     return builtins.bool(dtype == _dtype(kind))
+
+
+def __getattr__(name: str) -> Any:
+    """A name this namespace lacks: say what it covers, and what to do instead."""
+    raise AttributeError(
+        f"gradlab's TensorFlow namespace has no {name!r}: it covers the array API's "
+        "element-wise, reduction, creation and shape functions and matmul, not linalg or "
+        "fft; write this loss natively (NativeProblem(tensorflow=...))"
+    )
