@@ -157,9 +157,12 @@ class EngineConformance:
     Attributes:
         engine: The engine under test: a registered name, or an engine object.
         problems: The shipped problems to run (default: all of them).
+        options: Options for the engine, as ``get_engine(engine, **options)`` takes them
+            (``{"device": "cuda"}``); where the device is not there, the suite is skipped.
     """
 
     engine: ClassVar[Any] = None
+    options: ClassVar[Mapping[str, Any]] = {}
     problems: ClassVar[tuple[str, ...]] = tuple(NAMED_PROBLEMS)
     #: A framework's known defects, by ``(problem, dtype)``, with the reason: there the
     #: suite expects gradlab to *find* the disagreement (an expected failure, and a failure
@@ -180,10 +183,14 @@ class EngineConformance:
             pytest.fail(f"{type(self).__name__} must set engine = 'engine-name'")
         if isinstance(self.engine, str) and self.engine not in gradlab.available_engines():
             pytest.skip(f"engine {self.engine!r} is not installed")
-        return gradlab.get_engine(self.engine)
-
-    def _name(self) -> str:
-        return str(self._engine().name)
+        if not self.options:
+            return gradlab.get_engine(self.engine)
+        try:
+            return gradlab.get_engine(self.engine, **self.options)
+        except ArgumentError as error:
+            if error.argument != "device":
+                raise
+            pytest.skip(str(error))
 
     def _problem(self, name: str) -> None:
         if name not in self.problems:

@@ -4,7 +4,7 @@ plug-in would: one class per engine."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gradlab.testing import EngineConformance
 
@@ -61,3 +61,19 @@ class TestTensorFlow(EngineConformance):
 
 class TestTensorFlowXla(EngineConformance):
     engine = "tensorflow-xla"
+
+
+# On a GPU (skipped where there is none): the same suite, every array on the device.
+class TestTorchCuda(EngineConformance):
+    engine = "torch"
+    options: ClassVar[Mapping[str, Any]] = {"device": "cuda"}
+
+
+class TestTorchFuncCuda(EngineConformance):
+    engine = "torch-func"
+    options: ClassVar[Mapping[str, Any]] = {"device": "cuda"}
+
+
+class TestJaxGpu(EngineConformance):
+    engine = "jax"
+    options: ClassVar[Mapping[str, Any]] = {"device": "gpu"}
