@@ -1,4 +1,4 @@
-"""The ``mlx`` engine: Apple's MLX, ``mx.value_and_grad`` under ``mx.compile``."""
+"""The ``mlx`` engine: Apple's MLX, ``mx.value_and_grad``; the loop under ``mx.compile``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ _COMPILED: Compiled[Callable[..., Any]] = Compiled()
 
 
 class MlxEngine(AbstractEngine):
-    """Reverse-mode autodiff with MLX's ``mx.value_and_grad``, compiled by ``mx.compile``.
+    """Reverse-mode autodiff with MLX's ``mx.value_and_grad``; the loop compiled by ``mx.compile``.
 
     MLX (Apple's array framework) runs on Apple silicon's GPU and, through its CPU package
     (``mlx[cpu]``), on any Linux or macOS CPU. ``mlx.core`` is an array-API namespace, so
@@ -44,19 +44,21 @@ class MlxEngine(AbstractEngine):
 
     MLX evaluates lazily: an operation records a graph, computed when a value is needed.
     ``block`` and the loop call ``mx.eval``; the loop does so after every step, so a long
-    fit never builds one graph of all its steps. The gradient and the loop body are each
-    compiled once per shape and dtype (``mx.compile``). Every call runs on the engine's
-    device through ``mx.stream``, so MLX's default device is never changed.
+    fit never builds one graph of all its steps. Every call runs on the engine's device
+    through ``mx.stream``, so MLX's default device is never changed.
 
-    On the CPU, ``mx.compile`` generates C++ and builds it with the system's compiler: the
-    first call of each new computation takes about half a second (measured: 0.55 s for the
-    seed's gradient), later shapes of it milliseconds. It halves the time of a step here
-    (seed model, float32: 98 → 56 µs at n = 10², 10.3 → 5.2 ms at n = 10⁶);
-    ``compile=False`` runs eagerly instead (and needs no compiler).
+    Where ``mx.compile`` helps: the loop. Its body (gradient and optimizer update) is
+    compiled once per shape and dtype and reused by every step; a single gradient, a loss
+    or a derivative is computed eagerly. Why: on the CPU ``mx.compile`` generates C++ and
+    builds it with the system's compiler, so the first call of each new computation takes
+    about half a second (0.55 s for the seed's gradient, measured), hundreds of eager
+    calls' worth; a fit of many steps earns it back, since compiling halves a step here
+    (seed model, float32: 98 → 56 µs at n = 10², 10.3 → 5.2 ms at n = 10⁶).
+    ``compile=False`` runs the loop eagerly too (and needs no compiler).
 
     Args:
         device: ``"cpu"`` (default) or ``"gpu"`` (Apple silicon).
-        compile: Compile the gradient and the loop body with ``mx.compile`` (default).
+        compile: Compile the loop body with ``mx.compile`` (default).
     """
 
     name = "mlx"
@@ -105,16 +107,14 @@ class MlxEngine(AbstractEngine):
         return on_device
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
-        """``mx.compile(mx.value_and_grad(loss))``, differentiating the parameters."""
+        """``mx.value_and_grad(loss)`` with respect to the parameters (compiled in the loop)."""
         mx, loss = self._mx, checked_loss(problem)
 
         def make() -> Callable[..., Any]:
-            compiled = self._compiling(
-                mx.value_and_grad(lambda params, data: loss(params, data, mx))
-            )
+            gradient = mx.value_and_grad(lambda params, data: loss(params, data, mx))
 
             def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
-                value, grads = compiled(dict(params), dict(data))
+                value, grads = gradient(dict(params), dict(data))
                 return value, dict(grads)
 
             return value_and_grad
@@ -122,11 +122,11 @@ class MlxEngine(AbstractEngine):
         return self._cached("value_and_grad", problem, make)
 
     def objective(self, problem: AbstractProblem) -> Objective:
-        """``mx.compile(loss)``."""
+        """The loss alone, eagerly."""
         mx, loss = self._mx, checked_loss(problem)
 
         def make() -> Callable[..., Any]:
-            return self._compiling(lambda params, data: loss(dict(params), dict(data), mx))
+            return lambda params, data: loss(dict(params), dict(data), mx)
 
         return self._cached("objective", problem, make)
 
@@ -169,7 +169,7 @@ class MlxEngine(AbstractEngine):
         object for an unchanged problem, so the loop body built around it compares equal from
         one fit to the next and its compiled code is found again."""
         return _COMPILED.get(
-            (what, self._device_name, self._compile, key(problem)),
+            (what, self._device_name, key(problem)),
             lambda: self._on_device(make()),
         )
 
@@ -212,5 +212,5 @@ class MlxEngine(AbstractEngine):
             "framework": "mlx",
             "mlx": self._mx.__version__,
             "device": self._device_name,
-            "compiled": "mx.compile (gradient and loop body)" if self._compile else "eager",
+            "compiled": "mx.compile (loop body)" if self._compile else "eager",
         }
