@@ -12,10 +12,13 @@ from hypothesis import HealthCheck, settings
 import gradlab
 
 # Deadlines off: the first example on a new shape pays for jax tracing and compilation.
+# 30 examples per property (40 until the conformance suite of issue 16 came in: with cold
+# compilation caches the suite took 7:41 on 2 cores against the 8 minutes it is allowed);
+# the deep profile below runs 400.
 settings.register_profile(
     "default",
     deadline=None,
-    max_examples=40,
+    max_examples=30,
     suppress_health_check=[HealthCheck.too_slow],
 )
 # CI: a fixed, derandomised sequence so that a red run is reproducible from its log.
@@ -25,7 +28,7 @@ settings.register_profile(
     derandomize=True,
     print_blob=True,
 )
-# On demand (HYPOTHESIS_PROFILE=deep): ten times the examples, and no per-test caps
+# On demand (HYPOTHESIS_PROFILE=deep): 400 examples, and no per-test caps
 # (_helpers.examples), for a thorough run before a release.
 settings.register_profile("deep", parent=settings.get_profile("default"), max_examples=400)
 settings.load_profile(

@@ -143,7 +143,7 @@ def test_a_long_mlx_fit_is_evaluated_step_by_step() -> None:
 
 
 @pytest.mark.parametrize(
-    ("engine", "device"), [("tensorflow", "tpu"), ("tensorflow", 3), ("mlx", "cuda")]
+    ("engine", "device"), [("tensorflow", "tpu"), ("tensorflow", 3), ("mlx", "cuda"), ("mlx", None)]
 )
 def test_a_device_the_engine_cannot_use_is_refused_naming_device(engine: str, device: Any) -> None:
     require_engine(engine)

@@ -70,8 +70,10 @@ class MlxEngine(AbstractEngine):
         if not isinstance(compile, bool):
             raise ArgumentTypeError("compile", f"must be True or False, got {compile!r}")
         self.compiled_loop = self._compile = compile
-        if device not in ("cpu", "gpu"):
+        if not isinstance(device, str):
             raise ArgumentTypeError("device", f"must be 'cpu' or 'gpu', got {device!r}")
+        if device not in ("cpu", "gpu"):
+            raise ArgumentError("device", f"MLX has devices 'cpu' and 'gpu', not {device!r}")
         self.device = getattr(self._mx, device)
         self._device_name = device
         if device == "gpu" and not self._mx.is_available(self.device):
