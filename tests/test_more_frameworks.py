@@ -220,3 +220,8 @@ def test_a_loss_using_what_the_tensorflow_namespace_lacks_gets_a_clear_error() -
     )
     with pytest.raises(gradlab.ProblemError, match=r"no 'linalg'.*NativeProblem\(tensorflow"):
         gradlab.value_and_grad(problem, {"A": np.eye(2)}, {"x": np.ones(2)}, engine="tensorflow")
+
+
+def test_engine_info_refuses_a_load_that_is_not_a_bool() -> None:
+    with pytest.raises(gradlab.ArgumentTypeError, match="load"):
+        gradlab.engine_info(load="no")  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gradlab._errors import GradlabError
+from gradlab._errors import ArgumentTypeError, GradlabError
 from gradlab.engines._protocol import CAPABILITIES, capabilities_of
 from gradlab.engines._registry import _REGISTRY, _missing, get_engine, known_engines
 
@@ -61,6 +61,8 @@ def engine_info(*, load: bool = True) -> tuple[EngineInfo, ...]:
         >>> numpy.name, numpy.installed, numpy.capabilities["hvp"]
         ('numpy', True, True)
     """
+    if not isinstance(load, bool):
+        raise ArgumentTypeError("load", f"must be True or False, got {load!r}")
     return tuple(_info(name, load) for name in known_engines())
 
 
