@@ -78,8 +78,13 @@ from gradlab.optimizers import momentum as momentum
 from gradlab.optimizers import rmsprop as rmsprop
 from gradlab.optimizers import sgd as sgd
 from gradlab.problems import GMM as GMM
+from gradlab.problems import LSTM as LSTM
 from gradlab.problems import MLP as MLP
+from gradlab.problems import ODE as ODE
 from gradlab.problems import AbstractProblem as AbstractProblem
+from gradlab.problems import Det as Det
+from gradlab.problems import GradBenchGMM as GradBenchGMM
+from gradlab.problems import KMeans as KMeans
 from gradlab.problems import Layout as Layout
 from gradlab.problems import LeastSquares as LeastSquares
 from gradlab.problems import LinearRegression as LinearRegression
@@ -97,7 +102,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GMM",
+    "LSTM",
     "MLP",
+    "ODE",
     "AbstractEngine",
     "AbstractProblem",
     "ArgumentError",
@@ -106,16 +113,19 @@ __all__ = [
     "BenchmarkCase",
     "BenchmarkResult",
     "Change",
+    "Det",
     "Disagreement",
     "EngineInfo",
     "EngineUnavailable",
     "FitComparison",
     "FitResult",
+    "GradBenchGMM",
     "GradientEngine",
     "GradientReport",
     "GradientTransformation",
     "GradlabError",
     "HandGradientMissing",
+    "KMeans",
     "Layout",
     "LeastSquares",
     "LinearRegression",

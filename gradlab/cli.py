@@ -297,7 +297,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not import the frameworks (fast; the device column stays empty)",
     )
+    gradbench = commands.add_parser(
+        "gradbench",
+        help="run an engine as a GradBench tool (JSON lines on stdin and stdout)",
+        description=(
+            "Answer GradBench's protocol on standard input and output with one gradlab "
+            "engine: give GradBench `--tool 'gradlab gradbench --engine jax'`. Implements the "
+            "evals hello, lse, llsq, gmm, kmeans, det, ode and lstm."
+        ),
+    )
+    gradbench.add_argument("--engine", required=True, help="the engine that computes")
     return parser
+
+
+def _gradbench(args: argparse.Namespace, show_progress: bool) -> int:
+    from gradlab.gradbench import serve
+
+    return serve(args.engine)
 
 
 def _engines(args: argparse.Namespace, show_progress: bool) -> int:
@@ -616,6 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fit": _fit,
             "bench": _bench,
             "engines": _engines,
+            "gradbench": _gradbench,
         }[args.command]
         return command(args, show_progress)
     except GradlabError as error:

@@ -28,12 +28,16 @@ PUBLIC = {
     "EngineUnavailable",
     "FitComparison",
     "FitResult",
+    "Det",
     "GMM",
+    "GradBenchGMM",
     "GradientEngine",
     "GradientReport",
     "GradientTransformation",
     "GradlabError",
     "HandGradientMissing",
+    "KMeans",
+    "LSTM",
     "Layout",
     "LeastSquares",
     "LinearRegression",
@@ -43,6 +47,7 @@ PUBLIC = {
     "MissingDependency",
     "NativeProblem",
     "NotSupported",
+    "ODE",
     "PolynomialRegression",
     "Problem",
     "ProblemError",
@@ -143,6 +148,10 @@ def test_listing_engines_without_loading_them_imports_no_framework() -> None:
 def test_the_torch_engine_imports_torch_only_when_made() -> None:
     require_engine("torch")
     assert "torch" in heavy_modules_after("import gradlab\ngradlab.get_engine('torch')")
+
+
+def test_the_gradbench_tool_imports_no_framework_until_an_engine_is_made() -> None:
+    assert heavy_modules_after("import gradlab.gradbench") == set()
 
 
 def test_version_matches_the_installed_metadata() -> None:

@@ -130,6 +130,10 @@ class JaxEngine(AbstractEngine):
         """``jit(loss)``, in the 64-bit mode of its inputs."""
         return _COMPILED.get(("objective", key(problem)), lambda: _objective(problem))
 
+    def output(self, problem: AbstractProblem) -> Objective:
+        """``jit`` of a vector-valued function, in the 64-bit mode of its inputs."""
+        return _COMPILED.get(("output", key(problem)), lambda: _objective(problem, vector=True))
+
     def block(self, tree: Any) -> Any:
         """``jax.block_until_ready``: jax dispatches asynchronously."""
         return self._jax.block_until_ready(tree)
@@ -341,10 +345,10 @@ def _value_and_grad(problem: AbstractProblem) -> ValueAndGrad:
     return value_and_grad
 
 
-def _objective(problem: AbstractProblem) -> Objective:
+def _objective(problem: AbstractProblem, vector: bool = False) -> Objective:
     jax = importlib.import_module("jax")
     jnp = importlib.import_module("jax.numpy")
-    loss = checked_loss(problem)
+    loss = checked_output(problem) if vector else checked_loss(problem)
     compiled = jax.jit(lambda params, data: loss(params, data, jnp))
 
     def objective(params: Params, data: Data) -> Array:

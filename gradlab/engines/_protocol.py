@@ -113,6 +113,8 @@ class GradientEngine(Protocol):
         objective(problem): A function ``(params, data) -> loss``, the loss alone, computed
             as this engine would (compiled where the engine compiles). Default: the
             problem's loss on ``xp``.
+        output(problem): The same for a vector-valued function: ``(params, data) -> value``,
+            any nest of arrays (GradBench's ``ode`` primal). Default: the function on ``xp``.
         block(tree): Wait until every array in ``tree`` is computed, and return ``tree``.
             Frameworks that compute asynchronously (jax; torch on a GPU) must implement
             it, or a clock read after a call measures only the dispatch. Default: nothing
@@ -311,6 +313,21 @@ def objective_of(engine: GradientEngine, problem: AbstractProblem) -> Objective:
         return problem.loss(params, data, xp)
 
     return objective
+
+
+def output_of(engine: GradientEngine, problem: AbstractProblem) -> Objective:
+    """The engine's value of a vector-valued function; by default the function on
+    ``engine.xp``."""
+    method = getattr(engine, "output", None)
+    if method is not None:
+        function: Objective = method(problem)
+        return function
+    xp = engine.xp
+
+    def value(params: Params, data: Data) -> Array:
+        return problem.loss(params, data, xp)
+
+    return value
 
 
 def asarrays_of(engine: GradientEngine) -> Callable[[Sequence[np.ndarray], str], list[Array]]:

@@ -5,6 +5,11 @@ from gradlab.problems._base import Problem as Problem
 from gradlab.problems._functions import LogSumExp as LogSumExp
 from gradlab.problems._functions import Rosenbrock as Rosenbrock
 from gradlab.problems._gmm import GMM as GMM
+from gradlab.problems._gradbench import LSTM as LSTM
+from gradlab.problems._gradbench import ODE as ODE
+from gradlab.problems._gradbench import Det as Det
+from gradlab.problems._gradbench import GradBenchGMM as GradBenchGMM
+from gradlab.problems._gradbench import KMeans as KMeans
 from gradlab.problems._linear import LinearRegression as LinearRegression
 from gradlab.problems._linear import LogisticRegression as LogisticRegression
 from gradlab.problems._mlp import MLP as MLP
@@ -18,8 +23,13 @@ from gradlab.problems._softmax import SoftmaxRegression as SoftmaxRegression
 
 __all__ = [
     "GMM",
+    "LSTM",
     "MLP",
+    "ODE",
     "AbstractProblem",
+    "Det",
+    "GradBenchGMM",
+    "KMeans",
     "Layout",
     "LeastSquares",
     "LinearRegression",

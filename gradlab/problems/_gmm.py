@@ -1,4 +1,4 @@
-"""ADBench's Gaussian-mixture objective (also GradBench's ``gmm``)."""
+"""Gaussian-mixture objectives: ADBench's, and GradBench's ``gmm`` with its three fixes."""
 
 from __future__ import annotations
 
@@ -69,10 +69,11 @@ class GMM(AbstractProblem):
     −(n·d/2)·log 2π + Σᵢ logsumexpₖ(αₖ + Σⱼ qₖⱼ − ½‖Qₖ·zᵢₖ‖²) − n·logsumexp(α)
     + Σₖ [½γ²(‖exp(qₖ)‖² + ‖Lₖ‖²_F) − m·Σⱼ qₖⱼ] − k·[n_w·d·(log γ − ½ log 2) − log Γ_d(n_w/2)]
 
-    with the Wishart prior's γ and m, and n_w = d + m + 1: the value ADBench's and
-    GradBench's ``gmm`` compute, so figures on it can be held against theirs. (It is their
-    benchmark function, log-likelihood plus prior terms, not a loss one would minimise to
-    fit a mixture.) Data: ``x`` of shape ``(n, d)``.
+    with the Wishart prior's γ and m, and n_w = d + m + 1: the value ADBench's code
+    computes, so figures on it can be held against ADBench's. (It is their benchmark
+    function, log-likelihood plus prior terms, not a loss one would minimise to fit a
+    mixture.) Its prior terms have the wrong sign for a log posterior; GradBench's ``gmm``
+    fixes that: [`GradBenchGMM`][gradlab.GradBenchGMM]. Data: ``x`` of shape ``(n, d)``.
 
     Hand gradient, with βᵢₖ the terms inside the first logsumexp, rᵢₖ = softmaxₖ(βᵢ) the
     responsibilities and yᵢₖ = Qₖ·zᵢₖ:
@@ -101,6 +102,9 @@ class GMM(AbstractProblem):
     m: int = 0
     name = "gmm"
     has_hand_gradient = True
+    #: The sign the prior terms enter with: +1 as ADBench's code has it, −1 for the log
+    #: posterior (GradBench's fix).
+    _prior_sign = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", check_int(self.k, "k", 1))
@@ -116,7 +120,7 @@ class GMM(AbstractProblem):
         d, k, m = self.d, self.k, self.m
         n_w = d + m + 1
         prior = n_w * d * (math.log(self.gamma) - 0.5 * math.log(2)) - _log_multigamma(0.5 * n_w, d)
-        return -n * d * 0.5 * math.log(2 * math.pi) - k * prior
+        return -n * d * 0.5 * math.log(2 * math.pi) - self._prior_sign * k * prior
 
     def _lower_times(self, icf: Array, z: Array, xp: Any) -> Array:
         """Lₖ·zᵢₖ for z of shape (n, k, d), one column of L at a time, without indexing."""
@@ -151,7 +155,7 @@ class GMM(AbstractProblem):
             0.5 * self.gamma**2 * (xp.sum(xp.exp(2 * q), axis=1) + xp.sum(icf[:, d:] ** 2, axis=1))
             - self.m * xp.sum(q, axis=1)
         )
-        return self._constant(n) + slse - n * lse_alphas + prior
+        return self._constant(n) + slse - n * lse_alphas + self._prior_sign * prior
 
     def _factors(self, icf: np.ndarray) -> np.ndarray:
         """Qₖ = diag(exp(qₖ)) + Lₖ as a (k, d, d) array."""
@@ -185,7 +189,8 @@ class GMM(AbstractProblem):
             0.5 * gamma2 * (np.sum(np.exp(2 * q), axis=1) + np.sum(lower**2, axis=1))
             - self.m * np.sum(q, axis=1)
         )
-        value = self._constant(n) + slse - n * lse_alphas + prior
+        sign = self._prior_sign
+        value = self._constant(n) + slse - n * lse_alphas + sign * prior
 
         weighted = resp[:, :, None] * y  # rᵢₖ·yᵢₖ
         responsibility = _sum_over_points("nk->k", resp)
@@ -199,13 +204,12 @@ class GMM(AbstractProblem):
         grad_icf[:, :d] = (
             responsibility[:, None]
             + np.einsum("kaa->ka", outer) * diagonal
-            + gamma2 * diagonal**2
-            - self.m
+            + sign * (gamma2 * diagonal**2 - self.m)
         )
         for column, start in enumerate(_lower_offsets(d)):
             count = d - column - 1
             grad_icf[:, d + start : d + start + count] = (
-                outer[:, column + 1 :, column] + gamma2 * lower[:, start : start + count]
+                outer[:, column + 1 :, column] + sign * gamma2 * lower[:, start : start + count]
             )
         return value, {"alphas": grad_alphas, "means": grad_means, "icf": grad_icf}
 

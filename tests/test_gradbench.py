@@ -1,0 +1,549 @@
+"""gradlab as a GradBench tool, and GradBench's evals as gradlab problems.
+
+Oracles, independent of the code under test: GMM's log posterior written out from the
+Gaussian and Wishart densities; NumPy's LU determinant; the ODE's exact solution where
+RK4 is exact; ADBench's LSTM transcribed element by element from its C++; k-means' Newton
+direction worked out by hand (each centroid minus the mean of its points); the problems'
+hand derivatives, the complex step and finite differences for the gradients every engine
+sends over the pipe.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+from _helpers import BUILTIN_ENGINES, require_engine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gradlab
+from gradlab import LSTM, ODE, Det, GradBenchGMM, KMeans, _nested
+from gradlab._gradbench_evals import EVALS, GRADIENT, NESTED, NEWTON, VALUE, VECTOR
+from gradlab.gradbench import serve
+
+
+def few() -> settings:
+    """Each example runs several engines (jax compiles per shape): a few, unless deep."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+        return settings()
+    return settings(max_examples=4)
+
+
+# -- the problems against independent oracles ------------------------------------------------
+
+
+def lower_factor(q: np.ndarray, l: np.ndarray) -> np.ndarray:  # noqa: E741
+    """Q = diag(exp q) + L, L's strictly lower entries column by column."""
+    d = q.shape[0]
+    factor = np.diag(np.exp(q))
+    entries = iter(l)
+    for column in range(d):
+        for row in range(column + 1, d):
+            factor[row, column] = next(entries)
+    return factor
+
+
+def naive_log_posterior(
+    params: dict[str, np.ndarray], x: np.ndarray, gamma: float, m: int
+) -> float:
+    """log Πᵢ Σₖ φₖ·N(xᵢ; μₖ, Λₖ⁻¹) + Σₖ log Wishart(Λₖ; I/γ², d + m + 1), Λₖ = QₖᵀQₖ."""
+    k, d = params["mu"].shape
+    phi = np.exp(params["alpha"]) / np.sum(np.exp(params["alpha"]))
+    precisions = [
+        lower_factor(params["q"][j], params["l"][j]).T
+        @ lower_factor(params["q"][j], params["l"][j])
+        for j in range(k)
+    ]
+    likelihood = 0.0
+    for point in x:
+        density = 0.0
+        for j in range(k):
+            gap = point - params["mu"][j]
+            density += phi[j] * math.exp(
+                -0.5 * d * math.log(2 * math.pi)
+                + 0.5 * math.log(np.linalg.det(precisions[j]))
+                - 0.5 * gap @ precisions[j] @ gap
+            )
+        likelihood += math.log(density)
+    n_w = d + m + 1
+    log_multigamma = d * (d - 1) / 4 * math.log(math.pi) + sum(
+        math.lgamma(n_w / 2 + (1 - j) / 2) for j in range(1, d + 1)
+    )
+    prior = 0.0
+    for precision in precisions:
+        prior += (
+            (n_w - d - 1) / 2 * math.log(np.linalg.det(precision))
+            - gamma**2 * np.trace(precision) / 2
+            - n_w * d / 2 * math.log(2)
+            + n_w * d * math.log(gamma)  # −(n_w/2)·log det(I/γ²)
+            - log_multigamma
+        )
+    return likelihood + prior
+
+
+@given(
+    st.integers(1, 3), st.integers(1, 3), st.integers(1, 6), st.integers(0, 2), st.floats(0.5, 2.0)
+)
+@few()
+def test_gradbench_gmm_is_the_log_posterior(k: int, d: int, n: int, m: int, gamma: float) -> None:
+    problem = GradBenchGMM(k=k, d=d, gamma=gamma, m=m)
+    data = problem.make_data(n, seed=n)
+    rng = np.random.default_rng(k * 10 + d)
+    params = {
+        name: 0.5 * rng.standard_normal(shape) for name, shape in problem.param_shapes(data).items()
+    }
+    expected = naive_log_posterior(params, data["x"], gamma, m)
+    assert float(problem.loss(params, data, np)) == pytest.approx(expected, rel=1e-10, abs=1e-10)
+
+
+def test_adbench_and_gradbench_gmm_differ_by_the_prior_sign_only() -> None:
+    adbench, gradbench = gradlab.GMM(k=2, d=3, m=1), GradBenchGMM(k=2, d=3, m=1)
+    data = adbench.make_data(7)
+    rng = np.random.default_rng(3)
+    icf = rng.standard_normal((2, 6))
+    a = {"alphas": rng.standard_normal(2), "means": rng.standard_normal((2, 3)), "icf": icf}
+    b = {"alpha": a["alphas"], "mu": a["means"], "q": icf[:, :3], "l": icf[:, 3:]}
+    # Both at zero data points leave only the prior terms: they are each other's negative.
+    empty = {"x": data["x"][:0]}
+    assert float(adbench.loss(a, empty, np)) == pytest.approx(-float(gradbench.loss(b, empty, np)))
+    # With data, the likelihood terms are equal.
+    likelihood_a = float(adbench.loss(a, data, np)) - float(adbench.loss(a, empty, np))
+    likelihood_b = float(gradbench.loss(b, data, np)) - float(gradbench.loss(b, empty, np))
+    assert likelihood_a == pytest.approx(likelihood_b, rel=1e-12)
+
+
+@given(st.integers(1, 7), st.integers(0, 2**16))
+@settings(max_examples=20)
+def test_det_is_the_determinant_and_its_gradient_the_cofactors(ell: int, seed: int) -> None:
+    matrix = np.random.default_rng(seed).uniform(-1, 1, (ell, ell))
+    problem = Det(ell=ell)
+    value = float(problem.loss({"A": matrix}, {}, np))
+    assert value == pytest.approx(np.linalg.det(matrix), rel=1e-10, abs=1e-12)
+    _, grads = problem.hand_value_and_grad({"A": matrix}, {})
+    adjugate_t = np.linalg.det(matrix) * np.linalg.inv(matrix).T  # ∂det/∂A = det·A⁻ᵀ
+    np.testing.assert_allclose(grads["A"], adjugate_t, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_ode_is_exact_where_rk4_is(steps: int) -> None:
+    # x = 1: y_i(t) = t^(i+1)/(i+1)!, polynomials of degree ≤ 4, which RK4 integrates exactly.
+    solution = ODE(size=4, steps=steps, last=False).loss({"x": np.ones(4)}, {}, np)
+    np.testing.assert_allclose(solution, [2, 2, 4 / 3, 2 / 3], rtol=1e-13)
+    assert float(ODE(size=4, steps=steps).loss({"x": np.ones(4)}, {}, np)) == pytest.approx(2 / 3)
+
+
+@given(st.integers(1, 12), st.integers(1, 6), st.integers(0, 2**16))
+@settings(max_examples=25)
+def test_ode_hand_gradient_matches_the_complex_step(size: int, steps: int, seed: int) -> None:
+    problem = ODE(size=size, steps=steps)
+    params = {"x": np.random.default_rng(seed).uniform(size=size)}
+    _, hand = problem.hand_value_and_grad(params, {})
+    _, reference = gradlab.value_and_grad(problem, {}, params, engine="complex-step")
+    np.testing.assert_allclose(hand["x"], reference["x"], rtol=1e-11, atol=1e-14)
+
+
+def lstm_transcribed(
+    main: np.ndarray, extra: np.ndarray, state: np.ndarray, seq: np.ndarray
+) -> float:
+    """ADBench's C++ objective, element by element (main_params and state flat by rows)."""
+    layers, b = main.shape[0] // 2, extra.shape[1]
+    main, state = main.ravel(), state.ravel().copy()
+    sigmoid = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    total, count = 0.0, 0
+    for t in range(seq.shape[0] - 1):
+        out = [seq[t][i] * extra[0][i] for i in range(b)]
+        for layer in range(layers):
+            w, bias = 8 * b * layer, 8 * b * layer + 4 * b
+            hidden, cell = 2 * b * layer, 2 * b * layer + b
+            for i in range(b):
+                forget = sigmoid(out[i] * main[w + i] + main[bias + i])
+                ingate = sigmoid(state[hidden + i] * main[w + b + i] + main[bias + b + i])
+                outgate = sigmoid(out[i] * main[w + 2 * b + i] + main[bias + 2 * b + i])
+                change = math.tanh(state[hidden + i] * main[w + 3 * b + i] + main[bias + 3 * b + i])
+                state[cell + i] = state[cell + i] * forget + ingate * change
+                state[hidden + i] = outgate * math.tanh(state[cell + i])
+            out = [state[hidden + i] for i in range(b)]
+        predicted = [out[i] * extra[1][i] + extra[2][i] for i in range(b)]
+        normaliser = math.log(sum(math.exp(value) for value in predicted) + 2)
+        total += sum(seq[t + 1][i] * (predicted[i] - normaliser) for i in range(b))
+        count += b
+    return -total / count
+
+
+@given(st.integers(1, 3), st.integers(2, 6), st.integers(1, 4), st.integers(0, 2**16))
+@settings(max_examples=15)
+def test_lstm_is_adbenchs(layers: int, length: int, width: int, seed: int) -> None:
+    problem = LSTM(layers=layers, length=length, width=width)
+    data = problem.make_data(seed=seed)
+    params = problem.initial_params(data, seed=seed)
+    expected = lstm_transcribed(
+        params["main_params"], params["extra_params"], data["state"], data["sequence"]
+    )
+    assert float(problem.loss(params, data, np)) == pytest.approx(expected, rel=1e-12)
+
+
+GRADBENCH_PROBLEMS = {
+    "gradbench_gmm": lambda size: GradBenchGMM(k=1 + size % 3, d=1 + size % 4),
+    "kmeans": lambda size: KMeans(k=1 + size % 3, d=1 + size % 3),
+    "det": lambda size: Det(ell=1 + size % 5),
+    "ode": lambda size: ODE(size=size, steps=1 + size % 3),
+    "lstm": lambda size: LSTM(layers=1 + size % 2, length=2 + size % 3, width=1 + size % 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRADBENCH_PROBLEMS))
+@given(size=st.integers(1, 9), seed=st.integers(0, 2**16))
+@few()
+def test_engines_agree_on_the_eval_problems(name: str, size: int, seed: int) -> None:
+    problem = GRADBENCH_PROBLEMS[name](size)
+    data = (
+        problem.make_data(max(size, 3) * 4, seed=seed)
+        if name in ("gradbench_gmm", "kmeans")
+        else problem.make_data(seed=seed)
+    )
+    try:
+        params = problem.initial_params(data, seed=seed)
+    except gradlab.NotSupported:
+        rng = np.random.default_rng(seed)
+        params = {
+            key: 0.5 * rng.standard_normal(shape)
+            for key, shape in problem.param_shapes(data).items()
+        }
+    engines = [e for e in BUILTIN_ENGINES if e in gradlab.available_engines()]
+    if not problem.has_hand_gradient:
+        engines.remove("numpy")
+    report = gradlab.compare_gradients(problem, data, params, engines=engines)
+    assert report.ok, str(report)
+
+
+# -- the tool, over a pipe, as GradBench runs it ----------------------------------------------
+
+#: Small sizes for each eval (GradBench's own are the benchmark's).
+SMALL = {
+    "hello": [{"x": 1.5}],
+    "lse": [{"n": 50}],
+    "llsq": [{"n": 16, "m": 6}],
+    "gmm": [{"d": 3, "k": 2, "n": 20}, {"d": 1, "k": 3, "n": 5}],
+    "kmeans": [{"k": 3, "n": 30, "d": 2}],
+    "det": [{"ell": 4}],
+    "ode": [{"n": 6, "s": 2}],
+    "lstm": [{"l": 2, "c": 4, "b": 3}],
+    # A nested eval from where GradBench's descent stops at once: the protocol's path,
+    # cheaply (the descent is tested below, and in full under HYPOTHESIS_PROFILE=deep).
+    # particle's path is the same; each of its runs costs seconds even there.
+    "particle": [],
+    "saddle": [{"start": 1e-6}],
+}
+#: What GradBench's particle and saddle evals expect (their run.py), for w = 0, start (1, 1).
+PARTICLE_W, SADDLE_POINT = 0.2071918746486116, 8.246324826140356e-06
+NESTING = ("torch", "jax")
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
+#: Nested derivatives cost seconds each (eager, through hundreds of steps): by default one
+#: engine per variant, every mode in some position; the deep profile runs them all.
+VARIANTS = ("rr", "ff", "fr", "rf")
+NESTED_CASES = (
+    [(engine, variant) for engine in NESTING for variant in VARIANTS]
+    if DEEP
+    else [("torch", "rr"), ("torch", "fr"), ("jax", "rf")]
+)
+PARTICLE_CASES = (
+    [(engine, variant) for engine in NESTING for variant in ("rr", "ff")]
+    if DEEP
+    else [("torch", "rr")]
+)
+
+
+def exchange(engine: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The messages an eval would send for every implemented eval, and the tool's replies."""
+    messages: list[dict[str, Any]] = [{"id": 0, "kind": "start", "eval": "gradlab"}]
+    for name, spec in EVALS.items():
+        messages.append({"id": len(messages), "kind": "define", "module": name})
+        for sizes in SMALL[name]:
+            input = spec.example(7, **sizes)
+            if spec.timed:
+                input |= {"min_runs": 2, "min_seconds": 0}
+            for function in spec.functions:
+                messages.append(
+                    {"id": len(messages), "kind": "evaluate", "module": name,
+                     "function": function, "input": input}
+                )  # fmt: skip
+                messages.append(
+                    {
+                        "id": len(messages),
+                        "kind": "analysis",
+                        "of": len(messages) - 1,
+                        "valid": True,
+                    }
+                )
+    text = "".join(json.dumps(message) + "\n" for message in messages)
+    done = subprocess.run(
+        [sys.executable, "-m", "gradlab.gradbench", "--engine", engine],
+        input=text + json.dumps({"id": len(messages), "kind": "end"}) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return messages, [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def reference(name: str, function: str, input: Any) -> Any:
+    """What the output should be, from NumPy code independent of the engines: the problem's
+    value, its hand gradient (the complex step or fd where it has none), and the Newton
+    direction and the ODE's primal worked out here."""
+    spec = EVALS[name]
+    case = spec.read(input)
+    kind = spec.functions[function]
+    if kind == NESTED:  # the start, where the descent stops at once
+        return float(input["w"]) if name == "particle" else [float(v) for v in input["start"] * 2]
+    assert case.problem is not None
+    if kind == VECTOR:
+        return spec.write(
+            function, case, spec.vector_problem(case).loss(case.params, case.data, np)
+        )
+    if kind == VALUE:
+        return spec.write(function, case, np.asarray(case.problem.loss(case.params, case.data, np)))
+    if kind == NEWTON:  # each centroid less the mean of its nearest points
+        points, centroids = case.data["points"], case.params["centroids"]
+        nearest = np.argmin(((points[:, None] - centroids[None]) ** 2).sum(axis=2), axis=1)
+        means = np.array([points[nearest == j].mean(axis=0) for j in range(len(centroids))])
+        return spec.write(function, case, {"centroids": centroids - means})
+    assert kind == GRADIENT
+    if case.problem.has_hand_gradient:
+        grads = case.problem.hand_value_and_grad(case.params, case.data)[1]
+    else:
+        grads = gradlab.value_and_grad(case.problem, case.data, case.params, engine="complex-step")[
+            1
+        ]
+    return spec.write(function, case, grads)
+
+
+def assert_close(got: Any, want: Any, tolerance: float, where: str) -> None:
+    """Same JSON shape and types, numbers within ``tolerance`` (relative to max(1, |want|))."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict), where
+        assert sorted(got) == sorted(want), where
+        for key in want:
+            assert_close(got[key], want[key], tolerance, f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list), where
+        assert len(got) == len(want), where
+        for index, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_close(a, b, tolerance, f"{where}[{index}]")
+    else:
+        assert isinstance(got, float), where
+        assert isinstance(want, float), where
+        assert abs(got - want) <= tolerance * max(1.0, abs(want)), f"{where}: {got} vs {want}"
+
+
+@pytest.mark.parametrize("engine", BUILTIN_ENGINES)
+def test_a_full_exchange_over_a_pipe_validates(engine: str) -> None:
+    require_engine(engine)
+    messages, replies = exchange(engine)
+    assert [reply["id"] for reply in replies] == [message["id"] for message in messages]
+    assert replies[0]["tool"] == f"gradlab-{engine}"
+    module = None
+    for message, reply in zip(messages, replies, strict=True):
+        if message["kind"] == "define":
+            module = message["module"]
+            if engine == "numpy" and module == "lstm":  # no hand gradient: said up front
+                assert reply["success"] is False
+                assert "hand-derived" in reply["error"]
+            elif engine not in NESTING and module in ("particle", "saddle"):
+                assert reply["success"] is False
+                assert "cannot nest derivatives" in reply["error"]
+            else:
+                assert reply["success"] is True, reply
+        if message["kind"] != "evaluate":
+            continue
+        function = message["function"]
+        if (engine == "numpy" and module == "lstm" and function == "jacobian") or (
+            engine not in NESTING and module in ("particle", "saddle")
+        ):
+            assert reply["success"] is False
+            continue
+        assert reply["success"] is True, (module, function, reply)
+        names = [timing["name"] for timing in reply["timings"]]
+        runs = 2 if EVALS[module].timed else 1
+        assert names == ["prepare", "warmup"] + ["evaluate"] * runs
+        assert all(
+            isinstance(t["nanoseconds"], int) and t["nanoseconds"] >= 0 for t in reply["timings"]
+        )
+        tolerance = 1e-5 if engine == "fd" else 1e-9
+        want = reference(module, function, message["input"])
+        assert_close(reply["output"], want, tolerance, f"{engine} {module}.{function}")
+
+
+# -- nested derivatives: particle and saddle ------------------------------------------------
+
+
+@pytest.mark.parametrize(("engine", "variant"), NESTED_CASES)
+def test_the_outer_derivative_runs_through_the_inner_descent(engine: str, variant: str) -> None:
+    # saddle's best response, max over p₂ of |p₁|² − |p₂|², is |p₁|² less a constant that
+    # does not depend on p₁ (the inner descent's end point): its gradient is exactly 2·p₁,
+    # whatever the modes, if no derivative leaks between the levels (perturbation confusion).
+    require_engine(engine)
+    ops = _nested.ops_for(gradlab.get_engine(engine))
+    outer, inner = (ops.forward if mode == "f" else ops.reverse for mode in variant)
+    with ops.scope():
+        p1 = ops.lift([0.3, -0.2])
+        response = _nested.best_response(inner, ops.lift([1.0, 1.0]), ops)
+        gradient = _nested._host(outer(response)(p1))
+    np.testing.assert_allclose(gradient, [0.6, -0.4], rtol=1e-12)
+
+
+@pytest.mark.parametrize(("engine", "variant"), PARTICLE_CASES)
+def test_particle_derivative_matches_finite_differences(engine: str, variant: str) -> None:
+    # d/dw of where the particle lands: through 350 Euler steps, each with the potential's
+    # gradient inside; against central differences of the same procedure.
+    require_engine(engine)
+    ops = _nested.ops_for(gradlab.get_engine(engine))
+    outer, inner = (ops.forward if mode == "f" else ops.reverse for mode in variant)
+    with ops.scope():
+        landing = _nested.landing(inner, ops)
+        w, h = 0.1, 1e-6
+        derivative = float(_nested._host(outer(landing)(ops.lift([w])))[0])
+        plus, minus = (float(_nested._host(landing(ops.lift([w + s * h])))) for s in (1, -1))
+    assert derivative == pytest.approx((plus - minus) / (2 * h), rel=1e-6)
+
+
+def test_descent_is_gradbenchs() -> None:
+    # GradBench's solver on |x − 3|² from 0: steps of η·∇f, η doubled after ten falls,
+    # halved on a rise, stopping when ‖∇f‖ or the step is at most 1e-5. In NumPy, with
+    # the exact gradient, so the expected value is the algorithm's, not a framework's.
+    grad = lambda f: lambda x: 2 * (x - 3)  # noqa: E731
+    found = _nested.argmin(grad, lambda x: float(np.sum((x - 3) ** 2)), np.zeros(1), np)
+    # It stops where ‖∇f‖ = 2|x − 3| ≤ 1e-5 or where a step η·‖∇f‖ ≤ 1e-5 with η ≤ 1 here.
+    assert 0 < 3 - found[0] <= 1e-5
+
+
+@pytest.mark.skipif(not DEEP, reason="minutes per engine: runs under HYPOTHESIS_PROFILE=deep")
+@pytest.mark.parametrize("engine", NESTING)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_particle_and_saddle_give_gradbenchs_answers(engine: str, variant: str) -> None:
+    require_engine(engine)
+    ops = _nested.ops_for(gradlab.get_engine(engine))
+    assert _nested.particle(variant, 0.0, ops) == pytest.approx(PARTICLE_W, rel=1e-9)
+    np.testing.assert_allclose(
+        _nested.saddle(variant, (1.0, 1.0), ops), [SADDLE_POINT] * 4, rtol=1e-9
+    )
+
+
+# -- hostile messages: answered, never a crash or a hang -------------------------------------
+
+
+def run(*lines: Any) -> list[dict[str, Any]]:
+    """Serve these messages (dicts as JSON, strings as they are) on numpy; the replies."""
+    out = io.StringIO()
+    text = [line if isinstance(line, str) else json.dumps(line) for line in lines]
+    assert serve("numpy", (line + "\n" for line in text), out) == 0
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def evaluate(module: str, function: str, input: Any, id: int = 1) -> dict[str, Any]:
+    return {"id": id, "kind": "evaluate", "module": module, "function": function, "input": input}
+
+
+GOOD_GMM = EVALS["gmm"].example(0, d=2, k=2, n=4)
+
+HOSTILE = [
+    ("not json {", "not JSON"),
+    ("[1, 2]", "JSON object"),
+    ({"id": 1, "kind": "shout"}, "unknown message kind"),
+    ({"id": 1, "kind": "define", "module": "ba"}, "does not implement module 'ba'"),
+    ({"id": 1, "kind": "define", "module": 3}, "does not implement module 3"),
+    (evaluate("det", "hessian", {"A": [1.0], "ell": 1}), "no function 'hessian'"),
+    ({"id": 1, "kind": "evaluate", "module": "det", "function": "primal"}, "no 'input'"),
+    (evaluate("det", "primal", [1, 2]), "JSON object"),
+    (evaluate("det", "primal", {"A": [1.0, 2.0], "ell": 2}), "'A' has shape (2,), expected 4"),
+    (evaluate("det", "primal", {"A": [1.0], "ell": 0}), "'ell' must be an integer ≥ 1"),
+    (evaluate("det", "primal", {"A": [1.0], "ell": True}), "'ell' must be an integer"),
+    (evaluate("det", "primal", {"A": ["x"], "ell": 1}), "'A' must be a 1-D array of numbers"),
+    (evaluate("det", "primal", {"A": [None], "ell": 1}), "'A'"),
+    (evaluate("det", "primal", {"A": [float("nan")], "ell": 1}), "not a finite number"),
+    (evaluate("lse", "primal", {"x": []}), "'x' has shape (0,)"),
+    (evaluate("lse", "primal", {"y": [1.0]}), "no field 'x'"),
+    (evaluate("lse", "primal", {"x": [1.0], "min_runs": -1}), "'min_runs'"),
+    (evaluate("lse", "primal", {"x": [1.0], "min_runs": "2"}), "'min_runs'"),
+    (evaluate("lse", "primal", {"x": [1.0], "min_seconds": -1}), "'min_seconds'"),
+    (evaluate("llsq", "primal", {"x": [1.0], "n": 1}), "'n' must be an integer ≥ 2"),
+    (evaluate("kmeans", "cost", {"points": [[0.0, 1.0]], "centroids": [[0.0]]}), "'centroids'"),
+    (
+        evaluate("kmeans", "cost", {"points": [[0.0, 1.0], [2.0]], "centroids": [[0.0, 0.0]]}),
+        "rows of equal length",
+    ),
+    (evaluate("ode", "primal", {"x": [1.0], "s": 0}), "'s' must be an integer ≥ 1"),
+    (evaluate("gmm", "objective", GOOD_GMM | {"gamma": -1.0}), "'gamma' must be positive"),
+    (evaluate("gmm", "objective", GOOD_GMM | {"d": 3}), "'mu' has shape (2, 2), expected 2×3"),
+    (evaluate("gmm", "objective", GOOD_GMM | {"n": 5}), "'x' has shape (4, 2), expected 5×2"),
+    (evaluate("lstm", "objective", {"main_params": [[1.0] * 4] * 3}), "2l rows of 4b values"),
+    (evaluate("hello", "square", "two"), "must be a number"),
+    (
+        evaluate("det", "primal", {"A": [1e300, 1e300, -1e300, 1e300], "ell": 2}),
+        "not a finite number",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "complaint"), HOSTILE, ids=range(len(HOSTILE)))
+def test_a_hostile_message_gets_a_failure_and_the_tool_reads_on(line: Any, complaint: str) -> None:
+    replies = run(line, evaluate("hello", "square", 3.0, id=9))
+    assert replies[0]["success"] is False
+    assert complaint in replies[0]["error"], replies[0]["error"]
+    assert replies[1] == {"id": 9, "success": True, "output": 9.0, "timings": replies[1]["timings"]}
+
+
+def test_end_stops_the_tool_and_nothing_after_it_is_read() -> None:
+    replies = run({"id": 0, "kind": "start"}, {"id": 1, "kind": "end"}, "never read {")
+    assert len(replies) == 1
+    assert replies[0]["tool"] == "gradlab-numpy"
+
+
+def test_runs_repeat_until_both_minima_are_met() -> None:
+    input = {"x": [0.5, 1.5], "min_runs": 5, "min_seconds": 0.02}
+    reply = run(evaluate("lse", "gradient", input))[0]
+    times = [t["nanoseconds"] for t in reply["timings"] if t["name"] == "evaluate"]
+    assert len(times) >= 5
+    assert sum(times) >= 0.02e9
+
+
+def test_stray_prints_do_not_corrupt_the_protocol(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gradlab import _gradbench_evals
+
+    square = _gradbench_evals._Square.loss
+
+    def chatty(self: Any, params: Any, data: Any, xp: Any) -> Any:
+        print("hello from inside the loss")
+        return square(self, params, data, xp)
+
+    monkeypatch.setattr(_gradbench_evals._Square, "loss", chatty)
+    out = io.StringIO()
+    serve("numpy", [json.dumps(evaluate("hello", "square", 2.0)) + "\n"], out)
+    assert json.loads(out.getvalue())["output"] == 4.0
+    assert "hello from inside the loss" in capsys.readouterr().err
+
+
+def test_the_command_line_names_the_engine_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from gradlab.cli import main
+
+    assert main(["gradbench", "--engine", "nump"]) == 2
+    assert "--engine: unknown engine 'nump'; did you mean 'numpy'?" in capsys.readouterr().err
+
+
+def test_a_tool_whose_input_closes_exits_at_once() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gradlab.gradbench", "--engine", "numpy"],
+        input="garbage\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["success"] is False
