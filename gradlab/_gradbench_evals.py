@@ -18,7 +18,7 @@ import numpy as np
 
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._functions import LogSumExp
-from gradlab.problems._gradbench import LSTM, ODE, Det, GradBenchGMM, KMeans
+from gradlab.problems._gradbench import LSTM, MAX_ELL, ODE, Det, GradBenchGMM, KMeans
 from gradlab.problems._polynomial import LeastSquares
 
 JSON = Any
@@ -205,6 +205,8 @@ def _write_kmeans(function: str, case: Case, result: Any) -> JSON:
 
 def _read_det(input: JSON) -> Case:
     ell = _integer(input, "ell", 1)
+    if ell > MAX_ELL:
+        raise BadInput(f"input field 'ell' must be at most {MAX_ELL} (2^ell minors), got {ell}")
     matrix = _array(input, "A", (ell * ell,))
     return Case(Det(ell=ell), {"A": matrix.reshape(ell, ell)})
 

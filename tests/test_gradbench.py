@@ -34,7 +34,7 @@ def few() -> settings:
     """Each example runs several engines (jax compiles per shape): a few, unless deep."""
     if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
         return settings()
-    return settings(max_examples=4)
+    return settings(max_examples=3)
 
 
 # -- the problems against independent oracles ------------------------------------------------
@@ -373,7 +373,8 @@ def test_a_full_exchange_over_a_pipe_validates(engine: str) -> None:
         assert reply["success"] is True, (module, function, reply)
         names = [timing["name"] for timing in reply["timings"]]
         runs = 2 if EVALS[module].timed else 1
-        assert names == ["prepare", "warmup"] + ["evaluate"] * runs
+        warmup = [] if module in ("particle", "saddle") else ["warmup"]
+        assert names == ["prepare", *warmup] + ["evaluate"] * runs
         assert all(
             isinstance(t["nanoseconds"], int) and t["nanoseconds"] >= 0 for t in reply["timings"]
         )
@@ -466,6 +467,10 @@ HOSTILE = [
     (evaluate("det", "primal", {"A": [1.0, 2.0], "ell": 2}), "'A' has shape (2,), expected 4"),
     (evaluate("det", "primal", {"A": [1.0], "ell": 0}), "'ell' must be an integer ≥ 1"),
     (evaluate("det", "primal", {"A": [1.0], "ell": True}), "'ell' must be an integer"),
+    (evaluate("det", "primal", {"A": [1.0], "ell": 10**100}), "'ell' must be at most 16"),
+    (evaluate("llsq", "primal", {"x": [1.0], "n": 10**15}), "MemoryError"),
+    (evaluate("particle", "rr", {"w": "0"}), "'w' must be a number"),
+    (evaluate("saddle", "rr", {"start": [1.0]}), "'start' has shape (1,), expected 2"),
     (evaluate("det", "primal", {"A": ["x"], "ell": 1}), "'A' must be a 1-D array of numbers"),
     (evaluate("det", "primal", {"A": [None], "ell": 1}), "'A'"),
     (evaluate("det", "primal", {"A": [float("nan")], "ell": 1}), "not a finite number"),

@@ -235,6 +235,10 @@ def _minor_tables(ell: int) -> list[tuple[list[int], list[int], tuple[int, int]]
     return tables
 
 
+#: The largest matrix ``Det`` expands: 2^16 minors, about a million table entries.
+MAX_ELL = 16
+
+
 @dataclass(frozen=True)
 class Det(AbstractProblem):
     r"""GradBench's ``det`` (from cmpad): the determinant of an ell × ell matrix by expansion
@@ -266,6 +270,12 @@ class Det(AbstractProblem):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ell", check_int(self.ell, "ell", 1))
+        if self.ell > MAX_ELL:
+            raise ArgumentError(
+                "ell",
+                f"must be at most {MAX_ELL}, got {self.ell}: the expansion computes 2^ell "
+                "minors (GradBench's largest is 11)",
+            )
 
     @cached_property
     def _tables(self) -> list[tuple[list[int], list[int], tuple[int, int]]]:
