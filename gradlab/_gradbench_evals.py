@@ -65,7 +65,7 @@ class Eval:
     read: Callable[[JSON], Case]
     write: Callable[[str, Case, Any], JSON]
     example: Callable[..., JSON]
-    sizes: tuple[dict[str, int], ...]
+    sizes: tuple[dict[str, Any], ...]
     vector_problem: Callable[[Case], AbstractProblem] | None = None
     timed: bool = True
 

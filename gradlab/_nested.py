@@ -33,6 +33,9 @@ Operator = Callable[[Scalar], Scalar]
 _TORCH = {"torch", "torch-func", "torch-fwd"}
 _JAX = {"jax", "jax-fwd"}
 TOLERANCE = 1e-5
+#: Bounds that turn a hostile start (a particle that never lands, a descent that never
+#: stops) into an error instead of a hang.
+MAX_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class Ops:
     xp: Any
     reverse: Operator
     forward: Operator
-    lift: Callable[[np.ndarray], Array]
+    lift: Callable[[Any], Array]
     scope: Callable[[], contextlib.AbstractContextManager[Any]]
 
 
@@ -60,7 +63,10 @@ def ops_for(engine: GradientEngine) -> Ops:
     Raises:
         NotSupported: the engine is not one of torch's or jax's.
     """
-    lift = lambda array: engine.asarray(np.asarray(array, dtype=np.float64), "float64")  # noqa: E731
+
+    def lift(values: Any) -> Array:
+        return engine.asarray(np.asarray(values, dtype=np.float64), "float64")
+
     if engine.name in _TORCH:
         import torch.func
 
@@ -102,7 +108,12 @@ def argmin(grad: Operator, f: Scalar, x: Array, xp: Any) -> Array:
     """GradBench's gradient descent from ``x``: the point where it stops."""
     g = grad(f)
     fx, gx, eta, accepted = f(x), g(x), TOLERANCE, 0
-    while not bool(_norm(gx, xp) <= TOLERANCE):
+    for _ in range(MAX_STEPS):
+        size = _norm(gx, xp)
+        if not bool(xp.isfinite(size)):
+            raise ValueError("the descent met a gradient that is not finite")
+        if bool(size <= TOLERANCE):
+            break
         if accepted == 10:
             eta, accepted = 2 * eta, 0
             continue
@@ -114,6 +125,8 @@ def argmin(grad: Operator, f: Scalar, x: Array, xp: Any) -> Array:
             x, fx, gx, accepted = candidate, f_candidate, g(candidate), accepted + 1
         else:
             eta, accepted = eta / 2, 0
+    else:
+        raise ValueError(f"the descent did not stop within {MAX_STEPS} steps")
     return x
 
 
@@ -146,12 +159,14 @@ def landing(inner: Operator, ops: Ops) -> Scalar:
 
         force = inner(potential)
         x, velocity, dt = lift([0.0, 8.0]), lift([0.75, 0.0]), 0.1
-        while True:
+        for _ in range(MAX_STEPS):
             acceleration = -force(x)
             moved = x + dt * velocity
             if not bool(moved[1] > 0):
                 break
             x, velocity = moved, velocity + dt * acceleration
+        else:
+            raise ValueError(f"the particle does not reach the x-axis in {MAX_STEPS} Euler steps")
         to_axis = -x[1] / velocity[1]
         return (x + to_axis * velocity)[0] ** 2
 

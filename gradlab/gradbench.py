@@ -49,6 +49,7 @@ from gradlab.engines._protocol import (
     to_numpy_all_of,
     value_and_grad_of,
 )
+from gradlab.problems._base import AbstractProblem
 
 __all__ = ["EVALS", "main", "serve"]
 
@@ -78,6 +79,8 @@ class _Computation:
         self, engine: GradientEngine, spec: Eval, kind: str, case: Case, function: str = ""
     ) -> None:
         self.engine = engine
+        self.problem: AbstractProblem | None = None
+        self.call: Callable[[], Any]
         if kind == NESTED:
             self._nested(spec, function, case)
             return
@@ -97,7 +100,6 @@ class _Computation:
         self.problem, self.params, self.data = prepared.problem, prepared.params, prepared.data
         data, params = on_engine_together(engine, [prepared.data, prepared.params], "float64")
         block = block_of(engine)
-        self.call: Callable[[], Any]
         if kind == GRADIENT:
             gradient = value_and_grad_of(engine, self.problem)
             self.call = lambda: block(gradient(params, data)[1])
@@ -130,8 +132,7 @@ class _Computation:
         ops = _nested.ops_for(self.engine)
         procedure = {"particle": _nested.particle, "saddle": _nested.saddle}[spec.name]
         start = case.params["w"][0] if spec.name == "particle" else tuple(case.params["start"])
-        self.problem = None
-        self.call = lambda: procedure(function, start, ops)
+        self.call = lambda: procedure(function, start, ops)  # type: ignore[operator]
 
     def guarded(self) -> contextlib.AbstractContextManager[None]:
         """Errors in the problem's code, as gradlab reports them (naming problem and engine)."""
@@ -222,7 +223,7 @@ class Tool:
     def evaluate(self, message: Message) -> Message:
         spec = self._eval(message)
         function = message.get("function")
-        if function not in spec.functions:
+        if not isinstance(function, str) or function not in spec.functions:
             raise _Refused(
                 f"module {spec.name!r} has no function {function!r} "
                 f"(it has: {', '.join(spec.functions)})"
@@ -305,7 +306,7 @@ def serve(
                 message = json.loads(line)
             except ValueError as error:
                 message = None
-                reply: Message | None = {
+                reply: Message = {
                     "id": None,
                     "success": False,
                     "error": f"not JSON: {error}",
@@ -318,9 +319,10 @@ def serve(
                         "error": "a message must be a JSON object",
                     }
                 else:
-                    reply = tool.answer(message)
-                    if reply is None:
+                    answer = tool.answer(message)
+                    if answer is None:
                         return 0
+                    reply = answer
             try:
                 sink.write(_reply_line(reply) + "\n")
                 sink.flush()

@@ -156,7 +156,10 @@ def lstm_transcribed(
     """ADBench's C++ objective, element by element (main_params and state flat by rows)."""
     layers, b = main.shape[0] // 2, extra.shape[1]
     main, state = main.ravel(), state.ravel().copy()
-    sigmoid = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+
+    def sigmoid(z: float) -> float:
+        return 1 / (1 + math.exp(-z))
+
     total, count = 0.0, 0
     for t in range(seq.shape[0] - 1):
         out = [seq[t][i] * extra[0][i] for i in range(b)]
@@ -190,7 +193,7 @@ def test_lstm_is_adbenchs(layers: int, length: int, width: int, seed: int) -> No
     assert float(problem.loss(params, data, np)) == pytest.approx(expected, rel=1e-12)
 
 
-GRADBENCH_PROBLEMS = {
+GRADBENCH_PROBLEMS: dict[str, Any] = {
     "gradbench_gmm": lambda size: GradBenchGMM(k=1 + size % 3, d=1 + size % 4),
     "kmeans": lambda size: KMeans(k=1 + size % 3, d=1 + size % 3),
     "det": lambda size: Det(ell=1 + size % 5),
@@ -227,7 +230,7 @@ def test_engines_agree_on_the_eval_problems(name: str, size: int, seed: int) -> 
 # -- the tool, over a pipe, as GradBench runs it ----------------------------------------------
 
 #: Small sizes for each eval (GradBench's own are the benchmark's).
-SMALL = {
+SMALL: dict[str, list[dict[str, Any]]] = {
     "hello": [{"x": 1.5}],
     "lse": [{"n": 50}],
     "llsq": [{"n": 16, "m": 6}],
@@ -306,6 +309,7 @@ def reference(name: str, function: str, input: Any) -> Any:
         return float(input["w"]) if name == "particle" else [float(v) for v in input["start"] * 2]
     assert case.problem is not None
     if kind == VECTOR:
+        assert spec.vector_problem is not None
         return spec.write(
             function, case, spec.vector_problem(case).loss(case.params, case.data, np)
         )
@@ -350,7 +354,7 @@ def test_a_full_exchange_over_a_pipe_validates(engine: str) -> None:
     messages, replies = exchange(engine)
     assert [reply["id"] for reply in replies] == [message["id"] for message in messages]
     assert replies[0]["tool"] == f"gradlab-{engine}"
-    module = None
+    module = ""
     for message, reply in zip(messages, replies, strict=True):
         if message["kind"] == "define":
             module = message["module"]
@@ -386,14 +390,20 @@ def test_a_full_exchange_over_a_pipe_validates(engine: str) -> None:
 # -- nested derivatives: particle and saddle ------------------------------------------------
 
 
+def operators(engine: str, variant: str) -> tuple[_nested.Ops, Any, Any]:
+    """The engine's nested-derivative operators and the variant's outer and inner one."""
+    require_engine(engine)
+    ops = _nested.ops_for(gradlab.get_engine(engine))
+    outer, inner = (ops.forward if mode == "f" else ops.reverse for mode in variant)
+    return ops, outer, inner
+
+
 @pytest.mark.parametrize(("engine", "variant"), NESTED_CASES)
 def test_the_outer_derivative_runs_through_the_inner_descent(engine: str, variant: str) -> None:
     # saddle's best response, max over p₂ of |p₁|² − |p₂|², is |p₁|² less a constant that
     # does not depend on p₁ (the inner descent's end point): its gradient is exactly 2·p₁,
     # whatever the modes, if no derivative leaks between the levels (perturbation confusion).
-    require_engine(engine)
-    ops = _nested.ops_for(gradlab.get_engine(engine))
-    outer, inner = (ops.forward if mode == "f" else ops.reverse for mode in variant)
+    ops, outer, inner = operators(engine, variant)
     with ops.scope():
         p1 = ops.lift([0.3, -0.2])
         response = _nested.best_response(inner, ops.lift([1.0, 1.0]), ops)
@@ -405,9 +415,7 @@ def test_the_outer_derivative_runs_through_the_inner_descent(engine: str, varian
 def test_particle_derivative_matches_finite_differences(engine: str, variant: str) -> None:
     # d/dw of where the particle lands: through 350 Euler steps, each with the potential's
     # gradient inside; against central differences of the same procedure.
-    require_engine(engine)
-    ops = _nested.ops_for(gradlab.get_engine(engine))
-    outer, inner = (ops.forward if mode == "f" else ops.reverse for mode in variant)
+    ops, outer, inner = operators(engine, variant)
     with ops.scope():
         landing = _nested.landing(inner, ops)
         w, h = 0.1, 1e-6

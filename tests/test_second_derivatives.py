@@ -7,6 +7,7 @@ Hessian has: symmetry, and H·v linear in v.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from _helpers import (
     require_engine,
 )
 from _strategies import CASES, NO_HAND_HVP, reals
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradlab
@@ -50,6 +51,16 @@ def as_float32_point(case: Case) -> Case:
     return problem, rounded[0], rounded[1]
 
 
+def fewer(problem: str, *, fd_hessian: bool = False) -> settings:
+    """At most ten examples (the deep profile: all), for the properties whose every
+    example compiles anew on jax (a new shape) and that other tests cover at more points:
+    float32 against the float64 truth, symmetry and linearity. Keeps the suite's time."""
+    base = examples(problem, fd_hessian=fd_hessian)
+    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+        return base
+    return settings(base, max_examples=min(10, base.max_examples))
+
+
 @pytest.mark.parametrize("problem", sorted(CASES))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_hvp_agrees_with_the_hand_derivation(problem: str, dtype: str, engine: str) -> None:
@@ -62,7 +73,7 @@ def test_hvp_agrees_with_the_hand_derivation(problem: str, dtype: str, engine: s
         truth_engine = "fd" if engine != "fd" else first_installed(AUTODIFF_ENGINES)
     limit = gradlab.tolerance(dtype, against_fd="fd" in (engine, truth_engine))
 
-    @examples(problem)
+    @(fewer(problem) if dtype == "float32" else examples(problem))
     @given(CASES[problem], st.data())
     def check(case: Case, draw: st.DataObject) -> None:
         problem_, data, params = as_float32_point(case) if dtype == "float32" else case
@@ -103,7 +114,7 @@ def test_hessian_is_symmetric_and_hvp_is_linear(problem: str, engine: str) -> No
         pytest.skip(f"{problem} has no hand-derived Hessian-vector product")
     limit = gradlab.tolerance("float64", against_fd=engine == "fd")
 
-    @examples(problem, fd_hessian=engine == "fd")
+    @fewer(problem, fd_hessian=engine == "fd")
     @given(CASES[problem], st.data(), reals(-3, 3))
     def check(case: Case, draw: st.DataObject, scale: float) -> None:
         problem_, data, params = case

@@ -303,22 +303,18 @@ def hvp_of(engine: GradientEngine, problem: AbstractProblem) -> HVP:
 
 def objective_of(engine: GradientEngine, problem: AbstractProblem) -> Objective:
     """The engine's loss alone for ``problem``; by default the loss on ``engine.xp``."""
-    method = getattr(engine, "objective", None)
-    if method is not None:
-        function: Objective = method(problem)
-        return function
-    xp = engine.xp
-
-    def objective(params: Params, data: Data) -> Array:
-        return problem.loss(params, data, xp)
-
-    return objective
+    return _value_of(engine, "objective", problem)
 
 
 def output_of(engine: GradientEngine, problem: AbstractProblem) -> Objective:
     """The engine's value of a vector-valued function; by default the function on
     ``engine.xp``."""
-    method = getattr(engine, "output", None)
+    return _value_of(engine, "output", problem)
+
+
+def _value_of(engine: GradientEngine, member: str, problem: AbstractProblem) -> Objective:
+    """``engine.<member>(problem)``, or else the problem's function on ``engine.xp``."""
+    method = getattr(engine, member, None)
     if method is not None:
         function: Objective = method(problem)
         return function

@@ -20,6 +20,7 @@ from gradlab._checks import as_float_array, check_int, check_mapping
 from gradlab._errors import ArgumentError, HandGradientMissing
 from gradlab.problems._base import AbstractProblem, Array, Data, Params
 from gradlab.problems._data import data_rng
+from gradlab.problems._functions import _NoData
 from gradlab.problems._gmm import GMM
 
 
@@ -240,7 +241,7 @@ MAX_ELL = 16
 
 
 @dataclass(frozen=True)
-class Det(AbstractProblem):
+class Det(_NoData):
     r"""GradBench's ``det`` (from cmpad): the determinant of an ell × ell matrix by expansion
     by minors along the first row, recursively.
 
@@ -313,14 +314,9 @@ class Det(AbstractProblem):
         """One ell × ell matrix."""
         return {"A": (self.ell, self.ell)}
 
-    def check_data(self, data: object) -> dict[str, np.ndarray]:
-        """Only ``{}``."""
-        _exact_keys(data, ())
-        return {}
-
-    def make_data(self, n: int = 0, *, seed: int = 0) -> dict[str, np.ndarray]:
-        """``{}``: a determinant has no data."""
-        return {}
+    def sized(self, n: int) -> Det:
+        """The determinant of an n × n matrix."""
+        return Det(ell=n)
 
     def initial_params(self, data: Mapping[str, np.ndarray], *, seed: int = 0) -> dict[str, Any]:
         """A matrix uniform in [0, 1), as GradBench's eval draws it."""
@@ -333,7 +329,7 @@ def _ode_rate(x: Array, y: Array, xp: Any) -> Array:
 
 
 @dataclass(frozen=True)
-class ODE(AbstractProblem):
+class ODE(_NoData):
     r"""GradBench's ``ode`` (cmpad's ``an_ode``): y′₀ = x₀, y′ᵢ = xᵢ·yᵢ₋₁, y(0) = 0, solved to
     t = 2 by ``steps`` classical Runge–Kutta (RK4) steps; the loss is the last element of y(2).
 
@@ -437,14 +433,9 @@ class ODE(AbstractProblem):
         """One vector x of ``size``."""
         return {"x": (self.size,)}
 
-    def check_data(self, data: object) -> dict[str, np.ndarray]:
-        """Only ``{}``."""
-        _exact_keys(data, ())
-        return {}
-
-    def make_data(self, n: int = 0, *, seed: int = 0) -> dict[str, np.ndarray]:
-        """``{}``: the ODE has no data."""
-        return {}
+    def sized(self, n: int) -> ODE:
+        """The same ODE with n unknowns."""
+        return ODE(size=n, steps=self.steps, last=self.last)
 
     def initial_params(self, data: Mapping[str, np.ndarray], *, seed: int = 0) -> dict[str, Any]:
         """x uniform in [0, 1), as GradBench's eval draws it."""
