@@ -165,7 +165,8 @@ def main() -> None:
     if nested:
         lines += [
             "",
-            "Nested derivatives (the fastest run of the whole procedure; eager, so no first call apart):",
+            "Nested derivatives (the fastest run of the whole procedure; eager, so no first "
+            "call apart):",
             "",
             "| eval | engine | rr | ff | fr | rf | output (rr) |",
             "|---|---|---|---|---|---|---|",
