@@ -38,7 +38,7 @@ from typing import IO, Any
 import numpy as np
 
 from gradlab._boundary import calling, on_engine, on_engine_together, prepare
-from gradlab._errors import GradlabError
+from gradlab._errors import ArgumentTypeError, GradlabError
 from gradlab._gradbench_evals import EVALS, GRADIENT, NESTED, NEWTON, VECTOR, BadInput, Case, Eval
 from gradlab.engines import GradientEngine, get_engine
 from gradlab.engines._protocol import (
@@ -157,7 +157,6 @@ class Tool:
 
     def __init__(self, engine: GradientEngine) -> None:
         self.engine = engine
-        self.defined: set[str] = set()
 
     def answer(self, message: Message) -> Message | None:
         """The reply to one message; None for ``end``, which has none."""
@@ -217,7 +216,6 @@ class Tool:
             computation = _Computation(self.engine, spec, kind, case, function)
             with computation.guarded():
                 computation.call()
-        self.defined.add(spec.name)
         return {"success": True}
 
     def evaluate(self, message: Message) -> Message:
@@ -294,8 +292,21 @@ def serve(
 
     Raises:
         UnknownEngine, EngineUnavailable: before any message is read.
+        ArgumentTypeError: ``messages`` is not an iterable of lines (a string is one text,
+            not lines: wrap it in ``io.StringIO``), or ``replies`` has no ``write``.
     """
     tool = Tool(get_engine(engine))
+    if messages is not None and (
+        isinstance(messages, (str, bytes)) or not isinstance(messages, Iterable)
+    ):
+        raise ArgumentTypeError(
+            "messages",
+            f"must be an iterable of lines (io.StringIO for a text), got {type(messages).__name__}",
+        )
+    if replies is not None and not callable(getattr(replies, "write", None)):
+        raise ArgumentTypeError(
+            "replies", f"must be a text stream with write(), got {type(replies).__name__}"
+        )
     source = sys.stdin if messages is None else messages
     sink = sys.stdout if replies is None else replies
     with contextlib.redirect_stdout(sys.stderr):

@@ -523,6 +523,22 @@ def test_a_hostile_message_gets_a_failure_and_the_tool_reads_on(line: Any, compl
     assert replies[1] == {"id": 9, "success": True, "output": 9.0, "timings": replies[1]["timings"]}
 
 
+@pytest.mark.parametrize(
+    ("messages", "replies", "argument"),
+    [
+        ('{"id": 0, "kind": "start"}', None, "messages"),
+        (3, None, "messages"),
+        ([], "stdout", "replies"),
+    ],
+)
+def test_serve_refuses_arguments_of_the_wrong_kind(
+    messages: Any, replies: Any, argument: str
+) -> None:
+    with pytest.raises(gradlab.ArgumentTypeError) as raised:
+        serve("numpy", messages, replies)
+    assert raised.value.argument == argument
+
+
 def test_end_stops_the_tool_and_nothing_after_it_is_read() -> None:
     replies = run({"id": 0, "kind": "start"}, {"id": 1, "kind": "end"}, "never read {")
     assert len(replies) == 1
