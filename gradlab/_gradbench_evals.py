@@ -18,7 +18,7 @@ import numpy as np
 
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._functions import LogSumExp
-from gradlab.problems._gradbench import LSTM, MAX_ELL, ODE, Det, GradBenchGMM, KMeans
+from gradlab.problems._gradbench import LSTM, MAX_ELL, ODE, Det, GradBenchGMM, KMeans, fits
 from gradlab.problems._polynomial import LeastSquares
 
 JSON = Any
@@ -107,10 +107,7 @@ def _array(input: JSON, key: str, shape: tuple[int | None, ...]) -> np.ndarray:
             f"input field {key!r} must be a {len(shape)}-D array of numbers (rows of equal length)"
         ) from None
     # A JSON array of numbers only: booleans, strings and nulls are refused above or here.
-    if array.ndim != len(shape) or any(
-        (want is None and have == 0) or (want is not None and have != want)
-        for have, want in zip(array.shape, shape, strict=True)
-    ):
+    if not fits(array.shape, shape):
         expected = "×".join("n" if want is None else str(want) for want in shape) or "scalar"
         raise BadInput(f"input field {key!r} has shape {array.shape}, expected {expected}")
     if not np.all(np.isfinite(array)):

@@ -33,13 +33,18 @@ def _exact_keys(data: object, keys: tuple[str, ...]) -> Mapping[str, Any]:
     return mapping
 
 
+def fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    """Whether an array's ``shape`` is ``expected`` (None: any size ≥ 1 on that axis)."""
+    return len(shape) == len(expected) and all(
+        (have > 0) if want is None else (have == want)
+        for have, want in zip(shape, expected, strict=True)
+    )
+
+
 def _float_data(mapping: Mapping[str, Any], key: str, shape: tuple[int | None, ...]) -> np.ndarray:
     """``data[key]`` as a float array of ``shape`` (None: any size ≥ 1 on that axis)."""
     array = as_float_array(mapping[key], f"data[{key!r}]")
-    if array.ndim != len(shape) or any(
-        (want is None and have == 0) or (want is not None and have != want)
-        for have, want in zip(array.shape, shape, strict=True)
-    ):
+    if not fits(array.shape, shape):
         expected = tuple("n" if want is None else want for want in shape)
         raise ArgumentError(f"data[{key!r}]", f"has shape {array.shape}, expected {expected}")
     return array
