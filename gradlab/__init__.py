@@ -38,6 +38,7 @@ from gradlab._errors import HandGradientMissing as HandGradientMissing
 from gradlab._errors import MissingDependency as MissingDependency
 from gradlab._errors import NotSupported as NotSupported
 from gradlab._errors import ProblemError as ProblemError
+from gradlab._errors import RankFailed as RankFailed
 from gradlab._errors import Regression as Regression
 from gradlab._errors import UnknownEngine as UnknownEngine
 from gradlab._fit import FitResult as FitResult
@@ -63,6 +64,7 @@ from gradlab.engines import AbstractEngine as AbstractEngine
 from gradlab.engines import EngineInfo as EngineInfo
 from gradlab.engines import GradientEngine as GradientEngine
 from gradlab.engines import available_engines as available_engines
+from gradlab.engines import data_parallel as data_parallel
 from gradlab.engines import engine_info as engine_info
 from gradlab.engines import get_engine as get_engine
 from gradlab.engines import known_engines as known_engines
@@ -138,6 +140,7 @@ __all__ = [
     "Problem",
     "ProblemError",
     "Quadratic",
+    "RankFailed",
     "Regression",
     "Rosenbrock",
     "SoftmaxRegression",
@@ -158,6 +161,7 @@ __all__ = [
     "compare_hessians",
     "compare_jacobians",
     "compare_per_example_grads",
+    "data_parallel",
     "engine_info",
     "engines",
     "fit",

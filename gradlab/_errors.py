@@ -20,6 +20,7 @@ __all__ = [
     "MissingDependency",
     "NotSupported",
     "ProblemError",
+    "RankFailed",
     "Regression",
     "UnknownEngine",
 ]
@@ -155,6 +156,12 @@ class Regression(GradlabError, AssertionError):
     def __init__(self, message: str, comparison: object) -> None:
         self.comparison = comparison
         super().__init__(message)
+
+
+class RankFailed(GradlabError, RuntimeError):
+    """A data-parallel run ([`data_parallel`][gradlab.data_parallel]) lost a rank: a
+    process died, or did not answer within the engine's ``timeout``. The engine stops its
+    other processes and refuses further calls; make a new one."""
 
 
 class HandGradientMissing(GradlabError, TypeError):

@@ -46,6 +46,7 @@ class FlatView(AbstractProblem, Keyed):
         self.has_hand_hvp = problem.has_hand_hvp
         self.has_hand_jacobian = problem.has_hand_jacobian
         self.probe = problem.probe
+        self.reduction = problem.reduction
 
     def loss(self, params: Mapping[str, Array], data: Mapping[str, Array], xp: Any) -> Array:
         """The user's loss, on the nests rebuilt from flat dicts."""

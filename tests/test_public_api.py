@@ -52,6 +52,7 @@ PUBLIC = {
     "Problem",
     "ProblemError",
     "Quadratic",
+    "RankFailed",
     "Rosenbrock",
     "SoftmaxRegression",
     "Stop",
@@ -74,6 +75,7 @@ PUBLIC = {
     "compare_fits",
     "compare_gradients",
     "compare_hessians",
+    "data_parallel",
     "engines",
     "fit",
     "get_engine",
@@ -167,7 +169,7 @@ def test_errors_are_named_by_their_public_path() -> None:
         for value in vars(gradlab).values()
         if isinstance(value, type) and issubclass(value, gradlab.GradlabError)
     ]
-    assert len(errors) == 11
+    assert len(errors) == 12
     for error in errors:
         assert error.__module__ == "gradlab"
         assert getattr(gradlab, error.__name__) is error

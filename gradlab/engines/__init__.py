@@ -13,6 +13,8 @@ from gradlab.engines._listing import EngineInfo as EngineInfo
 from gradlab.engines._listing import engine_info as engine_info
 from gradlab.engines._mlx import MlxEngine as MlxEngine
 from gradlab.engines._numpy import NumpyEngine as NumpyEngine
+from gradlab.engines._parallel import DataParallel as DataParallel
+from gradlab.engines._parallel import data_parallel as data_parallel
 from gradlab.engines._protocol import AbstractEngine as AbstractEngine
 from gradlab.engines._protocol import GradientEngine as GradientEngine
 from gradlab.engines._registry import available_engines as available_engines
@@ -30,6 +32,7 @@ from gradlab.engines._torch import TorchFuncEngine as TorchFuncEngine
 __all__ = [
     "AbstractEngine",
     "ComplexStepEngine",
+    "DataParallel",
     "EngineInfo",
     "FiniteDifferenceEngine",
     "GradientEngine",
@@ -45,6 +48,7 @@ __all__ = [
     "TorchFuncEngine",
     "available_engines",
     "checked_loss",
+    "data_parallel",
     "engine_info",
     "get_engine",
     "known_engines",

@@ -238,6 +238,11 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
     _load_entry_points()
     entry = _REGISTRY.get(name)
     if entry is None:
+        # "torch-dp2", "jax-dp4": a data-parallel engine, named as it names itself.
+        parallel = importlib.import_module("gradlab.engines._parallel")
+        spread = parallel.engine_from_name(name, **options)
+        if spread is not None:
+            return spread  # type: ignore[no-any-return]
         known = known_engines()
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
         raise UnknownEngine(name, known, close[0] if close else None)

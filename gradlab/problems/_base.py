@@ -51,6 +51,17 @@ def missing_hand_jacobian(problem: AbstractProblem) -> HandGradientMissing:
     )
 
 
+#: How a loss may combine its rows (``AbstractProblem.reduction``).
+REDUCTIONS = ("mean", "sum")
+
+
+def check_reduction(reduction: object) -> str | None:
+    """A problem's declared ``reduction``: ``"mean"``, ``"sum"`` or ``None``."""
+    if reduction is not None and reduction not in REDUCTIONS:
+        raise ArgumentError("reduction", f"must be 'mean', 'sum' or None, got {reduction!r}")
+    return reduction
+
+
 def _check_shapes(shapes: object) -> dict[str, tuple[int, ...]]:
     """Declared parameter shapes: a mapping from name to a tuple of non-negative ints."""
     out = {}
@@ -93,6 +104,11 @@ class AbstractProblem(abc.ABC):
     #: a parameter it needs and ``init`` lacks, or one it never reads (for problems that
     #: declare no parameter shapes).
     probe: bool = True
+    #: How the loss combines the rows of its data, for data-parallel runs
+    #: ([`data_parallel`][gradlab.data_parallel]): ``"mean"`` (the mean over rows of one
+    #: loss per row), ``"sum"`` (their sum), or ``None``: not declared, or not a sum over
+    #: rows (a prior term, a loss without data), which data-parallel runs refuse.
+    reduction: str | None = None
 
     @abc.abstractmethod
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
@@ -228,6 +244,9 @@ class Problem(AbstractProblem):
             the output's structure outside, the parameters' inside, as ``jax.jacobian``.
         name: A short name for tables and messages.
         params: Optional mapping from parameter name to shape, checked against ``init``.
+        reduction: ``"mean"`` or ``"sum"`` when the loss is the mean or the sum over the
+            rows of its data of one loss per row, so that it can run data-parallel
+            ([`data_parallel`][gradlab.data_parallel]); ``None`` (the default) otherwise.
 
     Examples:
         >>> import numpy as np
@@ -250,6 +269,7 @@ class Problem(AbstractProblem):
         jacobian: HandFn | None = None,
         name: str = "problem",
         params: Mapping[str, tuple[int, ...]] | None = None,
+        reduction: str | None = None,
     ) -> None:
         if not callable(loss):
             raise ArgumentTypeError("loss", f"must be callable, got {loss!r}")
@@ -272,6 +292,7 @@ class Problem(AbstractProblem):
         self.has_hand_gradient = value_and_grad is not None
         self.has_hand_hvp = hvp is not None
         self._shapes = None if params is None else _check_shapes(params)
+        self.reduction = check_reduction(reduction)
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
         """Evaluate the user's loss."""

@@ -194,6 +194,7 @@ def mlp_classifier(sizes: Sequence[int] = (2, 16, 3)) -> MLPClassifier:
         value_and_grad=hand_value_and_grad,
         hvp=hand_hvp,
         layouts=layouts,
+        reduction="mean",
         **implementations,
     )
 

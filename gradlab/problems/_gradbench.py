@@ -152,6 +152,7 @@ class KMeans(AbstractProblem):
     k: int = 10
     d: int = 8
     name = "kmeans"
+    reduction = "sum"
     has_hand_gradient = True
     has_hand_hvp = True
 

@@ -69,6 +69,7 @@ class LinearRegression(_LinearModel):
     """
 
     name = "linear_regression"
+    reduction = "mean"
 
     def _weights(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
         """½(z − y)² has curvature 1 in z."""
@@ -130,6 +131,7 @@ class LogisticRegression(_LinearModel):
     """
 
     name = "logistic_regression"
+    reduction = "mean"
 
     def _weights(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
         """softplus(z) − y·z has curvature σ(z)(1 − σ(z)) = σ(z)·σ(−z) in z."""

@@ -61,6 +61,7 @@ class MLP(AbstractProblem):
     hidden: tuple[int, ...] = (16,)
     activation: str = "tanh"
     name = "mlp"
+    reduction = "mean"
     has_hand_gradient = True
 
     def __post_init__(self) -> None:

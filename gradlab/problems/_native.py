@@ -28,6 +28,7 @@ from gradlab.problems._base import (
     AbstractProblem,
     Array,
     _check_shapes,
+    check_reduction,
     missing_hand_gradient,
     missing_hand_hvp,
 )
@@ -188,6 +189,9 @@ class NativeProblem(AbstractProblem):
             (``{"layers[0].kernel": (4, 8)}``).
         layouts: Optional ``{framework: Layout}``: how that implementation's parameters are
             laid out (see [`Layout`][gradlab.Layout]).
+        reduction: ``"mean"`` or ``"sum"`` when every implementation is the mean or the
+            sum over rows of one loss per row (see [`Problem`][gradlab.Problem]); else
+            ``None``.
         **implementations: The implementations, by framework: ``torch=``, ``jax=``,
             ``numpy=`` (and any framework a plug-in engine's namespace belongs to).
 
@@ -206,6 +210,7 @@ class NativeProblem(AbstractProblem):
         hvp: Callable[..., Any] | None = None,
         params: Mapping[str, tuple[int, ...]] | None = None,
         layouts: Mapping[str, Layout] | None = None,
+        reduction: str | None = None,
         **implementations: Implementation,
     ) -> None:
         if not isinstance(name, str) or not name:
@@ -240,6 +245,7 @@ class NativeProblem(AbstractProblem):
         # The NumPy implementation, where there is one, is evaluated once to check ``init``.
         self.probe = "numpy" in implementations and "numpy" not in layouts
         self._shapes = None if params is None else _check_shapes(params)
+        self.reduction = check_reduction(reduction)
 
     def check_namespace(self, xp: Any) -> None:
         """Refuse an engine whose framework has no implementation here."""

@@ -60,6 +60,7 @@ class PolynomialRegression(AbstractProblem):
 
     degree: int = 2
     name = "polynomial_regression"
+    reduction = "mean"
     has_hand_gradient = True
     has_hand_hvp = True
 
@@ -138,6 +139,7 @@ class LeastSquares(AbstractProblem):
 
     terms: int = 8
     name = "least_squares"
+    reduction = "sum"
     has_hand_gradient = True
     has_hand_hvp = True
 

@@ -41,6 +41,7 @@ class Quadratic(AbstractProblem):
     """
 
     name = "quadratic"
+    reduction = "sum"
     has_hand_gradient = True
     has_hand_hvp = True
 

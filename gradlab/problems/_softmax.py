@@ -55,6 +55,7 @@ class SoftmaxRegression(AbstractProblem):
 
     classes: int = 3
     name = "softmax_regression"
+    reduction = "mean"
     has_hand_gradient = True
     has_hand_hvp = True
 

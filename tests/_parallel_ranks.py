@@ -1,0 +1,140 @@
+"""Data-parallel checks that need fresh processes, run by ``tests/test_parallel.py``.
+
+``python tests/_parallel_ranks.py MODE ...`` compares data-parallel gradients and a fit with
+the single-process ones computed in the same process, and prints one JSON line (rank 0):
+the largest rho of each. Modes:
+
+- ``jax-devices``: 3 forced host devices (``XLA_FLAGS`` set before jax is imported);
+  gradients on 1, 2 and 3 of them, a fit on 2.
+- ``jax-distributed PROCESS PORT``: two processes joined by ``jax.distributed.initialize``.
+- ``torchrun``: a rank of a launch whose environment torchrun would set (RANK, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+import gradlab
+from gradlab._tree import tree_map
+from gradlab.problems._classifier import mlp_classifier
+
+
+@functools.cache
+def cases(rows: int) -> list[tuple[Any, dict[str, np.ndarray], Any]]:
+    """Every shipped problem that declares its reduction, with ``rows`` rows of data and a
+    random point (not a start where gradients vanish)."""
+    rng = np.random.default_rng(rows)
+    problems = [
+        gradlab.Quadratic(),
+        gradlab.LinearRegression(),
+        gradlab.LogisticRegression(),
+        gradlab.PolynomialRegression(),
+        gradlab.SoftmaxRegression(),
+        gradlab.MLP(),
+        gradlab.LeastSquares(),
+        mlp_classifier((2, 4, 3)),
+    ]
+    out = []
+    for problem in problems:
+        data = problem.make_data(rows, seed=1)
+        start = problem.initial_params(problem.check_data(data), seed=2)
+        point = tree_map(
+            lambda leaf: np.asarray(leaf) + rng.normal(scale=0.3, size=np.shape(leaf)), start
+        )
+        out.append((problem, data, point))
+    kmeans = gradlab.KMeans(k=3, d=2)
+    out.append(
+        (kmeans, {"points": rng.normal(size=(rows, 2))}, {"centroids": rng.normal(size=(3, 2))})
+    )
+    return out
+
+
+def gradient_rho(engine: Any, single: str, rows: int, first: int | None = None) -> float:
+    """The largest rho between ``engine``'s losses and gradients and ``single``'s (on the
+    ``first`` problems only, if given)."""
+    worst = 0.0
+    for problem, data, point in cases(rows)[:first]:
+        loss, grads = gradlab.value_and_grad(problem, data, point, engine=engine)
+        loss_1, grads_1 = gradlab.value_and_grad(problem, data, point, engine=single)
+        worst = max(worst, float(gradlab.rho(loss, loss_1)), gradlab.max_rho(grads, grads_1))
+    return worst
+
+
+def fit_rho(engine: Any, single: str) -> float:
+    """The largest rho between the paths of a 100-step Adam fit with mini-batches."""
+    problem = gradlab.MLP()
+    data = problem.make_data(11, seed=3)
+    options: dict[str, Any] = dict(
+        optimizer=gradlab.adam(0.05),
+        steps=100,
+        batch_size=5,
+        trajectory=True,
+        init=problem.initial_params(data, seed=4),
+    )
+    spread = gradlab.fit(problem, data, engine=engine, **options)
+    alone = gradlab.fit(problem, data, engine=single, **options)
+    paths = [gradlab.max_rho(spread.trajectory, alone.trajectory)]
+    return max(float(gradlab.rho(spread.losses, alone.losses).max()), *paths)
+
+
+def report(**numbers: Any) -> None:
+    print(json.dumps(numbers), flush=True)
+
+
+def main(mode: str) -> None:
+    """Run one mode's checks."""
+    if mode == "jax-devices":
+        # Before jax is imported (gradlab imports it on first use).
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
+        # Every problem on 3 devices (4, 4 and 2 rows, padded to 4); a sum and a mean on
+        # 1 and 2; and 2 rows on 3 devices: one row each on two, the third all padding.
+        grads = {
+            f"{count} of {rows}": gradient_rho(
+                gradlab.data_parallel("jax", devices=count), "jax", rows, first
+            )
+            for count, rows, first in [(3, 10, None), (1, 10, 2), (2, 10, 2), (3, 2, 2)]
+        }
+        report(gradients=grads, fit=fit_rho(gradlab.data_parallel("jax", devices=2), "jax"))
+    elif mode == "jax-distributed":
+        import jax
+
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # type: ignore[no-untyped-call]
+        jax.distributed.initialize(
+            f"127.0.0.1:{sys.argv[3]}",
+            num_processes=2,
+            process_id=int(sys.argv[2]),
+            initialization_timeout=60,
+        )
+        engine = gradlab.data_parallel("jax")
+        numbers = dict(
+            devices=engine.shards,
+            gradients=gradient_rho(engine, "jax", 7, first=2),
+            fit=fit_rho(engine, "jax"),
+        )
+        if jax.process_index() == 0:
+            report(**numbers)
+        jax.distributed.shutdown()  # type: ignore[no-untyped-call]
+    elif mode == "torchrun":
+        import torch.distributed
+
+        engine = gradlab.data_parallel("torch", timeout=60)
+        numbers = dict(
+            ranks=engine.shards,
+            gradients=gradient_rho(engine, "torch", 7),
+            fit=fit_rho(engine, "torch"),
+        )
+        if int(os.environ["RANK"]) == 0:
+            report(**numbers)
+        torch.distributed.destroy_process_group()
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,277 @@
+"""Data-parallel engines give the single-process numbers, and fail fast when a rank dies.
+
+The oracle is the single-process engine of the same framework, run in the same process on
+the same data: a data-parallel gradient equals it to round-off (rho ≤ 1e-12 in float64,
+for every shipped problem that declares its reduction, on 1, 2 and 3 shards with unequal
+ones, shards of one row and empty ones), and a 100-step fit follows the same path
+(rho ≤ 1e-10). Spawning processes costs seconds, so these tests are few, and each
+checks much: the checks that need fresh processes (forced host devices, jax.distributed,
+a torchrun launch) run ``tests/_parallel_ranks.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _helpers import require_engine
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gradlab
+from gradlab.engines._parallel import shard_bounds, share
+
+RANKS = Path(__file__).with_name("_parallel_ranks.py")
+GRADIENT_RHO, PATH_RHO = 1e-12, 1e-10
+
+
+class Picky(gradlab.AbstractProblem):
+    """A sum of squares that refuses a negative x (module-level: the ranks unpickle it)."""
+
+    name = "picky"
+    reduction = "sum"
+
+    def loss(self, params: Any, data: Any, xp: Any) -> Any:
+        if bool(xp.any(data["x"] < 0)):
+            raise ValueError("negative x")
+        return xp.sum((params["w"] * data["x"] - 1) ** 2)
+
+
+# -- the arithmetic of shards ----------------------------------------------------------------
+
+
+@given(rows=st.integers(1, 500), shards=st.integers(1, 40))
+def test_shards_cover_the_rows_once_and_their_shares_add_up(rows: int, shards: int) -> None:
+    bounds = shard_bounds(rows, shards)
+    sizes = [stop - start for start, stop in bounds]
+    assert len(bounds) == shards
+    assert bounds[0][0] == 0
+    assert bounds[-1][1] == rows
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+    assert max(sizes) - min(sizes) <= 1
+    assert sizes == sorted(sizes, reverse=True)
+    assert sum(share(size, rows, "mean") for size in sizes) == pytest.approx(1.0, rel=1e-12)
+    assert {share(size, rows, "sum") for size in sizes} == {1.0}
+
+
+# -- torch: ranks spawned here ---------------------------------------------------------------
+
+
+def _cases(rows: int) -> list[tuple[Any, dict[str, np.ndarray], Any]]:
+    import _parallel_ranks
+
+    return list(_parallel_ranks.cases(rows))
+
+
+def test_torch_on_three_ranks_gives_one_process_gradients() -> None:
+    require_engine("torch")
+    with gradlab.data_parallel("torch", processes=3, timeout=60) as engine:
+        for rows in (10, 2):  # 4/3/3 rows; then 1/1/0
+            for problem, data, point in _cases(rows):
+                if problem.name == "mlp_classifier":  # its torch loss closes over a module
+                    with pytest.raises(gradlab.ArgumentError, match="torchrun"):
+                        gradlab.value_and_grad(problem, data, point, engine=engine)
+                    continue
+                loss, grads = gradlab.value_and_grad(problem, data, point, engine=engine)
+                one_loss, one_grads = gradlab.value_and_grad(problem, data, point, engine="torch")
+                assert gradlab.rho(loss, one_loss) <= GRADIENT_RHO, problem.name
+                assert gradlab.max_rho(grads, one_grads) <= GRADIENT_RHO, problem.name
+        problem, data, point = _cases(10)[1]
+        report = gradlab.compare_gradients(
+            problem, data, point, engines=["numpy", "torch", engine], reference="torch"
+        )
+        assert report.ok
+        assert report.engines[-1] == "torch-dp3"
+        assert report.rho[1, 2] <= GRADIENT_RHO
+
+
+def test_torch_fit_on_two_ranks_follows_the_one_process_path() -> None:
+    require_engine("torch")
+    problem = gradlab.MLP()
+    data = problem.make_data(11, seed=3)
+    options: dict[str, Any] = dict(
+        optimizer=gradlab.adam(0.05),
+        batch_size=5,
+        trajectory=True,
+        init=problem.initial_params(data, seed=4),
+    )
+    calls: list[tuple[int, float]] = []
+
+    def callback(step: int, loss: float, params: Any) -> None:
+        calls.append((step, loss))
+
+    with gradlab.data_parallel("torch", processes=2, timeout=60) as engine:
+        spread = gradlab.fit(
+            problem, data, engine=engine, steps=50, callback=callback, every=25, **options
+        )
+        spread = gradlab.fit(
+            problem,
+            data,
+            engine=engine,
+            steps=50,
+            optimizer=options["optimizer"],
+            batch_size=5,
+            resume=spread,
+        )
+        stopped = gradlab.fit(
+            problem, data, engine=engine, steps=100, stop=gradlab.Stop(patience=5), **options
+        )
+        # A rank's own error comes back as it would in one process (the ranks carry on).
+        picky = Picky()
+        rows = {"x": np.array([1.0, 2.0, -3.0])}  # the negative x is rank 1's
+        with pytest.raises(gradlab.ProblemError, match="negative x"):
+            gradlab.value_and_grad(picky, rows, {"w": 1.0}, engine=engine)
+        assert gradlab.value_and_grad(picky, {"x": np.ones(3)}, {"w": 1.0}, engine=engine)[0] == 0
+    one_calls: list[tuple[int, float]] = []
+    alone = gradlab.fit(
+        problem,
+        data,
+        engine="torch",
+        steps=100,
+        callback=lambda step, loss, params: one_calls.append((step, loss)),
+        every=25,
+        **options,
+    )
+    one_stopped = gradlab.fit(
+        problem, data, engine="torch", steps=100, stop=gradlab.Stop(patience=5), **options
+    )
+    assert spread.step == alone.step == 100
+    assert [step for step, _ in calls] == [step for step, _ in one_calls[: len(calls)]]
+    assert calls  # the callback ran, at the same steps, with the same losses:
+    assert (
+        gradlab.max_rho([loss for _, loss in calls], [loss for _, loss in one_calls[: len(calls)]])
+        <= PATH_RHO
+    )
+    assert gradlab.rho(spread.losses, alone.losses[50:]).max() <= PATH_RHO
+    assert gradlab.max_rho(spread.params, alone.params) <= PATH_RHO
+    assert (stopped.stop_reason, stopped.step) == (one_stopped.stop_reason, one_stopped.step)
+    assert gradlab.max_rho(stopped.trajectory, one_stopped.trajectory) <= PATH_RHO
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_lost_rank_fails_within_the_timeout(how: str) -> None:
+    require_engine("torch")
+    problem = gradlab.LinearRegression()
+    data = problem.make_data(10, d=2, seed=0)
+    params = problem.initial_params(data)
+    timeout = 2.0
+    engine = gradlab.data_parallel("torch", processes=2, timeout=timeout)
+    try:
+        gradlab.value_and_grad(problem, data, params, engine=engine)
+        (rank,) = engine._group.processes  # type: ignore[attr-defined]
+        os.kill(rank.pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(gradlab.RankFailed, match=r"rank|within"):
+            gradlab.value_and_grad(problem, data, params, engine=engine)
+        assert time.monotonic() - began < timeout + 1.5
+        assert not rank.is_alive()  # the engine ended the rank it lost
+        with pytest.raises(gradlab.RankFailed, match="make a new one"):
+            gradlab.value_and_grad(problem, data, params, engine=engine)
+    finally:
+        engine.close()
+
+
+def test_data_parallel_refuses_what_it_cannot_spread() -> None:
+    require_engine("torch")
+    require_engine("jax")
+    with pytest.raises(gradlab.ArgumentError) as error:
+        gradlab.data_parallel("numpy")
+    assert error.value.argument == "engine"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"engine": "torch", "devices": 2}, "devices"),
+        ({"engine": "jax", "processes": 2}, "processes"),
+        ({"engine": "torch", "processes": 0}, "processes"),
+        ({"engine": "jax", "devices": 10**6}, "devices"),
+        ({"engine": "torch", "processes": 2, "timeout": 0}, "timeout"),
+        ({"engine": "torch", "processes": 2, "threads": 0}, "threads"),
+        ({"engine": "torch"}, "processes"),  # not under torchrun
+    ]
+    for kwargs, argument in cases:
+        with pytest.raises(gradlab.ArgumentError) as error:
+            gradlab.data_parallel(**kwargs)
+        assert error.value.argument == argument, kwargs
+    engine = gradlab.data_parallel("torch", processes=2)
+    gmm = gradlab.GMM()
+    gmm_data = gmm.make_data(6)
+    with pytest.raises(gradlab.NotSupported, match="reduction") as refused:
+        gradlab.value_and_grad(gmm, gmm_data, gmm.initial_params(gmm_data), engine=engine)
+    assert refused.value.argument == "problem"
+    closure = gradlab.Problem(lambda p, d, xp: xp.sum(p["w"] * d["x"]), reduction="sum")
+    with pytest.raises(gradlab.ArgumentError, match="torchrun") as unsendable:
+        gradlab.value_and_grad(closure, {"x": np.ones(3)}, {"w": 1.0}, engine=engine)
+    assert unsendable.value.argument == "problem"
+    assert engine._group.processes == []  # type: ignore[attr-defined]
+    with pytest.raises(gradlab.ArgumentError, match="reduction"):
+        gradlab.Problem(lambda p, d, xp: 0.0, reduction="median")
+    assert gradlab.get_engine("jax-dp1").name == "jax-dp1"
+    with pytest.raises(gradlab.UnknownEngine):
+        gradlab.get_engine("numpy-dp2")
+
+
+# -- fresh processes: forced host devices, jax.distributed, a torchrun launch ----------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _run(*commands: list[str], env: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """Run the commands at once; the JSON line the first prints."""
+    envs = env or [{}] * len(commands)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(RANKS), *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **extra},
+        )
+        for command, extra in zip(commands, envs, strict=True)
+    ]
+    outputs = [process.communicate(timeout=180) for process in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    lines = [line for line in outputs[0][0].splitlines() if line.startswith("{")]
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def test_jax_on_forced_host_devices_gives_one_device_numbers() -> None:
+    require_engine("jax")
+    numbers = _run(["jax-devices"])
+    assert set(numbers["gradients"]) == {"1 of 10", "2 of 10", "3 of 10", "3 of 2"}
+    assert max(numbers["gradients"].values()) <= GRADIENT_RHO
+    assert numbers["fit"] <= PATH_RHO
+
+
+def test_jax_across_two_processes_gives_one_process_numbers() -> None:
+    require_engine("jax")
+    port = str(_free_port())
+    numbers = _run(["jax-distributed", "0", port], ["jax-distributed", "1", port])
+    assert numbers["devices"] == 2
+    assert numbers["gradients"] <= GRADIENT_RHO
+    assert numbers["fit"] <= PATH_RHO
+
+
+def test_torch_under_a_torchrun_launch_gives_one_process_numbers() -> None:
+    require_engine("torch")
+    launch = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    numbers = _run(
+        ["torchrun"],
+        ["torchrun"],
+        env=[{**launch, "RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in (0, 1)],
+    )
+    assert numbers["ranks"] == 2
+    assert numbers["gradients"] <= GRADIENT_RHO
+    assert numbers["fit"] <= PATH_RHO
