@@ -221,5 +221,6 @@ for _error in (
     Regression,
     HandGradientMissing,
     ProblemError,
+    RankFailed,
 ):
     _error.__module__ = "gradlab"

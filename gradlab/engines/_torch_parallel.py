@@ -237,6 +237,9 @@ class _Job:
 
 
 _JOB_NUMBERS = itertools.count()
+#: Seconds, beyond ``timeout``, that spawned ranks may take to start (a new Python
+#: process importing torch takes seconds, more on a loaded machine).
+_START = 120.0
 
 
 class _Spawned:
@@ -280,14 +283,28 @@ class _Spawned:
         for process in self.processes:
             process.start()
         self._finalizer = weakref.finalize(self, _stop, self.processes, self._store, self._next)
+        self._wait_until_started()
         try:
             group = dist.ProcessGroupGloo(self._store, 0, self.size, wait)
         except RuntimeError as error:
-            raise self._fail(
-                f"the ranks did not all start within {self.timeout:g} s", error
-            ) from None
+            raise self._fail("the ranks did not connect", error) from None
         self._rank = _Rank(torch, group, 0, self.timeout, self.threads)
         return self._rank
+
+    def _wait_until_started(self) -> None:
+        """Wait for every rank to say it is up (Python started, torch imported: seconds,
+        which ``timeout``, for answers, is not meant to cover), or for one to die."""
+        deadline = time.monotonic() + _START + self.timeout
+        pending = {rank: f"started/{rank}" for rank in range(1, self.size)}
+        while pending:
+            for rank, name in list(pending.items()):
+                if self._store.check([name]):
+                    del pending[rank]
+                elif not self.processes[rank - 1].is_alive():
+                    raise self._fail(f"rank {rank} died while starting")
+            if pending and time.monotonic() > deadline:
+                raise self._fail(f"ranks {sorted(pending)} did not start")
+            time.sleep(0.02)
 
     def function(self, problem: AbstractProblem, reduction: str, local: Local) -> ValueAndGrad:
         problem_bytes = _sendable(problem) if self.size > 1 else b""
@@ -401,14 +418,15 @@ class _Spawned:
                     return error
         return RankFailed(f"a rank failed computing its share of {problem.name!r}")
 
-    def _fail(self, what: str, error: BaseException) -> RankFailed:
+    def _fail(self, what: str, error: BaseException | None = None) -> RankFailed:
         """Give up on the group: stop every rank, and say which died."""
         dead = [
             f"rank {rank} (pid {process.pid}) exited with code {process.exitcode}"
             for rank, process in enumerate(self.processes, start=1)
             if not process.is_alive()
         ]
-        message = "; ".join(part for part in (what, _first_line(error), *dead) if part)
+        cause = _first_line(error) if error is not None else ""
+        message = "; ".join(part for part in (what, cause, *dead) if part)
         self._broken = RankFailed(message)
         for process in self.processes:  # a failed group cannot be used: no grace period
             process.kill()
@@ -475,6 +493,7 @@ def follow(rank: int, port: int, size: int, timeout: float, threads: int) -> Non
     dist = torch.distributed
     wait = datetime.timedelta(seconds=timeout)
     store = dist.TCPStore("127.0.0.1", port, size, False, wait)
+    store.set(f"started/{rank}", b"")
     me = _Rank(torch, dist.ProcessGroupGloo(store, rank, size, wait), rank, timeout, None)
     engine = TorchEngine()
     held: dict[int, _Held] = {}
