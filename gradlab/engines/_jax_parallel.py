@@ -1,11 +1,13 @@
 """jax's data-parallel engine: the rows sharded over a ``Mesh`` of devices by ``shard_map``.
 
-Why padding and a mask: a ``shard_map`` block has one shape on every device, and JAX
-refuses to shard an axis the devices do not divide. So the n rows are padded to k equal
-blocks (with copies of the last row: a zero row could make a loss non-finite, and a NaN
-masked out of the value still poisons the gradient of ``where``), each device evaluates
-the loss of each of its rows alone (``vmap``; ``reduction`` says that is what the loss
-adds up), masks the padding, and one ``psum`` adds the blocks.
+Why two blocks and a mask: a ``shard_map`` block has one shape on every device, and JAX
+refuses to shard an axis the devices do not divide. So the first n − n mod k rows go as k
+equal blocks, each device slicing its own from the data it holds (no copy of the whole
+data, as padding it would make at every step), and the n mod k rows left go one per
+device, padded to k with copies of the last row (a zero row could make a loss
+non-finite, and a NaN masked out of the value still poisons the gradient of ``where``)
+and masked. Each device evaluates the loss of each of its rows alone (``vmap``;
+``reduction`` says that is what the loss adds up), and ``psum`` adds the blocks.
 
 Why the gradient is taken *outside* the ``shard_map``: the parameters enter it
 replicated, and JAX's transpose of that replication is itself a ``psum`` over devices.
@@ -120,22 +122,30 @@ def _sharded(problem: AbstractProblem, reduction: str, mesh: Any) -> ValueAndGra
     def row_loss(params: Params, row: Data) -> Array:
         return loss(params, {name: value[None] for name, value in row.items()}, jnp)
 
-    def block_sum(params: Params, block: Data, mask: Array) -> Array:
+    def block_sum(params: Params, block: Data, mask: Array | None = None) -> Array:
         losses = jax.vmap(row_loss, in_axes=(None, 0))(params, block)
-        return jax.lax.psum(jnp.sum(jnp.where(mask, losses, 0)), _AXIS)
+        if mask is not None:
+            losses = jnp.where(mask, losses, 0)
+        return jax.lax.psum(jnp.sum(losses), _AXIS)
 
-    summed = jax.shard_map(
+    whole = jax.shard_map(block_sum, mesh=mesh, in_specs=(spec(), spec(_AXIS)), out_specs=spec())
+    masked = jax.shard_map(
         block_sum, mesh=mesh, in_specs=(spec(), spec(_AXIS), spec(_AXIS)), out_specs=spec()
     )
 
     def total(params: Params, data: Data) -> Array:
         rows = rows_of(data)
-        padded = -(-rows // shards) * shards
-        # Static: the padding repeats the last row, and the mask drops it.
-        index = np.minimum(np.arange(padded), rows - 1)
-        blocks = jax.reshard({name: value[index] for name, value in data.items()}, by_rows)
-        mask = jax.reshard(jnp.asarray(np.arange(padded) < rows), by_rows)
-        return summed(params, blocks, mask) * share(1, rows, reduction)
+        even, rest = rows - rows % shards, rows % shards
+        summed = 0.0
+        if even:  # equal blocks of the data as it is: each device slices its own
+            blocks = jax.reshard({name: value[:even] for name, value in data.items()}, by_rows)
+            summed = whole(params, blocks)
+        if rest:  # the last rows, one per device, padded with the last row and masked
+            index = np.minimum(np.arange(shards), rest - 1) + even
+            tail = jax.reshard({name: value[index] for name, value in data.items()}, by_rows)
+            mask = jax.reshard(jnp.asarray(np.arange(shards) < rest), by_rows)
+            summed = summed + masked(params, tail, mask)
+        return summed * share(1, rows, reduction)
 
     compiled = jax.jit(jax.value_and_grad(total))
 

@@ -14,118 +14,29 @@ A problem that declares no reduction is refused, as its loss may not be a sum ov
 (a prior term added once would be added once per shard).
 
 The frameworks do the spreading: ``torch.distributed`` (``_torch_parallel``) and JAX's
-sharding (``_jax_parallel``). This module holds what they share.
+sharding (``_jax_parallel``); ``_data_parallel`` makes them. This module holds what they
+share.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from gradlab._checks import check_float, check_positive_int
 from gradlab._errors import ArgumentError, NotSupported
-from gradlab.engines._protocol import AbstractEngine, Array, Carry, Data, Step
+from gradlab.engines._protocol import (
+    AbstractEngine,
+    Array,
+    Carry,
+    Data,
+    Objective,
+    Step,
+    objective_of,
+)
 from gradlab.problems._base import REDUCTIONS, AbstractProblem
-
-#: The engines whose framework can spread rows, by the module that does it.
-_BACKENDS = {"torch": "gradlab.engines._torch_parallel", "jax": "gradlab.engines._jax_parallel"}
-
-
-def data_parallel(
-    engine: str = "torch",
-    *,
-    processes: int | None = None,
-    devices: int | None = None,
-    timeout: float = 30.0,
-    threads: int = 1,
-) -> DataParallel:
-    """An engine that spreads the rows of a problem's data, and reduces the gradient as
-    the problem declares (``reduction``): the same loss and gradient as one process, to
-    round-off, so every gradlab loop and comparison runs on it unchanged.
-
-    **torch** (``torch.distributed``, gloo on CPUs): one process per rank.
-
-    - ``processes=N``: gradlab starts N − 1 local processes (``spawn``), and this process is
-      rank 0: each gradient call sends the parameters, each rank takes its rows, and one
-      all-reduce sums the shares. The problem must be picklable (a shipped problem, or
-      one built from module-level functions); scripts need the usual
-      ``if __name__ == "__main__":`` guard of spawned processes.
-    - no ``processes``: the processes are the launch's, ``torchrun`` (on one machine or
-      many): every rank runs the same script with the same data, and takes its rows.
-      gradlab joins the process group the script made, or makes it from torchrun's
-      environment (NCCL when the engine is on a GPU, else gloo).
-
-    **jax** (``shard_map`` over a ``Mesh`` of devices): ``devices=N`` uses the first N
-    devices (all of them by default, across processes after ``jax.distributed.initialize``).
-    The rows are padded to equal blocks, one per device, and the padding masked out; the
-    whole loop still compiles to one program.
-
-    Args:
-        engine: ``"torch"`` or ``"jax"``.
-        processes: torch: how many processes to start here (None: torchrun's).
-        devices: jax: how many devices (None: all).
-        timeout: Seconds a rank may take to start or to answer; past it, the call fails
-            with [`RankFailed`][gradlab.RankFailed] instead of hanging.
-        threads: torch's intra-op threads per rank (during its share of each call).
-
-    Returns:
-        An engine named ``"torch-dp2"``, ``"jax-dp4"``, ... (``get_engine`` and the command
-        line take these names too). A torch engine with processes holds them until it is
-        closed (``close()``, or ``with``) or collected.
-
-    Raises:
-        ArgumentError: an engine other than torch or jax, or a bad count or timeout.
-        EngineUnavailable: the framework is not installed.
-
-    Examples:
-        >>> import gradlab
-        >>> problem = gradlab.LinearRegression()
-        >>> data = problem.make_data(10, d=3, seed=0)
-        >>> params = problem.initial_params(data)
-        >>> with gradlab.data_parallel("torch", processes=2) as engine:
-        ...     loss, grads = gradlab.value_and_grad(problem, data, params, engine=engine)
-        >>> one_loss, one_grads = gradlab.value_and_grad(problem, data, params, engine="torch")
-        >>> engine.name, gradlab.max_rho(grads, one_grads) <= 1e-12
-        ('torch-dp2', True)
-    """
-    if not isinstance(engine, str) or engine not in _BACKENDS:
-        raise ArgumentError(
-            "engine",
-            f"data-parallel runs spread rows with torch.distributed or JAX's sharding: "
-            f"give 'torch' or 'jax', got {engine!r} (the numpy engine runs in one process)",
-        )
-    timeout = check_float(timeout, "timeout", 0.0)
-    if timeout <= 0:
-        raise ArgumentError("timeout", f"must be positive, got {timeout!r}")
-    threads = check_positive_int(threads, "threads")
-    if engine == "torch" and devices is not None:
-        raise ArgumentError("devices", "is for jax; torch spreads over processes=")
-    if engine == "jax" and processes is not None:
-        raise ArgumentError(
-            "processes",
-            "is for torch; jax's processes are started by your launch and joined by "
-            "jax.distributed.initialize(); give devices=",
-        )
-    count = processes if engine == "torch" else devices
-    if count is not None:
-        count = check_positive_int(count, "processes" if engine == "torch" else "devices")
-    backend = importlib.import_module(_BACKENDS[engine])
-    made: DataParallel = backend.make(count, timeout=timeout, threads=threads)
-    return made
-
-
-def engine_from_name(name: str, **options: Any) -> DataParallel | None:
-    """``"torch-dp2"`` as ``data_parallel("torch", processes=2, **options)``, ``"jax-dp4"``
-    as ``data_parallel("jax", devices=4, **options)``; ``None`` for any other name."""
-    base, separator, count = name.rpartition("-dp")
-    if not separator or base not in _BACKENDS or not count.isdigit():
-        return None
-    option = "processes" if base == "torch" else "devices"
-    return data_parallel(base, **{option: int(count)}, **options)
 
 
 def reduction_of(problem: AbstractProblem) -> str:
@@ -217,6 +128,11 @@ class DataParallel(AbstractEngine):
     def block(self, tree: Any) -> Any:
         """As the base engine."""
         return self.base.block(tree)
+
+    def objective(self, problem: AbstractProblem) -> Objective:
+        """The loss alone, as the base engine computes it, in this process (benchmarks
+        divide the gradient's time by it; the value needs no reduction)."""
+        return objective_of(self.base, problem)
 
     def run(
         self, step: Step, carry: Carry, data: Data, steps: int

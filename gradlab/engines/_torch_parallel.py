@@ -1,21 +1,22 @@
-"""torch's data-parallel engine: one process per rank, one all-reduce per gradient.
+"""torch's data-parallel engine: one process per rank, one reduction per gradient.
 
 Every rank computes the loss and gradient of its rows with the ``torch`` engine, weights
-them by its share (``_parallel.share``), and one all-reduce of a single flat buffer
-``[loss, gradient..., failed]`` sums the shares: every rank then holds the same numbers,
-bit for bit, so ranks that apply the same update stay in step.
+them by its share (``_parallel.share``), and one collective over a single flat buffer
+``[loss, gradient..., failed]`` sums the shares.
 
 Two launches share that reduction (``_Rank``):
 
 - ``_Launched``: the processes are the user's (``torchrun``); each runs the same script,
-  so each call takes the rank's rows of the data it was given.
+  so each call takes the rank's rows of the data it was given, and an all-reduce gives
+  every rank the same numbers, bit for bit, so ranks that apply the same update stay in
+  step.
 - ``_Spawned``: this process is rank 0 and starts the others (``multiprocessing``'s
   ``spawn``); they follow commands. Why commands travel through the ``TCPStore`` and not
   through a collective: a follower waiting for the next call may wait as long as the user
   likes, while collectives time out after ``timeout`` (which is what turns a dead rank
   into an error instead of a hang). Each gradient call is then one command, one broadcast
-  of the parameters and one all-reduce; a data set is sent to the ranks once (its rows
-  only), a mini-batch at each step.
+  of the parameters and one reduce to rank 0, where the loop runs; a data set is sent to
+  the ranks once (its rows only), a mini-batch at each step.
 
 The process group is made from ``ProcessGroupGloo`` directly, not
 ``init_process_group``: that would set this process's global default group, which
@@ -123,16 +124,24 @@ class _Rank:
                 pieces += [grads[name].detach().reshape(-1) * weight for name in params]
             except Exception as failure:
                 error, pieces = failure, []
+        first = next(iter(params.values()))
         if not pieces:  # no rows here, or they failed: this rank adds nothing
             size = 1 + sum(value.numel() for value in params.values())
-            pieces = [torch.zeros(size, dtype=next(iter(params.values())).dtype)]
-        failed = torch.ones(1, dtype=pieces[0].dtype) * (error is not None)
+            pieces = [torch.zeros(size, dtype=first.dtype, device=first.device)]
+        failed = torch.full((1,), float(error is not None), dtype=first.dtype, device=first.device)
         return torch.cat([*pieces, failed]), error
 
     def all_reduce(self, flat: Any) -> Any:
         """Sum ``flat`` over the ranks, in place; every rank gets the same numbers."""
         if self.group is not None:
             self.collective(self.group.allreduce, flat)
+        return flat
+
+    def reduce(self, flat: Any) -> Any:
+        """Sum ``flat`` over the ranks into rank 0's, in place (spawned ranks need no
+        result: measured on 2 CPU ranks, gloo's reduce takes a third of its all-reduce)."""
+        if self.group is not None:
+            self.collective(self.group.reduce, flat, 0)
         return flat
 
     def collective(self, operation: Callable[..., Any], tensor: Any, *args: Any) -> None:
@@ -240,6 +249,9 @@ _JOB_NUMBERS = itertools.count()
 #: Seconds, beyond ``timeout``, that spawned ranks may take to start (a new Python
 #: process importing torch takes seconds, more on a loaded machine).
 _START = 120.0
+#: The largest pickled problem a command carries: torch's TCPStore takes values of at most
+#: 8 MiB; a little is left for the rest of the command.
+_LARGEST_PROBLEM = 8 * 2**20 - 2**16
 
 
 class _Spawned:
@@ -318,7 +330,7 @@ class _Spawned:
             total = rows_of(data)
             bounds = shard_bounds(total, self.size)
             try:
-                job = self._command(problem, problem_bytes, reduction, params, data, bounds)
+                self._command(rank, problem, problem_bytes, reduction, params, data, bounds)
                 flat, error = self._evaluate(rank, local, params, data, bounds, reduction)
             except RankFailed as failure:
                 raise self._fail("", failure) from None
@@ -326,7 +338,7 @@ class _Spawned:
                 raise error
             if _failures(flat):
                 raise self._their_error(problem)
-            self._finish(job)
+            self._finish()
             return _result(flat, params)
 
         return value_and_grad
@@ -347,24 +359,22 @@ class _Spawned:
         start, stop = bounds[0]
         rows = {name: value[start:stop] for name, value in data.items()}
         flat, error = rank.share(local, params, rows, share(stop - start, bounds[-1][1], reduction))
-        return rank.all_reduce(flat), error
+        return rank.reduce(flat), error
 
     def _command(
         self,
+        rank: _Rank,
         problem: AbstractProblem,
         problem_bytes: bytes,
         reduction: str,
         params: Params,
         data: Mapping[str, Array],
         bounds: list[tuple[int, int]],
-    ) -> _Job | None:
-        """Tell the ranks to evaluate; with the problem and their rows if they lack them.
-
-        Returns the job when it was sent now (its rows are deleted from the store once
-        the ranks have read them), else ``None``.
-        """
+    ) -> None:
+        """Tell the ranks to evaluate; with the problem and their rows if they lack them
+        (the rows go by point-to-point sends: the store takes values of at most 8 MiB)."""
         if self._store is None:
-            return None
+            return
         layout = tuple(
             (name, tuple(value.shape), str(value.dtype)) for name, value in params.items()
         )
@@ -381,29 +391,34 @@ class _Spawned:
         if job is None or job.ident != ident:
             job = _Job(ident, problem, data)
             dtype = str(next(iter(params.values())).dtype).removeprefix("torch.")
-            setup = (problem_bytes, reduction, bounds[-1][1], layout, dtype)
-            for rank, (start, stop) in enumerate(bounds[1:], start=1):
-                rows = {
-                    name: value[start:stop].detach().cpu().numpy() for name, value in data.items()
+            shapes = [
+                {
+                    name: (
+                        (stop - start, *value.shape[1:]),
+                        str(value.dtype).removeprefix("torch."),
+                    )
+                    for name, value in data.items()
                 }
-                self._store.set(f"data/{job.number}/{rank}", pickle.dumps(rows))
+                for start, stop in bounds[1:]
+            ]
+            setup = (problem_bytes, reduction, bounds[-1][1], layout, dtype, shapes)
             self._job = job
         self._send(("evaluate", job.number, setup))
-        return job if setup is not None else None
+        if setup is not None:
+            for other, (start, stop) in enumerate(bounds[1:], start=1):
+                for value in data.values():
+                    rows = value[start:stop].detach().contiguous()
+                    rank.collective(rank.group.send, [rows], other, 0)
 
     def _send(self, command: tuple[Any, ...]) -> None:
         number = self._next[0]
         self._store.set(f"command/{number}", pickle.dumps(command))
         self._next[0] = number + 1
 
-    def _finish(self, job: _Job | None) -> None:
-        """Delete what every rank has read by now (they took part in the all-reduce)."""
-        if self._store is None:
-            return
-        self._store.delete_key(f"command/{self._next[0] - 1}")
-        if job is not None:
-            for rank in range(1, self.size):
-                self._store.delete_key(f"data/{job.number}/{rank}")
+    def _finish(self) -> None:
+        """Delete the last command: every rank has read it (they took part in the reduce)."""
+        if self._store is not None:
+            self._store.delete_key(f"command/{self._next[0] - 1}")
 
     def _their_error(self, problem: AbstractProblem) -> BaseException:
         """The error a follower sent for the last command (the first rank's)."""
@@ -413,7 +428,7 @@ class _Spawned:
             if self._store.check([name]):
                 error = pickle.loads(self._store.get(name))
                 self._store.delete_key(name)
-                self._finish(None)
+                self._finish()
                 if isinstance(error, BaseException):
                     return error
         return RankFailed(f"a rank failed computing its share of {problem.name!r}")
@@ -444,13 +459,20 @@ class _Spawned:
 def _sendable(problem: AbstractProblem) -> bytes:
     """``problem`` pickled for the spawned ranks, or an error naming it."""
     try:
-        return pickle.dumps(problem)
+        sent = pickle.dumps(problem)
     except Exception as error:
         raise ArgumentError(
             "problem",
             f"cannot be sent to the spawned processes ({_first_line(error)}): build it from "
             "module-level functions, or launch the ranks with torchrun",
         ) from None
+    if len(sent) > _LARGEST_PROBLEM:
+        raise ArgumentError(
+            "problem",
+            f"pickles to {len(sent) / 2**20:.1f} MiB, more than the spawned ranks take "
+            f"({_LARGEST_PROBLEM / 2**20:.0f} MiB): pass large arrays as data",
+        )
+    return sent
 
 
 def _stop(processes: list[Any], store: Any, next_command: list[int]) -> None:
@@ -466,14 +488,19 @@ def _stop(processes: list[Any], store: Any, next_command: list[int]) -> None:
 
 
 class _Held:
-    """What a spawned rank holds of a job: the gradient function, its rows, their share."""
+    """What a spawned rank holds of a job: the gradient function, its rows (received from
+    rank 0), their share."""
 
-    def __init__(self, engine: TorchEngine, setup: tuple[Any, ...], rows: Mapping[str, Any]):
-        problem_bytes, reduction, total, self.layout, dtype = setup
+    def __init__(self, engine: TorchEngine, setup: tuple[Any, ...], me: _Rank) -> None:
+        problem_bytes, reduction, total, self.layout, dtype, shapes = setup
+        torch = engine._torch
         self.local = value_and_grad_of(engine, pickle.loads(problem_bytes))
-        self.rows = {name: engine.asarray(value, dtype) for name, value in rows.items()}
+        self.dtype = getattr(torch, dtype)
+        self.rows = {}
+        for name, (shape, kind) in shapes[me.rank - 1].items():
+            self.rows[name] = torch.empty(shape, dtype=getattr(torch, kind))
+            me.collective(me.group.recv, [self.rows[name]], 0, 0)
         self.weight = share(_rows(self.rows), total, reduction)
-        self.dtype = getattr(engine._torch, dtype)
 
     def params(self, flat: Any) -> dict[str, Any]:
         """The broadcast parameters, by name."""
@@ -504,15 +531,14 @@ def follow(rank: int, port: int, size: int, timeout: float, threads: int) -> Non
         _, job, setup = command
         try:
             if setup is not None:
-                rows = pickle.loads(store.get(f"data/{job}/{rank}"))
-                held = {job: _Held(engine, setup, rows)}
+                held = {job: _Held(engine, setup, me)}
             mine = held[job]
             flat = torch.empty(sum(int(np.prod(s)) for _, s, _ in mine.layout), dtype=mine.dtype)
             me.collective(me.group.broadcast, flat, 0)
             share_, error = me.share(mine.local, mine.params(flat), mine.rows, mine.weight)
             if error is not None:
                 store.set(f"error/{number}/{rank}", _pickled(error, rank))
-            me.all_reduce(share_)
+            me.reduce(share_)
         except RankFailed:
             return  # rank 0 gave up, or another rank died: nothing left to follow
 
