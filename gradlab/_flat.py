@@ -98,6 +98,11 @@ class FlatView(AbstractProblem, Keyed):
         """Already checked: the view is made from checked data."""
         return data
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (for data-parallel ranks) as what it views: its fingerprint holds code
+        objects, which do not pickle, and is taken afresh where it is unpickled."""
+        return (flat_view, (self.problem, self.params, self.data))
+
     def __repr__(self) -> str:
         return f"FlatView({self.problem!r})"
 

@@ -48,6 +48,16 @@ def examples(problem: str, *, fd_hessian: bool = False) -> settings:
     return settings(max_examples=min(cap, settings().max_examples))
 
 
+def fewer(problem: str, *, fd_hessian: bool = False) -> settings:
+    """At most ten examples (the deep profile: all), for the properties whose every
+    example compiles anew on jax (a new shape) and that other tests cover at more points:
+    float32 against the float64 truth, symmetry and linearity. Keeps the suite's time."""
+    base = examples(problem, fd_hessian=fd_hessian)
+    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+        return base
+    return settings(base, max_examples=min(10, base.max_examples))
+
+
 def first_installed(names: tuple[str, ...]) -> str:
     """The first of ``names`` that is installed; skip the test when none is."""
     installed = gradlab.available_engines()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import BUILTIN_ENGINES, examples
+from _helpers import BUILTIN_ENGINES, examples, fewer
 from _strategies import CASES
 from hypothesis import given
 
@@ -73,7 +73,7 @@ def test_installed_engines_agree_with_each_other(problem: str) -> None:
 def test_engine_agrees_in_float32(problem: str, engine: str) -> None:
     """float32 gradients against the float64 hand gradient at the same float32 point."""
 
-    @examples(problem)
+    @fewer(problem)
     @given(CASES[problem])
     def check(case: tuple[Any, Any, Any]) -> None:
         problem_, data, params = case

@@ -88,7 +88,9 @@ def test_mlp_adam_fits_follow_one_path(recipe: recipes.Recipe) -> None:
         optimizer=recipe.optimizer,
         steps=recipe.steps,
         init=recipe.init,
-        engines="numpy,torch,jax,torch-compile",
+        # torch-compile's loop is checked on the other problems (test_fast_paths), its
+        # gradient of this model above: compiling its Adam loop here cost 10 s of the suite.
+        engines="numpy,torch,jax",
     )
     assert comparison.ok, comparison
     assert comparison.divergence[0].max() < 1e-12, comparison

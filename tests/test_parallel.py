@@ -47,6 +47,24 @@ class Picky(gradlab.AbstractProblem):
         return xp.sum((params["w"] * data["x"] - 1) ** 2)
 
 
+class Unloadable(Picky):
+    """Pickles here, but cannot be loaded in another process (as a function defined under
+    ``if __name__ == "__main__":`` in a script)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_only_in, (os.getpid(),))
+
+
+def _load_only_in(pid: int) -> Unloadable:
+    if os.getpid() != pid:
+        raise ImportError("not importable in this process")
+    return Unloadable()
+
+
+def nested_loss(params: Any, data: Any, xp: Any) -> Any:
+    return xp.mean((params["layers"][0]["w"] * data["x"] - data["y"]) ** 2)
+
+
 # -- the arithmetic of shards ----------------------------------------------------------------
 
 
@@ -132,6 +150,15 @@ def test_torch_fit_on_two_ranks_follows_the_one_process_path() -> None:
         with pytest.raises(gradlab.ProblemError, match="negative x"):
             gradlab.value_and_grad(picky, rows, {"w": 1.0}, engine=engine)
         assert gradlab.value_and_grad(picky, {"x": np.ones(3)}, {"w": 1.0}, engine=engine)[0] == 0
+        with pytest.raises(gradlab.ArgumentError, match="rank 1 cannot load it"):
+            gradlab.value_and_grad(Unloadable(), {"x": np.ones(3)}, {"w": 1.0}, engine=engine)
+        # Nested parameters: the ranks get gradlab's flat view of the problem.
+        nested = gradlab.Problem(nested_loss, reduction="mean")
+        rows = {"x": np.linspace(0, 1, 7), "y": np.linspace(1, 2, 7)}
+        point = {"layers": [{"w": 0.5}]}
+        spread_nest = gradlab.value_and_grad(nested, rows, point, engine=engine)
+    one_nest = gradlab.value_and_grad(nested, rows, point, engine="torch")
+    assert gradlab.max_rho(spread_nest[1], one_nest[1]) <= GRADIENT_RHO
     one_calls: list[tuple[int, float]] = []
     alone = gradlab.fit(
         problem,

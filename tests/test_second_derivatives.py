@@ -7,7 +7,6 @@ Hessian has: symmetry, and H·v linear in v.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +18,12 @@ from _helpers import (
     BUILTIN_ENGINES,
     RequiredMembersOnly,
     examples,
+    fewer,
     first_installed,
     require_engine,
 )
 from _strategies import CASES, NO_HAND_HVP, reals
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gradlab
@@ -51,14 +51,12 @@ def as_float32_point(case: Case) -> Case:
     return problem, rounded[0], rounded[1]
 
 
-def fewer(problem: str, *, fd_hessian: bool = False) -> settings:
-    """At most ten examples (the deep profile: all), for the properties whose every
-    example compiles anew on jax (a new shape) and that other tests cover at more points:
-    float32 against the float64 truth, symmetry and linearity. Keeps the suite's time."""
-    base = examples(problem, fd_hessian=fd_hessian)
-    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
-        return base
-    return settings(base, max_examples=min(10, base.max_examples))
+def normwise(truth: dict[str, Any], other: dict[str, Any]) -> float:
+    """The largest error over every element, relative to the largest element of ``truth``
+    (at least 1): the measure of round-off that does not blame one cancelled element."""
+    error = max(float(np.max(np.abs(truth[k] - other[k]), initial=0.0)) for k in truth)
+    scale = max(float(np.max(np.abs(truth[k]), initial=0.0)) for k in truth)
+    return error / max(1.0, scale)
 
 
 @pytest.mark.parametrize("problem", sorted(CASES))
@@ -85,7 +83,13 @@ def test_hvp_agrees_with_the_hand_derivation(problem: str, dtype: str, engine: s
         assert all(np.shape(product[k]) == np.shape(v) for k, v in params.items())
         # The truth: the hand derivation (or fd) in float64 at the same point.
         truth = gradlab.hvp(problem_, data, params, tangent, engine=truth_engine)
-        assert gradlab.max_rho(truth, product) <= limit
+        if dtype == "float64":
+            assert gradlab.max_rho(truth, product) <= limit
+        else:
+            # float32 round-off scales with the terms summed, not with each element: an
+            # element that cancels terms of 10² to 2 keeps their absolute error (a seed
+            # found 7e-4 there, rho 1.5e-4). So judge the vector as a whole.
+            assert normwise(truth, product) <= limit
 
     check()
 

@@ -50,9 +50,11 @@ def data_parallel(
         engine: ``"torch"`` or ``"jax"``.
         processes: torch: how many processes to start here (None: torchrun's).
         devices: jax: how many devices (None: all).
-        timeout: Seconds a rank may take to start or to answer; past it, the call fails
-            with [`RankFailed`][gradlab.RankFailed] instead of hanging.
-        threads: torch's intra-op threads per rank (during its share of each call).
+        timeout: torch: seconds a rank may take to answer; past it, the call fails with
+            [`RankFailed`][gradlab.RankFailed] instead of hanging (spawned ranks get 120 s
+            more to start). JAX's collectives are its runtime's.
+        threads: torch: intra-op threads per rank (rank 0 sets them only while it computes
+            its share, and puts yours back).
 
     Returns:
         An engine named ``"torch-dp2"``, ``"jax-dp4"``, ... (``get_engine`` and the command

@@ -494,13 +494,19 @@ class _Held:
     def __init__(self, engine: TorchEngine, setup: tuple[Any, ...], me: _Rank) -> None:
         problem_bytes, reduction, total, self.layout, dtype, shapes = setup
         torch = engine._torch
-        self.local = value_and_grad_of(engine, pickle.loads(problem_bytes))
         self.dtype = getattr(torch, dtype)
         self.rows = {}
         for name, (shape, kind) in shapes[me.rank - 1].items():
             self.rows[name] = torch.empty(shape, dtype=getattr(torch, kind))
             me.collective(me.group.recv, [self.rows[name]], 0, 0)
         self.weight = share(_rows(self.rows), total, reduction)
+        self.local: Local = _refusing(me.rank)  # until the problem is loaded
+        try:
+            self.local = value_and_grad_of(engine, pickle.loads(problem_bytes))
+        except Exception as error:
+            # Not here: a problem whose functions live where this process cannot import
+            # them. Each call then answers with the reason, as a share that failed.
+            self.local = _refusing(me.rank, error)
 
     def params(self, flat: Any) -> dict[str, Any]:
         """The broadcast parameters, by name."""
@@ -510,6 +516,21 @@ class _Held:
             params[name] = flat[at : at + size].reshape(shape)
             at += size
         return params
+
+
+def _refusing(rank: int, error: BaseException | None = None) -> Local:
+    """A gradient function that raises why rank ``rank`` could not load the problem."""
+    refusal = ArgumentError(
+        "problem",
+        f"rank {rank} cannot load it ({_first_line(error) if error else 'not sent'}): define "
+        "its functions at module level, outside `if __name__ == '__main__':`, or launch the "
+        "ranks with torchrun",
+    )
+
+    def refuse(params: Params, rows: Mapping[str, Array]) -> Any:
+        raise refusal
+
+    return refuse
 
 
 def follow(rank: int, port: int, size: int, timeout: float, threads: int) -> None:
