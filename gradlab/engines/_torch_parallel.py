@@ -267,7 +267,6 @@ class _Spawned:
         self._store: Any = None
         self.processes: list[Any] = []
         self._job: _Job | None = None
-        self._sent = -1  # the job the ranks hold
         self._next = [0]  # the next command's number (a box, for the finalizer)
         self._broken: RankFailed | None = None
         self._finalizer: Any = None
