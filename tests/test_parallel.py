@@ -208,6 +208,18 @@ def test_a_lost_rank_fails_within_the_timeout(how: str) -> None:
         engine.close()
 
 
+def test_the_command_line_compares_a_data_parallel_engine(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    require_engine("jax")
+    from gradlab.cli import main
+
+    assert main(["compare", "--problem", "quadratic", "--engines", "numpy,jax-dp1"]) == 0
+    out = capsys.readouterr().out
+    assert "jax-dp1" in out
+    assert "All 2 engines' gradients agree" in out
+
+
 def test_data_parallel_refuses_what_it_cannot_spread() -> None:
     require_engine("torch")
     require_engine("jax")
