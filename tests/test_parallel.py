@@ -234,6 +234,10 @@ def test_data_parallel_refuses_what_it_cannot_spread() -> None:
         ({"engine": "torch", "processes": 2, "timeout": 0}, "timeout"),
         ({"engine": "torch", "processes": 2, "threads": 0}, "threads"),
         ({"engine": "torch"}, "processes"),  # not under torchrun
+        ({"engine": "torch", "processes": 2, "timeout": 1e15}, "timeout"),
+        ({"engine": "torch", "processes": 2, "threads": 10**9}, "threads"),
+        ({"engine": "torch", "processes": 10**6}, "processes"),
+        ({"engine": gradlab.get_engine("torch"), "processes": 2}, "engine"),
     ]
     for kwargs, argument in cases:
         with pytest.raises(gradlab.ArgumentError) as error:

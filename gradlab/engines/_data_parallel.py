@@ -7,12 +7,15 @@ that module's shared pieces, and this one imports the engines (when asked for on
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from gradlab._checks import check_float, check_positive_int
-from gradlab._errors import ArgumentError
+from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab.engines._parallel import DataParallel
 
+#: The longest ``timeout``, in seconds.
+_DAY = 86_400.0
 #: The engines whose framework can spread rows, by the module that does it.
 _BACKENDS = {"torch": "gradlab.engines._torch_parallel", "jax": "gradlab.engines._jax_parallel"}
 
@@ -62,7 +65,9 @@ def data_parallel(
         closed (``close()``, or ``with``) or collected.
 
     Raises:
-        ArgumentError: an engine other than torch or jax, or a bad count or timeout.
+        ArgumentError: an engine other than torch or jax (``ArgumentTypeError`` for an
+            engine object), a bad count, a timeout past a day, more threads than this
+            machine's cores, or more than 4 spawned processes per core.
         EngineUnavailable: the framework is not installed.
 
     Examples:
@@ -76,16 +81,34 @@ def data_parallel(
         >>> engine.name, gradlab.max_rho(grads, one_grads) <= 1e-12
         ('torch-dp2', True)
     """
-    if not isinstance(engine, str) or engine not in _BACKENDS:
+    if not isinstance(engine, str):
+        raise ArgumentTypeError(
+            "engine",
+            f"must be the name 'torch' or 'jax', got {engine!r}: each rank makes its own "
+            "engine, so an engine object cannot be spread",
+        )
+    if engine not in _BACKENDS:
         raise ArgumentError(
             "engine",
             f"data-parallel runs spread rows with torch.distributed or JAX's sharding: "
             f"give 'torch' or 'jax', got {engine!r} (the numpy engine runs in one process)",
         )
-    timeout = check_float(timeout, "timeout", 0.0)
+    # Finite bounds: a timeout past a day is a hang by another name (and overflows the
+    # timedelta torch takes); a rank's threads, or spawned ranks, far beyond this machine's
+    # cores only slow it down, and a thousand spawned processes would exhaust its memory.
+    timeout = check_float(timeout, "timeout", 0.0, _DAY)
     if timeout <= 0:
         raise ArgumentError("timeout", f"must be positive, got {timeout!r}")
+    cores = os.cpu_count() or 1
     threads = check_positive_int(threads, "threads")
+    if threads > cores:
+        raise ArgumentError("threads", f"is {threads}, more than this machine's {cores} cores")
+    if processes is not None and check_positive_int(processes, "processes") > 4 * cores:
+        raise ArgumentError(
+            "processes",
+            f"is {processes}, more than 4 per core of this machine's {cores}: launch ranks "
+            "on several machines with torchrun instead",
+        )
     if engine == "torch" and devices is not None:
         raise ArgumentError("devices", "is for jax; torch spreads over processes=")
     if engine == "jax" and processes is not None:
