@@ -83,6 +83,18 @@ def fit_rho(engine: Any, single: str) -> float:
     return max(float(gradlab.rho(spread.losses, alone.losses).max()), *paths)
 
 
+def local_rho(engine: Any, rank: int) -> float:
+    """As ``gradient_rho`` on a sum and a mean, each rank passing only its own rows:
+    rows 0-4 on rank 0, 5-6 on rank 1 (unequal, unlike the engine's own split)."""
+    worst = 0.0
+    for problem, data, point in cases(7)[:2]:
+        mine = {name: value[:5] if rank == 0 else value[5:] for name, value in data.items()}
+        loss, grads = gradlab.value_and_grad(problem, mine, point, engine=engine)
+        loss_1, grads_1 = gradlab.value_and_grad(problem, data, point, engine="torch")
+        worst = max(worst, float(gradlab.rho(loss, loss_1)), gradlab.max_rho(grads, grads_1))
+    return worst
+
+
 def report(**numbers: Any) -> None:
     print(json.dumps(numbers), flush=True)
 
@@ -128,6 +140,9 @@ def main(mode: str) -> None:
             ranks=engine.shards,
             gradients=gradient_rho(engine, "torch", 7),
             fit=fit_rho(engine, "torch"),
+            local=local_rho(
+                gradlab.data_parallel("torch", local_data=True), int(os.environ["RANK"])
+            ),
         )
         if int(os.environ["RANK"]) == 0:
             report(**numbers)

@@ -238,6 +238,8 @@ def test_data_parallel_refuses_what_it_cannot_spread() -> None:
         ({"engine": "torch", "processes": 2, "threads": 10**9}, "threads"),
         ({"engine": "torch", "processes": 10**6}, "processes"),
         ({"engine": gradlab.get_engine("torch"), "processes": 2}, "engine"),
+        ({"engine": "torch", "processes": 2, "local_data": True}, "local_data"),
+        ({"engine": "jax", "local_data": True}, "local_data"),
     ]
     for kwargs, argument in cases:
         with pytest.raises(gradlab.ArgumentError) as error:
@@ -316,5 +318,6 @@ def test_torch_under_a_torchrun_launch_gives_one_process_numbers() -> None:
         env=[{**launch, "RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in (0, 1)],
     )
     assert numbers["ranks"] == 2
+    assert numbers["local"] <= GRADIENT_RHO  # each rank passed only its own rows
     assert numbers["gradients"] <= GRADIENT_RHO
     assert numbers["fit"] <= PATH_RHO

@@ -10,7 +10,7 @@ import importlib
 import os
 from typing import Any
 
-from gradlab._checks import check_float, check_positive_int
+from gradlab._checks import check_bool, check_float, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab.engines._parallel import DataParallel
 
@@ -27,6 +27,7 @@ def data_parallel(
     devices: int | None = None,
     timeout: float = 30.0,
     threads: int = 1,
+    local_data: bool = False,
 ) -> DataParallel:
     """An engine that spreads the rows of a problem's data, and reduces the gradient as
     the problem declares (``reduction``): the same loss and gradient as one process, to
@@ -58,6 +59,9 @@ def data_parallel(
             more to start). JAX's collectives are its runtime's.
         threads: torch: intra-op threads per rank (rank 0 sets them only while it computes
             its share, and puts yours back).
+        local_data: torch under torchrun: each rank passes its own rows (any number, at
+            least one) instead of the whole data set; a mean is weighted by the rows of all
+            ranks. Mini-batches are then drawn from each rank's rows.
 
     Returns:
         An engine named ``"torch-dp2"``, ``"jax-dp4"``, ... (``get_engine`` and the command
@@ -121,7 +125,15 @@ def data_parallel(
     if count is not None:
         count = check_positive_int(count, "processes" if engine == "torch" else "devices")
     backend = importlib.import_module(_BACKENDS[engine])
-    made: DataParallel = backend.make(count, timeout=timeout, threads=threads)
+    if check_bool(local_data, "local_data") and (engine != "torch" or count is not None):
+        raise ArgumentError(
+            "local_data",
+            "is for the ranks of a torchrun launch (data_parallel('torch') without "
+            "processes=): spawned ranks get their rows from rank 0",
+        )
+    made: DataParallel = backend.make(
+        count, timeout=timeout, threads=threads, **({"local_data": True} if local_data else {})
+    )
     return made
 
 
@@ -132,4 +144,5 @@ def engine_from_name(name: str, **options: Any) -> DataParallel | None:
     if not separator or base not in _BACKENDS or not count.isdigit():
         return None
     option = "processes" if base == "torch" else "devices"
-    return data_parallel(base, **{option: int(count)}, **options)
+    options[option] = int(count)
+    return data_parallel(base, **options)

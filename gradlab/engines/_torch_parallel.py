@@ -55,13 +55,15 @@ from gradlab.problems._base import AbstractProblem
 Local = Callable[[Params, Mapping[str, Array]], "tuple[Array, dict[str, Array]]"]
 
 
-def make(processes: int | None, *, timeout: float, threads: int) -> TorchDataParallel:
+def make(
+    processes: int | None, *, timeout: float, threads: int, local_data: bool = False
+) -> TorchDataParallel:
     """The engine ``data_parallel("torch", ...)`` returns."""
     torch = importlib.import_module("torch")
     if not torch.distributed.is_available():
         raise EngineUnavailable("torch-dp", "torch.distributed", "torch")
     if processes is None:
-        return TorchDataParallel(_Launched(torch, timeout, threads))
+        return TorchDataParallel(_Launched(torch, timeout, threads, local_data))
     return TorchDataParallel(_Spawned(torch, processes, timeout, threads))
 
 
@@ -192,8 +194,9 @@ class _Launched:
 
     launch = "torchrun"
 
-    def __init__(self, torch: Any, timeout: float, threads: int) -> None:
+    def __init__(self, torch: Any, timeout: float, threads: int, local_data: bool) -> None:
         dist = torch.distributed
+        self.local_data = local_data
         local = os.environ.get("LOCAL_RANK")
         self.device = f"cuda:{local}" if local is not None and torch.cuda.is_available() else "cpu"
         self.backend = "nccl" if self.device != "cpu" else "gloo"
@@ -218,10 +221,22 @@ class _Launched:
 
         def value_and_grad(params: Params, data: Mapping[str, Array]) -> Any:
             total = rows_of(data)
-            start, stop = shard_bounds(total, self.size)[rank.rank]
-            rows = {name: value[start:stop] for name, value in data.items()}
-            flat, error = rank.share(local, params, rows, share(stop - start, total, reduction))
-            rank.all_reduce(flat)
+            if self.local_data:
+                # This rank's rows are all it has: weight its mean by its rows, add up the
+                # ranks' rows beside it, and divide by them after the all-reduce.
+                mean = reduction == "mean"
+                flat, error = rank.share(local, params, data, total if mean else 1.0)
+                flat = rank.torch.cat([flat, flat.new_full((1,), total)])
+                rank.all_reduce(flat)
+                flat, everyone = flat[:-1], flat[-1]
+                if mean:
+                    flat[:-1] /= everyone
+            else:
+                start, stop = shard_bounds(total, self.size)[rank.rank]
+                rows = {name: value[start:stop] for name, value in data.items()}
+                weight = share(stop - start, total, reduction)
+                flat, error = rank.share(local, params, rows, weight)
+                rank.all_reduce(flat)
             if error is not None:
                 raise error
             if _failures(flat):
