@@ -61,6 +61,17 @@ def _load_only_in(pid: int) -> Unloadable:
     return Unloadable()
 
 
+class Scaled(gradlab.AbstractProblem):
+    """A sum whose scale a caller may change between calls (module-level: picklable)."""
+
+    name = "scaled"
+    reduction = "sum"
+    scale = 1.0
+
+    def loss(self, params: Any, data: Any, xp: Any) -> Any:
+        return self.scale * xp.sum(params["w"] * data["x"])
+
+
 def nested_loss(params: Any, data: Any, xp: Any) -> Any:
     return xp.mean((params["layers"][0]["w"] * data["x"] - data["y"]) ** 2)
 
@@ -152,6 +163,13 @@ def test_torch_fit_on_two_ranks_follows_the_one_process_path() -> None:
         assert gradlab.value_and_grad(picky, {"x": np.ones(3)}, {"w": 1.0}, engine=engine)[0] == 0
         with pytest.raises(gradlab.ArgumentError, match="rank 1 cannot load it"):
             gradlab.value_and_grad(Unloadable(), {"x": np.ones(3)}, {"w": 1.0}, engine=engine)
+        # A problem changed between two calls of one gradient function is sent again.
+        scaled = Scaled()
+        function = engine.value_and_grad(scaled)
+        x, w = engine.asarrays([np.arange(5.0), np.array(1.0)], "float64")
+        assert float(function({"w": w}, {"x": x})[0]) == 10.0
+        scaled.scale = 3.0
+        assert float(function({"w": w}, {"x": x})[0]) == 30.0
         # Nested parameters: the ranks get gradlab's flat view of the problem.
         nested = gradlab.Problem(nested_loss, reduction="mean")
         rows = {"x": np.linspace(0, 1, 7), "y": np.linspace(1, 2, 7)}

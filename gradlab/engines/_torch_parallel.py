@@ -333,7 +333,8 @@ class _Spawned:
             time.sleep(0.02)
 
     def function(self, problem: AbstractProblem, reduction: str, local: Local) -> ValueAndGrad:
-        problem_bytes = _sendable(problem) if self.size > 1 else b""
+        if self.size > 1:
+            _sendable(problem)  # refused now, before any rank starts, if it cannot be sent
 
         def value_and_grad(params: Params, data: Mapping[str, Array]) -> Any:
             if self._broken is not None:
@@ -344,7 +345,7 @@ class _Spawned:
             total = rows_of(data)
             bounds = shard_bounds(total, self.size)
             try:
-                self._command(rank, problem, problem_bytes, reduction, params, data, bounds)
+                self._command(rank, problem, reduction, params, data, bounds)
                 flat, error = self._evaluate(rank, local, params, data, bounds, reduction)
             except RankFailed as failure:
                 raise self._fail("", failure) from None
@@ -379,7 +380,6 @@ class _Spawned:
         self,
         rank: _Rank,
         problem: AbstractProblem,
-        problem_bytes: bytes,
         reduction: str,
         params: Params,
         data: Mapping[str, Array],
@@ -392,6 +392,8 @@ class _Spawned:
         layout = tuple(
             (name, tuple(value.shape), str(value.dtype)) for name, value in params.items()
         )
+        # The ranks hold a copy of the problem: keyed on its contents (as compiled code is),
+        # so a problem changed between calls is sent again, never answered from the old copy.
         ident = (
             key(problem),
             reduction,
@@ -415,7 +417,7 @@ class _Spawned:
                 }
                 for start, stop in bounds[1:]
             ]
-            setup = (problem_bytes, reduction, bounds[-1][1], layout, dtype, shapes)
+            setup = (_sendable(problem), reduction, bounds[-1][1], layout, dtype, shapes)
             self._job = job
         self._send(("evaluate", job.number, setup))
         if setup is not None:
