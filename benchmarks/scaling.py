@@ -11,8 +11,15 @@ and the all-reduce.
     python benchmarks/scaling.py --framework torch [--counts 1,2] [--sizes 1000,100000,1000000]
     python benchmarks/scaling.py --framework jax --counts 1,2,4
     python benchmarks/scaling.py --framework torch --overhead 10,1000,100000,1000000
+    python benchmarks/scaling.py --targets
 
-``--json PATH`` saves the benchmark's full record.
+``--json PATH`` saves the benchmark's full record. ``--targets`` measures the three targets
+of spawned torch ranks (issue 28), each as a ratio side by side in one process, start-up
+apart (every figure is the best of three fits run after a first one): a 64-row mini-batch
+Adam step on 2 ranks against one process; the communication of a full-batch step on 2
+ranks (its time less the 1-rank engine's, which runs the same code without peers) against
+a bare gloo all-reduce of the same bytes between two processes; and a full-batch fit at
+n = 10⁷ on 2 ranks against 1.
 """
 
 from __future__ import annotations
@@ -35,7 +42,11 @@ def main() -> None:
     parser.add_argument("--min-time", type=float, default=0.5)
     parser.add_argument("--overhead", default="", help="parameter counts for the overhead run")
     parser.add_argument("--json", default="")
+    parser.add_argument("--targets", action="store_true", help="issue 28's three targets")
     args = parser.parse_args()
+    if args.targets:
+        targets()
+        return
     counts = [int(count) for count in args.counts.split(",")]
     if args.framework == "jax":
         # Before jax is imported: the forced host devices share this machine's cores.
@@ -110,6 +121,105 @@ def overhead(base: Any, spread: list[Any], sizes: list[int]) -> None:
                 best = min(best, (time.perf_counter() - began) / calls)
             cells.append(f"{best * 1e6:>10.0f}µs")
         print(f"{p:>9} " + " ".join(cells))
+
+
+def _per_step(engine: Any, problem: Any, data: Any, steps: int, **options: Any) -> float:
+    """Seconds per step of an Adam fit: the best of three, after one that pays start-up."""
+    import gradlab
+
+    init = problem.initial_params(problem.check_data(data), seed=1)
+    best = np.inf
+    for run in range(4):
+        result = gradlab.fit(
+            problem,
+            data,
+            engine=engine,
+            optimizer=gradlab.adam(1e-3),
+            steps=steps,
+            init=init,
+            **options,
+        )
+        if run:
+            best = min(best, result.time_per_step)
+    return float(best)
+
+
+def _bare(directory: str, rank: int, size: int, reps: int, answer: Any = None) -> float:
+    """Seconds per gloo all-reduce of ``size`` float64s between two processes (rank 1
+    spawned), on the loopback interface as the engine's group."""
+    import torch
+
+    from gradlab.engines._torch_parallel import _gloo
+
+    torch.set_num_threads(1)
+    group = _gloo(torch, directory, rank, 2, 60.0)
+    flat = torch.ones(size, dtype=torch.float64)
+    for _ in range(20):
+        group.allreduce([flat]).wait()
+    best = np.inf
+    for _ in range(3):
+        began = time.perf_counter()
+        for _ in range(reps):
+            group.allreduce([flat]).wait()
+        best = min(best, (time.perf_counter() - began) / reps)
+    return float(best)
+
+
+def bare_all_reduce(size: int, reps: int) -> float:
+    import multiprocessing
+    import tempfile
+
+    directory = tempfile.mkdtemp()
+    other = multiprocessing.get_context("spawn").Process(
+        target=_bare, args=(directory, 1, size, reps)
+    )
+    other.start()
+    try:
+        return _bare(directory, 0, size, reps)
+    finally:
+        other.join()
+
+
+def targets() -> None:
+    """Issue 28's three targets for spawned torch ranks, printed as a table."""
+    import gradlab
+
+    print(f"{sys.platform}, {os.cpu_count()} cores; torch {gradlab.get_engine('torch').describe()}")
+    one, two = (gradlab.data_parallel("torch", processes=count) for count in (1, 2))
+    torch_1 = "torch"
+    mlp = gradlab.MLP()
+    logistic = gradlab.LogisticRegression()
+    print("1. mini-batch step (64 rows of n = 10^5, Adam), ms: one process | 2 ranks | ratio")
+    for problem in (mlp, logistic):
+        data = problem.make_data(100_000, seed=0)
+        alone = _per_step(torch_1, problem, data, 300, batch_size=64)
+        spread = _per_step(two, problem, data, 300, batch_size=64)
+        print(
+            f"   {problem.name:<20} {alone * 1e3:8.3f} {spread * 1e3:8.3f} {spread / alone:6.2f}x"
+        )
+    print(
+        "2. full-batch communication per step (2 rows), ms: 2 ranks less 1 rank | bare "
+        "all-reduce of the same bytes | ratio"
+    )
+    linear = gradlab.LinearRegression()
+    for features in (64, 10_000, 1_000_000):
+        data = linear.make_data(2, d=features, seed=0)
+        steps = 1000 if features < 10**5 else 30
+        comm = _per_step(two, linear, data, steps) - _per_step(one, linear, data, steps)
+        bare = bare_all_reduce(features + 3, steps)
+        print(f"   P = {features + 1:>8} {comm * 1e3:8.3f} {bare * 1e3:8.3f} {comm / bare:6.2f}x")
+    print(
+        "3. full-batch fit at n = 10^7 (linear regression, d = 3), ms per step: "
+        "1 rank | 2 ranks | one process, 2 threads"
+    )
+    data = linear.make_data(10_000_000, d=3, seed=0)
+    per = [_per_step(engine, linear, data, 10) for engine in (one, two, torch_1)]
+    print(
+        f"   {per[0] * 1e3:8.1f} {per[1] * 1e3:8.1f} {per[2] * 1e3:8.1f}  "
+        f"(2 ranks / 1 rank: {per[1] / per[0]:.2f}x)"
+    )
+    one.close()
+    two.close()
 
 
 if __name__ == "__main__":

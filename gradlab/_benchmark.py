@@ -31,7 +31,7 @@ from gradlab._boundary import (
     calling,
     check_value_and_grad,
     crosses,
-    on_engine,
+    on_engine_together,
     prepare,
 )
 from gradlab._checks import check_bool, check_dtype, check_positive_float, check_positive_int
@@ -617,8 +617,7 @@ def _case(
         return BenchmarkCase(**base, status="skipped", note=str(error))
     block = block_of(engine)
     with np.errstate(all="ignore"), calling(flat, engine, start, checked):
-        batch = on_engine(engine, checked, dtype)
-        params = on_engine(engine, start, dtype)
+        batch, params = on_engine_together(engine, checked, start, dtype)
         first_objective = _first(lambda: loss(params, batch), block)
         first_gradient = _first(lambda: gradient(params, batch), block)
         if crosses(engine, flat, gradient):  # a plug-in or hand gradient: check it once

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,7 +43,7 @@ from gradlab._checks import check_dtype, check_params, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError, naming
 from gradlab._flat import FlatView, flat_view
 from gradlab._tree import Keys, Structure, flatten, leaves, structure, subscript, tree_map
-from gradlab.engines._protocol import GradientEngine, asarrays_of, value_and_grad_of
+from gradlab.engines._protocol import GradientEngine, asarrays_of, asinputs_of, value_and_grad_of
 from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation
 from gradlab.problems._base import AbstractProblem, Problem
@@ -424,7 +424,8 @@ def evaluate(
     with np.errstate(all="ignore"), calling(problem, engine, params, data, argument):
         with naming("engine"):
             function = value_and_grad_of(engine, problem)
-        output = function(on_engine(engine, params, dtype), on_engine(engine, data, dtype))
+        batch, point = on_engine_together(engine, data, params, dtype)
+        output = function(point, batch)
     return check_value_and_grad(engine, problem, function, output, params, dtype)
 
 
@@ -531,17 +532,23 @@ def on_engine(
     engine: GradientEngine, arrays: Mapping[str, np.ndarray], dtype: str
 ) -> dict[str, Any]:
     """Copies of named NumPy arrays as engine arrays of ``dtype``."""
-    return on_engine_together(engine, [arrays], dtype)[0]
+    moved = asarrays_of(engine)(list(arrays.values()), dtype)
+    return dict(zip(arrays, moved, strict=True))
 
 
 def on_engine_together(
-    engine: GradientEngine, groups: Sequence[Mapping[str, np.ndarray]], dtype: str
-) -> list[dict[str, Any]]:
-    """Several groups of named arrays (data, parameters) moved as ``on_engine`` moves each,
-    in one call of the engine's ``asarrays``: one transfer where the framework batches."""
-    arrays = [value for group in groups for value in group.values()]
-    moved = iter(asarrays_of(engine)(arrays, dtype))
-    return [{name: next(moved) for name in group} for group in groups]
+    engine: GradientEngine,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A call's named data and parameters as engine arrays of ``dtype``, in one call of the
+    engine's ``asinputs``: one transfer where the framework batches, and the data placed as
+    the engine places rows (spread over the devices of a data-parallel engine)."""
+    moved_data, moved_params = asinputs_of(engine)(
+        list(data.values()), list(params.values()), dtype
+    )
+    return dict(zip(data, moved_data, strict=True)), dict(zip(params, moved_params, strict=True))
 
 
 def to_engine(tree: Any, engine: GradientEngine, dtype: str) -> Any:

@@ -37,19 +37,20 @@ from gradlab._provenance import provenance
 from gradlab._tree import flatten, layout, leaves, rebuild, tree_map
 from gradlab.engines._numpy import read_only
 from gradlab.engines._protocol import (
+    BATCH_ORDER,
     Carry,
     Data,
     GradientEngine,
     ValueAndGrad,
     to_numpy_all_of,
+    total_rows_of,
     value_and_grad_of,
 )
 from gradlab.optimizers import GradientTransformation, apply_updates
 from gradlab.problems._base import AbstractProblem
 
 Status = Literal["completed", "converged", "stopped", "diverged"]
-#: The data key that carries the mini-batch order into the loop body (never a problem's).
-_ORDER = "__gradlab_batch_order__"
+_ORDER = BATCH_ORDER
 
 
 @dataclass(frozen=True)
@@ -441,7 +442,8 @@ def fit(
     recorded = sum(value.size for value in start_params.values()) if record_trajectory else 0
     steps = check_steps(steps, itemsize * (1 + recorded))
     record = tuple(start_params) if record_trajectory else ()
-    order = _batch_order(checked_data, batch_size, seed, first_step, steps, dtype)
+    rows = total_rows_of(engine)
+    order = _batch_order(checked_data, batch_size, seed, first_step, steps, dtype, rows)
     checked_data = _with_constants(problem, checked_data, dtype, order is not None)
     if is_optax(optimizer):
         start_state = start_state_optax(optimizer, start_params, start_state, engine, dtype)
@@ -453,7 +455,7 @@ def fit(
         with calling(problem, engine, start_params, checked_data):
             with naming("engine"):
                 value_and_grad = value_and_grad_of(engine, problem)
-            batch, params = on_engine_together(engine, [checked_data, start_params], dtype)
+            batch, params = on_engine_together(engine, checked_data, start_params, dtype)
             # Code gradlab did not write (a plug-in engine, a hand gradient) is checked on
             # its first call, here, so that the loop itself runs unchecked.
             check = crosses(engine, problem, value_and_grad)
@@ -832,12 +834,15 @@ def _batch_order(
     first: int,
     steps: int,
     dtype: str,
+    total_rows: Callable[[int], int] = int,
 ) -> np.ndarray | None:
     """The rows of each step's mini-batch, steps first … first + steps − 1 of the fit.
 
     Epoch e is a permutation of the n rows drawn from ``default_rng([seed, e])``, cut into
     ⌊n / batch_size⌋ batches: the order depends on the global step alone, so every engine,
-    and a resumed fit, sees the same batches.
+    and a resumed fit, sees the same batches. ``total_rows`` turns the rows given into the
+    rows numbered: those of every rank, where each rank of a data-parallel launch passes
+    its own (its rows are the ones it picks out of each batch).
     """
     if batch_size is None:
         return None
@@ -851,6 +856,7 @@ def _batch_order(
         raise ArgumentError(
             "batch_size", f"the data arrays have different numbers of rows: {sizes}"
         )
+    n = total_rows(n)
     if batch_size > n:
         raise ArgumentError("batch_size", f"is {batch_size}, larger than the data's {n} rows")
     if dtype == "float32" and n > 2**24:

@@ -98,7 +98,7 @@ class _Computation:
             output="array" if kind == VECTOR else "scalar",
         )
         self.problem, self.params, self.data = prepared.problem, prepared.params, prepared.data
-        data, params = on_engine_together(engine, [prepared.data, prepared.params], "float64")
+        data, params = on_engine_together(engine, prepared.data, prepared.params, "float64")
         block = block_of(engine)
         if kind == GRADIENT:
             gradient = value_and_grad_of(engine, self.problem)

@@ -9,6 +9,9 @@ arrays, so the same optimizer runs on NumPy arrays, torch tensors and jax arrays
 each state counts (``state.count``). [`chain`][gradlab.chain] composes transformations;
 [`clip_by_global_norm`][gradlab.clip_by_global_norm] is one.
 
+Every optimizer and schedule gradlab makes pickles (as the call that made it), so a spawned
+process can receive one; one of the user's own closures works everywhere but does not pickle.
+
 Conventions, where frameworks differ (the parity tests hold each to ``torch.optim``):
 
 - ``momentum`` follows ``torch.optim.SGD`` (dampening 0): v ← β·v + g, p ← p − lr·v; with
@@ -37,6 +40,7 @@ from typing import Any, NamedTuple, ParamSpec
 
 from gradlab._checks import check_bool, check_float, check_positive_float
 from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._picklable import picklable
 from gradlab._tree import leaves, tree_map
 from gradlab.schedules import Schedule, as_schedule
 
@@ -149,6 +153,7 @@ def apply_updates(params: Params, updates: Params) -> Any:
 
 
 @_shared
+@picklable
 def sgd(lr: LearningRate) -> GradientTransformation:
     """Plain gradient descent, p ← p − lr·g, as in the seed tutorial.
 
@@ -180,6 +185,7 @@ def sgd(lr: LearningRate) -> GradientTransformation:
 
 
 @_shared
+@picklable
 def momentum(
     lr: LearningRate, beta: float = 0.9, nesterov: bool = False, convention: str = "torch"
 ) -> GradientTransformation:
@@ -231,6 +237,7 @@ def _moments(b1: float, b2: float, eps: float) -> tuple[float, float, float]:
 
 
 @_shared
+@picklable
 def adam(
     lr: LearningRate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 ) -> GradientTransformation:
@@ -252,6 +259,7 @@ def adam(
 
 
 @_shared
+@picklable
 def adamw(
     lr: LearningRate,
     b1: float = 0.9,
@@ -298,6 +306,7 @@ def adamw(
 
 
 @_shared
+@picklable
 def rmsprop(lr: LearningRate, alpha: float = 0.99, eps: float = 1e-8) -> GradientTransformation:
     """RMSprop as ``torch.optim.RMSprop``: v ← α·v + (1 − α)·g², p ← p − lr·g / (√v + ε).
 
@@ -326,6 +335,7 @@ def rmsprop(lr: LearningRate, alpha: float = 0.99, eps: float = 1e-8) -> Gradien
 
 
 @_shared
+@picklable
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale all gradients together by min(1, max_norm / ‖g‖), ‖g‖ over every element.
 
@@ -356,6 +366,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
 
 @_shared
+@picklable
 def chain(*transformations: GradientTransformation) -> GradientTransformation:
     """Apply transformations in turn, each to the previous one's updates (as optax does).
 

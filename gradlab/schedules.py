@@ -28,6 +28,7 @@ import numpy as np
 
 from gradlab._checks import check_float, check_int, check_positive_float
 from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._picklable import picklable
 
 Schedule = Callable[[Any], Any]
 
@@ -57,6 +58,7 @@ def _smaller(a: Any, b: Any) -> Any:
     return (a + b - abs(a - b)) / 2
 
 
+@picklable
 def constant(lr: float) -> Schedule:
     """The same learning rate at every step.
 
@@ -73,6 +75,7 @@ def constant(lr: float) -> Schedule:
     return schedule
 
 
+@picklable
 def step_decay(lr: float, every: int, factor: float = 0.1) -> Schedule:
     """lr·factorᵏ with k = ⌊t / every⌋ (torch's ``StepLR``).
 
@@ -93,6 +96,7 @@ def step_decay(lr: float, every: int, factor: float = 0.1) -> Schedule:
     return schedule
 
 
+@picklable
 def exponential_decay(lr: float, rate: float) -> Schedule:
     """lr·rateᵗ (torch's ``ExponentialLR`` with gamma = rate).
 
@@ -112,6 +116,7 @@ def exponential_decay(lr: float, rate: float) -> Schedule:
     return schedule
 
 
+@picklable
 def cosine_decay(lr: float, steps: int, final: float = 0.0) -> Schedule:
     """final + (lr − final)·(1 + cos(π·min(t, steps)/steps))/2 (torch's ``CosineAnnealingLR``
     with T_max = steps and eta_min = final, held at ``final`` after ``steps``).
@@ -135,6 +140,7 @@ def cosine_decay(lr: float, steps: int, final: float = 0.0) -> Schedule:
     return schedule
 
 
+@picklable
 def warmup(schedule: Schedule | float, steps: int) -> Schedule:
     """``schedule`` (or a constant learning rate) times min(1, (t + 1) / steps): a linear
     warm-up over the first ``steps`` updates.

@@ -95,6 +95,54 @@ def local_rho(engine: Any, rank: int) -> float:
     return worst
 
 
+def local_fit_rho(engine: Any, rank: int) -> float:
+    """As ``fit_rho``, each rank passing only its own rows (rows 0-4 on rank 0, 5-10 on
+    rank 1): the mini-batches are still the ones one process draws from all 11."""
+    problem = gradlab.MLP()
+    data = problem.make_data(11, seed=3)
+    mine = {name: value[:5] if rank == 0 else value[5:] for name, value in data.items()}
+    options: dict[str, Any] = dict(
+        optimizer=gradlab.adam(0.05),
+        steps=100,
+        batch_size=4,
+        trajectory=True,
+        init=problem.initial_params(data, seed=4),
+    )
+    spread = gradlab.fit(problem, mine, engine=engine, **options)
+    alone = gradlab.fit(problem, data, engine="torch", **options)
+    paths = [gradlab.max_rho(spread.trajectory, alone.trajectory)]
+    return max(float(gradlab.rho(spread.losses, alone.losses).max()), *paths)
+
+
+def refusals(engine: Any, rank: int) -> list[str]:
+    """What the ranks refuse when they were not given the same: each case is changed on
+    rank 1 only, and every rank must fail, naming the argument."""
+    problem, data, point = cases(7)[1]
+    other = tree_map(lambda leaf: np.asarray(leaf) + 1.0, point)
+    shifted = {name: value + 1.0 for name, value in data.items()}
+    fewer = {name: value[:6] for name, value in data.items()}
+    named = []
+    for params, rows in [(other, data), (point, shifted), (point, fewer)]:
+        try:
+            gradlab.value_and_grad(
+                problem, rows if rank else data, params if rank else point, engine=engine
+            )
+        except gradlab.ArgumentError as error:
+            named.append(f"{error.argument}: {'rank(s) [1]' in str(error)}")
+    try:  # a fit: another learning rate on rank 1
+        gradlab.fit(
+            problem,
+            data,
+            engine=engine,
+            optimizer=gradlab.sgd(0.1 if rank else 0.2),
+            steps=3,
+            init=point,
+        )
+    except gradlab.ArgumentError as error:
+        named.append(f"{error.argument}: {'rank(s) [1]' in str(error)}")
+    return named
+
+
 def report(**numbers: Any) -> None:
     print(json.dumps(numbers), flush=True)
 
@@ -124,7 +172,7 @@ def main(mode: str) -> None:
             initialization_timeout=60,
         )
         engine = gradlab.data_parallel("jax")
-        numbers = dict(
+        numbers: dict[str, Any] = dict(
             devices=engine.shards,
             gradients=gradient_rho(engine, "jax", 7, first=2),
             fit=fit_rho(engine, "jax"),
@@ -143,6 +191,10 @@ def main(mode: str) -> None:
             local=local_rho(
                 gradlab.data_parallel("torch", local_data=True), int(os.environ["RANK"])
             ),
+            local_fit=local_fit_rho(
+                gradlab.data_parallel("torch", local_data=True), int(os.environ["RANK"])
+            ),
+            refused=refusals(engine, int(os.environ["RANK"])),
         )
         if int(os.environ["RANK"]) == 0:
             report(**numbers)

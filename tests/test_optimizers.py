@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 from _helpers import require_engine
 
 import gradlab
+from gradlab import optimizers, schedules
 from gradlab.optimizers import apply_updates
 
 
@@ -165,3 +169,108 @@ def test_the_same_settings_give_the_same_optimizer_object() -> None:
     assert first is not second
     updates, _ = first.update({"w": np.array(2.0)}, first.init({}), {"w": np.array(1.0)})
     assert float(updates["w"]) == pytest.approx(-0.2)
+
+
+#: Every optimizer and schedule gradlab ships, with schedules as learning rates too, keyed
+#: "factory" or "factory-variant": what a spawned worker must receive through a pipe.
+SHIPPED_OPTIMIZERS: dict[str, Callable[[], gradlab.GradientTransformation]] = {
+    "sgd": lambda: gradlab.sgd(0.05),
+    "momentum": lambda: gradlab.momentum(0.05, 0.8),
+    "momentum-nesterov": lambda: gradlab.momentum(0.05, 0.8, nesterov=True),
+    "momentum-sutskever": lambda: gradlab.momentum(0.05, convention="sutskever"),
+    "adam": lambda: gradlab.adam(0.01, b2=0.99),
+    "adamw": lambda: gradlab.adamw(0.01, weight_decay=0.1),
+    "rmsprop": lambda: gradlab.rmsprop(0.01),
+    "clip_by_global_norm": lambda: gradlab.clip_by_global_norm(1.0),
+    "chain": lambda: gradlab.chain(gradlab.clip_by_global_norm(1.0), gradlab.adam(0.01)),
+    "sgd-step_decay": lambda: gradlab.sgd(schedules.step_decay(0.05, every=2, factor=0.5)),
+    "momentum-exponential_decay": lambda: gradlab.momentum(schedules.exponential_decay(0.05, 0.9)),
+    "adam-cosine_decay": lambda: gradlab.adam(schedules.cosine_decay(0.01, steps=4)),
+    "adamw-warmup": lambda: gradlab.adamw(
+        schedules.warmup(schedules.cosine_decay(0.01, steps=4), steps=3)
+    ),
+    "rmsprop-constant": lambda: gradlab.rmsprop(schedules.constant(0.01)),
+}
+SHIPPED_SCHEDULES: dict[str, Callable[[], schedules.Schedule]] = {
+    "constant": lambda: schedules.constant(0.1),
+    "step_decay": lambda: schedules.step_decay(0.1, every=3, factor=0.5),
+    "exponential_decay": lambda: schedules.exponential_decay(0.1, rate=0.9),
+    "cosine_decay": lambda: schedules.cosine_decay(0.1, steps=8, final=0.01),
+    "warmup": lambda: schedules.warmup(schedules.cosine_decay(0.1, steps=8), steps=4),
+    "warmup-constant": lambda: schedules.warmup(0.1, steps=4),
+}
+
+
+def computed(made: Any) -> np.ndarray:
+    """What ``made`` computes: an optimizer's first five updates on float64 NumPy parameters
+    (a nonlinear gradient, so that its state matters), or a schedule's first twelve rates."""
+    if not isinstance(made, gradlab.GradientTransformation):
+        return np.array([made(count) for count in range(12)], dtype=np.float64)
+    params = {"w": np.array([0.3, -1.2, 2.0]), "b": np.array(0.5)}
+    state, steps = made.init(params), []
+    for _ in range(5):
+        grads = {name: value**3 - 1.0 for name, value in params.items()}
+        updates, state = made.update(grads, state, params)
+        params = apply_updates(params, updates)
+        steps.append(np.concatenate([np.ravel(updates[name]) for name in sorted(updates)]))
+    return np.array(steps)
+
+
+def assert_same_bits(ours: np.ndarray, oracle: np.ndarray) -> None:
+    assert ours.dtype == oracle.dtype
+    np.testing.assert_array_equal(ours, oracle)
+    assert ours.tobytes() == oracle.tobytes()  # bit for bit, the signs of zeros too
+
+
+def computed_after_unpickling(sent: bytes) -> list[np.ndarray]:
+    """Run in a fresh process: what each pickled optimizer and schedule computes there."""
+    return [computed(made) for made in pickle.loads(sent)]
+
+
+def test_the_pickling_cases_cover_every_shipped_factory() -> None:
+    cases = {name.partition("-")[0] for name in (*SHIPPED_OPTIMIZERS, *SHIPPED_SCHEDULES)}
+    factories = {
+        name
+        for module in (optimizers, schedules)
+        for name in module.__all__
+        if name.islower() and name not in ("apply_updates", "as_schedule")
+    }
+    assert factories <= cases
+
+
+@pytest.mark.parametrize(
+    "make",
+    [*SHIPPED_OPTIMIZERS.values(), *SHIPPED_SCHEDULES.values()],
+    ids=[*SHIPPED_OPTIMIZERS, *SHIPPED_SCHEDULES],
+)
+def test_shipped_optimizers_and_schedules_pickle_to_the_same_computation(make: Any) -> None:
+    """The original object is the oracle: its unpickled copy computes the same bits."""
+    original = make()
+    copy = pickle.loads(pickle.dumps(original))
+    assert type(copy) is type(original)  # a GradientTransformation stays one
+    assert_same_bits(computed(copy), computed(original))
+
+
+def test_an_optimizer_of_the_users_closures_is_accepted_but_does_not_pickle() -> None:
+    def init(params: Any) -> tuple[()]:
+        return ()
+
+    def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+        return {name: -0.1 * g for name, g in grads.items()}, state
+
+    mine = gradlab.GradientTransformation(init, update)
+    chained = gradlab.chain(mine, gradlab.sgd(1.0))
+    assert computed(chained).shape == (5, 4)
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(chained)
+
+
+def test_shipped_optimizers_and_schedules_unpickle_in_a_spawned_process() -> None:
+    """What a spawned worker of the data-parallel engine does: one fresh process (no state
+    of this one: no factory caches, no closures) rebuilds every case from its bytes."""
+    made = [make() for make in (*SHIPPED_OPTIMIZERS.values(), *SHIPPED_SCHEDULES.values())]
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        there = pool.apply(computed_after_unpickling, (pickle.dumps(made),))
+    assert len(there) == len(made)
+    for theirs, original in zip(there, made, strict=True):
+        assert_same_bits(theirs, computed(original))

@@ -11,9 +11,13 @@ a torchrun launch) run ``tests/_parallel_ranks.py``.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import json
+import multiprocessing
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -226,6 +230,200 @@ def test_a_lost_rank_fails_within_the_timeout(how: str) -> None:
         engine.close()
 
 
+# -- security and cleanup: what listens, what is read, what is left --------------------------
+
+
+def _sockets(pid: int) -> list[tuple[str, str]]:
+    """The TCP sockets process ``pid`` holds: (local address, state), state "LISTEN" or
+    another, read from /proc (the address of IPv4 as dotted quad, IPv6 as hex)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                host = fields[1].split(":")[0]
+                if table == "tcp":
+                    host = ".".join(str(b) for b in reversed(bytes.fromhex(host)))
+                found.append((host, "LISTEN" if fields[3] == "0A" else fields[3]))
+    return found
+
+
+class Forged:
+    """What an attacker would write to a store: unpickling it creates ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def test_spawned_ranks_listen_on_loopback_only_and_unpickle_nothing_from_the_network(
+    tmp_path: Path,
+) -> None:
+    require_engine("torch")
+    import torch.distributed
+
+    problem = gradlab.LinearRegression()
+    data = problem.make_data(20, d=2, seed=0)
+    params = problem.initial_params(data)
+    marker = tmp_path / "executed"
+    before = _sockets(os.getpid())
+    with gradlab.data_parallel("torch", processes=2, timeout=30) as engine:
+        gradlab.value_and_grad(problem, data, params, engine=engine)
+        group = engine._group  # type: ignore[attr-defined]
+        pids = [os.getpid(), *(process.pid for process in group.processes)]
+        listening = [s for pid in pids for s in _sockets(pid) if s[1] == "LISTEN"]
+        assert listening  # gloo's, one per rank ...
+        assert {host for host, _ in listening} == {"127.0.0.1"}  # ... on loopback only
+        assert len([s for s in _sockets(os.getpid()) if s[1] == "LISTEN"]) == 1  # no store
+        # The rendezvous is a file only this user can open; a value forged into it under
+        # any name (as the old command keys) is never unpickled.
+        assert os.stat(group.directory).st_mode & 0o777 == 0o700
+        store = torch.distributed.FileStore(  # type: ignore[attr-defined]
+            os.path.join(group.directory, "store"), -1
+        )
+        for number in range(64):
+            for name in (f"command/{number}", f"error/{number}/1", f"started/{number}"):
+                store.set(name, pickle.dumps(Forged(str(marker))))  # type: ignore[arg-type]
+        del store
+        _, grads = gradlab.value_and_grad(problem, data, params, engine=engine)
+        gradlab.fit(problem, data, engine=engine, optimizer=gradlab.sgd(0.1), steps=5, init=params)
+    assert not marker.exists()
+    one = gradlab.value_and_grad(problem, data, params, engine="torch")
+    assert gradlab.max_rho(grads, one[1]) <= GRADIENT_RHO
+    assert _sockets(os.getpid()) == before
+
+
+def test_close_a_lost_rank_and_collection_leave_no_process_socket_or_file() -> None:
+    require_engine("torch")
+    problem = gradlab.LinearRegression()
+    data = problem.make_data(10, d=2, seed=0)
+    params = problem.initial_params(data)
+    before = _sockets(os.getpid())
+
+    def started() -> tuple[Any, list[Any], str]:
+        engine = gradlab.data_parallel("torch", processes=2, timeout=5)
+        gradlab.value_and_grad(problem, data, params, engine=engine)
+        group = engine._group  # type: ignore[attr-defined]
+        assert len(_sockets(os.getpid())) > len(before)
+        return engine, list(group.processes), group.directory
+
+    def gone(processes: list[Any], directory: str) -> None:
+        for process in processes:
+            process.join(5)
+            assert not process.is_alive()
+        assert _sockets(os.getpid()) == before
+        assert not os.path.exists(directory)
+
+    engine, processes, directory = started()
+    engine.close()
+    gone(processes, directory)
+    engine, processes, directory = started()
+    os.kill(processes[0].pid, signal.SIGKILL)
+    with pytest.raises(gradlab.RankFailed) as failure:
+        gradlab.value_and_grad(problem, data, params, engine=engine)
+    gone(processes, directory)  # while the error (and the engine) are still held
+    del failure
+    engine, processes, directory = started()
+    del engine
+    gc.collect()
+    gone(processes, directory)
+
+
+class Interrupting(gradlab.AbstractProblem):
+    """A sum of squares whose loss is interrupted (Ctrl-C) in rank 0, mid-call."""
+
+    name = "interrupting"
+    reduction = "sum"
+
+    def loss(self, params: Any, data: Any, xp: Any) -> Any:
+        interrupted = multiprocessing.parent_process() is None and "torch" in xp.__name__
+        if interrupted and bool(xp.any(data["x"] > 100)):
+            raise KeyboardInterrupt
+        return xp.sum((params["w"] * data["x"] - 1) ** 2)
+
+
+def test_an_interrupted_call_breaks_the_engine() -> None:
+    require_engine("torch")
+    with gradlab.data_parallel("torch", processes=2, timeout=30) as engine:
+        problem = Interrupting()
+        rows = {"x": np.array([1.0, 2.0, 3.0])}
+        assert gradlab.value_and_grad(problem, rows, {"w": 1.0}, engine=engine)[0] == 5.0
+        processes = list(engine._group.processes)  # type: ignore[attr-defined]
+        with pytest.raises(KeyboardInterrupt):
+            gradlab.fit(
+                problem,
+                {"x": np.array([101.0, 2.0, 3.0, 4.0])},
+                engine=engine,
+                optimizer=gradlab.sgd(1e-6),
+                steps=10,
+                init={"w": 1.0},
+            )
+        with pytest.raises(gradlab.RankFailed, match="interrupted"):
+            gradlab.value_and_grad(problem, rows, {"w": 1.0}, engine=engine)
+        assert not any(process.is_alive() for process in processes)
+
+
+def test_a_fit_runs_on_every_rank_with_no_command_per_step() -> None:
+    """The loop body travels once per stretch (SPMD): the pipes carry a few messages per
+    stretch, not one per step; an optimizer that cannot travel (the user's closures) runs
+    call by call, with the same numbers."""
+    require_engine("torch")
+    problem = gradlab.LogisticRegression()
+    data = problem.make_data(30, seed=1)
+    init = problem.initial_params(data, seed=2)
+    told: list[str] = []
+    adam = gradlab.adam(0.05)
+
+    def closures() -> gradlab.GradientTransformation:
+        return gradlab.GradientTransformation(adam.init, lambda g, s, p: adam.update(g, s, p))
+
+    options: dict[str, Any] = dict(
+        steps=100, batch_size=8, init=init, every=50, callback=lambda *_: None
+    )
+    with gradlab.data_parallel("torch", processes=2, timeout=30) as engine:
+        group = engine._group  # type: ignore[attr-defined]
+        tell = group._tell
+
+        def counted(message: tuple[Any, ...]) -> None:
+            told.append(message[0])
+            tell(message)
+
+        group._tell = counted
+        spmd = gradlab.fit(problem, data, engine=engine, optimizer=adam, **options)
+        assert told.count("run") == 2  # two stretches of 50 steps
+        assert len(told) <= 8
+        assert "call" not in told[1:]
+        told.clear()
+        calls = gradlab.fit(problem, data, engine=engine, optimizer=closures(), **options)
+        assert told.count("call") >= 100
+    alone = gradlab.fit(problem, data, engine="torch", optimizer=adam, **options)
+    for result in (spmd, calls):
+        assert gradlab.rho(result.losses, alone.losses).max() <= PATH_RHO
+        assert gradlab.max_rho(result.params, alone.params) <= PATH_RHO
+
+
+def test_data_changed_in_place_is_never_answered_from_the_ranks_old_copy() -> None:
+    require_engine("torch")
+    import torch
+
+    x = np.arange(6.0)
+    with gradlab.data_parallel("torch", processes=2, timeout=30) as engine:
+        function = engine.value_and_grad(Scaled())
+        view = torch.from_numpy(x)  # shares memory with x: torch's version counter misses
+        w = torch.tensor(1.0, dtype=torch.float64)
+        assert float(function({"w": w}, {"x": view})[0]) == 15.0
+        x[4:] = 100.0  # rank 1's rows, changed through NumPy
+        assert float(function({"w": w}, {"x": view})[0]) == 206.0
+
+
 def test_the_command_line_compares_a_data_parallel_engine(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -337,5 +535,8 @@ def test_torch_under_a_torchrun_launch_gives_one_process_numbers() -> None:
     )
     assert numbers["ranks"] == 2
     assert numbers["local"] <= GRADIENT_RHO  # each rank passed only its own rows
+    assert numbers["local_fit"] <= PATH_RHO  # ... and mini-batches are one process's
+    # Ranks given other parameters, data, rows or optimizer refuse, naming it and the rank.
+    assert numbers["refused"] == ["params: True", "data: True", "data: True", "optimizer: True"]
     assert numbers["gradients"] <= GRADIENT_RHO
     assert numbers["fit"] <= PATH_RHO

@@ -56,7 +56,7 @@ def key(problem: object) -> tuple[int, Hashable]:
     Identity, because compiled code may hold the problem object; the fingerprint, because
     that object may change. Works for unhashable problems (a plain dataclass).
     """
-    return id(problem), fingerprint(problem)
+    return _Identity(id(problem)), fingerprint(problem)
 
 
 class Compiled(Generic[T]):
@@ -99,6 +99,52 @@ class Keyed:
 def fingerprint(value: object) -> Hashable:
     """A hashable summary of ``value`` and of everything reachable from it that a loss reads."""
     return _Walk().of(value)
+
+
+class _Identity(int):
+    """An object's ``id`` in a fingerprint: equal to the int (a cache key is unchanged), and
+    marked, because it differs from one process to the next and ``digest`` leaves it out."""
+
+
+def digest(value: object, *, torch_tensors: bool = True) -> bytes:
+    """16 bytes that are the same in every process running the same code on an equal
+    ``value``: ``fingerprint(value)`` without what differs between processes.
+
+    What processes of one run compare to find out whether they were given the same problem
+    (a ``jax.distributed`` run). A fingerprint holds identities (``id``), code objects
+    (whose ``repr`` holds an address) and sets (whose order follows string hashing, salted
+    per process); here identities are left out, code is read as its name, bytecode,
+    constants and names, and sets in sorted order. So two processes that differ only in
+    what identity alone told apart (an object with nothing to look inside) look the same.
+
+    Args:
+        value: What to digest (a problem).
+        torch_tensors: Whether torch tensors count by their contents, or by dtype and
+            shape only: a loss run on another framework never reads them (the torch
+            implementation of a ``NativeProblem`` may hold a module whose unused initial
+            weights were drawn at random, differently in each process).
+    """
+    hasher = hashlib.blake2b(digest_size=16)
+    _feed(hasher, fingerprint(value), torch_tensors)
+    return hasher.digest()
+
+
+def _feed(hasher: hashlib.blake2b, item: object, tensors: bool) -> None:
+    if isinstance(item, _Identity):
+        hasher.update(b"id;")
+    elif isinstance(item, tuple) and not tensors and item[:1] == ("tensor",):
+        hasher.update(f"tensor:{item[1][1:3]!r};".encode())  # ("array", dtype, shape, bytes)
+    elif isinstance(item, tuple):
+        hasher.update(b"(%d;" % len(item))
+        for part in item:
+            _feed(hasher, part, tensors)
+    elif isinstance(item, types.CodeType):
+        code = ("code", item.co_name, item.co_code, item.co_consts, item.co_names)
+        _feed(hasher, code, tensors)
+    elif isinstance(item, (set, frozenset)):
+        _feed(hasher, ("set", *sorted(map(repr, item))), tensors)
+    else:
+        hasher.update(f"{type(item).__name__}:{item!r};".encode())
 
 
 class _Walk:
@@ -157,7 +203,7 @@ class _Walk:
 
     def _class(self, cls: type) -> Hashable:
         if _is_library(cls.__module__) or cls.__module__.startswith("gradlab."):
-            return ("class", cls.__module__, cls.__qualname__, id(cls))
+            return ("class", cls.__module__, cls.__qualname__, _Identity(id(cls)))
         attributes = tuple(
             (name, self.of(value))
             for klass in cls.__mro__
@@ -165,7 +211,7 @@ class _Walk:
             for name, value in vars(klass).items()
             if not (name.startswith("__") and name.endswith("__"))
         )
-        return ("class", cls.__qualname__, id(cls), attributes)
+        return ("class", cls.__qualname__, _Identity(id(cls)), attributes)
 
     def _object(self, value: object) -> Hashable:
         cls = type(value)
@@ -178,7 +224,7 @@ class _Walk:
                     state.append((slot, self.of(getattr(value, slot))))
         if not state and not hasattr(value, "__dict__"):
             # Nothing to look inside (a C object): keyed by identity.
-            return ("opaque", cls.__qualname__, id(value))
+            return ("opaque", cls.__qualname__, _Identity(id(value)))
         return ("object", self.of(cls), tuple(state))
 
 

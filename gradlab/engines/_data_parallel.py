@@ -47,8 +47,12 @@ def data_parallel(
 
     **jax** (``shard_map`` over a ``Mesh`` of devices): ``devices=N`` uses the first N
     devices (all of them by default, across processes after ``jax.distributed.initialize``).
-    The rows are padded to equal blocks, one per device, and the padding masked out; the
-    whole loop still compiles to one program.
+    Each device holds only its own rows of the data, padded to equal blocks (the padding
+    masked out); parameters are replicated, and the whole loop still compiles to one
+    program. Across processes, each call and fit first checks that every process was
+    given the same problem, parameters, dtype and rows
+    ([`ArgumentError`][gradlab.ArgumentError] naming what differs), and a process that
+    dies fails the call with [`RankFailed`][gradlab.RankFailed].
 
     Args:
         engine: ``"torch"`` or ``"jax"``.
@@ -56,7 +60,8 @@ def data_parallel(
         devices: jax: how many devices (None: all).
         timeout: torch: seconds a rank may take to answer; past it, the call fails with
             [`RankFailed`][gradlab.RankFailed] instead of hanging (spawned ranks get 120 s
-            more to start). JAX's collectives are its runtime's.
+            more to start). JAX's collectives wait as its runtime says (a stopped process
+            ends the run after ``jax.distributed.initialize``'s ``heartbeat_timeout_seconds``).
         threads: torch: intra-op threads per rank (rank 0 sets them only while it computes
             its share, and puts yours back).
         local_data: torch under torchrun: each rank passes its own rows (any number, at

@@ -95,6 +95,21 @@ class GradientEngine(Protocol):
             ``asarray`` makes each, in one call. Default: ``asarray`` on each.
         to_numpy_all(arrays): A list of engine arrays back as NumPy arrays, as
             ``to_numpy`` makes each, in one call. Default: ``to_numpy`` on each.
+        asinputs(data, params, dtype): A call's or a fit's data arrays (the problem's
+            rows, along the first axis) and parameters, two lists of NumPy arrays, as
+            engine arrays of ``dtype``: ``(data, params)``, one array back for each. Where
+            an engine places data apart from parameters: a data-parallel engine spreads the
+            rows over its devices (each holds its own) and keeps the parameters whole on
+            every one. The data it returns need only be what its own ``value_and_grad`` and
+            ``run`` take, with the rows' ``shape`` and ``dtype``, and rows gathered by
+            ``data[name][indices]`` (mini-batches). Default: ``asarrays`` on all of them,
+            in one call.
+
+    Optional member, for data-parallel launches whose processes each pass only their own
+    rows:
+
+        total_rows(rows): The rows of all processes' data, given this process's ``rows``
+            (every process calls it at the same point of a fit). Default: ``rows``.
 
     Optional attribute, for the comparisons:
 
@@ -121,9 +136,8 @@ class GradientEngine(Protocol):
             to wait for.
 
     The optional members are looked up in one place (``hvp_of``, ``objective_of``,
-    ``block_of``, ``asarrays_of``, ``to_numpy_all_of`` and ``is_approximate`` in this
-    module), never probed
-    elsewhere.
+    ``block_of``, ``asarrays_of``, ``to_numpy_all_of``, ``asinputs_of`` and
+    ``is_approximate`` in this module), never probed elsewhere.
 
     The easiest way to write an engine is to subclass [`AbstractEngine`][gradlab.AbstractEngine],
     which supplies ``run``, ``to_numpy``, ``describe`` and every optional member; see
@@ -326,6 +340,19 @@ def _value_of(engine: GradientEngine, member: str, problem: AbstractProblem) -> 
     return value
 
 
+#: The data entry ``fit`` adds for mini-batches: each step's row numbers, one row per step
+#: (not rows of the data). An engine that spreads rows leaves it whole on every rank.
+BATCH_ORDER = "__gradlab_batch_order__"
+
+
+def total_rows_of(engine: GradientEngine) -> Callable[[int], int]:
+    """The engine's ``total_rows``: how many rows the data a process passes stands for,
+    across all processes (each process of a data-parallel launch may pass only its own
+    rows); by default the rows it passes. ``fit`` numbers mini-batches over these."""
+    method = getattr(engine, "total_rows", None)
+    return (lambda rows: rows) if method is None else method
+
+
 def asarrays_of(engine: GradientEngine) -> Callable[[Sequence[np.ndarray], str], list[Array]]:
     """The engine's ``asarrays`` (one array back per array given, or an error naming the
     engine); by default ``asarray`` on each array."""
@@ -339,6 +366,35 @@ def asarrays_of(engine: GradientEngine) -> Callable[[Sequence[np.ndarray], str],
 
     def checked(arrays: Sequence[np.ndarray], dtype: str) -> list[Array]:
         return _as_many(engine, "asarrays", list(method(arrays, dtype)), len(arrays))
+
+    return checked
+
+
+def asinputs_of(
+    engine: GradientEngine,
+) -> Callable[[Sequence[np.ndarray], Sequence[np.ndarray], str], tuple[list[Array], list[Array]]]:
+    """The engine's ``asinputs`` (checked as ``asarrays_of`` checks); by default the data and
+    the parameters moved together by ``asarrays``, one transfer where the framework batches."""
+    method = getattr(engine, "asinputs", None)
+    if method is None:
+        asarrays = asarrays_of(engine)
+
+        def together(
+            data: Sequence[np.ndarray], params: Sequence[np.ndarray], dtype: str
+        ) -> tuple[list[Array], list[Array]]:
+            moved = asarrays([*data, *params], dtype)
+            return moved[: len(data)], moved[len(data) :]
+
+        return together
+
+    def checked(
+        data: Sequence[np.ndarray], params: Sequence[np.ndarray], dtype: str
+    ) -> tuple[list[Array], list[Array]]:
+        data_moved, params_moved = method(data, params, dtype)
+        return (
+            _as_many(engine, "asinputs", list(data_moved), len(data)),
+            _as_many(engine, "asinputs", list(params_moved), len(params)),
+        )
 
     return checked
 

@@ -1,37 +1,48 @@
-"""torch's data-parallel engine: one process per rank, one reduction per gradient.
+"""torch's data-parallel engine: ranks that run the same loop, one all-reduce per step.
 
-Every rank computes the loss and gradient of its rows with the ``torch`` engine, weights
-them by its share (``_parallel.share``), and one collective over a single flat buffer
-``[loss, gradient..., failed]`` sums the shares.
+Every rank computes the loss and gradient of *its* rows with the ``torch`` engine, and one
+all-reduce over a single flat buffer ``[loss, gradient..., failed, rows]`` sums the ranks'
+shares. A mean is each rank's mean weighted by its rows, divided after the sum by the rows
+of all ranks, so no rank needs to know the others' rows beforehand (unequal shards, shards
+of one row or none, and ranks that load only their own rows all give one process's
+numbers). Every rank gets the same numbers, bit for bit, so ranks that apply the same
+update stay in step: that is SPMD, as DDP does it, with no parameter server.
 
-Two launches share that reduction (``_Rank``):
+Two launches share it (``_Rank``):
 
-- ``_Launched``: the processes are the user's (``torchrun``); each runs the same script,
-  so each call takes the rank's rows of the data it was given, and an all-reduce gives
-  every rank the same numbers, bit for bit, so ranks that apply the same update stay in
-  step.
-- ``_Spawned``: this process is rank 0 and starts the others (``multiprocessing``'s
-  ``spawn``); they follow commands. Why commands travel through the ``TCPStore`` and not
-  through a collective: a follower waiting for the next call may wait as long as the user
-  likes, while collectives time out after ``timeout`` (which is what turns a dead rank
-  into an error instead of a hang). Each gradient call is then one command, one broadcast
-  of the parameters and one reduce to rank 0, where the loop runs; a data set is sent to
-  the ranks once (its rows only), a mini-batch at each step.
+- ``_Launched``: the processes are the user's (``torchrun``). Each runs the same script;
+  with ``local_data`` each passes only its own rows, and mini-batches are still the ones
+  one process draws, because fit numbers rows globally (``total_rows``) and each rank picks
+  the rows of a batch that are its own (``_Shard``). Before each call or stretch of a fit,
+  the ranks compare a fingerprint of what must agree (``_fingerprint``).
+- ``_Spawned``: this process is rank 0 and starts the others (``spawn``). A stretch of a
+  fit runs on every rank: the loop body (problem and optimizer), the carry and the rows
+  travel once, through each worker's own pipe, and each step is one all-reduce. A
+  single gradient call (``compare_gradients``) is a command, a broadcast of the parameters
+  and the all-reduce.
 
-The process group is made from ``ProcessGroupGloo`` directly, not
-``init_process_group``: that would set this process's global default group, which
-gradlab leaves as it found it.
+What crosses the network, and what is trusted (``docs/scaling.md``): only tensors, through
+gloo on the loopback interface. The rendezvous is a ``FileStore`` in a private temporary
+directory (no listening store), and nothing read from a socket or store is ever unpickled:
+commands, problems and errors travel through ``multiprocessing`` pipes that only this
+process and its children hold.
+
+The process group is made from ``ProcessGroupGloo`` directly, not ``init_process_group``:
+that would set this process's global default group, which gradlab leaves as it found it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import importlib
-import itertools
+import io
 import multiprocessing
 import os
 import pickle
+import shutil
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -40,19 +51,26 @@ from typing import Any
 import numpy as np
 
 from gradlab._errors import ArgumentError, EngineUnavailable, RankFailed
-from gradlab.engines._cache import key
-from gradlab.engines._parallel import (
-    DataParallel,
-    reduction_of,
-    rows_of,
-    shard_bounds,
-    share,
+from gradlab.engines._cache import digest as problem_digest
+from gradlab.engines._parallel import DataParallel, reduction_of, rows_of, shard_bounds
+from gradlab.engines._protocol import (
+    BATCH_ORDER,
+    Array,
+    Carry,
+    Data,
+    Params,
+    Step,
+    ValueAndGrad,
+    value_and_grad_of,
 )
-from gradlab.engines._protocol import Array, Params, ValueAndGrad, value_and_grad_of
 from gradlab.engines._torch import TorchEngine
 from gradlab.problems._base import AbstractProblem
 
 Local = Callable[[Params, Mapping[str, Array]], "tuple[Array, dict[str, Array]]"]
+
+#: Seconds, beyond ``timeout``, that spawned ranks may take to start (a new Python
+#: process importing torch takes seconds, more on a loaded machine).
+_START = 120.0
 
 
 def make(
@@ -71,14 +89,25 @@ class TorchDataParallel(DataParallel):
     """The ``torch`` engine with its rows spread over processes (see ``data_parallel``)."""
 
     def __init__(self, group: _Launched | _Spawned) -> None:
-        super().__init__(TorchEngine(device=group.device), group.size, group.launch)
+        self._torch = TorchEngine(device=group.device)
+        super().__init__(self._torch, group.size, group.launch)
         self._group = group
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
         """Each rank's share of the loss and gradient, summed by one all-reduce."""
         reduction = reduction_of(problem)
         local = value_and_grad_of(self.base, problem)
-        return self._group.function(problem, reduction, local)
+        return _Gradient(self._group, problem, reduction, local)
+
+    def run(
+        self, step: Step, carry: Carry, data: Data, steps: int
+    ) -> tuple[Carry, tuple[Array, ...]]:
+        """The torch engine's loop on every rank, each step one all-reduce."""
+        return self._group.run(self._torch, step, carry, data, steps)
+
+    def total_rows(self, rows: int) -> int:
+        """The rows of all ranks' data (each rank's own, under ``local_data``)."""
+        return self._group.total_rows(rows)
 
     def describe(self) -> dict[str, Any]:
         """The torch engine's facts, the ranks and the backend."""
@@ -87,8 +116,67 @@ class TorchDataParallel(DataParallel):
         return facts
 
     def close(self) -> None:
-        """Stop the spawned processes (a torchrun launch's are the launch's to stop)."""
+        """Stop the spawned processes and release their sockets (a torchrun launch's
+        processes are the launch's)."""
         self._group.close()
+
+
+class _Gradient:
+    """The engine's ``(params, data) -> (loss, grads)``: a value the spawned workers can be
+    sent inside a loop body (as a reference to the problem, ``_Pickler``)."""
+
+    def __init__(
+        self,
+        group: _Launched | _Spawned | _Worker,
+        problem: AbstractProblem,
+        reduction: str,
+        local: Local,
+    ) -> None:
+        self.group, self.problem, self.reduction, self.local = group, problem, reduction, local
+
+    def __call__(self, params: Params, data: Data) -> tuple[Any, dict[str, Any]]:
+        return self.group.call(self, params, data)
+
+
+# -- what every rank does --------------------------------------------------------------------
+
+
+class _Shard:
+    """One data array as the loop body sees it on a rank that holds rows ``[start, start +
+    len(rows))`` of ``total``: indexed by a mini-batch's global row numbers, it gives the
+    rows of the batch that are this rank's (``_Picked``)."""
+
+    def __init__(self, rows: Any, start: int, total: int, picks: list[Any]) -> None:
+        self.rows, self.start, self.total, self.picks = rows, start, total, picks
+
+    def __getitem__(self, index: Any) -> _Picked:
+        # Every array of a step is indexed by the same row numbers: which are this rank's
+        # is worked out once per step (``picks``, shared by a data set's arrays).
+        if not self.picks or self.picks[0] is not index:
+            local = index - self.start
+            self.picks[:] = [index, local[(local >= 0) & (local < self.rows.shape[0])]]
+        return _Picked(self.rows[self.picks[1]], int(index.shape[0]))
+
+
+class _Picked:
+    """This rank's rows of a mini-batch of ``total`` rows."""
+
+    def __init__(self, rows: Any, total: int) -> None:
+        self.rows, self.total = rows, total
+
+
+def _my_rows(data: Data, rank: int, size: int, whole: bool) -> tuple[dict[str, Any], int | None]:
+    """This rank's rows of ``data``, and how many rows all ranks have (``None`` when no
+    rank knows: each passed its own, ``local_data``): the rows a ``_Shard`` or ``_Picked``
+    holds; of plain arrays, its slice when every rank has them all (``whole``)."""
+    values = list(data.values())
+    if values and isinstance(values[0], (_Shard, _Picked)):
+        return {name: value.rows for name, value in data.items()}, values[0].total
+    if not whole:
+        return dict(data), None
+    total = rows_of(data)
+    start, stop = shard_bounds(total, size)[rank]
+    return {name: value[start:stop] for name, value in data.items()}, total
 
 
 class _Rank:
@@ -98,8 +186,8 @@ class _Rank:
         torch: The torch module.
         group: The process group (``None`` for one rank).
         rank: This process's rank.
-        timeout: Seconds a collective may wait (for messages).
-        threads: torch's intra-op threads while this rank computes.
+        timeout: Seconds a collective may wait.
+        threads: torch's intra-op threads while this rank computes (``None``: as set).
     """
 
     def __init__(
@@ -108,57 +196,97 @@ class _Rank:
         self.torch, self.group, self.rank = torch, group, rank
         self.timeout, self.threads = timeout, threads
 
+    def gradient(
+        self,
+        local: Local,
+        params: Params,
+        mine: tuple[Mapping[str, Any], int | None],
+        reduction: str,
+    ) -> tuple[Any, dict[str, Any]]:
+        """The loss and gradient of all ranks' rows: this rank's share of ``mine`` (its
+        rows, and all ranks' row count), one all-reduce."""
+        rows, total = mine
+        count = int(next(iter(rows.values())).shape[0]) if rows else 0
+        # A mean: each rank's mean weighted by its share of the rows; where no rank knows
+        # the rows of all, by its rows, and divided by their sum after the all-reduce.
+        divide = reduction == "mean" and total is None
+        weight = 1.0 if reduction != "mean" else count / total if total else float(count)
+        flat, error = self.share(local, params, rows, count, weight)
+        self.all_reduce(flat)
+        if error is not None:
+            raise error
+        return self.result(flat, params, divide)
+
     def share(
-        self, local: Local, params: Params, rows: Mapping[str, Array], weight: float
+        self, local: Local, params: Params, rows: Mapping[str, Any], count: int, weight: float
     ) -> tuple[Any, BaseException | None]:
-        """This rank's weighted loss and gradient as one flat tensor
-        ``[loss, gradient..., failed]``, and its error if computing them failed: it then
-        adds zeros and a failure, and still takes part in the all-reduce, so that no other
-        rank waits for it."""
+        """This rank's loss and gradient of its ``count`` rows, times ``weight``, as one
+        flat tensor ``[loss, gradient..., failed, rows]``, and its error if computing them
+        failed: it then adds zeros and a failure, and still takes part in the all-reduce,
+        so that no other rank waits for it."""
         torch = self.torch
         error: BaseException | None = None
         pieces: list[Any] = []
-        if _rows(rows):
+        if count:
             try:
-                with self._threads():
+                with self.computing():
                     loss, grads = local(params, rows)
-                pieces = [loss.detach().reshape(1) * weight]
-                pieces += [grads[name].detach().reshape(-1) * weight for name in params]
+                pieces = [loss.detach().reshape(1)]
+                pieces += [grads[name].detach().reshape(-1) for name in params]
             except Exception as failure:
                 error, pieces = failure, []
         first = next(iter(params.values()))
         if not pieces:  # no rows here, or they failed: this rank adds nothing
             size = 1 + sum(value.numel() for value in params.values())
             pieces = [torch.zeros(size, dtype=first.dtype, device=first.device)]
-        failed = torch.full((1,), float(error is not None), dtype=first.dtype, device=first.device)
-        return torch.cat([*pieces, failed]), error
+        flat = torch.cat([*pieces, torch.empty(2, dtype=first.dtype, device=first.device)])
+        if weight != 1.0:
+            flat[:-2] *= weight
+        # Filled from host numbers: no copy to a GPU, so no wait for it.
+        flat[-2], flat[-1] = float(error is not None), float(count)
+        return flat, error
+
+    def result(self, flat: Any, params: Params, divide: bool) -> tuple[Any, dict[str, Any]]:
+        """The reduced ``[loss, gradient..., failed, rows]`` as ``(loss, grads)``, divided
+        by every rank's rows if ``divide``; ``_Elsewhere`` if another rank failed."""
+        values = flat[:-2]
+        if flat.device.type == "cpu":
+            if flat[-2].item():
+                raise _Elsewhere(int(flat[-2].item()))
+        else:
+            # No host sync per step on a GPU: a failure elsewhere poisons the numbers (the
+            # failing rank raises its own error, and the next collective fails).
+            values = values + self.torch.where(flat[-2] > 0, float("nan"), 0.0)
+        if divide:
+            values = values / flat[-1]
+        loss, at, grads = values[0], 1, {}
+        for name, value in params.items():
+            grads[name] = values[at : at + value.numel()].reshape(value.shape)
+            at += value.numel()
+        return loss, grads
 
     def all_reduce(self, flat: Any) -> Any:
         """Sum ``flat`` over the ranks, in place; every rank gets the same numbers."""
         if self.group is not None:
-            self.collective(self.group.allreduce, flat)
+            self.collective("allreduce", [flat])
         return flat
 
-    def reduce(self, flat: Any) -> Any:
-        """Sum ``flat`` over the ranks into rank 0's, in place (spawned ranks need no
-        result: measured on 2 CPU ranks, gloo's reduce takes a third of its all-reduce)."""
-        if self.group is not None:
-            self.collective(self.group.reduce, flat, 0)
-        return flat
-
-    def collective(self, operation: Callable[..., Any], tensor: Any, *args: Any) -> None:
-        """Run one collective and wait for it; a failure (a dead rank, a timeout) as
-        ``RankFailed``."""
+    def collective(self, operation: str, *args: Any) -> None:
+        """Run the group's collective ``operation`` and wait for it; a failure (a dead
+        rank, a timeout) as ``RankFailed``, raised outside the handler so that the error
+        holds neither the group nor the runtime's error (a held group keeps its sockets)."""
         try:
-            operation(tensor, *args).wait()
+            getattr(self.group, operation)(*args).wait()
+            return
         except RuntimeError as error:
-            raise RankFailed(
-                f"rank {self.rank}: a data-parallel collective failed (a rank died or did "
-                f"not answer within {self.timeout:g} s): {_first_line(error)}"
-            ) from None
+            cause = _first_line(error)
+        raise RankFailed(
+            f"rank {self.rank}: a data-parallel collective failed (a rank died or did "
+            f"not answer within {self.timeout:g} s): {cause}"
+        )
 
     @contextlib.contextmanager
-    def _threads(self) -> Iterator[None]:
+    def computing(self) -> Iterator[None]:
         """torch's thread count set to this rank's while it computes, then put back."""
         before = self.torch.get_num_threads()
         if self.threads is None or before == self.threads:
@@ -171,32 +299,28 @@ class _Rank:
             self.torch.set_num_threads(before)
 
 
-def _rows(rows: Mapping[str, Array]) -> int:
-    """The number of rows of a shard (of checked data: every array has them)."""
-    return int(next(iter(rows.values())).shape[0])
+class _Quiet(Exception):
+    """A loop body another rank could not load: not run, and nothing to answer."""
 
 
-def _result(flat: Any, params: Params) -> tuple[Any, dict[str, Any]]:
-    """The reduced ``[loss, gradient..., failures]`` as ``(loss, grads)`` like ``params``."""
-    loss, at, grads = flat[0], 1, {}
-    for name, value in params.items():
-        grads[name] = flat[at : at + value.numel()].reshape(value.shape)
-        at += value.numel()
-    return loss, grads
+class _Elsewhere(Exception):
+    """Another rank failed computing its share (it raises its own error)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(f"{failures} other rank(s) failed computing their share")
 
 
-def _failures(flat: Any) -> int:
-    return int(flat[-1].item())
+# -- a torchrun launch ------------------------------------------------------------------------
 
 
 class _Launched:
-    """The ranks of a ``torchrun`` launch: every rank runs this same code on the same data."""
+    """The ranks of a ``torchrun`` launch: every rank runs this same code."""
 
     launch = "torchrun"
 
     def __init__(self, torch: Any, timeout: float, threads: int, local_data: bool) -> None:
         dist = torch.distributed
-        self.local_data = local_data
+        self.torch, self.local_data = torch, local_data
         local = os.environ.get("LOCAL_RANK")
         self.device = f"cuda:{local}" if local is not None and torch.cuda.is_available() else "cpu"
         self.backend = "nccl" if self.device != "cpu" else "gloo"
@@ -209,68 +333,145 @@ class _Launched:
                     "WORLD_SIZE in the environment)",
                 )
             # The launch asked for a process group; this makes the default one from its
-            # environment, as the script itself would.
-            dist.init_process_group(self.backend, timeout=datetime.timedelta(seconds=timeout))
+            # environment, as the script itself would. On a GPU the rank's device is set
+            # first and named to the group, so NCCL binds each rank to its own GPU.
+            options: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout)}
+            if self.device != "cpu":
+                torch.cuda.set_device(self.device)
+                options["device_id"] = torch.device(self.device)
+            dist.init_process_group(self.backend, **options)
         else:
             self.backend = str(dist.get_backend())
         self.size, self.threads = dist.get_world_size(), threads
         self._rank = _Rank(torch, dist.group.WORLD, dist.get_rank(), timeout, threads)
+        self._running = False
 
-    def function(self, problem: AbstractProblem, reduction: str, local: Local) -> ValueAndGrad:
+    def call(self, gradient: _Gradient, params: Params, data: Data) -> tuple[Any, dict[str, Any]]:
         rank = self._rank
+        if not self._running:  # a call of its own: the ranks first check that they agree
+            self._agree(gradient.problem, gradient.reduction, params, data)
+        if self.local_data and not self._running:
+            rows_of(data)  # this rank's rows: checked as a whole data set would be
+        rows = _my_rows(data, rank.rank, self.size, whole=not self.local_data)
+        try:
+            return rank.gradient(gradient.local, params, rows, gradient.reduction)
+        except _Elsewhere as elsewhere:
+            raise RankFailed(
+                f"{elsewhere} of the gradient of {gradient.problem.name!r}; their own output "
+                "shows why"
+            ) from None
 
-        def value_and_grad(params: Params, data: Mapping[str, Array]) -> Any:
-            total = rows_of(data)
-            if self.local_data:
-                # This rank's rows are all it has: weight its mean by its rows, add up the
-                # ranks' rows beside it, and divide by them after the all-reduce.
-                mean = reduction == "mean"
-                flat, error = rank.share(local, params, data, total if mean else 1.0)
-                flat = rank.torch.cat([flat, flat.new_full((1,), total)])
-                rank.all_reduce(flat)
-                flat, everyone = flat[:-1], flat[-1]
-                if mean:
-                    flat[:-1] /= everyone
-            else:
-                start, stop = shard_bounds(total, self.size)[rank.rank]
-                rows = {name: value[start:stop] for name, value in data.items()}
-                weight = share(stop - start, total, reduction)
-                flat, error = rank.share(local, params, rows, weight)
-                rank.all_reduce(flat)
-            if error is not None:
-                raise error
-            if _failures(flat):
-                raise RankFailed(
-                    f"{_failures(flat)} other rank(s) failed computing their share of the "
-                    f"gradient of {problem.name!r}; their own output shows why"
+    def run(
+        self, base: TorchEngine, step: Step, carry: Carry, data: Data, steps: int
+    ) -> tuple[Carry, Any]:
+        gradient = _gradient_in(step)
+        if gradient is None:
+            return base.run(step, carry, data, steps)
+        self._agree(gradient.problem, gradient.reduction, carry[0], data, step)
+        if self.local_data:
+            # Mini-batches are numbered over all ranks' rows (``total_rows``): each rank
+            # picks the rows of a batch that are its own.
+            counts = self._gather(np.array([rows_of(_rows_only(data))], dtype=np.int64))[:, 0]
+            data = _sharded(data, int(counts[: self._rank.rank].sum()), int(counts.sum()))
+        self._running = True
+        try:
+            return base.run(step, carry, data, steps)
+        finally:
+            self._running = False
+
+    def total_rows(self, rows: int) -> int:
+        if not self.local_data:
+            return rows
+        counts = self._gather(np.array([rows], dtype=np.int64))
+        return int(counts.sum())
+
+    def _gather(self, values: np.ndarray) -> np.ndarray:
+        """Every rank's ``values`` (int64), stacked by rank."""
+        torch, rank = self.torch, self._rank
+        mine = torch.as_tensor(values).to(self.device)
+        everyone = [torch.empty_like(mine) for _ in range(self.size)]
+        rank.collective("allgather", [everyone], [mine])
+        return np.stack([value.cpu().numpy() for value in everyone])
+
+    def _agree(
+        self,
+        problem: AbstractProblem,
+        reduction: str,
+        params: Params,
+        data: Data,
+        step: Step | None = None,
+    ) -> None:
+        """Fail, naming what differs and on which rank, unless every rank has the same
+        parameters, problem, dtype, optimizer, mini-batch order and (when every rank holds
+        the whole data) data."""
+        mine = _fingerprint(problem, reduction, params, data, step, not self.local_data)
+        names = list(mine)
+        digests = np.array([int(mine[name], 16) >> 1 for name in names], dtype=np.int64)
+        everyone = self._gather(digests)
+        for column, name in enumerate(names):
+            differ = [r for r in range(self.size) if everyone[r, column] != everyone[0, column]]
+            if differ:
+                raise ArgumentError(
+                    name,
+                    f"differs between the ranks: rank(s) {differ} have other {name} than "
+                    f"rank 0 (this is rank {self._rank.rank}); every rank must start from the "
+                    "same",
                 )
-            return _result(flat, params)
-
-        return value_and_grad
 
     def close(self) -> None:
         """The launch owns its processes."""
 
 
-class _Job:
-    """A problem and a data set as the spawned ranks hold them (sent once)."""
+def _fingerprint(
+    problem: AbstractProblem,
+    reduction: str,
+    params: Params,
+    data: Data,
+    step: Step | None,
+    whole: bool,
+) -> dict[str, str]:
+    """Short digests of what every rank must agree on, by the argument's name."""
 
-    def __init__(self, ident: Any, problem: AbstractProblem, data: Mapping[str, Any]) -> None:
-        self.ident, self.problem, self.data = ident, problem, data  # held: ids stay unique
-        self.number = next(_JOB_NUMBERS)
+    def digest(*parts: Any) -> str:
+        hasher = hashlib.blake2b(digest_size=8)
+        for part in parts:
+            if hasattr(part, "detach"):
+                part = part.detach().cpu().contiguous().numpy()
+            if isinstance(part, np.ndarray):
+                hasher.update(f"{part.dtype}{part.shape}".encode())
+                part = part.tobytes()
+            hasher.update(part if isinstance(part, bytes) else repr(part).encode())
+        return hasher.hexdigest()
+
+    rows = _rows_only(data)
+    facts = {
+        "params": digest(*[(name, value) for name, value in params.items()]),
+        "dtype": digest(*[str(value.dtype) for value in params.values()]),
+        "problem": digest(problem.name, reduction, problem_digest(problem, torch_tensors=False)),
+    }
+    if step is not None:
+        facts["optimizer"] = digest(_bytes(step, ignore=_gradient_in(step)))
+        if BATCH_ORDER in data:
+            facts["mini-batch order"] = digest(data[BATCH_ORDER])
+    if whole:
+        facts["data"] = digest(*[(name, value) for name, value in rows.items()])
+    return facts
 
 
-_JOB_NUMBERS = itertools.count()
-#: Seconds, beyond ``timeout``, that spawned ranks may take to start (a new Python
-#: process importing torch takes seconds, more on a loaded machine).
-_START = 120.0
-#: The largest pickled problem a command carries: torch's TCPStore takes values of at most
-#: 8 MiB; a little is left for the rest of the command.
-_LARGEST_PROBLEM = 8 * 2**20 - 2**16
+def _bytes(value: Any, ignore: Any = None) -> bytes:
+    """``value`` pickled (its functions by name), or ``b""`` if it cannot be: then only
+    its type and name are compared."""
+    try:
+        return _dumps(value, ignore)
+    except Exception:
+        return b""
+
+
+# -- ranks spawned here -----------------------------------------------------------------------
 
 
 class _Spawned:
-    """This process as rank 0 of ``size`` local processes it starts, and commands them."""
+    """This process as rank 0 of ``size`` local processes it starts."""
 
     launch = "spawned"
     backend = "gloo"
@@ -279,269 +480,487 @@ class _Spawned:
     def __init__(self, torch: Any, size: int, timeout: float, threads: int) -> None:
         self.torch, self.size, self.timeout, self.threads = torch, size, timeout, threads
         self._rank: _Rank | None = None
-        self._store: Any = None
-        self.processes: list[Any] = []
-        self._job: _Job | None = None
-        self._next = [0]  # the next command's number (a box, for the finalizer)
+        self._held: dict[str, Any] = {}  # rank 0's copy of what the workers hold
         self._broken: RankFailed | None = None
+        self._running = False
+        self._links: list[Any] = []
+        self.processes: list[Any] = []
         self._finalizer: Any = None
+        self.directory: str | None = None
+
+    def total_rows(self, rows: int) -> int:
+        return rows
+
+    # -- starting and stopping
 
     def _start(self) -> _Rank:
         """Start the other ranks and make the group, once (on the first call)."""
+        if self._broken is not None:
+            raise RankFailed(f"this engine lost a rank earlier ({self._broken}); make a new one")
         if self._rank is not None:
             return self._rank
-        torch = self.torch
         if self.size == 1:
-            self._rank = _Rank(torch, None, 0, self.timeout, self.threads)
+            self._rank = _Rank(self.torch, None, 0, self.timeout, self.threads)
             return self._rank
-        dist = torch.distributed
-        wait = datetime.timedelta(seconds=self.timeout)
-        # Port 0: the operating system picks a free one.
-        self._store = dist.TCPStore("127.0.0.1", 0, self.size, True, wait, wait_for_workers=False)
+        # The rendezvous is a file in a directory only this user can read: no listening
+        # store. Gloo itself listens on the loopback interface only.
+        self.directory = tempfile.mkdtemp(prefix="gradlab-ranks-")
         spawn = multiprocessing.get_context("spawn")
-        args = (self._store.port, self.size, self.timeout, self.threads)
+        links = [spawn.Pipe() for _ in range(1, self.size)]
+        self._links = [mine for mine, _ in links]
         self.processes = [
             spawn.Process(
-                target=follow, args=(rank, *args), daemon=True, name=f"gradlab-rank{rank}"
+                target=follow,
+                args=(rank, self.size, self.directory, self.timeout, self.threads, theirs),
+                daemon=True,
+                name=f"gradlab-rank{rank}",
             )
-            for rank in range(1, self.size)
+            for rank, (_, theirs) in enumerate(links, start=1)
         ]
+        holder: list[Any] = []
+        self._finalizer = weakref.finalize(
+            self, _stop, self.processes, self._links, holder, self.directory
+        )
         for process in self.processes:
             process.start()
-        self._finalizer = weakref.finalize(self, _stop, self.processes, self._store, self._next)
-        self._wait_until_started()
+        for _, theirs in links:
+            theirs.close()  # the child's end lives on in the child
         try:
-            group = dist.ProcessGroupGloo(self._store, 0, self.size, wait)
+            self._replies(_START + self.timeout, "did not start")
+            group = _gloo(self.torch, self.directory, 0, self.size, self.timeout)
+        except RankFailed as failure:
+            raise self._fail(str(failure)) from None
         except RuntimeError as error:
-            raise self._fail("the ranks did not connect", error) from None
-        self._rank = _Rank(torch, group, 0, self.timeout, self.threads)
+            raise self._fail(f"the ranks did not connect: {_first_line(error)}") from None
+        holder.append(group)
+        self._rank = _Rank(self.torch, group, 0, self.timeout, self.threads)
         return self._rank
 
-    def _wait_until_started(self) -> None:
-        """Wait for every rank to say it is up (Python started, torch imported: seconds,
-        which ``timeout``, for answers, is not meant to cover), or for one to die."""
-        deadline = time.monotonic() + _START + self.timeout
-        pending = {rank: f"started/{rank}" for rank in range(1, self.size)}
-        while pending:
-            for rank, name in list(pending.items()):
-                if self._store.check([name]):
-                    del pending[rank]
-                elif not self.processes[rank - 1].is_alive():
-                    raise self._fail(f"rank {rank} died while starting")
-            if pending and time.monotonic() > deadline:
-                raise self._fail(f"ranks {sorted(pending)} did not start")
-            time.sleep(0.02)
-
-    def function(self, problem: AbstractProblem, reduction: str, local: Local) -> ValueAndGrad:
-        if self.size > 1:
-            _sendable(problem)  # refused now, before any rank starts, if it cannot be sent
-
-        def value_and_grad(params: Params, data: Mapping[str, Array]) -> Any:
-            if self._broken is not None:
-                raise RankFailed(
-                    f"this engine lost a rank earlier ({self._broken}); make a new one"
-                )
-            rank = self._start()
-            total = rows_of(data)
-            bounds = shard_bounds(total, self.size)
-            try:
-                self._command(rank, problem, reduction, params, data, bounds)
-                flat, error = self._evaluate(rank, local, params, data, bounds, reduction)
-            except RankFailed as failure:
-                raise self._fail("", failure) from None
-            if error is not None:
-                raise error
-            if _failures(flat):
-                raise self._their_error(problem)
-            self._finish()
-            return _result(flat, params)
-
-        return value_and_grad
-
-    def _evaluate(
-        self,
-        rank: _Rank,
-        local: Local,
-        params: Params,
-        data: Mapping[str, Array],
-        bounds: list[tuple[int, int]],
-        reduction: str,
-    ) -> tuple[Any, BaseException | None]:
-        """Send the parameters, take this rank's share, all-reduce."""
-        if rank.group is not None:
-            flat = self.torch.cat([value.detach().reshape(-1) for value in params.values()])
-            rank.collective(rank.group.broadcast, flat, 0)
-        start, stop = bounds[0]
-        rows = {name: value[start:stop] for name, value in data.items()}
-        flat, error = rank.share(local, params, rows, share(stop - start, bounds[-1][1], reduction))
-        return rank.reduce(flat), error
-
-    def _command(
-        self,
-        rank: _Rank,
-        problem: AbstractProblem,
-        reduction: str,
-        params: Params,
-        data: Mapping[str, Array],
-        bounds: list[tuple[int, int]],
-    ) -> None:
-        """Tell the ranks to evaluate; with the problem and their rows if they lack them
-        (the rows go by point-to-point sends: the store takes values of at most 8 MiB)."""
-        if self._store is None:
-            return
-        layout = tuple(
-            (name, tuple(value.shape), str(value.dtype)) for name, value in params.items()
-        )
-        # The ranks hold a copy of the problem: keyed on its contents (as compiled code is),
-        # so a problem changed between calls is sent again, never answered from the old copy.
-        ident = (
-            key(problem),
-            reduction,
-            layout,
-            tuple(
-                (name, id(value), value._version, tuple(value.shape))
-                for name, value in data.items()
-            ),
-        )
-        job, setup = self._job, None
-        if job is None or job.ident != ident:
-            job = _Job(ident, problem, data)
-            dtype = str(next(iter(params.values())).dtype).removeprefix("torch.")
-            shapes = [
-                {
-                    name: (
-                        (stop - start, *value.shape[1:]),
-                        str(value.dtype).removeprefix("torch."),
-                    )
-                    for name, value in data.items()
-                }
-                for start, stop in bounds[1:]
-            ]
-            setup = (_sendable(problem), reduction, bounds[-1][1], layout, dtype, shapes)
-            self._job = job
-        self._send(("evaluate", job.number, setup))
-        if setup is not None:
-            for other, (start, stop) in enumerate(bounds[1:], start=1):
-                for value in data.values():
-                    rows = value[start:stop].detach().contiguous()
-                    rank.collective(rank.group.send, [rows], other, 0)
-
-    def _send(self, command: tuple[Any, ...]) -> None:
-        number = self._next[0]
-        self._store.set(f"command/{number}", pickle.dumps(command))
-        self._next[0] = number + 1
-
-    def _finish(self) -> None:
-        """Delete the last command: every rank has read it (they took part in the reduce)."""
-        if self._store is not None:
-            self._store.delete_key(f"command/{self._next[0] - 1}")
-
-    def _their_error(self, problem: AbstractProblem) -> BaseException:
-        """The error a follower sent for the last command (the first rank's)."""
-        number = self._next[0] - 1
-        for rank in range(1, self.size):
-            name = f"error/{number}/{rank}"
-            if self._store.check([name]):
-                error = pickle.loads(self._store.get(name))
-                self._store.delete_key(name)
-                self._finish()
-                if isinstance(error, BaseException):
-                    return error
-        return RankFailed(f"a rank failed computing its share of {problem.name!r}")
-
-    def _fail(self, what: str, error: BaseException | None = None) -> RankFailed:
+    def _fail(self, what: str) -> RankFailed:
         """Give up on the group: stop every rank, and say which died."""
         dead = [
             f"rank {rank} (pid {process.pid}) exited with code {process.exitcode}"
             for rank, process in enumerate(self.processes, start=1)
             if not process.is_alive()
         ]
-        cause = _first_line(error) if error is not None else ""
-        message = "; ".join(part for part in (what, cause, *dead) if part)
-        self._broken = RankFailed(message)
+        self._broken = RankFailed("; ".join(part for part in (what, *dead) if part))
         for process in self.processes:  # a failed group cannot be used: no grace period
             process.kill()
         self.close()
         return self._broken
 
     def close(self) -> None:
-        """Stop the ranks (idempotent)."""
+        """Stop the ranks and release the group's sockets (idempotent)."""
         if self._finalizer is not None:
             self._finalizer()
-        self._finalizer = self._rank = self._store = self._job = None
-        self._next, self.processes = [0], []
+        if self._rank is not None:
+            self._rank.group = None
+        self._finalizer = self._rank = None
+        self._links, self.processes, self._held = [], [], {}
+
+    # -- talking to the workers
+
+    def _tell(self, message: tuple[Any, ...]) -> None:
+        """Send every worker ``message`` through its pipe."""
+        sent = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        for rank, link in enumerate(self._links, start=1):
+            try:
+                link.send_bytes(sent)
+            except OSError:
+                raise RankFailed(f"rank {rank} died") from None
+
+    def _replies(self, within: float, what: str = "did not answer") -> BaseException | None:
+        """Each worker's answer to the last message (``None``, or the error its own share
+        raised); the first error. A worker that dies, or does not answer ``within``
+        seconds, fails the engine."""
+        deadline = time.monotonic() + within
+        first: BaseException | None = None
+        links = self._links
+        for rank, (link, process) in enumerate(zip(links, self.processes, strict=True), start=1):
+            while not link.poll(0.02):
+                if not process.is_alive():
+                    raise RankFailed(f"rank {rank} died")
+                if time.monotonic() > deadline:
+                    raise RankFailed(f"rank {rank} {what} within {within:g} s")
+            try:
+                answer = pickle.loads(link.recv_bytes())
+            except (EOFError, OSError):
+                raise RankFailed(f"rank {rank} died") from None
+            if first is None and isinstance(answer, BaseException):
+                first = answer
+        return first
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[_Rank]:
+        """The group for one call or stretch; a lost rank, or an interruption (which
+        leaves the ranks mid-collective), breaks the engine."""
+        rank = self._start()
+        try:
+            yield rank
+        except RankFailed as failure:
+            raise self._fail(str(failure)) from None
+        except (Exception, _Elsewhere):
+            raise
+        except BaseException:
+            self._fail("interrupted during a data-parallel call")
+            raise
+
+    def _send_rows(self, rank: _Rank, data: Data) -> None:
+        """Give each worker its rows of ``data`` (and the mini-batch order), unless it
+        holds them already: compared by content, so data changed in place (through a
+        NumPy view, say) is sent again, never answered from the old copy."""
+        torch = self.torch
+        if self._held.keys() == data.keys() and all(
+            held.shape == data[name].shape
+            and held.dtype == data[name].dtype
+            and torch.equal(held, data[name])
+            for name, held in self._held.items()
+        ):
+            return
+        self._held = {}
+        bounds = shard_bounds(rows_of(_rows_only(data)), self.size)
+        layout = {
+            name: (tuple(value.shape), str(value.dtype).removeprefix("torch."))
+            for name, value in data.items()
+        }
+        self._tell(("rows", layout))
+        for name, value in data.items():
+            for other, (start, stop) in enumerate(bounds[1:], start=1):
+                part = value if name == BATCH_ORDER else value[start:stop]
+                rank.collective("send", [part.detach().contiguous()], other, 0)
+        self._held = {name: value.detach().clone() for name, value in data.items()}
+
+    # -- a gradient call, a stretch of a fit
+
+    def call(self, gradient: _Gradient, params: Params, data: Data) -> tuple[Any, dict[str, Any]]:
+        if self._running:  # a step of a stretch every rank runs: the all-reduce alone
+            rank = self._rank
+            assert rank is not None
+            rows = _my_rows(data, 0, self.size, whole=True)
+            return self._answer(gradient, rank, params, rows, replies=False)
+        if self.size > 1:
+            _sendable(gradient.problem)  # refused before any rank starts if it cannot go
+        with self._guarded() as rank:
+            rows = _my_rows(data, 0, self.size, whole=True)
+            if rank.group is None:
+                return self._answer(gradient, rank, params, rows, replies=False)
+            self._send_rows(rank, {name: value for name, value in data.items()})
+            layout = [(name, tuple(value.shape)) for name, value in params.items()]
+            dtype = str(next(iter(params.values())).dtype).removeprefix("torch.")
+            self._tell(("call", _sendable(gradient.problem), gradient.reduction, layout, dtype))
+            flat = self.torch.cat([value.detach().reshape(-1) for value in params.values()])
+            rank.collective("broadcast", flat, 0)
+            return self._answer(gradient, rank, params, rows, replies=True)
+
+    def _answer(
+        self,
+        gradient: _Gradient,
+        rank: _Rank,
+        params: Params,
+        rows: tuple[Mapping[str, Any], int | None],
+        replies: bool,
+    ) -> tuple[Any, dict[str, Any]]:
+        """This rank's share, the all-reduce, and the workers' answers: the error a
+        worker's own share raised comes back as one process would raise it."""
+        try:
+            result = rank.gradient(gradient.local, params, rows, gradient.reduction)
+        except _Elsewhere:
+            if not replies:
+                raise
+            theirs = self._replies(self.timeout)
+            raise theirs or RankFailed(
+                f"a rank failed computing its share of {gradient.problem.name!r}"
+            ) from None
+        except RankFailed:
+            raise
+        except Exception:
+            if replies:
+                self._replies(self.timeout)
+            raise
+        if replies:
+            self._replies(self.timeout)
+        return result
+
+    def run(
+        self, base: TorchEngine, step: Step, carry: Carry, data: Data, steps: int
+    ) -> tuple[Carry, Any]:
+        gradient = _gradient_in(step)
+        sent = None if gradient is None or self.size == 1 else _picklable_step(step, gradient)
+        if sent is None:  # one rank, or a loop body that cannot travel: call by call
+            return base.run(step, carry, data, steps)
+        with self._guarded() as rank:
+            self._send_rows(rank, data)
+            self._tell(("run", sent, carry, steps))
+            refused = self._replies(self.timeout)  # each worker loaded the loop body
+            self._tell(("stay",) if refused else ("go",))
+            if refused is not None:
+                raise refused
+            total = rows_of(_rows_only(data))
+            stop = shard_bounds(total, self.size)[0][1]
+            mine = {k: v if k == BATCH_ORDER else v[:stop] for k, v in data.items()}
+            mine = _sharded(mine, 0, total)
+            self._running = True
+            try:
+                with rank.computing():
+                    result = base.run(step, carry, mine, steps)
+            except _Elsewhere:
+                theirs = self._replies(self.timeout)
+                raise theirs or RankFailed("a rank failed in a stretch of the fit") from None
+            except RankFailed:
+                raise
+            except Exception:
+                self._replies(self.timeout)
+                raise
+            finally:
+                self._running = False
+            self._replies(self.timeout)
+            return result
 
 
-def _sendable(problem: AbstractProblem) -> bytes:
-    """``problem`` pickled for the spawned ranks, or an error naming it."""
-    try:
-        sent = pickle.dumps(problem)
-    except Exception as error:
-        raise ArgumentError(
-            "problem",
-            f"cannot be sent to the spawned processes ({_first_line(error)}): build it from "
-            "module-level functions, or launch the ranks with torchrun",
-        ) from None
-    if len(sent) > _LARGEST_PROBLEM:
-        raise ArgumentError(
-            "problem",
-            f"pickles to {len(sent) / 2**20:.1f} MiB, more than the spawned ranks take "
-            f"({_LARGEST_PROBLEM / 2**20:.0f} MiB): pass large arrays as data",
-        )
-    return sent
+def _sharded(data: Data, start: int, total: int) -> dict[str, Any]:
+    """``data`` as the loop body sees it on a rank holding rows ``[start, ...)`` of
+    ``total``."""
+    picks: list[Any] = []
+    return {
+        name: value if name == BATCH_ORDER else _Shard(value, start, total, picks)
+        for name, value in data.items()
+    }
 
 
-def _stop(processes: list[Any], store: Any, next_command: list[int]) -> None:
-    """Tell the ranks to stop, wait a moment, and end any that did not."""
-    with contextlib.suppress(Exception):
-        store.set(f"command/{next_command[0]}", pickle.dumps(("stop",)))
+def _rows_only(data: Data) -> dict[str, Any]:
+    """``data`` without the mini-batch order: the arrays whose rows are spread."""
+    return {name: value for name, value in data.items() if name != BATCH_ORDER}
+
+
+def _gradient_in(step: Step) -> _Gradient | None:
+    """The data-parallel gradient a loop body calls, if it is one of these engines'."""
+    found = getattr(step, "value_and_grad", None)
+    return found if isinstance(found, _Gradient) else None
+
+
+def _gloo(torch: Any, directory: str, rank: int, size: int, timeout: float) -> Any:
+    """A gloo group of ``size`` local ranks, meeting through a file in ``directory``, its
+    sockets on the loopback interface."""
+    dist = torch.distributed
+    store = dist.FileStore(os.path.join(directory, "store"), size)
+    options = dist.ProcessGroupGloo._Options()
+    options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
+    options._timeout = datetime.timedelta(seconds=timeout)
+    return dist.ProcessGroupGloo(store, rank, size, options)
+
+
+def _stop(processes: list[Any], links: list[Any], holder: list[Any], directory: str) -> None:
+    """Tell the ranks to stop, wait a moment, end any that did not, and release the
+    group's sockets and the rendezvous directory."""
+    for link in links:
+        with contextlib.suppress(Exception):
+            link.send_bytes(pickle.dumps(("stop",)))
     deadline = time.monotonic() + 5.0
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
             process.join()
+    for link in links:
+        link.close()
+    holder.clear()  # the group's last reference: its sockets close with it
+    shutil.rmtree(directory, ignore_errors=True)
 
 
-class _Held:
-    """What a spawned rank holds of a job: the gradient function, its rows (received from
-    rank 0), their share."""
+# -- what travels through the pipes -----------------------------------------------------------
 
-    def __init__(self, engine: TorchEngine, setup: tuple[Any, ...], me: _Rank) -> None:
-        problem_bytes, reduction, total, self.layout, dtype, shapes = setup
-        torch = engine._torch
-        self.dtype = getattr(torch, dtype)
-        self.rows = {}
-        for name, (shape, kind) in shapes[me.rank - 1].items():
-            self.rows[name] = torch.empty(shape, dtype=getattr(torch, kind))
-            me.collective(me.group.recv, [self.rows[name]], 0, 0)
-        self.weight = share(_rows(self.rows), total, reduction)
-        self.local: Local = _refusing(me.rank)  # until the problem is loaded
+
+class _Pickler(pickle.Pickler):
+    """Pickles a loop body for the workers: the data-parallel gradient it calls as a
+    reference to its problem, modules (an array namespace) by name."""
+
+    def __init__(self, file: io.BytesIO, ignore: Any = None) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.ignore = ignore
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, _Gradient):
+            return ("gradient", None if obj is self.ignore else obj.problem, obj.reduction)
+        if type(obj).__name__ == "module":
+            return ("module", obj.__name__)
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    """The workers' side of ``_Pickler``: a gradient becomes this rank's own."""
+
+    def __init__(self, file: io.BytesIO, gradient: Callable[[Any, str], _Gradient]) -> None:
+        super().__init__(file)
+        self.gradient = gradient
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, *rest = pid
+        if kind == "gradient":
+            return self.gradient(*rest)
+        return importlib.import_module(rest[0])
+
+
+def _dumps(value: Any, ignore: Any = None) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, ignore).dump(value)
+    return buffer.getvalue()
+
+
+def _picklable_step(step: Step, gradient: _Gradient) -> bytes | None:
+    """The loop body as the workers load it, or ``None`` if it cannot travel (an
+    optimizer of the user's closures: the stretch then runs call by call)."""
+    try:
+        return _dumps(step)
+    except Exception:
+        return None
+
+
+def _sendable(problem: AbstractProblem) -> bytes:
+    """``problem`` pickled for the spawned ranks, or an error naming it."""
+    try:
+        return _dumps(problem)
+    except Exception as error:
+        raise ArgumentError(
+            "problem",
+            f"cannot be sent to the spawned processes ({_first_line(error)}): build it from "
+            "module-level functions, or launch the ranks with torchrun",
+        ) from None
+
+
+# -- a spawned worker -------------------------------------------------------------------------
+
+
+def follow(rank: int, size: int, directory: str, timeout: float, threads: int, link: Any) -> None:
+    """A spawned rank: join the group, then answer every message from rank 0's pipe
+    until told to stop or rank 0 is gone (its pipe closes with it)."""
+    torch = importlib.import_module("torch")
+    torch.set_num_threads(threads)
+    link.send_bytes(pickle.dumps(None))  # started
+    me = _Rank(torch, _gloo(torch, directory, rank, size, timeout), rank, timeout, None)
+    worker = _Worker(torch, me, size, link)
+    while True:
         try:
-            self.local = value_and_grad_of(engine, pickle.loads(problem_bytes))
+            message = pickle.loads(link.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            return
+        if message[0] in ("go", "stay"):
+            continue  # for the ranks that loaded a loop body; this one refused it
+        try:
+            answer = worker.handle(message)
+        except _Quiet:
+            continue
+        except _Elsewhere:
+            answer = None  # another rank failed: it answers why
+        except RankFailed:
+            return  # rank 0 gave up, or another rank died: nothing left to follow
+        if message[0] != "rows":
+            worker.answer(answer)
+
+
+class _Worker:
+    """What a spawned rank holds: its rows, the engine, the problems it was sent."""
+
+    def __init__(self, torch: Any, me: _Rank, size: int, link: Any) -> None:
+        self.torch, self.me, self.size, self.link = torch, me, size, link
+        self.engine = TorchEngine()
+        self.rows: dict[str, Any] = {}
+        self.start = self.total = 0
+        self.problems: dict[bytes, Any] = {}
+
+    def handle(self, message: tuple[Any, ...]) -> BaseException | None:
+        """Do what ``message`` says; the error this rank's own share raised, if any."""
+        kind = message[0]
+        if kind == "rows":
+            self.receive(message[1])
+            return None
+        try:
+            if kind == "call":
+                _, problem, reduction, layout, dtype = message
+                gradient = self.gradient(problem, reduction)
+                size = sum(int(np.prod(shape)) for _, shape in layout)
+                flat = self.torch.empty(size, dtype=getattr(self.torch, dtype))
+                self.me.collective("broadcast", flat, 0)
+                params, at = {}, 0
+                for name, shape in layout:
+                    count = int(np.prod(shape))
+                    params[name] = flat[at : at + count].reshape(shape)
+                    at += count
+                gradient(params, _sharded(_rows_only(self.rows), self.start, self.total))
+            else:
+                _, sent, carry, steps = message
+                try:
+                    step = self.load(sent)
+                except Exception as error:
+                    return _refusal(self.me.rank, error)
+                # Every rank loaded it, or none runs it (rank 0 says which).
+                self.answer(None)
+                if pickle.loads(self.link.recv_bytes()) != ("go",):
+                    raise _Quiet
+                data = _sharded(self.rows, self.start, self.total)
+                self.engine.run(step, carry, data, steps)
+        except (_Elsewhere, RankFailed, _Quiet):
+            raise
         except Exception as error:
-            # Not here: a problem whose functions live where this process cannot import
-            # them. Each call then answers with the reason, as a share that failed.
-            self.local = _refusing(me.rank, error)
+            return error
+        return None
 
-    def params(self, flat: Any) -> dict[str, Any]:
-        """The broadcast parameters, by name."""
-        params, at = {}, 0
-        for name, shape, _ in self.layout:
-            size = int(np.prod(shape))
-            params[name] = flat[at : at + size].reshape(shape)
-            at += size
-        return params
+    def gradient(self, problem: Any, reduction: str) -> _Gradient:
+        """This rank's gradient function for a problem: sent as bytes by a call (loaded
+        once), or already loaded with a loop body. One this rank cannot load still takes
+        part in the collectives, as a share that fails with the reason."""
+        if not isinstance(problem, bytes):
+            return _Gradient(self, problem, reduction, value_and_grad_of(self.engine, problem))
+        if problem not in self.problems:
+            try:
+                loaded = self.load(problem)
+                self.problems = {problem: (loaded, value_and_grad_of(self.engine, loaded))}
+            except Exception as error:
+                # Not here: a problem whose functions live where this process cannot
+                # import them (under ``if __name__ == "__main__":``).
+                return _Gradient(self, _UNLOADED, reduction, _refusing(self.me.rank, error))
+        loaded, local = self.problems[problem]
+        return _Gradient(self, loaded, reduction, local)
+
+    def answer(self, answer: BaseException | None) -> None:
+        """Tell rank 0 this rank is done (or ready), or the error its own share raised."""
+        self.link.send_bytes(_pickled(answer, self.me.rank))
+
+    def load(self, sent: bytes) -> Any:
+        return _Unpickler(io.BytesIO(sent), self.gradient).load()
+
+    def call(self, gradient: _Gradient, params: Params, data: Data) -> tuple[Any, dict[str, Any]]:
+        """A step on this rank: its share, the all-reduce (``_Gradient`` calls this)."""
+        rows = _my_rows(data, 0, 1, whole=False)
+        return self.me.gradient(gradient.local, params, rows, gradient.reduction)
+
+    def receive(self, layout: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
+        """This rank's rows, sent by rank 0 (point to point: arrays only)."""
+        torch, me = self.torch, self.me
+        names = [name for name in layout if name != BATCH_ORDER]
+        self.total = layout[names[0]][0][0] if names else 0
+        self.start, stop = shard_bounds(self.total, self.size)[me.rank]
+        self.rows = {}
+        for name, (shape, kind) in layout.items():
+            if name != BATCH_ORDER:
+                shape = (stop - self.start, *shape[1:])
+            self.rows[name] = torch.empty(shape, dtype=getattr(torch, kind))
+            me.collective("recv", [self.rows[name]], 0, 0)
 
 
-def _refusing(rank: int, error: BaseException | None = None) -> Local:
-    """A gradient function that raises why rank ``rank`` could not load the problem."""
-    refusal = ArgumentError(
+def _refusal(rank: int, error: BaseException) -> ArgumentError:
+    """Why rank ``rank`` cannot load the problem it was sent."""
+    return ArgumentError(
         "problem",
-        f"rank {rank} cannot load it ({_first_line(error) if error else 'not sent'}): define "
-        "its functions at module level, outside `if __name__ == '__main__':`, or launch the "
-        "ranks with torchrun",
+        f"rank {rank} cannot load it ({_first_line(error)}): define its functions at module "
+        "level, outside `if __name__ == '__main__':`, or launch the ranks with torchrun",
     )
+
+
+def _refusing(rank: int, error: BaseException) -> Local:
+    """A gradient function that raises why rank ``rank`` could not load the problem."""
+    refusal = _refusal(rank, error)
 
     def refuse(params: Params, rows: Mapping[str, Array]) -> Any:
         raise refusal
@@ -549,59 +968,24 @@ def _refusing(rank: int, error: BaseException | None = None) -> Local:
     return refuse
 
 
-def follow(rank: int, port: int, size: int, timeout: float, threads: int) -> None:
-    """A spawned rank: join the group, then take its share of every call it is sent,
-    until told to stop, or rank 0 is gone, or a collective fails."""
-    torch = importlib.import_module("torch")
-    torch.set_num_threads(threads)
-    dist = torch.distributed
-    wait = datetime.timedelta(seconds=timeout)
-    store = dist.TCPStore("127.0.0.1", port, size, False, wait)
-    store.set(f"started/{rank}", b"")
-    me = _Rank(torch, dist.ProcessGroupGloo(store, rank, size, wait), rank, timeout, None)
-    engine = TorchEngine()
-    held: dict[int, _Held] = {}
-    for number in itertools.count():
-        command = _receive(store, f"command/{number}", timeout)
-        if command is None or command[0] == "stop":
-            return
-        _, job, setup = command
-        try:
-            if setup is not None:
-                held = {job: _Held(engine, setup, me)}
-            mine = held[job]
-            flat = torch.empty(sum(int(np.prod(s)) for _, s, _ in mine.layout), dtype=mine.dtype)
-            me.collective(me.group.broadcast, flat, 0)
-            share_, error = me.share(mine.local, mine.params(flat), mine.rows, mine.weight)
-            if error is not None:
-                store.set(f"error/{number}/{rank}", _pickled(error, rank))
-            me.reduce(share_)
-        except RankFailed:
-            return  # rank 0 gave up, or another rank died: nothing left to follow
+class _Unloaded(AbstractProblem):
+    """Stands for a problem a worker could not load (its gradient refuses)."""
+
+    name = "unloaded"
+
+    def loss(self, params: Any, data: Any, xp: Any) -> Any:
+        raise NotImplementedError
 
 
-def _pickled(error: BaseException, rank: int) -> bytes:
-    """``error`` pickled, or, if it cannot be, a ``RankFailed`` that describes it."""
+_UNLOADED = _Unloaded()
+
+
+def _pickled(answer: BaseException | None, rank: int) -> bytes:
+    """``answer`` pickled, or, if it cannot be, a ``RankFailed`` that describes it."""
     try:
-        return pickle.dumps(error)
+        return pickle.dumps(answer)
     except Exception:
-        return pickle.dumps(RankFailed(f"rank {rank}: {type(error).__name__}: {error}"))
-
-
-def _receive(store: Any, name: str, timeout: float) -> Any:
-    """The command stored under ``name``, waiting as long as rank 0 lives; ``None`` once
-    it is gone (a wait that fails long before its timeout: the store went with it)."""
-    parent = multiprocessing.parent_process()
-    wait = datetime.timedelta(seconds=timeout)
-    while True:
-        began = time.monotonic()
-        try:
-            store.wait([name], wait)
-            return pickle.loads(store.get(name))
-        except RuntimeError:
-            gone = parent is not None and not parent.is_alive()
-            if gone or time.monotonic() - began < timeout / 2:
-                return None
+        return pickle.dumps(RankFailed(f"rank {rank}: {type(answer).__name__}: {answer}"))
 
 
 def _first_line(error: BaseException) -> str:
