@@ -183,37 +183,58 @@ def bare_all_reduce(size: int, reps: int) -> float:
 def targets() -> None:
     """Issue 28's three targets for spawned torch ranks, printed as a table."""
     import gradlab
+    from gradlab.engines import _torch_parallel
 
     print(f"{sys.platform}, {os.cpu_count()} cores; torch {gradlab.get_engine('torch').describe()}")
     one, two = (gradlab.data_parallel("torch", processes=count) for count in (1, 2))
-    torch_1 = "torch"
-    mlp = gradlab.MLP()
-    logistic = gradlab.LogisticRegression()
-    print("1. mini-batch step (64 rows of n = 10^5, Adam), ms: one process | 2 ranks | ratio")
+    mlp, logistic, linear = gradlab.MLP(), gradlab.LogisticRegression(), gradlab.LinearRegression()
+    print("1. mini-batch step, n = 10^5, Adam, ms: one process | 2 ranks | ratio")
     for problem in (mlp, logistic):
         data = problem.make_data(100_000, seed=0)
-        alone = _per_step(torch_1, problem, data, 300, batch_size=64)
-        spread = _per_step(two, problem, data, 300, batch_size=64)
-        print(
-            f"   {problem.name:<20} {alone * 1e3:8.3f} {spread * 1e3:8.3f} {spread / alone:6.2f}x"
-        )
+        for batch in (64, 1024, 8192):
+            alone = _per_step("torch", problem, data, 300, batch_size=batch)
+            spread = _per_step(two, problem, data, 300, batch_size=batch)
+            print(
+                f"   {problem.name:<20} batch {batch:>5} {alone * 1e3:8.3f} {spread * 1e3:8.3f} "
+                f"{spread / alone:6.2f}x"
+            )
+    # Rank 0's time inside the collective, step by step: the communication itself (it
+    # includes waiting for the other rank to arrive).
+    inside = [0.0, 0.0]  # seconds in all-reduces, and their number
+    collective = _torch_parallel._Rank.collective
+
+    def timed(self: Any, operation: str, *args: Any) -> None:
+        began = time.perf_counter()
+        collective(self, operation, *args)
+        if operation == "allreduce":
+            inside[0] += time.perf_counter() - began
+            inside[1] += 1
+
+    _torch_parallel._Rank.collective = timed  # type: ignore[method-assign]
     print(
-        "2. full-batch communication per step (2 rows), ms: 2 ranks less 1 rank | bare "
-        "all-reduce of the same bytes | ratio"
+        "2. full-batch step on 2 rows, ms: bare all-reduce of the same bytes | rank 0 inside "
+        "the all-reduce (ratio) | 2 ranks less 1 rank (ratio)"
     )
-    linear = gradlab.LinearRegression()
     for features in (64, 10_000, 1_000_000):
         data = linear.make_data(2, d=features, seed=0)
         steps = 1000 if features < 10**5 else 30
-        comm = _per_step(two, linear, data, steps) - _per_step(one, linear, data, steps)
+        alone = _per_step(one, linear, data, steps)
+        inside[:] = [0.0, 0.0]
+        spread = _per_step(two, linear, data, steps)
+        within = inside[0] / inside[1]
         bare = bare_all_reduce(features + 3, steps)
-        print(f"   P = {features + 1:>8} {comm * 1e3:8.3f} {bare * 1e3:8.3f} {comm / bare:6.2f}x")
+        print(
+            f"   P = {features + 1:>8} {bare * 1e3:8.3f} "
+            f"{within * 1e3:8.3f} ({within / bare:4.2f}x) "
+            f"{(spread - alone) * 1e3:8.3f} ({(spread - alone) / bare:4.2f}x)"
+        )
+    _torch_parallel._Rank.collective = collective  # type: ignore[method-assign]
     print(
         "3. full-batch fit at n = 10^7 (linear regression, d = 3), ms per step: "
         "1 rank | 2 ranks | one process, 2 threads"
     )
     data = linear.make_data(10_000_000, d=3, seed=0)
-    per = [_per_step(engine, linear, data, 10) for engine in (one, two, torch_1)]
+    per = [_per_step(engine, linear, data, 10) for engine in (one, two, "torch")]
     print(
         f"   {per[0] * 1e3:8.1f} {per[1] * 1e3:8.1f} {per[2] * 1e3:8.1f}  "
         f"(2 ranks / 1 rank: {per[1] / per[0]:.2f}x)"

@@ -1,13 +1,10 @@
-"""Data-parallel checks that need fresh processes, run by ``tests/test_parallel.py``.
+"""Data-parallel checks that need fresh processes, run by ``tests/test_parallel.py``
+(and its cases and measures, by ``tests/_jax_ranks.py``).
 
-``python tests/_parallel_ranks.py MODE ...`` compares data-parallel gradients and a fit with
-the single-process ones computed in the same process, and prints one JSON line (rank 0):
-the largest rho of each. Modes:
-
-- ``jax-devices``: 3 forced host devices (``XLA_FLAGS`` set before jax is imported);
-  gradients on 1, 2 and 3 of them, a fit on 2.
-- ``jax-distributed PROCESS PORT``: two processes joined by ``jax.distributed.initialize``.
-- ``torchrun``: a rank of a launch whose environment torchrun would set (RANK, ...).
+``python tests/_parallel_ranks.py torchrun`` is a rank of a launch whose environment
+torchrun would set (RANK, ...): it compares data-parallel gradients and fits with the
+single-process ones computed in the same process, checks what the ranks refuse, and
+prints one JSON line (rank 0): the largest rho of each.
 """
 
 from __future__ import annotations
@@ -149,38 +146,7 @@ def report(**numbers: Any) -> None:
 
 def main(mode: str) -> None:
     """Run one mode's checks."""
-    if mode == "jax-devices":
-        # Before jax is imported (gradlab imports it on first use).
-        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
-        # Every problem on 3 devices (4, 4 and 2 rows, padded to 4); a sum and a mean on
-        # 1 and 2; and 2 rows on 3 devices: one row each on two, the third all padding.
-        grads = {
-            f"{count} of {rows}": gradient_rho(
-                gradlab.data_parallel("jax", devices=count), "jax", rows, first
-            )
-            for count, rows, first in [(3, 10, None), (1, 10, 2), (2, 10, 2), (3, 2, 2)]
-        }
-        report(gradients=grads, fit=fit_rho(gradlab.data_parallel("jax", devices=2), "jax"))
-    elif mode == "jax-distributed":
-        import jax
-
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # type: ignore[no-untyped-call]
-        jax.distributed.initialize(
-            f"127.0.0.1:{sys.argv[3]}",
-            num_processes=2,
-            process_id=int(sys.argv[2]),
-            initialization_timeout=60,
-        )
-        engine = gradlab.data_parallel("jax")
-        numbers: dict[str, Any] = dict(
-            devices=engine.shards,
-            gradients=gradient_rho(engine, "jax", 7, first=2),
-            fit=fit_rho(engine, "jax"),
-        )
-        if jax.process_index() == 0:
-            report(**numbers)
-        jax.distributed.shutdown()  # type: ignore[no-untyped-call]
-    elif mode == "torchrun":
+    if mode == "torchrun":
         import torch.distributed
 
         engine = gradlab.data_parallel("torch", timeout=60)

@@ -508,23 +508,6 @@ def _run(*commands: list[str], env: list[dict[str, str]] | None = None) -> dict[
     return json.loads(lines[-1])  # type: ignore[no-any-return]
 
 
-def test_jax_on_forced_host_devices_gives_one_device_numbers() -> None:
-    require_engine("jax")
-    numbers = _run(["jax-devices"])
-    assert set(numbers["gradients"]) == {"1 of 10", "2 of 10", "3 of 10", "3 of 2"}
-    assert max(numbers["gradients"].values()) <= GRADIENT_RHO
-    assert numbers["fit"] <= PATH_RHO
-
-
-def test_jax_across_two_processes_gives_one_process_numbers() -> None:
-    require_engine("jax")
-    port = str(_free_port())
-    numbers = _run(["jax-distributed", "0", port], ["jax-distributed", "1", port])
-    assert numbers["devices"] == 2
-    assert numbers["gradients"] <= GRADIENT_RHO
-    assert numbers["fit"] <= PATH_RHO
-
-
 def test_torch_under_a_torchrun_launch_gives_one_process_numbers() -> None:
     require_engine("torch")
     launch = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}

@@ -33,17 +33,23 @@ def data_parallel(
     the problem declares (``reduction``): the same loss and gradient as one process, to
     round-off, so every gradlab loop and comparison runs on it unchanged.
 
-    **torch** (``torch.distributed``, gloo on CPUs): one process per rank.
+    **torch** (``torch.distributed``, gloo on CPUs): one process per rank, every rank
+    running the same loop on its own rows, one all-reduce per step (as DDP does).
 
     - ``processes=N``: gradlab starts N − 1 local processes (``spawn``), and this process is
-      rank 0: each gradient call sends the parameters, each rank takes its rows, and one
-      all-reduce sums the shares. The problem must be picklable (a shipped problem, or
-      one built from module-level functions); scripts need the usual
+      rank 0. Each stretch of a fit runs on every rank: the loop body, the starting point
+      and each rank's rows travel once, through pipes only these processes hold (gloo's
+      sockets listen on loopback; nothing from the network is unpickled). A single
+      gradient call broadcasts the parameters. The problem must be picklable (a shipped
+      problem, or one built from module-level functions); scripts need the usual
       ``if __name__ == "__main__":`` guard of spawned processes.
     - no ``processes``: the processes are the launch's, ``torchrun`` (on one machine or
-      many): every rank runs the same script with the same data, and takes its rows.
-      gradlab joins the process group the script made, or makes it from torchrun's
-      environment (NCCL when the engine is on a GPU, else gloo).
+      many): every rank runs the same script, and takes its rows. gradlab joins the
+      process group the script made, or makes it from torchrun's environment (NCCL on the
+      rank's GPU, after ``cuda.set_device(LOCAL_RANK)``, else gloo). Each call and each
+      stretch of a fit first checks that the ranks were given the same parameters,
+      problem, dtype, optimizer, mini-batch order and data
+      ([`ArgumentError`][gradlab.ArgumentError] naming what differs, and where).
 
     **jax** (``shard_map`` over a ``Mesh`` of devices): ``devices=N`` uses the first N
     devices (all of them by default, across processes after ``jax.distributed.initialize``).
@@ -65,8 +71,9 @@ def data_parallel(
         threads: torch: intra-op threads per rank (rank 0 sets them only while it computes
             its share, and puts yours back).
         local_data: torch under torchrun: each rank passes its own rows (any number, at
-            least one) instead of the whole data set; a mean is weighted by the rows of all
-            ranks. Mini-batches are then drawn from each rank's rows.
+            least one; the ranks' parts in rank order make the data set) instead of the
+            whole data set; a mean is weighted by the rows of all ranks, and mini-batches
+            are the ones one process would draw from all of them.
 
     Returns:
         An engine named ``"torch-dp2"``, ``"jax-dp4"``, ... (``get_engine`` and the command

@@ -153,9 +153,9 @@ class _Shard:
         # Every array of a step is indexed by the same row numbers: which are this rank's
         # is worked out once per step (``picks``, shared by a data set's arrays).
         if not self.picks or self.picks[0] is not index:
-            local = index - self.start
-            self.picks[:] = [index, local[(local >= 0) & (local < self.rows.shape[0])]]
-        return _Picked(self.rows[self.picks[1]], int(index.shape[0]))
+            local = index.long() - self.start
+            self.picks[:] = [index, local.masked_select((local >= 0) & (local < len(self.rows)))]
+        return _Picked(self.rows.index_select(0, self.picks[1]), int(index.shape[0]))
 
 
 class _Picked:
@@ -345,6 +345,7 @@ class _Launched:
         self.size, self.threads = dist.get_world_size(), threads
         self._rank = _Rank(torch, dist.group.WORLD, dist.get_rank(), timeout, threads)
         self._running = False
+        self._digests: dict[str, Any] = {}
 
     def call(self, gradient: _Gradient, params: Params, data: Data) -> tuple[Any, dict[str, Any]]:
         rank = self._rank
@@ -404,7 +405,8 @@ class _Launched:
         """Fail, naming what differs and on which rank, unless every rank has the same
         parameters, problem, dtype, optimizer, mini-batch order and (when every rank holds
         the whole data) data."""
-        mine = _fingerprint(problem, reduction, params, data, step, not self.local_data)
+        whole = not self.local_data
+        mine = _fingerprint(problem, reduction, params, data, step, whole, self._digests)
         names = list(mine)
         digests = np.array([int(mine[name], 16) >> 1 for name in names], dtype=np.int64)
         everyone = self._gather(digests)
@@ -429,8 +431,10 @@ def _fingerprint(
     data: Data,
     step: Step | None,
     whole: bool,
+    cache: dict[str, Any],
 ) -> dict[str, str]:
-    """Short digests of what every rank must agree on, by the argument's name."""
+    """Short digests of what every rank must agree on, by the argument's name. The data's
+    is kept in ``cache`` for the same tensors, unchanged: a fit checks them each stretch."""
 
     def digest(*parts: Any) -> str:
         hasher = hashlib.blake2b(digest_size=8)
@@ -443,9 +447,12 @@ def _fingerprint(
             hasher.update(part if isinstance(part, bytes) else repr(part).encode())
         return hasher.hexdigest()
 
+    def named(arrays: Mapping[str, Any]) -> list[Any]:
+        return [part for name, value in arrays.items() for part in (name, value)]
+
     rows = _rows_only(data)
     facts = {
-        "params": digest(*[(name, value) for name, value in params.items()]),
+        "params": digest(*named(params)),
         "dtype": digest(*[str(value.dtype) for value in params.values()]),
         "problem": digest(problem.name, reduction, problem_digest(problem, torch_tensors=False)),
     }
@@ -454,7 +461,15 @@ def _fingerprint(
         if BATCH_ORDER in data:
             facts["mini-batch order"] = digest(data[BATCH_ORDER])
     if whole:
-        facts["data"] = digest(*[(name, value) for name, value in rows.items()])
+        # The same tensor objects (held weakly: an id alone may be reused), unwritten.
+        same = [(name, value._version) for name, value in rows.items()]
+        held = cache.get("tensors", ())
+        if cache.get("same") != same or any(
+            ref() is not value for ref, value in zip(held, rows.values(), strict=True)
+        ):
+            cache.update(same=same, tensors=[weakref.ref(v) for v in rows.values()])
+            cache["digest"] = digest(*named(rows))
+        facts["data"] = cache["digest"]
     return facts
 
 
