@@ -59,7 +59,42 @@ class Unloadable(Picky):
         return (_load_only_in, (os.getpid(),))
 
 
-def _load_only_in(pid: int) -> Unloadable:
+class ParentOnly:
+    """A function that pickles in this process, and cannot be loaded in another."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+
+    def __call__(self, *args: Any) -> Any:
+        return self.function(*args)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_parent_only, (os.getpid(), self.function))
+
+
+def _parent_only(pid: int, function: Any) -> ParentOnly:
+    if os.getpid() != pid:
+        raise ImportError("not importable in this process")
+    return ParentOnly(function)
+
+
+class Odd(Exception):
+    """An error that pickles but cannot be unpickled (its ``__init__`` takes two)."""
+
+    def __init__(self, what: str, where: str) -> None:
+        super().__init__(f"{what} at {where}")
+
+
+class Oddly(Picky):
+    """Raises ``Odd`` on a negative x."""
+
+    def loss(self, params: Any, data: Any, xp: Any) -> Any:
+        if bool(xp.any(data["x"] < 0)):
+            raise Odd("negative x", "rank 1")
+        return xp.sum(params["w"] * data["x"])
+
+
+def _load_only_in(pid: int) -> Any:
     if os.getpid() != pid:
         raise ImportError("not importable in this process")
     return Unloadable()
@@ -128,6 +163,22 @@ def test_torch_on_three_ranks_gives_one_process_gradients() -> None:
         assert report.rho[1, 2] <= GRADIENT_RHO
 
 
+def test_torch_on_one_rank_is_the_torch_engine_in_float32_and_float64() -> None:
+    require_engine("torch")
+    problem = gradlab.MLP()
+    data = problem.make_data(9, seed=1)
+    init = problem.initial_params(data, seed=2)
+    with gradlab.data_parallel("torch", processes=1) as engine:
+        for dtype, tolerance in (("float64", PATH_RHO), ("float32", 1e-6)):
+            options: dict[str, Any] = dict(
+                optimizer=gradlab.adam(0.05), steps=20, batch_size=4, init=init, dtype=dtype
+            )
+            one = gradlab.fit(problem, data, engine=engine, **options)
+            alone = gradlab.fit(problem, data, engine="torch", **options)
+            assert one.params["W1"].dtype == np.dtype(dtype)
+            assert gradlab.max_rho(one.params, alone.params) <= tolerance
+
+
 def test_torch_fit_on_two_ranks_follows_the_one_process_path() -> None:
     require_engine("torch")
     problem = gradlab.MLP()
@@ -165,6 +216,9 @@ def test_torch_fit_on_two_ranks_follows_the_one_process_path() -> None:
         with pytest.raises(gradlab.ProblemError, match="negative x"):
             gradlab.value_and_grad(picky, rows, {"w": 1.0}, engine=engine)
         assert gradlab.value_and_grad(picky, {"x": np.ones(3)}, {"w": 1.0}, engine=engine)[0] == 0
+        # An error that cannot be unpickled still comes back, as text (the ranks carry on).
+        with pytest.raises(gradlab.ProblemError, match="Odd: negative x at rank 1"):
+            gradlab.value_and_grad(Oddly(), rows, {"w": 1.0}, engine=engine)
         with pytest.raises(gradlab.ArgumentError, match="rank 1 cannot load it"):
             gradlab.value_and_grad(Unloadable(), {"x": np.ones(3)}, {"w": 1.0}, engine=engine)
         # A problem changed between two calls of one gradient function is sent again.
@@ -207,10 +261,17 @@ def test_torch_fit_on_two_ranks_follows_the_one_process_path() -> None:
     assert gradlab.max_rho(stopped.trajectory, one_stopped.trajectory) <= PATH_RHO
 
 
-@pytest.mark.parametrize("how", ["killed", "stopped"])
+class Padded(gradlab.LinearRegression):
+    """A linear regression that carries 1.6 MB it never reads: it pickles to more than a
+    pipe holds, so sending it to a stopped rank would block without a deadline."""
+
+    pad = np.zeros(200_000)
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped", "stopped, a large message"])
 def test_a_lost_rank_fails_within_the_timeout(how: str) -> None:
     require_engine("torch")
-    problem = gradlab.LinearRegression()
+    problem = Padded() if "large" in how else gradlab.LinearRegression()
     data = problem.make_data(10, d=2, seed=0)
     params = problem.initial_params(data)
     timeout = 2.0
@@ -385,6 +446,9 @@ def test_a_fit_runs_on_every_rank_with_no_command_per_step() -> None:
     def closures() -> gradlab.GradientTransformation:
         return gradlab.GradientTransformation(adam.init, lambda g, s, p: adam.update(g, s, p))
 
+    # Pickles here, but the workers cannot load it (as functions of a script's main block).
+    parent_only = gradlab.GradientTransformation(adam.init, ParentOnly(adam.update))
+
     options: dict[str, Any] = dict(
         steps=100, batch_size=8, init=init, every=50, callback=lambda *_: None
     )
@@ -404,8 +468,12 @@ def test_a_fit_runs_on_every_rank_with_no_command_per_step() -> None:
         told.clear()
         calls = gradlab.fit(problem, data, engine=engine, optimizer=closures(), **options)
         assert told.count("call") >= 100
+        told.clear()
+        stays = gradlab.fit(problem, data, engine=engine, optimizer=parent_only, **options)
+        assert told.count("stay") == 2  # each stretch: tried, then call by call
+        assert told.count("call") >= 100
     alone = gradlab.fit(problem, data, engine="torch", optimizer=adam, **options)
-    for result in (spmd, calls):
+    for result in (spmd, calls, stays):
         assert gradlab.rho(result.losses, alone.losses).max() <= PATH_RHO
         assert gradlab.max_rho(result.params, alone.params) <= PATH_RHO
 

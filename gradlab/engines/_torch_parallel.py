@@ -42,7 +42,9 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -50,7 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._errors import ArgumentError, EngineUnavailable, RankFailed
+from gradlab._errors import ArgumentError, ArgumentTypeError, EngineUnavailable, RankFailed
+from gradlab._tree import tree_map
 from gradlab.engines._cache import digest as problem_digest
 from gradlab.engines._parallel import DataParallel, reduction_of, rows_of, shard_bounds
 from gradlab.engines._protocol import (
@@ -202,9 +205,11 @@ class _Rank:
         params: Params,
         mine: tuple[Mapping[str, Any], int | None],
         reduction: str,
+        sync: bool = True,
     ) -> tuple[Any, dict[str, Any]]:
         """The loss and gradient of all ranks' rows: this rank's share of ``mine`` (its
-        rows, and all ranks' row count), one all-reduce."""
+        rows, and all ranks' row count), one all-reduce. ``sync``: on a GPU, read whether
+        another rank failed (a step of a fit does not wait for the device)."""
         rows, total = mine
         count = int(next(iter(rows.values())).shape[0]) if rows else 0
         # A mean: each rank's mean weighted by its share of the rows; where no rank knows
@@ -215,7 +220,7 @@ class _Rank:
         self.all_reduce(flat)
         if error is not None:
             raise error
-        return self.result(flat, params, divide)
+        return self.result(flat, params, divide, sync)
 
     def share(
         self, local: Local, params: Params, rows: Mapping[str, Any], count: int, weight: float
@@ -240,22 +245,27 @@ class _Rank:
             size = 1 + sum(value.numel() for value in params.values())
             pieces = [torch.zeros(size, dtype=first.dtype, device=first.device)]
         flat = torch.cat([*pieces, torch.empty(2, dtype=first.dtype, device=first.device)])
+        flat = flat.to(first.dtype)  # a loss in a wider dtype: one buffer on every rank
         if weight != 1.0:
             flat[:-2] *= weight
         # Filled from host numbers: no copy to a GPU, so no wait for it.
         flat[-2], flat[-1] = float(error is not None), float(count)
         return flat, error
 
-    def result(self, flat: Any, params: Params, divide: bool) -> tuple[Any, dict[str, Any]]:
+    def result(
+        self, flat: Any, params: Params, divide: bool, sync: bool = True
+    ) -> tuple[Any, dict[str, Any]]:
         """The reduced ``[loss, gradient..., failed, rows]`` as ``(loss, grads)``, divided
         by every rank's rows if ``divide``; ``_Elsewhere`` if another rank failed."""
         values = flat[:-2]
-        if flat.device.type == "cpu":
-            if flat[-2].item():
-                raise _Elsewhere(int(flat[-2].item()))
+        if flat.device.type == "cpu" or sync:
+            failures = int(flat[-2].item())
+            if failures:
+                raise _Elsewhere(failures)
         else:
-            # No host sync per step on a GPU: a failure elsewhere poisons the numbers (the
-            # failing rank raises its own error, and the next collective fails).
+            # No host sync per step of a fit on a GPU: a failure elsewhere poisons the
+            # step's numbers (the failing rank raises its own error, and the next
+            # collective fails).
             values = values + self.torch.where(flat[-2] > 0, float("nan"), 0.0)
         if divide:
             values = values / flat[-1]
@@ -321,9 +331,6 @@ class _Launched:
     def __init__(self, torch: Any, timeout: float, threads: int, local_data: bool) -> None:
         dist = torch.distributed
         self.torch, self.local_data = torch, local_data
-        local = os.environ.get("LOCAL_RANK")
-        self.device = f"cuda:{local}" if local is not None and torch.cuda.is_available() else "cpu"
-        self.backend = "nccl" if self.device != "cpu" else "gloo"
         if not dist.is_initialized():
             if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
                 raise ArgumentError(
@@ -332,30 +339,65 @@ class _Launched:
                     "with torchrun (no torch.distributed process group, and no RANK or "
                     "WORLD_SIZE in the environment)",
                 )
+            local = os.environ.get("LOCAL_RANK")
+            gpu = local is not None and torch.cuda.is_available()
+            self.backend = "nccl" if gpu else "gloo"
             # The launch asked for a process group; this makes the default one from its
             # environment, as the script itself would. On a GPU the rank's device is set
             # first and named to the group, so NCCL binds each rank to its own GPU.
             options: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout)}
-            if self.device != "cpu":
-                torch.cuda.set_device(self.device)
-                options["device_id"] = torch.device(self.device)
-            dist.init_process_group(self.backend, **options)
+            if gpu:
+                torch.cuda.set_device(int(local or 0))
+                options["device_id"] = torch.device(f"cuda:{local}")
+            try:
+                dist.init_process_group(self.backend, **options)
+            except (RuntimeError, ValueError) as error:
+                raise RankFailed(
+                    f"the ranks of the launch did not meet: {_first_line(error)}"
+                ) from None
         else:
             self.backend = str(dist.get_backend())
+        # The device follows the group: NCCL's tensors live on this rank's GPU.
+        self.device = f"cuda:{torch.cuda.current_device()}" if self.backend == "nccl" else "cpu"
         self.size, self.threads = dist.get_world_size(), threads
         self._rank = _Rank(torch, dist.group.WORLD, dist.get_rank(), timeout, threads)
         self._running = False
+        self._broken: str | None = None
         self._digests: dict[str, Any] = {}
 
-    def call(self, gradient: _Gradient, params: Params, data: Data) -> tuple[Any, dict[str, Any]]:
-        rank = self._rank
-        if not self._running:  # a call of its own: the ranks first check that they agree
-            self._agree(gradient.problem, gradient.reduction, params, data)
-        if self.local_data and not self._running:
-            rows_of(data)  # this rank's rows: checked as a whole data set would be
-        rows = _my_rows(data, rank.rank, self.size, whole=not self.local_data)
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[_Rank]:
+        """The group for one call or stretch; a lost rank or an interruption (which leaves
+        the ranks out of step) breaks this rank's engine."""
+        if self._broken is not None:
+            raise RankFailed(f"this engine lost a rank earlier ({self._broken}); make a new one")
         try:
-            return rank.gradient(gradient.local, params, rows, gradient.reduction)
+            yield self._rank
+        except RankFailed as failure:
+            self._broken = str(failure)
+            raise
+        except Exception:
+            raise
+        except BaseException:
+            self._broken = "interrupted during a data-parallel call"
+            raise
+
+    def call(self, gradient: _Gradient, params: Params, data: Data) -> tuple[Any, dict[str, Any]]:
+        if self._running:  # a step of a stretch: the all-reduce alone
+            return self._step(gradient, params, data)
+        with self._guarded():
+            self._agree(gradient.problem, gradient.reduction, params, data)
+            if self.local_data:
+                rows_of(data)  # this rank's rows: checked as a whole data set would be
+            return self._step(gradient, params, data, sync=True)
+
+    def _step(
+        self, gradient: _Gradient, params: Params, data: Data, sync: bool = False
+    ) -> tuple[Any, dict[str, Any]]:
+        rank = self._rank
+        mine = _my_rows(data, rank.rank, self.size, whole=not self.local_data)
+        try:
+            return rank.gradient(gradient.local, params, mine, gradient.reduction, sync)
         except _Elsewhere as elsewhere:
             raise RankFailed(
                 f"{elsewhere} of the gradient of {gradient.problem.name!r}; their own output "
@@ -365,26 +407,31 @@ class _Launched:
     def run(
         self, base: TorchEngine, step: Step, carry: Carry, data: Data, steps: int
     ) -> tuple[Carry, Any]:
+        rank = self._rank
         gradient = _gradient_in(step)
         if gradient is None:
-            return base.run(step, carry, data, steps)
-        self._agree(gradient.problem, gradient.reduction, carry[0], data, step)
-        if self.local_data:
-            # Mini-batches are numbered over all ranks' rows (``total_rows``): each rank
-            # picks the rows of a batch that are its own.
-            counts = self._gather(np.array([rows_of(_rows_only(data))], dtype=np.int64))[:, 0]
-            data = _sharded(data, int(counts[: self._rank.rank].sum()), int(counts.sum()))
-        self._running = True
-        try:
-            return base.run(step, carry, data, steps)
-        finally:
-            self._running = False
+            with rank.computing():
+                return base.run(step, carry, data, steps)
+        with self._guarded():
+            self._agree(gradient.problem, gradient.reduction, carry[0], data, step)
+            if self.local_data:
+                # Mini-batches are numbered over all ranks' rows (``total_rows``): each
+                # rank picks the rows of a batch that are its own.
+                counts = self._gather(np.array([rows_of(_rows_only(data))], dtype=np.int64))
+                start = int(counts[: rank.rank, 0].sum())
+                data = _sharded(data, start, int(counts[:, 0].sum()))
+            self._running = True
+            try:
+                with rank.computing():
+                    return base.run(step, carry, data, steps)
+            finally:
+                self._running = False
 
     def total_rows(self, rows: int) -> int:
         if not self.local_data:
             return rows
-        counts = self._gather(np.array([rows], dtype=np.int64))
-        return int(counts.sum())
+        with self._guarded():
+            return int(self._gather(np.array([rows], dtype=np.int64)).sum())
 
     def _gather(self, values: np.ndarray) -> np.ndarray:
         """Every rank's ``values`` (int64), stacked by rank."""
@@ -408,9 +455,17 @@ class _Launched:
         whole = not self.local_data
         mine = _fingerprint(problem, reduction, params, data, step, whole, self._digests)
         names = list(mine)
-        digests = np.array([int(mine[name], 16) >> 1 for name in names], dtype=np.int64)
-        everyone = self._gather(digests)
-        for column, name in enumerate(names):
+        # The first column says which digests follow: ranks at different calls (a fit
+        # against a gradient call, mini-batches against none) are told apart by it.
+        kinds = hashlib.blake2b(" ".join(names).encode(), digest_size=8).hexdigest()
+        digests = np.array(
+            [int(kinds, 16) >> 1, *(int(mine[name], 16) >> 1 for name in names)],
+            dtype=np.int64,
+        )
+        everyone = self._gather(
+            np.resize(digests, _COLUMNS) if len(digests) < _COLUMNS else digests
+        )
+        for column, name in enumerate(["call", *names]):
             differ = [r for r in range(self.size) if everyone[r, column] != everyone[0, column]]
             if differ:
                 raise ArgumentError(
@@ -424,6 +479,10 @@ class _Launched:
         """The launch owns its processes."""
 
 
+#: The digests ranks exchange, padded to one length (what a mismatch names is the first).
+_COLUMNS = 8
+
+
 def _fingerprint(
     problem: AbstractProblem,
     reduction: str,
@@ -433,8 +492,9 @@ def _fingerprint(
     whole: bool,
     cache: dict[str, Any],
 ) -> dict[str, str]:
-    """Short digests of what every rank must agree on, by the argument's name. The data's
-    is kept in ``cache`` for the same tensors, unchanged: a fit checks them each stretch."""
+    """Short digests of what every rank must agree on, by the argument's name (``dtype``
+    before ``params``, whose digest covers their dtype too). The data's is kept in
+    ``cache`` for the same tensors, unwritten: a fit checks them each stretch."""
 
     def digest(*parts: Any) -> str:
         hasher = hashlib.blake2b(digest_size=8)
@@ -452,14 +512,14 @@ def _fingerprint(
 
     rows = _rows_only(data)
     facts = {
-        "params": digest(*named(params)),
         "dtype": digest(*[str(value.dtype) for value in params.values()]),
+        "params": digest(*named(params)),
         "problem": digest(problem.name, reduction, problem_digest(problem, torch_tensors=False)),
     }
     if step is not None:
-        facts["optimizer"] = digest(_bytes(step, ignore=_gradient_in(step)))
-        if BATCH_ORDER in data:
-            facts["mini-batch order"] = digest(data[BATCH_ORDER])
+        # The loop body as it travels: its optimizer and settings, the gradient by name.
+        facts["optimizer"] = digest(_bytes(step))
+        facts["mini-batch order"] = digest(data.get(BATCH_ORDER))
     if whole:
         # The same tensor objects (held weakly: an id alone may be reused), unwritten.
         same = [(name, value._version) for name, value in rows.items()]
@@ -473,11 +533,11 @@ def _fingerprint(
     return facts
 
 
-def _bytes(value: Any, ignore: Any = None) -> bytes:
-    """``value`` pickled (its functions by name), or ``b""`` if it cannot be: then only
-    its type and name are compared."""
+def _bytes(value: Any) -> bytes:
+    """``value`` pickled (its functions by name), or ``b""`` if it cannot be (its digest
+    then says nothing of it)."""
     try:
-        return _dumps(value, ignore)
+        return _dumps(value)
     except Exception:
         return b""
 
@@ -496,7 +556,7 @@ class _Spawned:
         self.torch, self.size, self.timeout, self.threads = torch, size, timeout, threads
         self._rank: _Rank | None = None
         self._held: dict[str, Any] = {}  # rank 0's copy of what the workers hold
-        self._broken: RankFailed | None = None
+        self._broken: str | None = None
         self._running = False
         self._links: list[Any] = []
         self.processes: list[Any] = []
@@ -519,36 +579,31 @@ class _Spawned:
             return self._rank
         # The rendezvous is a file in a directory only this user can read: no listening
         # store. Gloo itself listens on the loopback interface only.
-        self.directory = tempfile.mkdtemp(prefix="gradlab-ranks-")
-        spawn = multiprocessing.get_context("spawn")
-        links = [spawn.Pipe() for _ in range(1, self.size)]
-        self._links = [mine for mine, _ in links]
-        self.processes = [
-            spawn.Process(
-                target=follow,
-                args=(rank, self.size, self.directory, self.timeout, self.threads, theirs),
-                daemon=True,
-                name=f"gradlab-rank{rank}",
-            )
-            for rank, (_, theirs) in enumerate(links, start=1)
-        ]
+        self.directory = directory = tempfile.mkdtemp(prefix="gradlab-ranks-")
         holder: list[Any] = []
         self._finalizer = weakref.finalize(
-            self, _stop, self.processes, self._links, holder, self.directory
+            self, _stop, self.processes, self._links, holder, directory
         )
-        for process in self.processes:
-            process.start()
-        for _, theirs in links:
+        spawn = multiprocessing.get_context("spawn")
+        for rank in range(1, self.size):
+            mine, theirs = spawn.Pipe()
+            self._links.append(mine)
+            self.processes.append(
+                spawn.Process(
+                    target=follow,
+                    args=(rank, self.size, directory, self.timeout, self.threads, theirs),
+                    daemon=True,
+                    name=f"gradlab-rank{rank}",
+                )
+            )
+            self.processes[-1].start()
             theirs.close()  # the child's end lives on in the child
+        self._replies(_START + self.timeout, "did not start")
         try:
-            self._replies(_START + self.timeout, "did not start")
-            group = _gloo(self.torch, self.directory, 0, self.size, self.timeout)
-        except RankFailed as failure:
-            raise self._fail(str(failure)) from None
+            holder.append(_gloo(self.torch, directory, 0, self.size, self.timeout))
         except RuntimeError as error:
-            raise self._fail(f"the ranks did not connect: {_first_line(error)}") from None
-        holder.append(group)
-        self._rank = _Rank(self.torch, group, 0, self.timeout, self.threads)
+            raise RankFailed(f"the ranks did not connect: {_first_line(error)}") from None
+        self._rank = _Rank(self.torch, holder[0], 0, self.timeout, self.threads)
         return self._rank
 
     def _fail(self, what: str) -> RankFailed:
@@ -556,13 +611,14 @@ class _Spawned:
         dead = [
             f"rank {rank} (pid {process.pid}) exited with code {process.exitcode}"
             for rank, process in enumerate(self.processes, start=1)
-            if not process.is_alive()
+            if not process.is_alive() and process.exitcode is not None
         ]
-        self._broken = RankFailed("; ".join(part for part in (what, *dead) if part))
+        self._broken = "; ".join(part for part in (what, *dead) if part)
         for process in self.processes:  # a failed group cannot be used: no grace period
-            process.kill()
+            if process.pid is not None:
+                process.kill()
         self.close()
-        return self._broken
+        return RankFailed(self._broken)
 
     def close(self) -> None:
         """Stop the ranks and release the group's sockets (idempotent)."""
@@ -576,49 +632,87 @@ class _Spawned:
     # -- talking to the workers
 
     def _tell(self, message: tuple[Any, ...]) -> None:
-        """Send every worker ``message`` through its pipe."""
+        """Send every worker ``message`` through its pipe, within ``timeout``: a large one
+        goes from a thread, since a stopped worker's full pipe would block the write."""
         sent = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        for rank, link in enumerate(self._links, start=1):
-            try:
-                link.send_bytes(sent)
-            except OSError:
-                raise RankFailed(f"rank {rank} died") from None
+        lost: list[int] = []
 
-    def _replies(self, within: float, what: str = "did not answer") -> BaseException | None:
-        """Each worker's answer to the last message (``None``, or the error its own share
-        raised); the first error. A worker that dies, or does not answer ``within``
-        seconds, fails the engine."""
+        def send() -> None:
+            for rank, link in enumerate(self._links, start=1):
+                try:
+                    link.send_bytes(sent)
+                except OSError:
+                    lost.append(rank)
+                    return
+
+        if len(sent) < _SMALL:
+            send()
+        else:
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            sender.join(self.timeout)
+            if sender.is_alive():
+                raise RankFailed(f"a rank did not take a message within {self.timeout:g} s")
+        if lost:
+            raise RankFailed(f"rank {lost[0]} died")
+
+    def _replies(self, within: float, what: str = "did not answer") -> Any:
+        """Each worker's answer to the last message (``None``, a marker, or the error its
+        own share raised), all read; the first that is not ``None``. A worker that dies, or
+        does not answer ``within`` seconds, fails the engine."""
         deadline = time.monotonic() + within
-        first: BaseException | None = None
-        links = self._links
-        for rank, (link, process) in enumerate(zip(links, self.processes, strict=True), start=1):
+        first: Any = None
+        for rank, (link, process) in enumerate(zip(self._links, self.processes, strict=True), 1):
             while not link.poll(0.02):
                 if not process.is_alive():
                     raise RankFailed(f"rank {rank} died")
                 if time.monotonic() > deadline:
                     raise RankFailed(f"rank {rank} {what} within {within:g} s")
             try:
-                answer = pickle.loads(link.recv_bytes())
+                answer = link.recv_bytes()
             except (EOFError, OSError):
                 raise RankFailed(f"rank {rank} died") from None
-            if first is None and isinstance(answer, BaseException):
+            try:
+                answer = pickle.loads(answer)
+            except Exception as error:  # an error that pickles but does not unpickle
+                answer = RuntimeError(f"rank {rank}: an error that cannot be read: {error}")
+            if first is None:
                 first = answer
         return first
 
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[_Rank]:
-        """The group for one call or stretch; a lost rank, or an interruption (which
-        leaves the ranks mid-collective), breaks the engine."""
-        rank = self._start()
+        """The group for one call or stretch (started on the first); a lost rank, or an
+        interruption (which leaves the ranks mid-collective or mid-start), breaks the
+        engine. An error of the problem's own leaves it usable."""
         try:
-            yield rank
+            yield self._start()
         except RankFailed as failure:
             raise self._fail(str(failure)) from None
-        except (Exception, _Elsewhere):
+        except Exception:
             raise
         except BaseException:
             self._fail("interrupted during a data-parallel call")
             raise
+
+    @contextlib.contextmanager
+    def _answered(self, problem: AbstractProblem) -> Iterator[None]:
+        """Around what follows a command: every worker's answer is read on every path (so
+        rank 0 and the workers never fall out of step), and the error a worker's own
+        share raised comes back as one process would raise it."""
+        try:
+            yield
+        except _Elsewhere:
+            theirs = self._replies(self.timeout)
+            raise theirs or RankFailed(
+                f"a rank failed computing its share of {problem.name!r}"
+            ) from None
+        except RankFailed:
+            raise
+        except Exception:
+            self._replies(self.timeout)
+            raise
+        self._replies(self.timeout)
 
     def _send_rows(self, rank: _Rank, data: Data) -> None:
         """Give each worker its rows of ``data`` (and the mini-batch order), unless it
@@ -649,87 +743,106 @@ class _Spawned:
 
     def call(self, gradient: _Gradient, params: Params, data: Data) -> tuple[Any, dict[str, Any]]:
         if self._running:  # a step of a stretch every rank runs: the all-reduce alone
-            rank = self._rank
-            assert rank is not None
-            rows = _my_rows(data, 0, self.size, whole=True)
-            return self._answer(gradient, rank, params, rows, replies=False)
-        if self.size > 1:
-            _sendable(gradient.problem)  # refused before any rank starts if it cannot go
+            assert self._rank is not None
+            mine = _my_rows(data, 0, self.size, whole=True)
+            return self._rank.gradient(gradient.local, params, mine, gradient.reduction)
+        _tensors(self.torch, params, "params")
+        _tensors(self.torch, data, "data")
+        sent = _sendable(gradient.problem) if self.size > 1 else b""
         with self._guarded() as rank:
-            rows = _my_rows(data, 0, self.size, whole=True)
+            mine = _my_rows(data, 0, self.size, whole=True)
             if rank.group is None:
-                return self._answer(gradient, rank, params, rows, replies=False)
-            self._send_rows(rank, {name: value for name, value in data.items()})
-            layout = [(name, tuple(value.shape)) for name, value in params.items()]
-            dtype = str(next(iter(params.values())).dtype).removeprefix("torch.")
-            self._tell(("call", _sendable(gradient.problem), gradient.reduction, layout, dtype))
+                return rank.gradient(gradient.local, params, mine, gradient.reduction)
+            # Everything that could fail is ready before the first word to the workers.
             flat = self.torch.cat([value.detach().reshape(-1) for value in params.values()])
-            rank.collective("broadcast", flat, 0)
-            return self._answer(gradient, rank, params, rows, replies=True)
-
-    def _answer(
-        self,
-        gradient: _Gradient,
-        rank: _Rank,
-        params: Params,
-        rows: tuple[Mapping[str, Any], int | None],
-        replies: bool,
-    ) -> tuple[Any, dict[str, Any]]:
-        """This rank's share, the all-reduce, and the workers' answers: the error a
-        worker's own share raised comes back as one process would raise it."""
-        try:
-            result = rank.gradient(gradient.local, params, rows, gradient.reduction)
-        except _Elsewhere:
-            if not replies:
-                raise
-            theirs = self._replies(self.timeout)
-            raise theirs or RankFailed(
-                f"a rank failed computing its share of {gradient.problem.name!r}"
-            ) from None
-        except RankFailed:
-            raise
-        except Exception:
-            if replies:
-                self._replies(self.timeout)
-            raise
-        if replies:
-            self._replies(self.timeout)
-        return result
+            layout = [(name, tuple(value.shape)) for name, value in params.items()]
+            dtype = str(flat.dtype).removeprefix("torch.")
+            self._send_rows(rank, data)
+            self._tell(("call", sent, gradient.reduction, layout, dtype))
+            with self._answered(gradient.problem):
+                rank.collective("broadcast", flat, 0)
+                return rank.gradient(gradient.local, params, mine, gradient.reduction)
 
     def run(
         self, base: TorchEngine, step: Step, carry: Carry, data: Data, steps: int
     ) -> tuple[Carry, Any]:
         gradient = _gradient_in(step)
-        sent = None if gradient is None or self.size == 1 else _picklable_step(step, gradient)
-        if sent is None:  # one rank, or a loop body that cannot travel: call by call
-            return base.run(step, carry, data, steps)
+        travel = None if gradient is None or self.size == 1 else _travelling(step, carry)
+        if gradient is None or travel is None:  # one rank, or a loop body that cannot travel
+            with contextlib.ExitStack() as stack:
+                if self._rank is not None:
+                    stack.enter_context(self._rank.computing())
+                return base.run(step, carry, data, steps)
         with self._guarded() as rank:
+            sent, skeleton, tensors = travel
+            problem = _sendable(gradient.problem)
             self._send_rows(rank, data)
-            self._tell(("run", sent, carry, steps))
-            refused = self._replies(self.timeout)  # each worker loaded the loop body
-            self._tell(("stay",) if refused else ("go",))
-            if refused is not None:
-                raise refused
+            self._tell(("run", problem, sent, skeleton, steps))
+            stays = self._replies(self.timeout)  # each worker loaded the loop body, or why not
+            self._tell(("stay",) if stays is not None else ("go",))
+            if isinstance(stays, _Stays):  # it cannot travel after all: call by call
+                with rank.computing():
+                    return base.run(step, carry, data, steps)
+            if stays is not None:
+                raise stays
             total = rows_of(_rows_only(data))
             stop = shard_bounds(total, self.size)[0][1]
-            mine = {k: v if k == BATCH_ORDER else v[:stop] for k, v in data.items()}
-            mine = _sharded(mine, 0, total)
-            self._running = True
-            try:
-                with rank.computing():
-                    result = base.run(step, carry, mine, steps)
-            except _Elsewhere:
-                theirs = self._replies(self.timeout)
-                raise theirs or RankFailed("a rank failed in a stretch of the fit") from None
-            except RankFailed:
-                raise
-            except Exception:
-                self._replies(self.timeout)
-                raise
-            finally:
-                self._running = False
-            self._replies(self.timeout)
-            return result
+            mine = _sharded(
+                {k: v if k == BATCH_ORDER else v[:stop] for k, v in data.items()}, 0, total
+            )
+            with self._answered(gradient.problem):
+                for tensor in tensors:  # the carry, by gloo (the pipes carry no arrays)
+                    rank.collective("broadcast", tensor.detach().contiguous(), 0)
+                self._running = True
+                try:
+                    with rank.computing():
+                        return base.run(step, carry, mine, steps)
+                finally:
+                    self._running = False
+
+
+#: Messages below this many bytes go to the workers' pipes directly (a pipe holds more).
+_SMALL = 2**16
+
+
+class _Stays:
+    """A worker's answer: it loaded the problem but not the loop body (an optimizer of the
+    user's own functions), so the stretch runs call by call."""
+
+
+class _Slot:
+    """Where a tensor of the carry goes; the tensor itself travels by gloo."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: str) -> None:
+        self.shape, self.dtype = shape, dtype
+
+
+def _travelling(step: Step, carry: Carry) -> tuple[bytes, bytes, list[Any]] | None:
+    """The loop body and the carry's skeleton as the workers load them, and the carry's
+    tensors, or ``None`` if they cannot travel (the stretch then runs call by call)."""
+    tensors: list[Any] = []
+
+    def slot(leaf: Any) -> Any:
+        if hasattr(leaf, "detach"):
+            tensors.append(leaf)
+            return _Slot(tuple(leaf.shape), str(leaf.dtype).removeprefix("torch."))
+        return leaf
+
+    try:
+        return _dumps(step), pickle.dumps(tree_map(slot, carry)), tensors
+    except Exception:
+        return None
+
+
+def _tensors(torch: Any, arrays: Mapping[str, Any], argument: str) -> None:
+    """Refuse, naming the argument, anything but torch tensors (the engine's arrays)."""
+    for name, value in arrays.items():
+        if not isinstance(value, torch.Tensor):
+            raise ArgumentTypeError(
+                f"{argument}[{name!r}]",
+                f"must be a torch tensor (the engine's asarray makes one), got "
+                f"{type(value).__name__}",
+            )
 
 
 def _sharded(data: Data, start: int, total: int) -> dict[str, Any]:
@@ -772,6 +885,8 @@ def _stop(processes: list[Any], links: list[Any], holder: list[Any], directory: 
             link.send_bytes(pickle.dumps(("stop",)))
     deadline = time.monotonic() + 5.0
     for process in processes:
+        if process.pid is None:
+            continue
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
@@ -786,16 +901,16 @@ def _stop(processes: list[Any], links: list[Any], holder: list[Any], directory: 
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles a loop body for the workers: the data-parallel gradient it calls as a
-    reference to its problem, modules (an array namespace) by name."""
+    """Pickles a loop body for the workers: the data-parallel gradient it calls by its
+    reduction alone (each worker makes its own, for the problem sent beside it), modules
+    (an array namespace) by name."""
 
-    def __init__(self, file: io.BytesIO, ignore: Any = None) -> None:
+    def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.ignore = ignore
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, _Gradient):
-            return ("gradient", None if obj is self.ignore else obj.problem, obj.reduction)
+            return ("gradient", obj.reduction)
         if type(obj).__name__ == "module":
             return ("module", obj.__name__)
         return None
@@ -804,30 +919,21 @@ class _Pickler(pickle.Pickler):
 class _Unpickler(pickle.Unpickler):
     """The workers' side of ``_Pickler``: a gradient becomes this rank's own."""
 
-    def __init__(self, file: io.BytesIO, gradient: Callable[[Any, str], _Gradient]) -> None:
+    def __init__(self, file: io.BytesIO, gradient: Callable[[str], _Gradient]) -> None:
         super().__init__(file)
         self.gradient = gradient
 
     def persistent_load(self, pid: Any) -> Any:
-        kind, *rest = pid
+        kind, name = pid
         if kind == "gradient":
-            return self.gradient(*rest)
-        return importlib.import_module(rest[0])
+            return self.gradient(name)
+        return importlib.import_module(name)
 
 
-def _dumps(value: Any, ignore: Any = None) -> bytes:
+def _dumps(value: Any) -> bytes:
     buffer = io.BytesIO()
-    _Pickler(buffer, ignore).dump(value)
+    _Pickler(buffer).dump(value)
     return buffer.getvalue()
-
-
-def _picklable_step(step: Step, gradient: _Gradient) -> bytes | None:
-    """The loop body as the workers load it, or ``None`` if it cannot travel (an
-    optimizer of the user's closures: the stretch then runs call by call)."""
-    try:
-        return _dumps(step)
-    except Exception:
-        return None
 
 
 def _sendable(problem: AbstractProblem) -> bytes:
@@ -848,6 +954,7 @@ def _sendable(problem: AbstractProblem) -> bytes:
 def follow(rank: int, size: int, directory: str, timeout: float, threads: int, link: Any) -> None:
     """A spawned rank: join the group, then answer every message from rank 0's pipe
     until told to stop or rank 0 is gone (its pipe closes with it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle
     torch = importlib.import_module("torch")
     torch.set_num_threads(threads)
     link.send_bytes(pickle.dumps(None))  # started
@@ -861,7 +968,7 @@ def follow(rank: int, size: int, directory: str, timeout: float, threads: int, l
         if message[0] == "stop":
             return
         if message[0] in ("go", "stay"):
-            continue  # for the ranks that loaded a loop body; this one refused it
+            continue  # for the ranks that loaded a loop body; this one did not
         try:
             answer = worker.handle(message)
         except _Quiet:
@@ -875,16 +982,16 @@ def follow(rank: int, size: int, directory: str, timeout: float, threads: int, l
 
 
 class _Worker:
-    """What a spawned rank holds: its rows, the engine, the problems it was sent."""
+    """What a spawned rank holds: its rows, the engine, the problem it was sent last."""
 
     def __init__(self, torch: Any, me: _Rank, size: int, link: Any) -> None:
         self.torch, self.me, self.size, self.link = torch, me, size, link
         self.engine = TorchEngine()
         self.rows: dict[str, Any] = {}
         self.start = self.total = 0
-        self.problems: dict[bytes, Any] = {}
+        self.problems: dict[bytes, tuple[Any, Local]] = {}
 
-    def handle(self, message: tuple[Any, ...]) -> BaseException | None:
+    def handle(self, message: tuple[Any, ...]) -> Any:
         """Do what ``message`` says; the error this rank's own share raised, if any."""
         kind = message[0]
         if kind == "rows":
@@ -904,51 +1011,72 @@ class _Worker:
                     at += count
                 gradient(params, _sharded(_rows_only(self.rows), self.start, self.total))
             else:
-                _, sent, carry, steps = message
-                try:
-                    step = self.load(sent)
-                except Exception as error:
-                    return _refusal(self.me.rank, error)
-                # Every rank loaded it, or none runs it (rank 0 says which).
-                self.answer(None)
-                if pickle.loads(self.link.recv_bytes()) != ("go",):
-                    raise _Quiet
-                data = _sharded(self.rows, self.start, self.total)
-                self.engine.run(step, carry, data, steps)
+                self.stretch(*message[1:])
         except (_Elsewhere, RankFailed, _Quiet):
             raise
         except Exception as error:
             return error
         return None
 
-    def gradient(self, problem: Any, reduction: str) -> _Gradient:
-        """This rank's gradient function for a problem: sent as bytes by a call (loaded
-        once), or already loaded with a loop body. One this rank cannot load still takes
-        part in the collectives, as a share that fails with the reason."""
-        if not isinstance(problem, bytes):
-            return _Gradient(self, problem, reduction, value_and_grad_of(self.engine, problem))
-        if problem not in self.problems:
+    def stretch(self, problem: bytes, sent: bytes, skeleton: bytes, steps: int) -> None:
+        """Run a stretch of a fit: the loop body sent, from the carry broadcast."""
+        loaded, local = self.problem(problem)
+        if local is None:
+            self.answer(loaded)  # why the problem cannot be loaded here
+            raise _Quiet
+        try:
+            step = _Unpickler(
+                io.BytesIO(sent), lambda reduction: _Gradient(self, loaded, reduction, local)
+            ).load()
+            carry = pickle.loads(skeleton)
+        except Exception:
+            self.answer(_Stays())
+            raise _Quiet from None
+        # Every rank loaded it, or none runs it (rank 0 says which).
+        self.answer(None)
+        if pickle.loads(self.link.recv_bytes()) != ("go",):
+            raise _Quiet
+
+        def fill(leaf: Any) -> Any:
+            if isinstance(leaf, _Slot):
+                tensor = self.torch.empty(leaf.shape, dtype=getattr(self.torch, leaf.dtype))
+                self.me.collective("broadcast", tensor, 0)
+                return tensor
+            return leaf
+
+        carry = tree_map(fill, carry)
+        self.engine.run(step, carry, _sharded(self.rows, self.start, self.total), steps)
+
+    def problem(self, sent: bytes) -> tuple[Any, Local | None]:
+        """The problem sent as bytes and its gradient (loaded once), or why it cannot be
+        loaded here and ``None``."""
+        if sent not in self.problems:
             try:
-                loaded = self.load(problem)
-                self.problems = {problem: (loaded, value_and_grad_of(self.engine, loaded))}
+                loaded = _Unpickler(io.BytesIO(sent), _no_gradient).load()
             except Exception as error:
                 # Not here: a problem whose functions live where this process cannot
                 # import them (under ``if __name__ == "__main__":``).
-                return _Gradient(self, _UNLOADED, reduction, _refusing(self.me.rank, error))
-        loaded, local = self.problems[problem]
+                return _refusal(self.me.rank, error), None
+            self.problems = {sent: (loaded, value_and_grad_of(self.engine, loaded))}
+        return self.problems[sent]
+
+    def gradient(self, problem: bytes, reduction: str) -> _Gradient:
+        """This rank's gradient function for a problem sent by a call. One this rank
+        cannot load still takes part in the collectives, as a share that fails with the
+        reason."""
+        loaded, local = self.problem(problem)
+        if local is None:
+            return _Gradient(self, _UNLOADED, reduction, _refusing(loaded))
         return _Gradient(self, loaded, reduction, local)
 
-    def answer(self, answer: BaseException | None) -> None:
+    def answer(self, answer: Any) -> None:
         """Tell rank 0 this rank is done (or ready), or the error its own share raised."""
         self.link.send_bytes(_pickled(answer, self.me.rank))
 
-    def load(self, sent: bytes) -> Any:
-        return _Unpickler(io.BytesIO(sent), self.gradient).load()
-
     def call(self, gradient: _Gradient, params: Params, data: Data) -> tuple[Any, dict[str, Any]]:
         """A step on this rank: its share, the all-reduce (``_Gradient`` calls this)."""
-        rows = _my_rows(data, 0, 1, whole=False)
-        return self.me.gradient(gradient.local, params, rows, gradient.reduction)
+        mine = _my_rows(data, 0, 1, whole=False)
+        return self.me.gradient(gradient.local, params, mine, gradient.reduction)
 
     def receive(self, layout: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
         """This rank's rows, sent by rank 0 (point to point: arrays only)."""
@@ -964,6 +1092,10 @@ class _Worker:
             me.collective("recv", [self.rows[name]], 0, 0)
 
 
+def _no_gradient(reduction: str) -> _Gradient:
+    raise pickle.UnpicklingError("a problem holds no data-parallel gradient")
+
+
 def _refusal(rank: int, error: BaseException) -> ArgumentError:
     """Why rank ``rank`` cannot load the problem it was sent."""
     return ArgumentError(
@@ -973,9 +1105,8 @@ def _refusal(rank: int, error: BaseException) -> ArgumentError:
     )
 
 
-def _refusing(rank: int, error: BaseException) -> Local:
-    """A gradient function that raises why rank ``rank`` could not load the problem."""
-    refusal = _refusal(rank, error)
+def _refusing(refusal: BaseException) -> Local:
+    """A gradient function that raises why this rank could not load the problem."""
 
     def refuse(params: Params, rows: Mapping[str, Array]) -> Any:
         raise refusal
@@ -995,12 +1126,15 @@ class _Unloaded(AbstractProblem):
 _UNLOADED = _Unloaded()
 
 
-def _pickled(answer: BaseException | None, rank: int) -> bytes:
-    """``answer`` pickled, or, if it cannot be, a ``RankFailed`` that describes it."""
+def _pickled(answer: Any, rank: int) -> bytes:
+    """``answer`` pickled, or, if it cannot be pickled and read back, an error that says
+    what it was (never ``RankFailed``: the rank is well)."""
     try:
-        return pickle.dumps(answer)
+        sent = pickle.dumps(answer)
+        pickle.loads(sent)
+        return sent
     except Exception:
-        return pickle.dumps(RankFailed(f"rank {rank}: {type(answer).__name__}: {answer}"))
+        return pickle.dumps(RuntimeError(f"rank {rank}: {type(answer).__name__}: {answer}"))
 
 
 def _first_line(error: BaseException) -> str:
