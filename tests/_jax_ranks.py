@@ -152,13 +152,15 @@ def main(mode: str) -> None:
     if mode == "devices":
         # Before jax is imported (gradlab imports it on first use).
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-        # Every problem on 1, 2 and 3 devices (10 rows: 4, 4 and 2 on 3 devices, padded to
-        # 4 each), and 2 rows on 3 (one row each on two devices, the third all padding).
+        # Every problem on 3 devices (10 rows: 4, 4 and 2, padded to 4 each); a sum and a
+        # mean on 1 and 2 devices, and on 2 rows over 3 (one row each on two devices, the
+        # third all padding). Each problem compiles anew per mesh: the rest are the same
+        # code on other counts.
         grads = {
             f"{count} of {rows}": gradient_rho(
-                gradlab.data_parallel("jax", devices=count), "jax", rows
+                gradlab.data_parallel("jax", devices=count), "jax", rows, first
             )
-            for count, rows in [(1, 10), (2, 10), (3, 10), (3, 2)]
+            for count, rows, first in [(3, 10, None), (1, 10, 2), (2, 10, 2), (3, 2, 2)]
         }
         # Fits on 4 devices (251 rows each, one of them padding): on all rows, and in
         # mini-batches of 101 gathered from the spread rows.

@@ -58,7 +58,7 @@ def test_jax_devices_hold_their_own_rows_and_give_one_device_numbers() -> None:
     require_engine("jax")
     numbers, codes = _run(["devices"])
     assert codes == [0]
-    # Every problem on 1, 2 and 3 devices, and 2 rows on 3 devices.
+    # Every problem on 3 devices; a sum and a mean on 1 and 2, and 2 rows on 3 devices.
     assert set(numbers["gradients"]) == {"1 of 10", "2 of 10", "3 of 10", "3 of 2"}
     assert max(numbers["gradients"].values()) <= GRADIENT_RHO, numbers["gradients"]
     # A fit of 1001 rows on 4 devices: 251 rows on each (the last holds one copy of row

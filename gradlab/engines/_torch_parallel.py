@@ -55,7 +55,7 @@ import numpy as np
 from gradlab._errors import ArgumentError, ArgumentTypeError, EngineUnavailable, RankFailed
 from gradlab._tree import tree_map
 from gradlab.engines._cache import digest as problem_digest
-from gradlab.engines._parallel import DataParallel, reduction_of, rows_of, shard_bounds
+from gradlab.engines._parallel import DataParallel, reduction_of, rows_of, shard_bounds, share
 from gradlab.engines._protocol import (
     BATCH_ORDER,
     Array,
@@ -215,7 +215,7 @@ class _Rank:
         # A mean: each rank's mean weighted by its share of the rows; where no rank knows
         # the rows of all, by its rows, and divided by their sum after the all-reduce.
         divide = reduction == "mean" and total is None
-        weight = 1.0 if reduction != "mean" else count / total if total else float(count)
+        weight = float(count) if divide else share(count, total or 1, reduction)
         flat, error = self.share(local, params, rows, count, weight)
         self.all_reduce(flat)
         if error is not None:
