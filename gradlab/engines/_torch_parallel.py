@@ -776,6 +776,11 @@ class _Spawned:
         with self._guarded() as rank:
             sent, skeleton, tensors = travel
             problem = _sendable(gradient.problem)
+            total = rows_of(_rows_only(data))
+            stop = shard_bounds(total, self.size)[0][1]
+            mine = _sharded(
+                {k: v if k == BATCH_ORDER else v[:stop] for k, v in data.items()}, 0, total
+            )
             self._send_rows(rank, data)
             self._tell(("run", problem, sent, skeleton, steps))
             stays = self._replies(self.timeout)  # each worker loaded the loop body, or why not
@@ -785,11 +790,6 @@ class _Spawned:
                     return base.run(step, carry, data, steps)
             if stays is not None:
                 raise stays
-            total = rows_of(_rows_only(data))
-            stop = shard_bounds(total, self.size)[0][1]
-            mine = _sharded(
-                {k: v if k == BATCH_ORDER else v[:stop] for k, v in data.items()}, 0, total
-            )
             with self._answered(gradient.problem):
                 for tensor in tensors:  # the carry, by gloo (the pipes carry no arrays)
                     rank.collective("broadcast", tensor.detach().contiguous(), 0)
