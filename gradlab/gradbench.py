@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -273,6 +274,28 @@ def _reply_line(reply: Message) -> str:
         )
 
 
+def _parsed(line: str) -> Any:
+    """A message line as strict JSON: ``NaN``, ``Infinity`` and numbers too large for a
+    float (``1e400``) are refused, so that nothing echoed back (an ``id``) is one either.
+    Nesting too deep for the parser raises ``RecursionError`` (answered as not JSON)."""
+
+    def finite(text: str) -> float:
+        number = float(text)
+        if not math.isfinite(number):
+            raise ValueError(f"{text} is not a finite number")
+        return number
+
+    def constant(text: str) -> Any:
+        raise ValueError(f"{text} is not JSON")
+
+    return json.loads(line, parse_float=finite, parse_constant=constant)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def serve(
     engine: str | GradientEngine,
     messages: Iterable[str] | None = None,
@@ -311,16 +334,22 @@ def serve(
     sink = sys.stdout if replies is None else replies
     with contextlib.redirect_stdout(sys.stderr):
         for line in source:
+            if not isinstance(line, str):
+                raise ArgumentTypeError(
+                    "messages",
+                    f"must give lines of JSON text, got a {type(line).__name__} "
+                    "(json.dumps each message)",
+                )
             if not line.strip():
                 continue
             try:
-                message = json.loads(line)
-            except ValueError as error:
+                message = _parsed(line)
+            except (ValueError, RecursionError) as error:
                 message = None
                 reply: Message = {
                     "id": None,
                     "success": False,
-                    "error": f"not JSON: {error}",
+                    "error": f"not JSON: {_first_line(error)}",
                 }
             if message is not None:
                 if not isinstance(message, dict):

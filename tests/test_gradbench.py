@@ -474,6 +474,10 @@ GOOD_GMM = EVALS["gmm"].example(0, d=2, k=2, n=4)
 
 HOSTILE = [
     ("not json {", "not JSON"),
+    ("[" * 100_000, "not JSON"),  # deeper than the parser recurses
+    ('{"id": NaN, "kind": "start"}', "NaN is not JSON"),
+    ('{"id": Infinity, "kind": "start"}', "Infinity is not JSON"),
+    ('{"id": 1e400, "kind": "start"}', "1e400 is not a finite number"),
     ("[1, 2]", "JSON object"),
     ({"id": 1, "kind": "shout"}, "unknown message kind"),
     ({"id": 1, "kind": "define", "module": "ba"}, "does not implement module 'ba'"),
@@ -490,7 +494,7 @@ HOSTILE = [
     (evaluate("saddle", "rr", {"start": [1.0]}), "'start' has shape (1,), expected 2"),
     (evaluate("det", "primal", {"A": ["x"], "ell": 1}), "'A' must be a 1-D array of numbers"),
     (evaluate("det", "primal", {"A": [None], "ell": 1}), "'A'"),
-    (evaluate("det", "primal", {"A": [float("nan")], "ell": 1}), "not a finite number"),
+    (evaluate("det", "primal", {"A": [float("nan")], "ell": 1}), "NaN is not JSON"),
     (evaluate("lse", "primal", {"x": []}), "'x' has shape (0,)"),
     (evaluate("lse", "primal", {"y": [1.0]}), "no field 'x'"),
     (evaluate("lse", "primal", {"x": [1.0], "min_runs": -1}), "'min_runs'"),
@@ -529,6 +533,7 @@ def test_a_hostile_message_gets_a_failure_and_the_tool_reads_on(line: Any, compl
         ('{"id": 0, "kind": "start"}', None, "messages"),
         (3, None, "messages"),
         ([], "stdout", "replies"),
+        ([{"id": 0, "kind": "start"}], None, "messages"),  # parsed, not lines of text
     ],
 )
 def test_serve_refuses_arguments_of_the_wrong_kind(
