@@ -8,6 +8,7 @@ import importlib
 import json
 import math
 import os
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -107,12 +108,40 @@ def stamp(record: Record, fields: Mapping[str, Any]) -> dict[str, Any]:
     return stamped
 
 
+def _bounded_int(text: str) -> int:
+    """An integer of a record: gradlab writes none beyond 64 bits (counts, steps, seeds),
+    and a larger one would overflow where a float is made of it."""
+    number = int(text)
+    if abs(number) >= 2**63:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits, beyond 64 bits")
+    return number
+
+
+def _finite_float(text: str) -> float:
+    """A number of a record: gradlab writes non-finite ones as the strings "nan", "inf"."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is not a finite number")
+    return number
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON (gradlab writes it as a string)")
+
+
+#: The largest file ``load`` reads: records are JSON text, and a fit's trajectory of 10⁷
+#: values is about 250 MB of it.
+_LARGEST_FILE = 2**30
+
+
 def parse(text: object, argument: str) -> Any:
     """JSON text parsed, or an [`ArgumentError`][gradlab.ArgumentError] naming ``argument``."""
     if not isinstance(text, (str, bytes, bytearray)):
         raise ArgumentTypeError(argument, f"must be JSON text, got {type(text).__name__}")
     try:
-        return json.loads(text)
+        return json.loads(
+            text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+        )
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
         raise ArgumentError(argument, f"is not JSON ({error})") from None
     except RecursionError:
@@ -152,9 +181,16 @@ def load(path: str | os.PathLike[str], kind: type[_R] | None = None, argument: s
     text = os.fspath(path)
     try:
         with open(text, "rb") as file:
-            content = file.read()
+            # A device or a pipe (/dev/zero) could be read without end: files only, bounded.
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ArgumentError(argument, f"{text!r} is not a file")
+            content = file.read(_LARGEST_FILE + 1)
     except OSError as error:
         raise ArgumentError(argument, f"cannot read {text!r}: {error.strerror or error}") from None
+    if len(content) > _LARGEST_FILE:
+        raise ArgumentError(
+            argument, f"{text!r} is larger than {_LARGEST_FILE >> 20} MiB: not a saved record"
+        )
     try:
         record = parse(content, argument)
     except ArgumentError as error:

@@ -261,6 +261,40 @@ def test_loaders_name_what_is_wrong() -> None:
         report.against(_saved(fit))
 
 
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (lambda text: text.replace('"atol": null', '"atol": 1' + "0" * 400), "401 digits"),
+        (lambda text: text.replace('"atol": null', '"atol": 1e400'), "1e400 is not a finite"),
+        (lambda text: text.replace('"atol": null', '"atol": NaN'), "NaN is not JSON"),
+        (lambda text: text.replace('"atol": null', '"atol": Infinity'), "Infinity is not JSON"),
+    ],
+)
+def test_a_tampered_file_is_refused_naming_the_path_never_a_raw_error(
+    change: Any, complaint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = gradlab.compare_gradients(QUADRATIC, DATA, POINT, engines="numpy,fd")
+    path = tmp_path / "baseline.json"
+    text = report.to_json()
+    assert '"atol": null' in text
+    path.write_text(change(text))
+    for read in (gradlab.load, report.against):
+        with pytest.raises(gradlab.ArgumentError, match=complaint):
+            read(str(path))
+    from gradlab.cli import main
+
+    code = main(
+        ["compare", "--problem", "quadratic", "--engines", "numpy,fd", "--baseline", str(path)]
+    )
+    assert code == 2
+    assert "--baseline" in capsys.readouterr().err
+
+
+def test_load_reads_files_only_and_bounded() -> None:
+    with pytest.raises(gradlab.ArgumentError, match="'/dev/zero' is not a file"):
+        gradlab.load("/dev/zero")
+
+
 def _saved(result: Any) -> str:
     import tempfile
 
