@@ -209,6 +209,15 @@ def naming(argument: str) -> Iterator[None]:
 
 # Tracebacks and reprs name the public path (gradlab.ArgumentError), where users import them
 # from, not this private module.
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name if it has none): what a
+    gradlab error quotes of an error from elsewhere."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 for _error in (
     GradlabError,
     ArgumentError,

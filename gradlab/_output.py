@@ -126,7 +126,17 @@ def _finite_float(text: str) -> float:
 
 
 def _no_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not JSON (gradlab writes it as a string)")
+    raise ValueError(f"{text} is not JSON")
+
+
+def strict_json(text: str | bytes | bytearray) -> Any:
+    """``json.loads`` of strict JSON: no ``NaN`` or ``Infinity``, no number beyond a float
+    (``1e400``), no integer beyond 64 bits (gradlab writes none of them; a record or a
+    message holding one was not written by a well-behaved peer). ``ValueError`` if it is
+    not, ``RecursionError`` if it nests deeper than the parser goes."""
+    return json.loads(
+        text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+    )
 
 
 #: The largest file ``load`` reads: records are JSON text, and a fit's trajectory of 10⁷
@@ -139,9 +149,7 @@ def parse(text: object, argument: str) -> Any:
     if not isinstance(text, (str, bytes, bytearray)):
         raise ArgumentTypeError(argument, f"must be JSON text, got {type(text).__name__}")
     try:
-        return json.loads(
-            text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
-        )
+        return strict_json(text)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
         raise ArgumentError(argument, f"is not JSON ({error})") from None
     except RecursionError:

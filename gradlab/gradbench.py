@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,8 +38,9 @@ from typing import IO, Any
 import numpy as np
 
 from gradlab._boundary import calling, on_engine, on_engine_together, prepare
-from gradlab._errors import ArgumentTypeError, GradlabError
+from gradlab._errors import ArgumentTypeError, GradlabError, first_line
 from gradlab._gradbench_evals import EVALS, GRADIENT, NESTED, NEWTON, VECTOR, BadInput, Case, Eval
+from gradlab._output import strict_json
 from gradlab.engines import GradientEngine, get_engine
 from gradlab.engines._protocol import (
     block_of,
@@ -274,28 +274,6 @@ def _reply_line(reply: Message) -> str:
         )
 
 
-def _parsed(line: str) -> Any:
-    """A message line as strict JSON: ``NaN``, ``Infinity`` and numbers too large for a
-    float (``1e400``) are refused, so that nothing echoed back (an ``id``) is one either.
-    Nesting too deep for the parser raises ``RecursionError`` (answered as not JSON)."""
-
-    def finite(text: str) -> float:
-        number = float(text)
-        if not math.isfinite(number):
-            raise ValueError(f"{text} is not a finite number")
-        return number
-
-    def constant(text: str) -> Any:
-        raise ValueError(f"{text} is not JSON")
-
-    return json.loads(line, parse_float=finite, parse_constant=constant)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def serve(
     engine: str | GradientEngine,
     messages: Iterable[str] | None = None,
@@ -343,13 +321,13 @@ def serve(
             if not line.strip():
                 continue
             try:
-                message = _parsed(line)
+                message = strict_json(line)
             except (ValueError, RecursionError) as error:
                 message = None
                 reply: Message = {
                     "id": None,
                     "success": False,
-                    "error": f"not JSON: {_first_line(error)}",
+                    "error": f"not JSON: {first_line(error)}",
                 }
             if message is not None:
                 if not isinstance(message, dict):

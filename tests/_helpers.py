@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import numpy as np
@@ -131,3 +132,10 @@ class RequiredMembersOnly:
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free now (for a launch's rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -63,18 +63,23 @@ def gradient_rho(engine: Any, single: str, rows: int, first: int | None = None) 
     return worst
 
 
-def fit_rho(engine: Any, single: str) -> float:
-    """The largest rho between the paths of a 100-step Adam fit with mini-batches."""
+def fit_rho(engine: Any, single: str, rank: int | None = None) -> float:
+    """The largest rho between the paths of a 100-step Adam fit with mini-batches; with a
+    ``rank``, each rank passes only its own rows (rows 0-4 on rank 0, 5-10 on rank 1), and
+    the mini-batches are still the ones one process draws from all 11."""
     problem = gradlab.MLP()
     data = problem.make_data(11, seed=3)
+    mine = data
+    if rank is not None:
+        mine = {name: value[:5] if rank == 0 else value[5:] for name, value in data.items()}
     options: dict[str, Any] = dict(
         optimizer=gradlab.adam(0.05),
         steps=100,
-        batch_size=5,
+        batch_size=5 if rank is None else 4,
         trajectory=True,
         init=problem.initial_params(data, seed=4),
     )
-    spread = gradlab.fit(problem, data, engine=engine, **options)
+    spread = gradlab.fit(problem, mine, engine=engine, **options)
     alone = gradlab.fit(problem, data, engine=single, **options)
     paths = [gradlab.max_rho(spread.trajectory, alone.trajectory)]
     return max(float(gradlab.rho(spread.losses, alone.losses).max()), *paths)
@@ -90,25 +95,6 @@ def local_rho(engine: Any, rank: int) -> float:
         loss_1, grads_1 = gradlab.value_and_grad(problem, data, point, engine="torch")
         worst = max(worst, float(gradlab.rho(loss, loss_1)), gradlab.max_rho(grads, grads_1))
     return worst
-
-
-def local_fit_rho(engine: Any, rank: int) -> float:
-    """As ``fit_rho``, each rank passing only its own rows (rows 0-4 on rank 0, 5-10 on
-    rank 1): the mini-batches are still the ones one process draws from all 11."""
-    problem = gradlab.MLP()
-    data = problem.make_data(11, seed=3)
-    mine = {name: value[:5] if rank == 0 else value[5:] for name, value in data.items()}
-    options: dict[str, Any] = dict(
-        optimizer=gradlab.adam(0.05),
-        steps=100,
-        batch_size=4,
-        trajectory=True,
-        init=problem.initial_params(data, seed=4),
-    )
-    spread = gradlab.fit(problem, mine, engine=engine, **options)
-    alone = gradlab.fit(problem, data, engine="torch", **options)
-    paths = [gradlab.max_rho(spread.trajectory, alone.trajectory)]
-    return max(float(gradlab.rho(spread.losses, alone.losses).max()), *paths)
 
 
 def refusals(engine: Any, rank: int) -> list[str]:
@@ -157,8 +143,8 @@ def main(mode: str) -> None:
             local=local_rho(
                 gradlab.data_parallel("torch", local_data=True), int(os.environ["RANK"])
             ),
-            local_fit=local_fit_rho(
-                gradlab.data_parallel("torch", local_data=True), int(os.environ["RANK"])
+            local_fit=fit_rho(
+                gradlab.data_parallel("torch", local_data=True), "torch", int(os.environ["RANK"])
             ),
             refused=refusals(engine, int(os.environ["RANK"])),
         )

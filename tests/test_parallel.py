@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import require_engine
+from _helpers import free_port, require_engine
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -325,7 +324,7 @@ class Forged:
         return (open, (self.path, "w"))
 
 
-def test_spawned_ranks_listen_on_loopback_only_and_unpickle_nothing_from_the_network(
+def test_spawned_ranks_listen_on_loopback_only_unpickle_nothing_and_close_clean(
     tmp_path: Path,
 ) -> None:
     require_engine("torch")
@@ -347,6 +346,7 @@ def test_spawned_ranks_listen_on_loopback_only_and_unpickle_nothing_from_the_net
         # The rendezvous is a file only this user can open; a value forged into it under
         # any name (as the old command keys) is never unpickled.
         assert os.stat(group.directory).st_mode & 0o777 == 0o700
+        processes, directory = list(group.processes), group.directory
         store = torch.distributed.FileStore(  # type: ignore[attr-defined]
             os.path.join(group.directory, "store"), -1
         )
@@ -359,10 +359,15 @@ def test_spawned_ranks_listen_on_loopback_only_and_unpickle_nothing_from_the_net
     assert not marker.exists()
     one = gradlab.value_and_grad(problem, data, params, engine="torch")
     assert gradlab.max_rho(grads, one[1]) <= GRADIENT_RHO
+    # close() (the with block's end) left no process, socket or rendezvous file.
     assert _sockets(os.getpid()) == before
+    for process in processes:
+        process.join(5)
+        assert not process.is_alive()
+    assert not os.path.exists(directory)
 
 
-def test_close_a_lost_rank_and_collection_leave_no_process_socket_or_file() -> None:
+def test_a_lost_rank_and_collection_leave_no_process_socket_or_file() -> None:
     require_engine("torch")
     problem = gradlab.LinearRegression()
     data = problem.make_data(10, d=2, seed=0)
@@ -383,9 +388,6 @@ def test_close_a_lost_rank_and_collection_leave_no_process_socket_or_file() -> N
         assert _sockets(os.getpid()) == before
         assert not os.path.exists(directory)
 
-    engine, processes, directory = started()
-    engine.close()
-    gone(processes, directory)
     engine, processes, directory = started()
     os.kill(processes[0].pid, signal.SIGKILL)
     with pytest.raises(gradlab.RankFailed) as failure:
@@ -550,12 +552,6 @@ def test_data_parallel_refuses_what_it_cannot_spread() -> None:
 # -- fresh processes: forced host devices, jax.distributed, a torchrun launch ----------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _run(*commands: list[str], env: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Run the commands at once; the JSON line the first prints."""
     envs = env or [{}] * len(commands)
@@ -578,7 +574,7 @@ def _run(*commands: list[str], env: list[dict[str, str]] | None = None) -> dict[
 
 def test_torch_under_a_torchrun_launch_gives_one_process_numbers() -> None:
     require_engine("torch")
-    launch = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    launch = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     numbers = _run(
         ["torchrun"],
         ["torchrun"],

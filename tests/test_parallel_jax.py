@@ -14,23 +14,16 @@ from __future__ import annotations
 import json
 import math
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import _jax_ranks as _ranks
-from _helpers import require_engine
+from _helpers import free_port, require_engine
 
 RANKS = Path(__file__).with_name("_jax_ranks.py")
 GRADIENT_RHO, PATH_RHO = 1e-12, 1e-10
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _run(*commands: list[str]) -> tuple[dict[str, Any], list[int]]:
@@ -80,7 +73,7 @@ def test_jax_devices_hold_their_own_rows_and_give_one_device_numbers() -> None:
 
 def test_jax_processes_hold_their_rows_refuse_other_inputs_and_name_a_lost_one() -> None:
     require_engine("jax")
-    port = str(_free_port())
+    port = str(free_port())
     numbers, codes = _run(["distributed", "0", port], ["distributed", "1", port])
     assert codes == [0, -signal.SIGKILL]  # process 1 killed itself mid-fit, as planned
     assert numbers["devices"] == 2

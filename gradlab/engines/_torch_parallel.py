@@ -52,7 +52,13 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._errors import ArgumentError, ArgumentTypeError, EngineUnavailable, RankFailed
+from gradlab._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    EngineUnavailable,
+    RankFailed,
+    first_line,
+)
 from gradlab._tree import tree_map
 from gradlab.engines._cache import digest as problem_digest
 from gradlab.engines._parallel import DataParallel, reduction_of, rows_of, shard_bounds, share
@@ -289,7 +295,7 @@ class _Rank:
             getattr(self.group, operation)(*args).wait()
             return
         except RuntimeError as error:
-            cause = _first_line(error)
+            cause = first_line(error)
         raise RankFailed(
             f"rank {self.rank}: a data-parallel collective failed (a rank died or did "
             f"not answer within {self.timeout:g} s): {cause}"
@@ -353,7 +359,7 @@ class _Launched:
                 dist.init_process_group(self.backend, **options)
             except (RuntimeError, ValueError) as error:
                 raise RankFailed(
-                    f"the ranks of the launch did not meet: {_first_line(error)}"
+                    f"the ranks of the launch did not meet: {first_line(error)}"
                 ) from None
         else:
             self.backend = str(dist.get_backend())
@@ -602,7 +608,7 @@ class _Spawned:
         try:
             holder.append(_gloo(self.torch, directory, 0, self.size, self.timeout))
         except RuntimeError as error:
-            raise RankFailed(f"the ranks did not connect: {_first_line(error)}") from None
+            raise RankFailed(f"the ranks did not connect: {first_line(error)}") from None
         self._rank = _Rank(self.torch, holder[0], 0, self.timeout, self.threads)
         return self._rank
 
@@ -943,7 +949,7 @@ def _sendable(problem: AbstractProblem) -> bytes:
     except Exception as error:
         raise ArgumentError(
             "problem",
-            f"cannot be sent to the spawned processes ({_first_line(error)}): build it from "
+            f"cannot be sent to the spawned processes ({first_line(error)}): build it from "
             "module-level functions, or launch the ranks with torchrun",
         ) from None
 
@@ -1100,7 +1106,7 @@ def _refusal(rank: int, error: BaseException) -> ArgumentError:
     """Why rank ``rank`` cannot load the problem it was sent."""
     return ArgumentError(
         "problem",
-        f"rank {rank} cannot load it ({_first_line(error)}): define its functions at module "
+        f"rank {rank} cannot load it ({first_line(error)}): define its functions at module "
         "level, outside `if __name__ == '__main__':`, or launch the ranks with torchrun",
     )
 
@@ -1135,8 +1141,3 @@ def _pickled(answer: Any, rank: int) -> bytes:
         return sent
     except Exception:
         return pickle.dumps(RuntimeError(f"rank {rank}: {type(answer).__name__}: {answer}"))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
