@@ -10,7 +10,7 @@ import numpy as np
 
 from gradlab._checks import check_dtype, check_float, check_positive_float
 from gradlab._errors import ArgumentError, ArgumentTypeError
-from gradlab._tree import flatten
+from gradlab._tree import NestError, flatten, subscript
 
 #: Largest rho accepted between two exact gradients (autodiff or hand-derived), per dtype.
 #: float64: round-off of a few hundred operations on data of moderate size sits near 1e-14;
@@ -44,25 +44,20 @@ def max_rho(a: Any, b: Any) -> float:
     """The largest [`rho`][gradlab.rho] over every element of two gradients with the same names.
 
     Gradients are dicts of arrays, or nests of the same structure (compared leaf by leaf,
-    by path). Non-finite values count as total disagreement (``inf``).
+    by path), or two arrays. Non-finite values count as total disagreement (``inf``).
 
     Examples:
         >>> max_rho({"w": [1.0, 2.0], "b": 0.0}, {"w": [1.0, 2.5], "b": 0.0})
         0.1111111111111111
     """
-    for argument, value in (("a", a), ("b", b)):
-        if not isinstance(value, (Mapping, list, tuple)):
-            raise ArgumentTypeError(
-                argument, f"must be a dict of arrays or a nest of them, got {type(value).__name__}"
-            )
-    a, b = flatten(a)[0], flatten(b)[0]
+    a, b = _named(a, "a"), _named(b, "b")
     if set(a) != set(b):
-        raise ArgumentError("b", f"names {sorted(b)} differ from {sorted(a)}")
+        raise ArgumentError("b", f"has {_names(b)}, where a has {_names(a)}")
     worst = 0.0
     for name in a:
-        left, right = _as_real(a[name], f"a[{name!r}]"), _as_real(b[name], f"b[{name!r}]")
+        left, right = _as_real(a[name], _at("a", name)), _as_real(b[name], _at("b", name))
         if left.shape != right.shape:
-            raise ArgumentError("b", f"{name!r} has shape {right.shape}, expected {left.shape}")
+            raise ArgumentError(_at("b", name), f"has shape {right.shape}, expected {left.shape}")
         if left.size == 0:
             continue
         if not (np.all(np.isfinite(left)) and np.all(np.isfinite(right))):
@@ -229,9 +224,32 @@ def differences(
 def _as_real(value: Any, argument: str) -> np.ndarray:
     """``value`` as a float64 array (non-finite values allowed), or a named error."""
     try:
+        if np.iscomplexobj(value):  # would lose its imaginary part, with only a warning
+            raise TypeError
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ArgumentTypeError(argument, f"must be real numbers, got {value!r}") from None
+        shown = f"{type(value).__name__} {value!r}"
+        raise ArgumentTypeError(
+            argument, f"must be real numbers, got {shown[:80]}{'…' * (len(shown) > 80)}"
+        ) from None
+
+
+def _named(value: Any, argument: str) -> dict[str, Any]:
+    """``value``'s leaves by path (one array is the single leaf ``""``), or a named error."""
+    try:
+        return flatten(value)[0]
+    except NestError as error:
+        raise ArgumentError(subscript(argument, error.keys), str(error)) from None
+
+
+def _names(flat: Mapping[str, Any]) -> str:
+    """What a flattened argument holds, for an error: its leaves' names, or one array."""
+    return "one array" if list(flat) == [""] else f"the leaves {sorted(flat)}"
+
+
+def _at(argument: str, name: str) -> str:
+    """The argument naming one leaf: ``a['w']``, or ``a`` for a lone array."""
+    return f"{argument}[{name!r}]" if name else argument
 
 
 def tolerance(dtype: str, *, against_fd: bool = False) -> float:

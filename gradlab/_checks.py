@@ -15,7 +15,18 @@ from typing import Any
 import numpy as np
 
 from gradlab._errors import ArgumentError, ArgumentTypeError
-from gradlab._tree import Structure, named_leaves, structure, subscript
+from gradlab._tree import (
+    Keys,
+    NestError,
+    Structure,
+    check_walkable,
+    named_leaves,
+    nest_of_paths,
+    parse_path,
+    path,
+    structure,
+    subscript,
+)
 
 DTYPES = ("float32", "float64")
 
@@ -107,7 +118,7 @@ def as_float_array(value: object, argument: str, *, copy: bool = True) -> np.nda
             "is a masked array, and gradlab does not honour masks: pass value.compressed() "
             "(the unmasked values) or value.filled(fill_value)",
         )
-    value = _on_host(value)
+    value = _on_host(value, argument)
     try:
         array = np.array(value, copy=True) if copy else np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -127,12 +138,22 @@ def as_float_array(value: object, argument: str, *, copy: bool = True) -> np.nda
     return array
 
 
-def _on_host(value: object) -> object:
+def _on_host(value: object, argument: str) -> object:
     """A torch tensor as a detached CPU tensor that NumPy can read (found without importing
     torch: by the module its type comes from, as eagerpy does)."""
     if type(value).__module__.partition(".")[0] == "torch" and hasattr(value, "detach"):
+        if getattr(value, "is_meta", False):
+            raise ArgumentError(argument, META_DEVICE)
         return value.detach().cpu().numpy()
     return value
+
+
+#: Why a tensor on torch's meta device cannot be used, and what to do instead.
+META_DEVICE = (
+    "is a torch tensor on the meta device: it has a shape but no values to compute with; "
+    "give it values first (tensor = torch.empty_like(tensor, device='cpu') and fill it; "
+    "a module: module.to_empty(device='cpu') then initialise it or load_state_dict)"
+)
 
 
 def check_mapping(value: object, argument: str) -> Mapping[str, Any]:
@@ -142,6 +163,83 @@ def check_mapping(value: object, argument: str) -> Mapping[str, Any]:
             argument, f"must be a mapping from names to arrays, got {type(value).__name__}"
         )
     return value
+
+
+def check_shapes(
+    shapes: object, argument: str, *, paths: bool = True
+) -> dict[str, tuple[int, ...]]:
+    """Declared shapes by name, from a mapping (nested or not) of names to shapes.
+
+    A nested mapping's names join its parent's with a dot: ``{"embed": {"kernel": (3, 2)}}``
+    declares ``"embed.kernel"``. With ``paths``, every name is a parameter's path, kept in
+    the one spelling that flattening a nest gives (``"embed['kernel']"`` is
+    ``"embed.kernel"``), so that declared names and parameters' paths compare as strings.
+
+    Args:
+        shapes: ``{name: shape}``, each shape a tuple (or list) of non-negative ints.
+        argument: The argument's name, for errors (``"params"``, ``"shapes"``).
+        paths: Whether the names are parameter paths (else names kept as written, such
+            as a torch module's ``"0.weight"``).
+
+    Raises:
+        ArgumentTypeError: not a mapping with string keys, or a shape that is not a tuple
+            of ints (bools refused).
+        ArgumentError: a negative size, an empty nested mapping, a name that is not a
+            path, one named twice, or one both a parameter and a nest of them.
+    """
+    checked = check_mapping(shapes, argument)
+    try:
+        check_walkable(checked)
+    except NestError as error:
+        raise ArgumentError(subscript(argument, error.keys), str(error)) from None
+    out: dict[str, tuple[int, ...]] = {}
+
+    def visit(tree: Mapping[Any, Any], keys: Keys, prefix: str) -> None:
+        for key, value in tree.items():
+            where = subscript(argument, (*keys, key))
+            if not isinstance(key, str):
+                raise ArgumentTypeError(where, f"names must be strings, got {key!r}")
+            name = key if not prefix else prefix + ("" if key.startswith("[") else ".") + key
+            if isinstance(value, Mapping):
+                if not value:
+                    raise ArgumentError(where, "is an empty mapping: it declares no shape")
+                visit(value, (*keys, key), name)
+                continue
+            shape = _shape(value, where)
+            if paths:
+                try:
+                    name = path(parse_path(name))
+                except ValueError as error:
+                    raise ArgumentError(
+                        where,
+                        f"is not a parameter path ({error}); a key with dots, brackets or "
+                        "quotes is written in brackets, as Python indexes it: \"['my.key']\"",
+                    ) from None
+            if name in out:
+                raise ArgumentError(where, f"declares {name!r} a second time")
+            out[name] = shape
+
+    visit(checked, (), "")
+    if paths:
+        try:
+            nest_of_paths(dict.fromkeys(out))
+        except ValueError as error:
+            raise ArgumentError(argument, str(error)) from None
+    return out
+
+
+def _shape(value: object, argument: str) -> tuple[int, ...]:
+    """A shape: a tuple (or list, or ``torch.Size``) of non-negative ints, NumPy's too."""
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(size, numbers.Integral) and not isinstance(size, (bool, np.bool_))
+        for size in value
+    ):
+        raise ArgumentTypeError(
+            argument, f"must be a shape tuple of non-negative ints, got {value!r}"
+        )
+    if any(size < 0 for size in value):
+        raise ArgumentError(argument, f"must be a shape tuple of non-negative ints, got {value!r}")
+    return tuple(int(size) for size in value)
 
 
 def check_params(
@@ -169,17 +267,9 @@ def check_params(
     if len(set(layout.paths)) != len(layout.paths):
         raise ArgumentError(argument, f"has two parameters named alike: {list(layout.paths)}")
     if shapes is not None:
-        missing = [name for name in shapes if name not in layout.paths]
-        extra = [name for name in layout.paths if name not in shapes]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"is missing parameter(s) {', '.join(map(repr, missing))}")
-            if extra:
-                parts.append(f"has unknown parameter(s) {', '.join(map(repr, extra))}")
-            raise ArgumentError(
-                argument, f"{' and '.join(parts)}; expected {', '.join(map(repr, shapes))}"
-            )
+        # Declared by path, nested or not, in any spelling: compared in flatten's spelling.
+        shapes = check_shapes(shapes, "param_shapes")
+        _check_names(argument, shapes, layout)
     out = {}
     for name, (keys, value) in zip(layout.paths, named_leaves(params), strict=True):
         where = subscript(argument, keys)
@@ -188,6 +278,38 @@ def check_params(
             raise ArgumentError(where, f"has shape {array.shape}, expected {tuple(shapes[name])}")
         out[name] = array
     return out, layout
+
+
+def _check_names(argument: str, shapes: Mapping[str, tuple[int, ...]], layout: Structure) -> None:
+    """Refuse parameters whose paths are not the declared ones, naming each where it is."""
+    missing = [name for name in shapes if name not in layout.paths]
+    extra = [
+        keys for keys, name in zip(layout.keys, layout.paths, strict=True) if name not in shapes
+    ]
+    if not missing and not extra:
+        return
+    parts = []
+    if missing:
+        where = (subscript(argument, parse_path(name)) for name in missing)
+        listed = ", ".join(f"{name!r} ({at})" for name, at in zip(missing, where, strict=True))
+        parts.append(f"is missing parameter(s) {listed}")
+    if extra:
+        parts.append(
+            f"has unknown parameter(s) {', '.join(subscript(argument, keys) for keys in extra)}"
+        )
+    # A flat key spelled like a declared path ({"embed.kernel": ...}) is not that path: a
+    # path's dots and brackets index into nests.
+    lookalike = [keys[0] for keys in extra if len(keys) == 1 and keys[0] in missing]
+    hint = (
+        f"; a declared path indexes into nests: {lookalike[0]!r} is "
+        f"{subscript(argument, parse_path(lookalike[0]))}, not "
+        f"{subscript(argument, lookalike[:1])}"
+        if lookalike
+        else ""
+    )
+    raise ArgumentError(
+        argument, f"{' and '.join(parts)}; expected {', '.join(map(repr, shapes))}{hint}"
+    )
 
 
 def check_tree(tree: object, argument: str) -> Any:
@@ -201,6 +323,19 @@ def check_tree(tree: object, argument: str) -> Any:
     return layout.unflatten(dict(zip(layout.paths, checked, strict=True)))
 
 
+def check_same_structure(argument: str, tree: object, layout: Structure, like: str) -> Structure:
+    """``tree``'s structure, which must be ``layout``'s (dicts by key, in any order), or an
+    error naming the first container that differs and how."""
+    given = _nest(tree, argument)
+    found = layout.difference(given)
+    if found is not None:
+        keys, how = found
+        raise ArgumentError(
+            subscript(argument, keys), f"{how} ({argument} must have the structure of {like})"
+        )
+    return given
+
+
 def _nest(tree: object, argument: str) -> Structure:
     """The structure of ``tree``, which must be a mapping or a nest of containers."""
     if not isinstance(tree, (Mapping, tuple, list)):
@@ -209,7 +344,10 @@ def _nest(tree: object, argument: str) -> Structure:
             "must be a mapping from names to arrays, or a nest of dicts, lists and tuples of "
             f"arrays, got {type(tree).__name__}{_wrap_hint(tree)}",
         )
-    layout = structure(tree)
+    try:
+        layout = structure(tree)
+    except NestError as error:
+        raise ArgumentError(subscript(argument, error.keys), str(error)) from None
     if layout.node is None:  # a list of numbers: one array, with no name to report it by
         raise ArgumentTypeError(
             argument,

@@ -27,7 +27,7 @@ from gradlab._report import Engines, GradientReport
 from gradlab._report import _arguments as arguments
 from gradlab._report import _report as report
 from gradlab._second import check_tangent
-from gradlab._tree import Structure, _is_numbers, flatten_up_to, structure
+from gradlab._tree import Structure, _is_numbers, flatten_up_to, structure, subscript
 from gradlab.engines._protocol import (
     JVP,
     VJP,
@@ -346,7 +346,13 @@ def vjp(
     fault = _blame(engine, flat, "vjp", getattr(product, "hand", False))
     value, out = _values(engine, fault, value_out, dtype)
     shapes = {path: np.shape(array) for path, array in value.items()}
-    if weights_layout != out or {p: np.shape(w) for p, w in weights.items()} != shapes:
+    differs = out.difference(weights_layout)
+    if differs is not None and differs[0]:  # a container inside: say which
+        raise ArgumentError(
+            subscript("cotangent", differs[0]),
+            f"{differs[1]} (cotangent must have the structure of the function's output)",
+        )
+    if differs or {p: np.shape(w) for p, w in weights.items()} != shapes:
         raise ArgumentError(
             "cotangent",
             f"must have the structure and shapes of the function's output, {_shapes(shapes)}; "

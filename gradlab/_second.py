@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from gradlab._boundary import calling, check_hvp, on_engine, prepare
-from gradlab._checks import check_params
+from gradlab._checks import check_params, check_same_structure
 from gradlab._errors import ArgumentError, naming
 from gradlab._tree import Structure
 from gradlab.engines._protocol import HVP, GradientEngine, hvp_of
@@ -73,15 +73,15 @@ def hvp(
 def check_tangent(
     tangent: object, params: Mapping[str, np.ndarray], layout: Structure
 ) -> dict[str, np.ndarray]:
-    """``tangent`` by path: the structure and shapes of the parameters, or an error naming it."""
-    checked, tangent_layout = check_params(
+    """``tangent`` by path: the structure and shapes of the parameters, or an error naming it.
+
+    Dicts match by key whatever their order (``jax.tree_util.tree_map`` sorts them).
+    """
+    check_same_structure("tangent", tangent, layout, "params")
+    checked, _ = check_params(
         tangent, {name: value.shape for name, value in params.items()}, "tangent"
     )
-    if tangent_layout != layout:
-        raise ArgumentError(
-            "tangent", "must have the structure of params (the same containers, in order)"
-        )
-    return checked
+    return {name: checked[name] for name in params}
 
 
 def hessian(

@@ -13,6 +13,7 @@ is its own flattening, so it costs nothing.
 
 from __future__ import annotations
 
+import ast
 import collections
 import functools
 import numbers
@@ -31,6 +32,64 @@ _BARE = re.compile(r"[^.\[\]'\"]+")
 
 
 _CONTAINERS = (Mapping, list, tuple)
+
+#: The deepest nest gradlab walks. Real models nest a few levels, NumPy arrays at most 64
+#: (written as lists); every walk below recurses, and Python's recursion limit is 1000.
+MAX_DEPTH = 100
+
+#: The most containers a nest may hold. A nest that shares a subtree (``t = [t, t]``,
+#: repeated) can describe more leaves than memory holds in a few lines.
+MAX_CONTAINERS = 100_000
+
+
+class NestError(ValueError):
+    """A nest that gradlab cannot walk: one that holds itself, or nests too deep or too wide.
+
+    Attributes:
+        keys: Where it was found.
+    """
+
+    def __init__(self, keys: Keys, message: str) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+def check_walkable(tree: Any) -> None:
+    """Refuse a nest that holds itself, or is deeper than ``MAX_DEPTH`` or larger than
+    ``MAX_CONTAINERS``, before any recursive walk meets it.
+
+    Iterative, so the check itself cannot overflow the stack; every list and tuple counts as
+    a container here, lists of numbers too (a 100-deep list of numbers is no array either).
+
+    Raises:
+        NestError: Naming where.
+    """
+    # Depth first, with the containers above the current one in ``above``: an ``_EXIT``
+    # entry takes a container out of it once its children are done.
+    stack: list[tuple[Any, Keys]] = [(tree, ())] if isinstance(tree, _CONTAINERS) else []
+    above: set[int] = set()
+    count = 0
+    while stack:
+        node, keys = stack.pop()
+        if node is _EXIT:
+            above.discard(keys[0])
+            continue
+        if id(node) in above:
+            raise NestError(keys, "contains itself")
+        if len(keys) >= MAX_DEPTH:
+            raise NestError(keys[:1], f"nests deeper than {MAX_DEPTH} levels")
+        count += 1
+        if count > MAX_CONTAINERS:
+            raise NestError(keys[:1], f"holds more than {MAX_CONTAINERS:,} containers")
+        above.add(id(node))
+        stack.append((_EXIT, (id(node),)))
+        items = node.items() if isinstance(node, Mapping) else enumerate(node)
+        stack.extend(
+            (child, (*keys, key)) for key, child in items if isinstance(child, _CONTAINERS)
+        )
+
+
+_EXIT = object()
 
 
 def _is_namedtuple(tree: object) -> bool:
@@ -215,6 +274,14 @@ class Structure:
             )
         )
 
+    def difference(self, other: Structure) -> tuple[Keys, str] | None:
+        """Where ``other`` holds other containers than this structure, and how, or ``None``.
+
+        Mappings match by key in any order and of any mapping type: ``jax.tree_util`` sorts
+        dict keys, and a tangent built with it is still a tangent of these parameters.
+        """
+        return _differs(self.node, other.node, ())
+
     def flatten(self, tree: Any) -> dict[str, Any]:
         """``{path: leaf}`` of a nest with this structure."""
         if self.trivial and isinstance(tree, Mapping):
@@ -245,6 +312,49 @@ class Structure:
         return _replace(tree, lambda node: _node(node) == self.node, self.flatten)
 
 
+def _kind(node: Any) -> str:
+    """What a node of ``_node`` is, for a message: ``an array``, ``a dict``, ``a Point``."""
+    if node is None:
+        return "an array"
+    if node[0] == "namedtuple":
+        return f"a {node[1].__name__}"
+    return f"a {node[0]}"
+
+
+def _differs(mine: Any, theirs: Any, keys: Keys) -> tuple[Keys, str] | None:
+    """The first place where node ``theirs`` differs from ``mine`` (see ``difference``)."""
+    other_namedtuple = (
+        mine is not None
+        and theirs is not None
+        and mine[0] == "namedtuple"
+        and mine[1] is not theirs[1]
+    )
+    if _kind(mine) != _kind(theirs) or other_namedtuple:
+        return keys, f"is {_kind(theirs)} where {_kind(mine)} is expected"
+    if mine is None:
+        return None
+    if mine[0] == "dict":
+        expected, given = dict(mine[1]), dict(theirs[1])
+        if set(expected) != set(given):
+            missing = [key for key in expected if key not in given]
+            extra = [key for key in given if key not in expected]
+            parts = [f"lacks key(s) {missing}"] if missing else []
+            parts += [f"has extra key(s) {extra}"] if extra else []
+            return keys, " and ".join(parts)
+        pairs = [(key, child, given[key]) for key, child in expected.items()]
+    else:
+        children, others = mine[-1], theirs[-1]
+        if len(children) != len(others):
+            return keys, f"has {len(others)} items where {len(children)} are expected"
+        fields = mine[1]._fields if mine[0] == "namedtuple" else range(len(children))
+        pairs = list(zip(fields, children, others, strict=True))
+    for key, child, other in pairs:
+        found = _differs(child, other, (*keys, key))
+        if found is not None:
+            return found
+    return None
+
+
 def _replace(tree: Any, matches: Callable[[Any], bool], replace: Callable[[Any], Any]) -> Any:
     """``tree`` with every subtree that ``matches`` replaced by ``replace(subtree)``."""
     if matches(tree):
@@ -268,6 +378,7 @@ def structure(tree: Any) -> Structure:
         keys = tuple((key,) for key in tree)
         node = ("dict", tuple((key, None) for key in tree), dict)
         return Structure(node, keys, tuple(path(k) for k in keys))
+    check_walkable(tree)
     keys = tuple(keys for keys, _ in _walk(tree))
     return Structure(_node(tree), keys, tuple(path(k) for k in keys))
 
@@ -336,3 +447,98 @@ def rebuild(shape: Any, saved: Any, leaf: Callable[[Any], Any]) -> Any:
     if kind_name not in ("list", "tuple") or len(saved) != len(children):
         raise ValueError(f"a saved nest does not match its layout at {kind_name!r}")
     return tuple(built) if kind_name == "tuple" else built
+
+
+def parse_path(name: str) -> Keys:
+    """The keys a path names: [`path`][gradlab._tree.path] undone.
+
+    ``"layers[0].w"`` is ``("layers", 0, "w")``; a key with dots, brackets or quotes is
+    written in brackets as Python writes it (``"['embed.kernel']"``), so every path has
+    one reading.
+
+    Raises:
+        ValueError: ``name`` is not a path (empty, an unclosed bracket, ``"a..b"``).
+    """
+    keys: list[Any] = []
+    at = 0
+    while at < len(name):
+        if name[at] == "[":
+            # A quoted key may hold "]": its end is the closing quote, not the first "]".
+            end = _string_end(name, at + 1) + 1 if name[at + 1 : at + 2] in ("'", '"') else at + 1
+            close = name.find("]", end)
+            if close < 0:
+                raise ValueError(f"{name!r} has an unclosed bracket")
+            try:
+                key = ast.literal_eval(name[at + 1 : close])
+                hash(key)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                raise ValueError(f"{name!r}: {name[at : close + 1]} is not an index") from None
+            keys.append(key)
+            at = close + 1
+            continue
+        if keys:
+            if name[at] != ".":
+                raise ValueError(f"{name!r}: expected '.' or '[' at {name[at:]!r}")
+            at += 1
+        bare = _BARE.match(name, at)
+        if bare is None:
+            raise ValueError(f"{name!r}: expected a key at {name[at:]!r}")
+        keys.append(bare.group())
+        at = bare.end()
+    if not keys:
+        raise ValueError("an empty path names nothing")
+    return tuple(keys)
+
+
+def _string_end(name: str, start: int) -> int:
+    """Where the Python string literal that opens at ``name[start]`` closes."""
+    quote, at = name[start], start + 1
+    while at < len(name):
+        if name[at] == "\\":
+            at += 2
+        elif name[at] == quote:
+            return at
+        else:
+            at += 1
+    raise ValueError(f"{name!r} has an unclosed quote")
+
+
+def nest_of_paths(flat: Mapping[str, Any]) -> Any:
+    """The nest whose leaves ``flat`` names by path: ``{"embed.kernel": k}`` is
+    ``{"embed": {"kernel": k}}``; ``flatten`` undone where no structure was kept.
+
+    Indices ``[0]``, ``[1]``, ... of one container make a list; any other key a dict.
+
+    Raises:
+        ValueError: a path that does not parse, or one that runs through another's leaf
+            (``"a"`` and ``"a.b"``).
+    """
+    root: dict[Any, Any] = {}
+    for name, leaf in flat.items():
+        *above, last = parse_path(name)
+        node = root
+        for key in above:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{name!r} runs through another parameter")
+        if last in node:
+            raise ValueError(f"{name!r} is named twice, or is both a parameter and a nest")
+        node[last] = _Leaf(leaf)
+    return _lists(root)
+
+
+class _Leaf:
+    """A leaf while a nest is built from paths (a leaf may itself be a dict)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _lists(node: Any) -> Any:
+    if isinstance(node, _Leaf):
+        return node.value
+    built = {key: _lists(child) for key, child in node.items()}
+    indices = [key for key in built if isinstance(key, int) and not isinstance(key, bool)]
+    if len(indices) == len(built) and sorted(indices) == list(range(len(built))):
+        return [built[index] for index in range(len(built))]
+    return built

@@ -133,11 +133,56 @@ def test_hvp_with_a_nested_tangent(engine: str) -> None:
     assert gradlab.max_rho(as_flat(product), flat) < limit
 
 
-def test_hvp_refuses_a_tangent_of_another_structure() -> None:
-    tangent = {"enc": [{"w": np.zeros((3, 2))}, [np.zeros(2), Scale(np.zeros(2))]], "head": {}}
+@pytest.mark.parametrize(
+    ("tangent", "where", "how"),
+    [
+        (
+            {"enc": [{"w": np.zeros((3, 2))}, [np.zeros(2), Scale(np.zeros(2))]], "head": {}},
+            "tangent['head']",
+            "lacks key(s) ['v']",
+        ),
+        (
+            {"head": {"v": 0}, "enc": [{"w": 0}, [np.zeros(2), Scale(np.zeros(2))]]},
+            "tangent['enc'][1]",
+            "is a list where a tuple is expected",
+        ),
+        (
+            {"head": {"v": 0}, "enc": [{"w": 0}, (np.zeros(2), (np.zeros(2),))]},
+            "tangent['enc'][1][1]",
+            "is a tuple where a Scale is expected",
+        ),
+        (
+            {"head": {"v": 0}, "enc": [{"w": 0}]},
+            "tangent['enc']",
+            "has 1 items where 2 are expected",
+        ),
+    ],
+    ids=["missing-key", "list-for-tuple", "tuple-for-namedtuple", "short-list"],
+)
+def test_hvp_names_the_container_of_the_tangent_that_differs(
+    tangent: Any, where: str, how: str
+) -> None:
     with pytest.raises(gradlab.ArgumentError) as caught:
         gradlab.hvp(PROBLEM, DATA, INIT, tangent, engine="fd")
-    assert caught.value.argument == "tangent"
+    assert caught.value.argument == where
+    assert how in str(caught.value)
+
+
+def test_a_tangent_matches_by_key_whatever_the_order_of_its_dicts() -> None:
+    """``jax.tree_util.tree_map`` sorts dict keys: its tangent is still a tangent of INIT."""
+    shuffled = {"enc": [{"w": INIT["enc"][0]["w"]}, INIT["enc"][1]], "head": INIT["head"]}
+    assert list(shuffled) != list(INIT)  # the order differs, the keys do not
+    product = gradlab.hvp(PROBLEM, DATA, INIT, shuffled, engine="fd")
+    same_structure(product, INIT)  # the result has the parameters' order
+    flat = gradlab.hvp(FLAT, DATA, FLAT_INIT, as_flat(INIT), engine="fd")
+    assert gradlab.max_rho(as_flat(product), flat) < 1e-6
+
+
+def test_a_tangent_made_by_jax_tree_map_is_accepted() -> None:
+    jax = pytest.importorskip("jax")
+    tangent = jax.tree_util.tree_map(np.ones_like, INIT)
+    report = gradlab.compare_hessians(PROBLEM, DATA, INIT, tangent=tangent, engines="fd")
+    assert report.ok
 
 
 def test_hessian_blocks_nest_twice_and_match_the_flat_model() -> None:
@@ -374,8 +419,109 @@ def test_max_rho_reads_nests_and_names_what_differs() -> None:
     a, b = INIT["enc"][1][1].scale[0], moved["enc"][1][1].scale[0]
     expected = abs(a - b) / max(1.0, abs(a) + abs(b))  # rho by hand, at the one moved element
     assert gradlab.max_rho(INIT, moved) == pytest.approx(expected, rel=1e-12)
-    with pytest.raises(gradlab.ArgumentError, match="differ"):
+    with pytest.raises(gradlab.ArgumentError, match=r"has the leaves \['x'\], where a has"):
         gradlab.max_rho(INIT, {"x": 1.0})
+
+
+def test_max_rho_of_two_arrays() -> None:
+    a, b = np.array([1.0, 2.0, -3.0]), np.array([1.0, 2.5, -3.0])
+    assert gradlab.max_rho(a, b) == pytest.approx(0.5 / 4.5, rel=1e-12)  # rho by hand at [1]
+    assert gradlab.max_rho(2.0, 2.0) == 0.0
+    with pytest.raises(gradlab.ArgumentError, match=r"shape \(2,\), expected \(3,\)"):
+        gradlab.max_rho(a, b[:2])
+    with pytest.raises(gradlab.ArgumentTypeError, match="real numbers") as caught:
+        gradlab.max_rho(a, b + 1j)  # complex: refused, not cast with a warning
+    assert caught.value.argument == "b"
+
+
+def _self_dict() -> Any:
+    tree: dict[str, Any] = {"w": np.ones(2)}
+    tree["again"] = tree
+    return tree
+
+
+def _self_list() -> Any:
+    inner: list[Any] = [np.ones(2)]
+    inner.append(inner)
+    return inner
+
+
+def _deep(levels: int) -> Any:
+    tree: Any = np.ones(2)
+    for _ in range(levels):
+        tree = {"in": tree} if levels % 2 else [tree, np.ones(2)]
+    return tree
+
+
+def _shared(levels: int) -> Any:
+    tree: Any = np.ones(1)
+    for _ in range(levels):
+        tree = [tree, tree]  # 2**levels leaves, in a few bytes
+    return tree
+
+
+UNWALKABLE = {
+    "holds-itself-dict": (_self_dict, "contains itself"),
+    "holds-itself-list": (_self_list, "contains itself"),
+    "3000-deep-list": (lambda: _deep(3000), "deeper than"),
+    "3001-deep-dict": (lambda: _deep(3001), "deeper than"),
+    "2**60-leaves": (lambda: _shared(60), "more than"),
+}
+READ_ALL = gradlab.Problem(lambda p, d, xp: xp.sum(p["v"] ** 2) + 0.0, name="reads-v")
+
+
+def _entry(name: str) -> Any:
+    """Each public entry point that takes user nests, as ``(params, data) -> None``."""
+    return {
+        "value_and_grad": lambda p, d: gradlab.value_and_grad(READ_ALL, d, p, engine="fd"),
+        "fit": lambda p, d: gradlab.fit(
+            READ_ALL, d, init=p, engine="fd", optimizer=gradlab.sgd(0.1), steps=1
+        ),
+        "compare_gradients": lambda p, d: gradlab.compare_gradients(
+            READ_ALL, d, p, engines=["fd", "fd"]
+        ),
+        "hvp": lambda p, d: gradlab.hvp(READ_ALL, d, p, p, engine="fd"),
+        "max_rho": lambda p, d: gradlab.max_rho(p, p),
+    }[name]
+
+
+@pytest.mark.parametrize("entry", ["value_and_grad", "fit", "compare_gradients", "hvp", "max_rho"])
+@pytest.mark.parametrize("where", ["params", "data"])
+@pytest.mark.parametrize("case", list(UNWALKABLE))
+def test_a_nest_that_cannot_be_walked_is_refused_naming_where(
+    entry: str, where: str, case: str
+) -> None:
+    """A nest holding itself, 3000 levels deep, or sharing a subtree into 2**60 leaves: a
+    gradlab error naming the argument and where, never a RecursionError or a hang."""
+    if entry == "max_rho" and where == "data":
+        pytest.skip("max_rho takes no data")
+    make, message = UNWALKABLE[case]
+    bad = make()
+    params, data = {"v": np.ones(2)}, {"w": bad}
+    if where == "params":
+        params, data = {**params, "w": bad}, {}
+    with pytest.raises(gradlab.ArgumentError, match=message) as caught:
+        _entry(entry)(params, data)
+    argument = caught.value.argument or ""
+    named = {"params": ("init", "params", "a"), "data": ("data",)}[where]
+    assert argument.startswith(tuple(f"{name}['w']" for name in named)), argument
+
+
+def test_a_nest_as_deep_as_real_models_go_is_walked() -> None:
+    """The depth limit is far above real models: 60 levels of data reach the loss intact."""
+    problem = gradlab.Problem(
+        lambda p, d, xp: xp.sum(p["v"] ** 2) * xp.sum(_innermost(d["w"])), name="deep"
+    )
+    data = {"w": _deep(60)}
+    value, grads = gradlab.value_and_grad(problem, data, {"v": np.ones(2)}, engine="fd")
+    assert float(value) == pytest.approx(2.0 * 2.0)  # Σv² · Σ(innermost ones(2))
+    np.testing.assert_allclose(grads["v"], 2.0 * 2.0 * np.ones(2), rtol=1e-9)
+
+
+def _innermost(tree: Any) -> Any:
+    while not hasattr(tree, "shape"):
+        tree = tree["in"] if isinstance(tree, dict) else tree[0]
+    return tree
 
 
 @pytest.mark.parametrize(
