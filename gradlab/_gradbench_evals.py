@@ -4,12 +4,23 @@ data; each function a computation on an engine; each output written in the eval'
 ``gradlab.gradbench`` speaks the protocol and times; this module knows the evals. The input
 generators mirror GradBench's eval programs (the same distributions and default sizes), so
 that the in-project tests and the benchmark send what GradBench would.
+
+Reading is the tool's boundary: every number in an input is a JSON number (``true``,
+``false``, ``null`` and strings are refused wherever a number or an array of numbers is
+expected, though NumPy would read them), and every size is bounded before anything is
+allocated. Each eval's ``limits`` bound the products of its sizes that measure memory (the
+largest array a run makes) and work (a run's arithmetic), each well above the largest
+GradBench's own eval sends, so that no real run is refused and no small message asks for
+gigabytes or hours (the table is in docs/gradbench.md, checked against ``EVALS``).
+``hello``, ``particle`` and ``saddle`` have no sizes (one number, one number, two numbers).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +37,44 @@ JSON = Any
 
 class BadInput(ValueError):
     """An input that does not fit its eval's schema; the message says where."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """An eval's bounds on its input's sizes, checked before anything is allocated.
+
+    Attributes:
+        sizes: Each size's letter and where the input gives it (``"input field 'n'"``).
+        bounds: Each bounded product of sizes, written with ``·`` (``"n·k·d"``; one letter
+            alone bounds that size), and the largest value accepted.
+    """
+
+    sizes: Mapping[str, str]
+    bounds: Mapping[str, int]
+
+    def check(self, **sizes: int) -> None:
+        """Refuse sizes whose product passes a bound, naming the fields and the bound.
+
+        Raises:
+            BadInput: A product is above its bound.
+        """
+        for product, most in self.bounds.items():
+            letters = product.split("·")
+            value = math.prod(sizes[letter] for letter in letters)
+            if value <= most:
+                continue
+            if len(letters) == 1:
+                raise BadInput(
+                    f"input too large: {self.sizes[product]} is {value}, above gradlab's "
+                    f"bound of {most}"
+                )
+            given = ", ".join(
+                f"{letter} = {sizes[letter]} is {self.sizes[letter]}"
+                for letter in dict.fromkeys(letters)
+            )
+            raise BadInput(
+                f"input too large: {product} = {value}, above gradlab's bound of {most} ({given})"
+            )
 
 
 # What a function asks of an engine: the loss's value, its gradient, a vector-valued
@@ -58,6 +107,8 @@ class Eval:
         sizes: The eval's default sizes, one dict per input, in its order.
         vector_problem: For ``VECTOR`` functions, the case's problem as a vector function.
         timed: Whether its inputs carry ``min_runs`` and ``min_seconds`` (not ``hello``).
+        limits: The bounds on its sizes (``read`` checks them), named as in ``sizes``;
+            None for an eval without sizes.
     """
 
     name: str
@@ -68,45 +119,72 @@ class Eval:
     sizes: tuple[dict[str, Any], ...]
     vector_problem: Callable[[Case], AbstractProblem] | None = None
     timed: bool = True
+    limits: Limits | None = None
 
 
 # -- reading JSON ----------------------------------------------------------------------------
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut short: an error names a bad value without echoing megabytes."""
+    return reprlib.repr(value)
 
 
 def _field(input: JSON, key: str) -> Any:
     if not isinstance(input, Mapping):
         raise BadInput(f"the input must be a JSON object, got {type(input).__name__}")
     if key not in input:
-        raise BadInput(f"the input has no field {key!r} (it has {sorted(input)})")
+        raise BadInput(f"the input has no field {key!r} (it has {shown(sorted(input))})")
     return input[key]
 
 
 def _integer(input: JSON, key: str, low: int) -> int:
     value = _field(input, key)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise BadInput(f"input field {key!r} must be an integer ≥ {low}, got {value!r}")
+        raise BadInput(f"input field {key!r} must be an integer ≥ {low}, got {shown(value)}")
     return int(value)
 
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise BadInput(f"{where} must be a number, got {value!r}")
+        raise BadInput(f"{where} must be a number, got {shown(value)}")
     number = float(value)
     if not math.isfinite(number):
-        raise BadInput(f"{where} must be finite, got {value!r}")
+        raise BadInput(f"{where} must be finite, got {shown(value)}")
     return number
+
+
+def _numbers(value: Any, depth: int) -> bool:
+    """Whether ``value`` is ``depth`` levels of lists with numbers at the bottom.
+
+    NumPy reads ``true`` as 1, ``"1.5"`` as 1.5 and ``null`` as NaN: each is refused here,
+    by the set of the kinds at each level (a pass in C over each level, not a Python loop).
+    """
+    lists: list[Any] = [value]  # the lists at one level, from the top
+    for level in range(depth):
+        if not set(map(type, lists)) <= {list}:
+            return False
+        if level < depth - 1:
+            lists = list(itertools.chain.from_iterable(lists))
+    return all(
+        issubclass(kind, numbers.Real) and not issubclass(kind, bool)
+        for kind in set(map(type, itertools.chain.from_iterable(lists)))
+    )
 
 
 def _array(input: JSON, key: str, shape: tuple[int | None, ...]) -> np.ndarray:
     """Field ``key`` as a float64 array of ``shape`` (None: any length ≥ 1)."""
     value = _field(input, key)
+    refusal = (
+        f"input field {key!r} must be a {len(shape)}-D array of numbers (rows of equal "
+        "length; no true, false, null or strings)"
+    )
+    if not _numbers(value, len(shape)):
+        raise BadInput(refusal)
     try:
         array = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BadInput(
-            f"input field {key!r} must be a {len(shape)}-D array of numbers (rows of equal length)"
-        ) from None
-    # A JSON array of numbers only: booleans, strings and nulls are refused above or here.
+    except ValueError:  # ragged rows
+        raise BadInput(refusal) from None
     if not fits(array.shape, shape):
         expected = "×".join("n" if want is None else str(want) for want in shape) or "scalar"
         raise BadInput(f"input field {key!r} has shape {array.shape}, expected {expected}")
@@ -157,20 +235,62 @@ def _write_scalar_or_gradient(function: str, case: Case, result: Any, key: str) 
     return float(result)
 
 
+# Each eval's bounds, beside its reader; the largest GradBench's own eval sends (its
+# defaults, ADBench's sizes for gmm) in comments. Memory and work per run: lse and llsq
+# O(n·m) (the hand gradient's Vandermonde matrix); gmm (n, k, d) arrays, (k, d, d) factors
+# and O(n·k·d²) work; kmeans an (n, k) distance matrix from n·k·d products; ode n·s (the
+# reverse pass keeps each step's start) and s steps unrolled by compiling engines; lstm
+# l·c cells of b values.
+_LSE = Limits({"n": "the length of input field 'x'"}, {"n": 2**24})  # 1,280,000
+_LLSQ = Limits(
+    {"n": "input field 'n'", "m": "the length of input field 'x'"},
+    {"n·m": 2**25},  # 16,392·128
+)
+_GMM = Limits(
+    {"n": "input field 'n'", "k": "input field 'k'", "d": "input field 'd'"},
+    # 1000·100·64, 100·64·64, 1000·100·64·64; ADBench's d = 128, k = 200 pass at n = 1000.
+    {"n·k·d": 2**26, "k·d·d": 2**24, "n·k·d·d": 2**33},
+)
+_KMEANS = Limits(
+    {
+        "n": "the rows of input field 'points'",
+        "k": "the rows of input field 'centroids'",
+        "d": "the columns of input field 'points'",
+    },
+    {"n·k": 2**28, "n·k·d": 2**34},  # 100,000·1000, 100,000·1000·16
+)
+_DET = Limits({"ell": "input field 'ell'"}, {"ell": MAX_ELL})  # 11
+_ODE = Limits(
+    {"n": "the length of input field 'x'", "s": "input field 's'"},
+    {"s": 2**10, "n·s": 2**26},  # 100, 100,000·100
+)
+_LSTM = Limits(
+    {
+        "l": "half the rows of input field 'main_params'",
+        "c": "the rows of input field 'sequence'",
+        "b": "a quarter of the columns of input field 'main_params'",
+    },
+    {"l·c": 2**17, "l·c·b": 2**24},  # 4·4096, 4·4096·14
+)
+
+
 def _read_lse(input: JSON) -> Case:
     x = _array(input, "x", (None,))
+    _LSE.check(n=x.shape[0])
     return Case(LogSumExp(size=x.shape[0]), {"x": x})
 
 
 def _read_llsq(input: JSON) -> Case:
     x = _array(input, "x", (None,))
     n = _integer(input, "n", 2)
+    _LLSQ.check(n=n, m=x.shape[0])
     problem = LeastSquares(terms=x.shape[0])
     return Case(problem, {"x": x}, problem.make_data(n))
 
 
 def _read_gmm(input: JSON) -> Case:
     d, k, n = _integer(input, "d", 1), _integer(input, "k", 1), _integer(input, "n", 1)
+    _GMM.check(n=n, k=k, d=d)
     gamma = _number(_field(input, "gamma"), "input field 'gamma'")
     if gamma <= 0:
         raise BadInput(f"input field 'gamma' must be positive, got {gamma!r}")
@@ -189,6 +309,7 @@ def _write_gmm(function: str, case: Case, result: Any) -> JSON:
 def _read_kmeans(input: JSON) -> Case:
     points = _array(input, "points", (None, None))
     centroids = _array(input, "centroids", (None, points.shape[1]))
+    _KMEANS.check(n=points.shape[0], k=centroids.shape[0], d=points.shape[1])
     return Case(
         KMeans(k=centroids.shape[0], d=points.shape[1]),
         {"centroids": centroids},
@@ -202,15 +323,16 @@ def _write_kmeans(function: str, case: Case, result: Any) -> JSON:
 
 def _read_det(input: JSON) -> Case:
     ell = _integer(input, "ell", 1)
-    if ell > MAX_ELL:
-        raise BadInput(f"input field 'ell' must be at most {MAX_ELL} (2^ell minors), got {ell}")
+    _DET.check(ell=ell)  # 2^ell minors
     matrix = _array(input, "A", (ell * ell,))
     return Case(Det(ell=ell), {"A": matrix.reshape(ell, ell)})
 
 
 def _read_ode(input: JSON) -> Case:
     x = _array(input, "x", (None,))
-    return Case(ODE(size=x.shape[0], steps=_integer(input, "s", 1)), {"x": x})
+    steps = _integer(input, "s", 1)
+    _ODE.check(n=x.shape[0], s=steps)
+    return Case(ODE(size=x.shape[0], steps=steps), {"x": x})
 
 
 def _ode_vector(case: Case) -> AbstractProblem:
@@ -233,6 +355,7 @@ def _read_lstm(input: JSON) -> Case:
     sequence = _array(input, "sequence", (None, width))
     if sequence.shape[0] < 2:
         raise BadInput("input field 'sequence' needs at least 2 rows (it predicts the next)")
+    _LSTM.check(l=layers, c=sequence.shape[0], b=width)
     return Case(
         LSTM(layers=layers, length=sequence.shape[0], width=width),
         {"main_params": main, "extra_params": _array(input, "extra_params", (3, width))},
@@ -357,7 +480,8 @@ EVALS: dict[str, Eval] = {
         _read_lse,
         "x",
         example=_example_lse,
-        sizes=tuple({"n": n} for n in (2500, 5000, 10000, 20000, 40000, 80000, 160000, 320000)),
+        sizes=tuple({"n": 2500 * 2**i} for i in range(10)),  # 2500 … 1,280,000
+        limits=_LSE,
     ),
     "llsq": _scalar_eval(
         "llsq",
@@ -365,6 +489,7 @@ EVALS: dict[str, Eval] = {
         "x",
         example=_example_llsq,
         sizes=tuple({"n": n, "m": 128} for n in (16, 64, 256, 1024, 4096, 16392)),
+        limits=_LLSQ,
     ),
     "gmm": Eval(
         "gmm",
@@ -379,6 +504,7 @@ EVALS: dict[str, Eval] = {
                 key=lambda pair: pair[0] * pair[1],
             )
         ),
+        limits=_GMM,
     ),
     "kmeans": Eval(
         "kmeans",
@@ -393,6 +519,7 @@ EVALS: dict[str, Eval] = {
             for d in (8, 16)
             if k <= n
         ),
+        limits=_KMEANS,
     ),
     "det": _scalar_eval(
         "det",
@@ -400,6 +527,7 @@ EVALS: dict[str, Eval] = {
         "A",
         example=_example_det,
         sizes=tuple({"ell": ell} for ell in range(5, 12)),
+        limits=_DET,
     ),
     "ode": Eval(
         "ode",
@@ -415,6 +543,7 @@ EVALS: dict[str, Eval] = {
             )
         ),
         vector_problem=_ode_vector,
+        limits=_ODE,
     ),
     "lstm": Eval(
         "lstm",
@@ -423,6 +552,7 @@ EVALS: dict[str, Eval] = {
         _write_lstm,
         _example_lstm,
         tuple({"l": l, "c": c, "b": 14} for l in (2, 4) for c in (1024, 4096)),  # noqa: E741
+        limits=_LSTM,
     ),
     "particle": Eval(
         "particle", NESTED_VARIANTS, _read_particle, _write_nested, _example_particle, ({"w": 0},)

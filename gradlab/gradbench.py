@@ -22,24 +22,47 @@ engine arrays is reported apart, as ``"prepare"``.
 
 Nothing a message holds crashes the tool or leaves it hanging: a malformed line, an unknown
 module, function or message kind, an input of the wrong shape or a failing computation is
-answered ``{"success": false, "error": ...}``, and the tool reads on.
+answered ``{"success": false, "error": ...}``, and the tool reads on. Every reply is one
+line of strict JSON (no NaN or infinity, valid Unicode), and every request is bounded:
+
+- a line holds at most ``MAX_LINE`` characters (2²⁸; GradBench's largest input, k-means'
+  100,000 points of 16, is about 35 MB of JSON); a longer one is skipped unread;
+- each eval's sizes, and their products that measure a run's memory and work, have bounds
+  well above GradBench's largest (``EVALS[name].limits``: ``gradlab._gradbench_evals``);
+- ``min_runs`` is at most ``MAX_RUNS`` (100,000) and ``min_seconds`` at most
+  ``MAX_SECONDS`` (300); beyond either the input is refused;
+- an ``evaluate`` makes at most ``MAX_RUNS`` timed runs, and starts none after
+  ``BUDGET_SECONDS`` (600) of wall-clock time since it began, whatever ``min_seconds`` asks
+  of a function that takes microseconds; one timed run is always made (a run is not
+  interrupted: the size bounds keep it finite).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import numpy as np
 
 from gradlab._boundary import calling, on_engine, on_engine_together, prepare
 from gradlab._errors import ArgumentTypeError, GradlabError, first_line
-from gradlab._gradbench_evals import EVALS, GRADIENT, NESTED, NEWTON, VECTOR, BadInput, Case, Eval
+from gradlab._gradbench_evals import (
+    EVALS,
+    GRADIENT,
+    NESTED,
+    NEWTON,
+    VECTOR,
+    BadInput,
+    Case,
+    Eval,
+    shown,
+)
 from gradlab._output import strict_json
 from gradlab.engines import GradientEngine, get_engine
 from gradlab.engines._protocol import (
@@ -56,6 +79,18 @@ __all__ = ["EVALS", "main", "serve"]
 
 Message = dict[str, Any]
 
+#: The most timed runs one ``evaluate`` makes, and the largest ``min_runs`` accepted: a
+#: reply of 100,000 timings is about 5 MB of JSON.
+MAX_RUNS = 100_000
+#: The largest ``min_seconds`` accepted (GradBench's evals ask for 1).
+MAX_SECONDS = 300
+#: Wall-clock seconds from an ``evaluate``'s start after which it starts no further run.
+BUDGET_SECONDS = 600
+#: The longest line read, in characters (bytes on standard input).
+MAX_LINE = 2**28
+#: The piece in which the rest of a line too long is read and dropped.
+_CHUNK = 2**20
+
 
 class _Refused(Exception):
     """A message gradlab answers with ``success: false`` and this text."""
@@ -66,10 +101,20 @@ def _runs(input: Any, timed: bool) -> tuple[int, float]:
     if not timed or not isinstance(input, dict):
         return 1, 0.0
     runs, seconds = input.get("min_runs", 1), input.get("min_seconds", 0)
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 0:
-        raise BadInput(f"input field 'min_runs' must be an integer ≥ 0, got {runs!r}")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise BadInput(f"input field 'min_seconds' must be a number ≥ 0, got {seconds!r}")
+    if isinstance(runs, bool) or not isinstance(runs, int) or not 0 <= runs <= MAX_RUNS:
+        raise BadInput(
+            f"input field 'min_runs' must be an integer from 0 to {MAX_RUNS}, got {shown(runs)}"
+        )
+    # NaN fails both comparisons: refused with the rest.
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not 0 <= seconds <= MAX_SECONDS
+    ):
+        raise BadInput(
+            f"input field 'min_seconds' must be a number from 0 to {MAX_SECONDS}, "
+            f"got {shown(seconds)}"
+        )
     return max(runs, 1), float(seconds)
 
 
@@ -232,6 +277,7 @@ class Tool:
         runs, seconds = _runs(message["input"], spec.timed)
         clock = time.perf_counter_ns
         begin = clock()
+        deadline = begin + BUDGET_SECONDS * 10**9
         case = spec.read(message["input"])
         computation = _Computation(self.engine, spec, spec.functions[function], case, function)
         timings = [{"name": "prepare", "nanoseconds": clock() - begin}]
@@ -243,7 +289,13 @@ class Tool:
                 result = computation.call()
                 timings.append({"name": "warmup", "nanoseconds": clock() - begin})
             total = count = 0
-            while count < runs or total < seconds * 1e9:
+            # Both minima, within the caps: a microsecond function asked for minutes of runs
+            # stops at MAX_RUNS, a slow one at the budget (after one run, always).
+            while (
+                (count < runs or total < seconds * 1e9)
+                and count < MAX_RUNS
+                and (count == 0 or clock() < deadline)
+            ):
                 begin = clock()
                 result = computation.call()
                 elapsed = clock() - begin
@@ -260,18 +312,83 @@ def _smallest(spec: Eval) -> dict[str, Any]:
     return {name: small.get(name, value) for name, value in sizes.items()}
 
 
+def _text_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be written as JSON of valid Unicode text, or None if it can.
+
+    Strict readers (GradBench's, in Rust) refuse a string with a lone surrogate, which
+    Python's parser lets in (the escape ``"\\udc80"``, or such a code point in UTF-8).
+    """
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "a string holds a lone surrogate, which is not Unicode text"
+    except RecursionError:
+        return "it is nested too deeply to write back"
+    except (TypeError, ValueError) as error:
+        return f"it is not JSON data ({type(error).__name__})"
+    return None
+
+
 def _reply_line(reply: Message) -> str:
-    """The reply as one JSON line; a result that is not finite becomes a failure."""
+    """The reply as one line of strict JSON, whatever it holds: an output that is not
+    finite, or not JSON, becomes a failure; so does a reply whose text cannot be written
+    as Unicode, with the id null if the id is that text."""
+    # The output and timings are numbers only (each eval's ``write``); the rest is text.
+    problem = _text_problem({k: v for k, v in reply.items() if k not in ("output", "timings")})
+    if problem is not None:
+        echoed = reply.get("id") if _text_problem(reply.get("id")) is None else None
+        reply = {"id": echoed, "success": False, "error": f"the reply cannot be written: {problem}"}
     try:
         return json.dumps(reply, allow_nan=False)
     except ValueError:
-        return json.dumps(
-            {
-                "id": reply.get("id"),
-                "success": False,
-                "error": "the output has a value that is not a finite number (NaN or infinity)",
-            }
-        )
+        error = "the output has a value that is not a finite number (NaN or infinity)"
+    except (TypeError, RecursionError) as failure:
+        error = f"the output cannot be written as JSON ({type(failure).__name__})"
+    return json.dumps({"id": reply.get("id"), "success": False, "error": error})
+
+
+def _lines(source: Any) -> Iterator[str | bytes | None]:
+    """Each line of ``source``, or None for a line longer than ``MAX_LINE`` (dropped).
+
+    A stream is read a bounded piece at a time, so that a line without end costs no more
+    memory than ``MAX_LINE``; standard input comes as bytes, so that text that is not
+    UTF-8 is answered as not JSON rather than raised while reading.
+
+    Raises:
+        ArgumentTypeError: An iterable gave something other than a line of text.
+    """
+    if isinstance(source, (io.TextIOBase, io.BufferedIOBase, io.RawIOBase)):
+        newline: Any = "\n" if isinstance(source, io.TextIOBase) else b"\n"
+        while line := source.readline(MAX_LINE + 1):
+            if len(line) - line.endswith(newline) <= MAX_LINE:
+                yield line
+                continue
+            while (rest := source.readline(_CHUNK)) and not rest.endswith(newline):
+                pass
+            yield None
+        return
+    for line in source:
+        if not isinstance(line, str):
+            raise ArgumentTypeError(
+                "messages",
+                f"must give lines of JSON text, got a {type(line).__name__} "
+                "(json.dumps each message)",
+            )
+        yield line if len(line) - line.endswith("\n") <= MAX_LINE else None
+
+
+def _reply_to(tool: Tool, line: str | bytes | None) -> Message | None:
+    """The reply to one line of a message; None for ``end``, which has none."""
+    if line is None:
+        error = f"the line is longer than {MAX_LINE} characters: dropped unread"
+        return {"id": None, "success": False, "error": error}
+    try:
+        message = strict_json(line)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        return {"id": None, "success": False, "error": f"not JSON: {first_line(error)}"}
+    if not isinstance(message, dict):
+        return {"id": None, "success": False, "error": "a message must be a JSON object"}
+    return tool.answer(message)
 
 
 def serve(
@@ -283,64 +400,57 @@ def serve(
 
     Args:
         engine: The engine that computes: a registry name (``"jax"``) or an engine object.
-        messages: Lines to read (standard input by default).
-        replies: Where replies go (standard output by default). While serving, anything
-            else printed to standard output (a framework's chatter) goes to standard error,
-            so that the protocol's stream holds nothing but replies.
+        messages: Lines of JSON text to read, one message each: a text stream or an
+            iterable of strings (standard input by default). Messages already parsed
+            (dicts) are refused: the tool reads text, as GradBench sends it, and checks
+            that it is strict JSON.
+        replies: Where replies go: a text stream (standard output by default). While
+            serving, anything else printed to standard output (a framework's chatter) goes
+            to standard error, so that the protocol's stream holds nothing but replies.
 
     Returns:
         0 when the input ended or the eval said ``end``.
 
     Raises:
         UnknownEngine, EngineUnavailable: before any message is read.
-        ArgumentTypeError: ``messages`` is not an iterable of lines (a string is one text,
-            not lines: wrap it in ``io.StringIO``), or ``replies`` has no ``write``.
+        ArgumentTypeError: ``messages`` is not an iterable of lines of text (a string is
+            one text, not lines: wrap it in ``io.StringIO``; a dict is one message, not
+            lines: ``json.dumps`` it; a binary stream gives bytes), raised before any line
+            is read, or when the iterable gives something other than a string; or
+            ``replies`` is not a text stream with ``write`` and ``flush``.
     """
     tool = Tool(get_engine(engine))
     if messages is not None and (
-        isinstance(messages, (str, bytes)) or not isinstance(messages, Iterable)
+        isinstance(
+            messages,
+            (str, bytes, bytearray, memoryview, Mapping, io.BufferedIOBase, io.RawIOBase),
+        )
+        or not isinstance(messages, Iterable)
     ):
         raise ArgumentTypeError(
             "messages",
-            f"must be an iterable of lines (io.StringIO for a text), got {type(messages).__name__}",
+            "must be lines of JSON text, a text stream or an iterable of strings "
+            f"(io.StringIO for a text, json.dumps for a message), got {type(messages).__name__}",
         )
-    if replies is not None and not callable(getattr(replies, "write", None)):
+    if replies is not None and (
+        isinstance(replies, (io.BufferedIOBase, io.RawIOBase))
+        or not callable(getattr(replies, "write", None))
+        or not callable(getattr(replies, "flush", None))
+    ):
         raise ArgumentTypeError(
-            "replies", f"must be a text stream with write(), got {type(replies).__name__}"
+            "replies",
+            f"must be a text stream with write() and flush(), got {type(replies).__name__}",
         )
-    source = sys.stdin if messages is None else messages
+    # Standard input as bytes (see _lines); its text wrapper where it has no buffer.
+    source = getattr(sys.stdin, "buffer", sys.stdin) if messages is None else messages
     sink = sys.stdout if replies is None else replies
     with contextlib.redirect_stdout(sys.stderr):
-        for line in source:
-            if not isinstance(line, str):
-                raise ArgumentTypeError(
-                    "messages",
-                    f"must give lines of JSON text, got a {type(line).__name__} "
-                    "(json.dumps each message)",
-                )
-            if not line.strip():
+        for line in _lines(source):
+            if line is not None and not line.strip():
                 continue
-            try:
-                message = strict_json(line)
-            except (ValueError, RecursionError) as error:
-                message = None
-                reply: Message = {
-                    "id": None,
-                    "success": False,
-                    "error": f"not JSON: {first_line(error)}",
-                }
-            if message is not None:
-                if not isinstance(message, dict):
-                    reply = {
-                        "id": None,
-                        "success": False,
-                        "error": "a message must be a JSON object",
-                    }
-                else:
-                    answer = tool.answer(message)
-                    if answer is None:
-                        return 0
-                    reply = answer
+            reply = _reply_to(tool, line)
+            if reply is None:
+                return 0
             try:
                 sink.write(_reply_line(reply) + "\n")
                 sink.flush()

@@ -16,6 +16,10 @@ import math
 import os
 import subprocess
 import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradlab
-from gradlab import LSTM, ODE, Det, GradBenchGMM, KMeans, _nested
+from gradlab import LSTM, ODE, Det, GradBenchGMM, KMeans, _nested, gradbench
 from gradlab._gradbench_evals import EVALS, GRADIENT, NESTED, NEWTON, VALUE, VECTOR
 from gradlab.gradbench import serve
 
@@ -472,6 +476,14 @@ def evaluate(module: str, function: str, input: Any, id: int = 1) -> dict[str, A
 
 GOOD_GMM = EVALS["gmm"].example(0, d=2, k=2, n=4)
 
+
+class WriteOnly:
+    """A sink with write but no flush: not a stream."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 HOSTILE = [
     ("not json {", "not JSON"),
     ("[" * 100_000, "not JSON"),  # deeper than the parser recurses
@@ -489,8 +501,11 @@ HOSTILE = [
     (evaluate("det", "primal", {"A": [1.0], "ell": 0}), "'ell' must be an integer ≥ 1"),
     (evaluate("det", "primal", {"A": [1.0], "ell": True}), "'ell' must be an integer"),
     (evaluate("det", "primal", {"A": [1.0], "ell": 10**100}), "101 digits, beyond 64 bits"),
-    (evaluate("det", "primal", {"A": [1.0], "ell": 10**6}), "'ell' must be at most 16"),
-    (evaluate("llsq", "primal", {"x": [1.0], "n": 10**15}), "MemoryError"),
+    (
+        evaluate("det", "primal", {"A": [1.0], "ell": 10**6}),
+        "'ell' is 1000000, above gradlab's bound of 16",
+    ),
+    (evaluate("llsq", "primal", {"x": [1.0], "n": 10**15}), "above gradlab's bound of 33554432"),
     (evaluate("particle", "rr", {"w": "0"}), "'w' must be a number"),
     (evaluate("saddle", "rr", {"start": [1.0]}), "'start' has shape (1,), expected 2"),
     (evaluate("det", "primal", {"A": ["x"], "ell": 1}), "'A' must be a 1-D array of numbers"),
@@ -535,6 +550,15 @@ def test_a_hostile_message_gets_a_failure_and_the_tool_reads_on(line: Any, compl
         (3, None, "messages"),
         ([], "stdout", "replies"),
         ([{"id": 0, "kind": "start"}], None, "messages"),  # parsed, not lines of text
+        # One parsed message is not lines either (its keys would be read as lines).
+        ({"id": 0, "kind": "start"}, None, "messages"),
+        (b'{"id": 0, "kind": "start"}\n', None, "messages"),
+        (bytearray(b'{"id": 0, "kind": "start"}\n'), None, "messages"),
+        (io.BytesIO(b'{"id": 0, "kind": "start"}\n'), None, "messages"),
+        ([b'{"id": 0, "kind": "start"}'], None, "messages"),
+        ([None], None, "messages"),
+        (['{"id": 0, "kind": "start"}'], io.BytesIO(), "replies"),
+        (['{"id": 0, "kind": "start"}'], WriteOnly(), "replies"),
     ],
 )
 def test_serve_refuses_arguments_of_the_wrong_kind(
@@ -591,3 +615,355 @@ def test_a_tool_whose_input_closes_exits_at_once() -> None:
     )  # fmt: skip
     assert done.returncode == 0
     assert json.loads(done.stdout)["success"] is False
+
+
+# -- bounds: no message asks for unbounded memory or time -----------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "gradbench.md"
+LIMITED = [
+    (name, product)
+    for name, spec in EVALS.items()
+    if spec.limits is not None
+    for product in spec.limits.bounds
+]
+#: Sizes given as fields, far past their bounds (GradBench's largest in the comments).
+HUGE = [
+    ("llsq", "primal", {"x": [1.0], "n": 2 * 10**9}, "'n'", "n·m"),  # n 16,392
+    ("llsq", "gradient", {"x": [1.0] * 128, "n": 10**6}, "'n'", "n·m"),
+    ("ode", "primal", {"x": [1.0], "s": 10**9}, "'s'", "s"),  # s 100
+    ("ode", "gradient", {"x": [1.0] * 70_000, "s": 1000}, "'s'", "n·s"),  # n·s 10⁷
+    ("gmm", "objective", GOOD_GMM | {"n": 10**9}, "'n'", "n·k·d"),  # 1000·100·64
+    ("gmm", "jacobian", GOOD_GMM | {"k": 10**9}, "'k'", "n·k·d"),
+    ("gmm", "jacobian", GOOD_GMM | {"d": 10**5}, "'d'", "k·d·d"),  # 100·64²
+    ("gmm", "objective", GOOD_GMM | {"n": 2**15, "d": 2**10}, "'d'", "n·k·d·d"),
+    ("det", "gradient", {"A": [1.0], "ell": 10**6}, "'ell'", "ell"),  # 11
+]
+#: Counts far past their bounds, on every timed eval's reading.
+HUGE_COUNTS = [
+    (name, field, value)
+    for name in ("lse", "particle", "saddle")
+    for field, value in (("min_runs", 10**12), ("min_seconds", 1e12), ("min_seconds", 1e308))
+]
+
+
+def served_within(*lines: Any) -> tuple[list[dict[str, Any]], float, int]:
+    """``run``'s replies, the seconds taken and the peak of memory allocated meanwhile
+    (NumPy reports its arrays to tracemalloc)."""
+    tracemalloc.start()
+    begin = time.perf_counter()
+    try:
+        replies = run(*lines)
+        return replies, time.perf_counter() - begin, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("module", "function", "input", "field", "product"), HUGE)
+def test_a_huge_size_is_refused_at_once_and_before_anything_is_allocated(
+    module: str, function: str, input: dict[str, Any], field: str, product: str
+) -> None:
+    limits = EVALS[module].limits
+    assert limits is not None
+    replies, seconds, peak = served_within(
+        evaluate(module, function, input | {"min_runs": 1, "min_seconds": 0}),
+        evaluate("hello", "square", 3.0, id=9),
+    )
+    assert replies[0]["success"] is False
+    error = replies[0]["error"]
+    assert "input too large" in error, error
+    assert field in error, error
+    assert f"bound of {limits.bounds[product]}" in error, error
+    assert replies[1]["output"] == 9.0  # and it reads on
+    assert seconds < 5
+    assert peak < 32 * 2**20  # the message's own few MB, not the size asked for
+
+
+@pytest.mark.parametrize(("module", "field", "value"), HUGE_COUNTS)
+def test_a_huge_count_of_runs_or_seconds_is_refused_at_once(
+    module: str, field: str, value: float
+) -> None:
+    input = EVALS[module].example(0) | {field: value}
+    replies, seconds, _ = served_within(
+        evaluate(module, next(iter(EVALS[module].functions)), input)
+    )
+    assert replies[0]["success"] is False
+    bound = gradbench.MAX_RUNS if field == "min_runs" else gradbench.MAX_SECONDS
+    assert f"'{field}' must be" in replies[0]["error"]
+    assert f"from 0 to {bound}" in replies[0]["error"]
+    assert seconds < 5
+
+
+@pytest.mark.parametrize(("name", "product"), LIMITED)
+def test_every_bound_is_checked_as_the_input_is_read(
+    name: str, product: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sizes that come from arrays (n = len(x), k = rows of centroids...) as well as from
+    # fields: with the bound lowered to just below what a small input gives, it is refused,
+    # naming the bound and where each size comes from; at the bound, it is answered.
+    spec = EVALS[name]
+    limits = spec.limits
+    assert limits is not None
+    sizes = SMALL[name][0]
+    value = math.prod(sizes[letter] for letter in product.split("·"))
+    message = evaluate(name, next(iter(spec.functions)), spec.example(7, **sizes))
+    monkeypatch.setitem(limits.bounds, product, value - 1)
+    reply = run(message)[0]
+    assert reply["success"] is False
+    assert f"above gradlab's bound of {value - 1}" in reply["error"], reply["error"]
+    for letter in product.split("·"):
+        assert limits.sizes[letter] in reply["error"]
+    monkeypatch.setitem(limits.bounds, product, value)
+    assert run(message)[0]["success"] is True
+
+
+#: GradBench's default sizes (its evals' run.py), independently of EVALS[...].sizes, and
+#: ADBench's larger mixtures that GradBench's gmm leaves out (``# misses 128``).
+GRADBENCH_LARGEST = {
+    "lse": [{"n": 1_280_000}],
+    "llsq": [{"n": 16_392, "m": 128}],
+    "gmm": [{"n": 1000, "k": 100, "d": 64}, {"n": 1000, "k": 200, "d": 128}],
+    "kmeans": [{"n": 100_000, "k": 1000, "d": 16}],
+    "det": [{"ell": 11}],
+    "ode": [{"n": 100_000, "s": 100}],
+    "lstm": [{"l": 4, "c": 4096, "b": 14}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRADBENCH_LARGEST))
+def test_gradbench_runs_pass_the_bounds_with_room(name: str) -> None:
+    limits = EVALS[name].limits
+    assert limits is not None
+    for sizes in [*EVALS[name].sizes, *GRADBENCH_LARGEST[name]]:
+        limits.check(**sizes)  # raises if refused
+    for product, most in limits.bounds.items():
+        largest = math.prod(GRADBENCH_LARGEST[name][0][letter] for letter in product.split("·"))
+        if product == "ell":  # det's work is 2^ell minors
+            most, largest = 2**most, 2**largest
+        assert most >= 2 * largest, (product, most, largest)
+
+
+def test_the_docs_state_every_bound() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    for name, spec in EVALS.items():
+        if spec.limits is None:
+            continue
+        (row,) = [
+            line for line in text.splitlines() if line.startswith(f"| `{name}` |") and "≤" in line
+        ]
+        for product, most in spec.limits.bounds.items():
+            assert f"{product} ≤ " in row, (name, product)
+            assert f"{most:,}" in row, (name, product)
+    assert gradbench.MAX_LINE == 2**28
+    assert "2²⁸ characters (`MAX_LINE`)" in text
+    assert f"{gradbench.MAX_RUNS:,} (`MAX_RUNS`)" in text
+    assert f"{gradbench.MAX_SECONDS} (`MAX_SECONDS`)" in text
+    assert f"{gradbench.BUDGET_SECONDS} s (`BUDGET_SECONDS`)" in text
+
+
+def evaluate_runs(reply: dict[str, Any]) -> int:
+    return [timing["name"] for timing in reply["timings"]].count("evaluate")
+
+
+def test_runs_stop_at_max_runs_whatever_min_seconds_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A function of microseconds asked for minutes of runs: the timings list stops growing.
+    monkeypatch.setattr(gradbench, "MAX_RUNS", 7)
+    begin = time.perf_counter()
+    reply = run(evaluate("lse", "primal", {"x": [1.0], "min_runs": 2, "min_seconds": 200}))[0]
+    assert time.perf_counter() - begin < 5
+    assert reply["success"] is True
+    assert evaluate_runs(reply) == 7
+
+
+def test_runs_stop_at_the_wall_clock_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gradbench, "BUDGET_SECONDS", 0.1)
+    begin = time.perf_counter()
+    input = {"x": [0.5] * 1000, "min_runs": gradbench.MAX_RUNS, "min_seconds": 0}
+    reply = run(evaluate("lse", "gradient", input))[0]
+    assert time.perf_counter() - begin < 2
+    assert reply["success"] is True
+    assert 1 <= evaluate_runs(reply) < gradbench.MAX_RUNS
+
+
+def test_one_run_is_made_though_the_budget_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gradbench, "BUDGET_SECONDS", 0)
+    reply = run(evaluate("lse", "primal", {"x": [1.0], "min_runs": 5, "min_seconds": 1}))[0]
+    assert reply["success"] is True
+    assert evaluate_runs(reply) == 1
+
+
+def test_a_line_too_long_is_dropped_and_the_tool_reads_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gradbench, "MAX_LINE", 64)
+    monkeypatch.setattr(gradbench, "_CHUNK", 16)  # the rest of the line read in pieces
+    long = json.dumps({"id": 1, "kind": "analysis", "pad": "x" * 1000})
+    exact = json.dumps({"id": 2, "kind": "analysis", "pad": ""})
+    exact = exact[:-1] + " " * (64 - len(exact)) + "}"  # exactly MAX_LINE characters
+    text = f"{long}\n{exact}\n{long}"  # the last without a newline
+    for messages in (io.StringIO(text), text.split("\n")):
+        out = io.StringIO()
+        assert serve("numpy", messages, out) == 0
+        replies = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [reply["id"] for reply in replies] == [None, 2, None]
+        assert "longer than 64 characters" in replies[0]["error"]
+        assert "longer than 64 characters" in replies[2]["error"]
+
+
+# -- numbers are JSON numbers --------------------------------------------------------------
+
+BAD_NUMBERS: list[Any] = [True, False, "3", None, [3], {"n": 3}]
+BAD_ARRAYS: list[Any] = [True, "1.0", None, 3.0, {"a": [1.0]}]
+
+
+def small_input(name: str) -> Any:
+    """A good small input for ``name``, with its timing fields where it has them."""
+    spec = EVALS[name]
+    input = spec.example(7, **(SMALL[name] or [{}])[0])
+    return input | {"min_runs": 1, "min_seconds": 0} if spec.timed else input
+
+
+def with_first_leaf(value: list[Any], leaf: Any) -> list[Any]:
+    """A copy of a nested list with its first number replaced by ``leaf``."""
+    if isinstance(value[0], list):
+        return [with_first_leaf(value[0], leaf), *value[1:]]
+    return [leaf, *value[1:]]
+
+
+NUMERIC_FIELDS = [
+    (name, field) for name in EVALS if EVALS[name].timed for field in small_input(name)
+]
+
+
+@pytest.mark.parametrize(("name", "field"), NUMERIC_FIELDS)
+def test_only_json_numbers_are_numbers(name: str, field: str) -> None:
+    # NumPy reads true as 1.0, "1.5" as 1.5 and null as NaN; a JSON boolean, string, null,
+    # object or misplaced array is refused in every numeric field of every eval, and in
+    # any element of its arrays, naming the field.
+    good = small_input(name)
+    function = next(iter(EVALS[name].functions))
+    if isinstance(good[field], list):
+        bad = BAD_ARRAYS + [with_first_leaf(good[field], leaf) for leaf in BAD_NUMBERS]
+    else:
+        bad = BAD_NUMBERS
+    lines = [evaluate(name, function, good | {field: value}, id=i) for i, value in enumerate(bad)]
+    for value, reply in zip(bad, run(*lines), strict=True):
+        assert reply["success"] is False, (field, value)
+        assert f"'{field}'" in reply["error"], (field, value, reply["error"])
+
+
+@pytest.mark.parametrize("value", [True, "2", None, [2.0], {"x": 2.0}])
+def test_hello_takes_a_number_only(value: Any) -> None:
+    reply = run(evaluate("hello", "square", value))[0]
+    assert reply["success"] is False
+    assert "must be a number" in reply["error"]
+
+
+# -- every reply is strict JSON -------------------------------------------------------------
+
+
+def strict(line: str) -> Any:
+    """A reply as a strict reader takes it: no NaN or Infinity, valid Unicode text."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    value = json.loads(line, parse_constant=refuse)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate raises
+    return value
+
+
+def strict_replies(*lines: Any) -> Iterator[dict[str, Any]]:
+    out = io.StringIO()
+    serve("numpy", [line if isinstance(line, str) else json.dumps(line) for line in lines], out)
+    return (strict(line) for line in out.getvalue().splitlines())
+
+
+@pytest.mark.parametrize(
+    "id",
+    [
+        2**63 - 1,
+        -(2**63) + 1,
+        1.7976931348623157e308,
+        -0.0,
+        "é☃\U0001f600",
+        {"a": [1, {"b": None}]},
+        [],
+        True,
+    ],
+)
+def test_any_json_id_comes_back_as_sent(id: Any) -> None:
+    replies = list(strict_replies({"id": id, "kind": "analysis"}, {"id": id, "kind": "shout"}))
+    assert [reply["id"] for reply in replies] == [id, id]
+    assert replies[1]["success"] is False
+
+
+def test_an_id_that_is_not_unicode_is_answered_with_id_null() -> None:
+    (reply,) = strict_replies('{"id": "\\udc80", "kind": "analysis"}')
+    assert reply["id"] is None
+    assert "lone surrogate" in reply["error"]
+
+
+OVERFLOWING = [
+    evaluate("hello", "square", 1e200),
+    evaluate("llsq", "primal", {"x": [1e300] * 3, "n": 16}),
+    evaluate("ode", "primal", {"x": [1e200] * 3, "s": 1}),
+    evaluate("ode", "gradient", {"x": [1e200] * 3, "s": 1}),
+    evaluate("kmeans", "cost", {"points": [[1e200]], "centroids": [[-1e200]]}),
+    evaluate("det", "primal", {"A": [1e300, 1e300, -1e300, 1e300], "ell": 2}),
+    evaluate("gmm", "objective", GOOD_GMM | {"mu": [[1e200, 1e200]] * 2}),
+]
+
+
+@pytest.mark.parametrize("message", OVERFLOWING, ids=range(len(OVERFLOWING)))
+def test_an_output_that_overflows_is_a_failure_in_strict_json(message: dict[str, Any]) -> None:
+    # JSON has no infinity: GradBench could not compare one; the reply says what happened.
+    (reply,) = strict_replies(message)
+    assert reply["success"] is False
+    assert "not a finite number" in reply["error"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "id", "complaint"),
+    [
+        ({"id": 3, "success": True, "output": np.float32(1.0)}, 3, "cannot be written as JSON"),
+        ({"id": 3, "success": True, "output": float("inf")}, 3, "not a finite number"),
+        ({"id": "\udc80", "success": False, "error": "x"}, None, "lone surrogate"),
+        ({"id": 1, "success": False, "error": "bad \udc80"}, 1, "lone surrogate"),
+    ],
+)
+def test_every_reply_line_is_strict_json(reply: dict[str, Any], id: Any, complaint: str) -> None:
+    line = gradbench._reply_line(reply)
+    assert "\n" not in line
+    written = strict(line)
+    assert written["id"] == id
+    assert complaint in written["error"]
+
+
+def test_an_id_too_deep_to_write_back_is_answered_with_id_null() -> None:
+    deep: Any = []
+    for _ in range(100_000):  # deeper than the encoder recurses
+        deep = [deep]
+    written = strict(gradbench._reply_line({"id": deep, "success": True}))
+    assert written["id"] is None
+    assert "nested too deeply" in written["error"]
+
+
+def test_standard_input_is_read_as_bytes_a_bounded_line_at_a_time() -> None:
+    # Over a real pipe: bytes that are not UTF-8, a line past MAX_LINE (lowered here) and an
+    # id that is not Unicode are each answered in strict JSON, and the tool reads on.
+    script = (
+        "import sys, gradlab.gradbench as g; g.MAX_LINE = 200; "
+        "sys.exit(g.main(['--engine', 'numpy']))"
+    )
+    text = (
+        b"\xff\xfe{}\n"
+        + json.dumps({"id": 1, "kind": "analysis", "pad": "x" * 100_000}).encode()
+        + b'\n{"id": "\\udc80", "kind": "analysis"}\n{"id": 4, "kind": "analysis"}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=text, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    replies = [strict(line) for line in done.stdout.decode("ascii").splitlines()]
+    assert [reply["id"] for reply in replies] == [None, None, None, 4]
+    assert "not JSON" in replies[0]["error"]
+    assert "longer than 200" in replies[1]["error"]
+    assert "lone surrogate" in replies[2]["error"]
