@@ -319,15 +319,15 @@ class FitComparison(_output.Record):
         return pandas.DataFrame(rows).set_index("engine")
 
     def plot(self, path: str | None = None) -> Any:
-        """Data with each engine's fitted curve, the loss curves, and how far the paths part.
+        """Data with each engine's fitted curve, the loss curves, and how far the paths part,
+        against the tolerance they were judged with (see
+        [`fit_comparison_figure`][gradlab.plots.fit_comparison_figure]).
 
         Returns a matplotlib Figure; saved to ``path`` (.png, .pdf, .svg) if given.
         """
         from gradlab import plots
 
-        figure = plots.fit_figure(
-            self.results, model=self.model, data=self.data, reference=self.reference
-        )
+        figure = plots.fit_comparison_figure(self)
         if path is not None:
             _output.save_figure(figure, path)
         return figure

@@ -229,7 +229,9 @@ def test_plot_has_the_three_panels(tmp_path: Path) -> None:
     curves, losses, paths = figure.axes
     assert curves.get_xlabel() == "x"
     assert losses.get_yscale() == "log"
-    assert [text.get_text() for text in losses.get_legend().get_texts()] == ["numpy", "fd"]
+    # One legend under the panels names each engine once (the reference marked) for all.
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend[:2] == ["numpy (reference)", "fd"]
     assert paths.get_yscale() == "log"
     assert (tmp_path / "fit.png").stat().st_size > 10_000
 
