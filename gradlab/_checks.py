@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from gradlab._tree import (
     Keys,
     NestError,
     Structure,
+    canonical_path,
     check_walkable,
     named_leaves,
     nest_of_paths,
@@ -165,8 +166,12 @@ def check_mapping(value: object, argument: str) -> Mapping[str, Any]:
     return value
 
 
+#: Declared shapes: names to shapes (tuples of ints), or to nested mappings of them.
+Shapes: TypeAlias = Mapping[str, "Sequence[int] | Shapes"]
+
+
 def check_shapes(
-    shapes: object, argument: str, *, paths: bool = True
+    shapes: object, argument: str, *, paths: bool = True, strict: bool = True
 ) -> dict[str, tuple[int, ...]]:
     """Declared shapes by name, from a mapping (nested or not) of names to shapes.
 
@@ -180,6 +185,9 @@ def check_shapes(
         argument: The argument's name, for errors (``"params"``, ``"shapes"``).
         paths: Whether the names are parameter paths (else names kept as written, such
             as a torch module's ``"0.weight"``).
+        strict: Whether a name that is not a path is refused; else it is kept as
+            written (the paths of keys Python cannot read back, ``[<Color.RED: 1>]``,
+            name parameters all the same).
 
     Raises:
         ArgumentTypeError: not a mapping with string keys, or a shape that is not a tuple
@@ -187,11 +195,15 @@ def check_shapes(
         ArgumentError: a negative size, an empty nested mapping, a name that is not a
             path, one named twice, or one both a parameter and a nest of them.
     """
-    checked = check_mapping(shapes, argument)
-    try:
-        check_walkable(checked)
-    except NestError as error:
-        raise ArgumentError(subscript(argument, error.keys), str(error)) from None
+    if not isinstance(shapes, Mapping):
+        raise ArgumentTypeError(
+            argument, f"must be a mapping from names to shape tuples, got {type(shapes).__name__}"
+        )
+    if any(isinstance(value, Mapping) for value in shapes.values()):
+        try:
+            check_walkable(shapes)
+        except NestError as error:
+            raise ArgumentError(subscript(argument, error.keys), str(error)) from None
     out: dict[str, tuple[int, ...]] = {}
 
     def visit(tree: Mapping[Any, Any], keys: Keys, prefix: str) -> None:
@@ -208,19 +220,22 @@ def check_shapes(
             shape = _shape(value, where)
             if paths:
                 try:
-                    name = path(parse_path(name))
+                    name = canonical_path(name)
                 except ValueError as error:
-                    raise ArgumentError(
-                        where,
-                        f"is not a parameter path ({error}); a key with dots, brackets or "
-                        "quotes is written in brackets, as Python indexes it: \"['my.key']\"",
-                    ) from None
+                    if strict:
+                        raise ArgumentError(
+                            where,
+                            f"is not a parameter path ({error}); a key with dots, brackets or "
+                            "quotes is written in brackets, as Python indexes it: "
+                            "\"['my.key']\"",
+                        ) from None
             if name in out:
                 raise ArgumentError(where, f"declares {name!r} a second time")
             out[name] = shape
 
-    visit(checked, (), "")
-    if paths:
+    visit(shapes, (), "")
+    # Paths of more than one key may clash ("a" and "a.b"): building their nest tells.
+    if paths and strict and any(path((name,)) != name for name in out):
         try:
             nest_of_paths(dict.fromkeys(out))
         except ValueError as error:
@@ -268,7 +283,7 @@ def check_params(
         raise ArgumentError(argument, f"has two parameters named alike: {list(layout.paths)}")
     if shapes is not None:
         # Declared by path, nested or not, in any spelling: compared in flatten's spelling.
-        shapes = check_shapes(shapes, "param_shapes")
+        shapes = check_shapes(shapes, "param_shapes", strict=False)
         _check_names(argument, shapes, layout)
     out = {}
     for name, (keys, value) in zip(layout.paths, named_leaves(params), strict=True):
@@ -290,8 +305,11 @@ def _check_names(argument: str, shapes: Mapping[str, tuple[int, ...]], layout: S
         return
     parts = []
     if missing:
-        where = (subscript(argument, parse_path(name)) for name in missing)
-        listed = ", ".join(f"{name!r} ({at})" for name, at in zip(missing, where, strict=True))
+        nests = [_keys_of(name) for name in missing]
+        listed = ", ".join(
+            repr(name) if at == (name,) else f"{name!r} ({subscript(argument, at)})"
+            for name, at in zip(missing, nests, strict=True)
+        )
         parts.append(f"is missing parameter(s) {listed}")
     if extra:
         parts.append(
@@ -302,14 +320,22 @@ def _check_names(argument: str, shapes: Mapping[str, tuple[int, ...]], layout: S
     lookalike = [keys[0] for keys in extra if len(keys) == 1 and keys[0] in missing]
     hint = (
         f"; a declared path indexes into nests: {lookalike[0]!r} is "
-        f"{subscript(argument, parse_path(lookalike[0]))}, not "
-        f"{subscript(argument, lookalike[:1])}"
+        f"{subscript(argument, _keys_of(lookalike[0]))}, not "
+        f"{subscript(argument, (lookalike[0],))}"
         if lookalike
         else ""
     )
     raise ArgumentError(
         argument, f"{' and '.join(parts)}; expected {', '.join(map(repr, shapes))}{hint}"
     )
+
+
+def _keys_of(name: str) -> Keys:
+    """The keys a declared path names; a name that is no path, as one key."""
+    try:
+        return parse_path(name)
+    except ValueError:
+        return (name,)
 
 
 def check_tree(tree: object, argument: str) -> Any:

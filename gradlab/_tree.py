@@ -490,6 +490,16 @@ def parse_path(name: str) -> Keys:
     return tuple(keys)
 
 
+def canonical_path(name: str) -> str:
+    """``name`` in the one spelling [`path`][gradlab._tree.path] gives the keys it names
+    (``"embed['kernel']"``: ``"embed.kernel"``).
+
+    Raises:
+        ValueError: ``name`` is not a path.
+    """
+    return name if _BARE.fullmatch(name) else path(parse_path(name))
+
+
 def _string_end(name: str, start: int) -> int:
     """Where the Python string literal that opens at ``name[start]`` closes."""
     quote, at = name[start], start + 1

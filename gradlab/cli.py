@@ -8,6 +8,7 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from gradlab._output import (
     to_json,
 )
 from gradlab._report import GradientReport
-from gradlab._tree import flatten
+from gradlab._tree import canonical_path, flatten
 from gradlab.engines._registry import engine_list
 from gradlab.problems import AbstractProblem
 from gradlab.problems._named import NAMED_PROBLEMS, at_size, problem_named
@@ -474,6 +475,10 @@ def _point(
         name, sep, values = word.partition("=")
         if not sep or not name:
             raise ArgumentError(option, f"expected NAME=VALUES, got {word!r}")
+        # A path in another spelling (embed['kernel']) names the same parameter; what is
+        # not a path is named below as no parameter of the problem.
+        with contextlib.suppress(ValueError):
+            name = canonical_path(name)
         if name not in shapes:
             raise ArgumentError(
                 option, f"{problem.name} has no parameter {name!r}; it has {', '.join(shapes)}"

@@ -442,3 +442,49 @@ def test_an_engine_that_cannot_run_the_problem_names_the_flag(
     flag = args[1]
     assert f"error: {flag}: problem 'poisson' has no hand-derived gradient" in out.stderr, out
     assert "Traceback" not in out.stderr
+
+
+DECLARED_BY_PATH = """
+import numpy as np
+import gradlab
+
+
+class Embedding(gradlab.Problem):
+    def make_data(self, n, *, seed=0):
+        return {"x": np.random.default_rng(seed).normal(size=(n, 3))}
+
+
+def loss(params, data, xp):
+    return 0.5 * xp.sum((data["x"] @ params["embed"]["kernel"]) ** 2)
+
+
+by_path = Embedding(loss, name="by_path", params={"embed.kernel": (3, 2)})
+nested = Embedding(loss, name="nested", params={"embed": {"kernel": (3, 2)}})
+
+
+class NativeEmbedding(gradlab.NativeProblem):
+    make_data = Embedding.make_data
+
+
+native = NativeEmbedding(
+    name="native", numpy=lambda p, d: loss(p, d, np), params={"embed.kernel": (3, 2)}
+)
+"""
+
+
+@pytest.mark.parametrize(
+    ("attribute", "spelling"),
+    [("by_path", "embed.kernel"), ("nested", "embed['kernel']"), ("native", "['embed'].kernel")],
+)
+def test_a_problem_declaring_nested_parameters_by_path_runs_from_the_command_line(
+    tmp_path: Any, attribute: str, spelling: str
+) -> None:
+    (tmp_path / "declared.py").write_text(DECLARED_BY_PATH)
+    spec = f"./declared.py:{attribute}"
+    values = f"{spelling}=1,2,3,4,5,6"
+    out = user_cli(tmp_path, "compare", "--problem", spec, "--engines", "fd", "--params", values)
+    assert out.returncode == 0, out.stderr
+    assert "at embed.kernel=[[1., 2.]," in out.stdout
+    out = user_cli(tmp_path, "fit", "--problem", spec, "--engine", "fd", "--steps", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert np.shape(json.loads(out.stdout)["params"]["embed"]["kernel"]) == (3, 2)

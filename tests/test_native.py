@@ -9,6 +9,7 @@ so agreement to float64 round-off means the implementations agree.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -395,3 +396,183 @@ def test_optimizer_must_have_init_and_update() -> None:
             init={"w": 0.0, "b": 0.0},
         )
     assert caught.value.argument == "optimizer"
+
+
+def _linear_module_problem() -> tuple[Any, dict[str, np.ndarray]]:
+    """A torch-only NativeProblem around ``nn.Linear(3, 2)`` (no NumPy implementation: no
+    probe runs before the engine), and the module's parameters."""
+    torch = pytest.importorskip("torch")
+    require_engine("torch")
+    apply, native = gradlab.torch_module(torch.nn.Linear(3, 2, dtype=torch.float64))
+    problem = gradlab.NativeProblem(
+        name="linear_module", torch=lambda p, d: torch.sum(apply(p, d["x"]) ** 2)
+    )
+    return problem, native
+
+
+#: Parameters a module's apply must refuse, and what the error must name. ``functional_call``
+#: itself runs a left-out parameter on the module's own value (no gradient for it), ignores
+#: an unknown name (a zero gradient), and broadcasts a (1,) bias.
+WRONG_MODULE_PARAMS: list[tuple[str, Any, tuple[str, ...]]] = [
+    ("missing", lambda w, b: {"weight": w}, ("lack 'bias'",)),
+    ("extra", lambda w, b: {"weight": w, "bias": b, "scale": np.ones(2)}, ("'scale'",)),
+    (
+        "missing and extra",
+        lambda w, b: {"weight": w, "bais": b},
+        ("lack 'bias'", "'bais'", "not have"),
+    ),
+    ("broadcast shape", lambda w, b: {"weight": w, "bias": np.ones(1)}, ("(1,)", "(2,)")),
+    ("transposed", lambda w, b: {"weight": w.T, "bias": b}, ("(3, 2)", "axes (1, 0)")),
+    ("nested", lambda w, b: {"fc": {"weight": w, "bias": b}}, ("lack 'weight', 'bias'",)),
+]
+
+
+@pytest.mark.parametrize("entry", ["value_and_grad", "fit", "compare_gradients"])
+@pytest.mark.parametrize(
+    ("case", "make", "words"), WRONG_MODULE_PARAMS, ids=[c[0] for c in WRONG_MODULE_PARAMS]
+)
+def test_torch_module_apply_refuses_parameters_that_are_not_the_modules(
+    entry: str, case: str, make: Any, words: tuple[str, ...]
+) -> None:
+    problem, native = _linear_module_problem()
+    params = make(native["weight"], native["bias"])
+    data = {"x": np.ones((4, 3))}
+    calls: dict[str, Callable[[], object]] = {
+        "value_and_grad": lambda: gradlab.value_and_grad(problem, data, params, engine="torch"),
+        "fit": lambda: gradlab.fit(
+            problem, data, engine="torch", optimizer=gradlab.sgd(0.1), steps=2, init=params
+        ),
+        "compare_gradients": lambda: gradlab.compare_gradients(
+            problem, data, params, engines="torch,torch-func"
+        ),
+    }
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        calls[entry]()
+    message = str(caught.value)
+    assert caught.value.argument == "init"
+    assert message.startswith("init (or params)")
+    for word in words:
+        assert word in message
+
+
+def test_torch_module_apply_takes_exactly_the_modules_parameters_on_every_torch_engine() -> None:
+    # The check inside apply does not get in the way of the right parameters: the gradient
+    # of sum((x W^T + b)^2) is the hand-derived 2 r^T x and 2 sum(r), r = x W^T + b.
+    problem, native = _linear_module_problem()
+    x = np.arange(12.0).reshape(4, 3) / 10
+    residual = x @ native["weight"].T + native["bias"]
+    for engine in ("torch", "torch-func", "torch-fwd"):
+        _, grads = gradlab.value_and_grad(problem, {"x": x}, native, engine=engine)
+        np.testing.assert_allclose(grads["weight"], 2 * residual.T @ x, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grads["bias"], 2 * residual.sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
+def test_torch_module_refuses_a_module_on_the_meta_device() -> None:
+    torch = pytest.importorskip("torch")
+    half_built = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1, device="meta"))
+    for module, name in (
+        (torch.nn.Linear(2, 3, device="meta"), "weight"),
+        (half_built, "1.weight"),
+    ):
+        with pytest.raises(gradlab.ArgumentError) as caught:
+            gradlab.torch_module(module)
+        assert caught.value.argument == "module"
+        message = str(caught.value)
+        assert f"{name!r}" in message
+        assert "meta device" in message
+        assert "no values" in message
+        assert "to_empty" in message
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_torch_module_copies_its_parameters_as_float64_whatever_their_dtype(dtype: str) -> None:
+    torch = pytest.importorskip("torch")
+    module = torch.nn.Linear(2, 3, dtype=getattr(torch, dtype))
+    # Python floats hold every value of these dtypes exactly: the oracle.
+    own = np.array(module.weight.detach().double().tolist())
+    _, params = gradlab.torch_module(module)
+    assert params["weight"].dtype == np.float64
+    np.testing.assert_array_equal(params["weight"], own)
+    params["weight"][...] = 7.0  # a copy: the module's own values do not change
+    np.testing.assert_array_equal(module.weight.detach().double().tolist(), own)
+
+
+@pytest.mark.parametrize("where", ["data", "params"])
+def test_meta_tensors_in_data_or_parameters_are_refused_naming_them(where: str) -> None:
+    torch = pytest.importorskip("torch")
+    problem = gradlab.Problem(lambda p, d, xp: xp.sum((d["x"] @ p["w"]) ** 2), params={"w": (3,)})
+    data: dict[str, Any] = {"x": np.ones((4, 3))}
+    params: dict[str, Any] = {"w": np.ones(3)}
+    if where == "data":
+        data["x"] = torch.zeros(4, 3, device="meta")
+    else:
+        params["w"] = torch.zeros(3, device="meta")
+    for engine in ("numpy", "fd"):
+        with pytest.raises(gradlab.ArgumentError) as caught:
+            gradlab.value_and_grad(problem, data, params, engine=engine)
+        assert caught.value.argument == ("data['x']" if where == "data" else "params['w']")
+        assert "meta device" in str(caught.value)
+        assert "no values" in str(caught.value)
+
+
+#: Layout shapes that are not shapes, with the argument the error must name.
+BAD_LAYOUT_SHAPES: list[tuple[object, str]] = [
+    ({"w": 3}, "shapes['w']"),
+    ({"w": "3"}, "shapes['w']"),
+    ({"w": None}, "shapes['w']"),
+    ({"w": (2.0, 3)}, "shapes['w']"),
+    ({"w": (True, 3)}, "shapes['w']"),
+    ({"w": (np.True_, 3)}, "shapes['w']"),
+    ({"w": (-1, 3)}, "shapes['w']"),
+    ({"w": np.array([2, 3])}, "shapes['w']"),
+    ({"fc": {"w": (2, -3)}}, "shapes['fc']['w']"),
+    ({"fc": {"w": 3}}, "shapes['fc']['w']"),
+    ({"fc": {}}, "shapes['fc']"),
+    ({"fc": {1: (2,)}}, "shapes['fc'][1]"),
+    ([("w", (2, 3))], "shapes"),
+    ((2, 3), "shapes"),
+]
+
+
+@pytest.mark.parametrize(("shapes", "argument"), BAD_LAYOUT_SHAPES)
+def test_layout_shapes_must_be_shapes(shapes: object, argument: str) -> None:
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        gradlab.Layout({"w": "w"}, shapes=shapes)  # type: ignore[arg-type]
+    assert caught.value.argument == argument
+
+
+def test_layout_shapes_may_be_numpy_ints_lists_or_nested_by_native_name() -> None:
+    numpy_ints = (np.int64(2), np.intp(3))
+    declarations: list[Any] = [
+        {"fc.w": numpy_ints, "fc.b": [2]},
+        {"fc": {"w": (2, 3), "b": (2,)}},
+        {"fc": {"w": (2, 3)}, "fc.b": (2,)},
+    ]
+    for shapes in declarations:
+        layout = gradlab.Layout({"fc.w": ("k", (1, 0)), "fc.b": "b"}, shapes=shapes)
+        assert layout.shapes == {"fc.w": (2, 3), "fc.b": (2,)}
+        assert all(type(size) is int for shape in layout.shapes.values() for size in shape)
+        layout.check({"k": np.zeros((3, 2)), "b": np.zeros(2)})
+    with pytest.raises(gradlab.ArgumentError, match="second time") as caught:
+        gradlab.Layout({"fc.w": "k"}, shapes={"fc.w": (2,), "fc": {"w": (2,)}})
+    assert str(caught.value.argument).startswith("shapes")
+
+
+def test_layout_mapping_is_checked_and_reads_paths_in_any_spelling() -> None:
+    # Sources are canonical paths however they are written; a key with a dot in brackets.
+    layout = gradlab.Layout(
+        {"w": ("fc['kernel']", (np.int64(1), np.int64(0))), "b": "['fc.bias']"},
+        shapes={"w": (2, 3), "b": (2,)},
+    )
+    assert layout.mapping == {"w": ("fc.kernel", (1, 0)), "b": ("['fc.bias']", None)}
+    native = layout.to_native({"fc": {"kernel": np.zeros((3, 2))}, "fc.bias": np.ones(2)}, np)
+    assert native["w"].shape == (2, 3)
+    for mapping, argument in (
+        ({"w": ("k", (True, False))}, "mapping['w']"),
+        ({"w": "a..b"}, "mapping['w']"),
+        ({"w": "a["}, "mapping['w']"),
+        ({0: "k"}, "mapping"),
+    ):
+        with pytest.raises(gradlab.ArgumentError) as caught:
+            gradlab.Layout(mapping)  # type: ignore[arg-type]
+        assert caught.value.argument == argument

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._checks import check_mapping, check_tree
+from gradlab._checks import Shapes, check_shapes, check_tree
 from gradlab._errors import (
     ArgumentError,
     ArgumentTypeError,
     HandGradientMissing,
     NotSupported,
 )
+from gradlab._tree import nest_of_paths
 
 Array = Any
 Params = Mapping[str, Array]
@@ -60,18 +61,6 @@ def check_reduction(reduction: object) -> str | None:
     if reduction is not None and reduction not in REDUCTIONS:
         raise ArgumentError("reduction", f"must be 'mean', 'sum' or None, got {reduction!r}")
     return reduction
-
-
-def _check_shapes(shapes: object) -> dict[str, tuple[int, ...]]:
-    """Declared parameter shapes: a mapping from name to a tuple of non-negative ints."""
-    out = {}
-    for name, shape in check_mapping(shapes, "params").items():
-        if not isinstance(shape, (tuple, list)) or not all(
-            isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape
-        ):
-            raise ArgumentError(f"params[{name!r}]", f"must be a shape tuple, got {shape!r}")
-        out[name] = tuple(shape)
-    return out
 
 
 class AbstractProblem(abc.ABC):
@@ -183,8 +172,9 @@ class AbstractProblem(abc.ABC):
         """
         return self
 
-    def initial_params(self, data: Mapping[str, np.ndarray], *, seed: int = 0) -> dict[str, Any]:
-        """Return a starting point for a fit on ``data``: zeros of the declared shapes.
+    def initial_params(self, data: Mapping[str, np.ndarray], *, seed: int = 0) -> Any:
+        """Return a starting point for a fit on ``data``: zeros of the declared shapes, in
+        the nest their paths name (``"embed.kernel"``: ``{"embed": {"kernel": ...}}``).
 
         Problems whose zeros are a poor start (an MLP's units would stay identical)
         override it.
@@ -195,7 +185,8 @@ class AbstractProblem(abc.ABC):
         shapes = self.param_shapes(self.check_data(data))
         if shapes is None:
             raise NotSupported(f"problem {self.name!r} declares no parameter shapes to start from")
-        return {name: np.zeros(shape) for name, shape in shapes.items()}
+        declared = check_shapes(shapes, "param_shapes")
+        return nest_of_paths({name: np.zeros(shape) for name, shape in declared.items()})
 
     def constants(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Values derived from the data alone that the loss (and hand gradient) would
@@ -243,7 +234,9 @@ class Problem(AbstractProblem):
             returns arrays (a vector-valued function, see [`jacobian`][gradlab.jacobian]):
             the output's structure outside, the parameters' inside, as ``jax.jacobian``.
         name: A short name for tables and messages.
-        params: Optional mapping from parameter name to shape, checked against ``init``.
+        params: Optional shapes of the parameters, checked against ``init``: by path
+            (``{"embed.kernel": (3, 2)}``) or nested as ``init`` is
+            (``{"embed": {"kernel": (3, 2)}}``).
         reduction: ``"mean"`` or ``"sum"`` when the loss is the mean or the sum over the
             rows of its data of one loss per row, so that it can run data-parallel
             ([`data_parallel`][gradlab.data_parallel]); ``None`` (the default) otherwise.
@@ -268,7 +261,7 @@ class Problem(AbstractProblem):
         hvp: HandHVP | None = None,
         jacobian: HandFn | None = None,
         name: str = "problem",
-        params: Mapping[str, tuple[int, ...]] | None = None,
+        params: Shapes | None = None,
         reduction: str | None = None,
     ) -> None:
         if not callable(loss):
@@ -291,7 +284,7 @@ class Problem(AbstractProblem):
         self.name = name
         self.has_hand_gradient = value_and_grad is not None
         self.has_hand_hvp = hvp is not None
-        self._shapes = None if params is None else _check_shapes(params)
+        self._shapes = None if params is None else check_shapes(params, "params")
         self.reduction = check_reduction(reduction)
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:

@@ -17,17 +17,18 @@ canonical layout.
 from __future__ import annotations
 
 import importlib
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from gradlab._checks import META_DEVICE, Shapes, check_shapes
 from gradlab._errors import ArgumentError, ArgumentTypeError, NotSupported
-from gradlab._tree import flatten
+from gradlab._tree import flatten, parse_path, path
 from gradlab.problems._base import (
     AbstractProblem,
     Array,
-    _check_shapes,
     check_reduction,
     missing_hand_gradient,
     missing_hand_hvp,
@@ -62,9 +63,19 @@ class Layout:
     Args:
         mapping: ``{native name: canonical path}``, or ``{native name: (canonical path,
             axes)}`` where ``axes`` permutes the canonical array's axes (``(1, 0)``: a
-            transpose).
-        shapes: Optionally, each native parameter's shape (``{"0.weight": (8, 4)}``), checked
-            against the canonical shapes permuted (see [`torch_module`][gradlab.torch_module]).
+            transpose). Paths are written as reports write them (``"layers[0].kernel"``; a
+            key with dots in brackets: ``"['fc.kernel']"``).
+        shapes: Optionally, each native parameter's shape: a tuple of non-negative ints by
+            native name (``{"0.weight": (8, 4)}``; nested mappings join names with dots,
+            ``{"0": {"weight": (8, 4)}}``), checked against the canonical shapes permuted
+            (see [`torch_module`][gradlab.torch_module]).
+
+    Raises:
+        ArgumentTypeError: ``mapping`` is not a non-empty mapping, or ``shapes`` not a
+            mapping of shapes.
+        ArgumentError: a source that is not a path, axes that are not a permutation, a
+            canonical parameter used twice, a negative size, or ``shapes`` naming other
+            parameters than ``mapping``.
 
     Examples:
         >>> import numpy as np, gradlab
@@ -78,7 +89,7 @@ class Layout:
         self,
         mapping: Mapping[str, str | tuple[str, Sequence[int]]],
         *,
-        shapes: Mapping[str, Sequence[int]] | None = None,
+        shapes: Shapes | None = None,
     ) -> None:
         if not isinstance(mapping, Mapping) or not mapping:
             raise ArgumentTypeError(
@@ -86,17 +97,15 @@ class Layout:
             )
         self.mapping: dict[str, tuple[str, tuple[int, ...] | None]] = {}
         for native, spec in mapping.items():
+            if not isinstance(native, str):
+                raise ArgumentTypeError("mapping", f"native names must be strings, got {native!r}")
             source, axes = (spec, None) if isinstance(spec, str) else _pair(native, spec)
-            self.mapping[str(native)] = (source, axes)
+            self.mapping[native] = (_canonical(native, source), axes)
         sources = [source for source, _ in self.mapping.values()]
         repeated = sorted({source for source in sources if sources.count(source) > 1})
         if repeated:
             raise ArgumentError("mapping", f"uses canonical parameter(s) {repeated} more than once")
-        self.shapes = (
-            None
-            if shapes is None
-            else {str(name): tuple(int(size) for size in shape) for name, shape in shapes.items()}
-        )
+        self.shapes = None if shapes is None else check_shapes(shapes, "shapes", paths=False)
         if self.shapes is not None and set(self.shapes) != set(self.mapping):
             raise ArgumentError(
                 "shapes",
@@ -161,14 +170,28 @@ def _pair(native: object, spec: object) -> tuple[str, tuple[int, ...]]:
         and len(spec) == 2
         and isinstance(spec[0], str)
         and isinstance(spec[1], (tuple, list))
-        and all(isinstance(axis, int) for axis in spec[1])
+        and all(isinstance(axis, numbers.Integral) for axis in spec[1])
+        and not any(isinstance(axis, (bool, np.bool_)) for axis in spec[1])
         and sorted(spec[1]) == list(range(len(spec[1])))
     ):
-        return spec[0], tuple(spec[1])
+        return spec[0], tuple(int(axis) for axis in spec[1])
     raise ArgumentError(
         f"mapping[{native!r}]",
         f"must be a path or (path, axes) with axes a permutation, got {spec!r}",
     )
+
+
+def _canonical(native: object, source: str) -> str:
+    """``source`` in the spelling flattening gives paths (``"fc['kernel']"``: ``"fc.kernel"``),
+    so that it names the canonical parameter whatever way it was written."""
+    try:
+        return path(parse_path(source))
+    except ValueError as error:
+        raise ArgumentError(
+            f"mapping[{native!r}]",
+            f"is not a canonical parameter's path ({error}); a key with dots, brackets or "
+            "quotes is written in brackets: \"['fc.kernel']\"",
+        ) from None
 
 
 class NativeProblem(AbstractProblem):
@@ -186,7 +209,8 @@ class NativeProblem(AbstractProblem):
         value_and_grad: Optional hand-derived ``(params, data) -> (loss, grads)`` in NumPy.
         hvp: Optional hand-derived ``(params, tangent, data) -> H·tangent`` in NumPy.
         params: Optional shapes of the canonical parameters, by path
-            (``{"layers[0].kernel": (4, 8)}``).
+            (``{"layers[0].kernel": (4, 8)}``) or nested as ``init`` is
+            (``{"embed": {"kernel": (4, 8)}}``).
         layouts: Optional ``{framework: Layout}``: how that implementation's parameters are
             laid out (see [`Layout`][gradlab.Layout]).
         reduction: ``"mean"`` or ``"sum"`` when every implementation is the mean or the
@@ -208,7 +232,7 @@ class NativeProblem(AbstractProblem):
         name: str = "problem",
         value_and_grad: Callable[..., Any] | None = None,
         hvp: Callable[..., Any] | None = None,
-        params: Mapping[str, tuple[int, ...]] | None = None,
+        params: Shapes | None = None,
         layouts: Mapping[str, Layout] | None = None,
         reduction: str | None = None,
         **implementations: Implementation,
@@ -244,7 +268,7 @@ class NativeProblem(AbstractProblem):
         self.has_hand_hvp = hvp is not None
         # The NumPy implementation, where there is one, is evaluated once to check ``init``.
         self.probe = "numpy" in implementations and "numpy" not in layouts
-        self._shapes = None if params is None else _check_shapes(params)
+        self._shapes = None if params is None else check_shapes(params, "params")
         self.reduction = check_reduction(reduction)
 
     def check_namespace(self, xp: Any) -> None:
@@ -299,12 +323,18 @@ def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]
     parameters by name (``{"0.weight": ...}``): a starting point, or the shapes a
     [`Layout`][gradlab.Layout] checks against (``Layout(..., shapes=...)``).
 
+    ``apply`` refuses (an ``ArgumentError`` naming ``init``) parameters that are not
+    exactly the module's, by name and shape: ``functional_call`` alone would run a
+    parameter left out on the module's own value, with no gradient for it, ignore an
+    unknown name, and broadcast a wrong shape.
+
     Raises:
         ArgumentTypeError: not an ``nn.Module``.
         ArgumentError: the module has buffers (``BatchNorm``'s running statistics: state
             that a forward pass changes, so the loss would not be a function of the
-            parameters alone), non-floating-point parameters, or parameters that do not
-            require grad (frozen parameters would be differentiated all the same).
+            parameters alone), non-floating-point parameters, parameters that do not
+            require grad (frozen parameters would be differentiated all the same), or
+            parameters on the meta device (shapes without values).
 
     Examples:
         >>> import torch, gradlab
@@ -327,6 +357,8 @@ def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]
     if not named:
         raise ArgumentError("module", "has no parameters")
     for name, value in named.items():
+        if value.is_meta:
+            raise ArgumentError("module", f"parameter {name!r} {META_DEVICE}")
         if not value.is_floating_point():
             raise ArgumentError(
                 "module", f"parameter {name!r} is {value.dtype}; it must be floating-point"
@@ -338,11 +370,71 @@ def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]
                 "every parameter it is given: leave it out of the module, or unfreeze it",
             )
     functional_call = importlib.import_module("torch.func").functional_call
+    shapes = {name: tuple(value.shape) for name, value in named.items()}
 
     def apply(params: Mapping[str, Any], *inputs: Any) -> Any:
+        _check_module_params(params, shapes, torch)
         return functional_call(module, dict(params), inputs)
 
+    # Widened in torch: NumPy has no bfloat16.
     copies = {
-        name: value.detach().cpu().numpy().astype(np.float64) for name, value in named.items()
+        name: value.detach().to("cpu", torch.float64, copy=True).numpy()
+        for name, value in named.items()
     }
     return apply, copies
+
+
+def _check_module_params(params: object, shapes: Mapping[str, tuple[int, ...]], torch: Any) -> None:
+    """Refuse what ``functional_call`` would take silently: a parameter left out runs on
+    the module's own (and gets no gradient), an unknown name is ignored (a zero gradient),
+    a wrong shape may broadcast.
+
+    The names ``apply`` is given are ``init``'s (or ``params``'), or those a
+    [`Layout`][gradlab.Layout]'s mapping gives them.
+    """
+    own = ", ".join(map(repr, shapes))
+    fix = (
+        f"the module's parameters are {own}: give init (or params) exactly these, or a "
+        "Layout mapping to exactly these"
+    )
+    if not isinstance(params, Mapping):
+        raise ArgumentTypeError(
+            "init", f"init (or params): apply got {type(params).__name__}, not a dict; {fix}"
+        )
+    missing = [name for name in shapes if name not in params]
+    extra = [name for name in params if name not in shapes]
+    if missing or extra:
+        parts = [
+            f"lack {', '.join(map(repr, missing))} (functional_call would run the module's own "
+            "values there, and return no gradient for them)"
+            if missing
+            else "",
+            f"include {', '.join(map(repr, extra))}, which the module does not have"
+            if extra
+            else "",
+        ]
+        raise ArgumentError(
+            "init",
+            f"init (or params): the parameters given to the module's apply "
+            f"{' and '.join(p for p in parts if p)}; {fix}",
+        )
+    for name, value in params.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise ArgumentTypeError(
+                "init",
+                f"init (or params): apply got {name!r} as {getattr(value, 'dtype', type(value))}, "
+                "not a floating-point torch tensor",
+            )
+        shape = tuple(value.shape)
+        if shape != shapes[name]:
+            # A transposed kernel is the usual mix-up between JAX's layout and torch's.
+            hint = (
+                " (its transpose: map it with axes (1, 0) in a Layout)"
+                if len(shape) == 2 and shape[::-1] == shapes[name]
+                else ""
+            )
+            raise ArgumentError(
+                "init",
+                f"init (or params): apply got {name!r} of shape {shape}; the module's "
+                f"{name!r} has shape {shapes[name]}{hint}",
+            )
