@@ -153,7 +153,8 @@ class _Reads(dict):  # type: ignore[type-arg]
         return super().get(key, default)
 
     def _everything(self) -> None:
-        self.read.update((*self.prefix, key) for key in self)
+        # dict's own iteration: this class's would call back here, without end.
+        self.read.update((*self.prefix, key) for key in dict.__iter__(self))
 
     def keys(self) -> Any:
         self._everything()

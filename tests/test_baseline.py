@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import json
 import os
 import subprocess
@@ -180,6 +181,55 @@ def test_a_fit_result_keeps_the_structure_of_its_parameters() -> None:
     assert isinstance(loaded.params["layers"][1], list)
     assert loaded.trajectory["layers"][0].w.shape == (16, 1)
     assert loaded.state is None
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+@pytest.mark.parametrize(
+    "key",
+    [1.5, (1, "a"), None, 3, True, "a.b", "x[0]", float("inf"), Color.RED, ((1, 2), None)],
+    ids=repr,
+)
+def test_parameter_keys_of_any_kind_come_back_as_they_were(key: Any, tmp_path: Path) -> None:
+    """A dict key JSON cannot hold (a float, a tuple, None, an Enum) is saved tagged: the
+    loaded result has the same keys, names the same paths, and matches its own file."""
+    problem = gradlab.Problem(
+        lambda p, d, xp: sum(xp.sum(leaf**2) for leaf in p["inner"].values()) + 0.0, name="keys"
+    )
+    init = {"inner": {key: np.array([0.5, -1.0]), "other": np.array(2.0)}}
+    result = gradlab.fit(problem, {}, engine="fd", optimizer=gradlab.sgd(0.1), steps=2, init=init)
+    path = tmp_path / "fit.json"
+    result.save(path)
+    loaded = gradlab.load(path)
+    assert list(loaded.params["inner"]) == [key, "other"] or (
+        repr(list(loaded.params["inner"])) == repr([key, "other"])  # an Enum: by its name
+    )
+    np.testing.assert_array_equal(
+        loaded.params["inner"][list(loaded.params["inner"])[0]], result.params["inner"][key]
+    )
+    assert result.against(path).ok
+
+
+@pytest.mark.parametrize("kind", ["GradientReport", gradlab.GradientReport])
+def test_load_takes_the_kind_as_a_class_or_its_name(kind: Any, tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    gradlab.compare_gradients(QUADRATIC, DATA, POINT, engines="numpy,fd").save(path)
+    assert type(gradlab.load(path, kind)) is gradlab.GradientReport
+    with pytest.raises(gradlab.ArgumentError, match="holds a GradientReport, not a FitResult"):
+        gradlab.load(path, "FitResult")
+
+
+@pytest.mark.parametrize(
+    "kind", ["Report", 3, int, dict, gradlab.GradlabError, gradlab._output.Record]
+)
+def test_load_refuses_a_kind_that_is_no_saved_class(kind: Any, tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    gradlab.compare_gradients(QUADRATIC, DATA, POINT, engines="numpy,fd").save(path)
+    with pytest.raises(gradlab.ArgumentTypeError) as caught:
+        gradlab.load(path, kind)
+    assert caught.value.argument == "kind"
 
 
 def test_non_finite_numbers_survive_the_round_trip() -> None:
