@@ -203,12 +203,11 @@ def test_parameter_keys_of_any_kind_come_back_as_they_were(key: Any, tmp_path: P
     path = tmp_path / "fit.json"
     result.save(path)
     loaded = gradlab.load(path)
-    assert list(loaded.params["inner"]) == [key, "other"] or (
-        repr(list(loaded.params["inner"])) == repr([key, "other"])  # an Enum: by its name
-    )
-    np.testing.assert_array_equal(
-        loaded.params["inner"][list(loaded.params["inner"])[0]], result.params["inner"][key]
-    )
+    keys = list(loaded.params["inner"])
+    assert repr(keys) == repr([key, "other"])  # an Enum comes back as a key of its name
+    if not isinstance(key, Color):
+        assert keys == [key, "other"]
+    np.testing.assert_array_equal(loaded.params["inner"][keys[0]], result.params["inner"][key])
     assert result.against(path).ok
 
 
