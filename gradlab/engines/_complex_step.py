@@ -273,6 +273,9 @@ class ComplexStepEngine(AbstractEngine):
 
     name = "complex-step"
     xp = XP
+    #: The loop's arrays (parameters, optimizer state, batches) are plain NumPy; only the
+    #: loss sees the analytic namespace, so gradlab's own bookkeeping is never refused.
+    loop_xp = np
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
         """``array`` in ``dtype``: a read-only view where it already is, else a read-only copy."""
