@@ -232,6 +232,8 @@ class _Namespace:
     """
 
     ndarray = _Complex
+    #: A NativeProblem's NumPy implementation is the one it runs (at complex points).
+    gradlab_framework = "numpy"
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # Python's own probes (abc, copy, pickle): not there

@@ -70,6 +70,8 @@ class NumpyEngine(AbstractEngine):
 
     name = "numpy"
     xp = np
+    #: It runs a problem's hand derivation, not its loss: a report counts it as that code.
+    runs_hand = True
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
         """``array`` in ``dtype``: a read-only view where it already is, else a read-only copy."""
