@@ -495,6 +495,28 @@ def test_a_baseline_of_something_else_is_refused_naming_baseline(now: Any, match
     assert raised.value.argument == "baseline"
 
 
+def test_a_baseline_at_another_point_of_the_same_shapes_says_where_they_differ() -> None:
+    """Another --seed gives a point of the same names and shapes: a summary of the two reads
+    alike, so the refusal names the first element that differs and both its values."""
+    rng = np.random.default_rng(0)
+    first = {"w": rng.standard_normal((4, 5)), "b": rng.standard_normal(5)}
+    moved = {"w": first["w"].copy(), "b": first["b"].copy()}
+    moved["w"][2, 3] += 0.25
+    moved["w"][3, 1] -= 0.5
+    problem = gradlab.Problem(
+        lambda p, d, xp: xp.sum(p["w"] ** 2) + xp.sum(p["b"] ** 2), name="bowl"
+    )
+    before = gradlab.compare_gradients(problem, {}, first, engines="fd,complex-step")
+    now = gradlab.compare_gradients(problem, {}, moved, engines="fd,complex-step")
+    with pytest.raises(gradlab.ArgumentError) as raised:
+        now.against(before)
+    expected = (
+        f"w[2, 3] is {float(first['w'][2, 3])!r} there, {float(moved['w'][2, 3])!r} here "
+        "(and 1 more of its 20 values)"
+    )
+    assert expected in str(raised.value)
+
+
 def test_hessian_vector_products_at_another_tangent_are_refused() -> None:
     before = gradlab.compare_hessians(
         QUADRATIC, DATA, POINT, tangent={"w": 1.0, "b": 0.0}, engines="numpy,fd"
