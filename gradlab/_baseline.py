@@ -356,16 +356,34 @@ def _same(now: object, then: object, *names: str) -> None:
 
 
 def _same_arrays(what: str, now: Mapping[str, Any], then: Mapping[str, Any]) -> None:
-    """Refuse a baseline taken elsewhere: the names, shapes and values must all be equal."""
-    same = list(now) == list(then) and all(
-        np.shape(now[k]) == np.shape(then[k]) and np.array_equal(now[k], then[k]) for k in now
-    )
-    if not same:
+    """Refuse a baseline taken elsewhere: the names, shapes and values must all be equal,
+    and the refusal says where they first differ (two points of the same shapes read
+    alike in a summary)."""
+    differs = _first_difference(now, then)
+    if differs is not None:
         raise ArgumentError(
-            "baseline",
-            f"was taken at other {what} ({_output.point(then)}, not {_output.point(now)}): "
-            "compare like with like",
+            "baseline", f"was taken at other {what}: {differs}; compare like with like"
         )
+
+
+def _first_difference(now: Mapping[str, Any], then: Mapping[str, Any]) -> str | None:
+    """Where two named sets of arrays first differ, in words, or ``None`` if they are equal."""
+    if list(now) != list(then):
+        return f"it has {sorted(then)}, this has {sorted(now)}"
+    for name in now:
+        a, b = np.asarray(now[name], np.float64), np.asarray(then[name], np.float64)
+        if a.shape != b.shape:
+            return f"{name} has shape {b.shape} there, {a.shape} here"
+        unequal = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+        if unequal.any():
+            index = tuple(int(i) for i in np.argwhere(unequal)[0])
+            count = int(unequal.sum())
+            more = f" (and {count - 1} more of its {a.size} values)" if count > 1 else ""
+            return (
+                f"{element(name, index)} is {float(b[index])!r} there, {float(a[index])!r} "
+                f"here{more}"
+            )
+    return None
 
 
 def _same_data(now: str | None, then: str | None) -> None:

@@ -17,6 +17,7 @@ times the function. [`benchmark`][gradlab.benchmark] measures it in-process, and
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 import time
@@ -49,6 +50,9 @@ from gradlab.problems._named import at_size, problem_named
 
 #: Fewest timed calls behind any figure, however slow the call.
 MIN_SAMPLES = 5
+#: A median more than this many times the fastest call marks a timing as noise: a call's
+#: own cost varies by tens of percent between runs, not by multiples.
+NOISY_SPREAD = 3.0
 #: Most timed calls behind one figure, however fast the call.
 MAX_SAMPLES = 100_000
 
@@ -72,6 +76,12 @@ class Timing:
         """Summarise a list of timings."""
         return cls(min(seconds), statistics.median(seconds), len(seconds))
 
+    @property
+    def noisy(self) -> bool:
+        """Whether the typical call took more than ``NOISY_SPREAD`` times the fastest: then
+        the machine, not the engine, set the numbers (threads contending, other work)."""
+        return self.median > NOISY_SPREAD * self.min
+
 
 @dataclass(frozen=True)
 class BenchmarkCase:
@@ -84,7 +94,7 @@ class BenchmarkCase:
         dtype: ``"float32"`` or ``"float64"``.
         status: ``"measured"``, ``"skipped"`` (the engine cannot run it; see ``note``) or
             ``"over budget"`` (the time budget ran out before this case).
-        note: Why a case was skipped, else ``""``.
+        note: Why a case was skipped, or ``"cut short by the time budget"``, else ``""``.
         first_objective: Seconds of the first call of the loss alone (tracing and
             compilation included), or ``None``.
         first_gradient: Seconds of the first value-and-gradient call, or ``None``.
@@ -325,9 +335,35 @@ class BenchmarkResult(Record):
                 numbers[case.note] = len(numbers) + 1
         return numbers
 
+    @property
+    def noisy(self) -> list[BenchmarkCase]:
+        """The measured cases whose timings spread so far that they are noise (see
+        [`Timing.noisy`][gradlab.Timing.noisy]): rerun them on a quiet machine, with
+        threads pinned."""
+        return [
+            case
+            for case in self.cases
+            if any(
+                timing is not None and timing.noisy
+                for timing in (case.objective, case.gradient, case.fit_per_step)
+            )
+        ]
+
     def _notes(self) -> list[str]:
-        """The notes in full: why cases were skipped (never cut short)."""
-        return [f"note {number}: {note}" for note, number in self._note_numbers().items()]
+        """The notes in full: why cases were skipped (never cut short), and a warning where
+        timings are noise."""
+        notes = [f"note {number}: {note}" for note, number in self._note_numbers().items()]
+        noisy = self.noisy
+        if noisy:
+            which = ", ".join(f"{case.engine} {case.problem} n={case.n}" for case in noisy)
+            notes.append(
+                f"warning: timings marked ! are noise, not the engines' cost: their median "
+                f"call took over {NOISY_SPREAD:g}× the fastest ({which}). Threads contending "
+                "for the cores, or other work on the machine, do that: pin threads "
+                "(OMP_NUM_THREADS=1, or torch.set_num_threads(1) and "
+                "XLA_FLAGS=--xla_cpu_multi_thread_eigen=false), stop other work, and rerun."
+            )
+        return notes
 
     def _rows(self) -> tuple[list[str], list[list[str]]]:
         header = [
@@ -347,6 +383,7 @@ class BenchmarkResult(Record):
             header.append("peak MB (4× steps)")
         rows = []
         notes = self._note_numbers()
+        noisy = self.noisy
         for case in self.cases:
             if case.status != "measured":
                 marker = f"see note {notes[case.note]}" if case.note else ""
@@ -363,7 +400,8 @@ class BenchmarkResult(Record):
                 seconds(case.first_gradient),
                 seconds(case.objective.min if case.objective else None),
                 seconds(case.gradient.min if case.gradient else None),
-                seconds(case.gradient.median if case.gradient else None),
+                seconds(case.gradient.median if case.gradient else None)
+                + (" !" if case in noisy else ""),
                 _number(case.ratio),
                 _number(case.floor_ratio),
                 seconds(case.fit_per_step.min if case.fit_per_step else None),
@@ -438,8 +476,12 @@ def benchmark(
             so that a fit takes about ``min_time``.
         memory: Also measure each fit's peak resident memory, in a fresh process per case
             (Linux; built-in problems and registered engines; a few seconds per case).
-        budget: Seconds after which no new case starts; the rest are marked
-            ``"over budget"`` and the result ``truncated``. ``None``: no limit.
+        budget: Seconds of wall time the whole benchmark may take. Timing loops stop at
+            it, a case that reaches it keeps what it measured (fewer samples, and no fit or
+            memory figure where none was taken), the cases not started are marked
+            ``"over budget"``, and the result is ``truncated``. A call already running (a
+            first call that compiles) is not interrupted, so the overrun is at most one
+            call. ``None``: no limit.
         progress: Show a progress bar (needs tqdm, the ``cli`` extra) on long runs.
         seed: Seed of the generated data and of the point the gradient is taken at.
 
@@ -494,7 +536,7 @@ def benchmark(
         for engine in engine_list
     ]
     start = time.perf_counter()
-    truncated = False
+    deadline = math.inf if budget is None else start + budget
     settings = {
         "min_time": min_time,
         "fit_steps": fit_steps,
@@ -507,8 +549,7 @@ def benchmark(
         floors: dict[tuple[str, str, int], Timing | None] = {}
         for problem, dtype, n, engine in plan:
             label = f"{engine.name} {problem.name} n={n} {dtype}"
-            if budget is not None and time.perf_counter() - start > budget:
-                truncated = True
+            if time.perf_counter() > deadline:
                 cases.append(BenchmarkCase(problem.name, engine.name, n, dtype, "over budget"))
                 advance(label)
                 continue
@@ -516,11 +557,25 @@ def benchmark(
             data = sized.make_data(n, seed=seed)
             key = (problem.name, dtype, n)
             if key not in floors:
-                floors[key] = _floor(data, dtype, min_time)
+                floors[key] = _floor(data, dtype, min_time, deadline)
             case = _case(
-                sized, data, engine, dtype, n, min_time, fit_steps, memory, seed, optimizer
+                sized,
+                data,
+                engine,
+                dtype,
+                n,
+                min_time,
+                fit_steps,
+                memory,
+                seed,
+                optimizer,
+                deadline,
             )
-            cases.append(dataclasses.replace(case, floor=floors[key]) if case.gradient else case)
+            if case.gradient:
+                case = dataclasses.replace(case, floor=floors[key])
+            if case.status == "measured" and time.perf_counter() > deadline:
+                case = dataclasses.replace(case, note="cut short by the time budget")
+            cases.append(case)
             advance(label)
     engine_facts = {engine.name: engine.describe() for engine in engine_list}
     return BenchmarkResult(
@@ -528,7 +583,7 @@ def benchmark(
         settings=settings,
         provenance={**common_provenance(", ".join(dtype_list)), "engines": engine_facts},
         elapsed=time.perf_counter() - start,
-        truncated=truncated,
+        truncated=time.perf_counter() > deadline,
     )
 
 
@@ -551,17 +606,25 @@ def _engines(engines: object) -> list[GradientEngine]:
 
 
 def time_calls(
-    call: Callable[[], Any], block: Callable[[Any], Any], min_time: float
+    call: Callable[[], Any],
+    block: Callable[[Any], Any],
+    min_time: float,
+    deadline: float = math.inf,
 ) -> list[float]:
     """Seconds of repeated calls, each waited for (``block``) before the clock is read.
 
     Calls continue until they add up to ``min_time`` seconds and number at least
-    ``MIN_SAMPLES`` (at most ``MAX_SAMPLES``).
+    ``MIN_SAMPLES`` (at most ``MAX_SAMPLES``), or until ``deadline`` (a
+    ``time.perf_counter()`` reading) passes, after one call at least.
     """
     clock = time.perf_counter
     samples: list[float] = []
     total = 0.0
-    while (total < min_time or len(samples) < MIN_SAMPLES) and len(samples) < MAX_SAMPLES:
+    while (
+        (total < min_time or len(samples) < MIN_SAMPLES)
+        and len(samples) < MAX_SAMPLES
+        and not (samples and clock() > deadline)
+    ):
         begin = clock()
         block(call())
         elapsed = clock() - begin
@@ -576,7 +639,9 @@ def _first(call: Callable[[], Any], block: Callable[[Any], Any]) -> float:
     return time.perf_counter() - begin
 
 
-def _floor(data: dict[str, np.ndarray], dtype: str, min_time: float) -> Timing | None:
+def _floor(
+    data: dict[str, np.ndarray], dtype: str, min_time: float, deadline: float = math.inf
+) -> Timing | None:
     """One pass over the data, reading every element once and writing nothing.
 
     ``numpy.dot(y, x)`` for a design (``x``) and a target vector (``y``); otherwise
@@ -587,9 +652,11 @@ def _floor(data: dict[str, np.ndarray], dtype: str, min_time: float) -> Timing |
         return None
     x, y = arrays.get("x"), arrays.get("y")
     if x is not None and y is not None and y.ndim == 1 and len(arrays) == 2 and len(x) == len(y):
-        return Timing.of(time_calls(lambda: np.dot(y, x), lambda out: out, min_time))
+        return Timing.of(time_calls(lambda: np.dot(y, x), lambda out: out, min_time, deadline))
     return Timing.of(
-        time_calls(lambda: [np.vdot(a, a) for a in arrays.values()], lambda out: out, min_time)
+        time_calls(
+            lambda: [np.vdot(a, a) for a in arrays.values()], lambda out: out, min_time, deadline
+        )
     )
 
 
@@ -604,8 +671,10 @@ def _case(
     memory: bool,
     seed: int,
     optimizer: GradientTransformation,
+    deadline: float = math.inf,
 ) -> BenchmarkCase:
-    """Measure one engine on one problem, size and dtype."""
+    """Measure one engine on one problem, size and dtype, stopping at ``deadline`` (what is
+    not measured by then is left out: see ``benchmark``'s ``budget``)."""
     base: dict[str, Any] = {"problem": problem.name, "engine": engine.name, "n": n, "dtype": dtype}
     try:
         _, _, flat, checked, start, layout = prepare(
@@ -622,8 +691,12 @@ def _case(
         first_gradient = _first(lambda: gradient(params, batch), block)
         if crosses(engine, flat, gradient):  # a plug-in or hand gradient: check it once
             check_value_and_grad(engine, flat, gradient, gradient(params, batch), start, dtype)
-        objective_timing = Timing.of(time_calls(lambda: loss(params, batch), block, min_time))
-        gradient_timing = Timing.of(time_calls(lambda: gradient(params, batch), block, min_time))
+        objective_timing = Timing.of(
+            time_calls(lambda: loss(params, batch), block, min_time, deadline)
+        )
+        gradient_timing = Timing.of(
+            time_calls(lambda: gradient(params, batch), block, min_time, deadline)
+        )
         # About min_time per fit; at least 10 steps, so that per-call costs are spread.
         steps = int(min(fit_steps, max(10, min_time // max(gradient_timing.min, 1e-9))))
 
@@ -638,13 +711,17 @@ def _case(
                 dtype=dtype,
             )
 
-        run()  # warm-up: compiles the loop where the engine compiles it
         per_step: list[float] = []
-        while len(per_step) < 3 or sum(per_step) * steps < min_time:
-            per_step.append(run().wall_time / steps)
-            if len(per_step) >= 100:
-                break
-    peak = _fit_memory(problem, engine, n, dtype, steps, seed) if memory else {}
+        if time.perf_counter() < deadline:
+            run()  # warm-up: compiles the loop where the engine compiles it
+            while (len(per_step) < 3 or sum(per_step) * steps < min_time) and not (
+                per_step and time.perf_counter() > deadline
+            ):
+                per_step.append(run().wall_time / steps)
+                if len(per_step) >= 100:
+                    break
+    in_time = memory and time.perf_counter() < deadline
+    peak = _fit_memory(problem, engine, n, dtype, steps, seed) if in_time else {}
     return BenchmarkCase(
         **base,
         first_objective=first_objective,
@@ -652,7 +729,7 @@ def _case(
         objective=objective_timing,
         gradient=gradient_timing,
         fit_steps=steps,
-        fit_per_step=Timing.of(per_step),
+        fit_per_step=Timing.of(per_step) if per_step else None,
         peak_memory=peak.get("peak"),
         peak_memory_4x_steps=peak.get("peak_4x_steps"),
         data_bytes=sum(

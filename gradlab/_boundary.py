@@ -43,7 +43,13 @@ from gradlab._checks import check_dtype, check_params, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError, naming
 from gradlab._flat import FlatView, flat_view
 from gradlab._tree import Keys, Structure, flatten, leaves, structure, subscript, tree_map
-from gradlab.engines._protocol import GradientEngine, asarrays_of, asinputs_of, value_and_grad_of
+from gradlab.engines._protocol import (
+    GradientEngine,
+    asarrays_of,
+    asinputs_of,
+    runs_hand,
+    value_and_grad_of,
+)
 from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation
 from gradlab.problems._base import AbstractProblem, Problem
@@ -153,7 +159,8 @@ class _Reads(dict):  # type: ignore[type-arg]
         return super().get(key, default)
 
     def _everything(self) -> None:
-        self.read.update((*self.prefix, key) for key in self)
+        # dict's own iteration: this class's would call back here, without end.
+        self.read.update((*self.prefix, key) for key in dict.__iter__(self))
 
     def keys(self) -> Any:
         self._everything()
@@ -439,10 +446,12 @@ def check_value_and_grad(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """What ``engine.value_and_grad(problem)`` returned, checked and brought to NumPy.
 
-    A hand-derived gradient (the function is ``problem.hand_value_and_grad``) is blamed as
-    the problem's ``value_and_grad``; anything else as the engine.
+    A hand-derived gradient (the function runs ``problem.hand_value_and_grad``) is blamed
+    as the problem's ``value_and_grad``; anything else as the engine.
     """
-    fault = _blame(engine, problem, "value_and_grad", function == problem.hand_value_and_grad)
+    fault = _blame(
+        engine, problem, "value_and_grad", runs_hand(function, problem.hand_value_and_grad)
+    )
     if not isinstance(output, (tuple, list)) or len(output) != 2:
         got = f"a {len(output)}-tuple" if isinstance(output, (tuple, list)) else _describe(output)
         raise fault(f"must return a pair (loss, grads), got {got}")
@@ -460,7 +469,7 @@ def check_hvp(
     dtype: str,
 ) -> dict[str, np.ndarray]:
     """What ``engine.hvp(problem)`` returned, checked and brought to NumPy."""
-    fault = _blame(engine, problem, "hvp", function == problem.hand_hvp)
+    fault = _blame(engine, problem, "hvp", runs_hand(function, problem.hand_hvp))
     return check_named_output(engine, fault, output, params, dtype)
 
 
@@ -518,7 +527,7 @@ def crosses(engine: GradientEngine, problem: AbstractProblem, function: Callable
     """
     if not _is_gradlab(type(engine)):
         return True
-    if function == problem.hand_value_and_grad:
+    if runs_hand(function, problem.hand_value_and_grad):
         user = problem.problem if isinstance(problem, FlatView) else problem
         return isinstance(user, (Problem, NativeProblem)) or not _is_gradlab(type(user))
     return False

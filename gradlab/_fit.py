@@ -42,6 +42,7 @@ from gradlab.engines._protocol import (
     Data,
     GradientEngine,
     ValueAndGrad,
+    loop_xp_of,
     to_numpy_all_of,
     total_rows_of,
     value_and_grad_of,
@@ -473,7 +474,7 @@ def fit(
         body = _Step(
             value_and_grad,
             optimizer,
-            engine.xp,
+            loop_xp_of(engine),
             record=record,
             grad_norms=stop is not None and stop.grad_norm is not None,
             batched=order is not None,
@@ -719,6 +720,21 @@ def _resumed(
             "has no optimizer state (a result loaded from JSON): resume from the FitResult "
             "that fit returned, or start a new fit with init=result.params",
         )
+    step = check_int(resume.step, "resume.step", 0)
+    if resume.status == "diverged":
+        raise ArgumentError(
+            "resume",
+            f"diverged at step {step}: its parameters or gradient are not finite there, so "
+            "there is nothing to continue (start again with a smaller learning rate)",
+        )
+    for where, count in _counts(resume.state):
+        if isinstance(count, bool) or np.ndim(count) != 0 or count != step:
+            raise ArgumentError(
+                f"resume.state{where}.count",
+                f"is {count.tolist() if hasattr(count, 'tolist') else count!r}, but the result "
+                f"has taken {step} steps: its state and step count were changed apart "
+                "(resume from the FitResult fit returned)",
+            )
     name = getattr(problem, "name", None)
     if name is not None and resume.problem != name:
         raise ArgumentError(
@@ -733,6 +749,16 @@ def _resumed(
             "resume", f"its parameters do not fit this problem and data: {error}"
         ) from None
     return checked, resume.state, resume.step
+
+
+def _counts(state: Any, where: str = "") -> list[tuple[str, Any]]:
+    """The step counts in a gradlab optimizer's state (a ``chain``'s too), with where they
+    are (``[1]``): each counts the updates taken, as a result's ``step`` does."""
+    if type(state).__module__ == "gradlab.optimizers" and hasattr(state, "count"):
+        return [(where, state.count)]
+    if isinstance(state, tuple) and not hasattr(state, "_fields"):
+        return [found for i, part in enumerate(state) for found in _counts(part, f"{where}[{i}]")]
+    return []
 
 
 def _stops(answer: object) -> bool:

@@ -156,13 +156,15 @@ def parse(text: object, argument: str) -> Any:
         raise ArgumentError(argument, "is nested too deeply to be a saved result") from None
 
 
-def load(path: str | os.PathLike[str], kind: type[_R] | None = None, argument: str = "path") -> Any:
+def load(
+    path: str | os.PathLike[str], kind: type[_R] | str | None = None, argument: str = "path"
+) -> Any:
     """Read a saved report or result (``save``, ``to_json``, ``gradlab compare --json``).
 
     Args:
         path: The JSON file.
-        kind: The class expected (a record of another kind is refused), or ``None`` for
-            whichever class the record names.
+        kind: The class expected (a record of another kind is refused), or its name
+            (``"GradientReport"``), or ``None`` for whichever class the record names.
         argument: The argument to name in errors.
 
     Returns:
@@ -186,6 +188,7 @@ def load(path: str | os.PathLike[str], kind: type[_R] | None = None, argument: s
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(argument, f"must be a file path, got {path!r}")
+    expected = _kind(kind)
     text = os.fspath(path)
     try:
         with open(text, "rb") as file:
@@ -208,10 +211,23 @@ def load(path: str | os.PathLike[str], kind: type[_R] | None = None, argument: s
     name = record.get("kind") if isinstance(record, Mapping) else None
     if not isinstance(name, str) or name not in Record.kinds:
         raise ArgumentError(argument, f"{text!r} is not a saved gradlab report or result")
-    if kind is not None and name != kind.__name__:
-        raise ArgumentError(argument, f"{text!r} holds a {name}, not a {kind.__name__}")
+    if expected is not None and name != expected.__name__:
+        raise ArgumentError(argument, f"{text!r} holds a {name}, not a {expected.__name__}")
     found = Record.kinds[name]
     return _as(found.from_dict, record, argument)
+
+
+def _kind(kind: object) -> type[Record] | None:
+    """``load``'s ``kind``: ``None``, a saved class, or its name; else an error naming it."""
+    if kind is None or (isinstance(kind, type) and kind in Record.kinds.values()):
+        return kind
+    if isinstance(kind, str) and kind in Record.kinds:
+        return Record.kinds[kind]
+    raise ArgumentTypeError(
+        "kind",
+        f"must be one of gradlab's saved classes or its name ({', '.join(sorted(Record.kinds))}), "
+        f"got {kind!r:.60}",
+    )
 
 
 def _as(build: Any, record: Any, argument: str) -> Any:

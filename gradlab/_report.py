@@ -24,6 +24,7 @@ from gradlab._errors import (
     UnknownEngine,
     naming,
 )
+from gradlab._flat import FlatView
 from gradlab._output import point
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
@@ -39,6 +40,7 @@ from gradlab.engines._protocol import (
 )
 from gradlab.engines._registry import engine_list, get_engine
 from gradlab.problems._base import AbstractProblem
+from gradlab.problems._native import NativeProblem, framework_of
 
 Derivative = Literal["gradient", "hessian", "hvp", "jacobian", "per-example"]
 _QUANTITIES = {
@@ -102,7 +104,9 @@ class GradientReport(_output.Record):
         tolerances: ``tolerances[i, j]``: the largest rho allowed between engines i and j.
         verdicts: Each engine against the reference.
         outlier: The engine that disagrees with every other while those agree among
-            themselves (needs at least three engines), or ``None``.
+            themselves (needs at least three implementations), or ``None``. Engines that
+            run the same implementation are one voice (see ``implementations``): the
+            outlier is then the first engine of the implementation that stands alone.
         rho_float64: In float32 reports, each engine's largest rho against the reference
             computed in float64 at the same point: float32 round-off, for information (the
             verdicts compare float32 with float32). Empty in float64.
@@ -118,6 +122,11 @@ class GradientReport(_output.Record):
         data_digest: A fingerprint of the data (names, dtypes, shapes and bytes), so that
             [`against`][gradlab.GradientReport.against] can tell a baseline taken on other
             data from a changed derivative; ``None`` if unknown.
+        implementations: Which code each engine ran, where engines share some: for a
+            [`NativeProblem`][gradlab.NativeProblem], ``"torch implementation"`` for
+            ``torch``, ``torch-func`` and ``torch-compile`` alike, ``"hand derivation"``
+            for ``numpy``. Empty where every engine is its own voice (a problem written
+            once against ``xp``, which each engine differentiates its own way).
     """
 
     problem: str
@@ -141,6 +150,7 @@ class GradientReport(_output.Record):
     outputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     tangent: dict[str, np.ndarray] | None = None
     data_digest: str | None = None
+    implementations: dict[str, str] = field(default_factory=dict)
 
     @property
     def criterion(self) -> Criterion:
@@ -159,10 +169,19 @@ class GradientReport(_output.Record):
 
     @property
     def disagreeing(self) -> tuple[str, ...]:
-        """The engines to blame: those beyond tolerance of the reference, or the outlier."""
+        """The engines to blame: those beyond tolerance of the reference, or the outlier (with
+        every engine that ran its implementation)."""
         if self.outlier is not None:
-            return (self.outlier,)
+            return self._sharing(self.outlier)
         return tuple(name for name, verdict in self.verdicts.items() if not verdict.agrees)
+
+    def _voice(self, engine: str) -> str:
+        """The implementation ``engine`` ran (itself, where engines share none)."""
+        return self.implementations.get(engine, engine)
+
+    def _sharing(self, engine: str) -> tuple[str, ...]:
+        """The engines that ran ``engine``'s implementation, ``engine`` among them."""
+        return tuple(name for name in self.engines if self._voice(name) == self._voice(engine))
 
     def raise_if_disagree(self) -> None:
         """Raise [`Disagreement`][gradlab.Disagreement] (an ``AssertionError``) unless ``ok``.
@@ -181,12 +200,21 @@ class GradientReport(_output.Record):
     def summary(self) -> str:
         """One sentence: do they agree, and if not, who is to blame."""
         what = self.quantity
+        voices = list(dict.fromkeys(map(self._voice, self.engines)))
         if self.outlier is not None:
-            others = [name for name in self.engines if name != self.outlier]
-            blame = " (the reference)" if self.outlier == self.reference else ""
+            alone = self._sharing(self.outlier)
+            others = [name for name in self.engines if name not in alone]
+            blame = " (the reference)" if self.reference in alone else ""
+            if len(alone) == 1:
+                return (
+                    f"{self.outlier}{blame} disagrees with every other engine, and "
+                    f"{', '.join(others)} agree with each other: suspect {self.outlier}."
+                )
+            voice = self._voice(self.outlier)
             return (
-                f"{self.outlier}{blame} disagrees with every other engine, and "
-                f"{', '.join(others)} agree with each other: suspect {self.outlier}."
+                f"{_and(alone)}{blame} (one voice: they ran the same {voice}) disagree with "
+                f"every other implementation, and {', '.join(others)} agree with each other: "
+                f"suspect the {voice}."
             )
         if len(self.engines) == 1:
             return f"Only {self.reference} ran: there was nothing to compare its {what} with."
@@ -197,6 +225,18 @@ class GradientReport(_output.Record):
             return (
                 f"{self.engines[0]} and {self.engines[1]} disagree beyond tolerance; with two "
                 "engines gradlab cannot tell which is wrong: add a third engine to find out."
+            )
+        if len(voices) == 2:
+            # Engines that run one implementation outvote nothing: they share its bugs.
+            groups = "; ".join(
+                f"{_and([n for n in self.engines if self._voice(n) == voice])} ran the {voice}"
+                for voice in voices
+            )
+            return (
+                f"Disagreement beyond tolerance between two implementations ({groups}); "
+                "engines that run one implementation are one voice, so gradlab cannot tell "
+                "which is wrong: add a third implementation (a numpy one, with the fd engine) "
+                "to find out."
             )
         return (
             f"Disagreement beyond tolerance with the reference {self.reference}: "
@@ -333,6 +373,7 @@ class GradientReport(_output.Record):
                 "tangent": self.tangent,
                 "outputs": {path: list(shape) for path, shape in self.outputs.items()},
                 "data_digest": self.data_digest,
+                "implementations": self.implementations,
                 "verdicts": {
                     name: {
                         "rho": v.rho,
@@ -396,6 +437,7 @@ class GradientReport(_output.Record):
                 outputs={path: tuple(map(int, shape)) for path, shape in saved["outputs"].items()},
                 tangent=_output.maybe(saved["tangent"], lambda t: _output.arrays(t, dtype)),
                 data_digest=saved["data_digest"],
+                implementations=dict(saved.get("implementations", {})),
             )
 
     def against(self, baseline: GradientReport | str | os.PathLike[str]) -> BaselineComparison:
@@ -736,6 +778,7 @@ def _report(
             advance(name)
 
     names = tuple(built)
+    implementations = implementations_of(built, problem)
     outputs = outputs or {}
     label = labeler(derivative, params, outputs)
     size = len(names)
@@ -787,7 +830,7 @@ def _report(
         worst=worst,
         tolerances=limits,
         verdicts=verdicts,
-        outlier=outlier(names, agree),
+        outlier=outlier(names, agree, implementations),
         rho_float64=against_float64,
         skipped=skipped,
         provenance={**common_provenance(dtype), "engines": facts},
@@ -796,6 +839,7 @@ def _report(
         outputs=outputs,
         tangent=None if tangent is None else {k: v.astype(dtype) for k, v in tangent.items()},
         data_digest=_output.digest(setup.data),
+        implementations=implementations,
     )
 
 
@@ -868,17 +912,54 @@ def labeler(
     return label
 
 
-def outlier(names: tuple[str, ...], agree: np.ndarray) -> str | None:
-    """The one engine that disagrees with all others while they all agree among themselves."""
-    if len(names) < 3:
+def outlier(
+    names: tuple[str, ...], agree: np.ndarray, implementations: Mapping[str, str] | None = None
+) -> str | None:
+    """The one engine that disagrees with all others while they all agree among themselves.
+
+    Engines that ran one implementation (``implementations``, engine to implementation)
+    are one voice: two torch engines agreeing on a NativeProblem's torch code do not outvote
+    its jax code, since they share any bug in it. It takes three voices to name an outlier;
+    the outlier returned is the first engine of the implementation that stands alone.
+    """
+    voice = {name: (implementations or {}).get(name, name) for name in names}
+    voices = list(dict.fromkeys(voice.values()))
+    if len(voices) < 3:
         return None
-    for i, name in enumerate(names):
-        others = [j for j in range(len(names)) if j != i]
-        if not any(agree[i, j] for j in others) and all(
-            agree[j, k] for j in others for k in others
+    for alone in voices:
+        mine = [i for i, name in enumerate(names) if voice[name] == alone]
+        others = [j for j in range(len(names)) if j not in mine]
+        if (
+            not any(agree[i, j] for i in mine for j in others)
+            and all(agree[j, k] for j in others for k in others)
+            and all(agree[i, k] for i in mine for k in mine)
         ):
-            return name
+            return names[mine[0]]
     return None
+
+
+def implementations_of(
+    engines: Mapping[str, GradientEngine], problem: AbstractProblem
+) -> dict[str, str]:
+    """Which code of ``problem`` each engine ran, for a problem whose engines share some:
+    a [`NativeProblem`][gradlab.NativeProblem]'s implementation for the engine's framework,
+    or its hand derivation for an engine that runs that. Empty for a problem written once
+    against ``xp``: each engine differentiates that one definition its own way, and is its
+    own voice."""
+    native = problem.problem if isinstance(problem, FlatView) else problem
+    if not isinstance(native, NativeProblem):
+        return {}
+    return {
+        name: "hand derivation"
+        if getattr(engine, "runs_hand", False)
+        else f"{framework_of(engine.xp)} implementation"
+        for name, engine in engines.items()
+    }
+
+
+def _and(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, (", ".join(names[:-1]), names[-1])))
 
 
 def _rho_cell(value: float, diagonal: bool = False) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import collections
 import functools
+import math
 import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -419,14 +420,59 @@ def layout(tree: Any) -> Any:
     children = _children(tree)
     if children is None:
         return None
-    pairs = [
-        [key if isinstance(key, (str, int)) else str(key), layout(child)] for key, child in children
-    ]
+    pairs = [[saved_key(key), layout(child)] for key, child in children]
     if isinstance(tree, Mapping):
         return {"dict": pairs}
     if _is_namedtuple(tree):
         return {"namedtuple": type(tree).__name__, "fields": pairs}
     return {type(tree).__name__: [child for _, child in pairs]}
+
+
+def saved_key(key: Any) -> Any:
+    """A dict key of a nest as JSON, so that ``loaded_key`` gives back an equal key: strings
+    and integers as themselves, ``None``, booleans, floats and tuples of them tagged, any
+    other key as its ``repr`` and ``str`` (it comes back as a
+    [`SavedKey`][gradlab._tree.SavedKey], naming the same path)."""
+    if isinstance(key, str) or type(key) is int:
+        return key
+    if key is None or isinstance(key, bool):
+        return {"constant": key}
+    if type(key) is float:
+        return {"float": key if math.isfinite(key) else str(key)}
+    if type(key) is tuple:
+        return {"tuple": [saved_key(part) for part in key]}
+    return {"repr": repr(key), "str": str(key)}
+
+
+def loaded_key(saved: Any) -> Any:
+    """The key that ``saved_key`` wrote; ``ValueError`` for anything it does not write."""
+    if isinstance(saved, str) or type(saved) is int:
+        return saved
+    if isinstance(saved, Mapping):
+        if set(saved) == {"constant"} and saved["constant"] in (None, True, False):
+            return saved["constant"]
+        if set(saved) == {"float"} and isinstance(saved["float"], (int, float, str)):
+            return float(saved["float"])
+        if set(saved) == {"tuple"} and isinstance(saved["tuple"], list):
+            return tuple(loaded_key(part) for part in saved["tuple"])
+        if set(saved) == {"repr", "str"} and all(isinstance(v, str) for v in saved.values()):
+            return SavedKey(saved["repr"], saved["str"])
+    raise ValueError(f"{saved!r:.60} is not a saved key")
+
+
+@dataclass(frozen=True)
+class SavedKey:
+    """A dict key of a loaded nest that was neither a string, a number, ``None`` nor a tuple
+    of them (an ``Enum``, say): it names the same path as the original did."""
+
+    shown: str
+    text: str
+
+    def __repr__(self) -> str:
+        return self.shown
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def rebuild(shape: Any, saved: Any, leaf: Callable[[Any], Any]) -> Any:
@@ -435,7 +481,10 @@ def rebuild(shape: Any, saved: Any, leaf: Callable[[Any], Any]) -> Any:
     if shape is None:
         return leaf(saved)
     if "dict" in shape:
-        return {key: rebuild(child, saved[str(key)], leaf) for key, child in shape["dict"]}
+        return {
+            (key := loaded_key(stored)): rebuild(child, saved[str(key)], leaf)
+            for stored, child in shape["dict"]
+        }
     if "namedtuple" in shape:
         fields = [name for name, _ in shape["fields"]]
         kind = collections.namedtuple(shape["namedtuple"], fields)  # type: ignore[misc]

@@ -32,7 +32,7 @@ from gradlab._output import (
 )
 from gradlab._report import GradientReport
 from gradlab._tree import canonical_path, flatten
-from gradlab.engines._registry import engine_list
+from gradlab.engines._registry import engine_list, installed_opt_in
 from gradlab.problems import AbstractProblem
 from gradlab.problems._named import NAMED_PROBLEMS, at_size, problem_named
 
@@ -108,10 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         parents=[output],
-        help="fit the seed tutorial's model on every installed engine",
+        help="fit the seed tutorial's model on every installed engine (opt-in ones when named)",
         description=(
             "Fit y = w·x² + b as the seed tutorial does (lr 0.001, 800 steps, from the same "
-            "start) on every installed engine; print each engine's result, time per step and "
+            "start) on every installed engine but the opt-in ones (torch-compile, mlx, ...: "
+            "name them in --engines); print each engine's result, time per step and "
             "largest gradient disagreement with the hand-derived gradient. Exit status 0 when "
             "every engine agrees, 1 otherwise."
         ),
@@ -129,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--engines",
         default=None,
-        help="comma-separated engine names (default: every installed engine)",
+        help="comma-separated engine names (default: every installed engine but the opt-in ones)",
     )
     demo.add_argument(
         "--repeats",
@@ -152,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--engines",
         default=None,
-        help="comma-separated engine names (default: every installed engine)",
+        help="comma-separated engine names (default: every installed engine but the opt-in ones)",
     )
     compare.add_argument(
         "--reference",
@@ -406,13 +407,15 @@ def _demo(args: argparse.Namespace, show_progress: bool) -> int:
     recipe = _RECIPES[args.recipe]()
     if args.recipe == "mlp-frameworks":
         return run_frameworks_demo(recipe, args.engines, args.repeats, show_progress, args.plot)
-    engines, _ = engine_list(args.engines, "--engines", installed_only=True)
-    rows = run_demo(recipe, [str(name) for name in engines], args.repeats, show_progress)
+    engines, default = engine_list(args.engines, "--engines", installed_only=True)
+    names = [str(name) for name in engines]
+    rows = run_demo(recipe, names, args.repeats, show_progress)
     print(
         f"Seed recipe {recipe.name!r}: {recipe.problem.name}, {recipe.steps} steps, "
         f"{recipe.dtype}, same start on every engine (time per step: fastest of "
-        f"{args.repeats} runs after a warm-up)\n"
+        f"{args.repeats} runs after a warm-up)"
     )
+    print(f"{_running(names, default)}\n")
     print(format_table(recipe, rows))
     if args.plot:
         from gradlab.plots import fit_figure
@@ -428,6 +431,19 @@ def _demo(args: argparse.Namespace, show_progress: bool) -> int:
         return 1
     print(f"\nAll {len(rows)} engines agree with the hand-derived gradient.")
     return 0
+
+
+def _running(names: list[str], default: bool) -> str:
+    """Which engines a command runs, and, for the default set, the installed ones it leaves
+    out and how to run them."""
+    line = f"Engines: {', '.join(names)}"
+    if not default:
+        return line
+    left_out = installed_opt_in()
+    line += " (the default set: every installed engine but the opt-in ones"
+    if left_out:
+        return f"{line}; installed, opt-in: {', '.join(left_out)}, run when named in --engines)"
+    return line + ")"
 
 
 def _problem_and_data(args: argparse.Namespace) -> tuple[AbstractProblem, dict[str, np.ndarray]]:

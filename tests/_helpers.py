@@ -39,13 +39,14 @@ EXPENSIVE = {"gmm": 8, "mlp": 8, "log_sum_exp": 15, "rosenbrock": 15, "softmax_r
 
 
 def examples(problem: str, *, fd_hessian: bool = False) -> settings:
-    """The loaded profile's settings, with fewer examples for an expensive problem (half as
-    many again for a full Hessian by finite differences: elements² loss evaluations)."""
+    """The loaded profile's settings, with fewer examples for an expensive problem (a
+    quarter as many again for a full Hessian by finite differences: elements² loss
+    evaluations, seconds each for GMM and MLP)."""
     cap = EXPENSIVE.get(problem)
     if cap is None or os.environ.get("HYPOTHESIS_PROFILE") == "deep":
         return settings()
     if fd_hessian:
-        cap = max(1, cap // 2)
+        cap = max(1, cap // 4)
     return settings(max_examples=min(cap, settings().max_examples))
 
 

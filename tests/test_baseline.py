@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import json
 import os
 import subprocess
@@ -180,6 +181,54 @@ def test_a_fit_result_keeps_the_structure_of_its_parameters() -> None:
     assert isinstance(loaded.params["layers"][1], list)
     assert loaded.trajectory["layers"][0].w.shape == (16, 1)
     assert loaded.state is None
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+@pytest.mark.parametrize(
+    "key",
+    [1.5, (1, "a"), None, 3, True, "a.b", "x[0]", float("inf"), Color.RED, ((1, 2), None)],
+    ids=repr,
+)
+def test_parameter_keys_of_any_kind_come_back_as_they_were(key: Any, tmp_path: Path) -> None:
+    """A dict key JSON cannot hold (a float, a tuple, None, an Enum) is saved tagged: the
+    loaded result has the same keys, names the same paths, and matches its own file."""
+    problem = gradlab.Problem(
+        lambda p, d, xp: sum(xp.sum(leaf**2) for leaf in p["inner"].values()) + 0.0, name="keys"
+    )
+    init = {"inner": {key: np.array([0.5, -1.0]), "other": np.array(2.0)}}
+    result = gradlab.fit(problem, {}, engine="fd", optimizer=gradlab.sgd(0.1), steps=2, init=init)
+    path = tmp_path / "fit.json"
+    result.save(path)
+    loaded = gradlab.load(path)
+    keys = list(loaded.params["inner"])
+    assert repr(keys) == repr([key, "other"])  # an Enum comes back as a key of its name
+    if not isinstance(key, Color):
+        assert keys == [key, "other"]
+    np.testing.assert_array_equal(loaded.params["inner"][keys[0]], result.params["inner"][key])
+    assert result.against(path).ok
+
+
+@pytest.mark.parametrize("kind", ["GradientReport", gradlab.GradientReport])
+def test_load_takes_the_kind_as_a_class_or_its_name(kind: Any, tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    gradlab.compare_gradients(QUADRATIC, DATA, POINT, engines="numpy,fd").save(path)
+    assert type(gradlab.load(path, kind)) is gradlab.GradientReport
+    with pytest.raises(gradlab.ArgumentError, match="holds a GradientReport, not a FitResult"):
+        gradlab.load(path, "FitResult")
+
+
+@pytest.mark.parametrize(
+    "kind", ["Report", 3, int, dict, gradlab.GradlabError, gradlab._output.Record]
+)
+def test_load_refuses_a_kind_that_is_no_saved_class(kind: Any, tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    gradlab.compare_gradients(QUADRATIC, DATA, POINT, engines="numpy,fd").save(path)
+    with pytest.raises(gradlab.ArgumentTypeError) as caught:
+        gradlab.load(path, kind)
+    assert caught.value.argument == "kind"
 
 
 def test_non_finite_numbers_survive_the_round_trip() -> None:
@@ -444,6 +493,28 @@ def test_a_baseline_of_something_else_is_refused_naming_baseline(now: Any, match
     with pytest.raises(gradlab.ArgumentError, match=match) as raised:
         now().against(before)
     assert raised.value.argument == "baseline"
+
+
+def test_a_baseline_at_another_point_of_the_same_shapes_says_where_they_differ() -> None:
+    """Another --seed gives a point of the same names and shapes: a summary of the two reads
+    alike, so the refusal names the first element that differs and both its values."""
+    rng = np.random.default_rng(0)
+    first = {"w": rng.standard_normal((4, 5)), "b": rng.standard_normal(5)}
+    moved = {"w": first["w"].copy(), "b": first["b"].copy()}
+    moved["w"][2, 3] += 0.25
+    moved["w"][3, 1] -= 0.5
+    problem = gradlab.Problem(
+        lambda p, d, xp: xp.sum(p["w"] ** 2) + xp.sum(p["b"] ** 2), name="bowl"
+    )
+    before = gradlab.compare_gradients(problem, {}, first, engines="fd,complex-step")
+    now = gradlab.compare_gradients(problem, {}, moved, engines="fd,complex-step")
+    with pytest.raises(gradlab.ArgumentError) as raised:
+        now.against(before)
+    expected = (
+        f"w[2, 3] is {float(first['w'][2, 3])!r} there, {float(moved['w'][2, 3])!r} here "
+        "(and 1 more of its 20 values)"
+    )
+    assert expected in str(raised.value)
 
 
 def test_hessian_vector_products_at_another_tangent_are_refused() -> None:

@@ -8,6 +8,7 @@ must be read after the sync), one that counts its syncs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -172,6 +173,49 @@ def test_the_time_budget_stops_new_cases_cleanly() -> None:
     assert statuses.count("measured") <= 1
     assert len(result.cases) == 3
     assert "time budget ran out" in str(result)
+
+
+def test_the_time_budget_bounds_the_wall_time_not_only_the_start_of_cases() -> None:
+    """Each case would measure for 3 s, twice, plus its fits: with a budget of 0.5 s the
+    whole benchmark ends within about one call of it, and says what it cut short."""
+    began = time.perf_counter()
+    result = gradlab.benchmark(
+        "quadratic", [50, 60], engines="numpy,fd", min_time=3.0, fit_steps=10, budget=0.5
+    )
+    took = time.perf_counter() - began
+    assert took < 0.5 + 2.0, took  # unbounded, the first case alone takes over 6 s
+    assert result.truncated
+    first = result.cases[0]
+    assert first.status == "measured"
+    assert first.note == "cut short by the time budget"
+    assert first.gradient is not None
+    assert first.gradient.samples >= 1
+    assert [case.status for case in result.cases[1:]] == ["over budget"] * 3
+
+
+def test_timings_that_spread_like_noise_are_flagged_with_what_to_do() -> None:
+    """torch with contending threads: min 1.84 ms, median 153 ms. Such a timing says
+    nothing about the engine, and the table must say so."""
+    result = gradlab.benchmark("quadratic", [50, 60], engines="numpy", **FAST)
+    steady = gradlab.Timing(min=1e-3, median=1.1e-3, samples=9)
+    quiet, other = (
+        dataclasses.replace(case, objective=steady, gradient=steady, fit_per_step=steady)
+        for case in result.cases
+    )
+    noisy = dataclasses.replace(
+        other, gradient=gradlab.Timing(min=1.84e-3, median=0.153, samples=9)
+    )
+    result = dataclasses.replace(result, cases=[quiet, noisy])
+    assert result.noisy == [noisy]
+    text = str(result)
+    assert "153 ms !" in text
+    assert "warning: timings marked ! are noise" in text
+    assert "numpy quadratic n=60" in text
+    assert "OMP_NUM_THREADS=1" in text
+    assert "warning" in result.to_markdown()
+    calm = dataclasses.replace(result, cases=[quiet])
+    assert calm.noisy == []
+    assert "warning" not in str(calm)
 
 
 def test_the_floor_is_one_dot_product_over_the_same_data() -> None:

@@ -248,6 +248,54 @@ def test_a_wrong_hand_gradient_names_the_hand_gradient(what: str) -> None:
     assert caught.value.function == "value_and_grad"
 
 
+def _raises(*args: Any) -> Any:
+    raise ValueError("a bug in the derivation")
+
+
+RAISING_HANDS = gradlab.Problem(
+    lambda p, d, xp: xp.sum(p["a"] ** 2) + 0.0,
+    value_and_grad=_raises,
+    hvp=_raises,
+    jacobian=_raises,
+    name="hand",
+)
+ENTRY_POINTS: dict[str, tuple[str, Any]] = {
+    "value_and_grad": (
+        "value_and_grad",
+        lambda: gradlab.value_and_grad(RAISING_HANDS, {}, {"a": [1.0]}, engine="numpy"),
+    ),
+    "compare_gradients": (
+        "value_and_grad",
+        lambda: gradlab.compare_gradients(RAISING_HANDS, {}, {"a": [1.0]}, engines="numpy,fd"),
+    ),
+    "fit": (
+        "value_and_grad",
+        lambda: sgd_fit(RAISING_HANDS, "numpy", {}, steps=2, init={"a": [1.0]}),
+    ),
+    "hvp": (
+        "hvp",
+        lambda: gradlab.hvp(RAISING_HANDS, {}, {"a": [1.0]}, {"a": [1.0]}, engine="numpy"),
+    ),
+    "jacobian": (
+        "jacobian",
+        lambda: gradlab.jacobian(RAISING_HANDS, {}, {"a": [1.0]}, engine="numpy"),
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_a_hand_derivation_that_raises_is_named_not_the_loss(entry: str) -> None:
+    """The loss is fine; the hand-written function raised: the error names that function."""
+    function, call = ENTRY_POINTS[entry]
+    with pytest.raises(
+        gradlab.ProblemError,
+        match=f"problem 'hand': {function} on engine 'numpy' raised ValueError: a bug",
+    ) as caught:
+        call()
+    assert caught.value.function == function
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
 def test_a_python_float_loss_in_a_float32_run_names_the_hand_gradient() -> None:
     problem = gradlab.Problem(
         lambda p, d, xp: p["a"] ** 2, lambda p, d: (float(p["a"] ** 2), {"a": 2 * p["a"]})

@@ -36,6 +36,16 @@ def test_demo_runs_every_installed_engine_and_they_agree() -> None:
     assert f"{float(reference.params['b']):.9f}" in table
     assert "All" in table
     assert "agree" in table
+    # It says what it ran, and which installed engines it left out and how to run them.
+    ran = [name for name in default_engines() if name in gradlab.available_engines()]
+    assert f"Engines: {', '.join(ran)} (the default set" in table
+    opt_in = [
+        name
+        for name in gradlab.available_engines()
+        if name not in default_engines() and name in gradlab.known_engines()
+    ]
+    if opt_in:
+        assert f"installed, opt-in: {', '.join(opt_in)}, run when named in --engines" in table
 
 
 def test_demo_can_run_the_torch_recipe_on_chosen_engines() -> None:
@@ -46,6 +56,7 @@ def test_demo_can_run_the_torch_recipe_on_chosen_engines() -> None:
         return
     assert out.returncode == 0, out.stderr
     assert "float32" in out.stdout
+    assert "Engines: numpy, fd\n" in out.stdout  # named: no default set to explain
 
 
 def test_unknown_engine_is_a_usage_error_with_a_suggestion() -> None:

@@ -239,6 +239,38 @@ def test_a_comparison_blames_the_argument_that_chose_complex_step(
     assert raised.value.argument == argument
 
 
+@pytest.mark.parametrize(
+    "optimizer",
+    [gradlab.sgd(0.01), gradlab.chain(gradlab.clip_by_global_norm(1.0), gradlab.adam(0.05))],
+    ids=["sgd", "clip-adam"],
+)
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_complex_step_fits_as_the_hand_gradient_does(optimizer: Any, batch_size: Any) -> None:
+    """gradlab's loop (its buffers, batches and optimizer) runs on NumPy arrays: only the
+    loss sees the analytic namespace, so complex-step fits like any engine."""
+    problem = gradlab.Quadratic()
+    data, init = problem.make_data(12), {"w": 1.0, "b": 0.0}
+    runs = {
+        engine: gradlab.fit(
+            problem,
+            data,
+            engine=engine,
+            optimizer=optimizer,
+            steps=6,
+            init=init,
+            batch_size=batch_size,
+            trajectory=True,
+        )
+        for engine in ("numpy", "complex-step")
+    }
+    assert runs["complex-step"].status == "completed"
+    assert gradlab.max_rho(runs["numpy"].trajectory, runs["complex-step"].trajectory) < 1e-12
+    comparison = gradlab.compare_fits(
+        problem, data, engines="numpy,complex-step", optimizer=optimizer, steps=6, init=init
+    )
+    assert comparison.ok
+
+
 def test_complex_step_is_exact_where_fd_is_not() -> None:
     # exp(x)·sin(3x) at x = 1.3, with a derivative known in closed form: complex-step is
     # exact to round-off; fd, with its best step, is not.

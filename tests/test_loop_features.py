@@ -7,6 +7,7 @@ that follows the documented batch order.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -170,6 +171,42 @@ def test_bad_loop_options_are_refused_naming_them(options: dict[str, Any], argum
 def test_bad_stop_rules_are_refused_naming_them(make: Any, argument: str) -> None:
     with pytest.raises(gradlab.GradlabError, match=argument):
         make()
+
+
+@pytest.mark.parametrize(
+    ("change", "argument"),
+    [
+        ({"step": -5}, "resume.step"),
+        ({"step": 2.5}, "resume.step"),
+        ({"step": True}, "resume.step"),
+        ({"step": "3"}, "resume.step"),
+        ({"step": 4}, "resume.state.count"),
+        ({"step": 10**30}, "resume.state.count"),
+        ({"status": "diverged"}, "resume"),
+    ],
+    ids=repr,
+)
+def test_a_result_changed_after_fit_returned_it_is_refused(
+    change: dict[str, Any], argument: str
+) -> None:
+    first = run("numpy", steps=5, optimizer=gradlab.adam(0.1))
+    changed = dataclasses.replace(first, **change)
+    with pytest.raises(gradlab.GradlabError) as caught:
+        run("numpy", steps=3, optimizer=gradlab.adam(0.1), resume=changed)
+    assert caught.value.argument == argument
+
+
+@pytest.mark.parametrize("count", [-3, 100, 2.5, "5"], ids=repr)
+def test_a_state_whose_step_count_was_changed_is_refused(count: Any) -> None:
+    """Adam's bias correction reads its count: a count that disagrees with the steps taken
+    would silently give other updates than the fit it claims to continue."""
+    optimizer = gradlab.chain(gradlab.clip_by_global_norm(10.0), gradlab.adam(0.1))
+    first = run("numpy", steps=5, optimizer=optimizer)
+    clip, adam = first.state
+    changed = dataclasses.replace(first, state=(clip, adam._replace(count=np.asarray(count))))
+    with pytest.raises(gradlab.ArgumentError) as caught:
+        run("numpy", steps=3, optimizer=optimizer, resume=changed)
+    assert caught.value.argument == "resume.state[1].count"
 
 
 def test_resume_checks_what_it_continues() -> None:

@@ -484,3 +484,83 @@ def test_atol_rtol_and_rho_are_within_a_factor_two_of_each_other(
         assert manual
     if manual:
         assert r <= 2 * tol * (1 + 1e-12)
+
+
+# Engines that run one implementation are one voice ------------------------------------------
+
+RNG_VOICES = np.random.default_rng(3)
+LINE_DATA = {"x": RNG_VOICES.standard_normal((20, 3)), "y": RNG_VOICES.standard_normal(20)}
+LINE_INIT = {"w": RNG_VOICES.standard_normal(3)}
+
+
+def _line_hand(p: Any, d: Any) -> tuple[Any, Any]:
+    """The mean squared error and its gradient, derived by hand."""
+    r = d["x"] @ p["w"] - d["y"]
+    return np.mean(r**2), {"w": 2 * d["x"].T @ r / len(r)}
+
+
+def _line_numpy_with_a_bug(p: Any, d: Any) -> Any:
+    return np.mean((1.01 * (d["x"] @ p["w"]) - d["y"]) ** 2)  # a stray factor: the bug
+
+
+def test_two_engines_running_one_implementation_do_not_outvote_a_third() -> None:
+    """fd and complex-step both differentiate the NumPy implementation: they agree with
+    each other because they share its bug, and must not outvote the hand derivation."""
+    problem = gradlab.NativeProblem(
+        name="line", numpy=_line_numpy_with_a_bug, value_and_grad=_line_hand
+    )
+    report = gradlab.compare_gradients(
+        problem, LINE_DATA, LINE_INIT, engines="numpy,fd,complex-step", reference="fd"
+    )
+    assert report.implementations == {
+        "fd": "numpy implementation",
+        "numpy": "hand derivation",
+        "complex-step": "numpy implementation",
+    }
+    assert report.outlier is None  # two voices: nothing can be named
+    assert not report.ok
+    summary = report.summary()
+    assert "between two implementations" in summary
+    assert "fd and complex-step ran the numpy implementation" in summary
+    assert "suspect" not in summary
+    loaded = gradlab.GradientReport.from_json(report.to_json())
+    assert loaded.implementations == report.implementations
+    assert loaded.summary() == summary
+
+
+def test_the_implementation_that_stands_alone_is_suspected_with_all_its_engines() -> None:
+    require_engine("torch")
+    require_engine("jax")
+    import jax.numpy as jnp
+    import torch
+
+    problem = gradlab.NativeProblem(
+        name="line",
+        numpy=lambda p, d: np.mean((d["x"] @ p["w"] - d["y"]) ** 2),
+        torch=lambda p, d: torch.mean((1.01 * (d["x"] @ p["w"]) - d["y"]) ** 2),
+        jax=lambda p, d: jnp.mean((d["x"] @ p["w"] - d["y"]) ** 2),
+    )
+    report = gradlab.compare_gradients(
+        problem, LINE_DATA, LINE_INIT, engines="fd,jax,torch,torch-func"
+    )
+    assert report.outlier == "torch"
+    assert report.disagreeing == ("torch", "torch-func")
+    assert "suspect the torch implementation" in report.summary()
+
+
+@pytest.mark.parametrize(
+    ("voices", "expected"),
+    [
+        ({}, "c"),  # every engine its own voice: c disagrees with a, b, d, which agree
+        ({"a": "A", "b": "A"}, "c"),  # a, b one voice; still three: c stands alone
+        ({"a": "A", "b": "A", "d": "A"}, None),  # two voices: A and c
+        ({"c": "C", "d": "C"}, None),  # c and d share a voice but disagree: no verdict
+    ],
+)
+def test_outlier_counts_voices_not_engines(voices: dict[str, str], expected: Any) -> None:
+    from gradlab._report import outlier
+
+    names = ("a", "b", "c", "d")
+    agree = np.ones((4, 4), dtype=bool)
+    agree[2, [0, 1, 3]] = agree[[0, 1, 3], 2] = False  # c agrees with nobody
+    assert outlier(names, agree, voices) == expected

@@ -232,6 +232,8 @@ class _Namespace:
     """
 
     ndarray = _Complex
+    #: A NativeProblem's NumPy implementation is the one it runs (at complex points).
+    gradlab_framework = "numpy"
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # Python's own probes (abc, copy, pickle): not there
@@ -273,6 +275,9 @@ class ComplexStepEngine(AbstractEngine):
 
     name = "complex-step"
     xp = XP
+    #: The loop's arrays (parameters, optimizer state, batches) are plain NumPy; only the
+    #: loss sees the analytic namespace, so gradlab's own bookkeeping is never refused.
+    loop_xp = np
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
         """``array`` in ``dtype``: a read-only view where it already is, else a read-only copy."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from gradlab._boundary import checked_output
+from gradlab._errors import GradlabError, ProblemError, first_line
 from gradlab.engines._protocol import (
     HVP,
     JVP,
@@ -40,6 +42,24 @@ def read_only(array: np.ndarray, dtype: str) -> np.ndarray:
     return view
 
 
+def _hand(problem: AbstractProblem, name: str, function: Callable[..., Any]) -> Any:
+    """``function``, a hand derivation, marked ``hand`` and naming itself when it raises: a
+    hand gradient that fails is its author's to fix, not the loss's."""
+
+    def hand(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except (GradlabError, MemoryError):
+            raise
+        except Exception as error:
+            raise ProblemError(
+                problem.name, name, f"raised {type(error).__name__}: {first_line(error)}", "numpy"
+            ) from error
+
+    hand.hand = True  # type: ignore[attr-defined]
+    return hand
+
+
 class NumpyEngine(AbstractEngine):
     """Runs the gradient a person derived by hand (``problem.hand_value_and_grad``).
 
@@ -50,6 +70,8 @@ class NumpyEngine(AbstractEngine):
 
     name = "numpy"
     xp = np
+    #: It runs a problem's hand derivation, not its loss: a report counts it as that code.
+    runs_hand = True
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
         """``array`` in ``dtype``: a read-only view where it already is, else a read-only copy."""
@@ -59,27 +81,28 @@ class NumpyEngine(AbstractEngine):
         """The problem's hand-derived ``(loss, grads)``."""
         if not problem.has_hand_gradient:
             raise missing_hand_gradient(problem)
-        return problem.hand_value_and_grad
+        function: ValueAndGrad = _hand(problem, "value_and_grad", problem.hand_value_and_grad)
+        return function
 
     def hvp(self, problem: AbstractProblem) -> HVP:
         """The problem's hand-derived Hessian-vector product."""
         if not problem.has_hand_hvp:
             raise missing_hand_hvp(problem)
-        return problem.hand_hvp
+        function: HVP = _hand(problem, "hvp", problem.hand_hvp)
+        return function
 
     def jacobian(self, problem: AbstractProblem) -> Jacobian:
         """The problem's hand-derived Jacobian, beside its value in NumPy; for a scalar loss
         without one, its hand-derived gradient (the Jacobian of a scalar)."""
         if problem.has_hand_jacobian:
             output = checked_output(problem)
+            hand_jacobian = _hand(problem, "jacobian", problem.hand_jacobian)
 
             def jacobian(params: Params, data: Data) -> tuple[Tree, Tree]:
-                return output(params, data, np), problem.hand_jacobian(params, data)
+                return output(params, data, np), hand_jacobian(params, data)
 
         elif problem.has_hand_gradient:
-
-            def jacobian(params: Params, data: Data) -> tuple[Tree, Tree]:
-                return problem.hand_value_and_grad(params, data)
+            jacobian = _hand(problem, "value_and_grad", problem.hand_value_and_grad)
 
         else:
             raise missing_hand_jacobian(problem)

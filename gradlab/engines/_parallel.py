@@ -34,6 +34,7 @@ from gradlab.engines._protocol import (
     Data,
     Objective,
     Step,
+    loop_xp_of,
     objective_of,
 )
 from gradlab.problems._base import REDUCTIONS, AbstractProblem
@@ -107,6 +108,7 @@ class DataParallel(AbstractEngine):
         self.base, self.shards, self.launch = base, shards, launch
         self.name = f"{base.name}-dp{shards}"
         self.xp = base.xp
+        self.loop_xp = loop_xp_of(base)
         self.compiled_loop = base.compiled_loop
 
     def asarray(self, array: np.ndarray, dtype: str) -> Array:

@@ -278,7 +278,7 @@ class AbstractEngine(abc.ABC):
         # A Python number (a hand gradient's float loss) is a float64 scalar, as in NumPy.
         shape = tuple(getattr(value, "shape", ()))
         dtype, device = getattr(value, "dtype", None), getattr(value, "device", None)
-        return self.xp.empty((steps, *shape), dtype=dtype, device=device)
+        return loop_xp_of(self).empty((steps, *shape), dtype=dtype, device=device)
 
     def describe(self) -> dict[str, Any]:
         """Nothing beyond what gradlab records itself."""
@@ -292,13 +292,20 @@ class AbstractEngine(abc.ABC):
 # AbstractEngine may lack them, and each has a stated fallback.
 
 
+def runs_hand(function: Callable[..., Any], derivation: Callable[..., Any]) -> bool:
+    """Whether an engine's ``function`` runs the problem's hand ``derivation`` rather than
+    differentiating its loss: marked ``hand`` (gradlab's ``numpy`` engine wraps it, to name
+    it when it raises), or the bound method itself (a plug-in engine may return that)."""
+    return bool(getattr(function, "hand", False)) or function == derivation
+
+
 def value_and_grad_of(engine: GradientEngine, problem: AbstractProblem) -> ValueAndGrad:
     """``engine.value_and_grad(problem)``, refusing up front (``NotSupported``) a problem
     whose loss has no implementation for the engine's framework (a
     [`NativeProblem`][gradlab.NativeProblem] without one), unless the engine runs the hand
     gradient instead of the loss."""
     function = engine.value_and_grad(problem)
-    if function != problem.hand_value_and_grad:
+    if not runs_hand(function, problem.hand_value_and_grad):
         problem.check_namespace(engine.xp)
     return function
 
@@ -310,7 +317,7 @@ def hvp_of(engine: GradientEngine, problem: AbstractProblem) -> HVP:
     if method is None:
         raise NotSupported(f"engine {engine.name!r} does not compute Hessian-vector products")
     function: HVP = method(problem)
-    if function != problem.hand_hvp:
+    if not runs_hand(function, problem.hand_hvp):
         problem.check_namespace(engine.xp)
     return function
 
@@ -343,6 +350,14 @@ def _value_of(engine: GradientEngine, member: str, problem: AbstractProblem) -> 
 #: The data entry ``fit`` adds for mini-batches: each step's row numbers, one row per step
 #: (not rows of the data). An engine that spreads rows leaves it whole on every rank.
 BATCH_ORDER = "__gradlab_batch_order__"
+
+
+def loop_xp_of(engine: GradientEngine) -> Any:
+    """The namespace of the arrays an engine's loop holds (parameters, optimizer state,
+    batches, buffers): ``engine.loop_xp`` where the loss is given another namespace than
+    those arrays live in (complex-step gives the loss an analytic-only NumPy, and keeps its
+    loop in NumPy), else ``engine.xp``."""
+    return getattr(engine, "loop_xp", engine.xp)
 
 
 def total_rows_of(engine: GradientEngine) -> Callable[[int], int]:

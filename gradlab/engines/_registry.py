@@ -283,6 +283,12 @@ def default_engines() -> tuple[str, ...]:
     return tuple(name for name in known_engines() if not _REGISTRY[name].opt_in)
 
 
+def installed_opt_in() -> list[str]:
+    """The opt-in engines installed here: left out of the default set, run when named."""
+    installed = available_engines()
+    return [name for name in known_engines() if _REGISTRY[name].opt_in and name in installed]
+
+
 def engine_list(
     engines: object, argument: str = "engines", *, installed_only: bool = False
 ) -> tuple[list[str | GradientEngine], bool]:

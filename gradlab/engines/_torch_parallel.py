@@ -56,6 +56,7 @@ from gradlab._errors import (
     ArgumentError,
     ArgumentTypeError,
     EngineUnavailable,
+    NotSupported,
     RankFailed,
     first_line,
 )
@@ -80,6 +81,18 @@ Local = Callable[[Params, Mapping[str, Array]], "tuple[Array, dict[str, Array]]"
 #: Seconds, beyond ``timeout``, that spawned ranks may take to start (a new Python
 #: process importing torch takes seconds, more on a loaded machine).
 _START = 120.0
+#: Why a data-parallel engine cannot start inside a rank that is itself being spawned.
+_UNGUARDED = (
+    "a data-parallel engine was started while this process was being spawned as a rank: "
+    "spawned ranks import the main script again, and this one starts the engine at import. "
+    'Put the code that makes and uses the engine under `if __name__ == "__main__":`'
+)
+#: What to check when a rank dies before it has started.
+_STARTING = (
+    "if this runs from a script, its code that starts the engine must be under "
+    '`if __name__ == "__main__":`, since every spawned rank imports the script again; '
+    "the rank's own error is printed above"
+)
 
 
 def make(
@@ -583,6 +596,9 @@ class _Spawned:
         if self.size == 1:
             self._rank = _Rank(self.torch, None, 0, self.timeout, self.threads)
             return self._rank
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # multiprocessing's own check would say this in its words, blamed on the loss.
+            raise NotSupported(_UNGUARDED)
         # The rendezvous is a file in a directory only this user can read: no listening
         # store. Gloo itself listens on the loopback interface only.
         self.directory = directory = tempfile.mkdtemp(prefix="gradlab-ranks-")
@@ -604,7 +620,10 @@ class _Spawned:
             )
             self.processes[-1].start()
             theirs.close()  # the child's end lives on in the child
-        self._replies(_START + self.timeout, "did not start")
+        try:
+            self._replies(_START + self.timeout, "did not start")
+        except RankFailed as failure:
+            raise RankFailed(f"{failure} while starting ({_STARTING})") from None
         try:
             holder.append(_gloo(self.torch, directory, 0, self.size, self.timeout))
         except RuntimeError as error:

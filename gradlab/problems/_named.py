@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
 import os
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._errors import ArgumentError, ArgumentTypeError, first_line
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._functions import LogSumExp, Rosenbrock
 from gradlab.problems._gmm import GMM
@@ -88,9 +89,13 @@ def load_problem(spec: str, argument: str = "problem") -> AbstractProblem:
     if not isinstance(value, AbstractProblem) and callable(value):
         try:
             value = value()
+        except SystemExit as error:
+            raise ArgumentError(
+                argument, f"{spec}() called sys.exit({error.code!r}): it must return a problem"
+            ) from None
         except Exception as error:
             raise ArgumentError(
-                argument, f"{spec}() raised {type(error).__name__}: {error}"
+                argument, f"{spec}() raised {type(error).__name__}: {first_line(error)}"
             ) from error
     if not isinstance(value, AbstractProblem):
         raise ArgumentError(
@@ -102,7 +107,11 @@ def load_problem(spec: str, argument: str = "problem") -> AbstractProblem:
 
 
 def _import(source: str, argument: str) -> types.ModuleType:
-    """A module by dotted name (the working directory searched first), or a file by path."""
+    """A module by dotted name (the working directory searched first), or a file by path.
+
+    The folder searched is on ``sys.path`` while the module is imported, and taken off
+    again after: loading a problem leaves the interpreter's state as it found it.
+    """
     try:
         if source.endswith(".py") or os.sep in source or "/" in source:
             path = os.path.abspath(source)
@@ -113,24 +122,47 @@ def _import(source: str, argument: str) -> types.ModuleType:
             if found is None or found.loader is None:
                 raise ArgumentError(argument, f"cannot load {source!r} as Python")
             module = importlib.util.module_from_spec(found)
-            # As `python path/to/file.py` would: the file's folder is searched for the
-            # modules it imports (its helpers beside it).
-            folder = os.path.dirname(path)
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
             sys.modules[name] = module  # dataclasses and pickling look modules up here
             try:
-                found.loader.exec_module(module)
+                # As `python path/to/file.py` would: the file's folder is searched for the
+                # modules it imports (its helpers beside it).
+                with _searched(os.path.dirname(path)):
+                    found.loader.exec_module(module)
             except BaseException:
                 del sys.modules[name]  # no half-made module left behind
                 raise
             return module
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        return importlib.import_module(source)
+        with _searched(os.getcwd(), unless=""):
+            return importlib.import_module(source)
     except ArgumentError:
         raise
+    except SystemExit as error:
+        raise ArgumentError(
+            argument,
+            f"{source!r} called sys.exit({error.code!r}) while it was imported: a problem's "
+            "module must not exit then (put a script's own code under "
+            '`if __name__ == "__main__":`)',
+        ) from None
     except Exception as error:
         raise ArgumentError(
-            argument, f"cannot import {source!r}: {type(error).__name__}: {error}"
+            argument, f"cannot import {source!r}: {type(error).__name__}: {first_line(error)}"
         ) from error
+
+
+@contextlib.contextmanager
+def _searched(folder: str, unless: str | None = None) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` inside the block (unless it, or ``unless``, is
+    there already), and taken off after."""
+    if folder in sys.path or (unless is not None and unless in sys.path):
+        yield
+        return
+    entry = folder
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        # The module may have changed sys.path itself: take off only the entry put there.
+        for index, value in enumerate(sys.path):
+            if value is entry:
+                del sys.path[index]
+                break
