@@ -499,3 +499,21 @@ def test_a_problem_declaring_nested_parameters_by_path_runs_from_the_command_lin
     out = user_cli(tmp_path, "fit", "--problem", spec, "--engine", "fd", "--steps", "2", "--json")
     assert out.returncode == 0, out.stderr
     assert np.shape(json.loads(out.stdout)["params"]["embed"]["kernel"]) == (3, 2)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`gradlab fit --json | head -c 100`: the rest cannot be written; no traceback."""
+    command = ["fit", "--problem", "quadratic", "--engine", "numpy", "--steps", "20000"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradlab", *command, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.read(100)
+    process.stdout.close()  # the reader goes away with ~400 kB still to come
+    status = process.wait(timeout=300)
+    with process.stderr:
+        assert process.stderr.read() == b""
+    assert status == 141

@@ -215,7 +215,7 @@ def test_bad_tangents_and_large_hessians_are_refused() -> None:
     params = {"w": [0.0, 0.0], "b": 0.0}
     with pytest.raises(gradlab.ArgumentError, match=r"tangent\[.w.\]: has shape \(3,\)"):
         gradlab.hvp(problem, data, params, {"w": [1.0, 2.0, 3.0], "b": 0.0}, engine="numpy")
-    with pytest.raises(gradlab.ArgumentError, match="tangent: is missing parameter"):
+    with pytest.raises(gradlab.ArgumentError, match=r"tangent: lacks key\(s\) \['b'\]"):
         gradlab.hvp(problem, data, params, {"w": [1.0, 2.0]}, engine="numpy")
     with pytest.raises(gradlab.ArgumentError, match="non-finite"):
         gradlab.hvp(problem, data, params, {"w": [np.nan, 2.0], "b": 0.0}, engine="numpy")
