@@ -38,12 +38,21 @@ def default_engines() -> tuple[str, ...]:
 EXPENSIVE = {"gmm": 8, "mlp": 8, "log_sum_exp": 15, "rosenbrock": 15, "softmax_regression": 20}
 
 
-def examples(problem: str, *, fd_hessian: bool = False) -> settings:
+#: Engines that compile anew for every shape a property draws: each example costs a compile.
+COMPILES_PER_SHAPE = frozenset({"jax", "jax-fwd", "torch-compile", "mlx", "tensorflow-xla"})
+
+
+def examples(problem: str, *, fd_hessian: bool = False, engine: str = "") -> settings:
     """The loaded profile's settings, with fewer examples for an expensive problem (a
     quarter as many again for a full Hessian by finite differences: elements² loss
-    evaluations, seconds each for GMM and MLP)."""
+    evaluations, seconds each for GMM and MLP), and at most ten on an engine that compiles
+    for every shape drawn (the same properties run at every draw on the other engines)."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+        return settings()
     cap = EXPENSIVE.get(problem)
-    if cap is None or os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+    if engine in COMPILES_PER_SHAPE:
+        cap = min(cap or 10, 10)
+    if cap is None:
         return settings()
     if fd_hessian:
         cap = max(1, cap // 4)
@@ -140,3 +149,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def recipe_fits(engines: Any, steps: int = 50, **options: Any) -> gradlab.FitComparison:
+    """The seed recipe's fit, compared over ``engines`` for ``steps`` steps."""
+    from gradlab import recipes
+
+    recipe = recipes.seed_numpy()
+    return gradlab.compare_fits(
+        recipe.problem,
+        recipe.data,
+        optimizer=recipe.optimizer,
+        steps=steps,
+        init=recipe.init,
+        engines=engines,
+        **options,
+    )

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import PlantedBug, default_engines
+from _helpers import PlantedBug, default_engines, recipe_fits
 
 import gradlab
 from gradlab import recipes
@@ -111,19 +110,6 @@ def test_a_planted_bug_is_seen_in_the_path_and_blamed() -> None:
         f"FitComparison('quadratic', float64, {RECIPE.steps} steps: planted's path is "
         f"{comparison.divergence[index, 0]:.1e} from numpy's at step "
         f"{int(comparison.peak_step[index, 0])} (tolerance 1e-09"
-    )
-
-
-def recipe_fits(engines: str | list[Any], steps: int = 50, **options: Any) -> gradlab.FitComparison:
-    """The seed recipe's fit, compared over ``engines`` for ``steps`` steps."""
-    return gradlab.compare_fits(
-        RECIPE.problem,
-        RECIPE.data,
-        optimizer=RECIPE.optimizer,
-        steps=steps,
-        init=RECIPE.init,
-        engines=engines,
-        **options,
     )
 
 

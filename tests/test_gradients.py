@@ -32,7 +32,7 @@ def gradient(engine: str, case: tuple[Any, Any, Any], dtype: str = "float64") ->
 def test_engine_agrees_with_hand_gradient_in_float64(problem: str, engine: str) -> None:
     limit = gradlab.tolerance("float64", against_fd=engine == "fd")
 
-    @examples(problem)
+    @examples(problem, engine=engine)
     @given(CASES[problem])
     def check(case: tuple[Any, Any, Any]) -> None:
         grads = gradient(engine, case)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import PlantedBug
+from _helpers import PlantedBug, recipe_fits
 
 import gradlab
 from gradlab import recipes
@@ -164,16 +164,8 @@ def test_agreement_heatmap_labels_are_whole_and_apart(count: int) -> None:
     assert_shows_everything(report.plot())
 
 
-def fits(engines: list[Any], steps: int = 60, **judge: Any) -> gradlab.FitComparison:
-    return gradlab.compare_fits(
-        RECIPE.problem,
-        RECIPE.data,
-        optimizer=RECIPE.optimizer,
-        steps=steps,
-        init=RECIPE.init,
-        engines=engines,
-        **judge,
-    )
+def fits(engines: list[Any], **judge: Any) -> gradlab.FitComparison:
+    return recipe_fits(engines, steps=60, **judge)
 
 
 def test_fit_figure_of_many_long_named_engines_shows_everything() -> None:
