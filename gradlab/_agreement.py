@@ -36,7 +36,15 @@ def rho(a: Any, b: Any) -> np.ndarray:
         (0.5, 0.1)
     """
     a, b = _as_real(a, "a"), _as_real(b, "b")
-    out: np.ndarray = np.abs(a - b) / np.maximum(1.0, np.abs(a) + np.abs(b))
+    with np.errstate(over="ignore", invalid="ignore"):
+        out: np.ndarray = np.abs(a - b) / np.maximum(1.0, np.abs(a) + np.abs(b))
+        # Near the largest float, |a − b| and |a| + |b| overflow, and inf / inf would call
+        # two opposite gradients equal: there, the same on halves (exact in binary).
+        big = np.isfinite(a) & np.isfinite(b) & ~np.isfinite(out)
+        if np.any(big):
+            half_a, half_b = a / 2, b / 2
+            halves = np.abs(half_a - half_b) / np.maximum(0.5, np.abs(half_a) + np.abs(half_b))
+            out = np.where(big, halves, out)
     return out
 
 
@@ -226,8 +234,10 @@ def _as_real(value: Any, argument: str) -> np.ndarray:
     try:
         if np.iscomplexobj(value):  # would lose its imaginary part, with only a warning
             raise TypeError
+        if np.asarray(value).dtype.kind not in "biuf":  # strings, None, objects: no numbers
+            raise TypeError
         return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         shown = f"{type(value).__name__} {value!r}"
         raise ArgumentTypeError(
             argument, f"must be real numbers, got {shown[:80]}{'…' * (len(shown) > 80)}"

@@ -375,6 +375,13 @@ def calling(
         raise _failed(problem, engine, error) from error
     except Exception as error:
         raise _failed(problem, engine, error) from error
+    except SystemExit as error:  # the user's code meant to end the program: say where
+        raise ProblemError(
+            problem.name,
+            "loss",
+            f"called sys.exit({error.code!r}): a problem's code must return or raise",
+            None if engine is None else engine.name,
+        ) from None
 
 
 def _missing_from(

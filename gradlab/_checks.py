@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._errors import ArgumentError, ArgumentTypeError, first_line
 from gradlab._tree import (
     Keys,
     NestError,
@@ -145,7 +145,14 @@ def _on_host(value: object, argument: str) -> object:
     if type(value).__module__.partition(".")[0] == "torch" and hasattr(value, "detach"):
         if getattr(value, "is_meta", False):
             raise ArgumentError(argument, META_DEVICE)
-        return value.detach().cpu().numpy()
+        try:
+            return value.detach().cpu().numpy()
+        except (TypeError, RuntimeError) as error:  # bfloat16, sparse, quantized tensors
+            raise ArgumentTypeError(
+                argument,
+                f"is a torch tensor NumPy cannot read ({first_line(error)}); give a dense "
+                "float tensor (tensor.to_dense().double())",
+            ) from None
     return value
 
 

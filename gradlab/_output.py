@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from gradlab._errors import ArgumentError, ArgumentTypeError, MissingDependency
+from gradlab._errors import ArgumentError, ArgumentTypeError, MissingDependency, NotSupported
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -39,7 +39,17 @@ def jsonable(value: Any) -> Any:
     Strict JSON has no infinities; a string keeps the information without breaking parsers.
     """
     if isinstance(value, Mapping):
-        return {str(key): jsonable(item) for key, item in value.items()}
+        written = {str(key): jsonable(item) for key, item in value.items()}
+        if len(written) < len(value):  # 1 and "1": one would overwrite the other
+            seen: dict[str, Any] = {}
+            for key in value:
+                if str(key) in seen:
+                    raise NotSupported(
+                        f"cannot write as JSON: the keys {seen[str(key)]!r} and {key!r} of one "
+                        f"dict are both written {str(key)!r}; rename one to save this result"
+                    )
+                seen[str(key)] = key
+        return written
     if isinstance(value, (list, tuple)):
         return [jsonable(item) for item in value]
     if isinstance(value, np.ndarray):
@@ -196,8 +206,10 @@ def load(
             if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
                 raise ArgumentError(argument, f"{text!r} is not a file")
             content = file.read(_LARGEST_FILE + 1)
-    except OSError as error:
-        raise ArgumentError(argument, f"cannot read {text!r}: {error.strerror or error}") from None
+    except (OSError, ValueError) as error:  # ValueError: a path with a NUL byte in it
+        raise ArgumentError(
+            argument, f"cannot read {text!r}: {getattr(error, 'strerror', None) or error}"
+        ) from None
     if len(content) > _LARGEST_FILE:
         raise ArgumentError(
             argument, f"{text!r} is larger than {_LARGEST_FILE >> 20} MiB: not a saved record"
@@ -231,11 +243,23 @@ def _kind(kind: object) -> type[Record] | None:
 
 
 def _as(build: Any, record: Any, argument: str) -> Any:
-    """``build(record)``, its failures blamed on ``argument`` (the text or file it came from)."""
+    """``build(record)``, its failures blamed on ``argument`` (the text or file it came from).
+
+    What was built is shown and written once here: a record whose fields are each well
+    formed but do not fit together (an outlier that is no engine, a reference missing from
+    its losses) is refused now, not when the result is printed or saved.
+    """
     try:
-        return build(record)
+        built = build(record)
+        str(built)
+        built.to_dict()
+        return built
     except ArgumentError as error:
         raise ArgumentError(argument, str(error).removeprefix("record: ")) from None
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        raise ArgumentError(
+            argument, f"is not a consistent saved record ({type(error).__name__}: {error!s:.120})"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -170,10 +170,16 @@ class GradientReport(_output.Record):
     @property
     def disagreeing(self) -> tuple[str, ...]:
         """The engines to blame: those beyond tolerance of the reference, or the outlier (with
-        every engine that ran its implementation)."""
+        every engine that ran its implementation); every engine where two implementations,
+        each run by several engines, disagree (either may be wrong)."""
         if self.outlier is not None:
             return self._sharing(self.outlier)
-        return tuple(name for name, verdict in self.verdicts.items() if not verdict.agrees)
+        beyond = tuple(name for name, verdict in self.verdicts.items() if not verdict.agrees)
+        voices = set(map(self._voice, self.engines))
+        if beyond and len(self.engines) > 2 and len(voices) == 2:
+            # Two implementations that disagree: the reference's side is no less suspect.
+            return self.engines
+        return beyond
 
     def _voice(self, engine: str) -> str:
         """The implementation ``engine`` ran (itself, where engines share none)."""

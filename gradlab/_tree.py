@@ -20,7 +20,7 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -258,7 +258,7 @@ class Structure:
 
     node: Any
     keys: tuple[Keys, ...]
-    paths: tuple[str, ...] = field(compare=False)
+    paths: tuple[str, ...]
 
     @functools.cached_property
     def trivial(self) -> bool:

@@ -664,6 +664,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gradlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exit_:
+        # Raised by a --problem's own code (make_data, a callback): argparse's exits happen
+        # before this block. Say so, rather than end silently with its status.
+        return _fail(
+            args.command,
+            f"the problem's code called sys.exit({exit_.code!r}) (--problem must return or raise)",
+        )
     except BrokenPipeError:
         # The reader went away (`gradlab compare | head`): stop quietly, as `cat` does, and
         # point stdout at nothing so that Python's flush at exit does not fail again.

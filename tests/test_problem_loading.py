@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _helpers import require_engine
 
@@ -96,3 +97,28 @@ def test_a_data_parallel_engine_started_inside_a_spawning_rank_says_what_to_do(
     with pytest.raises(gradlab.NotSupported, match='if __name__ == "__main__"'):
         gradlab.value_and_grad(problem, data, problem.initial_params(data), engine=engine)
     engine.close()
+
+
+def test_spawned_ranks_import_a_problem_module_found_in_the_working_directory(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder is off sys.path after loading, yet ranks still find the module."""
+    require_engine("torch")
+    (folder / "line_dp.py").write_text(
+        "import gradlab\n"
+        "def loss(p, d, xp):\n    return xp.mean((p['w'] * d['x'] - d['y']) ** 2)\n"
+        "problem = gradlab.Problem(loss, name='line_dp', reduction='mean')\n"
+    )
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", ".")])
+    problem = load_problem("line_dp:problem")
+    assert str(folder) not in sys.path
+    data = {"x": np.arange(8.0), "y": 2 * np.arange(8.0)}
+    engine = gradlab.data_parallel("torch", processes=2)
+    try:
+        loss, grads = gradlab.value_and_grad(problem, data, {"w": 1.0}, engine=engine)
+    finally:
+        engine.close()
+    # mean((x − 2x)²) = mean(x²) = 17.5 and d/dw = 2·mean((w − 2)x²) = −35, by hand.
+    assert float(loss) == pytest.approx(17.5)
+    assert float(grads["w"]) == pytest.approx(-35.0)

@@ -43,11 +43,12 @@ import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,7 @@ from gradlab.engines._protocol import (
 )
 from gradlab.engines._torch import TorchEngine
 from gradlab.problems._base import AbstractProblem
+from gradlab.problems._named import PROBLEM_FOLDERS
 
 Local = Callable[[Params, Mapping[str, Array]], "tuple[Array, dict[str, Array]]"]
 
@@ -613,7 +615,15 @@ class _Spawned:
             self.processes.append(
                 spawn.Process(
                     target=follow,
-                    args=(rank, self.size, directory, self.timeout, self.threads, theirs),
+                    args=(
+                        rank,
+                        self.size,
+                        directory,
+                        self.timeout,
+                        self.threads,
+                        theirs,
+                        list(PROBLEM_FOLDERS),
+                    ),
                     daemon=True,
                     name=f"gradlab-rank{rank}",
                 )
@@ -976,10 +986,20 @@ def _sendable(problem: AbstractProblem) -> bytes:
 # -- a spawned worker -------------------------------------------------------------------------
 
 
-def follow(rank: int, size: int, directory: str, timeout: float, threads: int, link: Any) -> None:
+def follow(
+    rank: int,
+    size: int,
+    directory: str,
+    timeout: float,
+    threads: int,
+    link: Any,
+    folders: Sequence[str] = (),
+) -> None:
     """A spawned rank: join the group, then answer every message from rank 0's pipe
-    until told to stop or rank 0 is gone (its pipe closes with it)."""
+    until told to stop or rank 0 is gone (its pipe closes with it). ``folders``: where
+    rank 0 found the problems it loaded by name, searched here to import them again."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle
+    sys.path.extend(folder for folder in folders if folder not in sys.path)
     torch = importlib.import_module("torch")
     torch.set_num_threads(threads)
     link.send_bytes(pickle.dumps(None))  # started

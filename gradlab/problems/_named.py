@@ -149,10 +149,18 @@ def _import(source: str, argument: str) -> types.ModuleType:
         ) from error
 
 
+#: The folders problems' modules were imported from (taken off ``sys.path`` after): a
+#: spawned data-parallel rank, which imports the problem's module again to unpickle it,
+#: searches them.
+PROBLEM_FOLDERS: list[str] = []
+
+
 @contextlib.contextmanager
 def _searched(folder: str, unless: str | None = None) -> Iterator[None]:
     """``folder`` first on ``sys.path`` inside the block (unless it, or ``unless``, is
     there already), and taken off after."""
+    if folder not in PROBLEM_FOLDERS:
+        PROBLEM_FOLDERS.append(folder)
     if folder in sys.path or (unless is not None and unless in sys.path):
         yield
         return
