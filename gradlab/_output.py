@@ -108,8 +108,9 @@ class Record:
             raise ArgumentTypeError("path", f"must be a file path, got {path!r}")
         text = os.fspath(path)
         check_writable(text, "path")
+        written = self.to_json()  # first: a record that cannot be written leaves no file
         with open(text, "w", encoding="utf-8") as file:
-            file.write(self.to_json() + "\n")
+            file.write(written + "\n")
 
 
 def stamp(record: Record, fields: Mapping[str, Any]) -> dict[str, Any]:
