@@ -323,7 +323,7 @@ def _engines(args: argparse.Namespace, show_progress: bool) -> int:
 
     listing = engine_info(load=not args.no_load)
     if args.json:
-        print(json.dumps([info.to_dict() for info in listing], indent=2))
+        _emit(json.dumps([info.to_dict() for info in listing], indent=2))
         return 0
     short = {"forward mode": "forward", "compiled loop": "compiled"}
     rows = [("engine", "installed", "version", "device", "can do", "note")]
@@ -378,7 +378,10 @@ def _bench(args: argparse.Namespace, show_progress: bool) -> int:
         budget=args.budget,
         progress=show_progress,
     )
-    print(to_json(result.to_dict()) if args.json else result)
+    if args.json:
+        _emit(to_json(result.to_dict()))
+    else:
+        print(result)
     if args.out is not None:
         with open(f"{args.out}.json", "w", encoding="utf-8") as file:
             file.write(result.to_json() + "\n")
@@ -550,6 +553,17 @@ def _baseline(args: argparse.Namespace, kind: type) -> Any:
     return load(args.baseline, kind, "--baseline")
 
 
+#: Where ``--json`` output goes: the real standard output. While a ``--json`` command runs,
+#: ``sys.stdout`` is standard error, so that what a --problem's own code prints cannot
+#: break the JSON a pipe reads.
+_JSON_OUT: list[Any] = []
+
+
+def _emit(text: str) -> None:
+    """Write ``--json`` output to the real standard output."""
+    print(text, file=_JSON_OUT[-1] if _JSON_OUT else sys.stdout)
+
+
 def _print(result: Any, against: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     """A result as its table or JSON, with its comparison against the baseline if any (in
     JSON under ``"against_baseline"``, so that the record still loads as the result)."""
@@ -557,7 +571,7 @@ def _print(result: Any, against: Any, as_json: bool, extra: dict[str, Any] | Non
         record = {**result.to_dict(), **(extra or {})}
         if against is not None:
             record["against_baseline"] = against.to_dict()
-        print(to_json(record))
+        _emit(to_json(record))
         return
     print(result if extra is None else _describe_fit(result, extra))
     if against is not None:
@@ -655,7 +669,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "engines": _engines,
             "gradbench": _gradbench,
         }[args.command]
-        return command(args, show_progress)
+        if not getattr(args, "json", False):
+            return command(args, show_progress)
+        _JSON_OUT.append(sys.stdout)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return command(args, show_progress)
+        finally:
+            _JSON_OUT.pop()
     except GradlabError as error:
         return _fail(args.command, _as_flag(error, parser, args.command))
     except MemoryError:

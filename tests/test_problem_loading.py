@@ -3,6 +3,7 @@ factory does when it is loaded is named, and the interpreter is left as it was f
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
@@ -122,3 +123,29 @@ def test_spawned_ranks_import_a_problem_module_found_in_the_working_directory(
     # mean((x − 2x)²) = mean(x²) = 17.5 and d/dw = 2·mean((w − 2)x²) = −35, by hand.
     assert float(loss) == pytest.approx(17.5)
     assert float(grads["w"]) == pytest.approx(-35.0)
+
+
+@pytest.mark.parametrize("command", ["compare", "fit"])
+def test_json_output_stays_json_whatever_the_problems_code_prints(
+    folder: Path, command: str
+) -> None:
+    (folder / "chatty.py").write_text(
+        "import gradlab\nprint('imported')\n"
+        "class Chatty(gradlab.Quadratic):\n"
+        "    def make_data(self, n, *, seed=0):\n"
+        "        print('making data')\n"
+        "        return super().make_data(n, seed=seed)\n"
+        "problem = Chatty()\n"
+    )
+    script = os.path.join(os.path.dirname(sys.executable), "gradlab")
+    engines = ["--engines", "numpy,fd"] if command == "compare" else ["--engine", "numpy"]
+    out = subprocess.run(
+        [script, command, "--problem", "chatty.py:problem", *engines, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=folder,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["kind"] in ("GradientReport", "FitResult")
+    assert "making data" in out.stderr  # not lost: on standard error
