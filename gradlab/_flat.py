@@ -117,12 +117,69 @@ def _by_path(tree: object) -> Any:
 # One view per problem (as it is now) and pair of structures: compiled code is cached on the
 # problem an engine is handed, so the same nests must give the same view object.
 _VIEWS: Compiled[FlatView] = Compiled()
+_ORDERED: Compiled[FlatView] = Compiled()
+
+
+class OrderedView(FlatView):
+    """``problem``, whose parameters and data are flat dicts, with its loss handed them in
+    the caller's key order.
+
+    JAX rebuilds every dict it traces with its keys sorted: a loss that reads its
+    parameters in order (``xp.concatenate(list(params.values()))``) would see another order
+    on jax than on every other engine, and silently compute another function. Hand
+    derivations run on NumPy, in the caller's order already: they pass straight through.
+    """
+
+    def __init__(
+        self,
+        problem: AbstractProblem,
+        params: Structure,
+        data: Structure,
+        fingerprint: Hashable,
+    ) -> None:
+        super().__init__(problem, params, data, fingerprint)
+        self.hand_value_and_grad = problem.hand_value_and_grad  # type: ignore[method-assign]
+        self.hand_hvp = problem.hand_hvp  # type: ignore[method-assign]
+        self.hand_jacobian = problem.hand_jacobian  # type: ignore[method-assign]
+        self.predict = problem.predict  # type: ignore[method-assign]
+
+    def loss(self, params: Mapping[str, Array], data: Mapping[str, Array], xp: Any) -> Array:
+        """The user's loss, on dicts in the caller's order."""
+        ordered = {name: data[name] for name in self.data.paths if name in data}
+        ordered.update(data)  # then what fit adds (constants), in its order
+        return self.problem.loss({name: params[name] for name in self.params.paths}, ordered, xp)
+
+    def constants(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The user's problem's constants."""
+        return self.problem.constants(data)
+
+    def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]] | None:
+        """The user's problem's declared shapes."""
+        return self.problem.param_shapes(data)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (flat_view, (self.problem, self.params, self.data))
+
+
+def _sorted(structure: Structure) -> bool:
+    """Whether a flat dict's keys are in sorted order already (as JAX rebuilds dicts)."""
+    try:
+        return list(structure.paths) == sorted(structure.paths)
+    except TypeError:
+        return False
 
 
 def flat_view(problem: AbstractProblem, params: Structure, data: Structure) -> AbstractProblem:
-    """What engines are handed for ``problem``: itself when both structures are flat dicts."""
+    """What engines are handed for ``problem``: itself when both structures are flat dicts
+    whose keys are sorted; an ``OrderedView`` when they are flat dicts in another order."""
     if params.trivial and (data.trivial or not data.paths):
-        return problem
+        if _sorted(params) and _sorted(data):
+            return problem
+        problem_key = key(problem)
+        return _ORDERED.get(
+            (problem_key, params, data),
+            lambda: OrderedView(problem, params, data, problem_key),
+        )
     problem_key = key(problem)
     return _VIEWS.get(
         (problem_key, params, data), lambda: FlatView(problem, params, data, problem_key)

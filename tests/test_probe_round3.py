@@ -145,3 +145,23 @@ def test_two_implementations_that_disagree_both_stand_accused() -> None:
     )
     assert not report.ok
     assert set(report.disagreeing) == {"fd", "complex-step", "numpy"}
+
+
+@pytest.mark.parametrize("engine", ["fd", "torch", "jax", "jax-fwd"])
+def test_every_engine_hands_the_loss_its_dicts_in_the_callers_order(engine: str) -> None:
+    """JAX rebuilds traced dicts with sorted keys: a loss that reads its parameters in
+    order must still see the caller's order, or jax computes another function."""
+    require_engine(engine)
+
+    def loss(p: Any, d: Any, xp: Any) -> Any:
+        flat = xp.concatenate([xp.reshape(v, (-1,)) for v in p.values()])
+        return xp.sum(xp.asarray([1.0, 2.0, 3.0]) * flat**2) * d["scale"][0]
+
+    params = {"w": np.ones(2), "b": np.ones(1)}  # not in sorted order
+    data = {"scale": np.ones(1)}
+    _, grads = gradlab.value_and_grad(
+        gradlab.Problem(loss, name="ordered"), data, params, engine=engine
+    )
+    # L = 1·w₀² + 2·w₁² + 3·b²: ∂L/∂w = (2, 4), ∂L/∂b = 6, by hand.
+    np.testing.assert_allclose(grads["w"], [2.0, 4.0], rtol=1e-6)
+    np.testing.assert_allclose(grads["b"], [6.0], rtol=1e-6)
