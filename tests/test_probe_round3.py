@@ -165,3 +165,11 @@ def test_every_engine_hands_the_loss_its_dicts_in_the_callers_order(engine: str)
     # L = 1·w₀² + 2·w₁² + 3·b²: ∂L/∂w = (2, 4), ∂L/∂b = 6, by hand.
     np.testing.assert_allclose(grads["w"], [2.0, 4.0], rtol=1e-6)
     np.testing.assert_allclose(grads["b"], [6.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [np.ones(3), np.ones((2, 3, 4))], ids=["1-d", "3-d"])
+def test_a_layout_without_shapes_still_checks_what_it_permutes(kernel: np.ndarray) -> None:
+    layout = gradlab.Layout({"weight": ("fc.kernel", (1, 0)), "bias": "fc.bias"})
+    with pytest.raises(gradlab.ArgumentError, match="the layout permutes 2") as caught:
+        layout.check({"fc.kernel": kernel, "fc.bias": np.ones(2)})
+    assert caught.value.argument == "init"

@@ -141,11 +141,10 @@ class Layout:
                 f"does not fit the layout: it {' and '.join(p for p in parts if p)}, while the "
                 f"layout maps {sorted(used)}",
             )
-        if self.shapes is None:
-            return
         for name, (source, axes) in self.mapping.items():
             shape = tuple(np.shape(flat[source]))
             if axes is not None:
+                # Checked with or without declared shapes: the permutation itself needs it.
                 if len(axes) != len(shape):
                     raise ArgumentError(
                         argument,
@@ -153,7 +152,7 @@ class Layout:
                         f"for {name!r}",
                     )
                 shape = tuple(shape[axis] for axis in axes)
-            if shape != self.shapes[name]:
+            if self.shapes is not None and shape != self.shapes[name]:
                 raise ArgumentError(
                     argument,
                     f"{source!r} gives {name!r} the shape {shape}, but the implementation's "
