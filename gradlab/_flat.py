@@ -157,9 +157,6 @@ class OrderedView(FlatView):
         """The user's problem's declared shapes."""
         return self.problem.param_shapes(data)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (flat_view, (self.problem, self.params, self.data))
-
 
 def _sorted(structure: Structure) -> bool:
     """Whether a flat dict's keys are in sorted order already (as JAX rebuilds dicts)."""
