@@ -130,14 +130,9 @@ class OrderedView(FlatView):
     derivations run on NumPy, in the caller's order already: they pass straight through.
     """
 
-    def __init__(
-        self,
-        problem: AbstractProblem,
-        params: Structure,
-        data: Structure,
-        fingerprint: Hashable,
-    ) -> None:
-        super().__init__(problem, params, data, fingerprint)
+    def __init__(self, *args: Any) -> None:  # FlatView's arguments
+        super().__init__(*args)
+        problem = self.problem
         self.hand_value_and_grad = problem.hand_value_and_grad  # type: ignore[method-assign]
         self.hand_hvp = problem.hand_hvp  # type: ignore[method-assign]
         self.hand_jacobian = problem.hand_jacobian  # type: ignore[method-assign]
