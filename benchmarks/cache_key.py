@@ -1,7 +1,7 @@
 """What keying compiled code on the loss's contents costs a second fit of an unchanged problem.
 
 Compiling engines (jax, torch-compile) key their caches on the problem's identity and a
-fingerprint of everything its loss reads (``gradlab.engines._cache``), so a changed loss is
+fingerprint of everything its loss reads (``gradlab._fingerprint``), so a changed loss is
 traced again. An unchanged problem pays for the fingerprint on every fit; this script
 measures that cost beside the second fit it is part of, in one process, interleaved:
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 import gradlab
-from gradlab.engines._cache import key
+from gradlab._fingerprint import key
 from gradlab.problems._named import NAMED_PROBLEMS
 
 

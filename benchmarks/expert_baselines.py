@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 import gradlab
-from gradlab._workload import SGD_STEP
+from gradlab.bench._workload import SGD_STEP
 
 # Steps per compiled graph (torch-compile) or per loop iteration (jax) in the expert's
 # unrolled variants: as many as gradlab's engines unroll.

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 import gradlab
-from gradlab._workload import SGD_STEP
+from gradlab.bench._workload import SGD_STEP
 
 
 def main() -> None:

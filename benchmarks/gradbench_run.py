@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 import gradlab
-from gradlab._benchmark import seconds as fmt
-from gradlab._gradbench_evals import EVALS, NESTED, VALUE, VECTOR
+from gradlab.bench._harness import seconds as fmt
 from gradlab.gradbench import Tool
+from gradlab.gradbench._evals import EVALS, NESTED, VALUE, VECTOR
 
 #: Per eval, the sizes run: a subset of GradBench's defaults (smallest, middle, largest that
 #: fits here). LSTM at GradBench's c = 1024 only on eager engines: jax and XLA compile the

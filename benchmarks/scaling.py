@@ -149,7 +149,7 @@ def _bare(directory: str, rank: int, size: int, reps: int, answer: Any = None) -
     spawned), on the loopback interface as the engine's group."""
     import torch
 
-    from gradlab.engines._torch_parallel import _gloo
+    from gradlab.engines.parallel._torch import _gloo
 
     torch.set_num_threads(1)
     group = _gloo(torch, directory, rank, 2, 60.0)
@@ -183,7 +183,7 @@ def bare_all_reduce(size: int, reps: int) -> float:
 def targets() -> None:
     """Issue 28's three targets for spawned torch ranks, printed as a table."""
     import gradlab
-    from gradlab.engines import _torch_parallel
+    from gradlab.engines.parallel import _torch as _torch_parallel
 
     print(f"{sys.platform}, {os.cpu_count()} cores; torch {gradlab.get_engine('torch').describe()}")
     one, two = (gradlab.data_parallel("torch", processes=count) for count in (1, 2))

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from gradlab._agreement import max_rho, tolerance
 from gradlab._checks import check_positive_int
-from gradlab._fit import FitResult, value_and_grad
 from gradlab._output import table
 from gradlab._progress import progress_bar
 from gradlab.engines._protocol import is_approximate
 from gradlab.engines._registry import get_engine
+from gradlab.fitting._fit import FitResult, value_and_grad
 from gradlab.recipes import Recipe
 
 
@@ -110,9 +110,9 @@ def run_frameworks_demo(
     """
     import numpy as np
 
-    from gradlab._fit_comparison import compare_fits
-    from gradlab._report import compare_gradients, compare_hessians
     from gradlab._tree import tree_map
+    from gradlab.comparison._fits import compare_fits
+    from gradlab.comparison._report import compare_gradients, compare_hessians
 
     repeats = check_positive_int(repeats, "--repeats")
     problem, data, init = recipe.problem, recipe.data, recipe.init

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from gradlab._fingerprint import Compiled, Keyed, key
 from gradlab._tree import Structure, flatten
-from gradlab.engines._cache import Compiled, Keyed, key
 from gradlab.problems._base import AbstractProblem, Array
 
 

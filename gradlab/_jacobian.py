@@ -23,11 +23,11 @@ import numpy as np
 from gradlab._boundary import _blame, _describe, calling, check_named_output, on_engine, prepare
 from gradlab._checks import as_float_array, check_params
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, naming
-from gradlab._report import Engines, GradientReport
-from gradlab._report import _arguments as arguments
-from gradlab._report import _report as report
 from gradlab._second import check_tangent
 from gradlab._tree import Structure, _is_numbers, flatten_up_to, structure, subscript
+from gradlab.comparison._report import Engines, GradientReport
+from gradlab.comparison._report import _arguments as arguments
+from gradlab.comparison._report import _report as report
 from gradlab.engines._protocol import (
     JVP,
     VJP,

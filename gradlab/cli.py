@@ -21,7 +21,6 @@ import numpy as np
 from gradlab import optimizers, recipes
 from gradlab._boundary import physical_memory
 from gradlab._errors import ArgumentError, GradlabError, NotSupported
-from gradlab._fit import FitResult
 from gradlab._output import (
     check_image_path,
     check_writable,
@@ -30,9 +29,10 @@ from gradlab._output import (
     save_figure,
     to_json,
 )
-from gradlab._report import GradientReport
 from gradlab._tree import canonical_path, flatten
+from gradlab.comparison._report import GradientReport
 from gradlab.engines._registry import engine_list, installed_opt_in
+from gradlab.fitting._fit import FitResult
 from gradlab.problems import AbstractProblem
 from gradlab.problems._named import NAMED_PROBLEMS, at_size, problem_named
 
@@ -357,7 +357,7 @@ def _engines(args: argparse.Namespace, show_progress: bool) -> int:
 
 
 def _bench(args: argparse.Namespace, show_progress: bool) -> int:
-    from gradlab._benchmark import benchmark
+    from gradlab.bench._harness import benchmark
 
     if args.out is not None:
         check_output_stem(args.out)
@@ -518,7 +518,7 @@ def _point(
 
 
 def _compare(args: argparse.Namespace, show_progress: bool) -> int:
-    from gradlab._report import compare_gradients, compare_hessians
+    from gradlab.comparison._report import compare_gradients, compare_hessians
 
     baseline = _baseline(args, GradientReport)
     problem, data = _problem_and_data(args)
@@ -579,8 +579,8 @@ def _print(result: Any, against: Any, as_json: bool, extra: dict[str, Any] | Non
 
 
 def _fit(args: argparse.Namespace, show_progress: bool) -> int:
-    from gradlab._fit import fit
     from gradlab._progress import progress_bar
+    from gradlab.fitting._fit import fit
 
     baseline = _baseline(args, FitResult)
     problem, data = _problem_and_data(args)
@@ -616,7 +616,7 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
 
 def _stop(args: argparse.Namespace) -> Any:
     """The fit's stop rules from --stop-loss, --stop-grad-norm and --patience, if any."""
-    from gradlab._fit import Stop
+    from gradlab.fitting._fit import Stop
 
     rules = {"loss": args.stop_loss, "grad_norm": args.stop_grad_norm, "patience": args.patience}
     if all(value is None for value in rules.values()):

@@ -1,6 +1,6 @@
 """The conformance suite every gradlab engine passes, for third-party engines too.
 
-Every built-in engine runs these tests (``tests/test_conformance.py``); a plug-in runs the
+Every built-in engine runs these tests (``tests/engines/test_conformance.py``); a plug-in runs the
 same ones with one class in its own test suite:
 
 ```python

@@ -6,7 +6,6 @@ constructed, so ``import gradlab`` imports no framework (torch, jax, TensorFlow,
 
 from gradlab._boundary import checked_loss as checked_loss
 from gradlab.engines._complex_step import ComplexStepEngine as ComplexStepEngine
-from gradlab.engines._data_parallel import data_parallel as data_parallel
 from gradlab.engines._fd import FiniteDifferenceEngine as FiniteDifferenceEngine
 from gradlab.engines._jax import JaxEngine as JaxEngine
 from gradlab.engines._jax import JaxForwardEngine as JaxForwardEngine
@@ -14,7 +13,6 @@ from gradlab.engines._listing import EngineInfo as EngineInfo
 from gradlab.engines._listing import engine_info as engine_info
 from gradlab.engines._mlx import MlxEngine as MlxEngine
 from gradlab.engines._numpy import NumpyEngine as NumpyEngine
-from gradlab.engines._parallel import DataParallel as DataParallel
 from gradlab.engines._protocol import AbstractEngine as AbstractEngine
 from gradlab.engines._protocol import GradientEngine as GradientEngine
 from gradlab.engines._registry import available_engines as available_engines
@@ -28,6 +26,8 @@ from gradlab.engines._torch import TorchCompileEngine as TorchCompileEngine
 from gradlab.engines._torch import TorchEngine as TorchEngine
 from gradlab.engines._torch import TorchForwardEngine as TorchForwardEngine
 from gradlab.engines._torch import TorchFuncEngine as TorchFuncEngine
+from gradlab.engines.parallel._common import DataParallel as DataParallel
+from gradlab.engines.parallel._data import data_parallel as data_parallel
 
 __all__ = [
     "AbstractEngine",

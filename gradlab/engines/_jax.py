@@ -12,7 +12,7 @@ import numpy as np
 from gradlab._boundary import checked_loss, checked_output
 from gradlab._checks import check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError
-from gradlab.engines._cache import Compiled, fingerprint, key
+from gradlab._fingerprint import Compiled, fingerprint, key
 from gradlab.engines._protocol import (
     HVP,
     JVP,
@@ -43,7 +43,7 @@ class JaxEngine(AbstractEngine):
     global flag reads the same before and after.
 
     Compiled functions are cached per problem and per loop body, keyed on everything the
-    loss (and the optimizer) can read (see ``gradlab.engines._cache``): a second fit with an
+    loss (and the optimizer) can read (see ``gradlab._fingerprint``): a second fit with an
     unchanged problem and the same optimizer does not compile again, and a problem whose
     attributes, closure variables or globals changed is traced again, never answered from
     the old program.

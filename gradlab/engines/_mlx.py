@@ -10,8 +10,8 @@ import numpy as np
 
 from gradlab._boundary import checked_loss
 from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._fingerprint import Compiled, fingerprint, key
 from gradlab._tree import leaves as tree_leaves
-from gradlab.engines._cache import Compiled, fingerprint, key
 from gradlab.engines._protocol import (
     HVP,
     AbstractEngine,
@@ -29,7 +29,7 @@ from gradlab.engines._protocol import (
 from gradlab.problems._base import AbstractProblem
 
 # Compiled functions for the life of the process, keyed as the other compiling engines key
-# theirs (see ``gradlab.engines._cache``): a changed problem is traced again.
+# theirs (see ``gradlab._fingerprint``): a changed problem is traced again.
 _COMPILED: Compiled[Callable[..., Any]] = Compiled()
 
 

@@ -239,7 +239,7 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
     entry = _REGISTRY.get(name)
     if entry is None:
         # "torch-dp2", "jax-dp4": a data-parallel engine, named as it names itself.
-        parallel = importlib.import_module("gradlab.engines._data_parallel")
+        parallel = importlib.import_module("gradlab.engines.parallel._data")
         spread = parallel.engine_from_name(name, **options)
         if spread is not None:
             return spread  # type: ignore[no-any-return]

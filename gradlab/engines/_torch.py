@@ -15,9 +15,9 @@ import numpy as np
 from gradlab._boundary import checked_loss, checked_output
 from gradlab._checks import check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError
+from gradlab._fingerprint import Compiled, fingerprint, key
 from gradlab._tree import leaves as tree_leaves
 from gradlab._tree import tree_map
-from gradlab.engines._cache import Compiled, fingerprint, key
 from gradlab.engines._protocol import (
     HVP,
     JVP,
@@ -265,7 +265,7 @@ class TorchCompileEngine(TorchEngine):
     (gradient and optimizer update) into one graph, as jax's ``scan`` unrolls, and one step
     alone for a remainder. Each new combination of shapes and dtypes compiles once
     (seconds); later calls reuse it. Compiled code is keyed on the problem and everything
-    its loss reads (see ``gradlab.engines._cache``), so a changed loss is compiled again,
+    its loss reads (see ``gradlab._fingerprint``), so a changed loss is compiled again,
     never answered from the old program. The Python loop over the graphs stays, with no
     host sync inside it. Registered as ``"torch-compile"``; opt-in in comparisons.
 

@@ -11,7 +11,6 @@ import numpy as np
 
 from gradlab import _output
 from gradlab._agreement import Criterion, Label, criterion, differences, joined, tolerance
-from gradlab._baseline import BaselineComparison, gradients_against
 from gradlab._boundary import evaluate, on_engine, prepare
 from gradlab._checks import check_dtype, check_positive_int
 from gradlab._errors import (
@@ -30,6 +29,7 @@ from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._second import check_tangent, hessian_blocks, hessian_matrix, hvp_at
 from gradlab._tree import element, structure
+from gradlab.comparison._baseline import BaselineComparison, gradients_against
 from gradlab.engines._protocol import (
     GradientEngine,
     hvp_of,

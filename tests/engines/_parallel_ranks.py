@@ -1,7 +1,7 @@
-"""Data-parallel checks that need fresh processes, run by ``tests/test_parallel.py``
-(and its cases and measures, by ``tests/_jax_ranks.py``).
+"""Data-parallel checks that need fresh processes, run by ``tests/engines/test_parallel.py``
+(and its cases and measures, by ``tests/engines/_jax_ranks.py``).
 
-``python tests/_parallel_ranks.py torchrun`` is a rank of a launch whose environment
+``python tests/engines/_parallel_ranks.py torchrun`` is a rank of a launch whose environment
 torchrun would set (RANK, ...): it compares data-parallel gradients and fits with the
 single-process ones computed in the same process, checks what the ranks refuse, and
 prints one JSON line (rank 0): the largest rho of each.

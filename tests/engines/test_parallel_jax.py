@@ -6,7 +6,7 @@ Oracles: the single-process ``jax`` engine, run in the same process on the same 
 devices each holds ⌈n / k⌉ rows of an n-row array, so all of them together hold its bytes
 (and the padding), not k copies. Each check needs fresh processes (forced host devices, or
 ``jax.distributed``), so there are two tests, and each checks much
-(``tests/_jax_ranks.py``).
+(``tests/engines/_jax_ranks.py``).
 """
 
 from __future__ import annotations

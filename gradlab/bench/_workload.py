@@ -1,7 +1,7 @@
 """What one benchmark case runs: its starting point and its optimizer step.
 
-Shared by the benchmark (``gradlab._benchmark``) and the fresh process that measures a
-case's memory (``gradlab._memory``), so that both run the same fit.
+Shared by the benchmark (``gradlab.bench._harness``) and the fresh process that measures a
+case's memory (``gradlab.bench._memory``), so that both run the same fit.
 """
 
 from __future__ import annotations

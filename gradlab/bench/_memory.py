@@ -1,6 +1,6 @@
 """Peak memory of one fit, measured in a fresh process.
 
-Run as ``python -m gradlab._memory PROBLEM N DTYPE ENGINE STEPS SEED``; prints one JSON
+Run as ``python -m gradlab.bench._memory PROBLEM N DTYPE ENGINE STEPS SEED``; prints one JSON
 object: the resident bytes the fit added at its peak over what the process held before it,
 and the same for a fit four times longer (a run that kept per-step copies of anything would
 grow with the steps).
@@ -27,7 +27,7 @@ def measure(
     """Run the child; return its figures, or ``None`` where they cannot be measured."""
     if not sys.platform.startswith("linux"):
         return None
-    command = [sys.executable, "-m", "gradlab._memory", problem, str(n), dtype, engine]
+    command = [sys.executable, "-m", "gradlab.bench._memory", problem, str(n), dtype, engine]
     done = subprocess.run(
         [*command, str(steps), str(seed)], capture_output=True, text=True, check=False
     )
@@ -58,7 +58,7 @@ def _main(arguments: list[str]) -> None:
     import numpy as np
 
     import gradlab
-    from gradlab._workload import SGD_STEP, point
+    from gradlab.bench._workload import SGD_STEP, point
     from gradlab.problems._named import at_size, problem_named
 
     name, n, dtype, engine_name, steps, seed = arguments

@@ -11,18 +11,24 @@ import numpy as np
 
 from gradlab import _output
 from gradlab._agreement import Criterion, criterion, path_rho
-from gradlab._baseline import BaselineComparison, fits_against
 from gradlab._boundary import check_transformation, prepare
 from gradlab._checks import check_dtype, check_float, check_positive_int
-from gradlab._fit import FitResult, fit
-from gradlab._optax import check_engine as check_optax_engine
 from gradlab._output import point, short
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
-from gradlab._report import Engines, element_labels, outlier, pair_tolerances, resolve_engines
 from gradlab._tree import flatten
+from gradlab.comparison._baseline import BaselineComparison, fits_against
+from gradlab.comparison._report import (
+    Engines,
+    element_labels,
+    outlier,
+    pair_tolerances,
+    resolve_engines,
+)
 from gradlab.engines._protocol import GradientEngine, value_and_grad_of
 from gradlab.engines._registry import engine_list
+from gradlab.fitting._fit import FitResult, fit
+from gradlab.fitting._optax import check_engine as check_optax_engine
 from gradlab.optimizers import GradientTransformation
 from gradlab.problems._base import AbstractProblem
 

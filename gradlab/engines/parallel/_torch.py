@@ -61,9 +61,8 @@ from gradlab._errors import (
     RankFailed,
     first_line,
 )
+from gradlab._fingerprint import digest as problem_digest
 from gradlab._tree import tree_map
-from gradlab.engines._cache import digest as problem_digest
-from gradlab.engines._parallel import DataParallel, reduction_of, rows_of, shard_bounds, share
 from gradlab.engines._protocol import (
     BATCH_ORDER,
     Array,
@@ -75,6 +74,13 @@ from gradlab.engines._protocol import (
     value_and_grad_of,
 )
 from gradlab.engines._torch import TorchEngine
+from gradlab.engines.parallel._common import (
+    DataParallel,
+    reduction_of,
+    rows_of,
+    shard_bounds,
+    share,
+)
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._named import PROBLEM_FOLDERS
 

@@ -37,13 +37,13 @@ from gradlab._boundary import (
 )
 from gradlab._checks import check_bool, check_dtype, check_positive_float, check_positive_int
 from gradlab._errors import ArgumentError, GradlabError, HandGradientMissing, NotSupported
-from gradlab._fit import fit
 from gradlab._output import Record, table
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
-from gradlab._workload import SGD_STEP, point
+from gradlab.bench._workload import SGD_STEP, point
 from gradlab.engines._protocol import GradientEngine, block_of, objective_of, value_and_grad_of
 from gradlab.engines._registry import engine_list, get_engine
+from gradlab.fitting._fit import fit
 from gradlab.optimizers import GradientTransformation, sgd
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._named import at_size, problem_named
@@ -742,8 +742,8 @@ def _case(
 def _fit_memory(
     problem: AbstractProblem, engine: GradientEngine, n: int, dtype: str, steps: int, seed: int
 ) -> dict[str, Any]:
-    """Peak memory of the case's fit, from a fresh process (see ``gradlab._memory``)."""
-    from gradlab._memory import measure
+    """Peak memory of the case's fit, from a fresh process (see ``gradlab.bench._memory``)."""
+    from gradlab.bench._memory import measure
 
     try:
         named = at_size(problem_named(problem.name), n) == problem and get_engine(engine.name)

@@ -21,7 +21,7 @@ import pytest
 from _helpers import RequiredMembersOnly, require_engine
 
 import gradlab
-from gradlab._benchmark import MIN_SAMPLES, seconds, time_calls
+from gradlab.bench._harness import MIN_SAMPLES, seconds, time_calls
 
 FAST: dict[str, Any] = {"min_time": 0.01, "fit_steps": 10}
 

@@ -29,9 +29,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradlab
-from gradlab import LSTM, ODE, Det, GradBenchGMM, KMeans, _nested, gradbench
-from gradlab._gradbench_evals import EVALS, GRADIENT, NESTED, NEWTON, VALUE, VECTOR
-from gradlab.gradbench import serve
+from gradlab import LSTM, ODE, Det, GradBenchGMM, KMeans, gradbench
+from gradlab.gradbench import _nested, _server, serve
+from gradlab.gradbench._evals import EVALS, GRADIENT, NESTED, NEWTON, VALUE, VECTOR
 
 
 def few() -> settings:
@@ -586,7 +586,7 @@ def test_runs_repeat_until_both_minima_are_met() -> None:
 def test_stray_prints_do_not_corrupt_the_protocol(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gradlab import _gradbench_evals
+    from gradlab.gradbench import _evals as _gradbench_evals
 
     square = _gradbench_evals._Square.loss
 
@@ -619,7 +619,7 @@ def test_a_tool_whose_input_closes_exits_at_once() -> None:
 
 # -- bounds: no message asks for unbounded memory or time -----------------------------------
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "gradbench.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "gradbench.md"
 LIMITED = [
     (name, product)
     for name, spec in EVALS.items()
@@ -766,7 +766,7 @@ def evaluate_runs(reply: dict[str, Any]) -> int:
 
 def test_runs_stop_at_max_runs_whatever_min_seconds_asks(monkeypatch: pytest.MonkeyPatch) -> None:
     # A function of microseconds asked for minutes of runs: the timings list stops growing.
-    monkeypatch.setattr(gradbench, "MAX_RUNS", 7)
+    monkeypatch.setattr(_server, "MAX_RUNS", 7)
     begin = time.perf_counter()
     reply = run(evaluate("lse", "primal", {"x": [1.0], "min_runs": 2, "min_seconds": 200}))[0]
     assert time.perf_counter() - begin < 5
@@ -775,7 +775,7 @@ def test_runs_stop_at_max_runs_whatever_min_seconds_asks(monkeypatch: pytest.Mon
 
 
 def test_runs_stop_at_the_wall_clock_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gradbench, "BUDGET_SECONDS", 0.1)
+    monkeypatch.setattr(_server, "BUDGET_SECONDS", 0.1)
     begin = time.perf_counter()
     input = {"x": [0.5] * 1000, "min_runs": gradbench.MAX_RUNS, "min_seconds": 0}
     reply = run(evaluate("lse", "gradient", input))[0]
@@ -785,15 +785,15 @@ def test_runs_stop_at_the_wall_clock_budget(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_one_run_is_made_though_the_budget_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gradbench, "BUDGET_SECONDS", 0)
+    monkeypatch.setattr(_server, "BUDGET_SECONDS", 0)
     reply = run(evaluate("lse", "primal", {"x": [1.0], "min_runs": 5, "min_seconds": 1}))[0]
     assert reply["success"] is True
     assert evaluate_runs(reply) == 1
 
 
 def test_a_line_too_long_is_dropped_and_the_tool_reads_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gradbench, "MAX_LINE", 64)
-    monkeypatch.setattr(gradbench, "_CHUNK", 16)  # the rest of the line read in pieces
+    monkeypatch.setattr(_server, "MAX_LINE", 64)
+    monkeypatch.setattr(_server, "_CHUNK", 16)  # the rest of the line read in pieces
     long = json.dumps({"id": 1, "kind": "analysis", "pad": "x" * 1000})
     exact = json.dumps({"id": 2, "kind": "analysis", "pad": ""})
     exact = exact[:-1] + " " * (64 - len(exact)) + "}"  # exactly MAX_LINE characters
@@ -930,7 +930,7 @@ def test_an_output_that_overflows_is_a_failure_in_strict_json(message: dict[str,
     ],
 )
 def test_every_reply_line_is_strict_json(reply: dict[str, Any], id: Any, complaint: str) -> None:
-    line = gradbench._reply_line(reply)
+    line = _server._reply_line(reply)
     assert "\n" not in line
     written = strict(line)
     assert written["id"] == id
@@ -941,7 +941,7 @@ def test_an_id_too_deep_to_write_back_is_answered_with_id_null() -> None:
     deep: Any = []
     for _ in range(100_000):  # deeper than the encoder recurses
         deep = [deep]
-    written = strict(gradbench._reply_line({"id": deep, "success": True}))
+    written = strict(_server._reply_line({"id": deep, "success": True}))
     assert written["id"] is None
     assert "nested too deeply" in written["error"]
 
@@ -950,7 +950,7 @@ def test_standard_input_is_read_as_bytes_a_bounded_line_at_a_time() -> None:
     # Over a real pipe: bytes that are not UTF-8, a line past MAX_LINE (lowered here) and an
     # id that is not Unicode are each answered in strict JSON, and the tool reads on.
     script = (
-        "import sys, gradlab.gradbench as g; g.MAX_LINE = 200; "
+        "import sys, gradlab.gradbench._server as g; g.MAX_LINE = 200; "
         "sys.exit(g.main(['--engine', 'numpy']))"
     )
     text = (

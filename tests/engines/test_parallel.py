@@ -6,7 +6,7 @@ for every shipped problem that declares its reduction, on 1, 2 and 3 shards with
 ones, shards of one row and empty ones), and a 100-step fit follows the same path
 (rho ≤ 1e-10). Spawning processes costs seconds, so these tests are few, and each
 checks much: the checks that need fresh processes (forced host devices, jax.distributed,
-a torchrun launch) run ``tests/_parallel_ranks.py``.
+a torchrun launch) run ``tests/engines/_parallel_ranks.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gradlab
-from gradlab.engines._parallel import shard_bounds, share
+from gradlab.engines.parallel._common import shard_bounds, share
 
 RANKS = Path(__file__).with_name("_parallel_ranks.py")
 GRADIENT_RHO, PATH_RHO = 1e-12, 1e-10

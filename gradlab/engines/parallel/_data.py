@@ -12,12 +12,12 @@ from typing import Any
 
 from gradlab._checks import check_bool, check_float, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError
-from gradlab.engines._parallel import DataParallel
+from gradlab.engines.parallel._common import DataParallel
 
 #: The longest ``timeout``, in seconds.
 _DAY = 86_400.0
 #: The engines whose framework can spread rows, by the module that does it.
-_BACKENDS = {"torch": "gradlab.engines._torch_parallel", "jax": "gradlab.engines._jax_parallel"}
+_BACKENDS = {"torch": "gradlab.engines.parallel._torch", "jax": "gradlab.engines.parallel._jax"}
 
 
 def data_parallel(

@@ -1,41 +1,5 @@
-"""gradlab as a GradBench tool: any gradlab engine answers GradBench's evals.
-
-GradBench (github.com/gradbench/gradbench) runs an *eval* and a *tool* as two programs that
-exchange JSON lines: the eval sends ``start``, ``define``, ``evaluate`` and ``analysis``
-messages; the tool answers each with the message's ``id``. This module is the tool's side,
-for every gradlab engine at once::
-
-    gradlab gradbench --engine jax
-    python -m gradlab.gradbench --engine torch
-
-so that GradBench's own command line can run it (``--tool 'gradlab gradbench --engine
-jax'``) and validate its outputs. The evals gradlab implements are in
-``gradlab._gradbench_evals`` (``EVALS``); each is a gradlab problem that every engine
-differentiates.
-
-Timing: each ``evaluate`` runs its function once first (that call, with any tracing or
-compilation, reported as ``"warmup"``; not for ``particle`` and ``saddle``, which run
-eagerly and take seconds a run), then at least ``min_runs`` times and
-until ``min_seconds`` have accumulated, one ``"evaluate"`` timing per run, each waited for
-(asynchronous engines are synchronised inside the timed region). Reading the input into
-engine arrays is reported apart, as ``"prepare"``.
-
-Nothing a message holds crashes the tool or leaves it hanging: a malformed line, an unknown
-module, function or message kind, an input of the wrong shape or a failing computation is
-answered ``{"success": false, "error": ...}``, and the tool reads on. Every reply is one
-line of strict JSON (no NaN or infinity, valid Unicode), and every request is bounded:
-
-- a line holds at most ``MAX_LINE`` characters (2²⁸; GradBench's largest input, k-means'
-  100,000 points of 16, is about 35 MB of JSON); a longer one is skipped unread;
-- each eval's sizes, and their products that measure a run's memory and work, have bounds
-  well above GradBench's largest (``EVALS[name].limits``: ``gradlab._gradbench_evals``);
-- ``min_runs`` is at most ``MAX_RUNS`` (100,000) and ``min_seconds`` at most
-  ``MAX_SECONDS`` (300); beyond either the input is refused;
-- an ``evaluate`` makes at most ``MAX_RUNS`` timed runs, and starts none after
-  ``BUDGET_SECONDS`` (600) of wall-clock time since it began, whatever ``min_seconds`` asks
-  of a function that takes microseconds; one timed run is always made (a run is not
-  interrupted: the size bounds keep it finite).
-"""
+"""The tool's side of GradBench's protocol: messages read, checked, answered (see the
+package's docstring)."""
 
 from __future__ import annotations
 
@@ -52,17 +16,6 @@ import numpy as np
 
 from gradlab._boundary import calling, on_engine, on_engine_together, prepare
 from gradlab._errors import ArgumentTypeError, GradlabError, first_line
-from gradlab._gradbench_evals import (
-    EVALS,
-    GRADIENT,
-    NESTED,
-    NEWTON,
-    VECTOR,
-    BadInput,
-    Case,
-    Eval,
-    shown,
-)
 from gradlab._output import strict_json
 from gradlab.engines import GradientEngine, get_engine
 from gradlab.engines._protocol import (
@@ -72,6 +25,17 @@ from gradlab.engines._protocol import (
     output_of,
     to_numpy_all_of,
     value_and_grad_of,
+)
+from gradlab.gradbench._evals import (
+    EVALS,
+    GRADIENT,
+    NESTED,
+    NEWTON,
+    VECTOR,
+    BadInput,
+    Case,
+    Eval,
+    shown,
 )
 from gradlab.problems._base import AbstractProblem
 
@@ -173,7 +137,7 @@ class _Computation:
 
     def _nested(self, spec: Eval, function: str, case: Case) -> None:
         """particle or saddle: a procedure with the framework's derivatives inside."""
-        from gradlab import _nested
+        from gradlab.gradbench import _nested
 
         ops = _nested.ops_for(self.engine)
         procedure = {"particle": _nested.particle, "saddle": _nested.saddle}[spec.name]
@@ -255,7 +219,7 @@ class Tool:
         case = spec.read(spec.example(0, **_smallest(spec)))
         for function, kind in spec.functions.items():
             if kind == NESTED:  # a full run: check only that the framework nests
-                from gradlab._nested import ops_for
+                from gradlab.gradbench._nested import ops_for
 
                 ops_for(self.engine)
                 continue
@@ -475,7 +439,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,6 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from gradlab import _output
-from gradlab._baseline import BaselineComparison, fit_against
 from gradlab._boundary import (
     Prepared,
     calling,
@@ -29,12 +28,10 @@ from gradlab._boundary import (
 )
 from gradlab._checks import check_bool, check_dtype, check_float, check_int, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, ProblemError, naming
-from gradlab._optax import blame as blame_optax
-from gradlab._optax import is_optax
-from gradlab._optax import start_state as start_state_optax
 from gradlab._output import Record
 from gradlab._provenance import provenance
 from gradlab._tree import flatten, layout, leaves, rebuild, tree_map
+from gradlab.comparison._baseline import BaselineComparison, fit_against
 from gradlab.engines._numpy import read_only
 from gradlab.engines._protocol import (
     BATCH_ORDER,
@@ -47,6 +44,9 @@ from gradlab.engines._protocol import (
     total_rows_of,
     value_and_grad_of,
 )
+from gradlab.fitting._optax import blame as blame_optax
+from gradlab.fitting._optax import is_optax
+from gradlab.fitting._optax import start_state as start_state_optax
 from gradlab.optimizers import GradientTransformation, apply_updates
 from gradlab.problems._base import AbstractProblem
 

@@ -1,7 +1,7 @@
 """The problems people benchmark autodiff on: definitions checked against independent oracles.
 
 Each problem's hand gradient is checked against every engine and finite differences by the
-property tests (``tests/test_gradients.py``, over ``_strategies.CASES``). Here: the
+property tests (``tests/derivatives/test_gradients.py``, over ``_strategies.CASES``). Here: the
 definitions themselves (the seed's model, GradBench's published formulas, mathematical
 identities), fits that agree across engines, and bad hyper-parameters and data refused.
 """

@@ -43,10 +43,9 @@ import numpy as np
 
 from gradlab._boundary import checked_loss
 from gradlab._errors import ArgumentError, GradlabError, RankFailed
+from gradlab._fingerprint import Compiled, digest, key
 from gradlab._output import digest as arrays_digest
-from gradlab.engines._cache import Compiled, digest, key
 from gradlab.engines._jax import JaxEngine, _first_float_dtype
-from gradlab.engines._parallel import DataParallel, reduction_of, rows_of, share
 from gradlab.engines._protocol import (
     Array,
     Carry,
@@ -56,6 +55,7 @@ from gradlab.engines._protocol import (
     Step,
     ValueAndGrad,
 )
+from gradlab.engines.parallel._common import DataParallel, reduction_of, rows_of, share
 from gradlab.problems._base import AbstractProblem
 
 #: The mesh axis the rows are spread over.

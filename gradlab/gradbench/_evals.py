@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from gradlab.gradbench._problems import LSTM, MAX_ELL, ODE, Det, GradBenchGMM, KMeans, fits
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._functions import LogSumExp
-from gradlab.problems._gradbench import LSTM, MAX_ELL, ODE, Det, GradBenchGMM, KMeans, fits
 from gradlab.problems._polynomial import LeastSquares
 
 JSON = Any
@@ -79,7 +79,7 @@ class Limits:
 
 # What a function asks of an engine: the loss's value, its gradient, a vector-valued
 # function's value, k-means' Newton direction (gradient over the Hessian's diagonal), or a
-# procedure with derivatives nested inside (particle, saddle: ``gradlab._nested``).
+# procedure with derivatives nested inside (particle, saddle: ``gradlab.gradbench._nested``).
 VALUE, GRADIENT, VECTOR, NEWTON, NESTED = "value", "gradient", "vector", "newton", "nested"
 
 

@@ -1,6 +1,7 @@
-"""JAX data-parallel checks that need fresh processes, run by ``tests/test_parallel_jax.py``.
+"""JAX data-parallel checks that need fresh processes, run by
+``tests/engines/test_parallel_jax.py``.
 
-``python tests/_jax_ranks.py MODE ...`` measures where the engine puts the data and compares
+``python tests/engines/_jax_ranks.py MODE ...`` measures where the engine puts the data and compares
 its gradients and fits with the single-process ``jax`` engine's, computed in the same
 process; it prints one JSON line (process 0). Modes:
 
@@ -20,11 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _parallel_ranks import cases, gradient_rho
+from _parallel_ranks import cases, gradient_rho  # beside this file
 
 import gradlab
 from gradlab._boundary import prepare
-from gradlab.engines._cache import digest
+from gradlab._fingerprint import digest
 
 
 def placed_by(engine: Any) -> list[Any]:

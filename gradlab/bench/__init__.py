@@ -1,0 +1,1 @@
+"""The benchmark wing: the timing harness, workloads and peak-memory measurement."""

@@ -1,0 +1,2 @@
+"""The comparison wing: agreement reports over engines (gradients, Hessians, Jacobians, fits)
+and baselines."""

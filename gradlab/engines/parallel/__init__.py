@@ -1,0 +1,1 @@
+"""Data-parallel engines: spread a problem's rows over torch.distributed ranks or JAX devices."""
