@@ -37,10 +37,15 @@ from gradlab.bench._workload import SGD_STEP
 UNROLL = 8
 
 
-def numpy_expert(x: np.ndarray, y: np.ndarray, w: float, b: float, steps: int) -> Any:
-    """In place, x² once, three dot products per step."""
-    x2, residual, losses = x * x, np.empty_like(x), np.empty(steps, x.dtype)
-    w, b = x.dtype.type(w), x.dtype.type(b)
+def numpy_expert(x: np.ndarray, y: np.ndarray) -> Callable[..., Any]:
+    """Prepared: x² once. Each run: in place, three dot products per step."""
+    x2 = x * x
+    return functools.partial(_numpy_run, x2, y)
+
+
+def _numpy_run(x2: np.ndarray, y: np.ndarray, w: float, b: float, steps: int) -> Any:
+    residual, losses = np.empty_like(x2), np.empty(steps, x2.dtype)
+    w, b = x2.dtype.type(w), x2.dtype.type(b)
     for i in range(steps):
         np.multiply(x2, w, out=residual)
         residual += b
@@ -50,17 +55,21 @@ def numpy_expert(x: np.ndarray, y: np.ndarray, w: float, b: float, steps: int) -
     return w, b, losses
 
 
-def torch_expert(
-    x: np.ndarray, y: np.ndarray, w0: float, b0: float, steps: int, device: str
-) -> Any:
-    """Autograd on two leaf scalars, x² once, in-place SGD without a graph."""
+def torch_expert(x: np.ndarray, y: np.ndarray, device: str) -> Callable[..., Any]:
+    """Prepared: the data on the device, x² once. Each run: autograd on two leaf scalars,
+    in-place SGD without a graph."""
     import torch
 
     tx, ty = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
-    x2 = tx * tx
-    w = torch.tensor(w0, dtype=tx.dtype, device=device, requires_grad=True)
-    b = torch.tensor(b0, dtype=tx.dtype, device=device, requires_grad=True)
-    losses = torch.empty(steps, dtype=tx.dtype, device=device)
+    return functools.partial(_torch_run, tx * tx, ty, device)
+
+
+def _torch_run(x2: Any, ty: Any, device: str, w0: float, b0: float, steps: int) -> Any:
+    import torch
+
+    w = torch.tensor(w0, dtype=x2.dtype, device=device, requires_grad=True)
+    b = torch.tensor(b0, dtype=x2.dtype, device=device, requires_grad=True)
+    losses = torch.empty(steps, dtype=x2.dtype, device=device)
     for i in range(steps):
         residual = torch.addcmul(b - ty, x2, w)  # w·x² + b − y
         loss = 0.5 * residual.dot(residual)
@@ -101,10 +110,13 @@ def torch_compile_expert(per_graph: int, device: str) -> Callable[..., Any]:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     many, one = unrolled(per_graph), unrolled(1)
 
-    def call(x: np.ndarray, y: np.ndarray, w: float, b: float, steps: int) -> Any:
+    def prepare(x: np.ndarray, y: np.ndarray) -> Callable[..., Any]:
         tx, ty = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
-        x2, p = tx * tx, torch.tensor([w, b], dtype=tx.dtype, device=device)
-        losses = torch.empty(steps, dtype=tx.dtype, device=device)
+        return functools.partial(call, tx * tx, ty)
+
+    def call(x2: Any, ty: Any, w: float, b: float, steps: int) -> Any:
+        p = torch.tensor([w, b], dtype=x2.dtype, device=device)
+        losses = torch.empty(steps, dtype=x2.dtype, device=device)
         done = 0
         while done < steps:
             count = per_graph if steps - done >= per_graph else 1
@@ -113,7 +125,7 @@ def torch_compile_expert(per_graph: int, device: str) -> Callable[..., Any]:
         p = p.cpu()
         return float(p[0]), float(p[1]), losses.cpu().numpy()
 
-    return call
+    return prepare
 
 
 def jax_expert(dot: bool, unroll: int) -> Callable[..., Any]:
@@ -133,70 +145,88 @@ def jax_expert(dot: bool, unroll: int) -> Callable[..., Any]:
     grad = jax.value_and_grad(loss)
 
     @jax.jit(static_argnames="steps")
-    def run(x: Any, y: Any, p: Any, steps: int) -> Any:
-        x2 = x * x
-
+    def run(x2: Any, y: Any, p: Any, steps: int) -> Any:
         def body(i: Any, carry: Any) -> Any:
             p, losses = carry
             value, g = grad(p, x2, y)
             return p - SGD_STEP * g, losses.at[i].set(value)
 
-        return jax.lax.fori_loop(0, steps, body, (p, jnp.empty(steps, x.dtype)), unroll=unroll)
+        return jax.lax.fori_loop(0, steps, body, (p, jnp.empty(steps, x2.dtype)), unroll=unroll)
 
-    def call(x: np.ndarray, y: np.ndarray, w: float, b: float, steps: int) -> Any:
-        p, losses = run(x, y, np.array([w, b], x.dtype), steps)
-        p = np.asarray(p)
-        return float(p[0]), float(p[1]), np.asarray(losses)
+    def prepare(x: np.ndarray, y: np.ndarray) -> Callable[..., Any]:
+        device_x, device_y = jax.device_put(x), jax.device_put(y)
+        return functools.partial(call, device_x * device_x, device_y)
 
-    return call
+    def call(x2: Any, y: Any, w: float, b: float, steps: int) -> Any:
+        p, losses = run(x2, y, np.array([w, b], x2.dtype), steps)
+        p, losses = jax.device_get((p, losses))
+        return float(p[0]), float(p[1]), losses
+
+    return prepare
 
 
-def _pair(
-    engine: str, x: np.ndarray, y: np.ndarray, dtype: str, steps: int, device: str
-) -> tuple[dict[str, Callable[[], Any]], Callable[[], Any]]:
-    """The expert loops by name (the fastest counts) and gradlab's fit for one case, from the
-    same start."""
+def _experts(engine: str, device: str) -> dict[str, Callable[..., Any]]:
+    """The expert's loops by name (the fastest counts), each ``prepare(x, y)`` returning
+    ``run(w, b, steps)``."""
     on = "cuda" if device == "gpu" else "cpu"
-    hands: dict[str, Callable[..., Any]]
     if engine == "torch":
-        hands = {"autograd": functools.partial(torch_expert, device=on)}
-    elif engine == "torch-compile":
-        hands = {
+        return {"autograd": functools.partial(torch_expert, device=on)}
+    if engine == "torch-compile":
+        return {
             "one compiled step": torch_compile_expert(1, on),
             f"{UNROLL} steps per graph": torch_compile_expert(UNROLL, on),
         }
-    elif engine == "jax":
-        hands = {
+    if engine == "jax":
+        return {
             f"fori_loop, {'dot' if dot else 'sum'}, unroll {unroll}": jax_expert(dot, unroll)
             for dot in (True, False)
             for unroll in (1, UNROLL)
         }
-    else:
-        hands = {"in place": numpy_expert}
-    calls = {name: functools.partial(hand, x, y, 0.1, -0.1, steps) for name, hand in hands.items()}
-    kwargs = {"device": "gpu" if engine == "jax" else on} if device == "gpu" else {}
-    return calls, _ours(gradlab.get_engine(engine, **kwargs), x, y, dtype, steps)
+    return {"in place": numpy_expert}
 
 
-def _ours(
-    engine: gradlab.GradientEngine, x: np.ndarray, y: np.ndarray, dtype: str, steps: int
-) -> Callable[[], Any]:
-    """gradlab's fit of the same case: everything one call does, fixed costs included."""
+def _cases(
+    engine: str, x: np.ndarray, y: np.ndarray, dtype: str, steps: int, device: str, mode: str
+) -> tuple[dict[str, Callable[[], Any]], Callable[[], Any]]:
+    """The expert's calls and gradlab's for one case, from the same start.
+
+    ``one-shot``: each call does everything from the NumPy arrays (the expert moves the
+    data and squares x; gradlab's ``fit`` checks, prepares and runs). ``prepared``: both
+    did that once, outside the timed call (the expert's data on the device and x² made;
+    gradlab's ``prepare_fit``): each call runs the loop from a start and brings the results
+    back.
+    """
+    kwargs = {"device": "gpu" if engine == "jax" else ("cuda" if device == "gpu" else "cpu")}
+    gradlab_engine = gradlab.get_engine(engine, **(kwargs if device == "gpu" else {}))
     problem, data = gradlab.Quadratic(), {"x": x, "y": y}
+    start = {"w": 0.1, "b": -0.1}
+    calls: dict[str, Callable[[], Any]] = {}
+    for name, prepare in _experts(engine, device).items():
+        if mode == "prepared":
+            calls[name] = functools.partial(prepare(x, y), 0.1, -0.1, steps)
+        else:
+            calls[name] = functools.partial(
+                lambda prepare: prepare(x, y)(0.1, -0.1, steps), prepare
+            )
+    if mode == "prepared":
+        prepared = gradlab.prepare_fit(
+            problem, data, engine=gradlab_engine, dtype=dtype, optimizer=gradlab.sgd(SGD_STEP)
+        )
+        return calls, functools.partial(prepared.run, start, steps=steps)
 
     def ours() -> Any:
         # A new optimizer object per fit, as users write it inline.
         return gradlab.fit(
             problem,
             data,
-            engine=engine,
+            engine=gradlab_engine,
             dtype=dtype,
             steps=steps,
             optimizer=gradlab.sgd(SGD_STEP),
-            init={"w": 0.1, "b": -0.1},
+            init=start,
         )
 
-    return ours
+    return calls, ours
 
 
 def _per_step(function: Callable[[], Any], steps: int) -> tuple[float, float]:
@@ -214,6 +244,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", choices=["one", "default"], default="one")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--modes", default="prepared,one-shot")
     args = parser.parse_args()
     default = "torch,torch-compile,jax" if args.device == "gpu" else "numpy,torch,torch-compile,jax"
     engines = (args.engines or default).split(",")
@@ -229,44 +260,58 @@ def main() -> None:
     print(f"{args.device}, threads: {args.threads}; {_machine(args.device)}", flush=True)
     problem = gradlab.Quadratic()
     rows = []
-    for dtype in args.dtypes.split(","):
-        for n in map(int, args.sizes.split(",")):
-            steps = max(20, min(2000, 2_000_000 // n))
-            data = problem.make_data(n, seed=0)
-            x, y = data["x"].astype(dtype), data["y"].astype(dtype)
-            for engine in engines:
-                hands, ours = _pair(engine, x, y, dtype, steps, args.device)
-                result = ours()  # the warm-up: compiles what is compiled
-                tol = 1e-12 if dtype == "float64" else 1e-5
-                for name, hand in hands.items():
-                    w, b, _ = hand()
-                    final = [result.params["w"], result.params["b"]]
-                    assert np.allclose([w, b], final, rtol=tol), (engine, name, n, dtype, final)
-                times: dict[str, list[tuple[float, float]]] = {"hand": [], "gradlab": []}
-                best_hand: dict[str, float] = dict.fromkeys(hands, np.inf)
-                for _ in range(args.repeats):
-                    for name, hand in hands.items():
-                        cpu, wall = _per_step(hand, steps)
-                        times["hand"].append((cpu, wall))
-                        best_hand[name] = min(best_hand[name], wall)
-                    times["gradlab"].append(_per_step(ours, steps))
-                best = {
-                    who: (min(t[0] for t in pairs), min(t[1] for t in pairs))
-                    for who, pairs in times.items()
-                }
-                fastest = min(best_hand, key=best_hand.__getitem__)
-                rows.append((engine, dtype, n, steps, fastest, best["hand"], best["gradlab"]))
-                print(_row(*rows[-1]), flush=True)
+    for mode in args.modes.split(","):
+        for dtype in args.dtypes.split(","):
+            for n in map(int, args.sizes.split(",")):
+                steps = max(20, min(2000, 2_000_000 // n))
+                data = problem.make_data(n, seed=0)
+                x, y = data["x"].astype(dtype), data["y"].astype(dtype)
+                for engine in engines:
+                    rows.append(_measure(engine, mode, x, y, dtype, steps, args))
+                    print(_row(*rows[-1]), flush=True)
     print(
-        "\n| engine | dtype | n | steps | fastest expert (wall) | expert CPU µs | gradlab CPU µs "
-        "| CPU ratio | expert wall µs | gradlab wall µs | wall ratio |"
+        "\n| mode | engine | dtype | n | steps | fastest expert (wall) | expert CPU µs "
+        "| gradlab CPU µs | CPU ratio | expert wall µs | gradlab wall µs | wall ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(_row(*row))
 
 
+def _measure(
+    engine: str,
+    mode: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    dtype: str,
+    steps: int,
+    args: argparse.Namespace,
+) -> tuple[Any, ...]:
+    """One row: the expert's loops and gradlab's, interleaved, minima per step."""
+    hands, ours = _cases(engine, x, y, dtype, steps, args.device, mode)
+    result = ours()  # the warm-up: compiles what is compiled
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for name, hand in hands.items():
+        w, b, _ = hand()
+        final = [result.params["w"], result.params["b"]]
+        assert np.allclose([w, b], final, rtol=tol), (engine, name, x.size, dtype, final)
+    times: dict[str, list[tuple[float, float]]] = {"hand": [], "gradlab": []}
+    best_hand: dict[str, float] = dict.fromkeys(hands, np.inf)
+    for _ in range(args.repeats):
+        for name, hand in hands.items():
+            cpu, wall = _per_step(hand, steps)
+            times["hand"].append((cpu, wall))
+            best_hand[name] = min(best_hand[name], wall)
+        times["gradlab"].append(_per_step(ours, steps))
+    best = {
+        who: (min(t[0] for t in pairs), min(t[1] for t in pairs)) for who, pairs in times.items()
+    }
+    fastest = min(best_hand, key=best_hand.__getitem__)
+    return (mode, engine, dtype, x.size, steps, fastest, best["hand"], best["gradlab"])
+
+
 def _row(
+    mode: str,
     engine: str,
     dtype: str,
     n: int,
@@ -277,7 +322,7 @@ def _row(
 ) -> str:
     """One row of the table: per-step times in µs and gradlab / expert, CPU and wall."""
     return (
-        f"| {engine} | {dtype} | {n:,} | {steps} | {fastest} | {hand[0] * 1e6:.2f} | "
+        f"| {mode} | {engine} | {dtype} | {n:,} | {steps} | {fastest} | {hand[0] * 1e6:.2f} | "
         f"{ours[0] * 1e6:.2f} | {ours[0] / hand[0]:.2f} | {hand[1] * 1e6:.2f} | "
         f"{ours[1] * 1e6:.2f} | {ours[1] / hand[1]:.2f} |"
     )

@@ -23,6 +23,13 @@ from gradlab import schedules as schedules
 from gradlab._agreement import max_rho as max_rho
 from gradlab._agreement import rho as rho
 from gradlab._agreement import tolerance as tolerance
+from gradlab._derivatives import hessian as hessian
+from gradlab._derivatives import hvp as hvp
+from gradlab._derivatives import jacobian as jacobian
+from gradlab._derivatives import jvp as jvp
+from gradlab._derivatives import per_example_grads as per_example_grads
+from gradlab._derivatives import value_and_grad as value_and_grad
+from gradlab._derivatives import vjp as vjp
 from gradlab._errors import ArgumentError as ArgumentError
 from gradlab._errors import ArgumentTypeError as ArgumentTypeError
 from gradlab._errors import Disagreement as Disagreement
@@ -35,15 +42,7 @@ from gradlab._errors import ProblemError as ProblemError
 from gradlab._errors import RankFailed as RankFailed
 from gradlab._errors import Regression as Regression
 from gradlab._errors import UnknownEngine as UnknownEngine
-from gradlab._jacobian import compare_jacobians as compare_jacobians
-from gradlab._jacobian import compare_per_example_grads as compare_per_example_grads
-from gradlab._jacobian import jacobian as jacobian
-from gradlab._jacobian import jvp as jvp
-from gradlab._jacobian import per_example_grads as per_example_grads
-from gradlab._jacobian import vjp as vjp
 from gradlab._output import load as load
-from gradlab._second import hessian as hessian
-from gradlab._second import hvp as hvp
 from gradlab.bench._harness import BenchmarkCase as BenchmarkCase
 from gradlab.bench._harness import BenchmarkResult as BenchmarkResult
 from gradlab.bench._harness import Timing as Timing
@@ -52,10 +51,12 @@ from gradlab.comparison._baseline import BaselineComparison as BaselineCompariso
 from gradlab.comparison._baseline import Change as Change
 from gradlab.comparison._fits import FitComparison as FitComparison
 from gradlab.comparison._fits import compare_fits as compare_fits
+from gradlab.comparison._gradients import compare_gradients as compare_gradients
+from gradlab.comparison._gradients import compare_hessians as compare_hessians
+from gradlab.comparison._jacobians import compare_jacobians as compare_jacobians
+from gradlab.comparison._jacobians import compare_per_example_grads as compare_per_example_grads
 from gradlab.comparison._report import GradientReport as GradientReport
 from gradlab.comparison._report import Verdict as Verdict
-from gradlab.comparison._report import compare_gradients as compare_gradients
-from gradlab.comparison._report import compare_hessians as compare_hessians
 from gradlab.engines import AbstractEngine as AbstractEngine
 from gradlab.engines import EngineInfo as EngineInfo
 from gradlab.engines import GradientEngine as GradientEngine
@@ -66,10 +67,11 @@ from gradlab.engines import get_engine as get_engine
 from gradlab.engines import known_engines as known_engines
 from gradlab.engines import register_engine as register_engine
 from gradlab.engines import unregister_engine as unregister_engine
-from gradlab.fitting._fit import FitResult as FitResult
-from gradlab.fitting._fit import Stop as Stop
 from gradlab.fitting._fit import fit as fit
-from gradlab.fitting._fit import value_and_grad as value_and_grad
+from gradlab.fitting._prepare import PreparedFit as PreparedFit
+from gradlab.fitting._prepare import prepare_fit as prepare_fit
+from gradlab.fitting._result import FitResult as FitResult
+from gradlab.fitting._stop import Stop as Stop
 from gradlab.gradbench import LSTM as LSTM
 from gradlab.gradbench import ODE as ODE
 from gradlab.gradbench import Det as Det
@@ -137,6 +139,7 @@ __all__ = [
     "NativeProblem",
     "NotSupported",
     "PolynomialRegression",
+    "PreparedFit",
     "Problem",
     "ProblemError",
     "Quadratic",
@@ -177,6 +180,7 @@ __all__ = [
     "optimizers",
     "per_example_grads",
     "plots",
+    "prepare_fit",
     "problems",
     "recipes",
     "register_engine",

@@ -9,13 +9,10 @@ comparisons, the second derivatives, the benchmark):
   NumPy on a view of the parameters that records what the loss reads, so a parameter the
   loss needs but ``init`` lacks, or one ``init`` has that the loss never reads, is named
   before any framework runs.
-- [`checked_loss`][gradlab._boundary.checked_loss] is the loss every built-in engine
-  differentiates: it refuses, on every engine alike, a loss that returns anything but a 0-d
-  floating-point array of the ``xp`` it was given (``None``, a Python number, a string, an
-  integer array, a vector, a NumPy value where torch or jax was expected).
-- [`calling`][gradlab._boundary.calling] turns an exception raised inside user code, wherever
-  a framework surfaces it, into a [`ProblemError`][gradlab.ProblemError] naming the problem,
-  the function and the engine.
+- [`checked_loss`][gradlab.engines.checked_loss] (in ``gradlab._loss``, below the engines
+  that differentiate it) refuses, on every engine alike, a loss that returns anything but a
+  0-d floating-point array of the ``xp`` it was given; ``gradlab._loss.calling`` turns an
+  exception raised inside user code into a [`ProblemError`][gradlab.ProblemError].
 - [`check_value_and_grad`][gradlab._boundary.check_value_and_grad] and
   [`check_dtypes`][gradlab._boundary.check_dtypes] check what an engine (or a hand-derived
   gradient) returned: a scalar loss, gradients with the parameters' names and shapes, in the
@@ -31,7 +28,6 @@ every call: [`crosses`][gradlab._boundary.crosses] says where user code crosses.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -42,20 +38,18 @@ import numpy as np
 from gradlab._checks import check_dtype, check_params, check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, ProblemError, naming
 from gradlab._flat import FlatView, flat_view
-from gradlab._tree import Keys, Structure, flatten, leaves, structure, subscript, tree_map
+from gradlab._loss import MissingName, calling, checked_loss, checked_output, describe, runs_hand
+from gradlab._tree import Keys, Structure, flatten, structure, tree_map
 from gradlab.engines._protocol import (
     GradientEngine,
     asarrays_of,
     asinputs_of,
-    runs_hand,
     value_and_grad_of,
 )
 from gradlab.engines._registry import get_engine
 from gradlab.optimizers import GradientTransformation
 from gradlab.problems._base import AbstractProblem, Problem
 from gradlab.problems._native import NativeProblem
-
-Loss = Callable[[Any, Any, Any], Any]
 
 
 def check_problem(problem: object) -> AbstractProblem:
@@ -128,14 +122,6 @@ def prepare(
     )
 
 
-class _Missing(KeyError):
-    """A name a loss looked up in its parameters or data that is not there (from the probe)."""
-
-    def __init__(self, argument: str, keys: Keys, kind: str) -> None:
-        super().__init__(keys[-1])
-        self.argument, self.keys, self.kind = argument, keys, kind
-
-
 class _Reads(dict):  # type: ignore[type-arg]
     """A dict that records which keys were read (a loss's view of its parameters).
 
@@ -151,7 +137,7 @@ class _Reads(dict):  # type: ignore[type-arg]
     def __getitem__(self, key: Any) -> Any:
         self.read.add((*self.prefix, key))
         if key not in self:
-            raise _Missing(self.argument, (*self.prefix, key), self.kind)
+            raise MissingName(self.argument, (*self.prefix, key), self.kind)
         return super().__getitem__(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -248,184 +234,6 @@ def _looked_up(tree: Any, keys: Keys) -> Keys:
     return keys[:last]
 
 
-def checked_loss(problem: AbstractProblem) -> Loss:
-    """``problem.loss``, refusing any value that is not a 0-d floating-point array of ``xp``.
-
-    Engines differentiate this rather than ``problem.loss`` itself, so a bad loss is
-    refused with the same message on every engine. Under a tracing framework (jax, torch
-    compiled) the check runs once, while tracing; eagerly it costs about a microsecond.
-    """
-
-    passed: list[Any] = [None, None]  # the type and dtype of the last loss that passed
-
-    def loss(params: Any, data: Any, xp: Any) -> Any:
-        value = problem.loss(params, data, xp)
-        # A loop calls this every step: a value of the type and dtype that passed last time
-        # needs only its shape checked (what changes with data, if anything does).
-        if type(value) is not passed[0] or value.dtype != passed[1] or value.shape != ():
-            _check_array(problem, "loss", value, xp, scalar=True)
-            passed[:] = type(value), value.dtype
-        return value
-
-    return loss
-
-
-def checked_output(problem: AbstractProblem) -> Loss:
-    """``problem.loss`` as a vector-valued function (for Jacobians): any nest of floating-point
-    arrays of ``xp`` (a scalar too), each leaf checked as
-    [`checked_loss`][gradlab._boundary.checked_loss] checks a loss, whatever its shape."""
-
-    def output(params: Any, data: Any, xp: Any) -> Any:
-        value = problem.loss(params, data, xp)
-        found = leaves(value)
-        if not found:
-            raise ProblemError(problem.name, "function", "returned no arrays")
-        for leaf in found:
-            _check_array(problem, "function", leaf, xp, scalar=False)
-        return value
-
-    return output
-
-
-def _check_array(
-    problem: AbstractProblem, function: str, value: Any, xp: Any, scalar: bool
-) -> None:
-    """A value user code returned must be a floating-point array of ``xp`` (0-d if ``scalar``)."""
-    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-    if shape is None or dtype is None or isinstance(value, (str, bytes)):
-        what = "a 0-d floating-point array" if scalar else "floating-point arrays"
-        raise ProblemError(
-            problem.name,
-            function,
-            f"returned {_describe(value)}; it must return {what} of the xp it is given "
-            "(xp.sum(...), not float(...))",
-        )
-    numpy_value = isinstance(value, (np.ndarray, np.generic))
-    if xp is not np and numpy_value and not isinstance(value, getattr(xp, "ndarray", ())):
-        raise ProblemError(
-            problem.name,
-            function,
-            f"returned a NumPy value where it was given another array namespace: write the "
-            f"{function} with xp (xp.sum, xp.exp, ...), not numpy",
-        )
-    if scalar and tuple(shape) != ():
-        raise ProblemError(
-            problem.name,
-            function,
-            f"must return a scalar (a 0-d array), got an array of shape {tuple(shape)}",
-        )
-    if not xp.isdtype(dtype, "real floating"):
-        raise ProblemError(
-            problem.name,
-            function,
-            f"returned an array of dtype {dtype}; it must be floating-point (a {function} of "
-            "integers or booleans has no derivative)",
-        )
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "None"
-    if isinstance(value, (bool, int, float, complex)):
-        return f"a Python {type(value).__name__} ({value!r})"
-    text = repr(value)
-    return f"a {type(value).__name__} ({text[:40]}{'…' if len(text) > 40 else ''})"
-
-
-@contextlib.contextmanager
-def calling(
-    problem: AbstractProblem,
-    engine: GradientEngine | None,
-    params: Mapping[str, Any] | None = None,
-    data: Mapping[str, Any] | None = None,
-    params_argument: str = "params",
-) -> Iterator[None]:
-    """Run user code (a loss, a hand gradient) inside an engine; translate what it raises.
-
-    A gradlab error passes through; ``MemoryError`` and ``KeyboardInterrupt`` too. A name
-    the loss looked up and did not find (in the recording views of the NumPy probe, which
-    know the argument) names that argument and where in it; so does a ``KeyError`` for a
-    name that only one of flat ``params`` and ``data`` lacks. Anything else becomes a
-    [`ProblemError`][gradlab.ProblemError] naming the problem and the engine, with the
-    original exception chained.
-    """
-    try:
-        yield
-    except (GradlabError, MemoryError):
-        raise
-    except _Missing as error:
-        what = "array" if error.kind == "data" else "parameter"
-        raise ArgumentError(
-            subscript(error.argument, error.keys[:-1]) if len(error.keys) > 1 else error.argument,
-            f"{'has no' if error.kind == 'data' else 'is missing'} {what} {error.keys[-1]!r}, "
-            f"which problem {problem.name!r}'s loss reads",
-        ) from None
-    except KeyError as error:
-        key = error.args[0] if len(error.args) == 1 else None
-        missing = _missing_from(key, params, data)
-        if missing == "data":
-            raise ArgumentError(
-                "data", f"has no array {key!r}, which problem {problem.name!r}'s loss reads"
-            ) from None
-        if missing == "params":
-            raise ArgumentError(
-                params_argument,
-                f"is missing parameter {key!r}, which problem {problem.name!r}'s loss reads",
-            ) from None
-        raise _failed(problem, engine, error) from error
-    except Exception as error:
-        raise _failed(problem, engine, error) from error
-    except SystemExit as error:  # the user's code meant to end the program: say where
-        raise ProblemError(
-            problem.name,
-            "loss",
-            f"called sys.exit({error.code!r}): a problem's code must return or raise",
-            None if engine is None else engine.name,
-        ) from None
-
-
-def _missing_from(
-    key: object, params: Mapping[str, Any] | None, data: Mapping[str, Any] | None
-) -> str | None:
-    """Which of two flat mappings lacks ``key`` while the other has it: "params", "data" or
-    None (both or neither: the loss's own lookup failed)."""
-    if not isinstance(key, str) or params is None or data is None:
-        return None
-    if key not in params and key in data:
-        return "params"
-    if key not in data and key in params:
-        return "data"
-    return None
-
-
-def _native(problem: AbstractProblem) -> AbstractProblem:
-    """The user's problem behind gradlab's flat view of it."""
-    return problem.problem if isinstance(problem, FlatView) else problem
-
-
-def _failed(problem: AbstractProblem, engine: GradientEngine | None, error: Exception) -> Exception:
-    name = None if engine is None else engine.name
-    lines = str(error).strip().splitlines() or [""]
-    message = lines[0]
-    if message == "in user code:":
-        # tf.function re-raises an error from traced code with the traceback in its message:
-        # the original message is the last line, after the exception's type.
-        message = lines[-1].strip().removeprefix(f"{type(error).__name__}: ")
-    hint = ""
-    if name not in (None, "numpy", "fd") and ("numpy" in message or "__array__" in message):
-        hint = " (is the loss written with numpy rather than the xp it is given?)"
-    elif isinstance(error, KeyError) and isinstance(_native(problem), NativeProblem):
-        # Implementations of one NativeProblem must read one structure: init's, or the
-        # native names their Layout gives them.
-        hint = (
-            " (an implementation reads a name its parameters or data do not have: each reads "
-            "the structure of init, or the names its Layout maps)"
-        )
-    return ProblemError(
-        problem.name, "loss", f"raised {type(error).__name__}: {message}{hint}", name
-    )
-
-
 def evaluate(
     engine: GradientEngine,
     problem: AbstractProblem,
@@ -456,11 +264,11 @@ def check_value_and_grad(
     A hand-derived gradient (the function runs ``problem.hand_value_and_grad``) is blamed
     as the problem's ``value_and_grad``; anything else as the engine.
     """
-    fault = _blame(
+    fault = blame(
         engine, problem, "value_and_grad", runs_hand(function, problem.hand_value_and_grad)
     )
     if not isinstance(output, (tuple, list)) or len(output) != 2:
-        got = f"a {len(output)}-tuple" if isinstance(output, (tuple, list)) else _describe(output)
+        got = f"a {len(output)}-tuple" if isinstance(output, (tuple, list)) else describe(output)
         raise fault(f"must return a pair (loss, grads), got {got}")
     loss, grads = output
     host = check_named_output(engine, fault, {"loss": loss}, {"loss": np.zeros(())}, dtype)
@@ -476,11 +284,11 @@ def check_hvp(
     dtype: str,
 ) -> dict[str, np.ndarray]:
     """What ``engine.hvp(problem)`` returned, checked and brought to NumPy."""
-    fault = _blame(engine, problem, "hvp", runs_hand(function, problem.hand_hvp))
+    fault = blame(engine, problem, "hvp", runs_hand(function, problem.hand_hvp))
     return check_named_output(engine, fault, output, params, dtype)
 
 
-def _blame(
+def blame(
     engine: GradientEngine, problem: AbstractProblem, function: str, hand: bool
 ) -> Callable[[str], GradlabError]:
     def fault(message: str) -> GradlabError:
@@ -500,7 +308,7 @@ def check_named_output(
 ) -> dict[str, np.ndarray]:
     """Named engine arrays with the names and shapes of ``like``, as NumPy arrays of ``dtype``."""
     if not isinstance(output, Mapping):
-        raise fault(f"must return a mapping from name to array, got {_describe(output)}")
+        raise fault(f"must return a mapping from name to array, got {describe(output)}")
     if set(output) != set(like):
         raise fault(f"returned values for {sorted(output)}, expected {sorted(like)}")
     try:
@@ -512,7 +320,7 @@ def check_named_output(
         raise fault(f"returned values that cannot be read as arrays ({error})") from None
     for name, value in host.items():
         if not isinstance(value, (np.ndarray, np.generic)):
-            raise fault(f"returned {name} as {_describe(value)}")
+            raise fault(f"returned {name} as {describe(value)}")
         if np.shape(value) != np.shape(like[name]):
             raise fault(
                 f"returned shape {np.shape(value)} for {name!r}, whose shape is "
@@ -527,7 +335,7 @@ def crosses(engine: GradientEngine, problem: AbstractProblem, function: Callable
     """Whether ``function`` (what ``engine.value_and_grad(problem)`` returned) runs code that
     gradlab did not write, so that what it returns must be checked before it is used.
 
-    A built-in engine differentiates [`checked_loss`][gradlab._boundary.checked_loss], which
+    A built-in engine differentiates [`checked_loss`][gradlab.engines.checked_loss], which
     is checked where the loss returns; its gradients have the parameters' structure by
     construction. A plug-in or user engine, and a hand-derived gradient a user wrote, may
     return anything: their first call in a fit is checked.
@@ -632,11 +440,11 @@ def check_optimizer(
         ) from error
     if not isinstance(output, tuple) or len(output) != 2:
         raise ArgumentError(
-            "optimizer", f"update must return (updates, state), got {_describe(output)}"
+            "optimizer", f"update must return (updates, state), got {describe(output)}"
         )
     updates, new_state = output
     if not isinstance(updates, Mapping) or set(updates) != set(params):
-        got = sorted(updates) if isinstance(updates, Mapping) else _describe(updates)
+        got = sorted(updates) if isinstance(updates, Mapping) else describe(updates)
         raise ArgumentError(
             "optimizer", f"update returned updates for {got}, expected {sorted(params)}"
         )

@@ -139,6 +139,20 @@ def as_float_array(value: object, argument: str, *, copy: bool = True) -> np.nda
     return array
 
 
+def read_only(array: np.ndarray, dtype: str) -> np.ndarray:
+    """``array`` in ``dtype`` for NumPy code (the NumPy engines, a fit's start): a read-only
+    view where it already is one, else a read-only copy.
+
+    Why not always a copy: the data of a fit is checked once and then only read, and a
+    copy of large data cost a float64 fit of 10⁶ points 3.5 ms of its 4.6 ms fixed cost.
+    Read-only keeps the promise that user data is never written: a hand gradient that
+    wrote into its data would fail loudly instead of corrupting the next step.
+    """
+    view: np.ndarray = np.asarray(array, dtype=dtype).view()
+    view.flags.writeable = False
+    return view
+
+
 def _on_host(value: object, argument: str) -> object:
     """A torch tensor as a detached CPU tensor that NumPy can read (found without importing
     torch: by the module its type comes from, as eagerpy does)."""

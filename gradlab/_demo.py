@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 from gradlab._agreement import max_rho, tolerance
 from gradlab._checks import check_positive_int
+from gradlab._derivatives import value_and_grad
 from gradlab._output import table
 from gradlab._progress import progress_bar
 from gradlab.engines._protocol import is_approximate
 from gradlab.engines._registry import get_engine
-from gradlab.fitting._fit import FitResult, value_and_grad
+from gradlab.fitting._result import FitResult
 from gradlab.recipes import Recipe
 
 
@@ -112,7 +113,7 @@ def run_frameworks_demo(
 
     from gradlab._tree import tree_map
     from gradlab.comparison._fits import compare_fits
-    from gradlab.comparison._report import compare_gradients, compare_hessians
+    from gradlab.comparison._gradients import compare_gradients, compare_hessians
 
     repeats = check_positive_int(repeats, "--repeats")
     problem, data, init = recipe.problem, recipe.data, recipe.init

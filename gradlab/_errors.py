@@ -164,6 +164,21 @@ class RankFailed(GradlabError, RuntimeError):
     other processes and refuses further calls; make a new one."""
 
 
+class EngineDefinitionError(GradlabError, TypeError):
+    """An engine class lacks a member every engine must have (``name``, ``xp``,
+    ``value_and_grad``, ...): raised where the class is defined, naming the class and the
+    member, rather than as an ``AttributeError`` deep in the first run.
+
+    Attributes:
+        engine: The class's qualified name.
+        missing: The members it lacks.
+    """
+
+    def __init__(self, engine: str, missing: tuple[str, ...], message: str) -> None:
+        self.engine, self.missing = engine, missing
+        super().__init__(message)
+
+
 class HandGradientMissing(GradlabError, TypeError):
     """The ``numpy`` engine was asked for a problem that has no hand-derived gradient."""
 

@@ -56,6 +56,12 @@ class Remade:
         return made if self._field is None else f"{made}.{self._field}"
 
 
+def unwrapped(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The function a ``Remade`` calls (``function`` itself if it is none): for hot loops,
+    which call it every step and need not pickle it (what holds it pickles as its call)."""
+    return function._function if isinstance(function, Remade) else function
+
+
 def _remake(
     module: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], field: str | None
 ) -> Any:

@@ -25,20 +25,10 @@ def _version(distribution: str) -> str | None:
 
 def common_provenance(dtype: str) -> dict[str, Any]:
     """What every result records, whatever the engine: versions, machine, precision, time."""
-    return {
-        **_static(),
-        "dtype": dtype,
-        # The engine reports its own device and thread count where its framework exposes
-        # one (torch); otherwise None, with the environment variables that set BLAS and XLA
-        # threading.
-        "device": None,
-        "threads": None,
-        "thread_env": {
-            name: value for name in _THREAD_VARIABLES if (value := os.environ.get(name)) is not None
-        },
-        "jax_enable_x64": _jax_x64(),
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    # The engine reports its own device and thread count where its framework exposes one
+    # (torch); otherwise None, with the environment variables that set BLAS and XLA
+    # threading.
+    return refreshed({**_static(), "dtype": dtype, "device": None, "threads": None})
 
 
 @functools.cache
@@ -65,6 +55,20 @@ def provenance(engine_facts: dict[str, Any], dtype: str) -> dict[str, Any]:
         dtype: The dtype the computation ran in.
     """
     return {**common_provenance(dtype), **engine_facts}
+
+
+def refreshed(record: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a ``provenance`` record made earlier, with what may have changed since
+    read again (the time, the thread variables, JAX's flag): a prepared fit takes its
+    record once and refreshes it each run, for a few microseconds instead of tens."""
+    return {
+        **record,
+        "thread_env": {
+            name: value for name in _THREAD_VARIABLES if (value := os.environ.get(name)) is not None
+        },
+        "jax_enable_x64": _jax_x64(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _jax_x64() -> bool | None:

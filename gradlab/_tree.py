@@ -97,7 +97,7 @@ def _is_namedtuple(tree: object) -> bool:
     return isinstance(tree, tuple) and hasattr(tree, "_fields")
 
 
-def _is_numbers(tree: object) -> bool:
+def is_numbers(tree: object) -> bool:
     """Whether ``tree`` is a number, or a non-empty list or tuple of them (nested or not)."""
     if isinstance(tree, numbers.Real):
         return True
@@ -105,7 +105,7 @@ def _is_numbers(tree: object) -> bool:
         isinstance(tree, (list, tuple))
         and not _is_namedtuple(tree)
         and len(tree) > 0
-        and all(map(_is_numbers, tree))
+        and all(map(is_numbers, tree))
     )
 
 
@@ -120,9 +120,25 @@ def _children(tree: Any) -> list[tuple[Any, Any]] | None:
         return list(tree.items())
     if _is_namedtuple(tree):
         return list(zip(tree._fields, tree, strict=True))
-    if isinstance(tree, (tuple, list)) and not _is_numbers(tree):
+    if isinstance(tree, (tuple, list)) and not is_numbers(tree):
         return list(enumerate(tree))
     return None
+
+
+#: Types seen not to be containers. ``isinstance(value, Mapping)`` goes through the ABC
+#: machinery, a microsecond a leaf: an optimizer's update meets every parameter twice a step.
+_LEAF_TYPES: set[type] = {np.ndarray, np.float64, np.float32, float, int}
+
+
+def is_leaf(value: Any) -> bool:
+    """Whether ``value`` is a leaf (not a dict, list or tuple); its type remembered."""
+    kind = type(value)
+    if kind in _LEAF_TYPES:
+        return True
+    if isinstance(value, _CONTAINERS):
+        return False
+    _LEAF_TYPES.add(kind)
+    return True
 
 
 def tree_map(function: Callable[..., Any], tree: Any, *rest: Any) -> Any:
@@ -133,16 +149,16 @@ def tree_map(function: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """
     if type(tree) is dict and not rest:  # the common case, flat dicts of arrays: no recursion
         return {
-            key: tree_map(function, value) if isinstance(value, _CONTAINERS) else function(value)
+            key: function(value) if is_leaf(value) else tree_map(function, value)
             for key, value in tree.items()
         }
     if type(tree) is dict and len(rest) == 1 and type(rest[0]) is dict:
         # Two flat dicts (an optimizer's update, apply_updates): every step of every fit.
         other = rest[0]
         return {
-            key: tree_map(function, value, other[key])
-            if isinstance(value, _CONTAINERS)
-            else function(value, other[key])
+            key: function(value, other[key])
+            if is_leaf(value)
+            else tree_map(function, value, other[key])
             for key, value in tree.items()
         }
     if isinstance(tree, Mapping):

@@ -30,9 +30,10 @@ from gradlab._output import (
     to_json,
 )
 from gradlab._tree import canonical_path, flatten
+from gradlab.comparison._kinds import GRADIENT, HESSIAN, ON_COMMAND_LINE, kind_named
 from gradlab.comparison._report import GradientReport
 from gradlab.engines._registry import engine_list, installed_opt_in
-from gradlab.fitting._fit import FitResult
+from gradlab.fitting._result import FitResult
 from gradlab.problems import AbstractProblem
 from gradlab.problems._named import NAMED_PROBLEMS, at_size, problem_named
 
@@ -142,9 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare",
         parents=[setup, output, machine, against],
-        help="compare every engine's gradient (or Hessian) at one point",
+        help="compare every engine's gradient (or, with --kind, Hessian or Jacobian) at one point",
         description=(
-            "Take every engine's gradient at the same parameters and compare them pairwise in "
+            "Take every engine's gradient (or, with --kind, another derivative) at the same "
+            "parameters and compare them pairwise in "
             "rho = |a−b| / max(1, |a|+|b|), with a verdict per engine against the reference. "
             "Exit status 0 when all agree, 1 when an engine disagrees beyond tolerance (or, "
             "with --baseline, when a result changed since the baseline)."
@@ -169,9 +171,17 @@ def _parser() -> argparse.ArgumentParser:
         "unset parameters are drawn from N(0, 1) with --seed",
     )
     compare.add_argument(
+        "--kind",
+        default=GRADIENT.option,
+        metavar="KIND",
+        help=f"what to compare: {' | '.join(ON_COMMAND_LINE)} (default {GRADIENT.option})",
+    )
+    compare.add_argument(
         "--hessian",
-        action="store_true",
-        help="compare full Hessians (second derivatives) instead of gradients",
+        dest="kind",
+        action="store_const",
+        const=HESSIAN.option,
+        help="compare full Hessians (second derivatives): the same as --kind hessian",
     )
     compare.add_argument(
         "--tolerance",
@@ -209,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME=VALUES",
         default=[],
-        help="starting point, e.g. --init w=0 b=0 (default: zeros)",
+        help="starting point, e.g. --init w=0 b=0 (default: the problem's initial_params)",
     )
     fit.add_argument(
         "--batch-size",
@@ -518,14 +528,16 @@ def _point(
 
 
 def _compare(args: argparse.Namespace, show_progress: bool) -> int:
-    from gradlab.comparison._report import compare_gradients, compare_hessians
+    from gradlab.comparison._kernel import compare
 
+    # An unknown --kind is refused before the baseline and the data are read.
+    kind = kind_named(args.kind, ON_COMMAND_LINE)
     baseline = _baseline(args, GradientReport)
     problem, data = _problem_and_data(args)
     rng = np.random.default_rng(args.seed)
     params = _point(problem, data, args.params, "--params", lambda s, _: rng.standard_normal(s))
-    compare = compare_hessians if args.hessian else compare_gradients
     report = compare(
+        kind,
         problem,
         data,
         params,
@@ -616,7 +628,7 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
 
 def _stop(args: argparse.Namespace) -> Any:
     """The fit's stop rules from --stop-loss, --stop-grad-norm and --patience, if any."""
-    from gradlab.fitting._fit import Stop
+    from gradlab.fitting._stop import Stop
 
     rules = {"loss": args.stop_loss, "grad_norm": args.stop_grad_norm, "patience": args.patience}
     if all(value is None for value in rules.values()):

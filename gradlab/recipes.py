@@ -23,7 +23,8 @@ import numpy as np
 from gradlab._errors import EngineUnavailable
 from gradlab._tree import tree_map
 from gradlab.engines._protocol import GradientEngine
-from gradlab.fitting._fit import FitResult, fit
+from gradlab.fitting._fit import fit
+from gradlab.fitting._result import FitResult
 from gradlab.optimizers import GradientTransformation, adam, sgd
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._classifier import classifier_data, classifier_init, mlp_classifier

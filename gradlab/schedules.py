@@ -28,7 +28,7 @@ import numpy as np
 
 from gradlab._checks import check_float, check_int, check_positive_float
 from gradlab._errors import ArgumentError, ArgumentTypeError
-from gradlab._picklable import picklable
+from gradlab._picklable import picklable, unwrapped
 
 Schedule = Callable[[Any], Any]
 
@@ -161,8 +161,10 @@ def warmup(schedule: Schedule | float, steps: int) -> Schedule:
 
 def as_schedule(lr: Schedule | float, argument: str = "lr") -> Schedule:
     """A schedule from a learning rate (constant) or a schedule, checked at t = 0 and 1."""
+    # Unwrapped (``_picklable.unwrapped``): an optimizer calls its schedule every step, and
+    # pickles as the call that made it, with ``lr`` as given.
     if not callable(lr):
-        return constant(check_positive_float(lr, argument))
+        return unwrapped(constant(check_positive_float(lr, argument)))
     for count in (0, 1):
         try:
             value = float(lr(count))
@@ -174,4 +176,4 @@ def as_schedule(lr: Schedule | float, argument: str = "lr") -> Schedule:
             raise ArgumentError(
                 argument, f"the schedule gives {value} at step {count}; it must be ≥ 0 and finite"
             )
-    return lr
+    return unwrapped(lr)

@@ -165,3 +165,32 @@ def recipe_fits(engines: Any, steps: int = 50, **options: Any) -> gradlab.FitCom
         engines=engines,
         **options,
     )
+
+
+def installed(names: tuple[str, ...]) -> list[str]:
+    """The engines among ``names`` that are installed, in order."""
+    available = gradlab.available_engines()
+    return [name for name in names if name in available]
+
+
+# -- A vector-valued function with a hand-derived Jacobian (derivatives/, comparison/) ------
+
+
+def tanh_layer(params: Any, data: Any, xp: Any) -> Any:
+    """A vector-valued function: tanh(A·x + c), m outputs of d inputs."""
+    return xp.tanh(data["A"] @ params["x"] + params["c"])
+
+
+def tanh_layer_jacobian(params: Any, data: Any) -> Any:
+    """By hand: ∂/∂x = diag(1 − t²)·A, ∂/∂c = (1 − t²) (c is a scalar)."""
+    t = np.tanh(data["A"] @ params["x"] + params["c"])
+    return {"x": (1 - t**2)[:, None] * data["A"], "c": 1 - t**2}
+
+
+TANH = gradlab.Problem(tanh_layer, jacobian=tanh_layer_jacobian, name="tanh_layer")
+
+
+def tanh_case(m: int, d: int, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Data for ``m`` outputs of ``d`` inputs, and a point, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {"A": rng.normal(size=(m, d))}, {"x": rng.normal(size=d), "c": np.array(0.3)}

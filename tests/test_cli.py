@@ -138,6 +138,33 @@ def test_compare_hessian() -> None:
     assert "Hessian agreement: logistic_regression" in out.stdout
 
 
+def test_compare_kind_jacobian_compares_jacobians() -> None:
+    # A scalar loss's Jacobian is its gradient as one row: numpy runs the hand gradient.
+    common = ("--problem", "logistic_regression", "--engines", "numpy,fd", "--n", "20")
+    out = gradlab_cli("compare", "--kind", "jacobian", *common)
+    assert out.returncode == 0, out.stderr
+    assert "Jacobian agreement: logistic_regression" in out.stdout
+    assert "∂f/∂" in out.stdout  # fd's worst element, named as a Jacobian's
+    out = gradlab_cli("compare", "--kind", "jacobian", "--json", *common)
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["derivative"] == "jacobian"
+    assert np.shape(record["values"]["fd"]["jacobian"]) == (1, 4)  # one output; w (3) and b
+
+
+def test_compare_kind_hessian_is_the_hessian_flag() -> None:
+    common = ("--problem", "logistic_regression", "--engines", "numpy,fd", "--n", "20")
+    by_kind = gradlab_cli("compare", "--kind", "hessian", *common)
+    by_flag = gradlab_cli("compare", "--hessian", *common)
+    assert by_kind.returncode == by_flag.returncode == 0, by_kind.stderr + by_flag.stderr
+    assert by_kind.stdout == by_flag.stdout
+    assert "Hessian agreement: logistic_regression" in by_kind.stdout
+    gradient = gradlab_cli("compare", "--kind", "gradient", *common)
+    assert gradient.returncode == 0, gradient.stderr
+    assert gradient.stdout == gradlab_cli("compare", *common).stdout
+    assert "Gradient agreement: logistic_regression" in gradient.stdout
+
+
 def test_compare_exits_1_when_an_engine_disagrees() -> None:
     code = textwrap.dedent("""
         import sys
@@ -178,6 +205,9 @@ def test_compare_exits_1_when_an_engine_disagrees() -> None:
         (["fit", "--seed=-1"], "--seed: must be a non-negative integer"),
         (["fit", "--engine", "nmupy"], "--engine: unknown engine 'nmupy'"),
         (["compare", "--reference", "bogus", "--engines", "numpy"], "--reference: unknown"),
+        (["compare", "--kind", "jacobain"], "--kind: unknown comparison kind 'jacobain'"),
+        # Hessian-vector products need a tangent the command line does not take.
+        (["compare", "--kind", "hvp"], "known: gradient, hessian, jacobian"),
         (["compare", "--engines", "numpy,", "--n", "5"], "--engines: has an empty name"),
         (["fit", "--n", "10000000000"], "--n: is 10000000000"),
         # Empty strings are refused alike everywhere.

@@ -29,7 +29,6 @@ import numpy as np
 
 from gradlab import _output
 from gradlab._boundary import (
-    calling,
     check_value_and_grad,
     crosses,
     on_engine_together,
@@ -37,6 +36,7 @@ from gradlab._boundary import (
 )
 from gradlab._checks import check_bool, check_dtype, check_positive_float, check_positive_int
 from gradlab._errors import ArgumentError, GradlabError, HandGradientMissing, NotSupported
+from gradlab._loss import calling
 from gradlab._output import Record, table
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance

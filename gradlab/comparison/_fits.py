@@ -18,17 +18,13 @@ from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._tree import flatten
 from gradlab.comparison._baseline import BaselineComparison, fits_against
-from gradlab.comparison._report import (
-    Engines,
-    element_labels,
-    outlier,
-    pair_tolerances,
-    resolve_engines,
-)
+from gradlab.comparison._kernel import Engines, outlier, resolve_engines
+from gradlab.comparison._kinds import element_labels, pair_tolerances
 from gradlab.engines._protocol import GradientEngine, value_and_grad_of
 from gradlab.engines._registry import engine_list
-from gradlab.fitting._fit import FitResult, fit
-from gradlab.fitting._optax import check_engine as check_optax_engine
+from gradlab.fitting._optimizer import check_engine as check_optax_engine
+from gradlab.fitting._prepare import PreparedFit, default_start
+from gradlab.fitting._result import FitResult
 from gradlab.optimizers import GradientTransformation
 from gradlab.problems._base import AbstractProblem
 
@@ -345,7 +341,7 @@ def compare_fits(
     *,
     optimizer: GradientTransformation | Any,
     steps: int,
-    init: Any,
+    init: Any = None,
     engines: Engines = None,
     dtype: str = "float64",
     reference: str | GradientEngine | None = None,
@@ -371,7 +367,8 @@ def compare_fits(
         data: Its data (copied, never modified).
         optimizer: The optimizer ([`sgd`][gradlab.sgd], ...), the same for every engine.
         steps: Steps per fit.
-        init: The common starting point (copied, never modified).
+        init: The common starting point (copied, never modified); default: the problem's
+            ``initial_params`` for the data.
         engines: Engine names or objects, or one comma-separated string. Default: every
             known engine that is installed and can run the problem (the others are skipped
             with a note).
@@ -408,6 +405,8 @@ def compare_fits(
     if loss_tol is not None:
         loss_tol = check_float(loss_tol, "loss_tol")
     judge = criterion(tolerance, atol, rtol)
+    if init is None:
+        init = default_start(problem, data)
     _, dtype, flat, checked_data, start, layout = prepare(problem, data, init, "numpy", dtype)
     wanted, default = engine_list(engines)
 
@@ -418,16 +417,16 @@ def compare_fits(
     built, skipped = resolve_engines(wanted, default, reference, can_run, problem.has_hand_gradient)
     nested_start = layout.unflatten(start)
 
-    def run(engine: GradientEngine, trajectory: bool = False) -> FitResult:
-        return fit(
+    def prepared(engine: GradientEngine) -> PreparedFit:
+        # Checked and made ready once per engine: the warm-up, timed and recording runs
+        # that follow each cost a dispatch.
+        return PreparedFit(
             problem,
             data,
             engine=engine,
             optimizer=optimizer,
-            steps=steps,
-            init=nested_start,
             dtype=dtype,
-            trajectory=trajectory,
+            _start=(nested_start, "init"),
         )
 
     results: dict[str, FitResult] = {}
@@ -436,14 +435,15 @@ def compare_fits(
     # the run that records the path (recording is kept out of the timed runs).
     with progress_bar(len(built) * (2 + repeats), "fits", progress) as advance:
         for name, engine in built.items():
-            run(engine)
+            ready = prepared(engine)
+            ready.run(nested_start, steps=steps)
             advance(name)
             timed = []
             for _ in range(repeats):
-                timed.append(run(engine).wall_time)
+                timed.append(ready.run(nested_start, steps=steps).wall_time)
                 advance(name)
             times[name] = min(timed)
-            results[name] = run(engine, trajectory=True)
+            results[name] = ready.run(nested_start, steps=steps, trajectory=True)
             advance(name)
 
     names = tuple(built)

@@ -3,54 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from gradlab import _output
-from gradlab._agreement import Criterion, Label, criterion, differences, joined, tolerance
-from gradlab._boundary import evaluate, on_engine, prepare
+from gradlab._agreement import Criterion, differences
 from gradlab._checks import check_dtype, check_positive_int
-from gradlab._errors import (
-    ArgumentError,
-    ArgumentTypeError,
-    Disagreement,
-    EngineUnavailable,
-    HandGradientMissing,
-    NotSupported,
-    UnknownEngine,
-    naming,
-)
-from gradlab._flat import FlatView
+from gradlab._errors import ArgumentError, Disagreement
 from gradlab._output import point
-from gradlab._progress import progress_bar
-from gradlab._provenance import common_provenance
-from gradlab._second import check_tangent, hessian_blocks, hessian_matrix, hvp_at
-from gradlab._tree import element, structure
 from gradlab.comparison._baseline import BaselineComparison, gradients_against
-from gradlab.engines._protocol import (
-    GradientEngine,
-    hvp_of,
-    is_approximate,
-    jacobian_of,
-    per_example_of,
-    value_and_grad_of,
-)
-from gradlab.engines._registry import engine_list, get_engine
-from gradlab.problems._base import AbstractProblem
-from gradlab.problems._native import NativeProblem, framework_of
-
-Derivative = Literal["gradient", "hessian", "hvp", "jacobian", "per-example"]
-_QUANTITIES = {
-    "gradient": "gradients",
-    "hessian": "Hessians",
-    "hvp": "Hessian-vector products",
-    "jacobian": "Jacobians",
-    "per-example": "per-example gradients",
-}
-Engines = str | Sequence["str | GradientEngine"] | None
+from gradlab.comparison._kinds import KINDS, Derivative
 
 
 @dataclass(frozen=True)
@@ -160,7 +125,7 @@ class GradientReport(_output.Record):
     @property
     def quantity(self) -> str:
         """What was compared, in words: "gradients", "Hessians", "Hessian-vector products"."""
-        return _QUANTITIES[self.derivative]
+        return KINDS[self.derivative].quantity
 
     @property
     def ok(self) -> bool:
@@ -265,7 +230,7 @@ class GradientReport(_output.Record):
         if engine not in self.values:
             raise ArgumentError("engine", f"{engine!r} is not in this report: {self.engines}")
         count = check_positive_int(count, "count")
-        label = labeler(self.derivative, self.params, self.outputs)
+        label = KINDS[self.derivative].label(self.params, self.outputs)
         return differences(
             self.values[self.reference], self.values[engine], label, count, self.criterion
         )
@@ -296,16 +261,9 @@ class GradientReport(_output.Record):
         return self.criterion.describe()
 
     def __str__(self) -> str:
-        label = {
-            "gradient": "Gradient",
-            "hessian": "Hessian",
-            "hvp": "Hessian-vector product",
-            "jacobian": "Jacobian",
-            "per-example": "Per-example gradient",
-        }
         at = point(self.params)
         lines = [
-            f"{label[self.derivative]} agreement: {self.problem}, {self.dtype}, at {at}",
+            f"{KINDS[self.derivative].title} agreement: {self.problem}, {self.dtype}, at {at}",
             f"reference: {self.reference}; rho = |a − b| / max(1, |a| + |b|), largest over "
             "all elements",
             "",
@@ -472,7 +430,7 @@ class GradientReport(_output.Record):
             >>> now.against(gradlab.GradientReport.from_json(saved)).ok
             True
         """
-        label = labeler(self.derivative, self.params, self.outputs)
+        label = KINDS[self.derivative].label(self.params, self.outputs)
         return gradients_against(self, baseline, label)
 
     def to_frame(self) -> Any:
@@ -509,458 +467,11 @@ class GradientReport(_output.Record):
         return figure
 
 
-def compare_gradients(
-    problem: AbstractProblem,
-    data: Any,
-    params: Any,
-    *,
-    engines: Engines = None,
-    dtype: str = "float64",
-    reference: str | GradientEngine | None = None,
-    tolerance: float | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
-    progress: bool = False,
-) -> GradientReport:
-    """Every engine's gradient at ``params``, compared pairwise and against a reference.
-
-    Args:
-        problem: The problem.
-        data: Its data (copied, never modified).
-        params: Where to take the gradient (copied, never modified).
-        engines: Engine names or objects (or one comma-separated string). Default: every
-            known engine, skipping with a note those not installed or unable to run this
-            problem. An engine named explicitly that cannot run is an error.
-        dtype: ``"float32"`` or ``"float64"``: every engine computes in it.
-        reference: The engine the verdicts are against. Default ``"numpy"`` (the hand
-            derivation) when the problem has one, else ``"fd"``, added to ``engines`` if
-            absent; where that default cannot run the problem, the first engine that can.
-        tolerance: One largest rho for every pair, instead of gradlab's table
-            ([`tolerance`][gradlab.tolerance]: exact pairs 1e-9 in float64 and 1e-4 in float32;
-            pairs with an approximate engine such as fd 1e-6 and 1e-4).
-        atol: Judge pairs instead in the familiar form, element by element:
-            |a − b| ≤ atol + rtol·max(|a|, |b|) (symmetric, unlike ``numpy.isclose``).
-            ``atol = rtol = τ`` is within a factor 2 of ``tolerance = τ``: it accepts all
-            that rho ≤ τ/2 accepts, and rho ≤ 2τ accepts all it accepts. Either alone means
-            the other is 0; not with ``tolerance``.
-        rtol: See ``atol``.
-        progress: Show a progress bar (needs tqdm) while engines run.
-
-    Returns:
-        A [`GradientReport`][gradlab.GradientReport]: ``str()`` it, assert on ``.ok``, or
-        ``raise_if_disagree()``.
-
-    Examples:
-        >>> import gradlab
-        >>> problem = gradlab.Quadratic()
-        >>> report = gradlab.compare_gradients(problem, problem.make_data(50),
-        ...                                    {"w": 0.5, "b": -1.0}, engines="numpy,fd")
-        >>> report.ok, report.reference, report.verdicts["fd"].rho < 1e-9
-        (True, 'numpy', True)
-    """
-    setup = _arguments(
-        problem, data, params, engines, dtype, reference, tolerance, atol, rtol, progress
-    )
-
-    def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], float]:
-        loss, grads = evaluate(engine, setup.problem, setup.data, setup.params, dtype)
-        return grads, float(loss)
-
-    return _report(setup, "gradient", compute)
-
-
-def compare_hessians(
-    problem: AbstractProblem,
-    data: Any,
-    params: Any,
-    *,
-    tangent: Any = None,
-    engines: Engines = None,
-    dtype: str = "float64",
-    reference: str | GradientEngine | None = None,
-    tolerance: float | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
-    progress: bool = False,
-) -> GradientReport:
-    """Every engine's second derivatives at ``params``: the full Hessian, or H·``tangent``.
-
-    Like [`compare_gradients`][gradlab.compare_gradients], with the same tolerance table and
-    overrides (``tolerance``, ``atol``, ``rtol``). Without
-    ``tangent`` each engine builds the full Hessian (one Hessian-vector product per parameter
-    element, so for small problems); with it, each computes the Hessian-vector product H·tangent.
-    Engines without second derivatives are skipped with a note. The default reference is ``"numpy"``
-    when the problem has a hand-derived Hessian-vector product, else ``"fd"`` (where that cannot
-    run the problem, the first engine that can).
-
-    Examples:
-        >>> import gradlab
-        >>> problem = gradlab.LinearRegression()
-        >>> data = problem.make_data(30, d=2)
-        >>> report = gradlab.compare_hessians(problem, data, {"w": [1.0, -1.0], "b": 0.0},
-        ...                                   engines=["numpy", "fd"])
-        >>> report.ok, report.values["numpy"]["hessian"].shape
-        (True, (3, 3))
-    """
-    setup = _arguments(
-        problem, data, params, engines, dtype, reference, tolerance, atol, rtol, progress
-    )
-    checked_tangent = (
-        None if tangent is None else check_tangent(tangent, setup.params, structure(params))
-    )
-
-    def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], float | None]:
-        if checked_tangent is None:
-            blocks = hessian_blocks(engine, setup.problem, setup.data, setup.params, dtype)
-            return {"hessian": hessian_matrix(blocks, setup.params)}, None
-        batch = on_engine(engine, setup.data, dtype)
-        product = hvp_of(engine, setup.problem)
-        return hvp_at(
-            engine, setup.problem, product, batch, setup.params, checked_tangent, dtype
-        ), None
-
-    derivative: Derivative = "hessian" if checked_tangent is None else "hvp"
-    return _report(setup, derivative, compute, tangent=checked_tangent)
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every comparison checked before computing anything: the engines, the problem as
-    engines see it (flat), copies of data and parameters by path, and how to judge."""
-
-    engines: list[str | GradientEngine]
-    default: bool
-    reference: str | GradientEngine | None
-    dtype: str
-    problem: AbstractProblem
-    data: dict[str, np.ndarray]
-    params: dict[str, np.ndarray]
-    judge: Criterion
-    progress: bool
-
-
-def _arguments(
-    problem: object,
-    data: object,
-    params: object,
-    engines: Engines,
-    dtype: object,
-    reference: str | GradientEngine | None,
-    tolerance: object,
-    atol: object,
-    rtol: object,
-    progress: bool,
-    output: str = "scalar",
-) -> Setup:
-    """Check what every comparison shares, in one place."""
-    _, checked_dtype, flat, checked_data, checked_params, _ = prepare(
-        problem, data, params, "numpy", dtype, "params", output
-    )
-    judge = criterion(tolerance, atol, rtol)
-    wanted, default = engine_list(engines)
-    return Setup(
-        wanted,
-        default,
-        reference,
-        checked_dtype,
-        flat,
-        checked_data,
-        checked_params,
-        judge,
-        progress,
-    )
-
-
 def _derivative(name: object) -> Derivative:
     """A saved report's derivative, checked."""
-    if name not in _QUANTITIES:
+    if not isinstance(name, str) or name not in KINDS:
         raise ValueError(f"unknown derivative {name!r}")
-    return name  # type: ignore[return-value]
-
-
-def default_reference(
-    reference: str | GradientEngine | None, has_hand: bool
-) -> str | GradientEngine:
-    """The reference asked for, or the hand derivation when there is one, else fd."""
-    if reference is None:
-        return "numpy" if has_hand else "fd"
-    if not isinstance(reference, str) and not isinstance(reference, GradientEngine):
-        raise ArgumentTypeError(
-            "reference", f"must be an engine name or a GradientEngine, got {reference!r}"
-        )
-    return reference
-
-
-def resolve_engines(
-    engines: list[str | GradientEngine],
-    default: bool,
-    reference: str | GradientEngine | None,
-    can_run: Callable[[GradientEngine], object],
-    has_hand: bool,
-) -> tuple[dict[str, GradientEngine], dict[str, str]]:
-    """Build the engines, the reference first among them; skip the unusable defaults.
-
-    ``can_run(engine)`` raises (``HandGradientMissing``, ``NotSupported``) when the engine
-    cannot do the job. For the default list that skips the engine with a note; for an engine
-    the caller named, and for a reference the caller named, it is an error.
-
-    Without a ``reference``, the hand derivation (``numpy``) is the reference where the
-    problem has one, else ``fd``. Where that one cannot run (``fd`` on a
-    [`NativeProblem`][gradlab.NativeProblem] without a NumPy implementation, an optax
-    optimizer), it is skipped with its note, and the first engine that can run is the
-    reference. When none can, a ``NotSupported`` (naming ``engines``) gives every reason.
-    """
-    chosen = default_reference(reference, has_hand)
-    ref_name = chosen if isinstance(chosen, str) else chosen.name
-    names = [item if isinstance(item, str) else item.name for item in engines]
-    wanted: list[tuple[str | GradientEngine, bool]] = [(item, not default) for item in engines]
-    named = ref_name in names and not default
-    if ref_name in names:
-        wanted.pop(names.index(ref_name))
-    wanted.insert(0, (chosen, reference is not None or named))
-    built: dict[str, GradientEngine] = {}
-    skipped: dict[str, str] = {}
-    for position, (item, required) in enumerate(wanted):
-        argument = "reference" if reference is not None and position == 0 else "engines"
-        try:
-            with naming(argument):
-                engine = _built(item, argument)
-                can_run(engine)
-        except (EngineUnavailable, HandGradientMissing, NotSupported) as error:
-            if required:
-                raise
-            skipped[item if isinstance(item, str) else item.name] = str(error)
-            continue
-        built[engine.name] = engine
-    if not built:
-        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
-        refusal = NotSupported(f"no engine can run this: {reasons}")
-        refusal.argument = "engines"
-        raise refusal
-    return built, skipped
-
-
-def _built(item: str | GradientEngine, argument: str) -> GradientEngine:
-    """``get_engine(item)``, an unknown name blamed on ``argument``."""
-    try:
-        return get_engine(item)
-    except UnknownEngine as error:
-        raise UnknownEngine(error.name, error.known, error.suggestion, argument) from None
-
-
-def _report(
-    setup: Setup,
-    derivative: Derivative,
-    compute: Callable[[GradientEngine, str], tuple[dict[str, np.ndarray], float | None]],
-    outputs: dict[str, tuple[int, ...]] | None = None,
-    tangent: dict[str, np.ndarray] | None = None,
-) -> GradientReport:
-    """The report of one derivative on every engine: ``compute(engine, dtype)`` gives an
-    engine's values (and loss); ``outputs`` (Jacobians) is filled in by ``compute``."""
-    problem, dtype, params, judge = setup.problem, setup.dtype, setup.params, setup.judge
-
-    def can_run(engine: GradientEngine) -> object:
-        return _NEEDS[derivative](engine, problem)
-
-    has_hand = {
-        "gradient": problem.has_hand_gradient,
-        "per-example": problem.has_hand_gradient,
-        "jacobian": problem.has_hand_jacobian or problem.has_hand_gradient,
-    }.get(derivative, problem.has_hand_hvp)
-    built, skipped = resolve_engines(
-        setup.engines, setup.default, setup.reference, can_run, has_hand
-    )
-    values: dict[str, dict[str, np.ndarray]] = {}
-    losses: dict[str, float] = {}
-    with progress_bar(len(built), f"{derivative}s", setup.progress) as advance:
-        for position, (name, engine) in enumerate(built.items()):
-            # What an engine finds it cannot do only once it runs (the complex step meeting
-            # xp.max) is blamed on the argument that chose it, as in resolve_engines.
-            chosen = "reference" if setup.reference is not None and position == 0 else "engines"
-            with naming(chosen):
-                values[name], loss = compute(engine, dtype)
-            if loss is not None:
-                losses[name] = loss
-            advance(name)
-
-    names = tuple(built)
-    implementations = implementations_of(built, problem)
-    outputs = outputs or {}
-    label = labeler(derivative, params, outputs)
-    size = len(names)
-    matrix = np.zeros((size, size))
-    limits = pair_tolerances(built, dtype, judge.tolerance)
-    worst: dict[str, dict[str, str | None]] = {name: {} for name in names}
-    for i, a in enumerate(names):
-        for j, b in enumerate(names):
-            if j < i:
-                matrix[i, j], worst[a][b] = matrix[j, i], worst[b][a]
-            elif j > i:
-                matrix[i, j], worst[a][b] = _largest_rho(values[a], values[b], label)
-            else:
-                worst[a][b] = None
-    ref_name = names[0]
-    against_float64 = {}
-    if dtype == "float32":
-        # How far float32 round-off takes each engine from the reference's float64 values at
-        # the same (float32-representable) point: engines can agree with one another and
-        # still all be off the truth by the same rounding.
-        truth, _ = compute(built[ref_name], "float64")
-        against_float64 = {name: _largest_rho(truth, values[name], label)[0] for name in names}
-    agree = matrix <= limits
-    if not judge.in_rho:
-        agree = np.array(
-            [[judge.close(*joined(values[a], values[b])) for b in names] for a in names]
-        )
-    verdicts = {
-        name: Verdict(
-            name,
-            float(matrix[i, 0]),
-            worst[name][ref_name],
-            float(limits[i, 0]),
-            None if judge.in_rho else bool(agree[i, 0]),
-        )
-        for i, name in enumerate(names)
-    }
-    facts = {name: engine.describe() for name, engine in built.items()}
-    return GradientReport(
-        problem=problem.name,
-        derivative=derivative,
-        dtype=dtype,
-        reference=ref_name,
-        engines=names,
-        params={name: value.astype(dtype) for name, value in params.items()},
-        values=values,
-        losses=losses,
-        rho=matrix,
-        worst=worst,
-        tolerances=limits,
-        verdicts=verdicts,
-        outlier=outlier(names, agree, implementations),
-        rho_float64=against_float64,
-        skipped=skipped,
-        provenance={**common_provenance(dtype), "engines": facts},
-        atol=judge.atol,
-        rtol=judge.rtol,
-        outputs=outputs,
-        tangent=None if tangent is None else {k: v.astype(dtype) for k, v in tangent.items()},
-        data_digest=_output.digest(setup.data),
-        implementations=implementations,
-    )
-
-
-#: What an engine must offer for each derivative (raising ``NotSupported`` if it cannot).
-_NEEDS: dict[str, Callable[[GradientEngine, AbstractProblem], object]] = {
-    "gradient": value_and_grad_of,
-    "hessian": hvp_of,
-    "hvp": hvp_of,
-    "jacobian": jacobian_of,
-    "per-example": per_example_of,
-}
-
-
-def pair_tolerances(
-    engines: Mapping[str, GradientEngine], dtype: str, custom: float | None = None
-) -> np.ndarray:
-    """The largest rho allowed between each pair of engines: ``custom``, or gradlab's table.
-
-    A pair with an engine that approximates derivatives (fd, or any engine declaring
-    ``approximate = True``) gets the finite-difference tolerance.
-    """
-    approximate = [is_approximate(engine) for engine in engines.values()]
-    return np.array(
-        [
-            [
-                custom if custom is not None else tolerance(dtype, against_fd=left or right)
-                for right in approximate
-            ]
-            for left in approximate
-        ]
-    )
-
-
-def element_labels(params: Mapping[str, np.ndarray]) -> list[str]:
-    """``"w[0]"``, ``"w[1]"``, ``"b"``: one label per parameter element, in flattening order."""
-    return [
-        element(name, index) for name, value in params.items() for index in np.ndindex(value.shape)
-    ]
-
-
-def _largest_rho(
-    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], label: Label
-) -> tuple[float, str | None]:
-    """The largest rho over every element of two results, and the element where it peaks
-    (``None`` when they are equal everywhere)."""
-    top = differences(a, b, label, 1)
-    if not top or top[0][3] == 0:
-        return 0.0, None
-    return top[0][3], top[0][0]
-
-
-def labeler(
-    derivative: str, params: Mapping[str, np.ndarray], outputs: Mapping[str, tuple[int, ...]]
-) -> Label:
-    """How a report names the element at ``index`` of its value ``name``: ``w[1]``; a
-    Hessian's ``∂²/∂w[0]∂b``; a Jacobian's ``∂f[2]/∂w[0]``; a per-example gradient's
-    ``w[0] of row 3``."""
-    wrt = element_labels(params)
-    of = element_labels({path or "f": np.zeros(shape) for path, shape in outputs.items()})
-
-    def label(name: str, index: tuple[int, ...]) -> str:
-        if derivative == "hessian":  # a flattened (P, P) matrix: name both elements
-            return f"∂²/∂{wrt[index[0]]}∂{wrt[index[1]]}"
-        if derivative == "jacobian":  # a flattened (M, P) matrix
-            return f"∂{of[index[0]]}/∂{wrt[index[1]]}"
-        if derivative == "per-example":
-            return f"{element(name, index[1:])} of row {index[0]}"
-        return element(name, index)
-
-    return label
-
-
-def outlier(
-    names: tuple[str, ...], agree: np.ndarray, implementations: Mapping[str, str] | None = None
-) -> str | None:
-    """The one engine that disagrees with all others while they all agree among themselves.
-
-    Engines that ran one implementation (``implementations``, engine to implementation)
-    are one voice: two torch engines agreeing on a NativeProblem's torch code do not outvote
-    its jax code, since they share any bug in it. It takes three voices to name an outlier;
-    the outlier returned is the first engine of the implementation that stands alone.
-    """
-    voice = {name: (implementations or {}).get(name, name) for name in names}
-    voices = list(dict.fromkeys(voice.values()))
-    if len(voices) < 3:
-        return None
-    for alone in voices:
-        mine = [i for i, name in enumerate(names) if voice[name] == alone]
-        others = [j for j in range(len(names)) if j not in mine]
-        if (
-            not any(agree[i, j] for i in mine for j in others)
-            and all(agree[j, k] for j in others for k in others)
-            and all(agree[i, k] for i in mine for k in mine)
-        ):
-            return names[mine[0]]
-    return None
-
-
-def implementations_of(
-    engines: Mapping[str, GradientEngine], problem: AbstractProblem
-) -> dict[str, str]:
-    """Which code of ``problem`` each engine ran, for a problem whose engines share some:
-    a [`NativeProblem`][gradlab.NativeProblem]'s implementation for the engine's framework,
-    or its hand derivation for an engine that runs that. Empty for a problem written once
-    against ``xp``: each engine differentiates that one definition its own way, and is its
-    own voice."""
-    native = problem.problem if isinstance(problem, FlatView) else problem
-    if not isinstance(native, NativeProblem):
-        return {}
-    return {
-        name: "hand derivation"
-        if getattr(engine, "runs_hand", False)
-        else f"{framework_of(engine.xp)} implementation"
-        for name, engine in engines.items()
-    }
+    return KINDS[name].name
 
 
 def _and(names: Sequence[str]) -> str:

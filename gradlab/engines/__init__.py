@@ -4,7 +4,7 @@ No engine module imports its framework at import time; each does so when an engi
 constructed, so ``import gradlab`` imports no framework (torch, jax, TensorFlow, MLX).
 """
 
-from gradlab._boundary import checked_loss as checked_loss
+from gradlab._loss import checked_loss as checked_loss
 from gradlab.engines._complex_step import ComplexStepEngine as ComplexStepEngine
 from gradlab.engines._fd import FiniteDifferenceEngine as FiniteDifferenceEngine
 from gradlab.engines._jax import JaxEngine as JaxEngine

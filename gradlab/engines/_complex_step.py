@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import checked_loss, checked_output
+from gradlab._checks import read_only
 from gradlab._errors import NotSupported
+from gradlab._loss import checked_loss, checked_output
 from gradlab._tree import structure, tree_map
-from gradlab.engines._numpy import read_only
+from gradlab.engines._derive import jacobian_from_jvp, vjp_from_jacobian
 from gradlab.engines._protocol import (
     JVP,
     VJP,
@@ -290,8 +291,6 @@ class ComplexStepEngine(AbstractEngine):
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
         """One complex-step derivative per parameter element (a column of a 1 × P Jacobian)."""
-        from gradlab._jacobian import jacobian_from_jvp
-
         return jacobian_from_jvp(_jvp(checked_loss(problem)))
 
     def jvp(self, problem: AbstractProblem) -> JVP:
@@ -300,14 +299,10 @@ class ComplexStepEngine(AbstractEngine):
 
     def jacobian(self, problem: AbstractProblem) -> Jacobian:
         """Column by column: one complex step per parameter element."""
-        from gradlab._jacobian import jacobian_from_jvp
-
         return jacobian_from_jvp(self.jvp(problem))
 
     def vjp(self, problem: AbstractProblem) -> VJP:
         """The complex-step Jacobian, contracted with the cotangent."""
-        from gradlab._jacobian import vjp_from_jacobian
-
         return vjp_from_jacobian(self.jacobian(problem))
 
     def describe(self) -> dict[str, Any]:

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import checked_loss, checked_output
-from gradlab._checks import check_positive_float
+from gradlab._checks import check_positive_float, read_only
 from gradlab._errors import ArgumentError
+from gradlab._loss import checked_loss, checked_output
 from gradlab._tree import structure
-from gradlab.engines._numpy import read_only
+from gradlab.engines._derive import jacobian_from_jvp, vjp_from_jacobian
 from gradlab.engines._protocol import (
     HVP,
     JVP,
@@ -203,14 +203,10 @@ class FiniteDifferenceEngine(AbstractEngine):
 
     def jacobian(self, problem: AbstractProblem) -> Jacobian:
         """Column by column: one directional difference per parameter element."""
-        from gradlab._jacobian import jacobian_from_jvp
-
         return jacobian_from_jvp(self.jvp(problem))
 
     def vjp(self, problem: AbstractProblem) -> VJP:
         """The differenced Jacobian, contracted with the cotangent (no reverse mode here)."""
-        from gradlab._jacobian import vjp_from_jacobian
-
         return vjp_from_jacobian(self.jacobian(problem))
 
     def _gradient(

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from gradlab._boundary import checked_loss, checked_output
 from gradlab._checks import check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._fingerprint import Compiled, fingerprint, key
+from gradlab._loss import checked_loss, checked_output
 from gradlab.engines._protocol import (
     HVP,
     JVP,
@@ -51,20 +52,24 @@ class JaxEngine(AbstractEngine):
     Args:
         device: A JAX platform (``"cpu"``, ``"gpu"``, ``"cuda"``, ``"tpu"``) or ``None`` for
             JAX's default device.
-        unroll: How many loop steps each iteration of the compiled ``lax.scan`` runs. A tiny
-            loop body (the seed's model on 100 points) costs less per step when XLA sees
-            several steps at once (measured: 8 steps per iteration take about 30 % less
-            time than 1); the results are the same step for step, and compiling takes
-            slightly longer.
+        unroll: How many loop steps each iteration of the compiled loop runs; ``None`` (the
+            default) chooses from the size of the loop body. A tiny body (the seed's model
+            on 100 points) costs less per step when XLA sees several steps at once (8 steps
+            per iteration take about 30 % less time than 1), and compiling 8 copies of it
+            takes a fraction of a second. A large one (a transformer) runs no faster
+            unrolled, and compiling 8 copies takes about 3.5 times as long
+            (``benchmarks/compile_times.py``), so it gets 1. The results are the same step
+            for step whatever the unroll.
     """
 
     name = "jax"
+    xp: Any  # set by __init__, which imports jax
     compiled_loop = True
 
-    def __init__(self, *, device: str | None = None, unroll: int = 8) -> None:
+    def __init__(self, *, device: str | None = None, unroll: int | None = None) -> None:
         self._jax = importlib.import_module("jax")
         self.xp = importlib.import_module("jax.numpy")
-        self.unroll = check_positive_int(unroll, "unroll")
+        self.unroll = None if unroll is None else check_positive_int(unroll, "unroll")
         if device is not None and not isinstance(device, str):
             raise ArgumentTypeError(
                 "device", f"must be a JAX platform name such as 'cpu', or None, got {device!r}"
@@ -170,13 +175,30 @@ class JaxEngine(AbstractEngine):
     def run(
         self, step: Step, carry: Carry, data: Data, steps: int
     ) -> tuple[Carry, tuple[Array, ...]]:
-        """The loop body, ``steps`` times, as one compiled ``lax.scan``."""
+        """The loop body, ``steps`` times, as one compiled loop.
+
+        One program per body runs any number of steps up to the number it was compiled for
+        (``_compiled_scan``), so a fit's shorter last stretch and a stop rule's cut reuse the
+        loop of its first stretch. A large body that records its parameters (a trajectory)
+        is not compiled a second time with the recording inside: its plain loop runs one
+        step at a time (``_step_by_step``), where a dispatch costs little beside the step.
+        What is decided once per body, step count and unroll (the plan) is cached.
+        """
         with self._precision(_first_float_dtype(carry)):
             # The body compares equal across fits with the same (unchanged) problem and the
             # same optimizer; the optimizer's fingerprint catches one whose closure changed.
-            optimizer = fingerprint(getattr(step, "optimizer", None))
-            loop = _compiled_scan(step, optimizer, steps, min(self.unroll, steps))
-            result: tuple[Carry, tuple[Array, ...]] = loop(carry, data)
+            # A body from gradlab's loop carries it (taken once per prepared fit); any other
+            # body's optimizer is fingerprinted here.
+            optimizer = getattr(step, "key", None)
+            if optimizer is None:
+                optimizer = fingerprint(getattr(step, "optimizer", None))
+            plan_key = (step, optimizer, steps, self.unroll)
+            plan = _PLANS.get(plan_key)
+            if plan is None:
+                plan = _PLANS[plan_key] = _plan(step, optimizer, steps, self.unroll, carry, data)
+                while len(_PLANS) > _PLANS_KEPT:  # the oldest first (dicts keep their order)
+                    _PLANS.pop(next(iter(_PLANS)), None)
+            result = plan(carry, data)
         return result
 
     def describe(self) -> dict[str, Any]:
@@ -395,20 +417,278 @@ def _identity(device: Any) -> Callable[..., tuple[Array, ...]]:
     return jax.jit(lambda *arrays: arrays, out_shardings=placed)  # type: ignore[no-any-return]
 
 
+@runtime_checkable
+class RecordingStep(Protocol):
+    """A loop body that records values at every step which the carry it starts from holds
+    (gradlab's ``Step`` with ``record``: the parameters, for a trajectory).
+
+    Its outputs are those of ``without_record()`` followed by ``recorded(carry)``. A large
+    one is run one step at a time through the loop compiled for ``without_record()``,
+    which a fit without the recording compiles too, instead of compiling a second loop.
+    """
+
+    record: tuple[str, ...]
+
+    def __call__(self, carry: Carry, data: Data) -> tuple[Carry, tuple[Array, ...]]: ...
+
+    def without_record(self) -> Step:
+        """The same body, recording nothing."""
+        ...
+
+    def recorded(self, carry: Carry) -> tuple[Array, ...]:
+        """What a step from ``carry`` adds to the outputs of ``without_record()``."""
+        ...
+
+
+#: Jaxpr equations (nested calls counted) that one unrolled loop iteration may hold: a body
+#: of up to 32 unrolls 8 steps, up to 64 4, up to 128 2, a larger one 1 (``_Body.unroll``).
+#: Compiling grows with the copies of the body XLA sees, and the gain of unrolling shrinks
+#: as the step grows. Measured on 2 CPU cores (benchmarks/compile_times.py; µs per step,
+#: first fit's seconds): the seed (25 equations) 0.83 → 0.71 µs at 8, first fit 0.50 →
+#: 0.66 s; linear and logistic regression and an MLP on 100 points (61, 91, 111) gain
+#: 8–12 % at 2 and nothing more at 8, which doubles or triples the first fit; the MLP
+#: classifier (135) gains nothing (slower at 8: 26 against 15 µs) and compiles 1.2 s
+#: against 4.1 s at 8; a 2-block transformer (≈ 1,000) steps no faster and compiles
+#: about 3.5 times as long at 8.
+_UNROLL_BUDGET = 256
+_MAX_UNROLL = 8
+
+#: Spare room (bytes of outputs never written) a compiled loop may carry when it runs
+#: fewer steps than it was compiled for; beyond it (and beyond the room used) a loop of
+#: the length asked for is compiled instead. Plain bodies' outputs are a few numbers a step.
+_SPARE_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class _Body:
+    """What ``run`` learns of a loop body from tracing it once."""
+
+    #: Equations of one step's jaxpr, those of the jaxprs it calls included.
+    size: int
+    #: Bytes of one step's outputs (a loop keeps one row of them per step).
+    step_bytes: int
+
+    @property
+    def unroll(self) -> int:
+        """Steps per loop iteration: the most, up to 8, whose equations fit the budget."""
+        unroll = _MAX_UNROLL
+        while unroll > 1 and unroll * self.size > _UNROLL_BUDGET:
+            unroll //= 2
+        return unroll
+
+    @property
+    def large(self) -> bool:
+        """Too large to unroll, and so too large to compile twice."""
+        return self.unroll == 1
+
+
+_BODIES: Compiled[_Body] = Compiled()
+
+#: How many step counts a body was compiled for (per optimizer and unroll asked for).
+_CAPACITIES: Compiled[list[int]] = Compiled()
+
+#: ``run``'s plans by body, optimizer, step count and unroll: what to call, decided once.
+_PLANS: dict[Hashable, Callable[[Carry, Data], tuple[Carry, tuple[Array, ...]]]] = {}
+_PLANS_KEPT = 256
+
+
+def _plan(
+    step: Step, optimizer: Hashable, steps: int, unroll: int | None, carry: Carry, data: Data
+) -> Callable[[Carry, Data], tuple[Carry, tuple[Array, ...]]]:
+    """How ``run`` runs ``steps`` steps of ``step``: tracing it (once, for the program that
+    compiles it), choosing the unroll and the compiled length to reuse."""
+    if isinstance(step, RecordingStep) and step.record:
+        plain = step.without_record()
+        body = _body(plain, optimizer, carry, data)
+        if body.large:
+            # Any loop of the plain body runs one step: the plain fit's, if it ran first.
+            loop, _ = _program(plain, optimizer, steps, unroll or body.unroll, body, need=1)
+            return functools.partial(_step_by_step, step, loop, steps)
+    body = _body(step, optimizer, carry, data)
+    loop, capacity = _program(step, optimizer, steps, unroll or body.unroll, body)
+    if capacity == steps:
+        return functools.partial(_call, loop, steps)
+    return functools.partial(_call_cut, loop, steps, _head(steps))
+
+
+def _call(
+    loop: Callable[..., Any], steps: int, carry: Carry, data: Data
+) -> tuple[Carry, tuple[Array, ...]]:
+    return loop(carry, data, steps)  # type: ignore[no-any-return]
+
+
+def _call_cut(
+    loop: Callable[..., Any],
+    steps: int,
+    head: Callable[[Any], tuple[Array, ...]],
+    carry: Carry,
+    data: Data,
+) -> tuple[Carry, tuple[Array, ...]]:
+    end, rows = loop(carry, data, steps)
+    return end, head(rows)
+
+
+def _body(step: Step, optimizer: Hashable, carry: Carry, data: Data) -> _Body:
+    """Trace ``step`` once, by the jitted function the loop calls: the loop's own trace then
+    finds it in jit's cache (a body is traced once, whatever the unroll)."""
+
+    def trace() -> _Body:
+        traced = _jitted_step(step, optimizer).trace(carry, data)
+        _, outputs = traced.out_info
+        step_bytes = sum(
+            int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+            for leaf in _tree_leaves()(outputs)
+        )
+        return _Body(_size(traced.jaxpr.jaxpr), step_bytes)
+
+    return _BODIES.get((step, optimizer), trace)
+
+
+def _size(jaxpr: Any) -> int:
+    """Equations of ``jaxpr``, those of the jaxprs its equations call included."""
+    subjaxprs = importlib.import_module("jax.extend.core").subjaxprs
+    return len(jaxpr.eqns) + sum(_size(inner) for inner in subjaxprs(jaxpr))
+
+
+def _program(
+    step: Step, optimizer: Hashable, steps: int, unroll: int, body: _Body, need: int | None = None
+) -> tuple[Callable[..., Any], int]:
+    """A compiled loop of ``step`` that runs ``need`` steps (``steps`` unless given), and the
+    number of steps it was compiled for: one compiled already when its spare room is small,
+    else one compiled for ``steps``."""
+    need = steps if need is None else need
+    lengths = _CAPACITIES.get((step, optimizer, unroll), list)
+    spare = max(need * body.step_bytes, _SPARE_BYTES)
+    usable = [n for n in lengths if n >= need and (n - need) * body.step_bytes <= spare]
+    capacity = min(usable) if usable else steps
+    if capacity not in lengths:
+        lengths.append(capacity)
+    return _compiled_scan(step, optimizer, capacity, min(unroll, capacity)), capacity
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted_step(step: Step, optimizer: Hashable) -> Any:
+    """``jit`` of one step, the function every loop of this body calls, so that the body is
+    traced once. A closure of its own per body and optimizer fingerprint: jit's cache keys
+    on the function, and two bodies that compare equal may hold an optimizer whose closure
+    changed in between."""
+    jax = importlib.import_module("jax")
+    return jax.jit(lambda carry, data: step(carry, data))
+
+
 @functools.lru_cache(maxsize=256)
 def _compiled_scan(
-    step: Step, optimizer: Hashable, steps: int, unroll: int
-) -> Callable[[Carry, Data], Any]:
-    """The loop, compiled once per loop body (and optimizer fingerprint), step count and unroll.
+    step: Step, optimizer: Hashable, capacity: int, unroll: int
+) -> Callable[[Carry, Data, int], Any]:
+    """The loop, compiled once per body (and optimizer fingerprint), length and unroll:
+    ``loop(carry, data, n)`` runs ``n`` ≤ ``capacity`` steps and returns the last carry and
+    each output stacked in ``capacity`` rows (those past ``n`` zero).
 
-    Cached on the body, a hashable object that compares equal across fits with the same
-    problem and optimizer, so a second fit reuses the compiled loop; the jitted function
-    then takes arrays only, which jit dispatches fastest. The data is an argument, not a
-    captured constant, so it is not baked into the program (large data is not copied in).
+    ``n`` is an argument, not part of the program, so one program serves a fit's stretches
+    of any length up to ``capacity``. It is ``lax.scan`` written out: a ``while_loop`` of
+    ``unroll`` steps per iteration while that many remain, then one of single steps, each
+    step writing its outputs' row (the same arithmetic as ``scan``, step for step). Cached
+    on the body, a hashable object that compares equal across fits with the same problem
+    and optimizer, so a second fit reuses the compiled loop; the jitted function then takes
+    arrays only, which jit dispatches fastest. The data is an argument, not a captured
+    constant, so it is not baked into the program (large data is not copied in).
     """
     jax = importlib.import_module("jax")
+    jnp = importlib.import_module("jax.numpy")
+    lax = jax.lax
+    stepped = _jitted_step(step, optimizer)
 
-    def scan(carry: Carry, data: Data) -> Any:
-        return jax.lax.scan(lambda c, _: step(c, data), carry, None, length=steps, unroll=unroll)
+    def loop(carry: Carry, data: Data, n: Any) -> Any:
+        _, shapes = jax.eval_shape(stepped, carry, data)
+        rows = jax.tree_util.tree_map(lambda s: _zero_rows(capacity, s, s.sharding), shapes)
 
-    return jax.jit(scan)  # type: ignore[no-any-return]
+        def advance(i: Any, carry: Carry, rows: Any) -> tuple[Carry, Any]:
+            carry, out = stepped(carry, data)
+            rows = jax.tree_util.tree_map(
+                lambda row, value: lax.dynamic_update_index_in_dim(row, value, i, 0), rows, out
+            )
+            return carry, rows
+
+        def several(state: Any) -> Any:
+            i, carry, rows = state
+            for j in range(unroll):
+                carry, rows = advance(i + j, carry, rows)
+            return i + unroll, carry, rows
+
+        def one(state: Any) -> Any:
+            i, carry, rows = state
+            return (i + 1, *advance(i, carry, rows))
+
+        state = (jnp.int32(0), carry, rows)
+        if unroll > 1:
+            state = lax.while_loop(lambda s: s[0] + unroll <= n, several, state)
+        _, carry, rows = lax.while_loop(lambda s: s[0] < n, one, state)
+        return carry, rows
+
+    return jax.jit(loop)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=64)
+def _head(steps: int) -> Callable[[Any], tuple[Array, ...]]:
+    """The first ``steps`` rows of each output of a loop compiled for more."""
+    jax = importlib.import_module("jax")
+    return jax.jit(lambda rows: tuple(row[:steps] for row in rows))  # type: ignore[no-any-return]
+
+
+def _step_by_step(
+    step: RecordingStep, loop: Callable[..., Any], steps: int, carry: Carry, data: Data
+) -> tuple[Carry, tuple[Array, ...]]:
+    """``steps`` steps of a recording body, one call of the plain body's loop each, the
+    outputs (and what the body records, from the carry before each step) written into
+    buffers on the device: what the recording loop would return, without compiling it."""
+    buffers = None
+    for i in range(steps):
+        recorded = step.recorded(carry)
+        carry, rows = loop(carry, data, 1)
+        if buffers is None:
+            buffers = _buffers(steps)(rows, recorded)
+        else:
+            buffers = _write()(buffers, rows, recorded, i)
+    return carry, tuple(buffers or ())
+
+
+@functools.lru_cache(maxsize=64)
+def _buffers(steps: int) -> Callable[..., list[Array]]:
+    """Buffers for ``steps`` rows of a step's outputs (the first rows of a loop's) and of
+    what it records, holding the first step's."""
+    jax = importlib.import_module("jax")
+
+    def first(rows: tuple[Array, ...], recorded: tuple[Array, ...]) -> list[Array]:
+        values = [row[0] for row in rows] + list(recorded)
+        return [_zero_rows(steps, v, jax.typeof(v).sharding).at[0].set(v) for v in values]
+
+    return jax.jit(first)  # type: ignore[no-any-return]
+
+
+def _zero_rows(length: int, like: Any, sharding: Any) -> Array:
+    """Zeros for ``length`` rows of values shaped like ``like``, each row laid out as they
+    are (``sharding``: theirs on the data-parallel engine's mesh, or ``None``), as
+    ``lax.scan`` lays out its stacked outputs."""
+    jax = importlib.import_module("jax")
+    jnp = importlib.import_module("jax.numpy")
+    if sharding is not None:
+        sharding = sharding.update(spec=jax.sharding.PartitionSpec(None, *sharding.spec))
+    return jnp.zeros((length, *like.shape), like.dtype, out_sharding=sharding)
+
+
+@functools.cache
+def _write() -> Callable[..., list[Array]]:
+    """Write one step's outputs (row 0 of a loop's) and recordings into row ``i`` of the
+    buffers, in place (the buffers are donated)."""
+    jax = importlib.import_module("jax")
+
+    def write(
+        buffers: list[Array], rows: tuple[Array, ...], recorded: tuple[Array, ...], i: Any
+    ) -> list[Array]:
+        values = [row[0] for row in rows] + list(recorded)
+        return [
+            jax.lax.dynamic_update_index_in_dim(buffer, value, i, 0)
+            for buffer, value in zip(buffers, values, strict=True)
+        ]
+
+    return jax.jit(write, donate_argnums=0)  # type: ignore[no-any-return]

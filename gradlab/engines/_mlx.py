@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import checked_loss
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._fingerprint import Compiled, fingerprint, key
+from gradlab._loss import checked_loss
 from gradlab._tree import leaves as tree_leaves
 from gradlab.engines._protocol import (
     HVP,
@@ -62,6 +62,7 @@ class MlxEngine(AbstractEngine):
     """
 
     name = "mlx"
+    xp: Any  # set by __init__, which imports mlx
     compiled_loop = True
 
     def __init__(self, *, device: str = "cpu", compile: bool = True) -> None:

@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import checked_output
+from gradlab._checks import read_only
 from gradlab._errors import GradlabError, ProblemError, first_line
+from gradlab._loss import checked_output, hand
+from gradlab.engines._derive import jvp_from_jacobian, vjp_from_jacobian
 from gradlab.engines._protocol import (
     HVP,
     JVP,
@@ -28,25 +30,11 @@ from gradlab.problems._base import (
 )
 
 
-def read_only(array: np.ndarray, dtype: str) -> np.ndarray:
-    """``array`` in ``dtype`` for a NumPy engine: a read-only view where it already is one,
-    else a read-only copy.
-
-    Why not always a copy: the data of a fit is checked once and then only read, and a
-    copy of large data cost a float64 fit of 10⁶ points 3.5 ms of its 4.6 ms fixed cost.
-    Read-only keeps the promise that user data is never written: a hand gradient that
-    wrote into its data would fail loudly instead of corrupting the next step.
-    """
-    view: np.ndarray = np.asarray(array, dtype=dtype).view()
-    view.flags.writeable = False
-    return view
-
-
 def _hand(problem: AbstractProblem, name: str, function: Callable[..., Any]) -> Any:
     """``function``, a hand derivation, marked ``hand`` and naming itself when it raises: a
     hand gradient that fails is its author's to fix, not the loss's."""
 
-    def hand(*args: Any) -> Any:
+    def derivation(*args: Any) -> Any:
         try:
             return function(*args)
         except (GradlabError, MemoryError):
@@ -56,8 +44,7 @@ def _hand(problem: AbstractProblem, name: str, function: Callable[..., Any]) -> 
                 problem.name, name, f"raised {type(error).__name__}: {first_line(error)}", "numpy"
             ) from error
 
-    hand.hand = True  # type: ignore[attr-defined]
-    return hand
+    return hand(derivation)
 
 
 class NumpyEngine(AbstractEngine):
@@ -106,19 +93,14 @@ class NumpyEngine(AbstractEngine):
 
         else:
             raise missing_hand_jacobian(problem)
-        jacobian.hand = True  # type: ignore[attr-defined]
-        return jacobian
+        return hand(jacobian)
 
     def jvp(self, problem: AbstractProblem) -> JVP:
         """The hand-derived Jacobian, contracted with the tangent."""
-        from gradlab._jacobian import jvp_from_jacobian
-
         return jvp_from_jacobian(self.jacobian(problem))
 
     def vjp(self, problem: AbstractProblem) -> VJP:
         """The hand-derived Jacobian, contracted with the cotangent."""
-        from gradlab._jacobian import vjp_from_jacobian
-
         return vjp_from_jacobian(self.jacobian(problem))
 
     def describe(self) -> dict[str, Any]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
-from gradlab._errors import ArgumentError, NotSupported
+from gradlab._errors import ArgumentError, ArgumentTypeError, EngineDefinitionError, NotSupported
+from gradlab._loss import hand, runs_hand
 from gradlab._tree import leaves, tree_map
 from gradlab.problems._base import AbstractProblem
 
@@ -135,9 +136,18 @@ class GradientEngine(Protocol):
             it, or a clock read after a call measures only the dispatch. Default: nothing
             to wait for.
 
-    The optional members are looked up in one place (``hvp_of``, ``objective_of``,
-    ``block_of``, ``asarrays_of``, ``to_numpy_all_of``, ``asinputs_of`` and
-    ``is_approximate`` in this module), never probed elsewhere.
+    Optional attribute, for reports on a [`NativeProblem`][gradlab.NativeProblem]:
+
+        runs_hand: ``True`` when it runs a problem's hand derivation instead of
+            differentiating its loss (like ``numpy``). Default ``False``.
+
+    The optional members are typed by the Protocols of this module (``SecondDerivatives``,
+    ``VectorDerivatives``, ``PerExampleGradients``, ``Timing``, ``BatchedMoves``,
+    ``SpreadRows``, ``Facts``) and looked up in one place (``hvp_of``, ``objective_of``,
+    ``block_of``, ``asarrays_of``, ``to_numpy_all_of``, ``asinputs_of``, ``is_approximate``,
+    ``runs_hand_of``, ... in this module), never probed elsewhere. The required members
+    (``REQUIRED``) are checked when an ``AbstractEngine`` subclass is defined, and on any
+    other engine object when it is handed to gradlab (``check_engine``).
 
     The easiest way to write an engine is to subclass [`AbstractEngine`][gradlab.AbstractEngine],
     which supplies ``run``, ``to_numpy``, ``describe`` and every optional member; see
@@ -178,8 +188,132 @@ class GradientEngine(Protocol):
         ...
 
 
+#: The members every engine has, each with what it is (for the errors that name one missing).
+REQUIRED: dict[str, str] = {
+    "name": "its registry name, a str",
+    "xp": "the array namespace its losses are evaluated with",
+    "asarray": "asarray(array, dtype), a NumPy array to an engine array",
+    "to_numpy": "to_numpy(array), an engine array back to NumPy",
+    "value_and_grad": "value_and_grad(problem), the (params, data) -> (loss, grads) function",
+    "run": "run(step, carry, data, steps), the loop",
+    "describe": "describe(), facts for provenance",
+}
+#: The required members that are values rather than methods: an engine's ``__init__`` may
+#: set them (torch's ``xp`` exists once torch is imported), so a class declares them by a
+#: value, a property or an annotation (``xp: Any``) in its body.
+_VALUES = ("name", "xp")
+
+
+# The optional members, typed: an engine may have any of them (AbstractEngine has most, with
+# defaults); gradlab looks each up in one place below (``hvp_of``, ``block_of``, ...).
+
+
+class SecondDerivatives(Protocol):
+    """Optional: Hessian-vector products of a scalar loss."""
+
+    def hvp(self, problem: AbstractProblem) -> HVP:
+        """``(params, tangent, data) -> H·tangent``."""
+        ...
+
+
+class VectorDerivatives(Protocol):
+    """Optional: derivatives of vector-valued functions (any nest of arrays)."""
+
+    def jacobian(self, problem: AbstractProblem) -> Jacobian:
+        """``(params, data) -> (value, J)``, laid out as ``jax.jacobian`` lays it out."""
+        ...
+
+    def jvp(self, problem: AbstractProblem) -> JVP:
+        """``(params, tangent, data) -> (value, J·tangent)``."""
+        ...
+
+    def vjp(self, problem: AbstractProblem) -> VJP:
+        """``(params, data) -> (value, pullback)``, as ``jax.vjp``."""
+        ...
+
+
+class PerExampleGradients(Protocol):
+    """Optional: each row's gradient, vectorised (the default loops over rows)."""
+
+    def per_example_grads(self, problem: AbstractProblem) -> PerExample:
+        """``(params, data) -> grads``, each of shape ``(rows,) + param.shape``."""
+        ...
+
+
+class Timing(Protocol):
+    """Optional, for benchmarks: the function alone, and a wait for asynchronous work."""
+
+    def objective(self, problem: AbstractProblem) -> Objective:
+        """``(params, data) -> loss``, computed as this engine computes it."""
+        ...
+
+    def output(self, problem: AbstractProblem) -> Objective:
+        """``(params, data) -> value`` of a vector-valued function."""
+        ...
+
+    def block(self, tree: Any) -> Any:
+        """Wait until every array in ``tree`` is computed; return ``tree``."""
+        ...
+
+
+class BatchedMoves(Protocol):
+    """Optional: several arrays moved in one transfer, and data placed apart from parameters."""
+
+    def asarrays(self, arrays: Sequence[np.ndarray], dtype: str) -> list[Array]:
+        """NumPy arrays as engine arrays of ``dtype``, one back for each."""
+        ...
+
+    def to_numpy_all(self, arrays: Sequence[Array]) -> list[np.ndarray]:
+        """Engine arrays back as NumPy arrays, one back for each."""
+        ...
+
+    def asinputs(
+        self, data: Sequence[np.ndarray], params: Sequence[np.ndarray], dtype: str
+    ) -> tuple[list[Array], list[Array]]:
+        """A call's data and parameters as engine arrays: ``(data, params)``."""
+        ...
+
+
+class SpreadRows(Protocol):
+    """Optional, for data-parallel launches whose processes each pass only their rows."""
+
+    def total_rows(self, rows: int) -> int:
+        """The rows of all processes' data, given this process's ``rows``."""
+        ...
+
+
+class Facts(Protocol):
+    """Optional attributes: what an engine is, for comparisons, listings and loops (read
+    only: a class attribute or a property will do)."""
+
+    @property
+    def approximate(self) -> bool:
+        """Its derivatives are approximations (finite differences)."""
+        ...
+
+    @property
+    def compiled_loop(self) -> bool:
+        """``run`` executes the loop body as compiled code."""
+        ...
+
+    @property
+    def runs_hand(self) -> bool:
+        """It runs a problem's hand derivation rather than differentiating its loss."""
+        ...
+
+    @property
+    def loop_xp(self) -> Any:
+        """The namespace of the arrays its loop holds, where it is not ``xp``."""
+        ...
+
+
 class AbstractEngine(abc.ABC):
     """Base class for engines: implement ``name``, ``xp``, ``asarray`` and ``value_and_grad``.
+
+    A class without one of them is refused where it is defined, with an
+    ``EngineDefinitionError`` naming the class and the member. A base class meant to be
+    subclassed says so, ``class MyBase(AbstractEngine, abstract=True)`` (as does one whose
+    name starts with ``Abstract``), and is not checked; its concrete subclasses are.
 
     It supplies the protocol's defaults: ``run`` as a plain Python loop that stacks the
     per-step outputs once at the end (so there is no host synchronisation per step),
@@ -196,6 +330,36 @@ class AbstractEngine(abc.ABC):
     approximate: bool = False
     #: Whether ``run`` executes the loop body as compiled code (for listings).
     compiled_loop: bool = False
+    #: Whether it runs a problem's hand derivation instead of differentiating its loss (the
+    #: ``numpy`` engine): a report counts it as that code, not as the loss's implementation.
+    runs_hand: bool = False
+
+    def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
+        """Refuse a concrete engine class that lacks a required member, where it is defined.
+
+        Args:
+            abstract: The class is a base for other engines (it may lack members); an
+                ``Abstract…`` name says the same.
+            **kwargs: For the next class in line.
+
+        Raises:
+            EngineDefinitionError: a required member is missing; the message names it and
+                the class.
+        """
+        super().__init_subclass__(**kwargs)
+        if abstract or cls.__name__.startswith("Abstract"):
+            return
+        missing = tuple(member for member in REQUIRED if not _declares(cls, member))
+        if missing:
+            raise EngineDefinitionError(
+                f"{cls.__module__}.{cls.__qualname__}",
+                missing,
+                f"engine class {cls.__qualname__} lacks {_listing(missing)}: define "
+                f"{'it' if len(missing) == 1 else 'them'} in the class body (a value such as "
+                f'`name = "my-engine"`, or an annotation such as `xp: Any` where __init__ '
+                "sets it), or declare a base class "
+                f"`class {cls.__name__}(AbstractEngine, abstract=True)`",
+            )
 
     @abc.abstractmethod
     def asarray(self, array: np.ndarray, dtype: str) -> Array:
@@ -288,15 +452,77 @@ class AbstractEngine(abc.ABC):
         return f"<gradlab engine {self.name!r}>"
 
 
+def _declares(cls: type, member: str) -> bool:
+    """Whether an engine class has ``member``: a method that is not abstract, or a value
+    given, or declared, below ``AbstractEngine`` (whose own annotations promise nothing)."""
+    if member not in _VALUES:
+        method = getattr(cls, member, None)
+        return callable(method) and not getattr(method, "__isabstractmethod__", False)
+    for klass in cls.__mro__:
+        if klass in (AbstractEngine, abc.ABC, object):
+            continue
+        if member in vars(klass) or member in vars(klass).get("__annotations__", {}):
+            return True
+    return False
+
+
+def _listing(members: Sequence[str]) -> str:
+    """One member with what it is (``name (its registry name, a str)``), or several named."""
+    if len(members) == 1:
+        return f"{members[0]} ({REQUIRED[members[0]]})"
+    return ", ".join(members)
+
+
+def check_engine(engine: object, argument: str = "engine") -> GradientEngine:
+    """``engine`` if it is an engine object; else an error naming ``argument`` and, for an
+    object that is partly an engine, the members it lacks.
+
+    An [`AbstractEngine`][gradlab.AbstractEngine] has its methods (checked when its class
+    was made); only the values its ``__init__`` may set are looked for. Any other object is
+    held against the whole [`GradientEngine`][gradlab.GradientEngine] protocol. Either
+    costs well under a microsecond: ``get_engine`` calls it on every call that is handed
+    an engine object.
+
+    Raises:
+        ArgumentTypeError: ``engine`` is not an engine, or lacks a required member.
+    """
+    if isinstance(engine, type):
+        raise ArgumentTypeError(
+            argument,
+            f"is the class {engine.__name__}; pass an engine object, {engine.__name__}()",
+        )
+    missing = missing_members(engine)
+    if len(missing) == len(REQUIRED):  # nothing of an engine: say what is wanted
+        raise ArgumentTypeError(
+            argument, f"must be an engine name or a GradientEngine, got {type(engine).__name__}"
+        )
+    if missing:
+        raise ArgumentTypeError(
+            argument,
+            f"is a {type(engine).__name__}, which lacks {_listing(missing)} of the "
+            "GradientEngine protocol (subclass gradlab.AbstractEngine for the defaults)",
+        )
+    return cast(GradientEngine, engine)
+
+
+def missing_members(engine: object) -> tuple[str, ...]:
+    """The required members an engine object lacks: for an ``AbstractEngine``, only the
+    values its ``__init__`` may set (its methods were checked when its class was made)."""
+    if isinstance(engine, AbstractEngine):
+        return tuple(member for member in _VALUES if not hasattr(engine, member))
+    return tuple(
+        member
+        for member in REQUIRED
+        if not (
+            hasattr(engine, member)
+            if member in _VALUES
+            else callable(getattr(engine, member, None))
+        )
+    )
+
+
 # The protocol's optional members, looked up here and nowhere else: an engine that is not an
 # AbstractEngine may lack them, and each has a stated fallback.
-
-
-def runs_hand(function: Callable[..., Any], derivation: Callable[..., Any]) -> bool:
-    """Whether an engine's ``function`` runs the problem's hand ``derivation`` rather than
-    differentiating its loss: marked ``hand`` (gradlab's ``numpy`` engine wraps it, to name
-    it when it raises), or the bound method itself (a plug-in engine may return that)."""
-    return bool(getattr(function, "hand", False)) or function == derivation
 
 
 def value_and_grad_of(engine: GradientEngine, problem: AbstractProblem) -> ValueAndGrad:
@@ -313,7 +539,7 @@ def value_and_grad_of(engine: GradientEngine, problem: AbstractProblem) -> Value
 def hvp_of(engine: GradientEngine, problem: AbstractProblem) -> HVP:
     """The engine's Hessian-vector product for ``problem``, or ``NotSupported`` (also for a
     problem without an implementation for the engine's framework, as ``value_and_grad_of``)."""
-    method = getattr(engine, "hvp", None)
+    method: Callable[[AbstractProblem], HVP] | None = getattr(engine, "hvp", None)
     if method is None:
         raise NotSupported(f"engine {engine.name!r} does not compute Hessian-vector products")
     function: HVP = method(problem)
@@ -335,10 +561,9 @@ def output_of(engine: GradientEngine, problem: AbstractProblem) -> Objective:
 
 def _value_of(engine: GradientEngine, member: str, problem: AbstractProblem) -> Objective:
     """``engine.<member>(problem)``, or else the problem's function on ``engine.xp``."""
-    method = getattr(engine, member, None)
+    method: Callable[[AbstractProblem], Objective] | None = getattr(engine, member, None)
     if method is not None:
-        function: Objective = method(problem)
-        return function
+        return method(problem)
     xp = engine.xp
 
     def value(params: Params, data: Data) -> Array:
@@ -364,14 +589,16 @@ def total_rows_of(engine: GradientEngine) -> Callable[[int], int]:
     """The engine's ``total_rows``: how many rows the data a process passes stands for,
     across all processes (each process of a data-parallel launch may pass only its own
     rows); by default the rows it passes. ``fit`` numbers mini-batches over these."""
-    method = getattr(engine, "total_rows", None)
+    method: Callable[[int], int] | None = getattr(engine, "total_rows", None)
     return (lambda rows: rows) if method is None else method
 
 
 def asarrays_of(engine: GradientEngine) -> Callable[[Sequence[np.ndarray], str], list[Array]]:
     """The engine's ``asarrays`` (one array back per array given, or an error naming the
     engine); by default ``asarray`` on each array."""
-    method = getattr(engine, "asarrays", None)
+    method: Callable[[Sequence[np.ndarray], str], list[Array]] | None = getattr(
+        engine, "asarrays", None
+    )
     if method is None:
 
         def asarrays(arrays: Sequence[np.ndarray], dtype: str) -> list[Array]:
@@ -390,7 +617,10 @@ def asinputs_of(
 ) -> Callable[[Sequence[np.ndarray], Sequence[np.ndarray], str], tuple[list[Array], list[Array]]]:
     """The engine's ``asinputs`` (checked as ``asarrays_of`` checks); by default the data and
     the parameters moved together by ``asarrays``, one transfer where the framework batches."""
-    method = getattr(engine, "asinputs", None)
+    method: (
+        Callable[[Sequence[np.ndarray], Sequence[np.ndarray], str], tuple[list[Array], list[Array]]]
+        | None
+    ) = getattr(engine, "asinputs", None)
     if method is None:
         asarrays = asarrays_of(engine)
 
@@ -417,7 +647,9 @@ def asinputs_of(
 def to_numpy_all_of(engine: GradientEngine) -> Callable[[Sequence[Array]], list[np.ndarray]]:
     """The engine's ``to_numpy_all`` (checked as ``asarrays_of`` checks); by default
     ``to_numpy`` on each array."""
-    method = getattr(engine, "to_numpy_all", None)
+    method: Callable[[Sequence[Array]], list[np.ndarray]] | None = getattr(
+        engine, "to_numpy_all", None
+    )
     if method is None:
 
         def to_numpy_all(arrays: Sequence[Array]) -> list[np.ndarray]:
@@ -443,9 +675,9 @@ def _as_many(engine: GradientEngine, member: str, out: list[Any], count: int) ->
 
 def block_of(engine: GradientEngine) -> Callable[[Any], Any]:
     """The engine's ``block``; by default, bring one result to the host, which waits for it."""
-    method = getattr(engine, "block", None)
+    method: Callable[[Any], Any] | None = getattr(engine, "block", None)
     if method is not None:
-        return method  # type: ignore[no-any-return]
+        return method
 
     def to_host(tree: Any) -> Any:
         engine.to_numpy(tree[0] if isinstance(tree, tuple) else tree)
@@ -490,6 +722,12 @@ def is_approximate(engine: GradientEngine) -> bool:
     return bool(getattr(engine, "approximate", False))
 
 
+def runs_hand_of(engine: GradientEngine) -> bool:
+    """Whether the engine runs a problem's hand derivation rather than differentiating its
+    loss (``runs_hand = True``, the ``numpy`` engine)."""
+    return bool(getattr(engine, "runs_hand", False))
+
+
 def _optional(engine: GradientEngine, member: str, problem: AbstractProblem, what: str) -> Any:
     """``engine.<member>(problem)``, or ``NotSupported`` naming ``what`` when the engine lacks
     it; a problem without an implementation for the engine's framework is refused too,
@@ -498,7 +736,7 @@ def _optional(engine: GradientEngine, member: str, problem: AbstractProblem, wha
     if method is None:
         raise NotSupported(f"engine {engine.name!r} does not compute {what}")
     function = method(problem)
-    if not getattr(function, "hand", False):
+    if not runs_hand(function):
         problem.check_namespace(engine.xp)
     return function
 
@@ -571,6 +809,6 @@ def per_row(engine: GradientEngine, value_and_grad: ValueAndGrad) -> PerExample:
         grads = [value_and_grad(params, row(data, i))[1] for i in range(rows)]
         return {name: xp.stack([grad[name] for grad in grads]) for name in params}
 
-    # Checked already: value_and_grad came through value_and_grad_of.
-    per_example.hand = True  # type: ignore[attr-defined]
-    return per_example
+    # Marked as running a hand derivation so that per_example_of does not check the loss's
+    # namespace again: value_and_grad came through value_and_grad_of, which did.
+    return hand(per_example)

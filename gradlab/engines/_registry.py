@@ -17,7 +17,14 @@ from gradlab._errors import (
     GradlabError,
     UnknownEngine,
 )
-from gradlab.engines._protocol import AbstractEngine, GradientEngine
+from gradlab.engines._protocol import (
+    REQUIRED,
+    AbstractEngine,
+    GradientEngine,
+    check_engine,
+    is_approximate,
+    missing_members,
+)
 
 ENTRY_POINT_GROUP = "gradlab.engines"
 
@@ -162,6 +169,20 @@ def register_engine(
         raise ArgumentError("name", f"must be a non-empty name without commas, got {name!r}")
     if not callable(factory):
         raise ArgumentTypeError("factory", f"must be callable, got {factory!r}")
+    if isinstance(factory, type) and not issubclass(factory, AbstractEngine):
+        # A class that is not an AbstractEngine was not checked when it was defined: its
+        # methods are checked now, its values (set by __init__, perhaps) when it is made.
+        lacks = [
+            member
+            for member in REQUIRED
+            if member not in ("name", "xp") and not callable(getattr(factory, member, None))
+        ]
+        if lacks:
+            raise ArgumentTypeError(
+                "factory",
+                f"the engine class {factory.__name__} lacks {', '.join(lacks)} of the "
+                "GradientEngine protocol (subclass gradlab.AbstractEngine for the defaults)",
+            )
     _load_entry_points()
     if name in _REGISTRY and not overwrite:
         raise ArgumentError(
@@ -221,20 +242,14 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
         ...
         gradlab.UnknownEngine: engine: unknown engine 'nmupy'; did you mean 'numpy'? ...
     """
-    if isinstance(name, type):
-        raise ArgumentTypeError(
-            "engine", f"is the class {name.__name__}; pass an engine object, {name.__name__}()"
-        )
     if not isinstance(name, str):
-        # An AbstractEngine conforms by construction; checking a runtime protocol costs
-        # tens of microseconds, which a short compiled fit would notice.
-        if isinstance(name, (AbstractEngine, GradientEngine)):
-            if options:
-                raise ArgumentError("options", "cannot be given with an engine object")
-            return name
-        raise ArgumentTypeError(
-            "engine", f"must be an engine name or a GradientEngine, got {type(name).__name__}"
-        )
+        # Not a runtime-protocol isinstance, which costs tens of microseconds a short
+        # compiled fit would notice: an AbstractEngine's methods were checked when its class
+        # was made, and check_engine names any member an object lacks.
+        engine = check_engine(name)
+        if options:
+            raise ArgumentError("options", "cannot be given with an engine object")
+        return engine
     _load_entry_points()
     entry = _REGISTRY.get(name)
     if entry is None:
@@ -263,11 +278,52 @@ def get_engine(name: str | GradientEngine, **options: Any) -> GradientEngine:
         raise EngineUnavailable(name, str(error.name or error), entry.extra) from error
     except TypeError as error:
         raise ArgumentError("options", f"engine {name!r} rejected its options: {error}") from None
-    if not (isinstance(engine, (AbstractEngine, GradientEngine))):
+    lacks = missing_members(engine)
+    if lacks:
         raise ArgumentTypeError(
-            "factory", f"engine {name!r}'s factory returned {engine!r}, not a GradientEngine"
+            "factory",
+            f"engine {name!r}'s factory returned {engine!r}, not a GradientEngine (it lacks "
+            f"{', '.join(lacks)})",
         )
     return engine
+
+
+def approximates(name: str) -> bool:
+    """Whether the engine registered under ``name`` declares its derivatives approximate
+    (finite differences), read from its spec without making the engine.
+
+    A built-in or registered engine class answers with its ``approximate`` attribute: its
+    framework is not imported (making a torch or jax engine imports torch or jax, seconds
+    for a question about a class attribute). A factory that is not a class says nothing
+    until it is called, so that engine is made.
+
+    Args:
+        name: A registry name.
+
+    Returns:
+        ``True`` for an engine whose derivatives are approximations; ``False`` for any other,
+        and for a name that is not registered (a data-parallel name, ``"torch-dp2"``, runs
+        an engine that differentiates) or whose engine cannot be made here.
+
+    Examples:
+        >>> from gradlab.engines._registry import approximates
+        >>> approximates("fd"), approximates("jax")
+        (True, False)
+    """
+    _load_entry_points()
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        return False
+    try:
+        factory = entry.factory()
+    except ImportError:  # a plug-in whose module does not import: it cannot run here
+        return False
+    if isinstance(factory, type):
+        return is_approximate(factory)  # type: ignore[arg-type]
+    try:
+        return is_approximate(get_engine(name))
+    except GradlabError:  # not installed, or its factory refused to make it
+        return False
 
 
 def default_engines() -> tuple[str, ...]:
@@ -328,13 +384,13 @@ def engine_list(
     if not items:
         raise ArgumentError(argument, "is empty: name at least one engine")
     for item in items:
-        is_engine = isinstance(item, (AbstractEngine, GradientEngine)) and not isinstance(
-            item, type
-        )
-        if not (isinstance(item, str) and item) and not is_engine:
+        if isinstance(item, str) and item:
+            continue
+        if isinstance(item, (str, type, int, float, bool)) or item is None:
             raise ArgumentTypeError(
                 argument, f"holds {item!r}, which is neither an engine name nor an engine object"
             )
+        check_engine(item, argument)
     names = [item if isinstance(item, str) else item.name for item in items]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import checked_loss, checked_output
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._fingerprint import Compiled, fingerprint, key
+from gradlab._loss import checked_loss, checked_output
 from gradlab._tree import leaves, tree_map
 from gradlab.engines._protocol import (
     HVP,
@@ -56,6 +56,7 @@ class TensorFlowEngine(AbstractEngine):
     """
 
     name = "tensorflow"
+    xp: Any  # set by __init__, which imports TensorFlow
 
     def __init__(self, *, device: str = "cpu") -> None:
         self._tf = importlib.import_module("tensorflow")

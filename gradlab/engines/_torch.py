@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import checked_loss, checked_output
 from gradlab._checks import check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._fingerprint import Compiled, fingerprint, key
+from gradlab._loss import checked_loss, checked_output
 from gradlab._tree import leaves as tree_leaves
 from gradlab._tree import tree_map
 from gradlab.engines._protocol import (
@@ -66,6 +66,7 @@ class TorchEngine(AbstractEngine):
     """
 
     name = "torch"
+    xp: Any  # set by __init__, which imports torch
 
     def __init__(self, *, device: str = "cpu") -> None:
         self._torch = importlib.import_module("torch")

@@ -14,8 +14,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from gradlab._boundary import calling, on_engine, on_engine_together, prepare
+from gradlab._boundary import on_engine, on_engine_together, prepare
 from gradlab._errors import ArgumentTypeError, GradlabError, first_line
+from gradlab._loss import calling
 from gradlab._output import strict_json
 from gradlab.engines import GradientEngine, get_engine
 from gradlab.engines._protocol import (

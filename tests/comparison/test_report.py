@@ -558,7 +558,7 @@ def test_the_implementation_that_stands_alone_is_suspected_with_all_its_engines(
     ],
 )
 def test_outlier_counts_voices_not_engines(voices: dict[str, str], expected: Any) -> None:
-    from gradlab.comparison._report import outlier
+    from gradlab.comparison._kernel import outlier
 
     names = ("a", "b", "c", "d")
     agree = np.ones((4, 4), dtype=bool)

@@ -1,9 +1,10 @@
 """Jacobians, JVPs, VJPs, per-example gradients and the complex-step engine.
 
-Oracles, independent of the engines under test: Jacobians derived by hand below (tanh of a
-linear map; a nested output), the problems' hand gradients applied row by row (per-example),
-the definition J·v and vᵀ·J contracted here in NumPy from the fd Jacobian, and for
-complex-step, the hand gradients of every problem it supports.
+Oracles, independent of the engines under test: Jacobians derived by hand (tanh of a linear
+map, in ``tests/_helpers.py``; a nested output, below), the problems' hand gradients applied
+row by row (per-example), the definition J·v and vᵀ·J contracted here in NumPy from the fd
+Jacobian, and for complex-step, the hand gradients of every problem it supports. Jacobians
+compared across engines are tested in ``tests/comparison/test_jacobian_comparison.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import examples, require_engine
+from _helpers import (
+    TANH,
+    examples,
+    installed,
+    require_engine,
+    tanh_case,
+    tanh_layer,
+    tanh_layer_jacobian,
+)
 from _strategies import CASES
 from hypothesis import given, settings
 
@@ -34,30 +43,6 @@ def few(problem: str) -> settings:
     if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
         return base
     return settings(base, max_examples=min(3, base.max_examples))
-
-
-def installed(names: tuple[str, ...]) -> list[str]:
-    available = gradlab.available_engines()
-    return [name for name in names if name in available]
-
-
-def tanh_layer(params: Any, data: Any, xp: Any) -> Any:
-    """A vector-valued function: tanh(A·x + c), m outputs of d inputs."""
-    return xp.tanh(data["A"] @ params["x"] + params["c"])
-
-
-def tanh_layer_jacobian(params: Any, data: Any) -> Any:
-    """By hand: ∂/∂x = diag(1 − t²)·A, ∂/∂c = (1 − t²) (c is a scalar)."""
-    t = np.tanh(data["A"] @ params["x"] + params["c"])
-    return {"x": (1 - t**2)[:, None] * data["A"], "c": 1 - t**2}
-
-
-TANH = gradlab.Problem(tanh_layer, jacobian=tanh_layer_jacobian, name="tanh_layer")
-
-
-def tanh_case(m: int, d: int, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    return {"A": rng.normal(size=(m, d))}, {"x": rng.normal(size=d), "c": np.array(0.3)}
 
 
 @pytest.mark.parametrize("engine", JACOBIAN_ENGINES)
@@ -119,29 +104,6 @@ def test_nested_parameters_and_outputs_keep_their_structure() -> None:
         # ∂(Σw² + Σ w·a)/∂w = 2w + a
         np.testing.assert_allclose(pulled["layer"][0], [2.5, 3.0], atol=1e-8)
         assert value["v"][1].tolist() == [3.0, 6.0]
-
-
-def test_compare_jacobians_finds_forward_and_reverse_agree_and_a_broken_hand_jacobian() -> None:
-    data, params = tanh_case(5, 3)
-    engines = ",".join(installed(("numpy", "fd", "torch", "torch-fwd", "jax", "jax-fwd")))
-    report = gradlab.compare_jacobians(TANH, data, params, engines=engines)
-    assert report.ok, report
-    assert report.reference == "numpy"
-    assert report.values["fd"]["jacobian"].shape == (5, 4)  # 5 outputs; x (3) and c (1)
-
-    def broken(params: Any, data: Any) -> Any:
-        J = tanh_layer_jacobian(params, data)
-        J["x"][2, 1] *= 1.5
-        return J
-
-    wrong = gradlab.Problem(tanh_layer, jacobian=broken, name="broken")
-    report = gradlab.compare_jacobians(wrong, data, params, engines="numpy,fd,complex-step")
-    assert report.outlier == "numpy"
-    element, reference, value, _ = report.largest_differences("fd", 1)[0]
-    assert element == "∂f[2]/∂x[1]"
-    assert value == pytest.approx(tanh_layer_jacobian(params, data)["x"][2, 1], rel=1e-8)
-    assert reference == pytest.approx(1.5 * value, rel=1e-12)
-    assert "∂f[2]/∂x[1]" in str(report)
 
 
 @pytest.mark.parametrize("problem", sorted(CASES))
@@ -322,28 +284,3 @@ def test_a_cotangent_of_the_wrong_shape_is_refused_by_name() -> None:
     with pytest.raises(gradlab.ArgumentTypeError) as caught:
         gradlab.jacobian(42, data, params, engine="fd")
     assert caught.value.argument == "function"
-
-
-def test_outputs_in_a_dict_are_matched_by_name_whatever_order_an_engine_gives_them() -> None:
-    # jax sorts a dict's keys; a hand Jacobian keeps the order it was written in ("out" before
-    # "norm"). Rows were once stacked in each engine's own order, and every engine disagreed.
-    def function(p: Any, d: Any, xp: Any) -> Any:
-        return {"out": xp.tanh(d["A"] @ p["x"] + p["c"]), "norm": xp.sum(p["x"] ** 2)}
-
-    def hand(p: Any, d: Any) -> Any:
-        slope = 1 - np.tanh(d["A"] @ p["x"] + p["c"]) ** 2
-        return {
-            "out": {"x": slope[:, None] * d["A"], "c": slope},
-            "norm": {"x": 2 * p["x"], "c": np.zeros_like(p["c"])},
-        }
-
-    data, params = tanh_case(5, 3)
-    engines = [
-        "numpy",
-        "fd",
-        *(name for name in ("jax", "torch") if name in gradlab.available_engines()),
-    ]
-    problem = gradlab.Problem(function, jacobian=hand, name="two_outputs")
-    report = gradlab.compare_jacobians(problem, data, params, engines=engines)
-    assert report.ok, str(report)
-    assert max(verdict.rho for verdict in report.verdicts.values()) <= 1e-9

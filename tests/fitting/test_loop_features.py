@@ -148,7 +148,7 @@ def test_a_resumed_fit_ends_where_an_uninterrupted_one_does(engine: str) -> None
         ({"every": 0}, "every"),
         ({"callback": "print"}, "callback"),
         ({"stop": {"loss": 0.1}}, "stop"),
-        ({"init": None}, "init"),
+        ({"init": {"w": 0.0}}, "init"),
         ({"seed": -1, "batch_size": 4}, "seed"),
     ],
 )

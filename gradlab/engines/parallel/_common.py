@@ -94,7 +94,7 @@ def share(rows: int, total: int, reduction: str) -> float:
     return rows / total if reduction == "mean" else 1.0
 
 
-class DataParallel(AbstractEngine):
+class DataParallel(AbstractEngine, abstract=True):
     """A data-parallel engine: ``base``'s arrays and loop, with a ``value_and_grad`` that
     spreads rows. Subclasses (one per framework) supply ``value_and_grad``.
 
@@ -103,6 +103,10 @@ class DataParallel(AbstractEngine):
         shards: How many shards the rows are spread over.
         launch: How the shards were made, for ``describe``.
     """
+
+    # Set by __init__: the base engine's name and namespace, spread.
+    name: str
+    xp: Any
 
     def __init__(self, base: AbstractEngine, shards: int, launch: str) -> None:
         self.base, self.shards, self.launch = base, shards, launch

@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import checked_loss
 from gradlab._errors import ArgumentError, GradlabError, RankFailed
 from gradlab._fingerprint import Compiled, digest, key
+from gradlab._loss import checked_loss
 from gradlab._output import digest as arrays_digest
 from gradlab.engines._jax import JaxEngine, _first_float_dtype
 from gradlab.engines._protocol import (

@@ -1,4 +1,5 @@
-"""optax transformations as ``optimizer=``, on the jax engine.
+"""A fit's optimizer, checked and told apart once: gradlab's (or anything with ``init`` and
+``update``), or optax's.
 
 An optax ``GradientTransformation`` has gradlab's shape (``init``, ``update``), and gradlab's
 loop runs it unchanged. What differs is where it computes: optax calls ``jax.numpy``, so
@@ -12,15 +13,58 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import check_state, on_engine
+from gradlab._boundary import check_optimizer, check_state, check_transformation, on_engine
 from gradlab._errors import ArgumentError, NotSupported
 from gradlab._tree import tree_map
 from gradlab.engines._protocol import GradientEngine
 from gradlab.problems._native import framework_of
+
+
+@dataclass(frozen=True)
+class FitOptimizer:
+    """The optimizer of a fit, checked, with whose it is decided once.
+
+    Attributes:
+        transformation: What the loop calls: ``init`` and ``update``.
+        optax: Whether it is optax's (it computes with ``jax.numpy``: its state is made on
+            the engine, in the run's 64-bit mode, and a failing update is blamed on it).
+    """
+
+    transformation: Any
+    optax: bool
+
+    def start_state(
+        self,
+        params: Mapping[str, np.ndarray],
+        resumed: Any,
+        engine: GradientEngine,
+        dtype: str,
+    ) -> Any:
+        """The state a fit starts from: fresh, or ``resumed`` (checked). gradlab's own and
+        other NumPy-computing optimizers make it from NumPy parameters (moved to the engine
+        like them, so no framework arithmetic happens outside the engine); optax on the
+        engine."""
+        if self.optax:
+            return start_state(self.transformation, params, resumed, engine, dtype)
+        return check_optimizer(self.transformation, params, resumed)
+
+    def blame(self, params: Any, state: Any, dtype: str) -> None:
+        """After a fit failed in user code: name the optimizer if its update is what fails
+        (optax's, whose update may need more than gradlab's loop gives it)."""
+        if self.optax:
+            blame(self.transformation, params, state, dtype)
+
+
+def fit_optimizer(optimizer: object) -> FitOptimizer:
+    """``optimizer`` checked (an error naming ``optimizer`` if it has no ``init`` and
+    ``update``), and told apart."""
+    transformation = check_transformation(optimizer)
+    return FitOptimizer(transformation, is_optax(transformation))
 
 
 def is_optax(optimizer: object) -> bool:

@@ -1,46 +1,249 @@
-"""Beyond scalar losses: Jacobians, JVPs and VJPs of vector-valued functions, and per-example
-gradients, on any engine that offers them.
+"""One engine at one point: the loss and its derivatives, as NumPy arrays.
+
+Each entry point checks its arguments at the boundary (``gradlab._boundary.prepare``), asks
+the engine for the function, runs it once and checks what came back: the gradient
+(``value_and_grad``), second derivatives (``hvp``, ``hessian``), and, beyond scalar losses,
+Jacobians, JVPs and VJPs of vector-valued functions and per-example gradients, on any engine
+that offers them. The ``*_at`` functions do the same on arguments already checked, for the
+comparisons, which run them on every engine.
 
 A vector-valued function is a problem whose ``loss(params, data, xp)`` returns any nest of
 floating-point arrays (or a plain function of that signature). Its Jacobian is laid out as
 ``jax.jacobian`` lays it out: the output's structure outside, the parameters' inside, each
-block of shape ``output.shape + param.shape``.
-
-The NumPy helpers here derive what an engine lacks from what it has, once for every engine
-that needs them: a Jacobian from JVPs (one column per parameter element: ``fd`` and
-``complex-step``), JVPs and VJPs from a Jacobian (contractions: the hand-derived Jacobian).
+block of shape ``output.shape + param.shape``. What an engine lacks (a Jacobian from JVPs,
+JVPs and VJPs from a Jacobian) is derived from what it has in ``gradlab.engines._derive``,
+below the engines that use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from gradlab._boundary import _blame, _describe, calling, check_named_output, on_engine, prepare
-from gradlab._checks import as_float_array, check_params
+from gradlab._boundary import blame, check_hvp, check_named_output, evaluate, on_engine, prepare
+from gradlab._checks import as_float_array, check_params, check_same_structure
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, naming
-from gradlab._second import check_tangent
-from gradlab._tree import Structure, _is_numbers, flatten_up_to, structure, subscript
-from gradlab.comparison._report import Engines, GradientReport
-from gradlab.comparison._report import _arguments as arguments
-from gradlab.comparison._report import _report as report
+from gradlab._loss import calling, describe, runs_hand
+from gradlab._tree import Structure, is_numbers, structure, subscript
+from gradlab.engines._derive import split
 from gradlab.engines._protocol import (
-    JVP,
-    VJP,
+    HVP,
     GradientEngine,
-    Jacobian,
-    Params,
-    Tree,
+    hvp_of,
     jacobian_of,
     jvp_of,
     per_example_of,
     vjp_of,
 )
-from gradlab.problems._base import AbstractProblem, Data, Problem
+from gradlab.problems._base import AbstractProblem, Problem
+
+
+def value_and_grad(
+    problem: AbstractProblem,
+    data: Any,
+    params: Any,
+    *,
+    engine: str | GradientEngine,
+    dtype: str = "float64",
+) -> tuple[np.ndarray, Any]:
+    """Evaluate one engine's loss and gradient at ``params``, returned as NumPy arrays.
+
+    Args:
+        problem: The problem.
+        data: Its data (copied, never modified).
+        params: Where to evaluate: a mapping from name to array, or a nest of them (copied,
+            never modified).
+        engine: An engine name or object.
+        dtype: ``"float32"`` or ``"float64"``.
+
+    Returns:
+        ``(loss, grads)``: a 0-d array, and the gradient in the structure and shapes of
+        ``params``, in ``dtype``.
+
+    Examples:
+        >>> import numpy as np, gradlab
+        >>> data = {"x": np.array([0.0, 1.0, 2.0]), "y": np.array([1.0, 1.0, 1.0])}
+        >>> loss, grads = gradlab.value_and_grad(
+        ...     gradlab.Quadratic(), data, {"w": 1.0, "b": 0.0}, engine="fd")
+        >>> float(loss), round(float(grads["w"]), 9), round(float(grads["b"]), 9)
+        (5.0, 12.0, 2.0)
+    """
+    engine, dtype, flat, checked_data, checked_params, layout = prepare(
+        problem, data, params, engine, dtype, "params"
+    )
+    loss, grads = evaluate(engine, flat, checked_data, checked_params, dtype)
+    return loss, layout.unflatten(grads)
+
+
+# -- Second derivatives -----------------------------------------------------------------------
+
+#: The largest number of parameter elements [`hessian`][gradlab.hessian] builds a full
+#: matrix for: it costs one Hessian-vector product per element and memory for elements².
+MAX_HESSIAN_SIZE = 2048
+
+
+def hvp(
+    problem: AbstractProblem,
+    data: Any,
+    params: Any,
+    tangent: Any,
+    *,
+    engine: str | GradientEngine,
+    dtype: str = "float64",
+) -> Any:
+    """The Hessian-vector product H·v of the loss at ``params``, on one engine.
+
+    torch and jax compute it forward-over-reverse (a JVP of the gradient), ``numpy`` runs the
+    problem's hand-derived product, and ``fd`` differences its own finite-difference gradient
+    along ``tangent``.
+
+    Args:
+        problem: The problem.
+        data: Its data (copied, never modified).
+        params: Where to evaluate (copied, never modified).
+        tangent: The vector v, with the structure and shapes of ``params``.
+        engine: An engine name or object that offers ``hvp``.
+        dtype: ``"float32"`` or ``"float64"``.
+
+    Returns:
+        H·v with the structure and shapes of ``params``, as NumPy arrays of ``dtype``.
+
+    Raises:
+        NotSupported: the engine has no second derivatives.
+        HandGradientMissing: engine ``"numpy"`` on a problem without a hand-derived product.
+
+    Examples:
+        >>> import numpy as np, gradlab
+        >>> data = {"x": np.array([1.0, 2.0]), "y": np.array([0.0, 0.0])}
+        >>> hv = gradlab.hvp(gradlab.Quadratic(), data, {"w": 0.0, "b": 0.0},
+        ...                  {"w": 1.0, "b": 0.0}, engine="numpy")
+        >>> float(hv["w"]), float(hv["b"])  # (Σx⁴, Σx²): the first column of H
+        (17.0, 5.0)
+    """
+    engine, dtype, flat, checked_data, checked_params, layout = prepare(
+        problem, data, params, engine, dtype, "params"
+    )
+    checked_tangent = check_tangent(tangent, checked_params, layout)
+    with naming("engine"):
+        product = hvp_of(engine, flat)
+    batch = on_engine(engine, checked_data, dtype)
+    return layout.unflatten(
+        hvp_at(engine, flat, product, batch, checked_params, checked_tangent, dtype)
+    )
+
+
+def check_tangent(
+    tangent: object, params: Mapping[str, np.ndarray], layout: Structure
+) -> dict[str, np.ndarray]:
+    """``tangent`` by path: the structure and shapes of the parameters, or an error naming it.
+
+    Dicts match by key whatever their order (``jax.tree_util.tree_map`` sorts them).
+    """
+    check_same_structure("tangent", tangent, layout, "params")
+    checked, _ = check_params(
+        tangent, {name: value.shape for name, value in params.items()}, "tangent"
+    )
+    return {name: checked[name] for name in params}
+
+
+def hessian(
+    problem: AbstractProblem,
+    data: Any,
+    params: Any,
+    *,
+    engine: str | GradientEngine,
+    dtype: str = "float64",
+) -> Any:
+    """The full Hessian of the loss at ``params``, one Hessian-vector product per element.
+
+    Meant for small problems (at most ``MAX_HESSIAN_SIZE`` parameter elements); use
+    [`hvp`][gradlab.hvp] beyond that.
+
+    Returns:
+        Nested blocks as ``jax.hessian`` gives them: ``H[a][b]`` has shape
+        ``shape(a) + shape(b)`` and holds ∂²L/∂a∂b. For nested parameters, the outer nest
+        has their structure and each of its leaves is a nest of that structure again.
+
+    Examples:
+        >>> import numpy as np, gradlab
+        >>> data = {"x": np.array([1.0, 2.0]), "y": np.array([0.0, 0.0])}
+        >>> H = gradlab.hessian(gradlab.Quadratic(), data, {"w": 0.0, "b": 0.0}, engine="fd")
+        >>> [[round(float(H[a][b]), 6) for b in "wb"] for a in "wb"]  # [[Σx⁴, Σx²], [Σx², n]]
+        [[17.0, 5.0], [5.0, 2.0]]
+    """
+    engine, dtype, flat, checked_data, checked_params, layout = prepare(
+        problem, data, params, engine, dtype, "params"
+    )
+    blocks = hessian_blocks(engine, flat, checked_data, checked_params, dtype)
+    return layout.unflatten({a: layout.unflatten(row) for a, row in blocks.items()})
+
+
+def hessian_blocks(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> dict[str, dict[str, np.ndarray]]:
+    """[`hessian`][gradlab.hessian] on checked arguments."""
+    size = sum(value.size for value in params.values())
+    if size > MAX_HESSIAN_SIZE:
+        raise ArgumentError(
+            "params",
+            f"has {size} elements; a full Hessian is built for at most {MAX_HESSIAN_SIZE} "
+            "(use gradlab.hvp for Hessian-vector products)",
+        )
+    with naming("engine"):
+        product = hvp_of(engine, problem)
+    batch = on_engine(engine, data, dtype)  # moved once, used by every product
+    blocks: dict[str, dict[str, np.ndarray]] = {
+        a: {b: np.empty(params[a].shape + params[b].shape, dtype) for b in params} for a in params
+    }
+    for a, value in params.items():
+        for i in np.ndindex(value.shape):
+            # H·e_(a,i) is the column of H for element i of a; H is symmetric, so that is
+            # also the row: ∂²L/∂a_i∂b for every b.
+            basis = {name: np.zeros_like(other) for name, other in params.items()}
+            basis[a][i] = 1.0
+            column = hvp_at(engine, problem, product, batch, params, basis, dtype)
+            for b in params:
+                blocks[a][b][i] = column[b]
+    return blocks
+
+
+def hessian_matrix(
+    blocks: Mapping[str, Mapping[str, np.ndarray]], params: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """The blocks of [`hessian`][gradlab.hessian] as one (P, P) matrix, parameters flattened in
+    order."""
+    sizes = {name: math.prod(value.shape) for name, value in params.items()}
+    return np.block(
+        [[np.reshape(blocks[a][b], (sizes[a], sizes[b])) for b in params] for a in params]
+    )
+
+
+def hvp_at(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    product: HVP,
+    batch: Mapping[str, Any],
+    params: Mapping[str, np.ndarray],
+    tangent: Mapping[str, np.ndarray],
+    dtype: str,
+) -> dict[str, np.ndarray]:
+    """H·tangent at NumPy ``params``, with the data already on the engine, back in NumPy."""
+    with np.errstate(all="ignore"), calling(problem, engine):
+        out = product(on_engine(engine, params, dtype), on_engine(engine, tangent, dtype), batch)
+    return check_hvp(engine, problem, product, out, params, dtype)
+
+
+# -- Vector-valued functions: Jacobians, JVPs, VJPs; per-example gradients ------------------
+
 
 _WRAPPED: weakref.WeakKeyDictionary[Any, AbstractProblem] = weakref.WeakKeyDictionary()
 
@@ -65,103 +268,6 @@ def as_function(function: object) -> AbstractProblem:
         "must be a gradlab problem or a function f(params, data, xp), got "
         f"{type(function).__name__}",
     )
-
-
-# -- Derivations in NumPy, for the engines that need them ------------------------------------
-
-
-def is_blocks(names: set[str]) -> Callable[[Any], bool]:
-    """Whether a node of a Jacobian is one output leaf's ``{param: block}`` dict."""
-
-    def matches(node: Any) -> bool:
-        return (
-            isinstance(node, Mapping)
-            and set(node) == names
-            and not any(isinstance(value, (Mapping, list, tuple)) for value in node.values())
-        )
-
-    return matches
-
-
-def split(jacobian: Tree, names: set[str]) -> tuple[dict[str, dict[str, Any]], Structure]:
-    """``({output path: {param: block}}, the output's structure)`` of a Jacobian."""
-    return flatten_up_to(jacobian, is_blocks(names))
-
-
-def jacobian_from_jvp(jvp: JVP) -> Jacobian:
-    """The Jacobian as columns: one JVP along each parameter element (NumPy arrays)."""
-
-    def jacobian(params: Params, data: Data) -> tuple[Tree, Tree]:
-        columns: dict[str, list[dict[str, np.ndarray]]] = {}
-        value: Tree = None
-        out: Structure | None = None
-        for name, param in params.items():
-            columns[name] = []
-            for index in np.ndindex(np.shape(param)):
-                tangent = {other: np.zeros_like(v) for other, v in params.items()}
-                tangent[name][index] = 1.0
-                value, product = jvp(params, tangent, data)
-                out = structure(value)
-                columns[name].append(out.flatten(product))
-        assert out is not None  # params is never empty
-        blocks = {
-            path: {
-                name: np.stack([column[path] for column in columns[name]], axis=-1).reshape(
-                    np.shape(flat_value) + np.shape(param)
-                )
-                for name, param in params.items()
-            }
-            for path, flat_value in out.flatten(value).items()
-        }
-        return value, out.unflatten(blocks)
-
-    return jacobian
-
-
-def jvp_from_jacobian(jacobian: Jacobian) -> JVP:
-    """J·tangent by contracting a Jacobian (NumPy arrays)."""
-
-    def jvp(params: Params, tangent: Params, data: Data) -> tuple[Tree, Tree]:
-        value, full = jacobian(params, data)
-        blocks, out = split(full, set(params))
-        return value, out.unflatten(
-            {
-                path: sum(
-                    np.tensordot(row[name], tangent[name], axes=np.ndim(tangent[name]))
-                    for name in params
-                )
-                for path, row in blocks.items()
-            }
-        )
-
-    jvp.hand = getattr(jacobian, "hand", False)  # type: ignore[attr-defined]
-    return jvp
-
-
-def vjp_from_jacobian(jacobian: Jacobian) -> VJP:
-    """cotangentᵀ·J by contracting a Jacobian (NumPy arrays)."""
-
-    def vjp(params: Params, data: Data) -> tuple[Tree, Callable[[Tree], dict[str, Any]]]:
-        value, full = jacobian(params, data)
-        blocks, out = split(full, set(params))
-
-        def pullback(cotangent: Tree) -> dict[str, Any]:
-            flat = out.flatten(cotangent)
-            return {
-                name: sum(
-                    np.tensordot(flat[path], blocks[path][name], axes=np.ndim(flat[path]))
-                    for path in blocks
-                )
-                for name in params
-            }
-
-        return value, pullback
-
-    vjp.hand = getattr(jacobian, "hand", False)  # type: ignore[attr-defined]
-    return vjp
-
-
-# -- Entry points ------------------------------------------------------------------------------
 
 
 def jacobian(
@@ -223,9 +329,9 @@ def jacobian_at(
         function = jacobian_of(engine, problem)
     with np.errstate(all="ignore"), calling(problem, engine, params, data):
         output = function(on_engine(engine, params, dtype), on_engine(engine, data, dtype))
-    fault = _blame(engine, problem, "jacobian", getattr(function, "hand", False))
+    fault = blame(engine, problem, "jacobian", runs_hand(function))
     if not isinstance(output, (tuple, list)) or len(output) != 2:
-        raise fault(f"must return a pair (value, jacobian), got {_describe(output)}")
+        raise fault(f"must return a pair (value, jacobian), got {describe(output)}")
     value, out = _values(engine, fault, output[0], dtype)
     found, found_out = split(output[1], set(params))
     if found_out.paths != out.paths:
@@ -290,9 +396,9 @@ def jvp(
             on_engine(engine, checked_tangent, dtype),
             on_engine(engine, checked_data, dtype),
         )
-    fault = _blame(engine, flat, "jvp", getattr(product, "hand", False))
+    fault = blame(engine, flat, "jvp", runs_hand(product))
     if not isinstance(output, (tuple, list)) or len(output) != 2:
-        raise fault(f"must return a pair (value, product), got {_describe(output)}")
+        raise fault(f"must return a pair (value, product), got {describe(output)}")
     value, out = _values(engine, fault, output[0], dtype)
     found = _flat_like(fault, output[1], out, "product")
     return out.unflatten(value), out.unflatten(
@@ -343,7 +449,7 @@ def vjp(
         value_out, pullback = product(
             on_engine(engine, checked_params, dtype), on_engine(engine, checked_data, dtype)
         )
-    fault = _blame(engine, flat, "vjp", getattr(product, "hand", False))
+    fault = blame(engine, flat, "vjp", runs_hand(product))
     value, out = _values(engine, fault, value_out, dtype)
     shapes = {path: np.shape(array) for path, array in value.items()}
     differs = out.difference(weights_layout)
@@ -435,7 +541,7 @@ def per_example_at(
         function = per_example_of(engine, problem)
     with np.errstate(all="ignore"), calling(problem, engine, params, data):
         output = function(on_engine(engine, params, dtype), on_engine(engine, data, dtype))
-    fault = _blame(engine, problem, "per_example_grads", False)
+    fault = blame(engine, problem, "per_example_grads", False)
     like = {name: np.zeros((rows, *np.shape(value))) for name, value in params.items()}
     return check_named_output(engine, fault, output, like, dtype)
 
@@ -467,7 +573,7 @@ def _flat_like(
 
 def _check_cotangent(cotangent: object) -> tuple[dict[str, np.ndarray], Structure]:
     """A cotangent by output path (float64 copies): one array, or any nest of them."""
-    if isinstance(cotangent, (Mapping, list, tuple)) and not _is_numbers(cotangent):
+    if isinstance(cotangent, (Mapping, list, tuple)) and not is_numbers(cotangent):
         return check_params(cotangent, None, "cotangent")
     weights = as_float_array(cotangent, "cotangent")
     return {"": weights}, structure(weights)
@@ -475,110 +581,3 @@ def _check_cotangent(cotangent: object) -> tuple[dict[str, np.ndarray], Structur
 
 def _shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
     return ", ".join(f"{path or 'the output'} {shape}" for path, shape in shapes.items())
-
-
-# -- Comparisons -------------------------------------------------------------------------------
-
-
-def compare_jacobians(
-    function: Any,
-    data: Any,
-    params: Any,
-    *,
-    engines: Engines = None,
-    dtype: str = "float64",
-    reference: str | GradientEngine | None = None,
-    tolerance: float | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
-    progress: bool = False,
-) -> GradientReport:
-    """Every engine's Jacobian of a vector-valued function at ``params``, compared pairwise.
-
-    Like [`compare_gradients`][gradlab.compare_gradients] (the same report, tolerances and
-    overrides, outlier logic), over the Jacobian as one (outputs × parameters) matrix.
-    Engines without Jacobians are skipped with a note. The default reference is ``"numpy"``
-    when the problem has a hand-derived Jacobian (or, for a scalar loss, a hand-derived
-    gradient), else ``"fd"``. Forward mode against reverse mode is one call:
-    ``engines="jax,jax-fwd"``.
-
-    Examples:
-        >>> import numpy as np, gradlab
-        >>> f = lambda p, d, xp: xp.tanh(d["A"] @ p["x"])
-        >>> data = {"A": np.arange(6.0).reshape(3, 2) / 6}
-        >>> report = gradlab.compare_jacobians(f, data, {"x": np.array([0.5, -1.0])},
-        ...                                    engines="fd,jax,jax-fwd")
-        >>> report.ok, report.values["fd"]["jacobian"].shape
-        (True, (3, 2))
-    """
-    setup = arguments(
-        as_function(function),
-        data,
-        params,
-        engines,
-        dtype,
-        reference,
-        tolerance,
-        atol,
-        rtol,
-        progress,
-        "array",
-    )
-    outputs: dict[str, tuple[int, ...]] = {}
-
-    def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], None]:
-        value, blocks, _ = jacobian_at(engine, setup.problem, setup.data, setup.params, dtype)
-        # Outputs in one order for every engine: jax sorts a dict's keys, a hand Jacobian
-        # (and torch) keeps the order it was written in.
-        paths = sorted(blocks)
-        outputs.update({path: np.shape(value[path]) for path in paths})
-        rows = [
-            np.concatenate(
-                [
-                    np.reshape(blocks[path][name], (np.size(value[path]), -1))
-                    for name in setup.params
-                ],
-                axis=1,
-            )
-            for path in paths
-        ]
-        return {"jacobian": np.concatenate(rows, axis=0)}, None
-
-    return report(setup, "jacobian", compute, outputs)
-
-
-def compare_per_example_grads(
-    problem: AbstractProblem,
-    data: Any,
-    params: Any,
-    *,
-    engines: Engines = None,
-    dtype: str = "float64",
-    reference: str | GradientEngine | None = None,
-    tolerance: float | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
-    progress: bool = False,
-) -> GradientReport:
-    """Every engine's per-example gradients at ``params``, compared pairwise.
-
-    Like [`compare_gradients`][gradlab.compare_gradients], over each row's gradient (see
-    [`per_example_grads`][gradlab.per_example_grads]); elements are named ``w[1] of row 3``.
-
-    Examples:
-        >>> import gradlab
-        >>> problem = gradlab.LinearRegression()
-        >>> report = gradlab.compare_per_example_grads(problem, problem.make_data(8, d=2),
-        ...     {"w": [1.0, -1.0], "b": 0.0}, engines="numpy,fd")
-        >>> report.ok, report.values["numpy"]["w"].shape
-        (True, (8, 2))
-    """
-    setup = arguments(
-        problem, data, params, engines, dtype, reference, tolerance, atol, rtol, progress
-    )
-    rows_of(setup.data)
-
-    def compute(engine: GradientEngine, dtype: str) -> tuple[dict[str, np.ndarray], None]:
-        return per_example_at(engine, setup.problem, setup.data, setup.params, dtype), None
-
-    return report(setup, "per-example", compute)
