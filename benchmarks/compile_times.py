@@ -258,7 +258,7 @@ def main() -> None:
                         print(
                             f"{case:12} {row['body_equations']!s:>5} {unroll:>7} "
                             f"{row['unroll_used']!s:>5} {name:20} "
-                            f"{value['wall_s']:8.2f} {value['loops_compiled']:6d} "
+                            f"{value['wall_s']:8.3f} {value['loops_compiled']:6d} "
                             f"{value['loop_compile_s']:15.2f}",
                             flush=True,
                         )

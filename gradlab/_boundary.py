@@ -28,6 +28,7 @@ every call: [`crosses`][gradlab._boundary.crosses] says where user code crosses.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -348,6 +349,19 @@ def crosses(engine: GradientEngine, problem: AbstractProblem, function: Callable
     return False
 
 
+def only_gradlab_code(engine: GradientEngine, problem: AbstractProblem) -> bool:
+    """Whether only code gradlab wrote (the engine, and the problem's loss and hand
+    derivation) sees the data that ``engine`` is handed for ``problem``: then none of it
+    writes into the data, and the caller's arrays can be lent to the engine (shared, not
+    copied) for as long as a call lasts."""
+    user = problem.problem if isinstance(problem, FlatView) else problem
+    return (
+        _is_gradlab(type(engine))
+        and _is_gradlab(type(user))
+        and not isinstance(user, (Problem, NativeProblem))
+    )
+
+
 def _is_gradlab(thing: Any) -> bool:
     return str(getattr(thing, "__module__", "")).partition(".")[0] == "gradlab"
 
@@ -503,8 +517,10 @@ def check_steps(steps: object, per_step_bytes: int) -> int:
     return count
 
 
+@functools.cache
 def physical_memory() -> int | None:
-    """Bytes of physical memory, where the platform says (POSIX ``sysconf``)."""
+    """Bytes of physical memory, where the platform says (POSIX ``sysconf``); read once (it
+    does not change under a running process, and every fit asks)."""
     try:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):

@@ -133,10 +133,27 @@ def as_float_array(value: object, argument: str, *, copy: bool = True) -> np.nda
     else:
         array = array.view()
         array.flags.writeable = False
-    if not np.isfinite(array).all():
+    if not _all_finite(array):
         count = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise ArgumentError(argument, f"holds {count} non-finite value(s) (NaN or inf)")
     return array
+
+
+#: Values from which the finiteness check compares extremes instead of making a mask.
+_NO_MASK = 1 << 20
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether every value of a float array is finite.
+
+    A mask of one byte a value is the fastest check, but the allocator kept a large one
+    once freed (9.5 MiB in the peak of a fit at 10⁷ rows). From ``_NO_MASK`` values the
+    extremes are compared instead: they are finite exactly when every value is (a NaN makes
+    both NaN), in two passes that allocate nothing, as fast at 10⁷ values.
+    """
+    if array.size < _NO_MASK:
+        return bool(np.isfinite(array).all())
+    return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
 
 
 def read_only(array: np.ndarray, dtype: str) -> np.ndarray:

@@ -34,7 +34,7 @@ from gradlab.problems._base import AbstractProblem
 
 
 class JaxEngine(AbstractEngine):
-    """``jax.value_and_grad`` of the problem's loss, jit-compiled; ``run`` is one ``lax.scan``.
+    """``jax.value_and_grad`` of the problem's loss, jit-compiled; ``run`` is one compiled loop.
 
     **64-bit mode.** JAX computes in float32 unless its ``jax_enable_x64`` flag is on, even
     when handed float64 arrays. gradlab never flips that flag globally: every call into JAX
@@ -55,11 +55,13 @@ class JaxEngine(AbstractEngine):
         unroll: How many loop steps each iteration of the compiled loop runs; ``None`` (the
             default) chooses from the size of the loop body. A tiny body (the seed's model
             on 100 points) costs less per step when XLA sees several steps at once (8 steps
-            per iteration take about 30 % less time than 1), and compiling 8 copies of it
+            per iteration take 15–30 % less time than 1), and compiling 8 copies of it
             takes a fraction of a second. A large one (a transformer) runs no faster
-            unrolled, and compiling 8 copies takes about 3.5 times as long
-            (``benchmarks/compile_times.py``), so it gets 1. The results are the same step
-            for step whatever the unroll.
+            unrolled, and compiling 8 copies takes 3.5 to 6 times as long
+            (``benchmarks/compile_times.py``), so it gets 1. An explicit ``unroll`` is
+            used for every body. The seed's results are the same step for step whatever
+            the unroll (XLA may fuse copies of a larger body differently: the last bit can
+            move).
     """
 
     name = "jax"
@@ -96,16 +98,19 @@ class JaxEngine(AbstractEngine):
         to 30 per array (a fit moves its data and parameters together). Large ones (over
         ``_LARGE`` elements in all) go by one ``device_put``, which holds one copy of each
         on the device where the identity briefly holds two (measured: peak memory of a
-        float32 fit at n = 10⁷, 4.6 → 3.6 times its data). No NumPy copy first: moving
-        the array is the copy (on the CPU too), and jax never writes into an array it was
-        given, so nothing the caller owns is written even where a jax version shares its
-        memory.
+        float32 fit at n = 10⁷, 4.6 → 3.6 times its data). On the CPU, ``device_put``
+        keeps a NumPy array 64-byte aligned as the jax array's memory, and copies any
+        other (later, holding the host array until then): each goes aligned, as it is or
+        copied (cast) so here, one copy where a cast copied again held the data three
+        times (a float32 fit of float64 data at n = 10⁷). jax never writes into an array
+        it was given, so nothing the caller owns is written where it shares its memory.
         """
-        inputs = [np.asarray(array, dtype=dtype) for array in arrays]
         with self._precision(dtype):
-            if sum(array.size for array in inputs) > _LARGE:
+            if sum(np.size(array) for array in arrays) > _LARGE:
+                place = _aligned if self._on_cpu else np.asarray
+                inputs = [place(array, dtype=dtype) for array in arrays]
                 return list(self._jax.device_put(inputs, self.device))
-            return list(_identity(self.device)(*inputs))
+            return list(_identity(self.device)(*(np.asarray(a, dtype=dtype) for a in arrays)))
 
     def to_numpy(self, array: Array) -> np.ndarray:
         """A writable NumPy copy (``numpy.asarray`` would give a read-only view)."""
@@ -406,6 +411,23 @@ def _tree_leaves() -> Callable[[Any], list[Any]]:
 #: Elements above which ``asarrays`` moves arrays by ``device_put`` (see there).
 _LARGE = 1 << 16
 
+#: Bytes to whose multiple an address must be for jax's CPU client to use NumPy's memory.
+_ALIGN = 64
+
+
+def _aligned(array: np.ndarray, dtype: str) -> np.ndarray:
+    """``array`` in ``dtype`` at an address that is a multiple of ``_ALIGN``: the array
+    itself where it is one, else a copy (a cast) made there."""
+    host = np.asarray(array)
+    if host.dtype == np.dtype(dtype) and host.flags.c_contiguous and host.ctypes.data % _ALIGN == 0:
+        return host
+    size = host.size * np.dtype(dtype).itemsize
+    raw = np.empty(size + _ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    placed = raw[start : start + size].view(dtype).reshape(host.shape)
+    placed[...] = host
+    return placed
+
 
 @functools.cache
 def _identity(device: Any) -> Callable[..., tuple[Array, ...]]:
@@ -448,8 +470,8 @@ class RecordingStep(Protocol):
 #: 0.66 s; linear and logistic regression and an MLP on 100 points (61, 91, 111) gain
 #: 8–12 % at 2 and nothing more at 8, which doubles or triples the first fit; the MLP
 #: classifier (135) gains nothing (slower at 8: 26 against 15 µs) and compiles 1.2 s
-#: against 4.1 s at 8; a 2-block transformer (≈ 1,000) steps no faster and compiles
-#: about 3.5 times as long at 8.
+#: against 4.1 s at 8; a 2-block transformer (989) steps no faster and compiles 3.5 to 6
+#: times as long at 8.
 _UNROLL_BUDGET = 256
 _MAX_UNROLL = 8
 
@@ -507,24 +529,31 @@ def _plan(
     body = _body(step, optimizer, carry, data)
     loop, capacity = _program(step, optimizer, steps, unroll or body.unroll, body)
     if capacity == steps:
-        return functools.partial(_call, loop, steps)
-    return functools.partial(_call_cut, loop, steps, _head(steps))
+        return functools.partial(_call, loop, _count(steps))
+    return functools.partial(_call_cut, loop, _count(steps), _head(steps))
+
+
+@functools.lru_cache(maxsize=256)
+def _count(steps: int) -> Array:
+    """``steps`` as the loop's argument: a jax int32 made once (a Python int would be
+    converted at every call, and would be another signature in 64-bit mode)."""
+    return importlib.import_module("jax.numpy").asarray(steps, dtype="int32")
 
 
 def _call(
-    loop: Callable[..., Any], steps: int, carry: Carry, data: Data
+    loop: Callable[..., Any], count: Array, carry: Carry, data: Data
 ) -> tuple[Carry, tuple[Array, ...]]:
-    return loop(carry, data, steps)  # type: ignore[no-any-return]
+    return loop(carry, data, count)  # type: ignore[no-any-return]
 
 
 def _call_cut(
     loop: Callable[..., Any],
-    steps: int,
+    count: Array,
     head: Callable[[Any], tuple[Array, ...]],
     carry: Carry,
     data: Data,
 ) -> tuple[Carry, tuple[Array, ...]]:
-    end, rows = loop(carry, data, steps)
+    end, rows = loop(carry, data, count)
     return end, head(rows)
 
 
@@ -533,21 +562,32 @@ def _body(step: Step, optimizer: Hashable, carry: Carry, data: Data) -> _Body:
     finds it in jit's cache (a body is traced once, whatever the unroll)."""
 
     def trace() -> _Body:
-        traced = _jitted_step(step, optimizer).trace(carry, data)
-        _, outputs = traced.out_info
+        jax = importlib.import_module("jax")
+        stepped = _jitted_step(step, optimizer)
+        size = _size(stepped.trace(carry, data).jaxpr.jaxpr)
+        _, outputs = jax.eval_shape(stepped, carry, data)  # from the trace just made
         step_bytes = sum(
             int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
             for leaf in _tree_leaves()(outputs)
         )
-        return _Body(_size(traced.jaxpr.jaxpr), step_bytes)
+        return _Body(size, step_bytes)
 
     return _BODIES.get((step, optimizer), trace)
 
 
 def _size(jaxpr: Any) -> int:
-    """Equations of ``jaxpr``, those of the jaxprs its equations call included."""
-    subjaxprs = importlib.import_module("jax.extend.core").subjaxprs
-    return len(jaxpr.eqns) + sum(_size(inner) for inner in subjaxprs(jaxpr))
+    """Equations of ``jaxpr``, those of the jaxprs its equations call included (the bodies
+    of ``jit``, ``custom_jvp``, ``cond`` and loops, found in their parameters)."""
+    core = importlib.import_module("jax.extend.core")
+    total = len(jaxpr.eqns)
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, tuple) else (value,):
+                if isinstance(inner, core.ClosedJaxpr):
+                    inner = inner.jaxpr
+                if isinstance(inner, core.Jaxpr):
+                    total += _size(inner)
+    return total
 
 
 def _program(
@@ -573,21 +613,26 @@ def _jitted_step(step: Step, optimizer: Hashable) -> Any:
     on the function, and two bodies that compare equal may hold an optimizer whose closure
     changed in between."""
     jax = importlib.import_module("jax")
-    return jax.jit(lambda carry, data: step(carry, data))
+
+    def one_step(carry: Carry, data: Data) -> tuple[Carry, tuple[Array, ...]]:
+        return step(carry, data)
+
+    return jax.jit(one_step)
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled_scan(
     step: Step, optimizer: Hashable, capacity: int, unroll: int
-) -> Callable[[Carry, Data, int], Any]:
+) -> Callable[[Carry, Data, Array], Any]:
     """The loop, compiled once per body (and optimizer fingerprint), length and unroll:
     ``loop(carry, data, n)`` runs ``n`` ≤ ``capacity`` steps and returns the last carry and
     each output stacked in ``capacity`` rows (those past ``n`` zero).
 
-    ``n`` is an argument, not part of the program, so one program serves a fit's stretches
-    of any length up to ``capacity``. It is ``lax.scan`` written out: a ``while_loop`` of
-    ``unroll`` steps per iteration while that many remain, then one of single steps, each
-    step writing its outputs' row (the same arithmetic as ``scan``, step for step). Cached
+    ``n`` (an int32 array) is an argument, not part of the program, so one program serves a
+    fit's stretches of any length up to ``capacity``. It is ``lax.scan`` written out: a
+    ``while_loop`` of ``unroll`` steps per iteration while that many remain, then one of
+    single steps (the same arithmetic as ``scan``, step for step; 1 % slower per step than
+    ``scan`` on the seed, whose steps take 0.7 µs, where the count is in the program). Cached
     on the body, a hashable object that compares equal across fits with the same problem
     and optimizer, so a second fit reuses the compiled loop; the jitted function then takes
     arrays only, which jit dispatches fastest. The data is an argument, not a captured
@@ -610,9 +655,17 @@ def _compiled_scan(
             return carry, rows
 
         def several(state: Any) -> Any:
+            # Written as one block of rows, as ``scan`` does: a row at a time costs 5 % more
+            # per step on the seed.
             i, carry, rows = state
-            for j in range(unroll):
-                carry, rows = advance(i + j, carry, rows)
+            outs = []
+            for _ in range(unroll):
+                carry, out = stepped(carry, data)
+                outs.append(out)
+            block = jax.tree_util.tree_map(lambda *values: jnp.stack(values), *outs)
+            rows = jax.tree_util.tree_map(
+                lambda row, values: lax.dynamic_update_slice_in_dim(row, values, i, 0), rows, block
+            )
             return i + unroll, carry, rows
 
         def one(state: Any) -> Any:
@@ -644,7 +697,7 @@ def _step_by_step(
     buffers = None
     for i in range(steps):
         recorded = step.recorded(carry)
-        carry, rows = loop(carry, data, 1)
+        carry, rows = loop(carry, data, _count(1))
         if buffers is None:
             buffers = _buffers(steps)(rows, recorded)
         else:

@@ -103,8 +103,11 @@ class GradientEngine(Protocol):
             rows over its devices (each holds its own) and keeps the parameters whole on
             every one. The data it returns need only be what its own ``value_and_grad`` and
             ``run`` take, with the rows' ``shape`` and ``dtype``, and rows gathered by
-            ``data[name][indices]`` (mini-batches). Default: ``asarrays`` on all of them,
-            in one call.
+            ``data[name][indices]`` (mini-batches). A data array given writable is lent:
+            the engine may keep its memory rather than copy it (the caller passes one only
+            where nothing writes it while the engine's arrays live); one given read-only
+            must never be written through, so an engine whose arrays can be written in
+            place (torch) copies it. Default: ``asarrays`` on all of them, in one call.
 
     Optional member, for data-parallel launches whose processes each pass only their own
     rows:

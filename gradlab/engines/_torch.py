@@ -7,7 +7,7 @@ import functools
 import importlib
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,6 +87,35 @@ class TorchEngine(AbstractEngine):
             return self._torch.tensor(
                 np.asarray(array), dtype=getattr(self._torch, dtype), device=self.device
             )
+
+    def asinputs(
+        self, data: Sequence[np.ndarray], params: Sequence[np.ndarray], dtype: str
+    ) -> tuple[list[Array], list[Array]]:
+        """The data as tensors on the device, each sharing the memory of an array it was
+        lent (see the protocol's ``asinputs``) or of its cast to ``dtype``; the parameters
+        as copies.
+
+        Why share: a copy per data array held a fit's data twice, the caller's and
+        torch's (a float32 fit at 10⁷ rows). Why not a read-only array: torch has no
+        read-only tensors, and a loss that wrote into its data would write the caller's.
+        """
+        moved = []
+        if data:  # a run moves its parameters alone: no mode to enter for them
+            with self._torch.inference_mode(False):  # inference tensors take no autograd
+                moved = [self._shared(array, dtype) for array in data]
+        return moved, [self.asarray(value, dtype) for value in params]
+
+    def _shared(self, array: np.ndarray, dtype: str) -> Array:
+        """A CPU tensor on the memory of ``array`` cast to ``dtype``, where that memory is
+        lent or made here; else ``asarray``'s copy."""
+        host = np.asarray(array)
+        if self.device.type != "cpu" or host.dtype.kind != "f":
+            return self.asarray(array, dtype)
+        if host.dtype != np.dtype(dtype):
+            host = host.astype(dtype)  # the cast is the copy: made once, here
+        elif not (host.flags.writeable and host.flags.c_contiguous):
+            return self.asarray(array, dtype)
+        return self._torch.from_numpy(host)
 
     def to_numpy(self, array: Array) -> np.ndarray:
         """Detach, move to the host, convert."""

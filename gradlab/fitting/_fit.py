@@ -39,6 +39,9 @@ def fit(
     compiled ``lax.scan`` on jax). Losses stay on the engine until the end (or the end of
     each stretch of ``every`` or ``stop.check_every`` steps), so no step waits for the host.
 
+    ``fit(...)`` is [`prepare_fit(...)`][gradlab.prepare_fit]``.run(...)``: for many fits of
+    one problem on one data set (restarts, sweeps, timing), prepare once and run each.
+
     A non-finite loss or gradient ends the fit with status ``"diverged"``; the step is
     located exactly by replaying the fit with gradient checks, which costs time only when
     something went wrong.
@@ -47,7 +50,8 @@ def fit(
         problem: What to minimise ([`Quadratic`][gradlab.Quadratic], [`Problem`][gradlab.Problem],
             ...).
         data: Mapping from name to array, as the problem expects (``{"x": ..., "y": ...}``).
-            Copied and checked, never modified.
+            Checked, never modified: an engine may read it in place for the length of
+            the call (torch only where gradlab wrote the loss, which never writes it).
         engine: An engine name (``"numpy"``, ``"torch"``, ``"jax"``, ``"fd"``, ...) or an
             engine object.
         optimizer: A [`GradientTransformation`][gradlab.GradientTransformation]

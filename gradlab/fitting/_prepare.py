@@ -19,6 +19,7 @@ from gradlab._boundary import (
     check_value_and_grad,
     crosses,
     on_engine_together,
+    only_gradlab_code,
     prepare,
     to_engine,
 )
@@ -214,6 +215,7 @@ class PreparedFit:
         if self._batch_size is not None:
             rows = _check_batches(data, self._batch_size, dtype, total_rows_of(engine))
         data = _with_constants(problem, data, dtype, self._batch_size is not None)
+        data = _lent(data, only_gradlab_code(engine, problem))
         # Overflow on the way to divergence is reported through the status, not as warnings.
         with np.errstate(all="ignore"):
             with calling(problem, engine, start, data):
@@ -581,6 +583,28 @@ def _with_constants(
             )
         added[name] = array
     return {**data, **added}
+
+
+def _lent(data: dict[str, np.ndarray], lend: bool) -> dict[str, np.ndarray]:
+    """``data`` as the engine is handed it: each array writable where the fit can ``lend``
+    it (only gradlab's code sees it: an engine may then share its memory instead of copying
+    it, as torch does), else read-only, so that an engine whose arrays can be written copies
+    it (a loss a user wrote could write into its data, and so into the caller's arrays)."""
+    return {
+        name: _writable(value) if lend else read_only(value, value.dtype.name)
+        for name, value in data.items()
+    }
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """A writable view of ``array`` where its memory is writable (a read-only view of the
+    caller's array), else ``array`` itself."""
+    view: np.ndarray = array.view()
+    try:
+        view.flags.writeable = True
+    except ValueError:  # memory nobody may write (a read-only array, a buffer of bytes)
+        return array
+    return view
 
 
 def _check_batches(

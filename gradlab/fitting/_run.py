@@ -110,7 +110,9 @@ class Run:
         """End the fit after ``updates`` updates of this stretch, keeping ``kept`` losses."""
         self._keep(losses, path, updates)
         self.losses[-1] = losses[:kept]
-        plain = dataclasses.replace(self.body, record=(), grad_norms=False)
+        # The stretch's own body (its outputs unused): the loop it compiled runs the cut, where
+        # a body without the gradient norms would be a second program to compile.
+        plain = self.body.without_record()
         if updates > 0:
             carry, _ = self.engine.run(plain, carry, self.batch, updates)
         self.updates += updates

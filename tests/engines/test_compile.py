@@ -213,6 +213,25 @@ def test_stretches_and_a_stop_rule_run_the_loop_the_first_stretch_compiled() -> 
     assert all(np.array_equal(stopped.params[name], cut.params[name]) for name in cut.params)
 
 
+def test_a_gradient_norm_rule_cuts_its_stretch_with_the_loop_that_ran_it() -> None:
+    """The body that computes gradient norms is another program than the plain one: the cut
+    runs the loop the stretch compiled, not the plain one."""
+    require_engine("jax")
+    engine, problem = gradlab.engines.JaxEngine(), small_problem()
+    # The gradient norm at step 6, from the path by finite differences.
+    path = small_fit("fd", problem, trajectory=True).trajectory
+    assert path is not None
+    at_6 = {name: path[name][6] for name in SMALL_INIT}
+    _, grads = gradlab.value_and_grad(problem, recipes.seed_numpy().data, at_6, engine="jax")
+    norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in grads.values())))
+    with loops_compiled() as compiled:
+        stopped = small_fit(
+            engine, problem, stop=gradlab.Stop(grad_norm=norm * 1.0001, check_every=4)
+        )
+    assert (stopped.stop_reason, stopped.step) == ("grad_norm", 6)
+    assert len(compiled) == 1
+
+
 def test_gradlab_s_loop_body_says_what_it_records() -> None:
     """The jax engine steps through a large recording body by what the body declares."""
     require_engine("jax")
