@@ -18,7 +18,7 @@ Why the gradient is taken *outside* the ``shard_map``: the parameters enter it
 replicated, and JAX's transpose of that replication is itself a ``psum`` over devices.
 ``value_and_grad`` of the whole sharded loss is therefore already reduced; a gradient
 taken inside each block and ``psum``-ed again would count each device's share k times.
-The loop is the jax engine's own: one compiled ``lax.scan`` around the sharded gradient.
+The loop is one compiled ``lax.scan`` around the sharded gradient (``_jax.sharded_scan``).
 
 **Across processes** (``jax.distributed.initialize``) every process passes the same data
 and keeps only its own devices' rows of it. At the start of each call and fit the
@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 
 from gradlab._errors import ArgumentError, GradlabError, RankFailed
-from gradlab._fingerprint import Compiled, digest, key
+from gradlab._fingerprint import Compiled, digest, fingerprint, key
 from gradlab._loss import checked_loss
 from gradlab._output import digest as arrays_digest
-from gradlab.engines._jax import JaxEngine, _first_float_dtype
+from gradlab.engines._jax import JaxEngine, _first_float_dtype, sharded_scan
 from gradlab.engines._protocol import (
     Array,
     Carry,
@@ -249,9 +249,16 @@ class JaxDataParallel(DataParallel):
     def run(
         self, step: Step, carry: Carry, data: Data, steps: int
     ) -> tuple[Carry, tuple[Array, ...]]:
-        """The base engine's compiled loop around this engine's gradient."""
-        with _collective():
-            return self.base.run(step, carry, data, steps)
+        """One compiled ``lax.scan`` around this engine's gradient (``sharded_scan``), one
+        step per iteration unless the base engine was given ``unroll``."""
+        base = self.base
+        with _collective(), base._precision(_first_float_dtype(carry)):
+            optimizer = getattr(step, "key", None)
+            if optimizer is None:
+                optimizer = fingerprint(getattr(step, "optimizer", None))
+            loop = sharded_scan(step, optimizer, steps, min(base.unroll or 1, steps))
+            result: tuple[Carry, tuple[Array, ...]] = loop(carry, data)
+        return result
 
     def _agree(self, **pieces: bytes) -> None:
         """Refuse, naming it and the processes, a piece (``params=...``) that this run's
