@@ -37,7 +37,7 @@ import hashlib
 import importlib
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -251,7 +251,7 @@ class JaxDataParallel(DataParallel):
     ) -> tuple[Carry, tuple[Array, ...]]:
         """One compiled ``lax.scan`` around this engine's gradient (``sharded_scan``), one
         step per iteration unless the base engine was given ``unroll``."""
-        base = self.base
+        base = cast(JaxEngine, self.base)  # made in __init__: a jax engine
         with _collective(), base._precision(_first_float_dtype(carry)):
             optimizer = getattr(step, "key", None)
             if optimizer is None:
