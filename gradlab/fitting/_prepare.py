@@ -145,8 +145,9 @@ class PreparedFit:
 
     Attributes:
         problem: The problem, as given.
-        engine: The engine object.
-        dtype: ``"float32"`` or ``"float64"``.
+        engine: The engine object (``None`` until the first run, for a problem that declares
+            no parameter shapes: its preparation waits for ``init``).
+        dtype: ``"float32"`` or ``"float64"`` (``None`` likewise).
     """
 
     def __init__(
