@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from gradlab._picklable import unwrapped
 from gradlab.engines._protocol import BATCH_ORDER, Data, ValueAndGrad
-from gradlab.optimizers import GradientTransformation, apply_updates
+from gradlab.optimizers import GradientTransformation
 
 _ORDER = BATCH_ORDER
 
@@ -56,6 +56,8 @@ class Step:
     #: an optimizer whose closure changed between fits is never run from the old program.
     key: Hashable = None
     _update: Callable[..., Any] = field(init=False, repr=False, compare=False)
+    #: Whether a step's outputs are its loss alone (nothing checked, normed or recorded).
+    _plain: bool = field(init=False, repr=False, compare=False)
 
     def __call__(self, carry: Carry, data: Data) -> tuple[Carry, tuple[Any, ...]]:
         params, state, position = carry
@@ -72,19 +74,25 @@ class Step:
         updates, state = self._update(grads, state, params)
         if self.batched:
             position = position + 1
-        return Carry(apply_updates(params, updates), state, position), self.outputs(
-            loss, grads, params
-        )
+        # ``apply_updates`` without its tree walk: the carry's parameters are a flat dict of
+        # arrays by path, always (a fit flattens nests), and eager engines pay for the walk
+        # at every step.
+        params_next = {name: value + updates[name] for name, value in params.items()}
+        outputs = (loss,) if self._plain else self.outputs(loss, grads, params)
+        return Carry(params_next, state, position), outputs
 
     def __post_init__(self) -> None:
         # Called every step: without the pickling wrapper around gradlab's optimizers.
         object.__setattr__(self, "_update", unwrapped(self.optimizer.update))
+        plain = not (self.check_gradients or self.grad_norms or self.record)
+        object.__setattr__(self, "_plain", plain)
 
     def __getstate__(self) -> dict[str, Any]:
         # The key stays behind: it names objects of this process (ids), which another
         # process (a data-parallel rank) neither needs nor could compare; a body that
         # travels is compared by what it computes. The unwrapped update is made again.
-        state = {name: value for name, value in self.__dict__.items() if name != "_update"}
+        made = ("_update", "_plain")
+        state = {name: value for name, value in self.__dict__.items() if name not in made}
         return {**state, "key": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
