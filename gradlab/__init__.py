@@ -43,18 +43,23 @@ from gradlab._errors import RankFailed as RankFailed
 from gradlab._errors import Regression as Regression
 from gradlab._errors import UnknownEngine as UnknownEngine
 from gradlab._output import load as load
+from gradlab._tap import tap as tap
 from gradlab.bench._harness import BenchmarkCase as BenchmarkCase
 from gradlab.bench._harness import BenchmarkResult as BenchmarkResult
 from gradlab.bench._harness import Timing as Timing
 from gradlab.bench._harness import benchmark as benchmark
 from gradlab.comparison._baseline import BaselineComparison as BaselineComparison
 from gradlab.comparison._baseline import Change as Change
+from gradlab.comparison._divergence import Divergence as Divergence
+from gradlab.comparison._divergence import DivergenceReport as DivergenceReport
+from gradlab.comparison._divergence import PointVerdict as PointVerdict
 from gradlab.comparison._fits import FitComparison as FitComparison
 from gradlab.comparison._fits import compare_fits as compare_fits
 from gradlab.comparison._gradients import compare_gradients as compare_gradients
 from gradlab.comparison._gradients import compare_hessians as compare_hessians
 from gradlab.comparison._jacobians import compare_jacobians as compare_jacobians
 from gradlab.comparison._jacobians import compare_per_example_grads as compare_per_example_grads
+from gradlab.comparison._locate import locate as locate
 from gradlab.comparison._report import GradientReport as GradientReport
 from gradlab.comparison._report import Verdict as Verdict
 from gradlab.engines import AbstractEngine as AbstractEngine
@@ -119,6 +124,8 @@ __all__ = [
     "Change",
     "Det",
     "Disagreement",
+    "Divergence",
+    "DivergenceReport",
     "EngineInfo",
     "EngineUnavailable",
     "FitComparison",
@@ -138,6 +145,7 @@ __all__ = [
     "MissingDependency",
     "NativeProblem",
     "NotSupported",
+    "PointVerdict",
     "PolynomialRegression",
     "PreparedFit",
     "Problem",
@@ -175,6 +183,7 @@ __all__ = [
     "jvp",
     "known_engines",
     "load",
+    "locate",
     "max_rho",
     "momentum",
     "optimizers",
@@ -188,6 +197,7 @@ __all__ = [
     "rmsprop",
     "schedules",
     "sgd",
+    "tap",
     "tolerance",
     "torch_module",
     "unregister_engine",

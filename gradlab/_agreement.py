@@ -110,6 +110,8 @@ class Criterion:
     tolerance: float | None = None
     atol: float | None = None
     rtol: float | None = None
+    #: Each pair's largest rho derived from the computation (``tolerance="derived"``).
+    derived: bool = False
 
     @property
     def in_rho(self) -> bool:
@@ -131,13 +133,20 @@ class Criterion:
 
 
 def criterion(tolerance: object = None, atol: object = None, rtol: object = None) -> Criterion:
-    """Check a comparison's tolerance arguments: ``tolerance`` (a largest rho) or ``atol`` and
-    ``rtol`` (either alone means the other is 0), not both kinds."""
+    """Check a comparison's tolerance arguments: ``tolerance`` (a largest rho, or
+    ``"derived"``: each pair's from the computation) or ``atol`` and ``rtol`` (either alone
+    means the other is 0), not both kinds."""
     if tolerance is not None and (atol is not None or rtol is not None):
         raise ArgumentError(
             "tolerance", "and atol/rtol are two ways of saying the same thing: give one of them"
         )
+    if tolerance == "derived":
+        return Criterion(derived=True)
     if tolerance is not None:
+        if isinstance(tolerance, str):
+            raise ArgumentError(
+                "tolerance", f"must be a positive number or 'derived', got {tolerance!r}"
+            )
         return Criterion(tolerance=check_positive_float(tolerance, "tolerance"))
     if atol is None and rtol is None:
         return Criterion()

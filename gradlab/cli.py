@@ -52,6 +52,16 @@ _OPTIMIZERS = {
 }
 
 
+def _tolerance(text: str) -> float | str:
+    """--tolerance: a number, or ``derived``."""
+    if text == "derived":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or 'derived', got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradlab",
@@ -185,9 +195,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--tolerance",
-        type=float,
+        type=_tolerance,
         default=None,
-        help="one largest rho for every pair, instead of gradlab's table",
+        help="one largest rho for every pair, instead of gradlab's table; or 'derived': "
+        "each pair's from the computation (what a few ulps' move of the parameters does)",
     )
     compare.add_argument(
         "--atol",
@@ -196,6 +207,33 @@ def _parser() -> argparse.ArgumentParser:
         help="judge pairs by |a-b| <= atol + rtol*max(|a|,|b|) instead of rho",
     )
     compare.add_argument("--rtol", type=float, default=None, help="see --atol")
+
+    locate = commands.add_parser(
+        "locate",
+        parents=[setup, output, machine],
+        help="find where implementations part: the first tapped point, forward or backward",
+        description=(
+            "Evaluate the problem on each engine with its points watched (gradlab.tap in "
+            "the code; every submodule of a torch module wrapped by gradlab.torch_module), "
+            "and report every point's forward value and backward cotangent against the "
+            "reference, each judged against the bound round-off explains there. Exit status "
+            "0 when no engine parts from the reference beyond it, 1 when one does."
+        ),
+    )
+    locate.add_argument(
+        "--engines",
+        default=None,
+        help="comma-separated engine names, the reference first (default: one engine per "
+        "framework the problem is implemented in)",
+    )
+    locate.add_argument(
+        "--params",
+        nargs="+",
+        metavar="NAME=VALUES",
+        default=[],
+        help="where to evaluate, e.g. --params w=1.5 b=-2; the rest from the problem's "
+        "initial_params",
+    )
 
     fit = commands.add_parser(
         "fit",
@@ -472,13 +510,19 @@ def _problem_and_data(args: argparse.Namespace) -> tuple[AbstractProblem, dict[s
         )
     problem = at_size(problem_named(args.problem, "--problem"), args.n)
     try:
-        if problem.takes_features:
-            return problem, problem.make_data(args.n, d=args.features, seed=args.seed)  # type: ignore[call-arg]
-        return problem, problem.make_data(args.n, seed=args.seed)
+        return problem, _made(problem, args)
     except NotSupported as error:
         raise ArgumentError(
             "--problem", f"{error}; the command line makes --n points of data with it"
         ) from None
+
+
+def _made(problem: AbstractProblem, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """The problem's own data for --n, --features and --seed (``NotSupported`` when it
+    makes none)."""
+    if problem.takes_features:
+        return problem.make_data(args.n, d=args.features, seed=args.seed)  # type: ignore[call-arg]
+    return problem.make_data(args.n, seed=args.seed)
 
 
 def _point(
@@ -556,6 +600,30 @@ def _compare(args: argparse.Namespace, show_progress: bool) -> int:
         if not args.json:
             print(f"\nPlot written to {args.plot}")
     return 0 if report.ok and (against is None or against.ok) else 1
+
+
+def _locate(args: argparse.Namespace, show_progress: bool) -> int:
+    from gradlab.comparison._locate import locate
+
+    problem = at_size(problem_named(args.problem, "--problem"), args.n)
+    try:
+        data = _made(problem, args)
+    except NotSupported:
+        data = {}  # a problem that makes no data (a NativeProblem closing over its own)
+    try:
+        start = flatten(problem.initial_params(data, seed=args.seed))[0]
+    except NotSupported as error:
+        raise ArgumentError(
+            "--problem", f"{error}; locate starts from the problem's initial_params"
+        ) from None
+    params = _point(problem, data, args.params, "--params", lambda _, name: start[name])
+    report = locate(problem, data, params, engines=args.engines, dtype=args.dtype, seed=args.seed)
+    _print(report, None, args.json)
+    if args.plot:
+        report.plot(args.plot)
+        if not args.json:
+            print(f"\nPlot written to {args.plot}")
+    return 0 if report.ok else 1
 
 
 def _baseline(args: argparse.Namespace, kind: type) -> Any:
@@ -676,6 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = {
             "demo": _demo,
             "compare": _compare,
+            "locate": _locate,
             "fit": _fit,
             "bench": _bench,
             "engines": _engines,

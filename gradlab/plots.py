@@ -42,7 +42,13 @@ from gradlab.problems._base import AbstractProblem
 
 # The results are typed Any here: the result modules import this one (for their ``plot``
 # methods), and this module reads only their public attributes, so it imports none of them.
-__all__ = ["agreement_figure", "benchmark_figure", "fit_comparison_figure", "fit_figure"]
+__all__ = [
+    "agreement_figure",
+    "benchmark_figure",
+    "divergence_figure",
+    "fit_comparison_figure",
+    "fit_figure",
+]
 
 #: rho below this is drawn at it: 0 has no logarithm, and float64 round-off sits above it.
 RHO_FLOOR = 1e-17
@@ -174,6 +180,94 @@ def agreement_figure(report: Any) -> Any:
     )
     bar = figure.colorbar(image, ax=axes, shrink=0.8)
     bar.set_label("log₁₀(rho / tolerance): below 0 agrees")
+    return figure
+
+
+def divergence_figure(report: Any) -> Any:
+    """rho at every tapped point, forward (in the order the loss reaches them) and backward,
+    against the bound round-off explains there; the first divergence circled.
+
+    One panel per direction, the points along the bottom (named, slanted); per engine against
+    the reference one line; the bound dashed in black. A point above its bound that a lower
+    precision explains is marked with an open square.
+    """
+    points = list(report.points)
+    others = [name for name in report.engines if name != report.reference]
+    figure = _figure(max(6.4, 0.32 * len(points) + 2.5), 5.2)
+    panels = figure.subplots(2, 1, sharex=True)
+    positions = np.arange(len(points))
+    handles: list[Any] = []
+    labels: list[str] = []
+    first = report.first
+    explained = {(e.name, e.direction) for e in report.explained}
+    for axes, direction in zip(panels, ("forward", "backward"), strict=True):
+        bounds = [point.bound(direction) for point in points]
+        bound_values = np.array([np.nan if b is None else b for b in bounds], dtype=float)
+        (line,) = axes.step(positions, bound_values, where="mid", **_TOLERANCE)
+        if direction == "forward":
+            handles.append(line)
+            labels.append("round-off bound")
+        for index, name in enumerate(others):
+            values = np.array(
+                [
+                    (point.forward if direction == "forward" else point.backward).get(name, np.nan)
+                    for point in points
+                ],
+                dtype=float,
+            )
+            style = _style(index, len(others))
+            (line,) = axes.plot(
+                positions, np.maximum(values, RHO_FLOOR), marker="o", markersize=4, **style
+            )
+            if direction == "forward":
+                handles.append(line)
+                labels.append(f"{name} against {report.reference}")
+        for at, point in enumerate(points):
+            if (point.name, direction) in explained:
+                axes.plot(
+                    at,
+                    max(point.rho(direction), RHO_FLOOR),
+                    marker="s",
+                    markersize=10,
+                    markerfacecolor="none",
+                    markeredgecolor="0.3",
+                )
+        if first is not None and first.direction == direction:
+            at = [point.name for point in points].index(first.name)
+            axes.plot(
+                at,
+                max(first.rho, RHO_FLOOR),
+                marker="o",
+                markersize=16,
+                markerfacecolor="none",
+                markeredgecolor="red",
+                markeredgewidth=2,
+            )
+        axes.set_yscale("log")
+        axes.set_ylabel(f"{direction} rho")
+        axes.grid(True, which="major", alpha=0.3)
+    panels[1].set_xticks(positions, [point.name for point in points])
+    panels[1].tick_params(axis="x", labelrotation=40)
+    for label in panels[1].get_xticklabels():
+        label.set_horizontalalignment("right")
+        label.set_rotation_mode("anchor")
+    title = f"Where do they part? {report.problem}, {report.dtype}"
+    if first is not None:
+        title += f": first {first.direction} at {first.name!r}"
+        handles.append(
+            _proxy(
+                marker="o",
+                markersize=10,
+                markerfacecolor="none",
+                markeredgecolor="red",
+                markeredgewidth=2,
+                linestyle="none",
+            )
+        )
+        labels.append("first divergence")
+    panels[0].set_title(title)
+    panels[1].set_xlabel("tapped points, in the order the forward pass reaches them")
+    _legend_below(figure, handles, labels)
     return figure
 
 

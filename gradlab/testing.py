@@ -27,6 +27,10 @@ float32 and float64:
   number give gradlab errors naming the argument, the problem and the engine, never a
   framework's traceback; the caller's arrays are never written.
 
+[`assert_same_model`][gradlab.testing.assert_same_model] is the check for a model ported
+between frameworks: [`locate`][gradlab.locate] as an assertion, whose failure names the
+first point where the ports part.
+
 A problem the engine declines (``NotSupported``, e.g. complex step on a loss that is not
 analytic) is skipped with the engine's reason. Needs pytest (it is a test suite).
 """
@@ -51,7 +55,7 @@ from gradlab._errors import ArgumentError, GradlabError, NotSupported, ProblemEr
 from gradlab.engines._protocol import capabilities_of, is_approximate
 from gradlab.problems._named import NAMED_PROBLEMS, at_size
 
-__all__ = ["EngineConformance", "global_state"]
+__all__ = ["EngineConformance", "assert_same_model", "global_state"]
 
 #: rho an exact engine may differ by from the hand derivation in float64 (round-off of the
 #: largest shipped problems; observed ≤ 1e-14).
@@ -68,6 +72,45 @@ def _setup(name: str, size: int = 7, rows: int = 40) -> tuple[Any, dict[str, Any
     shapes = problem.param_shapes(problem.check_data(data)) or {}
     params = {key: 0.5 * rng.standard_normal(shape) for key, shape in shapes.items()}
     return problem, data, params
+
+
+def assert_same_model(
+    problem: Any,
+    data: Any = None,
+    params: Any = None,
+    *,
+    engines: Any = None,
+    dtype: str = "float64",
+    names: Any = None,
+    seed: int = 0,
+) -> Any:
+    """Assert that implementations of one model agree at every tapped point, forward and
+    backward, within what round-off explains: [`locate`][gradlab.locate] as a test.
+
+    Copy it into a test suite; a failure's message names the first point where they part,
+    in which direction, the operations to look at, and the whole table.
+
+    Args:
+        problem: As for [`locate`][gradlab.locate].
+        data: As for ``locate``.
+        params: As for ``locate``.
+        engines: As for ``locate``.
+        dtype: As for ``locate``.
+        names: As for ``locate``.
+        seed: As for ``locate``.
+
+    Returns:
+        The [`DivergenceReport`][gradlab.DivergenceReport], when they agree.
+
+    Raises:
+        Disagreement: an ``AssertionError``; they part beyond round-off.
+    """
+    report = gradlab.locate(
+        problem, data, params, engines=engines, dtype=dtype, names=names, seed=seed
+    )
+    if not report.ok:
+        raise gradlab.Disagreement(f"{report.summary()}\n\n{report}", report)
+    return report
 
 
 def global_state() -> dict[str, Any]:

@@ -64,6 +64,7 @@ GROUND_FLOOR = {
     "gradlab._loss",
     "gradlab._picklable",
     "gradlab._flat",
+    "gradlab._tap",
     "gradlab.optimizers",
     "gradlab.schedules",
 }

@@ -71,6 +71,12 @@ PUBLIC = {
     "Change",
     "Regression",
     "load",
+    # Where implementations part (issue 31).
+    "tap",
+    "locate",
+    "DivergenceReport",
+    "PointVerdict",
+    "Divergence",
     "chain",
     "clip_by_global_norm",
     "compare_fits",

@@ -13,6 +13,7 @@ from gradlab import _output
 from gradlab._agreement import Criterion, criterion, path_rho
 from gradlab._boundary import check_transformation, prepare
 from gradlab._checks import check_dtype, check_float, check_positive_int
+from gradlab._errors import ArgumentError
 from gradlab._output import point, short
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
@@ -348,7 +349,7 @@ def compare_fits(
     loss_tol: float | None = None,
     repeats: int = 1,
     progress: bool = False,
-    tolerance: float | None = None,
+    tolerance: float | str | None = None,
     atol: float | None = None,
     rtol: float | None = None,
 ) -> FitComparison:
@@ -404,6 +405,12 @@ def compare_fits(
     repeats = check_positive_int(repeats, "repeats")
     if loss_tol is not None:
         loss_tol = check_float(loss_tol, "loss_tol")
+    if tolerance == "derived":
+        raise ArgumentError(
+            "tolerance",
+            "'derived' bounds a derivative at one point; two fits part by round-off growing "
+            "step by step: give a number (or atol/rtol)",
+        )
     judge = criterion(tolerance, atol, rtol)
     if init is None:
         init = default_start(problem, data)

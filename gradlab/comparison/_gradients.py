@@ -19,7 +19,7 @@ def compare_gradients(
     engines: Engines = None,
     dtype: str = "float64",
     reference: str | GradientEngine | None = None,
-    tolerance: float | None = None,
+    tolerance: float | str | None = None,
     atol: float | None = None,
     rtol: float | None = None,
     progress: bool = False,
@@ -39,7 +39,13 @@ def compare_gradients(
             absent; where that default cannot run the problem, the first engine that can.
         tolerance: One largest rho for every pair, instead of gradlab's table
             ([`tolerance`][gradlab.tolerance]: exact pairs 1e-9 in float64 and 1e-4 in float32;
-            pairs with an approximate engine such as fd 1e-6 and 1e-4).
+            pairs with an approximate engine such as fd 1e-6 and 1e-4). Or ``"derived"``:
+            each pair's from this computation, 8 times how far either engine's own result
+            moves when the parameters move by 4 ulps, and never under 32 ulps (a pair with an
+            approximate engine keeps the table's where that is larger). It costs each
+            engine a second evaluation, and catches what the table's margin hides (a
+            derivation off by 1e-11) without calling an ill-conditioned problem's round-off
+            a disagreement (the bounds of [`locate`][gradlab.locate]).
         atol: Judge pairs instead in the familiar form, element by element:
             |a − b| ≤ atol + rtol·max(|a|, |b|) (symmetric, unlike ``numpy.isclose``).
             ``atol = rtol = τ`` is within a factor 2 of ``tolerance = τ``: it accepts all
@@ -84,7 +90,7 @@ def compare_hessians(
     engines: Engines = None,
     dtype: str = "float64",
     reference: str | GradientEngine | None = None,
-    tolerance: float | None = None,
+    tolerance: float | str | None = None,
     atol: float | None = None,
     rtol: float | None = None,
     progress: bool = False,

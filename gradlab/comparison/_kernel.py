@@ -9,6 +9,7 @@ must offer, what it computes, how pairs are judged and how elements are named. T
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,10 @@ from gradlab._flat import FlatView
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._tree import structure
+from gradlab.comparison._divergence import derived_bound, moved_params
 from gradlab.comparison._kinds import Kind, Setup, kind_named
 from gradlab.comparison._report import GradientReport, Verdict
-from gradlab.engines._protocol import GradientEngine, runs_hand_of
+from gradlab.engines._protocol import GradientEngine, is_approximate, runs_hand_of
 from gradlab.engines._registry import engine_list, get_engine
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._native import NativeProblem, framework_of
@@ -52,7 +54,7 @@ def compare(
     engines: Engines = None,
     dtype: str = "float64",
     reference: str | GradientEngine | None = None,
-    tolerance: float | None = None,
+    tolerance: float | str | None = None,
     atol: float | None = None,
     rtol: float | None = None,
     progress: bool = False,
@@ -234,6 +236,12 @@ def _report(kind: Kind, setup: Setup, progress: bool) -> GradientReport:
     size = len(names)
     matrix = np.zeros((size, size))
     limits = kind.tolerances(built, dtype, judge.tolerance)
+    if judge.derived:
+        # Exact pairs get the derived bound; a pair with an approximate engine (fd) keeps the
+        # table's tolerance where it is the larger: its truncation error is no round-off.
+        derived = _derived(kind, setup, built, values, label)
+        exact = np.array([not is_approximate(engine) for engine in built.values()])
+        limits = np.where(exact[:, None] & exact[None, :], derived, np.maximum(limits, derived))
     worst: dict[str, dict[str, str | None]] = {name: {} for name in names}
     for i, a in enumerate(names):
         for j, b in enumerate(names):
@@ -292,6 +300,31 @@ def _report(kind: Kind, setup: Setup, progress: bool) -> GradientReport:
         else {k: v.astype(dtype) for k, v in setup.tangent.items()},
         data_digest=_output.digest(setup.data),
         implementations=implementations,
+    )
+
+
+def _derived(
+    kind: Kind,
+    setup: Setup,
+    built: Mapping[str, GradientEngine],
+    values: Mapping[str, Mapping[str, np.ndarray]],
+    label: Label,
+) -> np.ndarray:
+    """Each pair's largest rho derived from this computation (``tolerance="derived"``): how
+    far each engine's own result moves when the parameters move by a few ulps (its spread),
+    times ``SAFETY``, never under the floor (``comparison._divergence``). An approximate
+    engine keeps the table's tolerance beside it (the caller takes the larger)."""
+    moved = moved_params(setup.params, setup.dtype, seed=0)
+    spread = {
+        name: _largest_rho(
+            values[name],
+            kind.compute(replace(setup, params=moved), engine, setup.dtype).values,
+            label,
+        )[0]
+        for name, engine in built.items()
+    }
+    return np.array(
+        [[derived_bound(setup.dtype, spread[a], spread[b]) for b in built] for a in built]
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from gradlab import _output
-from gradlab._agreement import Criterion, differences
+from gradlab._agreement import Criterion, differences, rho
 from gradlab._checks import check_dtype, check_positive_int
 from gradlab._errors import ArgumentError, Disagreement
 from gradlab._output import point
@@ -260,9 +260,35 @@ class GradientReport(_output.Record):
             return f"{self.verdicts[engine].tolerance:.0e}"
         return self.criterion.describe()
 
+    @property
+    def losses_differ(self) -> str | None:
+        """Where two implementations' losses differ beyond the pair's tolerance, a sentence
+        that says so (their forward passes differ: [`locate`][gradlab.locate] finds where);
+        else ``None``. Only for problems whose engines run different code (a
+        [`NativeProblem`][gradlab.NativeProblem])."""
+        if not self.implementations or not self.losses:
+            return None
+        voices: dict[str, str] = {}
+        for name in self.engines:
+            if name in self.losses:
+                voices.setdefault(self._voice(name), name)
+        first, *others = voices.values()
+        for other in others:
+            i, j = self.engines.index(first), self.engines.index(other)
+            gap = float(np.max(rho(self.losses[first], self.losses[other])))
+            if gap > self.tolerances[i, j]:
+                return (
+                    f"The implementations' losses differ ({first} {self.losses[first]:.12g}, "
+                    f"{other} {self.losses[other]:.12g}; rho {gap:.1e}): their forward passes "
+                    "differ. gradlab.locate(problem, data, params) finds the first point where "
+                    "they part."
+                )
+        return None
+
     def __str__(self) -> str:
         at = point(self.params)
-        lines = [
+        lines = [self.losses_differ] if self.losses_differ else []
+        lines += [
             f"{KINDS[self.derivative].title} agreement: {self.problem}, {self.dtype}, at {at}",
             f"reference: {self.reference}; rho = |a − b| / max(1, |a| + |b|), largest over "
             "all elements",

@@ -16,15 +16,17 @@ canonical layout.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from gradlab._checks import META_DEVICE, Shapes, check_shapes
 from gradlab._errors import ArgumentError, ArgumentTypeError, NotSupported
+from gradlab._tap import tap, tapping
 from gradlab._tree import flatten, parse_path, path
 from gradlab.problems._base import (
     AbstractProblem,
@@ -373,7 +375,10 @@ def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]
 
     def apply(params: Mapping[str, Any], *inputs: Any) -> Any:
         _check_module_params(params, shapes, torch)
-        return functional_call(module, dict(params), inputs)
+        if not tapping():
+            return functional_call(module, dict(params), inputs)
+        with _tapped(module):
+            return functional_call(module, dict(params), inputs)
 
     # Widened in torch: NumPy has no bfloat16.
     copies = {
@@ -381,6 +386,25 @@ def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]
         for name, value in named.items()
     }
     return apply, copies
+
+
+@contextlib.contextmanager
+def _tapped(module: Any) -> Iterator[None]:
+    """Every submodule's output tapped (``gradlab.tap``), named by its path in ``module``
+    (``"blocks.0.attn"``), for the length of one call; the hooks are removed after, so
+    the module is left as it was found."""
+    handles = [
+        submodule.register_forward_hook(
+            lambda _module, _inputs, output, name=name: tap(name, output)
+        )
+        for name, submodule in module.named_modules()
+        if name
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _check_module_params(params: object, shapes: Mapping[str, tuple[int, ...]], torch: Any) -> None:

@@ -1,0 +1,475 @@
+"""``locate``: where two implementations of one loss part, forward or backward, and whether
+the gap is one round-off explains.
+
+Each implementation marks its points with [`tap`][gradlab.tap]. For each engine, ``locate``
+evaluates the loss three times (four in float32):
+
+1. **discover**: which points the loss reaches, in order, with their shapes and dtypes;
+2. **read**: the loss with a zero *probe* added at each point and a zero *reader* dotted
+   with it (``gradlab._tap``): one ``value_and_grad`` gives every forward value (the
+   readers' gradients), every backward cotangent (the probes') and every parameter's
+   gradient, in any engine, traced or eager;
+3. **perturb**: the same at parameters moved by a few ulps: how far round-off alone moves
+   each value *of this implementation* — the derived bound;
+4. in float32, **referee**: the same in float64, to say which implementation is the nearer
+   to its own float64 run where they part.
+
+Engines on NumPy (``fd``, ``complex-step``) read forward values by evaluating the loss
+directly: they have no backward pass to read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gradlab._agreement import rho
+from gradlab._boundary import evaluate, prepare
+from gradlab._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    EngineUnavailable,
+    HandGradientMissing,
+    NotSupported,
+    naming,
+)
+from gradlab._loss import calling
+from gradlab._provenance import common_provenance
+from gradlab._tap import Point, Session, watching
+from gradlab.comparison._divergence import (
+    DivergenceReport,
+    PointVerdict,
+    derived_bound,
+    moved_params,
+    precision_settings,
+)
+from gradlab.comparison._kernel import Engines, implementations_of
+from gradlab.engines._protocol import GradientEngine, runs_hand_of
+from gradlab.engines._registry import engine_list, get_engine
+from gradlab.problems._base import AbstractProblem
+from gradlab.problems._native import framework_of
+
+#: Prefixes of the probes' and readers' names among the parameters an engine differentiates.
+_PROBE, _READER = "⟨probe⟩", "⟨reader⟩"
+
+Names = Mapping[str, Mapping[str, str]] | None
+
+
+def locate(
+    problem: AbstractProblem,
+    data: Any = None,
+    params: Any = None,
+    *,
+    engines: Engines = None,
+    dtype: str = "float64",
+    names: Names = None,
+    seed: int = 0,
+) -> DivergenceReport:
+    """Where two implementations of one loss part: the first tapped point, forward or
+    backward, whose values differ beyond what round-off explains.
+
+    Args:
+        problem: The problem: a [`NativeProblem`][gradlab.NativeProblem] (each engine runs
+            its framework's implementation) or one written once against ``xp`` (each engine
+            runs that code). Points are marked in the code with [`tap`][gradlab.tap];
+            modules wrapped by [`torch_module`][gradlab.torch_module] are tapped at every
+            submodule's output, by module path.
+        data: Its data (``None``: none), copied, never modified.
+        params: Where to evaluate (``None``: the problem's ``initial_params``), copied.
+        engines: Two or more engines (names or objects, or a comma-separated string); the
+            first is the reference. Default: one engine per framework the problem is
+            implemented in (torch, jax, TensorFlow, MLX; NumPy forward only, by ``fd``),
+            or torch and jax for a problem written against ``xp``.
+        dtype: ``"float32"`` or ``"float64"``.
+        names: Point names to translate, by engine or framework name:
+            ``{"jax": {"Dense_0": "fc1"}}``; points are matched by (translated) name.
+        seed: Seed of the round-off perturbation.
+
+    Returns:
+        A [`DivergenceReport`][gradlab.DivergenceReport].
+
+    Raises:
+        ArgumentError: bad arguments, fewer than two engines that can run, or no point
+            tapped in any implementation.
+    """
+    if data is None:
+        data = {}
+    if params is None:
+        params = _initial(problem, data, seed)
+    _, checked_dtype, flat, checked_data, checked_params, layout = prepare(
+        problem, data, params, "numpy", dtype, "params"
+    )
+    names = _check_names(names)
+    chosen, skipped = _engines(engines, flat)
+    for path in checked_params:
+        if path.startswith((_PROBE, _READER)):
+            raise ArgumentError("params", f"has a parameter named {path!r}, a name locate uses")
+    runs: dict[str, _Run] = {}
+    perturbed = moved_params(checked_params, checked_dtype, seed)
+    for engine_name, engine in chosen.items():
+        renames = {**names.get(framework_of(engine.xp), {}), **names.get(engine_name, {})}
+        run = _observe(engine, flat, checked_data, checked_params, checked_dtype)
+        moved = _observe(engine, flat, checked_data, perturbed, checked_dtype, run.points)
+        referee = (
+            _observe(engine, flat, checked_data, checked_params, "float64", run.points)
+            if checked_dtype == "float32"
+            else None
+        )
+        runs[engine_name] = run.renamed(renames, moved, referee)
+    if not any(run.points for run in runs.values()):
+        raise ArgumentError(
+            "problem",
+            "reached no tap in any implementation: mark points with gradlab.tap(name, x), "
+            "or wrap torch modules with gradlab.torch_module (tapped at every submodule)",
+        )
+    reference = next(iter(runs))
+    return _report(
+        problem_name=getattr(problem, "name", type(problem).__name__),
+        dtype=checked_dtype,
+        runs=runs,
+        reference=reference,
+        implementations=implementations_of(chosen, flat),
+        skipped=skipped,
+        params=layout.unflatten(checked_params),
+        flat_params=checked_params,
+        provenance={
+            **common_provenance(checked_dtype),
+            "precision": {name: precision_settings(engine) for name, engine in chosen.items()},
+        },
+    )
+
+
+@dataclass
+class _Run:
+    """One engine's observation: points in order, and per point its forward value and
+    backward cotangent (``None`` where the engine has no backward to read), the loss and the
+    parameters' gradients; after ``renamed``, the same at perturbed parameters and (float32)
+    in float64."""
+
+    points: dict[str, Point]
+    loss: float
+    forward: dict[str, np.ndarray]
+    backward: dict[str, np.ndarray] | None
+    grads: dict[str, np.ndarray] | None
+    moved: _Run | None = None
+    referee: _Run | None = None
+
+    def renamed(self, renames: Mapping[str, str], moved: _Run, referee: _Run | None) -> _Run:
+        def rename(values: dict[str, Any] | None) -> dict[str, Any] | None:
+            if values is None:
+                return None
+            return {renames.get(name, name): value for name, value in values.items()}
+
+        def apply(run: _Run) -> _Run:
+            return _Run(
+                rename(run.points) or {},
+                run.loss,
+                rename(run.forward) or {},
+                rename(run.backward),
+                run.grads,
+            )
+
+        out = apply(self)
+        out.points = {
+            name: Point(name, p.shape, p.dtype, p.floating) for name, p in out.points.items()
+        }
+        out.moved = apply(moved)
+        out.referee = None if referee is None else apply(referee)
+        return out
+
+
+def _observe(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+    points: Mapping[str, Point] | None = None,
+) -> _Run:
+    """One engine's values at every point: discovered first unless ``points`` are known."""
+    if engine.xp is np:
+        return _observe_eagerly(engine, problem, data, params, dtype)
+    if points is None:
+        discover = _Probed(problem, set(), set())
+        evaluate(engine, discover, data, dict(params), dtype)
+        points = discover.points
+    floating = [name for name, point in points.items() if point.floating]
+    probes = {f"{_PROBE}{name}": np.zeros(points[name].shape) for name in floating}
+    readers = {f"{_READER}{name}": np.zeros(points[name].shape) for name in floating}
+    probed = _Probed(problem, set(probes), set(readers))
+    loss, grads = evaluate(engine, probed, data, {**params, **probes, **readers}, dtype)
+    if list(probed.points) != list(points):
+        raise ArgumentError(
+            "problem",
+            f"engine {engine.name!r}: the loss reached other points on a second evaluation "
+            f"({', '.join(probed.points)} after {', '.join(points)}): taps must not depend "
+            "on the parameters' values",
+        )
+    return _Run(
+        dict(points),
+        float(loss),
+        {name: grads[f"{_READER}{name}"] for name in floating},
+        {name: grads[f"{_PROBE}{name}"] for name in floating},
+        {name: grads[name] for name in params},
+    )
+
+
+def _observe_eagerly(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> _Run:
+    """An engine on NumPy: the loss evaluated directly, each tap's value kept as it is; the
+    parameters' gradients are the engine's own (hand-derived or approximated)."""
+    session = Session(np, keep=True)
+    cast_params = {name: value.astype(dtype) for name, value in params.items()}
+    cast_data = {name: np.asarray(value).astype(dtype) for name, value in data.items()}
+    with (
+        np.errstate(all="ignore"),
+        calling(problem, engine, cast_params, cast_data),
+        watching(session),
+    ):
+        loss = problem.loss(cast_params, cast_data, np)
+    try:
+        _, grads = evaluate(engine, problem, data, dict(params), dtype)
+    except (HandGradientMissing, NotSupported):
+        grads = None
+    forward = {
+        name: np.array(value, dtype=np.float64)
+        for name, value in session.values.items()
+        if session.points[name].floating
+    }
+    return _Run(dict(session.points), float(loss), forward, None, grads)
+
+
+class _Probed(AbstractProblem):
+    """``problem`` with its taps watched: parameters named ``⟨probe⟩<point>`` are added to
+    the points' values, and those named ``⟨reader⟩<point>`` dotted with them into the loss
+    (``gradlab._tap``); the points the last evaluation reached are in ``points``."""
+
+    probe = False
+
+    def __init__(self, problem: AbstractProblem, probes: set[str], readers: set[str]) -> None:
+        self.problem = problem
+        self.name = problem.name
+        self.reduction = problem.reduction
+        self._probes, self._readers = probes, readers
+        self.points: dict[str, Point] = {}
+
+    def check_namespace(self, xp: Any) -> None:
+        self.problem.check_namespace(xp)
+
+    def loss(self, params: Mapping[str, Any], data: Mapping[str, Any], xp: Any) -> Any:
+        own, probes, readers = {}, {}, {}
+        for name, value in params.items():
+            if name in self._probes:
+                probes[name[len(_PROBE) :]] = value
+            elif name in self._readers:
+                readers[name[len(_READER) :]] = value
+            else:
+                own[name] = value
+        session = Session(xp, probes, readers)
+        with watching(session):
+            value = self.problem.loss(own, data, xp)
+        for term in session.terms:
+            value = value + term
+        self.points = session.points
+        return value
+
+
+def _initial(problem: object, data: Any, seed: int) -> Any:
+    """The problem's ``initial_params`` for ``data``, or an error naming ``params``."""
+    try:
+        return problem.initial_params(data, seed=seed)  # type: ignore[attr-defined]
+    except (NotSupported, AttributeError):
+        name = getattr(problem, "name", "the problem")
+        raise ArgumentError(
+            "params", f"is required: problem {name!r} declares no parameter shapes to start from"
+        ) from None
+
+
+def _check_names(names: object) -> dict[str, dict[str, str]]:
+    """``names`` as ``{engine or framework: {its name: shared name}}``."""
+    if names is None:
+        return {}
+    if not isinstance(names, Mapping):
+        raise ArgumentTypeError(
+            "names", f"must map engine or framework names to dicts, got {names!r}"
+        )
+    checked: dict[str, dict[str, str]] = {}
+    for who, mapping in names.items():
+        if not isinstance(mapping, Mapping) or not all(
+            isinstance(a, str) and isinstance(b, str) for a, b in mapping.items()
+        ):
+            raise ArgumentTypeError(f"names[{who!r}]", "must map point names to point names")
+        checked[str(who)] = dict(mapping)
+    return checked
+
+
+def _engines(
+    engines: Engines, problem: AbstractProblem
+) -> tuple[dict[str, GradientEngine], dict[str, str]]:
+    """The engines to observe, the reference first; by default one per framework that can
+    run the problem's loss (not a hand derivation, which has no taps to read)."""
+    wanted, default = engine_list(engines, installed_only=True)
+    chosen: dict[str, GradientEngine] = {}
+    skipped: dict[str, str] = {}
+    frameworks: set[str] = set()
+    candidates = wanted
+    if default:
+        # One voice per framework: fd reads the NumPy implementation (forward only).
+        candidates = [name for name in wanted if name != "numpy"]
+    for item in candidates:
+        label = item if isinstance(item, str) else item.name
+        try:
+            with naming("engines"):
+                engine = get_engine(item)
+                if runs_hand_of(engine):
+                    raise NotSupported(
+                        f"engine {label!r} runs the hand derivation, which has no taps to read"
+                    )
+                problem.check_namespace(engine.xp)
+        except (EngineUnavailable, HandGradientMissing, NotSupported) as error:
+            if not default:
+                raise
+            skipped[label] = str(error)
+            continue
+        framework = framework_of(engine.xp)
+        if default and framework in frameworks:
+            continue
+        frameworks.add(framework)
+        chosen[engine.name] = engine
+    if len(chosen) < 2:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise ArgumentError(
+            "engines",
+            f"locate needs two engines that can run the loss, got {list(chosen) or 'none'}"
+            + (f" ({reasons})" if reasons else ""),
+        )
+    return chosen, skipped
+
+
+def _report(
+    *,
+    problem_name: str,
+    dtype: str,
+    runs: dict[str, _Run],
+    reference: str,
+    implementations: dict[str, str],
+    skipped: dict[str, str],
+    params: Any,
+    flat_params: Mapping[str, np.ndarray],
+    provenance: dict[str, Any],
+) -> DivergenceReport:
+    """Judge every engine against the reference, point by point, and make the report."""
+    ref = runs[reference]
+    order = list(ref.points)
+    for run in runs.values():
+        order += [point for point in run.points if point not in order]
+    taps: list[PointVerdict] = []
+    for point in order:
+        taps.append(_tap(point, runs, reference, dtype))
+    grads = {}
+    for path in flat_params:
+        rhos: dict[str, float] = {}
+        bound = 0.0
+        for name, run in runs.items():
+            if name == reference or run.grads is None or ref.grads is None:
+                continue
+            rhos[name] = _rho(ref.grads[path], run.grads[path])
+            bound = max(
+                bound,
+                derived_bound(
+                    dtype,
+                    _spread(
+                        ref.grads[path],
+                        ref.moved.grads[path] if ref.moved and ref.moved.grads else None,
+                    ),
+                    _spread(
+                        run.grads[path],
+                        run.moved.grads[path] if run.moved and run.moved.grads else None,
+                    ),
+                ),
+            )
+        grads[path] = (rhos, bound)
+    return DivergenceReport.build(
+        problem=problem_name,
+        dtype=dtype,
+        reference=reference,
+        engines=tuple(runs),
+        losses={name: run.loss for name, run in runs.items()},
+        points=tuple(taps),
+        gradients=grads,
+        implementations=implementations,
+        skipped=skipped,
+        params=params,
+        provenance=provenance,
+    )
+
+
+def _tap(point: str, runs: Mapping[str, _Run], reference: str, dtype: str) -> PointVerdict:
+    """One point judged: each engine's rho against the reference, forward and backward, and
+    the bound round-off explains there."""
+    ref = runs[reference]
+    present = [name for name, run in runs.items() if point in run.points]
+    shapes = {name: runs[name].points[point].shape for name in present}
+    forward: dict[str, float] = {}
+    backward: dict[str, float] = {}
+    spreads: dict[str, dict[str, float]] = {"forward": {}, "backward": {}}
+    referee: dict[str, float] = {}
+    if point in ref.forward:
+        for name in present:
+            run = runs[name]
+            if point not in run.forward or shapes[name] != shapes[reference]:
+                continue
+            for direction, mine, theirs, store in (
+                ("forward", run.forward, ref.forward, forward),
+                ("backward", run.backward, ref.backward, backward),
+            ):
+                if mine is None or theirs is None or point not in mine or point not in theirs:
+                    continue
+                spreads[direction][name] = _spread(mine[point], _moved(run, direction, point))
+                if name != reference:
+                    store[name] = _rho(theirs[point], mine[point])
+            if run.referee is not None and point in run.referee.forward:
+                referee[name] = _rho(run.forward[point], run.referee.forward[point])
+    return PointVerdict(
+        name=point,
+        shape=shapes.get(reference) or next(iter(shapes.values()), ()),
+        engines=tuple(present),
+        shapes={name: tuple(shape) for name, shape in shapes.items()},
+        forward=forward,
+        backward=backward,
+        forward_bound=derived_bound(dtype, *spreads["forward"].values()),
+        backward_bound=derived_bound(dtype, *spreads["backward"].values()) if backward else None,
+        referee=referee,
+        dtypes={name: runs[name].points[point].dtype for name in present},
+        spreads={direction: dict(values) for direction, values in spreads.items() if values},
+    )
+
+
+def _moved(run: _Run, direction: str, point: str) -> np.ndarray | None:
+    moved = run.moved
+    if moved is None:
+        return None
+    values = moved.forward if direction == "forward" else moved.backward
+    return None if values is None else values.get(point)
+
+
+def _spread(value: np.ndarray, moved: np.ndarray | None) -> float:
+    """How far round-off-sized moves of the parameters move this value (largest rho)."""
+    return 0.0 if moved is None else _rho(value, moved)
+
+
+def _rho(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size == 0:
+        return 0.0
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf") if not np.array_equal(a, b, equal_nan=True) else 0.0
+    return float(np.max(rho(a, b)))
