@@ -36,9 +36,11 @@ from gradlab._errors import (
     NotSupported,
     naming,
 )
+from gradlab._flat import FlatView
 from gradlab._loss import calling
 from gradlab._provenance import common_provenance
 from gradlab._tap import Point, Session, watching
+from gradlab._tree import parse_path, path
 from gradlab.comparison._divergence import (
     DivergenceReport,
     PointVerdict,
@@ -110,7 +112,12 @@ def locate(
     runs: dict[str, _Run] = {}
     perturbed = moved_params(checked_params, checked_dtype, seed)
     for engine_name, engine in chosen.items():
-        renames = {**names.get(framework_of(engine.xp), {}), **names.get(engine_name, {})}
+        framework = framework_of(engine.xp)
+        renames = {
+            **_layout_names(flat, framework),
+            **names.get(framework, {}),
+            **names.get(engine_name, {}),
+        }
         run = _observe(engine, flat, checked_data, checked_params, checked_dtype)
         moved = _observe(engine, flat, checked_data, perturbed, checked_dtype, run.points)
         referee = (
@@ -291,6 +298,24 @@ def _initial(problem: object, data: Any, seed: int) -> Any:
         raise ArgumentError(
             "params", f"is required: problem {name!r} declares no parameter shapes to start from"
         ) from None
+
+
+def _layout_names(problem: AbstractProblem, framework: str) -> dict[str, str]:
+    """Point names a [`Layout`][gradlab.Layout] implies: the module of each native parameter
+    (its name less the last part, ``"0"`` for ``"0.weight"``) is named as the module of the
+    canonical parameter it holds (``"fc1"`` for ``"fc1.kernel"``), where every parameter of
+    the native module maps into one canonical module: a torch module's automatic points then
+    meet the other implementations' under the names the parameters already share."""
+    native = problem.problem if isinstance(problem, FlatView) else problem
+    layout = getattr(native, "layouts", {}).get(framework)
+    if layout is None:
+        return {}
+    modules: dict[str, set[str]] = {}
+    for name, (source, _) in layout.mapping.items():
+        keys = parse_path(source)
+        if "." in name and len(keys) > 1:
+            modules.setdefault(name.rsplit(".", 1)[0], set()).add(path(keys[:-1]))
+    return {module: next(iter(mapped)) for module, mapped in modules.items() if len(mapped) == 1}
 
 
 def _check_names(names: object) -> dict[str, dict[str, str]]:

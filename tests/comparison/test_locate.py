@@ -342,3 +342,38 @@ def test_a_derived_tolerance_catches_what_the_table_hides_and_passes_round_off()
             problem, data, engines="numpy,torch", optimizer=gradlab.sgd(1e-3), steps=3,
             tolerance="derived",
         )
+
+
+def test_a_layout_names_a_torch_modules_points_as_the_parameters_it_maps() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    apply, native = gradlab.torch_module(net.double())
+    layout = gradlab.Layout(
+        {
+            "0.weight": ("fc1.kernel", (1, 0)),
+            "0.bias": "fc1.bias",
+            "2.weight": ("fc2.kernel", (1, 0)),
+            "2.bias": "fc2.bias",
+        }
+    )
+    canonical = {
+        "fc1": {"kernel": native["0.weight"].T, "bias": native["0.bias"]},
+        "fc2": {"kernel": native["2.weight"].T, "bias": native["2.bias"]},
+    }
+
+    def torch_loss(p: Any, d: Any) -> Any:
+        return 0.5 * ((apply(p, d["x"]) - d["y"]) ** 2).sum()
+
+    def jax_loss(p: Any, d: Any) -> Any:
+        h = jnp.tanh(gradlab.tap("fc1", d["x"] @ p["fc1"]["kernel"] + p["fc1"]["bias"]))
+        out = gradlab.tap("fc2", h @ p["fc2"]["kernel"] + p["fc2"]["bias"])
+        return 0.5 * ((out - d["y"]) ** 2).sum()
+
+    data, _ = _case()
+    problem = gradlab.NativeProblem(
+        name="laid_out", torch=torch_loss, jax=jax_loss, layouts={"torch": layout}
+    )
+    report = gradlab.locate(problem, data, canonical, engines="jax,torch")
+    assert [point.name for point in report.points] == ["fc1", "fc2", "1"]
+    assert report.unmatched == {"1": "not reached by jax"}  # the Tanh has no parameters
+    assert report.ok, report
