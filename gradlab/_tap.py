@@ -10,12 +10,15 @@ and each tap then does up to three things, in every framework alike:
   that the backward pass carries through that point;
 - with a *reader* for it (another zero array, also a parameter), it adds ``sum(x · reader)``
   to the loss: the gradient with respect to the reader is ``x`` itself, the forward value.
+  ``x``'s non-finite elements (a causal mask's ``-inf``) go through a second reader, a
+  *flag*, as codes (+1 for +inf, −1 for −inf, 2 for NaN), with zeros in their place in the
+  first: ``inf · 0`` would make the loss NaN.
 
 Why through gradients: they are the one output every engine already returns, computed and
 brought back by its own machinery, whether it traces (jax, TensorFlow, MLX, torch.compile)
 or runs eagerly. Both additions are exact zeros, so neither the loss nor any parameter's
-gradient changes by a bit (``x + 0 == x``; a term ``x · 0`` adds 0), and the function the
-engine differentiates is the user's own.
+gradient changes by a bit (``x + 0 == x``; a term ``x · 0`` adds 0, and non-finite elements
+are read apart), and the function the engine differentiates is the user's own.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ class Session:
         probes: Zero arrays added to the taps of these names (their gradients are the
             cotangents).
         readers: Zero arrays whose inner product with the taps of these names is added to
-            the loss (their gradients are the forward values).
+            the loss (their gradients are the forward values, non-finite elements zeroed).
+        flags: Zero arrays read the same way for the codes of the non-finite elements.
         keep: Keep each tap's value itself (an eager evaluation: NumPy).
     """
 
@@ -108,11 +112,13 @@ class Session:
         xp: Any = None,
         probes: Mapping[str, Any] | None = None,
         readers: Mapping[str, Any] | None = None,
+        flags: Mapping[str, Any] | None = None,
         keep: bool = False,
     ) -> None:
         self.xp = xp
         self.probes = dict(probes or {})
         self.readers = dict(readers or {})
+        self.flags = dict(flags or {})
         self.keep = keep
         self.points: dict[str, Point] = {}
         self.values: dict[str, Any] = {}
@@ -145,7 +151,15 @@ class Session:
             return value
         reader = self.readers.get(unique)
         if reader is not None:
-            self.terms.append(self.xp.sum(value * _like(self.xp, reader, value)))
+            xp = self.xp
+            finite = xp.isfinite(value)
+            zero = xp.zeros_like(value)
+            self.terms.append(xp.sum(xp.where(finite, value, zero) * _like(xp, reader, value)))
+            flag = self.flags.get(unique)
+            if flag is not None:
+                code = xp.where(xp.isnan(value), zero + 2, xp.where(value > 0, zero + 1, zero - 1))
+                code = xp.where(finite, zero, code)
+                self.terms.append(xp.sum(code * _like(xp, flag, value)))
         probe = self.probes.get(unique)
         if probe is not None:
             value = value + _like(self.xp, probe, value)

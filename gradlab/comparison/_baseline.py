@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from gradlab import _output
-from gradlab._agreement import Criterion, Label, differences, joined, tolerance
+from gradlab._agreement import Criterion, Label, differences, joined, rho, tolerance
 from gradlab._errors import ArgumentError, ArgumentTypeError, Regression
 from gradlab._tree import element, flatten
+from gradlab.comparison._divergence import derived_bound
 
 # The results (GradientReport, FitComparison, FitResult) import this module, not the other
 # way round: here they are typed ``Any`` and read by their attributes.
@@ -266,6 +267,51 @@ def gradients_against(report: Any, baseline: Any, label: Label) -> BaselineCompa
             name, before, after, _with_loss(label), judge, float(report.tolerances[i, i])
         )
     return _comparison(report, then, report.quantity, changes)
+
+
+def points_against(report: Any, baseline: Any) -> BaselineComparison:
+    """[`DivergenceReport.against`][gradlab.DivergenceReport.against]: each engine's points
+    (their sums and norms, forward and backward) and loss against the baseline's, each
+    judged by the larger of the point's two bounds (the loss by the floor)."""
+    then = _baseline(baseline, type(report))
+    _same(report, then, "problem", "dtype")
+    _same_arrays("parameters", report.params, then.params)
+    before = {point.name: point for point in then.points}
+    floor = derived_bound(report.dtype)
+    directions = ("forward sum", "forward norm", "backward sum", "backward norm")
+    changes = {}
+    for name in report.engines:
+        if name not in then.engines:
+            continue
+        items = [(floor, "loss", then.losses.get(name), report.losses.get(name))]
+        for point in report.points:
+            old = before.get(point.name)
+            if old is None or name not in point.summaries or name not in old.summaries:
+                continue
+            for index, what in enumerate(directions):
+                direction = what.split()[0]
+                bound = max(point.bound(direction) or floor, old.bound(direction) or floor)
+                was, now = old.summaries[name][index], point.summaries[name][index]
+                items.append((bound, f"{point.name} {what}", was, now))
+        worst: tuple[float, float, str | None, float | None, float | None] = (
+            0.0,
+            0.0,
+            None,
+            None,
+            None,
+        )
+        for bound, where, was, now in items:
+            if was is None or now is None or (np.isnan(was) and np.isnan(now)):
+                continue
+            finite = np.isfinite(was) and np.isfinite(now)
+            gap = float(rho(was, now)) if finite else float(was != now) * np.inf
+            if gap > 0 and gap / bound > worst[0]:
+                worst = (gap / bound, gap, where, was, now)
+        ratio, largest, at, then_value, now_value = worst
+        changes[name] = Change(
+            name, largest, at, then_value, now_value, "each point's bound", ratio > 1.0
+        )
+    return _comparison(report, then, "tapped points", changes)
 
 
 def fits_against(comparison: Any, baseline: Any) -> BaselineComparison:

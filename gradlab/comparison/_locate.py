@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from gradlab._agreement import rho
-from gradlab._boundary import evaluate, prepare
+from gradlab._boundary import evaluate, on_engine_together, prepare
 from gradlab._errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -36,11 +36,13 @@ from gradlab._errors import (
     NotSupported,
     naming,
 )
+from gradlab._fingerprint import Compiled, Keyed, key
 from gradlab._flat import FlatView
 from gradlab._loss import calling
 from gradlab._provenance import common_provenance
 from gradlab._tap import Point, Session, watching
-from gradlab._tree import parse_path, path
+from gradlab._tree import parse_path
+from gradlab._tree import path as path_of
 from gradlab.comparison._divergence import (
     DivergenceReport,
     PointVerdict,
@@ -55,7 +57,10 @@ from gradlab.problems._base import AbstractProblem
 from gradlab.problems._native import framework_of
 
 #: Prefixes of the probes' and readers' names among the parameters an engine differentiates.
-_PROBE, _READER = "⟨probe⟩", "⟨reader⟩"
+_PROBE, _READER, _FLAG = "⟨probe⟩", "⟨reader⟩", "⟨flag⟩"
+#: The probed views, by the problem's key and the points probed: a second locate of the same
+#: problem (and the perturbed pass of each) runs the engines' compiled code again.
+_PROBED: Compiled[_Probed] = Compiled()
 
 Names = Mapping[str, Mapping[str, str]] | None
 
@@ -101,13 +106,13 @@ def locate(
         data = {}
     if params is None:
         params = _initial(problem, data, seed)
-    _, checked_dtype, flat, checked_data, checked_params, layout = prepare(
+    _, checked_dtype, flat, checked_data, checked_params, _ = prepare(
         problem, data, params, "numpy", dtype, "params"
     )
     names = _check_names(names)
     chosen, skipped = _engines(engines, flat)
     for path in checked_params:
-        if path.startswith((_PROBE, _READER)):
+        if path.startswith((_PROBE, _READER, _FLAG)):
             raise ArgumentError("params", f"has a parameter named {path!r}, a name locate uses")
     runs: dict[str, _Run] = {}
     perturbed = moved_params(checked_params, checked_dtype, seed)
@@ -140,7 +145,7 @@ def locate(
         reference=reference,
         implementations=implementations_of(chosen, flat),
         skipped=skipped,
-        params=layout.unflatten(checked_params),
+        params={name: value.astype(checked_dtype) for name, value in checked_params.items()},
         flat_params=checked_params,
         provenance={
             **common_provenance(checked_dtype),
@@ -200,14 +205,15 @@ def _observe(
     if engine.xp is np:
         return _observe_eagerly(engine, problem, data, params, dtype)
     if points is None:
-        discover = _Probed(problem, set(), set())
-        evaluate(engine, discover, data, dict(params), dtype)
-        points = discover.points
+        points = _discover(engine, problem, data, params, dtype)
     floating = [name for name, point in points.items() if point.floating]
-    probes = {f"{_PROBE}{name}": np.zeros(points[name].shape) for name in floating}
-    readers = {f"{_READER}{name}": np.zeros(points[name].shape) for name in floating}
-    probed = _Probed(problem, set(probes), set(readers))
-    loss, grads = evaluate(engine, probed, data, {**params, **probes, **readers}, dtype)
+    zeros = {
+        f"{prefix}{name}": np.zeros(points[name].shape)
+        for name in floating
+        for prefix in (_PROBE, _READER, _FLAG)
+    }
+    probed = _probed(problem, tuple(floating))
+    loss, grads = evaluate(engine, probed, data, {**params, **zeros}, dtype)
     if list(probed.points) != list(points):
         raise ArgumentError(
             "problem",
@@ -218,10 +224,40 @@ def _observe(
     return _Run(
         dict(points),
         float(loss),
-        {name: grads[f"{_READER}{name}"] for name in floating},
+        {name: _read(grads[f"{_READER}{name}"], grads[f"{_FLAG}{name}"]) for name in floating},
         {name: grads[f"{_PROBE}{name}"] for name in floating},
         {name: grads[name] for name in params},
     )
+
+
+def _discover(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> dict[str, Point]:
+    """The points the loss reaches, in order: by evaluating it, the loss alone where the
+    engine offers it (``objective``: a third of a gradient's cost), else with its gradient."""
+    discover = _probed(problem, ())
+    objective = getattr(engine, "objective", None)
+    if objective is None:
+        evaluate(engine, discover, data, dict(params), dtype)
+        return discover.points
+    with np.errstate(all="ignore"), calling(discover, engine, params, data):
+        batch, point = on_engine_together(engine, data, params, dtype)
+        objective(discover)(point, batch)
+    return discover.points
+
+
+def _read(value: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """A point's forward value from its reader's gradient (the finite elements) and its
+    flag's (the codes of the others: +1 for +inf, −1 for −inf, 2 for NaN)."""
+    out = np.array(value, dtype=np.float64)
+    out[code == 1] = np.inf
+    out[code == -1] = -np.inf
+    out[code == 2] = np.nan
+    return out
 
 
 def _observe_eagerly(
@@ -254,33 +290,46 @@ def _observe_eagerly(
     return _Run(dict(session.points), float(loss), forward, None, grads)
 
 
-class _Probed(AbstractProblem):
+def _probed(problem: AbstractProblem, points: tuple[str, ...]) -> _Probed:
+    """``problem`` with ``points`` probed, read and flagged: one view per problem and points,
+    so that the engines' compiled code of it is found again."""
+    problem_key = key(problem)
+    return _PROBED.get((problem_key, points), lambda: _Probed(problem, points, problem_key))
+
+
+class _Probed(AbstractProblem, Keyed):
     """``problem`` with its taps watched: parameters named ``⟨probe⟩<point>`` are added to
-    the points' values, and those named ``⟨reader⟩<point>`` dotted with them into the loss
-    (``gradlab._tap``); the points the last evaluation reached are in ``points``."""
+    the points' values, and those named ``⟨reader⟩<point>`` (and ``⟨flag⟩<point>``) dotted
+    with them into the loss (``gradlab._tap``); the points the last evaluation reached are in
+    ``points`` (with a traced engine: the last trace), which the fingerprint leaves out."""
 
     probe = False
 
-    def __init__(self, problem: AbstractProblem, probes: set[str], readers: set[str]) -> None:
+    def __init__(self, problem: AbstractProblem, points: tuple[str, ...], problem_key: Any) -> None:
         self.problem = problem
         self.name = problem.name
         self.reduction = problem.reduction
-        self._probes, self._readers = probes, readers
+        self._probes = {f"{_PROBE}{name}" for name in points}
+        self._readers = {f"{_READER}{name}" for name in points}
+        self._flags = {f"{_FLAG}{name}" for name in points}
+        self.fingerprint = ("locate", problem_key[1], points)
         self.points: dict[str, Point] = {}
 
     def check_namespace(self, xp: Any) -> None:
         self.problem.check_namespace(xp)
 
     def loss(self, params: Mapping[str, Any], data: Mapping[str, Any], xp: Any) -> Any:
-        own, probes, readers = {}, {}, {}
+        own, probes, readers, flags = {}, {}, {}, {}
         for name, value in params.items():
             if name in self._probes:
                 probes[name[len(_PROBE) :]] = value
             elif name in self._readers:
                 readers[name[len(_READER) :]] = value
+            elif name in self._flags:
+                flags[name[len(_FLAG) :]] = value
             else:
                 own[name] = value
-        session = Session(xp, probes, readers)
+        session = Session(xp, probes, readers, flags)
         with watching(session):
             value = self.problem.loss(own, data, xp)
         for term in session.terms:
@@ -314,7 +363,7 @@ def _layout_names(problem: AbstractProblem, framework: str) -> dict[str, str]:
     for name, (source, _) in layout.mapping.items():
         keys = parse_path(source)
         if "." in name and len(keys) > 1:
-            modules.setdefault(name.rsplit(".", 1)[0], set()).add(path(keys[:-1]))
+            modules.setdefault(name.rsplit(".", 1)[0], set()).add(path_of(keys[:-1]))
     return {module: next(iter(mapped)) for module, mapped in modules.items() if len(mapped) == 1}
 
 
@@ -474,8 +523,23 @@ def _tap(point: str, runs: Mapping[str, _Run], reference: str, dtype: str) -> Po
         backward_bound=derived_bound(dtype, *spreads["backward"].values()) if backward else None,
         referee=referee,
         dtypes={name: runs[name].points[point].dtype for name in present},
+        summaries={name: _summary(runs[name], point) for name in present},
         spreads={direction: dict(values) for direction, values in spreads.items() if values},
     )
+
+
+def _summary(run: _Run, point: str) -> tuple[float, ...]:
+    """A point's values in four numbers, for ``against``: the sum and the norm of the finite
+    elements, forward and backward (NaN where there is none)."""
+    numbers: list[float] = []
+    for values in (run.forward, run.backward):
+        value = None if values is None else values.get(point)
+        if value is None:
+            numbers += [float("nan"), float("nan")]
+            continue
+        finite = value[np.isfinite(value)]
+        numbers += [float(np.sum(finite)), float(np.sqrt(np.sum(finite * finite)))]
+    return tuple(numbers)
 
 
 def _moved(run: _Run, direction: str, point: str) -> np.ndarray | None:
@@ -492,9 +556,19 @@ def _spread(value: np.ndarray, moved: np.ndarray | None) -> float:
 
 
 def _rho(a: Any, b: Any) -> float:
+    """The largest rho over the finite elements; ``inf`` where the non-finite ones (a
+    mask's ``-inf``) are not the same in both, element by element."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.size == 0:
         return 0.0
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("inf") if not np.array_equal(a, b, equal_nan=True) else 0.0
-    return float(np.max(rho(a, b)))
+    finite = np.isfinite(a) & np.isfinite(b)
+    if finite.all():
+        with np.errstate(over="ignore"):
+            gaps = np.abs(a - b) / np.maximum(1.0, np.abs(a) + np.abs(b))
+        if np.isfinite(gaps).all():  # else near the largest float: rho's careful path
+            return float(gaps.max())
+    if not np.array_equal(a[~finite], b[~finite], equal_nan=True):
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    return float(np.max(rho(a[finite], b[finite])))

@@ -83,6 +83,17 @@ def test_a_session_names_repeats_and_the_leaves_of_nests() -> None:
     assert gradlab._tap._SESSION.get() is None  # closed with the block
 
 
+def test_locate_reads_mlx_too() -> None:
+    mx = pytest.importorskip("mlx.core")
+    value = mx.ones(3)
+    assert gradlab.tap("point", value) is value
+    data, params = _case()
+    report = gradlab.locate(_two_layer(), data, params, engines="torch,mlx", dtype="float32")
+    assert report.ok, report
+    assert [point.name for point in report.points] == ["fc1", "act", "fc2"]
+    assert all(point.backward for point in report.points)
+
+
 @pytest.mark.parametrize("engine", ["torch", "jax", "fd"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_the_values_read_are_the_points_own(engine: str, dtype: str) -> None:
@@ -104,6 +115,7 @@ def test_the_values_read_are_the_points_own(engine: str, dtype: str) -> None:
     # The readers and probes are exact zeros: the loss and the gradients are untouched.
     loss, grads = gradlab.value_and_grad(_two_layer(), data, params, engine=engine, dtype=dtype)
     assert run.loss == float(loss)
+    assert run.grads is not None
     for name in params:
         assert np.array_equal(run.grads[name], grads[name])
 
@@ -111,11 +123,13 @@ def test_the_values_read_are_the_points_own(engine: str, dtype: str) -> None:
 def test_agreeing_engines_are_reported_as_agreeing_with_a_table_and_json() -> None:
     data, params = _case()
     report = gradlab.locate(_two_layer(), data, params, engines="torch,jax")
-    assert report.ok and report.first is None
+    assert report.ok
+    assert report.first is None
     assert [point.name for point in report.points] == ["fc1", "act", "fc2"]
     assert all(point.rho("forward") <= point.forward_bound for point in report.points)
     text = str(report)
-    assert "agree at every one of 3 points" in text and "fc2" in text
+    assert "agree at every one of 3 points" in text
+    assert "fc2" in text
     again = gradlab.DivergenceReport.from_json(report.to_json())
     assert again.to_dict() == report.to_dict()
     report.raise_if_diverged()
@@ -125,9 +139,10 @@ def _native(jax_scale: float = 1.0, backward_factor: float = 1.0) -> gradlab.Nat
     """The two-layer network in torch and in jax; the jax port may scale its activation
     (a forward fault) or compute tanh's backward wrong (a backward fault)."""
 
-    @jax.custom_vjp
-    def tanh(z: Any) -> Any:
+    def plain_tanh(z: Any) -> Any:
         return jnp.tanh(z)
+
+    tanh = jax.custom_vjp(plain_tanh)
 
     def tanh_forward(z: Any) -> Any:
         value = jnp.tanh(z)
@@ -156,8 +171,11 @@ def test_a_forward_fault_is_named_at_its_point(dtype: str) -> None:
     data, params = _case()
     report = gradlab.locate(_native(jax_scale=1.01), data, params, dtype=dtype)
     first = report.first
-    assert first is not None and (first.name, first.direction) == ("act", "forward")
-    assert first.engine == "jax" and first.after == "fc1" and first.verdict == "unexplained"
+    assert first is not None
+    assert (first.name, first.direction) == ("act", "forward")
+    assert first.engine == "jax"
+    assert first.after == "fc1"
+    assert first.verdict == "unexplained"
     with pytest.raises(gradlab.Disagreement, match="forward at 'act'"):
         report.raise_if_diverged()
     assert "← first (forward)" in str(report)
@@ -169,16 +187,15 @@ def test_a_backward_fault_is_named_at_the_point_before_the_wrong_backward() -> N
     first = report.first
     # The forward values agree; the cotangent at fc2 and act (after the op) agree; the one at
     # fc1, which tanh's backward computes, does not.
-    assert first is not None and (first.name, first.direction) == ("fc1", "backward")
+    assert first is not None
+    assert (first.name, first.direction) == ("fc1", "backward")
     assert first.after == "act"
     assert all(point.rho("forward") <= point.forward_bound for point in report.points)
 
 
 def test_the_gradient_comparison_says_when_the_losses_differ() -> None:
     data, params = _case()
-    report = gradlab.compare_gradients(
-        _native(jax_scale=1.01), data, params, engines="torch,jax"
-    )
+    report = gradlab.compare_gradients(_native(jax_scale=1.01), data, params, engines="torch,jax")
     assert str(report).startswith("The implementations' losses differ")
     assert "gradlab.locate" in str(report).splitlines()[0]
     fine = gradlab.compare_gradients(_native(), data, params, engines="torch,jax")
@@ -243,7 +260,8 @@ def test_a_lower_dtype_at_a_point_is_where_they_part_and_explains_what_follows()
     problem = gradlab.NativeProblem(name="mixed", torch=torch_loss, jax=jax_loss)
     report = gradlab.locate(problem, data, params, dtype="float32")
     first = report.first
-    assert first is not None and first.direction == "forward"
+    assert first is not None
+    assert first.direction == "forward"
     assert first.verdict == "bfloat16 in jax at 'act'"
     assert report.points[1].dtypes == {"torch": "torch.float32", "jax": "bfloat16"}
 
@@ -283,10 +301,19 @@ def test_the_command_line_locates_and_exits_1(tmp_path: Any, capsys: Any) -> Non
     assert status == 1
     assert "jax parts from torch forward at 'act'" in out
     status = gradlab.cli.main(
-        ["locate", "--problem", f"{module}:problem", "--json", "--params", "w=" + ",".join(["0.1"] * 12)]
+        [
+            "locate",
+            "--problem",
+            f"{module}:problem",
+            "--json",
+            "--params",
+            "w=" + ",".join(["0.1"] * 12),
+        ]
     )
     record = json.loads(capsys.readouterr().out)
-    assert status == 1 and record["kind"] == "DivergenceReport" and not record["ok"]
+    assert status == 1
+    assert record["kind"] == "DivergenceReport"
+    assert not record["ok"]
 
 
 def test_the_picture_draws_every_point(tmp_path: Any) -> None:
@@ -328,7 +355,8 @@ def test_a_derived_tolerance_catches_what_the_table_hides_and_passes_round_off()
     derived = gradlab.compare_gradients(
         problem, data, point, engines="numpy,torch,jax", tolerance="derived"
     )
-    assert not derived.ok and derived.outlier == "numpy"
+    assert not derived.ok
+    assert derived.outlier == "numpy"
     assert derived.tolerances[1, 2] < 1e-12  # torch against jax: a few ulps
     honest = gradlab.compare_gradients(
         gradlab.Quadratic(), data, point, engines="numpy,torch,jax,fd", tolerance="derived"
@@ -339,7 +367,11 @@ def test_a_derived_tolerance_catches_what_the_table_hides_and_passes_round_off()
         gradlab.compare_gradients(problem, data, point, tolerance="loose")
     with pytest.raises(ArgumentError, match="tolerance: 'derived' bounds a derivative"):
         gradlab.compare_fits(
-            problem, data, engines="numpy,torch", optimizer=gradlab.sgd(1e-3), steps=3,
+            problem,
+            data,
+            engines="numpy,torch",
+            optimizer=gradlab.sgd(1e-3),
+            steps=3,
             tolerance="derived",
         )
 
@@ -377,3 +409,52 @@ def test_a_layout_names_a_torch_modules_points_as_the_parameters_it_maps() -> No
     assert [point.name for point in report.points] == ["fc1", "fc2", "1"]
     assert report.unmatched == {"1": "not reached by jax"}  # the Tanh has no parameters
     assert report.ok, report
+
+
+@pytest.mark.parametrize("off_by_one", [False, True])
+def test_a_masks_infinities_are_compared_by_position_and_leave_the_loss_finite(
+    off_by_one: bool,
+) -> None:
+    size = 4
+
+    def torch_loss(p: Any, d: Any) -> Any:
+        scores = gradlab.tap("scores", d["x"] @ p["w"])
+        causal = torch.ones(size, size, dtype=torch.bool).tril()
+        masked = gradlab.tap("masked", scores.masked_fill(~causal, float("-inf")))
+        return (gradlab.tap("probs", torch.softmax(masked, -1)) * d["y"]).sum()
+
+    def jax_loss(p: Any, d: Any) -> Any:
+        scores = gradlab.tap("scores", d["x"] @ p["w"])
+        causal = jnp.tril(jnp.ones((size, size), bool), k=1 if off_by_one else 0)
+        masked = gradlab.tap("masked", jnp.where(causal, scores, -jnp.inf))
+        return (gradlab.tap("probs", jax.nn.softmax(masked, -1)) * d["y"]).sum()
+
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(size, 3)), "y": rng.normal(size=(size, size))}
+    params = {"w": rng.normal(size=(3, size))}
+    problem = gradlab.NativeProblem(name="masked", torch=torch_loss, jax=jax_loss)
+    report = gradlab.locate(problem, data, params)
+    assert all(np.isfinite(loss) for loss in report.losses.values())
+    if off_by_one:
+        assert report.first is not None
+        assert report.first.name == "masked"
+        assert report.first.after == "scores"
+    else:
+        assert report.ok, report
+        assert report.points[1].forward["jax"] < 1e-15
+
+
+def test_a_report_against_its_baseline_finds_what_changed(tmp_path: Any) -> None:
+    data, params = _case()
+    before = gradlab.locate(_native(), data, params)
+    before.save(tmp_path / "baseline.json")
+    same = gradlab.locate(_native(), data, params).against(tmp_path / "baseline.json")
+    assert same.ok, same
+    changed = gradlab.locate(_native(backward_factor=1.001), data, params).against(before)
+    assert not changed.ok
+    assert changed.changes["jax"].changed and not changed.changes["torch"].changed
+    # tanh's backward changed: the cotangent at fc1, the only point before it.
+    assert str(changed.changes["jax"].worst).startswith("fc1 backward")
+    elsewhere = {name: value + 1 for name, value in params.items()}
+    with pytest.raises(ArgumentError, match="baseline: was taken at other parameters"):
+        gradlab.locate(_native(), data, elsewhere).against(before)

@@ -225,3 +225,42 @@ def test_a_loss_using_what_the_tensorflow_namespace_lacks_gets_a_clear_error() -
 def test_engine_info_refuses_a_load_that_is_not_a_bool() -> None:
     with pytest.raises(gradlab.ArgumentTypeError, match="load"):
         gradlab.engine_info(load="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ["tensorflow", "tensorflow-xla"])
+def test_locate_reads_the_points_of_tensorflow_code(engine: str) -> None:
+    require_engine(engine)
+    require_engine("torch")
+    import tensorflow as tf
+    import torch
+
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(6, 3)), "y": rng.normal(size=(6,))}
+    params = {"w": rng.normal(size=(3,))}
+
+    def written_once(p: Any, d: Any, xp: Any) -> Any:
+        z = gradlab.tap("z", d["x"] @ p["w"])
+        return xp.sum(gradlab.tap("soft", xp.tanh(z)) * d["y"])
+
+    value = tf.ones(3)
+    assert gradlab.tap("point", value) is value
+    report = gradlab.locate(
+        gradlab.Problem(written_once, name="once"), data, params, engines=f"torch,{engine}"
+    )
+    assert report.ok, report
+    assert [point.name for point in report.points] == ["z", "soft"]
+
+    def tensorflow_loss(p: Any, d: Any) -> Any:
+        z = gradlab.tap(
+            "z", tf.linalg.matvec(tf.convert_to_tensor(d["x"]), tf.convert_to_tensor(p["w"]))
+        )
+        return tf.reduce_sum(gradlab.tap("soft", tf.math.tanh(z) * 1.01) * d["y"])
+
+    def torch_loss(p: Any, d: Any) -> Any:
+        z = gradlab.tap("z", d["x"] @ p["w"])
+        return torch.sum(gradlab.tap("soft", torch.tanh(z)) * d["y"])
+
+    native = gradlab.NativeProblem(name="ported", torch=torch_loss, tensorflow=tensorflow_loss)
+    report = gradlab.locate(native, data, params, engines=f"torch,{engine}")
+    assert report.first is not None
+    assert (report.first.name, report.first.direction) == ("soft", "forward")
