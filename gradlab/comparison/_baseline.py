@@ -22,7 +22,6 @@ from gradlab import _output
 from gradlab._agreement import Criterion, Label, differences, joined, rho, tolerance
 from gradlab._errors import ArgumentError, ArgumentTypeError, Regression
 from gradlab._tree import element, flatten
-from gradlab.comparison._divergence import derived_bound
 
 # The results (GradientReport, FitComparison, FitResult) import this module, not the other
 # way round: here they are typed ``Any`` and read by their attributes.
@@ -269,15 +268,14 @@ def gradients_against(report: Any, baseline: Any, label: Label) -> BaselineCompa
     return _comparison(report, then, report.quantity, changes)
 
 
-def points_against(report: Any, baseline: Any) -> BaselineComparison:
+def points_against(report: Any, baseline: Any, floor: float) -> BaselineComparison:
     """[`DivergenceReport.against`][gradlab.DivergenceReport.against]: each engine's points
     (their sums and norms, forward and backward) and loss against the baseline's, each
-    judged by the larger of the point's two bounds (the loss by the floor)."""
+    judged by the larger of the point's two bounds (the loss by ``floor``, the least bound)."""
     then = _baseline(baseline, type(report))
     _same(report, then, "problem", "dtype")
     _same_arrays("parameters", report.params, then.params)
     before = {point.name: point for point in then.points}
-    floor = derived_bound(report.dtype)
     directions = ("forward sum", "forward norm", "backward sum", "backward norm")
     changes = {}
     for name in report.engines:

@@ -14,6 +14,7 @@ from gradlab import _output
 from gradlab._agreement import rho
 from gradlab._checks import check_dtype
 from gradlab._errors import Disagreement
+from gradlab.comparison._baseline import BaselineComparison, points_against
 from gradlab.engines._protocol import GradientEngine
 
 #: How much further apart two correct implementations may be than round-off-sized moves of
@@ -561,7 +562,7 @@ class DivergenceReport(_output.Record):
                 provenance=dict(saved["provenance"]),
             )
 
-    def against(self, baseline: DivergenceReport | str | os.PathLike[str]) -> Any:
+    def against(self, baseline: DivergenceReport | str | os.PathLike[str]) -> BaselineComparison:
         """Whether each engine's values changed since ``baseline``, a report of the same
         problem and point saved earlier: at every point, forward and backward, the sum and
         the norm of its values, and its loss, each judged by the point's bound (a
@@ -573,9 +574,7 @@ class DivergenceReport(_output.Record):
         Raises:
             ArgumentError: ``baseline`` is not a saved report of this problem at this point.
         """
-        from gradlab.comparison._baseline import points_against
-
-        return points_against(self, baseline)
+        return points_against(self, baseline, derived_bound(self.dtype))
 
     def plot(self, path: str | None = None) -> Any:
         """rho per point, forward and backward, with the bound drawn (a matplotlib Figure),

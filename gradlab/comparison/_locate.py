@@ -15,7 +15,7 @@ evaluates the loss three times (four in float32):
    to its own float64 run where they part.
 
 Engines on NumPy (``fd``, ``complex-step``) read forward values by evaluating the loss
-directly: they have no backward pass to read.
+directly, in NumPy: they have no backward pass to read.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def _observe(
     points: Mapping[str, Point] | None = None,
 ) -> _Run:
     """One engine's values at every point: discovered first unless ``points`` are known."""
-    if engine.xp is np:
+    if framework_of(engine.xp) == "numpy":  # fd, and complex-step's own namespace
         return _observe_eagerly(engine, problem, data, params, dtype)
     if points is None:
         points = _discover(engine, problem, data, params, dtype)
@@ -278,8 +278,8 @@ def _observe_eagerly(
         watching(session),
     ):
         loss = problem.loss(cast_params, cast_data, np)
-    try:
-        _, grads = evaluate(engine, problem, data, dict(params), dtype)
+    try:  # the engine's own loss and gradient, where it computes them
+        loss, grads = evaluate(engine, problem, data, dict(params), dtype)
     except (HandGradientMissing, NotSupported):
         grads = None
     forward = {

@@ -94,7 +94,9 @@ def test_locate_reads_mlx_too() -> None:
     assert all(point.backward for point in report.points)
 
 
-@pytest.mark.parametrize("engine", ["torch", "jax", "fd"])
+@pytest.mark.parametrize(
+    "engine", ["torch", "jax", "fd", "complex-step", "torch-func", "torch-fwd", "jax-fwd"]
+)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_the_values_read_are_the_points_own(engine: str, dtype: str) -> None:
     from gradlab._boundary import prepare
