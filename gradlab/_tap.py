@@ -85,40 +85,50 @@ def tapping() -> bool:
 @dataclass(frozen=True)
 class Point:
     """A point a loss reached: its name (with ``#k`` from the second occurrence), shape,
-    dtype (the framework's name for it) and whether it is floating-point (only those have
-    cotangents)."""
+    dtype (the framework's name for it), whether it is floating-point (only those have
+    cotangents) and whether its elements were all finite."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     floating: bool
+    #: Whether every element was finite, where the value was concrete (an eager engine);
+    #: ``None`` under tracing. Points known finite are read without the flags.
+    finite: bool | None = None
 
 
 class Session:
     """One evaluation of a loss with its taps watched.
 
+    The probes, readers and flags are each one flat vector for all points (one parameter
+    each, however many points: an engine moves and checks three arrays, not three per
+    point); ``slots`` says which elements are which point's, and its shape.
+
     Args:
         xp: The namespace of the evaluation's arrays.
-        probes: Zero arrays added to the taps of these names (their gradients are the
-            cotangents).
-        readers: Zero arrays whose inner product with the taps of these names is added to
-            the loss (their gradients are the forward values, non-finite elements zeroed).
-        flags: Zero arrays read the same way for the codes of the non-finite elements.
+        probes: Zeros added to the points (their gradients are the cotangents).
+        readers: Zeros whose inner product with the points is added to the loss (their
+            gradients are the forward values, non-finite elements zeroed).
+        flags: Zeros read the same way for the codes of the non-finite elements.
+        slots: Each point's ``(start, stop, shape)`` in those vectors.
+        finite: Points known to hold finite values only: read without the flags.
         keep: Keep each tap's value itself (an eager evaluation: NumPy).
     """
 
     def __init__(
         self,
         xp: Any = None,
-        probes: Mapping[str, Any] | None = None,
-        readers: Mapping[str, Any] | None = None,
-        flags: Mapping[str, Any] | None = None,
+        probes: Any = None,
+        readers: Any = None,
+        flags: Any = None,
+        slots: Mapping[str, tuple[int, int, tuple[int, ...]]] | None = None,
+        finite: frozenset[str] = frozenset(),
         keep: bool = False,
     ) -> None:
         self.xp = xp
-        self.probes = dict(probes or {})
-        self.readers = dict(readers or {})
-        self.flags = dict(flags or {})
+        self.probes, self.readers, self.flags = probes, readers, flags
+        self.slots = dict(slots or {})
+        self.finite = finite
         self.keep = keep
         self.points: dict[str, Point] = {}
         self.values: dict[str, Any] = {}
@@ -142,28 +152,35 @@ class Session:
                 "value", f"tap {name!r}: must be an array, got {type(value).__name__}"
             )
         floating = _floating(dtype)
+        slot = self.slots.get(unique)
+        known = _all_finite(self.xp, value) if floating and slot is None else None
         self.points[unique] = Point(
-            unique, tuple(int(size) for size in shape), str(dtype), floating
+            unique, tuple(int(size) for size in shape), str(dtype), floating, known
         )
         if self.keep:
             self.values[unique] = value
-        if not floating:
+        if not floating or slot is None:
             return value
-        reader = self.readers.get(unique)
-        if reader is not None:
-            xp = self.xp
+        xp = self.xp
+        if self.readers is not None and unique in self.finite:
+            self.terms.append(xp.sum(value * self._piece(self.readers, slot, value)))
+        elif self.readers is not None:
             finite = xp.isfinite(value)
             zero = xp.zeros_like(value)
-            self.terms.append(xp.sum(xp.where(finite, value, zero) * _like(xp, reader, value)))
-            flag = self.flags.get(unique)
-            if flag is not None:
+            reader = self._piece(self.readers, slot, value)
+            self.terms.append(xp.sum(xp.where(finite, value, zero) * reader))
+            if self.flags is not None:
                 code = xp.where(xp.isnan(value), zero + 2, xp.where(value > 0, zero + 1, zero - 1))
                 code = xp.where(finite, zero, code)
-                self.terms.append(xp.sum(code * _like(xp, flag, value)))
-        probe = self.probes.get(unique)
-        if probe is not None:
-            value = value + _like(self.xp, probe, value)
+                self.terms.append(xp.sum(code * self._piece(self.flags, slot, value)))
+        if self.probes is not None:
+            value = value + self._piece(self.probes, slot, value)
         return value
+
+    def _piece(self, vector: Any, slot: tuple[int, int, tuple[int, ...]], like: Any) -> Any:
+        """A point's elements of one of the flat vectors, shaped and typed as its value."""
+        start, stop, shape = slot
+        return _like(self.xp, self.xp.reshape(vector[start:stop], shape), like)
 
 
 @contextlib.contextmanager
@@ -174,6 +191,15 @@ def watching(session: Session) -> Iterator[Session]:
         yield session
     finally:
         _SESSION.reset(token)
+
+
+def _all_finite(xp: Any, value: Any) -> bool | None:
+    """Whether every element of a concrete value is finite; ``None`` for a traced one
+    (its truth is not known while tracing) or a namespace that cannot say."""
+    try:
+        return bool(xp.all(xp.isfinite(value)))
+    except Exception:  # a tracer has no truth value; whatever else fails, unknown it is
+        return None
 
 
 def _floating(dtype: Any) -> bool:

@@ -13,15 +13,15 @@ from gradlab import _output
 from gradlab._agreement import Criterion, criterion, path_rho
 from gradlab._boundary import check_transformation, prepare
 from gradlab._checks import check_dtype, check_float, check_positive_int
-from gradlab._errors import ArgumentError
 from gradlab._output import point, short
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
 from gradlab._tree import flatten
 from gradlab.comparison._baseline import BaselineComparison, fits_against
+from gradlab.comparison._divergence import derived_bound, moved_params
 from gradlab.comparison._kernel import Engines, outlier, resolve_engines
 from gradlab.comparison._kinds import element_labels, pair_tolerances
-from gradlab.engines._protocol import GradientEngine, value_and_grad_of
+from gradlab.engines._protocol import GradientEngine, is_approximate, value_and_grad_of
 from gradlab.engines._registry import engine_list
 from gradlab.fitting._optimizer import check_engine as check_optax_engine
 from gradlab.fitting._prepare import PreparedFit, default_start
@@ -382,7 +382,12 @@ def compare_fits(
         progress: Show a progress bar (needs tqdm).
         tolerance: One largest path rho for every pair, instead of gradlab's table (as in
             [`compare_gradients`][gradlab.compare_gradients]): for float32 fits whose
-            round-off an optimizer amplifies (Adam divides by √v), say.
+            round-off an optimizer amplifies (Adam divides by √v), say. Or ``"derived"``:
+            each engine's fit is run once more from a start moved by a few ulps, and an
+            exact pair may part by 8 times the larger of the two paths' spread (the largest
+            rho between a path and its moved twin, over the steps), never under 32 ulps:
+            round-off as this fit amplifies it. A coarse bound, one for the whole path;
+            per-step envelopes are the stability audit's.
         atol: Judge paths instead in the familiar form, at every step and element:
             |a − b| ≤ atol + rtol·max(|a|, |b|), as in
             [`compare_gradients`][gradlab.compare_gradients]; not with ``tolerance``.
@@ -405,12 +410,6 @@ def compare_fits(
     repeats = check_positive_int(repeats, "repeats")
     if loss_tol is not None:
         loss_tol = check_float(loss_tol, "loss_tol")
-    if tolerance == "derived":
-        raise ArgumentError(
-            "tolerance",
-            "'derived' bounds a derivative at one point; two fits part by round-off growing "
-            "step by step: give a number (or atol/rtol)",
-        )
     judge = criterion(tolerance, atol, rtol)
     if init is None:
         init = default_start(problem, data)
@@ -438,6 +437,7 @@ def compare_fits(
 
     results: dict[str, FitResult] = {}
     times: dict[str, float] = {}
+    spread: dict[str, float] = {}
     # Per engine: one untimed warm-up (imports, tracing, compilation), the timed runs, then
     # the run that records the path (recording is kept out of the timed runs).
     with progress_bar(len(built) * (2 + repeats), "fits", progress) as advance:
@@ -452,11 +452,24 @@ def compare_fits(
             times[name] = min(timed)
             results[name] = ready.run(nested_start, steps=steps, trajectory=True)
             advance(name)
+            if judge.derived:
+                # How far this engine's own path moves from a start moved by a few ulps:
+                # round-off as this fit carries it, step by step.
+                moved = layout.unflatten(moved_params(start, dtype))
+                other = ready.run(moved, steps=steps, trajectory=True)
+                spread[name] = float(np.max(path_rho(results[name].trajectory, other.trajectory)))
 
     names = tuple(built)
     size = len(names)
     divergence, peak = np.zeros((size, size)), np.zeros((size, size), dtype=int)
     limits = pair_tolerances(built, dtype, judge.tolerance)
+    if judge.derived:
+        # Exact pairs by their paths' spread; a pair with fd keeps the table's where larger.
+        exact = np.array([not is_approximate(engine) for engine in built.values()])
+        derived = np.array(
+            [[derived_bound(dtype, spread[a], spread[b]) for b in names] for a in names]
+        )
+        limits = np.where(exact[:, None] & exact[None, :], derived, np.maximum(limits, derived))
     agree = np.ones((size, size), dtype=bool)
     for i, a in enumerate(names):
         for j, b in enumerate(names):

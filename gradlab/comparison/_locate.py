@@ -2,25 +2,25 @@
 the gap is one round-off explains.
 
 Each implementation marks its points with [`tap`][gradlab.tap]. For each engine, ``locate``
-evaluates the loss three times (four in float32):
+evaluates the loss three times:
 
-1. **discover**: which points the loss reaches, in order, with their shapes and dtypes;
+1. **discover**: which points the loss reaches, in order, with their shapes and dtypes (the
+   loss alone, where the engine offers it);
 2. **read**: the loss with a zero *probe* added at each point and a zero *reader* dotted
-   with it (``gradlab._tap``): one ``value_and_grad`` gives every forward value (the
-   readers' gradients), every backward cotangent (the probes') and every parameter's
-   gradient, in any engine, traced or eager;
+   with it (``gradlab._tap``; one flat vector of each for all points): one
+   ``value_and_grad`` gives every forward value (the readers' gradients), every backward
+   cotangent (the probes') and every parameter's gradient, in any engine, traced or eager;
 3. **perturb**: the same at parameters moved by a few ulps: how far round-off alone moves
-   each value *of this implementation* — the derived bound;
-4. in float32, **referee**: the same in float64, to say which implementation is the nearer
-   to its own float64 run where they part.
+   each value *of this implementation* — the derived bound.
 
-Engines on NumPy (``fd``, ``complex-step``) read forward values by evaluating the loss
-directly, in NumPy: they have no backward pass to read.
+In float32, where the engines part, a fourth pass in float64 (the *referee*) says which is
+the nearer to its own float64 run there. Engines on NumPy (``fd``, ``complex-step``) read
+forward values by evaluating the loss directly, in NumPy: they have no backward pass to read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,7 @@ from gradlab.problems._native import framework_of
 
 #: Prefixes of the probes' and readers' names among the parameters an engine differentiates.
 _PROBE, _READER, _FLAG = "⟨probe⟩", "⟨reader⟩", "⟨flag⟩"
+_LOCATE_NAMES = (_PROBE, _READER, _FLAG)
 #: The probed views, by the problem's key and the points probed: a second locate of the same
 #: problem (and the perturbed pass of each) runs the engines' compiled code again.
 _PROBED: Compiled[_Probed] = Compiled()
@@ -112,10 +113,10 @@ def locate(
     names = _check_names(names)
     chosen, skipped = _engines(engines, flat)
     for path in checked_params:
-        if path.startswith((_PROBE, _READER, _FLAG)):
+        if path in _LOCATE_NAMES:
             raise ArgumentError("params", f"has a parameter named {path!r}, a name locate uses")
-    runs: dict[str, _Run] = {}
     perturbed = moved_params(checked_params, checked_dtype, seed)
+    observed: dict[str, tuple[GradientEngine, dict[str, str], _Run, _Run]] = {}
     for engine_name, engine in chosen.items():
         framework = framework_of(engine.xp)
         renames = {
@@ -125,32 +126,44 @@ def locate(
         }
         run = _observe(engine, flat, checked_data, checked_params, checked_dtype)
         moved = _observe(engine, flat, checked_data, perturbed, checked_dtype, run.points)
-        referee = (
-            _observe(engine, flat, checked_data, checked_params, "float64", run.points)
-            if checked_dtype == "float32"
-            else None
-        )
-        runs[engine_name] = run.renamed(renames, moved, referee)
-    if not any(run.points for run in runs.values()):
+        observed[engine_name] = (engine, renames, run, moved)
+    if not any(run.points for _, _, run, _ in observed.values()):
         raise ArgumentError(
             "problem",
             "reached no tap in any implementation: mark points with gradlab.tap(name, x), "
             "or wrap torch modules with gradlab.torch_module (tapped at every submodule)",
         )
-    reference = next(iter(runs))
-    return _report(
-        problem_name=getattr(problem, "name", type(problem).__name__),
-        dtype=checked_dtype,
-        runs=runs,
-        reference=reference,
-        implementations=implementations_of(chosen, flat),
-        skipped=skipped,
-        params={name: value.astype(checked_dtype) for name, value in checked_params.items()},
-        flat_params=checked_params,
-        provenance={
-            **common_provenance(checked_dtype),
-            "precision": {name: precision_settings(engine) for name, engine in chosen.items()},
-        },
+
+    def report(referees: Mapping[str, _Run]) -> DivergenceReport:
+        runs = {
+            name: run.renamed(renames, moved, referees.get(name))
+            for name, (_, renames, run, moved) in observed.items()
+        }
+        return _report(
+            problem_name=getattr(problem, "name", type(problem).__name__),
+            dtype=checked_dtype,
+            runs=runs,
+            reference=next(iter(runs)),
+            implementations=implementations_of(chosen, flat),
+            skipped=skipped,
+            params={name: value.astype(checked_dtype) for name, value in checked_params.items()},
+            flat_params=checked_params,
+            provenance={
+                **common_provenance(checked_dtype),
+                "precision": {name: precision_settings(engine) for name, engine in chosen.items()},
+            },
+        )
+
+    found = report({})
+    if found.first is None or checked_dtype != "float32":
+        return found
+    # Where they part in float32, which is nearer to its own float64 run there: one pass
+    # more per engine, made only when there is a divergence to referee.
+    return report(
+        {
+            name: _observe(engine, flat, checked_data, checked_params, "float64", run.points)
+            for name, (engine, _, run, _) in observed.items()
+        }
     )
 
 
@@ -206,13 +219,15 @@ def _observe(
         return _observe_eagerly(engine, problem, data, params, dtype)
     if points is None:
         points = _discover(engine, problem, data, params, dtype)
-    floating = [name for name, point in points.items() if point.floating]
-    zeros = {
-        f"{prefix}{name}": np.zeros(points[name].shape)
-        for name in floating
-        for prefix in (_PROBE, _READER, _FLAG)
-    }
-    probed = _probed(problem, tuple(floating))
+    slots, total = {}, 0
+    for name, point in points.items():
+        if point.floating:
+            size = int(np.prod(point.shape))
+            slots[name] = (total, total + size, point.shape)
+            total += size
+    finite = frozenset(name for name in slots if points[name].finite)
+    probed = _probed(problem, _context(engine, data, params, dtype), tuple(slots.items()), finite)
+    zeros = {prefix: np.zeros(total) for prefix in (_PROBE, _READER, _FLAG)}
     loss, grads = evaluate(engine, probed, data, {**params, **zeros}, dtype)
     if list(probed.points) != list(points):
         raise ArgumentError(
@@ -221,11 +236,16 @@ def _observe(
             f"({', '.join(probed.points)} after {', '.join(points)}): taps must not depend "
             "on the parameters' values",
         )
+
+    def split(vector: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: vector[a:b].reshape(shape) for name, (a, b, shape) in slots.items()}
+
+    values, cotangents, flags = split(grads[_READER]), split(grads[_PROBE]), split(grads[_FLAG])
     return _Run(
         dict(points),
         float(loss),
-        {name: _read(grads[f"{_READER}{name}"], grads[f"{_FLAG}{name}"]) for name in floating},
-        {name: grads[f"{_PROBE}{name}"] for name in floating},
+        {name: _read(values[name], flags[name]) for name in slots},
+        cotangents,
         {name: grads[name] for name in params},
     )
 
@@ -239,7 +259,7 @@ def _discover(
 ) -> dict[str, Point]:
     """The points the loss reaches, in order: by evaluating it, the loss alone where the
     engine offers it (``objective``: a third of a gradient's cost), else with its gradient."""
-    discover = _probed(problem, ())
+    discover = _probed(problem, _context(engine, data, params, dtype), ())
     objective = getattr(engine, "objective", None)
     if objective is None:
         evaluate(engine, discover, data, dict(params), dtype)
@@ -290,46 +310,70 @@ def _observe_eagerly(
     return _Run(dict(session.points), float(loss), forward, None, grads)
 
 
-def _probed(problem: AbstractProblem, points: tuple[str, ...]) -> _Probed:
-    """``problem`` with ``points`` probed, read and flagged: one view per problem and points,
-    so that the engines' compiled code of it is found again."""
+Slots = tuple[tuple[str, tuple[int, int, tuple[int, ...]]], ...]
+
+
+def _probed(
+    problem: AbstractProblem,
+    context: Hashable,
+    slots: Slots,
+    finite: frozenset[str] = frozenset(),
+) -> _Probed:
+    """``problem`` with the points of ``slots`` probed, read and (but those known
+    ``finite``) flagged: one view per problem, context and slots, so that the engines'
+    compiled code of it is found again.
+
+    Why the context (framework, dtype, shapes): a traced engine that finds its compiled code
+    does not run the loss, and the view's ``points`` are then those of its last evaluation,
+    which must have been of the same framework, dtype and shapes to be the same points.
+    """
     problem_key = key(problem)
-    return _PROBED.get((problem_key, points), lambda: _Probed(problem, points, problem_key))
+    return _PROBED.get(
+        (problem_key, context, slots, finite),
+        lambda: _Probed(problem, slots, finite, problem_key),
+    )
+
+
+def _context(
+    engine: GradientEngine,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> Hashable:
+    """What a traced evaluation's points depend on besides the problem: the engine's
+    framework, the dtype, and the shapes of the data and the parameters."""
+    shapes = tuple((name, np.shape(value)) for name, value in {**data, **params}.items())
+    return framework_of(engine.xp), engine.name, dtype, shapes
 
 
 class _Probed(AbstractProblem, Keyed):
-    """``problem`` with its taps watched: parameters named ``⟨probe⟩<point>`` are added to
-    the points' values, and those named ``⟨reader⟩<point>`` (and ``⟨flag⟩<point>``) dotted
-    with them into the loss (``gradlab._tap``); the points the last evaluation reached are in
-    ``points`` (with a traced engine: the last trace), which the fingerprint leaves out."""
+    """``problem`` with its taps watched: the parameter ``⟨probe⟩`` (one flat vector, each
+    point's elements at its slot) is added to the points' values, and ``⟨reader⟩`` and
+    ``⟨flag⟩`` dotted with them into the loss (``gradlab._tap``); the points the last
+    evaluation reached are in ``points`` (with a traced engine: the last trace), which the
+    fingerprint leaves out."""
 
     probe = False
 
-    def __init__(self, problem: AbstractProblem, points: tuple[str, ...], problem_key: Any) -> None:
+    def __init__(
+        self, problem: AbstractProblem, slots: Slots, finite: frozenset[str], problem_key: Any
+    ) -> None:
         self.problem = problem
         self.name = problem.name
         self.reduction = problem.reduction
-        self._probes = {f"{_PROBE}{name}" for name in points}
-        self._readers = {f"{_READER}{name}" for name in points}
-        self._flags = {f"{_FLAG}{name}" for name in points}
-        self.fingerprint = ("locate", problem_key[1], points)
+        self.slots = dict(slots)
+        self.finite = finite
+        self.fingerprint = ("locate", problem_key[1], slots, tuple(sorted(finite)))
         self.points: dict[str, Point] = {}
 
     def check_namespace(self, xp: Any) -> None:
         self.problem.check_namespace(xp)
 
     def loss(self, params: Mapping[str, Any], data: Mapping[str, Any], xp: Any) -> Any:
-        own, probes, readers, flags = {}, {}, {}, {}
-        for name, value in params.items():
-            if name in self._probes:
-                probes[name[len(_PROBE) :]] = value
-            elif name in self._readers:
-                readers[name[len(_READER) :]] = value
-            elif name in self._flags:
-                flags[name[len(_FLAG) :]] = value
-            else:
-                own[name] = value
-        session = Session(xp, probes, readers, flags)
+        own = {name: value for name, value in params.items() if name not in _LOCATE_NAMES}
+        session = Session(
+            xp, params.get(_PROBE), params.get(_READER), params.get(_FLAG), self.slots, self.finite
+        )
         with watching(session):
             value = self.problem.loss(own, data, xp)
         for term in session.terms:
