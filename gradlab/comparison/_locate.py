@@ -28,6 +28,7 @@ import numpy as np
 
 from gradlab._agreement import rho
 from gradlab._boundary import evaluate, on_engine_together, prepare
+from gradlab._checks import check_int
 from gradlab._errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -103,6 +104,7 @@ def locate(
         ArgumentError: bad arguments, fewer than two engines that can run, or no point
             tapped in any implementation.
     """
+    seed = check_int(seed, "seed", 0)
     if data is None:
         data = {}
     if params is None:

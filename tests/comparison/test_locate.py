@@ -275,6 +275,13 @@ def test_locate_refuses_what_it_cannot_do() -> None:
     plain = gradlab.Problem(lambda p, d, xp: xp.sum(p["w1"] ** 2), name="untapped")
     with pytest.raises(ArgumentError, match="reached no tap"):
         gradlab.locate(plain, data, {"w1": params["w1"]}, engines="torch,jax")
+    for seed in ("x", -1, 1.5):
+        with pytest.raises(ArgumentError, match="seed"):
+            gradlab.locate(_two_layer(), data, params, engines="torch,jax", seed=seed)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="dtype"):
+        gradlab.locate(_two_layer(), data, params, engines="torch,jax", dtype="float16")
+    with pytest.raises(gradlab.UnknownEngine):
+        gradlab.locate(_two_layer(), data, params, engines="torch,nope")
     with pytest.raises(ArgumentTypeError, match="names"):
         gradlab.locate(_two_layer(), data, params, engines="torch,jax", names=["x"])  # type: ignore[arg-type]
 
