@@ -89,9 +89,11 @@ def locate(
         data: Its data (``None``: none), copied, never modified.
         params: Where to evaluate (``None``: the problem's ``initial_params``), copied.
         engines: Two or more engines (names or objects, or a comma-separated string); the
-            first is the reference. Default: one engine per framework the problem is
-            implemented in (torch, jax, TensorFlow, MLX; NumPy forward only, by ``fd``),
-            or torch and jax for a problem written against ``xp``.
+            first is the reference. Default: one engine per framework among gradlab's
+            default engines that can run the loss: torch, jax and, for NumPy code, ``fd``
+            (forward values only; its gradients are judged by their own spread, which holds
+            its truncation error). Opt-in engines (TensorFlow, MLX, torch-compile) when
+            named.
         dtype: ``"float32"`` or ``"float64"``.
         names: Point names to translate, by engine or framework name:
             ``{"jax": {"Dense_0": "fc1"}}``; points are matched by (translated) name.
