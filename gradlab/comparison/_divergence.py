@@ -65,8 +65,9 @@ def moved_params(
 
 def precision_settings(engine: GradientEngine) -> dict[str, Any]:
     """The framework settings that change float32 arithmetic, read without importing a
-    framework that is not loaded: torch's float32 matmul precision and TF32 switches, JAX's
-    default matmul precision, TensorFlow's TF32 execution, MLX's TF32 variable.
+    framework that is not loaded: torch's float32 matmul precision, TF32 switches and
+    autocast, JAX's default matmul precision and XLA flags, TensorFlow's TF32 execution,
+    MLX's TF32 variable.
 
     ``matmul``: the precision float32 matrix products run in on this engine's device as
     set (``"float32"``, ``"tf32"`` or ``"bfloat16"``).
@@ -84,6 +85,7 @@ def precision_settings(engine: GradientEngine) -> dict[str, Any]:
         )
         if on_gpu and (precision != "highest" or torch.backends.cuda.matmul.allow_tf32):
             settings["matmul"] = "bfloat16" if precision == "medium" else "tf32"
+        settings["torch.autocast"] = _autocast(torch)
     jax = sys.modules.get("jax")
     if name.startswith("jax") and jax is not None:
         precision = jax.config.jax_default_matmul_precision
@@ -102,6 +104,19 @@ def precision_settings(engine: GradientEngine) -> dict[str, Any]:
         if on_gpu and os.environ.get("MLX_ENABLE_TF32", "1") != "0":
             settings["matmul"] = "tf32"
     return settings
+
+
+def _autocast(torch: Any) -> dict[str, str] | None:
+    """torch's autocast where it is on, by device type, with the dtype it casts to (its
+    points then show that dtype, which ``locate`` reports as a lower precision)."""
+    found = {}
+    for device in ("cpu", "cuda"):
+        try:
+            if torch.is_autocast_enabled(device):
+                found[device] = str(torch.get_autocast_dtype(device))
+        except (RuntimeError, TypeError, AttributeError):  # an older torch: not readable
+            continue
+    return found or None
 
 
 @dataclass(frozen=True)

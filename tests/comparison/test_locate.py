@@ -537,3 +537,16 @@ def test_a_precision_setting_one_engine_has_explains_its_gap_and_nothing_larger(
     assert not fault.ok
     assert fault.first is not None
     assert fault.first.verdict == "unexplained"
+
+
+def test_the_precision_settings_are_recorded_autocast_included() -> None:
+    from gradlab.comparison._divergence import precision_settings
+
+    engine = gradlab.get_engine("torch")
+    assert precision_settings(engine)["torch.autocast"] is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert precision_settings(engine)["torch.autocast"] == {"cpu": "torch.bfloat16"}
+    assert precision_settings(engine)["torch.float32_matmul_precision"] == (
+        torch.get_float32_matmul_precision()
+    )
+    assert "jax_default_matmul_precision" in precision_settings(gradlab.get_engine("jax"))
