@@ -553,8 +553,15 @@ def _point(
         with contextlib.suppress(ValueError):
             name = canonical_path(name)
         if name not in shapes:
+            bracketed = f"[{name!r}]"
+            hint = (
+                f" (a name with dots is written in brackets: {bracketed}=...)"
+                if bracketed in shapes
+                else ""
+            )
             raise ArgumentError(
-                option, f"{problem.name} has no parameter {name!r}; it has {', '.join(shapes)}"
+                option,
+                f"{problem.name} has no parameter {name!r}; it has {', '.join(shapes)}{hint}",
             )
         try:
             numbers = np.array([float(v) for v in values.split(",")])

@@ -275,6 +275,7 @@ def points_against(report: Any, baseline: Any, floor: float) -> BaselineComparis
     then = _baseline(baseline, type(report))
     _same(report, then, "problem", "dtype")
     _same_arrays("parameters", report.params, then.params)
+    _same_data(report.data_digest, then.data_digest)
     before = {point.name: point for point in then.points}
     directions = ("forward sum", "forward norm", "backward sum", "backward norm")
     changes = {}

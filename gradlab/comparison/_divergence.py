@@ -200,11 +200,19 @@ class Divergence:
             f"round-off bound of {self.bound:.1e} ({why})"
         )
         if self.direction != "gradient" and self.verdict == "unexplained":
-            text += (
-                f"; {self.after!r} still agreed, so the operations between them made the difference"
-                if self.after is not None
-                else "; no point before it agreed"
-            )
+            if self.after is not None:
+                text += (
+                    f"; {self.after!r} still agreed, so the operations between them made the "
+                    "difference"
+                )
+            elif self.direction == "backward":
+                # The backward pass starts at the loss: nothing agreed before this point.
+                text += (
+                    "; it is the first point the backward pass reaches, so the operations "
+                    "between it and the loss made the difference"
+                )
+            else:
+                text += "; no point before it agreed: the operations before it made the difference"
         if self.closer is not None:
             text += f"; {self.closer} is the nearer to its own float64 run there"
         return text
@@ -236,6 +244,8 @@ class DivergenceReport(_output.Record):
         skipped: Engines of the default set left out, with why.
         params: Where the loss was evaluated, by parameter path.
         provenance: Versions, machine, and each engine's precision settings.
+        data_digest: A fingerprint of the data, so that ``against`` refuses a baseline taken
+            on other data.
     """
 
     problem: str
@@ -252,6 +262,7 @@ class DivergenceReport(_output.Record):
     skipped: dict[str, str]
     params: Any
     provenance: dict[str, Any]
+    data_digest: str | None = None
 
     @classmethod
     def build(cls, **fields: Any) -> DivergenceReport:
@@ -266,9 +277,16 @@ class DivergenceReport(_output.Record):
 
     @property
     def ok(self) -> bool:
-        """Whether no engine parts from the reference beyond what round-off or a lower
-        precision explains."""
-        return self.first is None
+        """Whether no engine parts from the reference beyond what round-off or a precision
+        setting explains, at one compared point at least (a report whose points all went
+        unmatched compared nothing, and is not ok)."""
+        return self.first is None and self.compared > 0
+
+    @property
+    def compared(self) -> int:
+        """How many points were compared: reached by the reference and another engine, in
+        the same shape."""
+        return sum(bool(point.forward) for point in self.points)
 
     def _unmatched(self) -> dict[str, str]:
         out = {}
@@ -399,20 +417,31 @@ class DivergenceReport(_output.Record):
 
     def summary(self) -> str:
         """One line: where they part, or that they do not."""
+        unmatched = f"; {len(self.unmatched)} unmatched" if self.unmatched else ""
+        if self.first is None and self.compared == 0:
+            return (
+                f"no point was compared: the {len(self.points)} points reached are each "
+                "reached by one engine only (tap the same names in every implementation, or "
+                "translate them with names=)"
+            )
         if self.first is None:
             agree = (
-                f"{_and(self.engines)} agree at every one of {len(self.points)} points, forward "
-                "and backward, and in every gradient, within round-off"
+                f"{_and(self.engines)} agree at every one of the {self.compared} points "
+                f"compared{unmatched}, forward and backward, and in every gradient, within "
+                "round-off"
             )
             if self.explained:
                 agree += f" (or a precision setting: {len(self.explained)} points)"
             return agree
-        return self.first.describe(self.reference)
+        return self.first.describe(self.reference) + (
+            f" ({self.compared} points compared{unmatched})"
+        )
 
     def raise_if_diverged(self) -> None:
         """Raise [`Disagreement`][gradlab.Disagreement] (an ``AssertionError``) with the
-        summary if an engine parts from the reference beyond what is explained."""
-        if self.first is not None:
+        summary if an engine parts from the reference beyond what is explained, or if no
+        point was compared."""
+        if not self.ok:
             raise Disagreement(f"{self.problem}: {self.summary()}", self)
 
     def __str__(self) -> str:
@@ -520,6 +549,7 @@ class DivergenceReport(_output.Record):
                 "skipped": self.skipped,
                 "params": self.params,
                 "provenance": self.provenance,
+                "data_digest": self.data_digest,
             },
         )
 
@@ -575,6 +605,7 @@ class DivergenceReport(_output.Record):
                 skipped=dict(saved["skipped"]),
                 params=_output.arrays(saved["params"], dtype),
                 provenance=dict(saved["provenance"]),
+                data_digest=saved.get("data_digest"),
             )
 
     def against(self, baseline: DivergenceReport | str | os.PathLike[str]) -> BaselineComparison:

@@ -20,12 +20,14 @@ forward values by evaluating the loss directly, in NumPy: they have no backward 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import contextlib
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from gradlab import _output
 from gradlab._agreement import rho
 from gradlab._boundary import evaluate, on_engine_together, prepare
 from gradlab._checks import check_int
@@ -35,6 +37,7 @@ from gradlab._errors import (
     EngineUnavailable,
     HandGradientMissing,
     NotSupported,
+    ProblemError,
     naming,
 )
 from gradlab._fingerprint import Compiled, Keyed, key
@@ -129,8 +132,14 @@ def locate(
             **names.get(engine_name, {}),
         }
         run = _observe(engine, flat, checked_data, checked_params, checked_dtype)
+        _check_renames(engine_name, framework, names, run.points, renames)
         moved = _observe(engine, flat, checked_data, perturbed, checked_dtype, run.points)
         observed[engine_name] = (engine, renames, run, moved)
+    unknown = sorted(set(names) - {*chosen, *(framework_of(e.xp) for e in chosen.values())})
+    if unknown:
+        raise ArgumentError(
+            "names", f"has {unknown}, which are neither engines nor frameworks located here"
+        )
     if not any(run.points for _, _, run, _ in observed.values()):
         raise ArgumentError(
             "problem",
@@ -152,6 +161,7 @@ def locate(
             skipped=skipped,
             params={name: value.astype(checked_dtype) for name, value in checked_params.items()},
             flat_params=checked_params,
+            data_digest=_output.digest(checked_data),
             provenance={
                 **common_provenance(checked_dtype),
                 "precision": {name: precision_settings(engine) for name, engine in chosen.items()},
@@ -232,12 +242,14 @@ def _observe(
     finite = frozenset(name for name in slots if points[name].finite)
     probed = _probed(problem, _context(engine, data, params, dtype), tuple(slots.items()), finite)
     zeros = {prefix: np.zeros(total) for prefix in (_PROBE, _READER, _FLAG)}
-    loss, grads = evaluate(engine, probed, data, {**params, **zeros}, dtype)
+    loss, grads = _evaluate(engine, probed, data, {**params, **zeros}, dtype)
     if list(probed.points) != list(points):
+        if not probed.points:
+            raise ArgumentError("problem", f"engine {engine.name!r}: {_HIDDEN}")
         raise ArgumentError(
             "problem",
             f"engine {engine.name!r}: the loss reached other points on a second evaluation "
-            f"({', '.join(probed.points)} after {', '.join(points)}): taps must not depend "
+            f"({', '.join(probed.points)}, after {', '.join(points)}): taps must not depend "
             "on the parameters' values",
         )
 
@@ -254,6 +266,38 @@ def _observe(
     )
 
 
+#: Why a loss's taps may fire once and then never, or leak out of a trace.
+_HIDDEN = (
+    "its taps did not fire, or fired inside a transformation of the loss's own (jax.jit, "
+    "jax.checkpoint, lax.scan, vmap, lax.cond, while_loop): there a tap's value lives in that "
+    "transformation's trace, or its compiled code runs without the Python that taps. Tap "
+    "outside it (its result), or leave the inner jit out while locating"
+)
+
+
+@contextlib.contextmanager
+def _taps_in_traces(engine: GradientEngine) -> Iterator[None]:
+    """A tap whose value leaked out of a jax transformation of the user's, named as such
+    rather than as jax's error from inside the loss."""
+    try:
+        yield
+    except ProblemError as error:
+        if type(error.__cause__).__name__ == "UnexpectedTracerError":
+            raise ArgumentError("problem", f"engine {engine.name!r}: {_HIDDEN}") from None
+        raise
+
+
+def _evaluate(
+    engine: GradientEngine,
+    problem: AbstractProblem,
+    data: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    dtype: str,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    with _taps_in_traces(engine):
+        return evaluate(engine, problem, data, dict(params), dtype)
+
+
 def _discover(
     engine: GradientEngine,
     problem: AbstractProblem,
@@ -266,9 +310,13 @@ def _discover(
     discover = _probed(problem, _context(engine, data, params, dtype), ())
     objective = getattr(engine, "objective", None)
     if objective is None:
-        evaluate(engine, discover, data, dict(params), dtype)
+        _evaluate(engine, discover, data, params, dtype)
         return discover.points
-    with np.errstate(all="ignore"), calling(discover, engine, params, data):
+    with (
+        _taps_in_traces(engine),
+        np.errstate(all="ignore"),
+        calling(discover, engine, params, data),
+    ):
         batch, point = on_engine_together(engine, data, params, dtype)
         objective(discover)(point, batch)
     return discover.points
@@ -415,6 +463,31 @@ def _layout_names(problem: AbstractProblem, framework: str) -> dict[str, str]:
     return {module: next(iter(mapped)) for module, mapped in modules.items() if len(mapped) == 1}
 
 
+def _check_renames(
+    engine: str,
+    framework: str,
+    names: Mapping[str, Mapping[str, str]],
+    points: Mapping[str, Point],
+    renames: Mapping[str, str],
+) -> None:
+    """Refuse ``names`` for an engine that name points its loss never reached, or that
+    give two of its points one name (one would silently hide the other)."""
+    for who in (framework, engine):
+        missing = sorted(set(names.get(who, {})) - set(points))
+        if missing:
+            raise ArgumentError(
+                f"names[{who!r}]",
+                f"translates {missing}, which engine {engine!r} never reached (its points: "
+                f"{', '.join(points) or 'none'})",
+            )
+    final = [renames.get(name, name) for name in points]
+    twice = sorted({name for name in final if final.count(name) > 1})
+    if twice:
+        raise ArgumentError(
+            "names", f"gives two of engine {engine!r}'s points the same name: {twice}"
+        )
+
+
 def _check_names(names: object) -> dict[str, dict[str, str]]:
     """``names`` as ``{engine or framework: {its name: shared name}}``."""
     if names is None:
@@ -486,6 +559,7 @@ def _report(
     skipped: dict[str, str],
     params: Any,
     flat_params: Mapping[str, np.ndarray],
+    data_digest: str | None,
     provenance: dict[str, Any],
 ) -> DivergenceReport:
     """Judge every engine against the reference, point by point, and make the report."""
@@ -531,6 +605,7 @@ def _report(
         skipped=skipped,
         params=params,
         provenance=provenance,
+        data_digest=data_digest,
     )
 
 

@@ -130,7 +130,7 @@ def test_agreeing_engines_are_reported_as_agreeing_with_a_table_and_json() -> No
     assert [point.name for point in report.points] == ["fc1", "act", "fc2"]
     assert all(point.rho("forward") <= point.forward_bound for point in report.points)
     text = str(report)
-    assert "agree at every one of 3 points" in text
+    assert "agree at every one of the 3 points compared" in text
     assert "fc2" in text
     again = gradlab.DivergenceReport.from_json(report.to_json())
     assert again.to_dict() == report.to_dict()
@@ -550,3 +550,71 @@ def test_the_precision_settings_are_recorded_autocast_included() -> None:
         torch.get_float32_matmul_precision()
     )
     assert "jax_default_matmul_precision" in precision_settings(gradlab.get_engine("jax"))
+
+
+def test_taps_hidden_in_a_jax_transformation_of_the_users_are_named_as_such() -> None:
+    data = {"x": np.linspace(-1.0, 1.0, 5)}
+    params = {"w": np.array(0.7)}
+
+    def torch_loss(p: Any, d: Any) -> Any:
+        return (gradlab.tap("h", torch.tanh(d["x"] * p["w"])) ** 2).sum()
+
+    def jitted(p: Any, d: Any) -> Any:
+        return (gradlab.tap("h", jnp.tanh(d["x"] * p["w"])) ** 2).sum()
+
+    def scanned(p: Any, d: Any) -> Any:
+        def body(carry: Any, x: Any) -> Any:
+            return carry + gradlab.tap("h", jnp.tanh(x * p["w"])), None
+
+        return jax.lax.scan(body, 0.0, d["x"])[0] ** 2
+
+    for jax_loss in (jax.jit(jitted), scanned):
+        problem = gradlab.NativeProblem(name="hidden", torch=torch_loss, jax=jax_loss)
+        with pytest.raises(ArgumentError, match="inside a transformation of the loss's own"):
+            gradlab.locate(problem, data, params)
+
+
+def test_unmatched_points_are_counted_and_none_compared_is_not_ok() -> None:
+    data, params = _case()
+    translated = {"jax": {name: f"jax_{name}" for name in ("fc1", "act", "fc2")}}
+    report = gradlab.locate(_native(), data, params, names=translated)
+    assert report.compared == 0
+    assert not report.ok
+    assert report.summary().startswith("no point was compared")
+    with pytest.raises(gradlab.Disagreement, match="no point was compared"):
+        report.raise_if_diverged()
+    some = gradlab.locate(_native(), data, params, names={"jax": {"fc2": "jax_fc2"}})
+    assert some.ok
+    assert "agree at every one of the 2 points compared; 2 unmatched" in some.summary()
+    with pytest.raises(ArgumentError, match=r"names\['jax'\]: translates \['nope'\]"):
+        gradlab.locate(_native(), data, params, names={"jax": {"nope": "x"}})
+    with pytest.raises(ArgumentError, match="names: gives two of engine 'jax'"):
+        gradlab.locate(_native(), data, params, names={"jax": {"fc1": "act"}})
+    with pytest.raises(ArgumentError, match=r"names: has \['jaxx'\]"):
+        gradlab.locate(_native(), data, params, names={"jaxx": {}})
+
+
+def test_a_fault_after_the_last_point_is_put_between_it_and_the_loss() -> None:
+    data, params = _case()
+
+    def torch_loss(p: Any, d: Any) -> Any:
+        out = gradlab.tap("out", torch.tanh(d["x"] @ p["w1"]) @ p["w2"])
+        return 0.5 * ((out - d["y"]) ** 2).mean()
+
+    def jax_loss(p: Any, d: Any) -> Any:
+        out = gradlab.tap("out", jnp.tanh(d["x"] @ p["w1"]) @ p["w2"])
+        return 0.5 * ((out - d["y"]) ** 2).sum()  # a sum for the mean
+
+    problem = gradlab.NativeProblem(name="reduced", torch=torch_loss, jax=jax_loss)
+    first = gradlab.locate(problem, data, params).first
+    assert first is not None
+    assert (first.name, first.direction) == ("out", "backward")
+    assert "between it and the loss made the difference" in first.describe("torch")
+
+
+def test_a_baseline_of_other_data_is_refused() -> None:
+    data, params = _case()
+    before = gradlab.locate(_native(), data, params)
+    other = {name: value + 1.0 for name, value in data.items()}
+    with pytest.raises(ArgumentError, match="baseline: was computed on other data"):
+        gradlab.locate(_native(), other, params).against(before)
