@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Hashable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -212,9 +212,7 @@ class _Run:
             )
 
         out = apply(self)
-        out.points = {
-            name: Point(name, p.shape, p.dtype, p.floating) for name, p in out.points.items()
-        }
+        out.points = {name: replace(point, name=name) for name, point in out.points.items()}
         out.moved = apply(moved)
         out.referee = None if referee is None else apply(referee)
         return out
