@@ -48,6 +48,9 @@ from gradlab.bench._harness import BenchmarkCase as BenchmarkCase
 from gradlab.bench._harness import BenchmarkResult as BenchmarkResult
 from gradlab.bench._harness import Timing as Timing
 from gradlab.bench._harness import benchmark as benchmark
+from gradlab.comparison._audit import AuditReport as AuditReport
+from gradlab.comparison._audit import Variation as Variation
+from gradlab.comparison._audit import audit as audit
 from gradlab.comparison._baseline import BaselineComparison as BaselineComparison
 from gradlab.comparison._baseline import Change as Change
 from gradlab.comparison._divergence import Divergence as Divergence
@@ -118,6 +121,7 @@ __all__ = [
     "AbstractProblem",
     "ArgumentError",
     "ArgumentTypeError",
+    "AuditReport",
     "BaselineComparison",
     "BenchmarkCase",
     "BenchmarkResult",
@@ -158,11 +162,13 @@ __all__ = [
     "Stop",
     "Timing",
     "UnknownEngine",
+    "Variation",
     "Verdict",
     "__version__",
     "adam",
     "adamw",
     "apply_updates",
+    "audit",
     "available_engines",
     "benchmark",
     "chain",

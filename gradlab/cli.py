@@ -235,6 +235,44 @@ def _parser() -> argparse.ArgumentParser:
         "initial_params",
     )
 
+    audit = commands.add_parser(
+        "audit",
+        parents=[setup, machine],
+        help="is one engine stable? its gradient and a short fit under reruns, threads, ...",
+        description=(
+            "Run one engine's gradient and a short fit plainly, then under each variation: "
+            "the same calls again, one thread in a new process, eager against compiled, "
+            "the gradient accumulated over mini-batches, a GPU, the other precision; report "
+            "per variation and per quantity whether they came out bitwise equal, or how many "
+            "ulps apart. Exit status 0 when a rerun is bitwise equal, 1 when it is not."
+        ),
+    )
+    audit.add_argument("--engine", default="numpy", help="the engine (default numpy)")
+    audit.add_argument(
+        "--variations",
+        default=None,
+        help="comma-separated, from rerun, threads, compiled, accumulation, device, "
+        "precision (default all)",
+    )
+    audit.add_argument(
+        "--steps", type=int, default=20, help="steps of the short fit; 0 for none (default 20)"
+    )
+    audit.add_argument(
+        "--lr", type=float, default=1e-3, help="the fit's sgd learning rate (default 0.001)"
+    )
+    audit.add_argument(
+        "--batches", type=int, default=4, help="mini-batches for accumulation (default 4)"
+    )
+    audit.add_argument(
+        "--params",
+        nargs="+",
+        metavar="NAME=VALUES",
+        default=[],
+        help="where to take the gradient and start the fit, e.g. --params w=1.5 b=-2; the "
+        "rest from the problem's initial_params",
+    )
+    audit.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
     fit = commands.add_parser(
         "fit",
         parents=[setup, output, machine, against],
@@ -633,6 +671,29 @@ def _locate(args: argparse.Namespace, show_progress: bool) -> int:
     return 0 if report.ok else 1
 
 
+def _audit(args: argparse.Namespace, show_progress: bool) -> int:
+    from gradlab.comparison._audit import audit
+    from gradlab.optimizers import sgd
+
+    problem, data = _problem_and_data(args)
+    start = flatten(problem.initial_params(data, seed=args.seed))[0]
+    params = _point(problem, data, args.params, "--params", lambda _, name: start[name])
+    report = audit(
+        problem,
+        data,
+        params,
+        engine=args.engine,
+        variations=args.variations,
+        dtype=args.dtype,
+        steps=args.steps,
+        optimizer=sgd(args.lr),
+        batches=args.batches,
+        seed=args.seed,
+    )
+    _print(report, None, args.json)
+    return 1 if report.deterministic is False else 0
+
+
 def _baseline(args: argparse.Namespace, kind: type) -> Any:
     """The --baseline file, loaded before any work is done (``None`` without one)."""
     if args.baseline is None:
@@ -742,7 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_image_path(args.plot, "--plot")
             optional("matplotlib", "--plot", "plot")
         for option in ("n", "features", "steps", "repeats", "fit_steps"):
-            if getattr(args, option, 1) < 1:
+            # An audit's fit may be left out (--steps 0); the library names a negative one.
+            if getattr(args, option, 1) < 1 and (args.command, option) != ("audit", "steps"):
                 raise ArgumentError(
                     f"--{option.replace('_', '-')}",
                     f"must be a positive integer, got {getattr(args, option)}",
@@ -752,6 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "demo": _demo,
             "compare": _compare,
             "locate": _locate,
+            "audit": _audit,
             "fit": _fit,
             "bench": _bench,
             "engines": _engines,

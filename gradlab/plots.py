@@ -13,7 +13,7 @@ opens a window, picks a GUI backend or touches pyplot's global state; save one w
   curve, the loss per step, and how far each engine's parameter path lies from the reference's.
 - [`fit_comparison_figure`][gradlab.plots.fit_comparison_figure]: a
   [`FitComparison`][gradlab.FitComparison] so drawn, with the tolerance each path was judged
-  against and each disagreeing engine marked ✗.
+  against (or, with an envelope, its bound at every step) and each disagreeing engine marked ✗.
 
 Each figure has one legend under its panels, in as many columns as fit; the figure grows to
 hold it, so no label is cut off however many engines, or however long their names.
@@ -67,6 +67,13 @@ _FAILING: dict[str, Any] = {
     "markeredgewidth": 1.0,
 }
 _IDENTITY: dict[str, Any] = {"color": "0.3", "linewidth": 1}
+# An envelope's bound in the path panel: a grey band up to it (the bands of engines whose
+# bounds coincide darken it, rather than mixing their colours), and its edge, a thin line in
+# the engine's colour (thinner than any path's curve).
+_BAND: dict[str, Any] = {"color": "0.5", "alpha": 0.08, "linewidth": 0}
+_BOUND: dict[str, Any] = {"linewidth": 0.8, "linestyle": "-", "alpha": 0.8}
+# The step where a path leaves its envelope's bound.
+_LEAVES: dict[str, Any] = {"linewidth": 1.0, "linestyle": "--", "alpha": 0.7}
 # Inches per engine along each side of the agreement heatmap.
 _CELL = 1.0
 
@@ -310,7 +317,11 @@ def fit_comparison_figure(comparison: Any) -> Any:
     reference's (the comparison's ``tolerances``, or its ``atol``/``rtol``, in which case the
     panel shows each step's largest |a−b| / (atol + rtol·max(|a|, |b|)), judged against 1),
     and every engine the comparison finds disagreeing is marked ✗ in the legend, with an ✗
-    where its path lies farthest from the reference's.
+    where its path lies farthest from the reference's. Judged with an envelope
+    (``compare_fits(..., envelope=k)``), it draws each engine's bound at every step instead,
+    a thin line in the engine's colour over a shaded band, and the ✗ and a dashed vertical
+    line where a path first leaves its bound (the legend names the step and the parameter
+    element).
     """
     return _fit_panels(
         comparison.results,
@@ -345,10 +356,11 @@ def _fit_panels(
     first = results[names[0]]
     title = f"{first.problem}: the same fit on {len(names)} engine(s), {first.dtype}"
     if judged is not None:
+        within = "tolerance" if judged.envelope_bound is None else "its envelope"
         title += "; " + (
             f"✗ disagreeing: {', '.join(judged.disagreeing)}"
             if failing
-            else "every path within tolerance"
+            else f"every path within {within}"
         )
     # Wrapped to the figure's width (about 9 characters an inch at this size).
     figure.suptitle(textwrap.fill(title, int(9 * 5.0 * panels)))
@@ -361,7 +373,10 @@ def _fit_panels(
             label += " (reference)"
         style = _style(index, len(names))
         if name in failing:
+            leaves = judged.leaves_at.get(name)
             label += " ✗ disagrees"
+            if leaves is not None:
+                label += f": leaves its envelope at step {leaves} ({judged.leaving_element[name]})"
             style.update(_FAILING)
         entries[label] = _proxy(**style)
 
@@ -400,6 +415,7 @@ def _draw_paths(
     measure = None  # rho; with atol/rtol, the judged excess (close at most 1)
     if judged is not None and judged.atol is not None:
         measure = Criterion(atol=judged.atol, rtol=judged.rtol)
+    bounds = None if judged is None else judged.envelope_bound
     for index, name in enumerate(names):
         if name == reference:
             continue
@@ -407,9 +423,20 @@ def _draw_paths(
         per_step = np.maximum(path_rho(*trajectories, measure), RHO_FLOOR)
         style = _style(index, len(names))
         axes.plot(np.arange(len(per_step)), per_step, **style)
+        if bounds is not None and name in bounds:
+            bound = np.maximum(bounds[name], RHO_FLOOR)
+            steps = np.arange(len(bound))
+            axes.fill_between(steps, RHO_FLOOR, bound, **_BAND)
+            axes.plot(steps, bound, color=style["color"], **_BOUND)
         if judged is not None and name in judged.disagreeing and len(per_step):
-            peak = int(np.argmax(per_step))
-            axes.plot(peak, per_step[peak], color=style["color"], zorder=5, **_FAILING)
+            mark = int(np.argmax(per_step))
+            leaves = judged.leaves_at.get(name)
+            if leaves is not None and leaves < len(per_step):
+                # The step where the path leaves its bound, across the panel (the legend
+                # names the step and the element).
+                mark = leaves
+                axes.axvline(leaves, color=style["color"], **_LEAVES)
+            axes.plot(mark, per_step[mark], color=style["color"], zorder=5, **_FAILING)
     axes.set_yscale("log")
     axes.set_title(f"How far each path lies from {reference}'s")
     axes.set_xlabel("step (updates applied)")
@@ -424,6 +451,10 @@ def _draw_paths(
     axes.set_ylabel(f"largest rho vs {reference} (0 drawn at {RHO_FLOOR:.0e})")
     if judged is None:
         return {}
+    if bounds is not None:
+        patches = optional("matplotlib.patches", "plotting", "plot")
+        label = f"shaded, thin line: each path's bound vs {reference} (8 × the envelopes)"
+        return {label: patches.Patch(facecolor="0.85", edgecolor="0.3", linewidth=0.8)}
     # Each engine's path is held to the tolerance of its pair with the reference: one line
     # per distinct value, naming its engines when they differ (fd's is looser).
     column = judged.engines.index(reference)

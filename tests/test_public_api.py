@@ -77,6 +77,10 @@ PUBLIC = {
     "DivergenceReport",
     "PointVerdict",
     "Divergence",
+    # Is it stable (issue 32).
+    "audit",
+    "AuditReport",
+    "Variation",
     "chain",
     "clip_by_global_norm",
     "compare_fits",

@@ -4,7 +4,7 @@ Runs every example of ``docs/tutorial.md`` as a doctest with this directory as t
 directory, so the pictures it draws (``plot("tutorial-fits.png")``) land here, then writes
 the text the page includes: the fit comparison's table and a longer benchmark. Then runs
 ``docs/locate.md`` the same way and draws ``locate.png``: its transformer with the forgotten
-transpose.
+transpose. Then ``docs/compare.md``, whose chaotic fit draws ``fit-envelope.png``.
 
     python docs/images/regenerate.py
 """
@@ -20,6 +20,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TUTORIAL = HERE.parent / "tutorial.md"
 LOCATE = HERE.parent / "locate.md"
+COMPARE = HERE.parent / "compare.md"
 
 
 def _run(page: Path) -> dict[str, Any] | None:
@@ -53,6 +54,8 @@ def main() -> int:
         name="transformer", torch=page["torch_loss"], jax=page["jax_port"](forget_transpose=True)
     )
     gradlab.locate(buggy, page["data"], page["params"]).plot("locate.png")
+    if _run(COMPARE) is None:
+        return 1
     print(f"wrote the tutorial's and locate's pictures and text to {HERE}")
     return 0
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from gradlab import _output
 from gradlab._agreement import rho
-from gradlab._checks import check_dtype
+from gradlab._checks import as_float_array, check_dtype
 from gradlab._errors import Disagreement
+from gradlab._tree import flatten
 from gradlab.comparison._baseline import BaselineComparison, points_against
 from gradlab.engines._protocol import GradientEngine
 
@@ -43,10 +45,32 @@ _EPS = {
 }
 
 
-def derived_bound(dtype: str, *spreads: float) -> float:
+@overload
+def derived_bound(dtype: str, *spreads: float) -> float: ...
+
+
+@overload
+def derived_bound(dtype: str, *spreads: np.ndarray) -> np.ndarray: ...
+
+
+def derived_bound(dtype: str, *spreads: float | np.ndarray) -> float | np.ndarray:
     """The largest rho round-off explains at a point: ``SAFETY`` times the larger spread of
-    the two implementations there under round-off-sized moves, and never under the floor."""
-    return max(FLOOR_ULPS * _EPS[dtype], SAFETY * max(spreads, default=0.0))
+    the two implementations there under round-off-sized moves, and never under the floor.
+
+    Spreads may be arrays (one per step of a fit's path, say): the bound is then computed
+    elementwise, an array of their broadcast shape.
+    """
+    floor = FLOOR_ULPS * _EPS[dtype]
+    if not spreads:
+        return floor
+    bound = np.maximum(floor, SAFETY * functools.reduce(np.maximum, spreads))
+    return float(bound) if np.ndim(bound) == 0 else np.asarray(bound)
+
+
+def _moved(value: np.ndarray, eps: float, rng: np.random.Generator) -> np.ndarray:
+    """``value`` with each element moved by ``ULPS`` units of round-off ``eps``, relative,
+    each with a random sign (a new array: ``value`` is never written)."""
+    return np.asarray(value * (1.0 + ULPS * eps * rng.choice([-1.0, 1.0], size=np.shape(value))))
 
 
 def moved_params(
@@ -57,10 +81,30 @@ def moved_params(
     computation carries them (its spread)."""
     rng = np.random.default_rng(seed)
     eps = float(np.finfo(dtype).eps)
-    return {
-        name: value * (1.0 + ULPS * eps * rng.choice([-1.0, 1.0], size=np.shape(value)))
-        for name, value in params.items()
-    }
+    return {name: _moved(value, eps, rng) for name, value in params.items()}
+
+
+def moved_data(data: Any, dtype: str, seed: int = 0) -> Any:
+    """``data`` (a nest, as a problem takes it) with the elements of every array of
+    fractional numbers moved as [`moved_params`][gradlab.comparison._divergence.moved_params]
+    moves parameters; integer arrays and arrays of whole numbers (labels, one-hot rows,
+    counts, indices) kept as they are, so that no label stops being one. The caller's
+    arrays are never written: the moved ones are new.
+
+    A fit on moved data computes, at every step, gradients that differ from the original
+    ones by round-off: how far the path carries differences injected all along, where a
+    moved start shows only how far it carries one at the start. The moves are drawn from
+    another stream than ``moved_params``'s of the same seed.
+    """
+    flat, layout = flatten(data)
+    rng = np.random.default_rng((seed, 1))
+    eps = float(np.finfo(dtype).eps)
+    moved = {}
+    for name, value in flat.items():
+        array = as_float_array(value, "data", copy=False)  # integer arrays: whole numbers
+        whole = bool(np.all(array == np.round(array)))
+        moved[name] = value if whole else _moved(array, eps, rng)
+    return layout.unflatten(moved)
 
 
 def precision_settings(engine: GradientEngine) -> dict[str, Any]:

@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from gradlab import _output
-from gradlab._agreement import Criterion, criterion, path_rho
+from gradlab._agreement import Criterion, criterion, differences, path_rho
 from gradlab._boundary import check_transformation, prepare
 from gradlab._checks import check_dtype, check_float, check_positive_int
+from gradlab._errors import ArgumentError
 from gradlab._output import point, short
 from gradlab._progress import progress_bar
 from gradlab._provenance import common_provenance
-from gradlab._tree import flatten
+from gradlab._tree import element, flatten
 from gradlab.comparison._baseline import BaselineComparison, fits_against
-from gradlab.comparison._divergence import derived_bound, moved_params
+from gradlab.comparison._divergence import derived_bound, moved_data, moved_params
 from gradlab.comparison._kernel import Engines, outlier, resolve_engines
 from gradlab.comparison._kinds import element_labels, pair_tolerances
 from gradlab.engines._protocol import GradientEngine, is_approximate, value_and_grad_of
@@ -53,7 +54,8 @@ class FitComparison(_output.Record):
         divergence: ``divergence[i, j]``: the largest rho between the parameter paths of
             engines i and j, over every step and element.
         peak_step: ``peak_step[i, j]``: the step (number of updates) where that rho peaks.
-        tolerances: ``tolerances[i, j]``: the largest path rho allowed between i and j.
+        tolerances: ``tolerances[i, j]``: the largest path rho allowed between i and j
+            (with an envelope: the largest of the pair's per-step bounds).
         outlier: The engine whose path leaves all others while they agree, or ``None``.
         skipped: Engines left out, with the reason.
         provenance: Versions, machine, dtype, time, and each engine's device and threads.
@@ -64,6 +66,21 @@ class FitComparison(_output.Record):
         data_digest: A fingerprint of the data, so that
             [`against`][gradlab.FitComparison.against] can tell a baseline run on other data
             from a changed path; ``None`` if unknown.
+        envelope_runs: With ``envelope=k``: k, the moved runs of each engine's fit; else
+            ``None`` (and the four fields below ``None`` or empty).
+        envelope: Per engine, at each step (number of updates applied), how far round-off
+            carries its own path: the largest rho between its recorded path and its k twins
+            (each run from a start and on data moved by a few ulps) at that step or any
+            before it.
+        envelope_bound: Per engine but the reference, the largest path rho allowed against
+            the reference at each step: 8 times the larger of the two engines' envelopes
+            there, never under 32 ulps (for a pair with fd, never under the table's
+            tolerance either).
+        leaves_at: Per engine, the first step where its path's rho against the reference's
+            exceeds ``envelope_bound``, or ``None``: within natural drift all the way (the
+            reference: ``None``).
+        leaving_element: Per engine, the parameter element farthest from the reference's at
+            that step, as reports name elements (``"layers[0].w[1, 2]"``), or ``None``.
     """
 
     problem: str
@@ -88,6 +105,11 @@ class FitComparison(_output.Record):
     atol: float | None = None
     rtol: float | None = None
     data_digest: str | None = None
+    envelope_runs: int | None = None
+    envelope: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    envelope_bound: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    leaves_at: dict[str, int | None] = field(default_factory=dict)
+    leaving_element: dict[str, str | None] = field(default_factory=dict)
 
     def time_per_step(self, engine: str) -> float:
         """An engine's timed wall time divided by the steps it ran."""
@@ -124,30 +146,50 @@ class FitComparison(_output.Record):
 
     def summary(self) -> str:
         """One sentence: do the paths agree, did the fits complete."""
+        limit = "tolerance" if self.envelope_runs is None else "natural drift"
         if self.outlier is not None:
-            return f"{self.outlier}'s path leaves every other engine's, and those agree."
-        if not self.ok and len(self.engines) == 2:
             return (
-                f"The paths of {self.engines[0]} and {self.engines[1]} part beyond tolerance; "
-                "with two engines gradlab cannot tell which is wrong: add a third engine to "
-                "find out."
+                f"{self.outlier}'s path leaves every other engine's{self._where(self.outlier)}, "
+                "and those agree."
+            )
+        if not self.ok and len(self.engines) == 2:
+            other = self.engines[1]
+            return (
+                f"The paths of {self.engines[0]} and {other} part beyond {limit}"
+                f"{self._where(other)}; with two engines gradlab cannot tell which is wrong: "
+                "add a third engine to find out."
             )
         if not self.ok:
-            departed = ", ".join(self.disagreeing)
-            return f"Paths depart from {self.reference}'s beyond tolerance: {departed}."
+            departed = ", ".join(name + self._where(name) for name in self.disagreeing)
+            return f"Paths depart from {self.reference}'s beyond {limit}: {departed}."
         done = all(result.ok for result in self.results.values())
         if len(self.engines) == 1:
             outcome = "it completed" if done else "it diverged"
             return f"Only {self.reference} ran ({outcome}): there was no other path to compare."
         status = "every fit completed" if done else "every fit diverged at the same step"
-        return f"All {len(self.engines)} engines follow the same path within tolerance; {status}."
+        if self.envelope_runs is not None:
+            limit += f" (the envelope of {self.envelope_runs} moved runs) all the way"
+        return f"All {len(self.engines)} engines follow the same path within {limit}; {status}."
+
+    def _where(self, name: str) -> str:
+        """Where an engine's path leaves its envelope, for sentences (``""`` if it does not)."""
+        step = self.leaves_at.get(name)
+        if step is None:
+            return ""
+        return f" (at step {step}, {self.leaving_element[name]})"
+
+    def path_rho(self, engine: str) -> np.ndarray:
+        """Per step, the largest rho between ``engine``'s parameters and the reference's
+        (what ``divergence`` takes the largest of)."""
+        return path_rho(self.results[engine].trajectory, self.results[self.reference].trajectory)
 
     def __repr__(self) -> str:
         """One line with the verdict and, when paths part, where and by how much
         (``assert comparison.ok, comparison`` shows it; ``str()`` is the whole table)."""
         head = f"FitComparison({self.problem!r}, {self.dtype}, {self.steps} steps: "
         if self.ok:
-            return head + f"{', '.join(self.engines)} follow one path)"
+            within = "" if self.envelope_runs is None else " within their envelopes"
+            return head + f"{', '.join(self.engines)} follow one path{within})"
         name = self.disagreeing[0]
         if name == self.reference:
             name = next(other for other in self.engines if other != self.reference)
@@ -155,6 +197,14 @@ class FitComparison(_output.Record):
         statuses = f"{name} {self.results[name].status}, {self.reference} " + (
             self.results[self.reference].status
         )
+        step = self.leaves_at.get(name)
+        if step is not None and self.envelope_bound is not None:
+            return head + (
+                f"{name}'s path leaves its envelope at step {step} "
+                f"({self.leaving_element[name]}: rho {self.path_rho(name)[step]:.1e} against a "
+                f"bound of {self.envelope_bound[name][step]:.1e}; {statuses}); "
+                "print(comparison) for the table)"
+            )
         return head + (
             f"{name}'s path is {self.divergence[i, 0]:.1e} from {self.reference}'s at step "
             f"{int(self.peak_step[i, 0])} (tolerance {self._tolerance(i)}; {statuses}); "
@@ -167,15 +217,25 @@ class FitComparison(_output.Record):
             f"Fit comparison: {self.problem}, {self.dtype}, {self.steps} steps from {at}",
             f"reference: {self.reference}; path rho = largest rho between the parameters at "
             "the same step, over all steps",
-            "",
         ]
+        if self.envelope_runs is not None:
+            runs = self.envelope_runs
+            lines.append(
+                f"envelope: how far each path drifts from itself under round-off ({runs} runs "
+                "from a moved start, on moved data); a path leaves it where its rho exceeds 8 "
+                "times the larger of the two envelopes at that step"
+            )
+        lines.append("")
         show = sum(value.size for value in self.init.values()) <= 4
         header = ["engine", "status", "final loss"]
         if show:
             header += [f"final {name}" for name in self.init]
         if self.loss_tol is not None:
             header.append(f"steps to {self.loss_tol:g}")
-        header += ["time s", "µs/step", f"path rho vs {self.reference}", "at step", "agrees"]
+        header += ["time s", "µs/step", f"path rho vs {self.reference}", "at step"]
+        if self.envelope_runs is not None:
+            header += ["leaves envelope at", "parameter"]
+        header.append("agrees")
         rows = []
         for i, name in enumerate(self.engines):
             result = self.results[name]
@@ -191,13 +251,16 @@ class FitComparison(_output.Record):
                 f"{self.time_per_step(name) * 1e6:.1f}",
             ]
             if name == self.reference:
-                row += ["reference", "", "—"]
+                row += ["reference", ""] + ["", ""] * (self.envelope_runs is not None) + ["—"]
             else:
-                row += [
-                    f"{self.divergence[i, 0]:.1e}",
-                    str(int(self.peak_step[i, 0])),
-                    "NO" if name in self.disagreeing else "yes",
-                ]
+                row += [f"{self.divergence[i, 0]:.1e}", str(int(self.peak_step[i, 0]))]
+                if self.envelope_runs is not None:
+                    step = self.leaves_at.get(name)
+                    row += [
+                        "never" if step is None else str(step),
+                        self.leaving_element.get(name) or "",
+                    ]
+                row.append("NO" if name in self.disagreeing else "yes")
             rows.append(row)
         lines.append(_output.table(header, rows))
         lines += ["", self.summary()]
@@ -223,6 +286,7 @@ class FitComparison(_output.Record):
                 "atol": self.atol,
                 "rtol": self.rtol,
                 "data_digest": self.data_digest,
+                "envelope_runs": self.envelope_runs,
                 "engine_results": {
                     name: {
                         **self.results[name].to_dict(),
@@ -233,6 +297,10 @@ class FitComparison(_output.Record):
                         "path_rho_step": int(self.peak_step[i, 0]),
                         "agrees": name not in self.disagreeing,
                         "close": None if self.close is None else bool(self.close[i]),
+                        "envelope": None if self.envelope is None else self.envelope[name],
+                        "envelope_bound": (self.envelope_bound or {}).get(name),
+                        "leaves_at": self.leaves_at.get(name),
+                        "leaving_element": self.leaving_element.get(name),
                     }
                     for i, name in enumerate(self.engines)
                 },
@@ -258,6 +326,10 @@ class FitComparison(_output.Record):
             engines = tuple(str(name) for name in saved["engines"])
             per_engine = {name: saved["engine_results"][name] for name in engines}
             closes = [per_engine[name]["close"] for name in engines]
+            # Records saved before envelopes existed have none of their fields.
+            runs = _output.maybe(saved.get("envelope_runs"), int)
+            drift = {name: per_engine[name].get("envelope") for name in engines}
+            bounds = {name: per_engine[name].get("envelope_bound") for name in engines}
             return cls(
                 problem=str(saved["problem"]),
                 dtype=dtype,
@@ -281,6 +353,27 @@ class FitComparison(_output.Record):
                 atol=_output.maybe(saved["atol"]),
                 rtol=_output.maybe(saved["rtol"]),
                 data_digest=saved["data_digest"],
+                envelope_runs=runs,
+                envelope=None
+                if runs is None
+                else {name: _output.array(drift[name], "float64") for name in engines},
+                envelope_bound=None
+                if runs is None
+                else {
+                    name: _output.array(bound, "float64")
+                    for name, bound in bounds.items()
+                    if bound is not None
+                },
+                leaves_at={
+                    name: _output.maybe(per_engine[name].get("leaves_at"), int)
+                    for name in engines
+                    if runs is not None
+                },
+                leaving_element={
+                    name: per_engine[name].get("leaving_element")
+                    for name in engines
+                    if runs is not None
+                },
             )
 
     def against(self, baseline: FitComparison | str | os.PathLike[str]) -> BaselineComparison:
@@ -317,6 +410,9 @@ class FitComparison(_output.Record):
             row["time_per_step"] = self.time_per_step(name)
             row["path_rho"] = float(self.divergence[i, 0])
             row["path_rho_step"] = int(self.peak_step[i, 0])
+            if self.envelope_runs is not None:
+                row["leaves_at"] = self.leaves_at.get(name)
+                row["leaving_element"] = self.leaving_element.get(name)
             row["agrees"] = name not in self.disagreeing
             rows.append(row)
         return pandas.DataFrame(rows).set_index("engine")
@@ -352,6 +448,7 @@ def compare_fits(
     tolerance: float | str | None = None,
     atol: float | None = None,
     rtol: float | None = None,
+    envelope: int | None = None,
 ) -> FitComparison:
     """Run the same fit on every engine from the same start, and compare the paths.
 
@@ -361,7 +458,8 @@ def compare_fits(
     timed runs). The parameter paths are compared step by
     step in rho against the reference, with the tolerance table of
     [`tolerance`][gradlab.tolerance] (a correct engine's path stays as close as its gradients,
-    since gradient descent on these problems does not amplify round-off).
+    since gradient descent on these problems does not amplify round-off), or, with
+    ``envelope``, against how far round-off carries each path at each step.
 
     Args:
         problem: What to minimise.
@@ -387,14 +485,30 @@ def compare_fits(
             exact pair may part by 8 times the larger of the two paths' spread (the largest
             rho between a path and its moved twin, over the steps), never under 32 ulps:
             round-off as this fit amplifies it. A coarse bound, one for the whole path;
-            per-step envelopes are the stability audit's.
+            for one per step, see ``envelope``.
         atol: Judge paths instead in the familiar form, at every step and element:
             |a − b| ≤ atol + rtol·max(|a|, |b|), as in
             [`compare_gradients`][gradlab.compare_gradients]; not with ``tolerance``.
         rtol: See ``atol``.
+        envelope: Judge each path step by step against its natural drift, from ``k``
+            more untimed runs of each engine's fit: run i starts from the start moved by a
+            few ulps and runs on the data moved by a few ulps (integer and whole-number
+            arrays, labels, kept), with seed i. Moved data changes every step's gradient by
+            round-off, what smooth or contracting dynamics carry; a moved start is what
+            chaotic dynamics grow. An engine's envelope at step t is the largest rho
+            between its path and a twin's at step t or before; at each step a pair may
+            part by 8 times the larger of the two envelopes (never under 32 ulps; with fd,
+            never under the table's tolerance). The verdict is the first step where a path
+            leaves that bound, and the element that leaves: a bug stands out from the step
+            it acts, even in a fit whose correct paths part by 0.1, which any fixed
+            tolerance fails. Not with ``tolerance``, ``atol`` or ``rtol``.
 
     Returns:
         A [`FitComparison`][gradlab.FitComparison].
+
+    Raises:
+        ArgumentError: a bad argument, or ``envelope`` with ``tolerance``, ``atol`` or
+            ``rtol``.
 
     Examples:
         >>> import gradlab
@@ -411,6 +525,14 @@ def compare_fits(
     if loss_tol is not None:
         loss_tol = check_float(loss_tol, "loss_tol")
     judge = criterion(tolerance, atol, rtol)
+    if envelope is not None:
+        envelope = check_positive_int(envelope, "envelope")
+        if tolerance is not None or atol is not None or rtol is not None:
+            raise ArgumentError(
+                "envelope",
+                "judges each path by its own drift: give it without tolerance, atol or rtol",
+            )
+    runs = envelope or 0
     if init is None:
         init = default_start(problem, data)
     _, dtype, flat, checked_data, start, layout = prepare(problem, data, init, "numpy", dtype)
@@ -423,24 +545,22 @@ def compare_fits(
     built, skipped = resolve_engines(wanted, default, reference, can_run, problem.has_hand_gradient)
     nested_start = layout.unflatten(start)
 
-    def prepared(engine: GradientEngine) -> PreparedFit:
-        # Checked and made ready once per engine: the warm-up, timed and recording runs
-        # that follow each cost a dispatch.
+    def prepared(engine: GradientEngine, on: Any = data, at: Any = nested_start) -> PreparedFit:
+        # Checked and made ready once per engine (and data): the warm-up, timed and
+        # recording runs that follow each cost a dispatch.
         return PreparedFit(
-            problem,
-            data,
-            engine=engine,
-            optimizer=optimizer,
-            dtype=dtype,
-            _start=(nested_start, "init"),
+            problem, on, engine=engine, optimizer=optimizer, dtype=dtype, _start=(at, "init")
         )
 
     results: dict[str, FitResult] = {}
     times: dict[str, float] = {}
     spread: dict[str, float] = {}
+    drift: dict[str, np.ndarray] = {}
     # Per engine: one untimed warm-up (imports, tracing, compilation), the timed runs, then
-    # the run that records the path (recording is kept out of the timed runs).
-    with progress_bar(len(built) * (2 + repeats), "fits", progress) as advance:
+    # the run that records the path (recording is kept out of the timed runs), then the
+    # untimed runs that measure its spread or envelope.
+    fits = 2 + repeats + judge.derived + runs
+    with progress_bar(len(built) * fits, "fits", progress) as advance:
         for name, engine in built.items():
             ready = prepared(engine)
             ready.run(nested_start, steps=steps)
@@ -458,23 +578,38 @@ def compare_fits(
                 moved = layout.unflatten(moved_params(start, dtype))
                 other = ready.run(moved, steps=steps, trajectory=True)
                 spread[name] = float(np.max(path_rho(results[name].trajectory, other.trajectory)))
+                advance(name)
+            twins = []
+            for seed in range(runs):
+                # A start moved by a few ulps (what chaotic dynamics grow) on data moved by a
+                # few ulps (a round-off-sized change of every step's gradient, what smooth
+                # and contracting dynamics carry).
+                moved = layout.unflatten(moved_params(start, dtype, seed))
+                twin = prepared(engine, moved_data(data, dtype, seed), moved)
+                other = twin.run(moved, steps=steps, trajectory=True)
+                twins.append(path_rho(results[name].trajectory, other.trajectory))
+                advance(name)
+            if twins:
+                drift[name] = _envelope(twins)
 
     names = tuple(built)
     size = len(names)
     divergence, peak = np.zeros((size, size)), np.zeros((size, size), dtype=int)
     limits = pair_tolerances(built, dtype, judge.tolerance)
+    exact = np.array([not is_approximate(engine) for engine in built.values()])
+    exact_pairs = exact[:, None] & exact[None, :]
     if judge.derived:
         # Exact pairs by their paths' spread; a pair with fd keeps the table's where larger.
-        exact = np.array([not is_approximate(engine) for engine in built.values()])
         derived = np.array(
             [[derived_bound(dtype, spread[a], spread[b]) for b in names] for a in names]
         )
-        limits = np.where(exact[:, None] & exact[None, :], derived, np.maximum(limits, derived))
+        limits = np.where(exact_pairs, derived, np.maximum(limits, derived))
     agree = np.ones((size, size), dtype=bool)
+    paths: dict[tuple[int, int], np.ndarray] = {}
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             if i != j:
-                per_step = path_rho(results[a].trajectory, results[b].trajectory)
+                per_step = paths[i, j] = path_rho(results[a].trajectory, results[b].trajectory)
                 peak[i, j] = int(np.argmax(per_step))
                 divergence[i, j] = per_step[peak[i, j]]
                 if judge.in_rho:
@@ -482,6 +617,12 @@ def compare_fits(
                 else:
                     scores = path_rho(results[a].trajectory, results[b].trajectory, judge)
                     agree[i, j] = bool(np.max(scores, initial=0.0) <= 1.0)
+    verdict = None
+    if envelope is not None:
+        # A pair with fd is never held tighter than the table holds it.
+        floors = np.where(exact_pairs, 0.0, limits)
+        verdict = _by_envelopes(dtype, names, results, drift, paths, floors)
+        agree, limits = verdict.agree, verdict.limits
     return FitComparison(
         problem=problem.name,
         dtype=dtype,
@@ -508,7 +649,88 @@ def compare_fits(
         atol=judge.atol,
         rtol=judge.rtol,
         data_digest=_output.digest(checked_data),
+        envelope_runs=envelope,
+        envelope=drift or None,
+        envelope_bound=None if verdict is None else verdict.bounds,
+        leaves_at={} if verdict is None else verdict.leaves_at,
+        leaving_element={} if verdict is None else verdict.leaving,
     )
+
+
+def _envelope(spreads: list[np.ndarray]) -> np.ndarray:
+    """Per step, the largest rho between a path and any of its twins, at that step or any
+    before it (over the steps every twin ran).
+
+    A running maximum, not each step's own: a twin's path may cross the recorded one, and
+    the bound would dip there by chance (a comparison that passes on one machine could fail
+    on another, and a test could be flaky); round-off carried to step t can only be taken
+    to have reached what it reached before.
+    """
+    length = min(len(spread) for spread in spreads)
+    largest = np.max([spread[:length] for spread in spreads], axis=0)
+    return np.asarray(np.maximum.accumulate(largest))
+
+
+def _held(envelope: np.ndarray, length: int) -> np.ndarray:
+    """An envelope over ``length`` steps: cut, or held at its last (its largest) value past
+    the steps the twins ran (a twin that diverged sooner than the recorded path)."""
+    return np.pad(envelope[:length], (0, max(0, length - len(envelope))), mode="edge")
+
+
+class _Verdict(NamedTuple):
+    """Paths judged against their envelopes: which pairs agree, each pair's largest bound,
+    and, against the reference, each engine's per-step bound, the step where its path
+    leaves it and the element that leaves."""
+
+    agree: np.ndarray
+    limits: np.ndarray
+    bounds: dict[str, np.ndarray]
+    leaves_at: dict[str, int | None]
+    leaving: dict[str, str | None]
+
+
+def _by_envelopes(
+    dtype: str,
+    names: tuple[str, ...],
+    results: Mapping[str, FitResult],
+    drift: Mapping[str, np.ndarray],
+    paths: Mapping[tuple[int, int], np.ndarray],
+    floors: np.ndarray,
+) -> _Verdict:
+    """Each pair's path rho, step by step, against ``derived_bound`` of the two engines'
+    envelopes at that step (never under the pair's floor)."""
+    size = len(names)
+    agree = np.ones((size, size), dtype=bool)
+    limits = np.zeros((size, size))
+    bounds: dict[str, np.ndarray] = {}
+    leaves_at: dict[str, int | None] = {names[0]: None}
+    leaving: dict[str, str | None] = {names[0]: None}
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            length = len(paths[i, j]) if i != j else len(drift[a])
+            envelopes = _held(drift[a], length), _held(drift[b], length)
+            bound = np.maximum(floors[i, j], derived_bound(dtype, *envelopes))
+            limits[i, j] = np.max(bound)
+            if i == j:
+                continue
+            beyond = np.flatnonzero(paths[i, j] > bound)
+            agree[i, j] = not beyond.size
+            if j == 0:
+                bounds[a] = bound
+                leaves_at[a] = int(beyond[0]) if beyond.size else None
+                leaving[a] = None
+                if beyond.size:
+                    leaving[a] = _farthest(results[a], results[b], int(beyond[0]))
+    return _Verdict(agree, limits, bounds, leaves_at, leaving)
+
+
+def _farthest(result: FitResult, reference: FitResult, step: int) -> str:
+    """The parameter element of ``result`` farthest (in rho) from ``reference``'s at
+    ``step``, named as reports name elements (``layers[0].w[1, 2]``)."""
+    mine, theirs = flatten(result.trajectory)[0], flatten(reference.trajectory)[0]
+    at = {name: np.asarray(path)[step] for name, path in mine.items()}
+    there = {name: np.asarray(theirs[name])[step] for name in mine}
+    return differences(at, there, element, 1)[0][0]
 
 
 def _first_below(losses: np.ndarray, limit: float | None) -> int | None:

@@ -113,7 +113,7 @@ def locate(
     if data is None:
         data = {}
     if params is None:
-        params = _initial(problem, data, seed)
+        params = initial_point(problem, data, seed)
     _, checked_dtype, flat, checked_data, checked_params, _ = prepare(
         problem, data, params, "numpy", dtype, "params"
     )
@@ -432,7 +432,7 @@ class _Probed(AbstractProblem, Keyed):
         return value
 
 
-def _initial(problem: object, data: Any, seed: int) -> Any:
+def initial_point(problem: object, data: Any, seed: int) -> Any:
     """The problem's ``initial_params`` for ``data``, or an error naming ``params``."""
     try:
         return problem.initial_params(data, seed=seed)  # type: ignore[attr-defined]
