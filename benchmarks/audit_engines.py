@@ -34,10 +34,11 @@ def _cell(reports: list[gradlab.AuditReport], name: str) -> str:
     bitwise = sum(v.status == "bitwise" for v in ran)
     if bitwise == len(ran):
         return f"bitwise ({len(ran)}/{len(ran)})"
-    worst = max(ran, key=lambda v: v.max_ulps)
+    worst = max(ran, key=lambda v: v.max_rho)
+    ulps = sorted(v.max_ulps for v in ran)
     unit = " f32" if worst.unit == "float32" else ""
     return (
-        f"≤ {worst.max_ulps:.3g}{unit} ulps, rho ≤ {worst.max_rho:.1e} "
+        f"rho ≤ {worst.max_rho:.1e}, {ulps[len(ulps) // 2]:.3g}{unit} ulps "
         f"({bitwise}/{len(ran)} bitwise)"
     )
 
@@ -105,8 +106,10 @@ def main() -> None:
         "descends): " + ", ".join(f"{name} {rate:g}" for name, rate in rates.items()) + ".",
         "",
         "Each cell: over the problems the engine runs, bitwise equal on all, or the largest "
-        "difference in float64 ulps (float32 ulps for precision) and rho, with how many "
-        "were bitwise. `threads`: one thread in a new process against this one's "
+        "rho over the problems and quantities, the median over the problems of the largest "
+        "difference in float64 ulps (float32 ulps for precision; ulps at each quantity's "
+        "largest magnitude), and how many were bitwise. `threads`: one thread in a new "
+        "process against this one's "
         f"{os.cpu_count()}. `compiled`: torch ↔ torch-compile, tensorflow ↔ tensorflow-xla, "
         "jax engines under `jax.disable_jit`. `accumulation`: 4 mini-batches.",
         "",

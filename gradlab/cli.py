@@ -184,7 +184,9 @@ def _parser() -> argparse.ArgumentParser:
         "--kind",
         default=GRADIENT.option,
         metavar="KIND",
-        help=f"what to compare: {' | '.join(ON_COMMAND_LINE)} (default {GRADIENT.option})",
+        help=f"what to compare: {' | '.join(ON_COMMAND_LINE)} (default {GRADIENT.option}), "
+        "or fit: the same fit on every engine from the problem's initial_params (or --params), "
+        "paths compared step by step (--steps, --lr, --optimizer, --envelope)",
     )
     compare.add_argument(
         "--hessian",
@@ -207,6 +209,20 @@ def _parser() -> argparse.ArgumentParser:
         help="judge pairs by |a-b| <= atol + rtol*max(|a|,|b|) instead of rho",
     )
     compare.add_argument("--rtol", type=float, default=None, help="see --atol")
+    fits = compare.add_argument_group("with --kind fit")
+    fits.add_argument(
+        "--optimizer", choices=sorted(_OPTIMIZERS), default="sgd", help="(default sgd)"
+    )
+    fits.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
+    fits.add_argument("--steps", type=int, default=800, help="steps per fit (default 800)")
+    fits.add_argument(
+        "--envelope",
+        type=int,
+        default=None,
+        metavar="K",
+        help="judge each path step by step against its natural drift, measured by K more "
+        "runs of each engine's fit from a start and data moved by a few ulps",
+    )
 
     locate = commands.add_parser(
         "locate",
@@ -619,6 +635,10 @@ def _point(
 def _compare(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab.comparison._kernel import compare
 
+    if args.kind == "fit":
+        return _compare_fits(args, show_progress)
+    if args.envelope is not None:
+        raise ArgumentError("--envelope", "judges fits: give it with --kind fit")
     # An unknown --kind is refused before the baseline and the data are read.
     kind = kind_named(args.kind, ON_COMMAND_LINE)
     baseline = _baseline(args, GradientReport)
@@ -645,6 +665,37 @@ def _compare(args: argparse.Namespace, show_progress: bool) -> int:
         if not args.json:
             print(f"\nPlot written to {args.plot}")
     return 0 if report.ok and (against is None or against.ok) else 1
+
+
+def _compare_fits(args: argparse.Namespace, show_progress: bool) -> int:
+    from gradlab.comparison._fits import FitComparison, compare_fits
+
+    baseline = _baseline(args, FitComparison)
+    problem, data = _problem_and_data(args)
+    start = flatten(problem.initial_params(data, seed=args.seed))[0]
+    init = _point(problem, data, args.params, "--params", lambda _, name: start[name])
+    comparison = compare_fits(
+        problem,
+        data,
+        optimizer=_OPTIMIZERS[args.optimizer](args.lr),
+        steps=args.steps,
+        init=init,
+        engines=args.engines,
+        dtype=args.dtype,
+        reference=args.reference,
+        progress=show_progress,
+        tolerance=args.tolerance,
+        atol=args.atol,
+        rtol=args.rtol,
+        envelope=args.envelope,
+    )
+    against = None if baseline is None else comparison.against(baseline)
+    _print(comparison, against, args.json)
+    if args.plot:
+        comparison.plot(args.plot)
+        if not args.json:
+            print(f"\nPlot written to {args.plot}")
+    return 0 if comparison.ok and (against is None or against.ok) else 1
 
 
 def _locate(args: argparse.Namespace, show_progress: bool) -> int:

@@ -5,6 +5,7 @@ round-off (mini-batches accumulated, another precision): bitwise equal, or by ho
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import pickle
@@ -23,7 +24,6 @@ from gradlab._checks import check_int
 from gradlab._errors import ArgumentError, ArgumentTypeError, GradlabError, NotSupported
 from gradlab._fingerprint import Keyed, key
 from gradlab._provenance import common_provenance
-from gradlab._tree import flatten
 from gradlab.comparison._divergence import precision_settings
 from gradlab.comparison._locate import _observe, initial_point
 from gradlab.engines._protocol import GradientEngine
@@ -98,9 +98,13 @@ class Variation:
 
     @property
     def worst(self) -> str | None:
-        """The quantity that moved most (in ulps), or ``None`` if none moved."""
-        moved = {name: value for name, value in self.ulps.items() if value > 0}
-        return max(moved, key=lambda name: moved[name]) if moved else None
+        """The quantity that moved most in rho (in ulps where rho ties), or ``None`` if none
+        moved. Why rho first: a quantity that is round-off away from zero (a gradient that
+        vanishes by symmetry) moves by ~1e16 of its own ulps and by 1e-16 in rho."""
+        moved = [name for name, value in self.ulps.items() if value > 0]
+        if not moved:
+            return None
+        return max(moved, key=lambda name: (self.rho[name], self.ulps[name]))
 
     @property
     def max_ulps(self) -> float:
@@ -120,10 +124,9 @@ class Variation:
             return f"failed: {self.reason}"
         if self.status == "bitwise":
             return "bitwise equal"
-        return (
-            f"differs by up to {_ulps(self.max_ulps)} {self.unit} ulps "
-            f"(rho {self.max_rho:.1e}) at {self.worst}"
-        )
+        worst = self.worst
+        ulps = self.ulps[worst] if worst is not None else 0.0
+        return f"differs: most at {worst}, rho {self.max_rho:.1e} ({_ulps(ulps)} {self.unit} ulps)"
 
 
 @dataclass(frozen=True)
@@ -154,11 +157,15 @@ class AuditReport(_output.Record):
     data_digest: str | None = None
 
     def __getitem__(self, name: str) -> Variation:
-        """The variation called ``name``."""
+        """The variation called ``name`` (``KeyError`` if it was not audited)."""
         for variation in self.variations:
             if variation.name == name:
                 return variation
-        raise ArgumentError("name", f"names no variation of this audit; it has {self._names()}")
+        raise KeyError(f"no variation {name!r} in this audit; it has {self._names()}")
+
+    def __contains__(self, name: object) -> bool:
+        """Whether a variation called ``name`` was audited."""
+        return any(variation.name == name for variation in self.variations)
 
     def _names(self) -> str:
         return ", ".join(variation.name for variation in self.variations)
@@ -182,7 +189,10 @@ class AuditReport(_output.Record):
     def summary(self) -> str:
         """One sentence per variation."""
         lines = [f"{self.engine} on {self.problem}, {self.dtype}:"]
-        lines += [f"  {v.name} ({v.against}): {v.describe()}" for v in self.variations]
+        lines += [
+            f"  {v.name}{f' ({v.against})' if v.against else ''}: {v.describe()}"
+            for v in self.variations
+        ]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -200,12 +210,12 @@ class AuditReport(_output.Record):
                     v.name,
                     v.against or "—",
                     {"skipped": "not run"}.get(v.status, v.status),
-                    _ulps(v.max_ulps) if moved else "",
                     f"{v.max_rho:.1e}" if moved else "",
+                    _ulps(v.ulps[v.worst]) if moved and v.worst else "",
                     v.worst or "",
                 ]
             )
-        header = ["variation", "against", "result", "max ulps", "max rho", "largest at"]
+        header = ["variation", "against", "result", "max rho", "its ulps", "at"]
         lines.append(_output.table(header, rows))
         lines += [
             f"{v.name} {'not run' if v.status == 'skipped' else 'failed'}: {v.reason}"
@@ -471,6 +481,16 @@ class _Run:
             gpu, device = _gpu_engine(engine, self.framework)
             return _compared(name, f"{device}", plain, self.measure(gpu), dtype)
         other = "float32" if dtype == "float64" else "float64"
+        # fd and complex-step compute in one precision whatever the dtype (they say which
+        # in describe()): the other dtype would only round their result.
+        fixed = {k: v for k, v in engine.describe().items() if k.endswith("_precision")}
+        if fixed:
+            computes = ", ".join(f"{key}={value}" for key, value in fixed.items())
+            raise _Skip(
+                f"{engine.name} computes in one precision whatever the dtype ({computes}): "
+                "the other dtype only rounds its result",
+                other,
+            )
         return _compared(name, other, plain, self.measure(dtype=other), "float32")
 
     def in_one_thread(self) -> Values:
@@ -485,14 +505,25 @@ class _Run:
         if rebuilt.describe() != engine.describe():
             raise _Skip(f"this {engine.name} has options a new process cannot repeat")
         fixed = (self.problem, dict(self.data), dict(self.params), self.optimizer)
+        # Modules the command line loaded from a file path (``--problem file.py:name``) are
+        # loaded again by path in the child before the problem is unpickled.
+        by_path = {
+            name: module.__file__
+            for name, module in sys.modules.items()
+            if name.startswith("gradlab_user_") and getattr(module, "__file__", None)
+        }
         try:
-            payload = pickle.dumps((engine.name, self.framework, self.dtype, self.steps, *fixed))
+            fixed_bytes = pickle.dumps(fixed)
         except Exception as error:  # what pickling user objects raises varies
             raise _Skip(f"the problem, data or optimizer does not pickle ({error})") from None
+        header = (engine.name, self.framework, self.dtype, self.steps, by_path)
+        payload = pickle.dumps((header, fixed_bytes))
         env = {**os.environ, **_ONE_THREAD}
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_XLA_ONE_THREAD}".strip()
-        # The child imports what this process imported from where it did (a source tree).
-        env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+        # The child imports what this process imported from where it did (a source tree),
+        # and, as the command line does, from the working directory.
+        paths = [os.getcwd(), *(path for path in sys.path if path)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         try:
             done = subprocess.run(
                 [sys.executable, "-c", "from gradlab.comparison._audit import _child; _child()"],
@@ -507,15 +538,22 @@ class _Run:
         if done.returncode != 0:
             lines = done.stderr.decode(errors="replace").strip().splitlines()
             last = lines[-1] if lines else f"exit status {done.returncode}"
+            if "__main__" in last:
+                raise _Skip(
+                    "the problem is defined in the script run as __main__, which a new "
+                    "process cannot import: define it in a module beside the script and "
+                    f"import it from there ({last})"
+                )
             raise _Skip(f"the one-thread process failed: {last}")
         with np.load(io.BytesIO(done.stdout), allow_pickle=False) as saved:
             return {name: saved[name] for name in saved.files}
 
 
 def _threads(run: _Run) -> str:
-    """This process's thread count, as the engine's framework reports it."""
-    threads = run.engine.describe().get("threads")
-    return f"{threads} threads" if threads else f"{os.cpu_count()} cores"
+    """This process's thread count as the engine's framework reports it, else the cores
+    its pools would use."""
+    threads = run.engine.describe().get("threads") or os.cpu_count() or 1
+    return f"{threads} thread{'s' * (threads != 1)}"
 
 
 def _compared(name: str, against: str, plain: Values, varied: Values, unit: str) -> Variation:
@@ -524,7 +562,12 @@ def _compared(name: str, against: str, plain: Values, varied: Values, unit: str)
     ulps, rhos = {}, {}
     for quantity, value in plain.items():
         other = varied.get(quantity)
-        if other is None or np.shape(other) != np.shape(value):
+        if other is None:
+            continue  # a point the variation does not reach (mini-batches reach their own)
+        if np.shape(other) != np.shape(value):
+            # A fit that stopped at another step (diverged in one precision): its path
+            # differs in length, which is as far apart as two paths can be.
+            ulps[quantity], rhos[quantity] = np.inf, np.inf
             continue
         ulps[quantity], rhos[quantity] = _distance(value, other, unit)
     if not ulps:
@@ -563,7 +606,12 @@ def _distance(a: np.ndarray, b: np.ndarray, unit: str) -> tuple[float, float]:
         same = (a == b) | (np.isnan(a) & np.isnan(b))
         finite = np.isfinite(a) & np.isfinite(b)
         scale = np.max(np.where(finite, np.maximum(np.abs(a), np.abs(b)), 0.0))
-        spacing = float(np.spacing(np.array(scale, dtype=unit)))
+        # A float64 value beyond float32's range is counted in float32's largest ulps
+        # (just below the largest: the spacing above the largest finite value is inf)
+        largest = np.nextafter(np.finfo(unit).max, 0, dtype=unit)
+        spacing = float(
+            np.spacing(np.minimum(np.array(scale, dtype=np.float64), largest).astype(unit))
+        )
         ulps = np.where(same, 0.0, np.where(finite, np.abs(a - b) / spacing, np.inf))
         rhos = np.where(same, 0.0, np.where(finite, rho(a, b), np.inf))
     return float(ulps.max()), float(rhos.max())
@@ -608,8 +656,9 @@ def _measure(
             dtype=dtype,
         )
         values["fit losses"] = np.asarray(result.losses, dtype=np.float64)
-        final = flatten(result.params)[0]
-        values.update({f"fit {name}": np.asarray(v) for name, v in final.items()})
+        # The fit ran on the flat problem from the flat start: its parameters come back
+        # keyed as they went in (flattening them again would quote the keys twice).
+        values.update({f"fit {name}": np.asarray(result.params[name]) for name in params})
     return values
 
 
@@ -695,9 +744,15 @@ def _child() -> None:
     """The one-thread process: read the payload the parent pickled, measure, and write the
     quantities to standard output as an ``.npz``."""
     # The payload comes from the parent, through a pipe only it holds.
-    name, framework, dtype, steps, problem, data, params, optimizer = pickle.loads(
-        sys.stdin.buffer.read()
-    )
+    header, fixed = pickle.loads(sys.stdin.buffer.read())
+    name, framework, dtype, steps, by_path = header
+    for module_name, path in by_path.items():
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+    problem, data, params, optimizer = pickle.loads(fixed)
     if framework == "torch":
         __import__("torch").set_num_threads(1)
     run = _Run(get_engine(name), dtype, problem, data, params, optimizer, steps)
@@ -710,11 +765,12 @@ def _child() -> None:
 def _variations(variations: object) -> tuple[str, ...]:
     if variations is None:
         return tuple(VARIATIONS)
+    given = variations
     if isinstance(variations, str):
         variations = [part.strip() for part in variations.split(",") if part.strip()]
     if not isinstance(variations, (list, tuple)) or not variations:
         raise ArgumentTypeError(
-            "variations", f"must be names from {', '.join(VARIATIONS)}, got {variations!r}"
+            "variations", f"must be names from {', '.join(VARIATIONS)}, got {given!r}"
         )
     for name in variations:
         if name not in VARIATIONS:

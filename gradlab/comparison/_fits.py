@@ -168,8 +168,34 @@ class FitComparison(_output.Record):
             return f"Only {self.reference} ran ({outcome}): there was no other path to compare."
         status = "every fit completed" if done else "every fit diverged at the same step"
         if self.envelope_runs is not None:
-            limit += f" (the envelope of {self.envelope_runs} moved runs) all the way"
+            runs = f"{self.envelope_runs} moved run{'s' * (self.envelope_runs != 1)}"
+            limit += f" (the envelope of {runs}){self._judged_until()}"
         return f"All {len(self.engines)} engines follow the same path within {limit}; {status}."
+
+    def saturates_at(self, engine: str) -> int | None:
+        """The first step where ``engine``'s envelope bound reaches rho 1, or ``None``.
+
+        rho is at most 1 between finite numbers, so from that step on no finite path can
+        leave the envelope: the fit is chaotic enough there that correct runs may be
+        anywhere, and only a path that stops being finite is caught. A verdict of "within
+        natural drift" holds up to that step.
+        """
+        bound = (self.envelope_bound or {}).get(engine)
+        if bound is None:
+            return None
+        saturated = np.flatnonzero(np.asarray(bound) >= 1.0)
+        return int(saturated[0]) if saturated.size else None
+
+    def _judged_until(self) -> str:
+        """For sentences: where the envelopes stop judging, if they do."""
+        steps = [step for name in self.engines if (step := self.saturates_at(name)) is not None]
+        if not steps:
+            return " all the way"
+        return (
+            f" up to step {min(steps)}, where an envelope reaches rho 1: past it this fit is "
+            "chaotic enough that correct paths may be anywhere, and only a non-finite path "
+            "is caught"
+        )
 
     def _where(self, name: str) -> str:
         """Where an engine's path leaves its envelope, for sentences (``""`` if it does not)."""
@@ -221,7 +247,7 @@ class FitComparison(_output.Record):
         if self.envelope_runs is not None:
             runs = self.envelope_runs
             lines.append(
-                f"envelope: how far each path drifts from itself under round-off ({runs} runs "
+                f"envelope: how far each path drifts from itself under round-off ({runs} run(s) "
                 "from a moved start, on moved data); a path leaves it where its rho exceeds 8 "
                 "times the larger of the two envelopes at that step"
             )
@@ -256,8 +282,10 @@ class FitComparison(_output.Record):
                 row += [f"{self.divergence[i, 0]:.1e}", str(int(self.peak_step[i, 0]))]
                 if self.envelope_runs is not None:
                     step = self.leaves_at.get(name)
+                    saturated = self.saturates_at(name)
+                    never = "never" if saturated is None else f"not by {saturated} (then ≥ 1)"
                     row += [
-                        "never" if step is None else str(step),
+                        never if step is None else str(step),
                         self.leaving_element.get(name) or "",
                     ]
                 row.append("NO" if name in self.disagreeing else "yes")

@@ -83,6 +83,9 @@ def test_ulps_and_rho_follow_the_arithmetic() -> None:
     # moves by a fraction of the vector's ulp, not by 1e16 of its own.
     tiny = _distance(np.array([4.0, 0.0]), np.array([4.0, 1e-17]), "float64")[0]
     assert tiny == pytest.approx(1e-17 / np.spacing(4.0))
+    # A float64 value beyond float32's range counts in float32's largest ulps, not as NaN.
+    huge = _distance(np.array(2e52), np.array(3e38), "float32")[0]
+    assert huge == pytest.approx(2e52 / 2.0**104)  # float32's ulp in [2**127, 2**128)
 
 
 @pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "fd", "complex-step", "torch-func"])
@@ -185,8 +188,31 @@ def test_tapped_points_are_audited_forward_and_backward() -> None:
     problem = gradlab.NativeProblem(name="seq", torch=loss)
     report = gradlab.audit(problem, data, params, engine="torch", variations="rerun,precision")
     assert {"forward 0", "backward 0", "forward 2", "backward 2"} <= set(report.quantities)
+    # Parameters are named alike in the gradient and the fit, as paths name them.
+    assert {"gradient ['0.weight']", "fit ['0.weight']"} <= set(report.quantities)
     assert report["rerun"].status == "bitwise"
     assert report["precision"].ulps["forward 1"] > 0
+
+
+def test_fits_that_stop_at_other_steps_are_as_far_apart_as_can_be() -> None:
+    """sgd(0.5) on the quadratic diverges: in float32 at another step than in float64, so
+    the loss paths differ in length; that is reported, not dropped."""
+    report = gradlab.audit(
+        gradlab.Quadratic(),
+        engine="numpy",
+        steps=30,
+        optimizer=gradlab.sgd(0.5),
+        variations="precision",
+    )
+    precision = report["precision"]
+    assert precision.status == "differs"
+    assert precision.ulps["fit losses"] == np.inf
+    assert precision.worst == "fit losses"
+    assert np.isfinite(precision.ulps["gradient w"])
+    assert "precision" in report
+    assert "nope" not in report
+    with pytest.raises(KeyError, match="no variation 'nope'"):
+        report["nope"]
 
 
 def test_what_cannot_run_is_skipped_with_the_reason() -> None:
@@ -203,6 +229,10 @@ def test_what_cannot_run_is_skipped_with_the_reason() -> None:
     assert "pickle" in report["threads"].reason
     assert "no compiled or eager counterpart of fd" in report["compiled"].reason
     assert "declares no reduction" in report["accumulation"].reason
+    # fd differences in float64 whatever the dtype: float32 would only round its result.
+    fd = gradlab.audit(gradlab.Quadratic(), DATA, START, engine="fd", variations="precision")
+    assert fd["precision"].status == "skipped"
+    assert "fd_precision=float64" in fd["precision"].reason
     assert report.thread_invariant is None
     assert "threads not run: the problem" in str(report)
 

@@ -393,3 +393,43 @@ def test_bad_envelopes_are_refused_by_name(
             **arguments,
         )
     assert caught.value.argument == "envelope"
+
+
+def test_the_cli_compares_fits_against_their_envelope(capsys: pytest.CaptureFixture[str]) -> None:
+    """`gradlab compare --kind fit`: the chaotic MLP fails the fixed tolerance (exit 1) and
+    stays within its envelope (exit 0); --envelope without --kind fit is a usage error."""
+    from gradlab import cli
+
+    other = first_installed(("jax", "torch"))
+    chaotic = ["compare", "--kind", "fit", "--problem", "mlp", "--engines", f"numpy,{other}"]
+    chaotic += ["--n", "64", "--features", "2", "--lr", "1.0", "--steps", "300", "-q"]
+    assert cli.main(chaotic) == 1
+    assert "beyond tolerance" in capsys.readouterr().out
+    assert cli.main([*chaotic, "--envelope", "2", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["envelope_runs"] == 2
+    assert record["engine_results"][other]["leaves_at"] is None
+    assert cli.main(["compare", "--envelope", "2"]) == 2
+    assert "--envelope" in capsys.readouterr().err
+
+
+def test_a_saturated_envelope_says_up_to_where_it_judged() -> None:
+    """Past the step where the bound reaches rho 1 nothing finite can leave it: a gradient
+    50 times too large from then on is not caught, and the verdict says so."""
+    mlp = gradlab.MLP(hidden=(16,))
+    xy = mlp.make_data(64, d=2, seed=0)
+    chaotic: dict[str, Any] = {
+        "optimizer": gradlab.sgd(1.0),
+        "steps": 300,
+        "init": mlp.initial_params(xy, seed=0),
+    }
+    other = first_installed(("jax", "torch"))
+    judged = gradlab.compare_fits(mlp, xy, engines=["numpy", other], envelope=2, **chaotic)
+    saturated = judged.saturates_at(other)
+    assert judged.ok, judged
+    assert saturated is not None
+    assert 150 < saturated < 300
+    assert np.all(judged.envelope_bound[other][saturated:] >= 1.0)
+    assert np.all(judged.envelope_bound[other][:saturated] < 1.0)
+    assert f"up to step {saturated}, where an envelope reaches rho 1" in judged.summary()
+    assert f"not by {saturated}" in str(judged)
