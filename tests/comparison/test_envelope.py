@@ -429,7 +429,9 @@ def test_a_saturated_envelope_says_up_to_where_it_judged() -> None:
     assert judged.ok, judged
     assert saturated is not None
     assert 150 < saturated < 300
-    assert np.all(judged.envelope_bound[other][saturated:] >= 1.0)
-    assert np.all(judged.envelope_bound[other][:saturated] < 1.0)
+    assert judged.envelope_bound is not None
+    bound = judged.envelope_bound[other]
+    assert np.all(bound[saturated:] >= 1.0)
+    assert np.all(bound[:saturated] < 1.0)
     assert f"up to step {saturated}, where an envelope reaches rho 1" in judged.summary()
     assert f"not by {saturated}" in str(judged)
