@@ -225,7 +225,7 @@ def load(
     if not isinstance(name, str) or name not in Record.kinds:
         raise ArgumentError(argument, f"{text!r} is not a saved gradlab report or result")
     if expected is not None and name != expected.__name__:
-        raise ArgumentError(argument, f"{text!r} holds a {name}, not a {expected.__name__}")
+        raise ArgumentError(argument, f"{text!r} holds {_a(name)}, not {_a(expected.__name__)}")
     found = Record.kinds[name]
     return _as(found.from_dict, record, argument)
 
@@ -411,3 +411,8 @@ def short(value: np.ndarray, digits: int = 6) -> str:
     if np.ndim(value) == 0:
         return f"{float(value):.{digits}g}"
     return np.array2string(np.asarray(value), precision=4, threshold=6, separator=", ")
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article, as a reader would say it (an AuditReport)."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -196,10 +197,21 @@ def watching(session: Session) -> Iterator[Session]:
 def _all_finite(xp: Any, value: Any) -> bool | None:
     """Whether every element of a concrete value is finite; ``None`` for a traced one
     (its truth is not known while tracing) or a namespace that cannot say."""
+    if _compiling():
+        # Under torch.compile a truth value would break the graph (Dynamo logs each break):
+        # unknown, as for any traced value.
+        return None
     try:
         return bool(xp.all(xp.isfinite(value)))
     except Exception:  # a tracer has no truth value; whatever else fails, unknown it is
         return None
+
+
+def _compiling() -> bool:
+    """Whether torch.compile is tracing (without importing torch where it is not loaded)."""
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
 
 
 def _floating(dtype: Any) -> bool:

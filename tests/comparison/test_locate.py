@@ -618,3 +618,22 @@ def test_a_baseline_of_other_data_is_refused() -> None:
     other = {name: value + 1.0 for name, value in data.items()}
     with pytest.raises(ArgumentError, match="baseline: was computed on other data"):
         gradlab.locate(_native(), other, params).against(before)
+
+
+def test_a_tap_leaves_a_torch_compile_graph_whole() -> None:
+    """Under torch.compile the finiteness check is left unknown rather than forced to a
+    Python bool: forcing it breaks the graph (Dynamo logs the break, once per tap) and
+    answers True."""
+    from gradlab._tap import _all_finite
+
+    seen: list[bool | None] = []
+
+    @torch.compile(backend="eager")
+    def doubled(x: Any) -> Any:
+        seen.append(_all_finite(torch, x))
+        return x * 2
+
+    doubled(torch.ones(3))
+    assert seen == [None]
+    assert _all_finite(torch, torch.ones(3)) is True
+    assert _all_finite(torch, torch.tensor([1.0, float("inf")])) is False
