@@ -628,12 +628,11 @@ def test_a_tap_leaves_a_torch_compile_graph_whole() -> None:
 
     seen: list[bool | None] = []
 
-    @torch.compile(backend="eager")
     def doubled(x: Any) -> Any:
         seen.append(_all_finite(torch, x))
         return x * 2
 
-    doubled(torch.ones(3))
+    torch.compile(doubled, backend="eager")(torch.ones(3))
     assert seen == [None]
     assert _all_finite(torch, torch.ones(3)) is True
     assert _all_finite(torch, torch.tensor([1.0, float("inf")])) is False
