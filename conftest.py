@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ("pytester",)  # tests/test_pytest_plugin.py runs pytest on files it writes
 # TensorFlow's array namespace imports TensorFlow, which is not in `all`: its module's
 # doctests (--doctest-modules) are collected only where TensorFlow is installed.
 collect_ignore = [] if importlib.util.find_spec("tensorflow") else ["gradlab/engines/_tf_numpy.py"]

@@ -34,6 +34,7 @@ from gradlab._errors import ArgumentError as ArgumentError
 from gradlab._errors import ArgumentTypeError as ArgumentTypeError
 from gradlab._errors import Disagreement as Disagreement
 from gradlab._errors import EngineUnavailable as EngineUnavailable
+from gradlab._errors import ForwardModeUnsupported as ForwardModeUnsupported
 from gradlab._errors import GradlabError as GradlabError
 from gradlab._errors import HandGradientMissing as HandGradientMissing
 from gradlab._errors import MissingDependency as MissingDependency
@@ -108,6 +109,11 @@ from gradlab.problems import Problem as Problem
 from gradlab.problems import Quadratic as Quadratic
 from gradlab.problems import Rosenbrock as Rosenbrock
 from gradlab.problems import SoftmaxRegression as SoftmaxRegression
+from gradlab.problems import equinox_module as equinox_module
+from gradlab.problems import flax_module as flax_module
+from gradlab.problems import keras_model as keras_model
+from gradlab.problems import keras_problem as keras_problem
+from gradlab.problems import nnx_module as nnx_module
 from gradlab.problems import torch_module as torch_module
 
 __version__ = "0.1.0"
@@ -134,6 +140,7 @@ __all__ = [
     "EngineUnavailable",
     "FitComparison",
     "FitResult",
+    "ForwardModeUnsupported",
     "GradBenchGMM",
     "GradientEngine",
     "GradientReport",
@@ -181,17 +188,22 @@ __all__ = [
     "data_parallel",
     "engine_info",
     "engines",
+    "equinox_module",
     "fit",
+    "flax_module",
     "get_engine",
     "hessian",
     "hvp",
     "jacobian",
     "jvp",
+    "keras_model",
+    "keras_problem",
     "known_engines",
     "load",
     "locate",
     "max_rho",
     "momentum",
+    "nnx_module",
     "optimizers",
     "per_example_grads",
     "plots",

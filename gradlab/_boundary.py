@@ -110,7 +110,7 @@ def prepare(
     flat_data, data_layout = flatten(nested_data)
     shapes = checked.param_shapes(nested_data)
     checked_params, layout = check_params(params, shapes, params_argument)
-    checked.check_params(checked_params, params_argument)
+    checked.check_params(checked_params, params_argument, layout)
     if shapes is None and checked.probe:
         _probe(checked, nested_data, layout.unflatten(checked_params), params_argument, output)
     return Prepared(

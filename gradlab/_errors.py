@@ -15,6 +15,7 @@ __all__ = [
     "ArgumentTypeError",
     "Disagreement",
     "EngineUnavailable",
+    "ForwardModeUnsupported",
     "GradlabError",
     "HandGradientMissing",
     "MissingDependency",
@@ -130,6 +131,39 @@ class NotSupported(GradlabError, NotImplementedError):
     """An engine was asked for something it does not offer (second derivatives, say)."""
 
 
+class ForwardModeUnsupported(NotSupported):
+    """Forward mode met an operation its framework cannot differentiate in forward mode.
+
+    A [`NotSupported`][gradlab.NotSupported]: a comparison skips an engine of its default
+    list that raises it (with the message as the reason), and refuses one the caller named.
+
+    Attributes:
+        framework: ``"torch"`` or ``"jax"``.
+        operation: What was refused, as the framework names it
+            (``"_scaled_dot_product_flash_attention_for_cpu"``, ``"a jax.custom_vjp
+            function"``).
+        where: Where the user's code called it (``"loss at model.py:12 (`...`)"``), or
+            ``None`` where the traceback does not show it.
+        advice: What to do about that operation in particular (``""`` when nothing is
+            known beyond the message's general advice).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        framework: str = "",
+        operation: str = "",
+        where: str | None = None,
+        advice: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.framework = framework
+        self.operation = operation
+        self.where = where
+        self.advice = advice
+
+
 class Disagreement(GradlabError, AssertionError):
     """Engines disagree beyond tolerance (``GradientReport.raise_if_disagree``).
 
@@ -241,6 +275,7 @@ for _error in (
     MissingDependency,
     EngineUnavailable,
     NotSupported,
+    ForwardModeUnsupported,
     Disagreement,
     Regression,
     HandGradientMissing,

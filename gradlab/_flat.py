@@ -56,6 +56,16 @@ class FlatView(AbstractProblem, Keyed):
         """As the user's problem."""
         self.problem.check_namespace(xp)
 
+    def check_params(
+        self,
+        params: Mapping[str, np.ndarray],
+        argument: str,
+        structure: Structure | None = None,
+    ) -> None:
+        """As the user's problem, on parameters in its structure (a refit checks its start
+        here: without this, a layout's check would be skipped on every fit but the first)."""
+        self.problem.check_params(params, argument, self.params)
+
     def hand_value_and_grad(
         self, params: Mapping[str, Array], data: Mapping[str, Array]
     ) -> tuple[Array, dict[str, Array]]:

@@ -13,14 +13,15 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from gradlab import optimizers, recipes
 from gradlab._boundary import physical_memory
-from gradlab._errors import ArgumentError, GradlabError, NotSupported
+from gradlab._errors import ArgumentError, GradlabError, NotSupported, ProblemError
+from gradlab._files import FORMATS, match, read_arrays
 from gradlab._output import (
     check_image_path,
     check_writable,
@@ -108,6 +109,15 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         help="features d of the problems that have them (default 3)",
     )
+    setup.add_argument(
+        "--data",
+        nargs="+",
+        metavar="FILE",
+        default=None,
+        help="your data instead of generated data (--n and --features then unused): "
+        ".npz, .pt or .safetensors files of arrays by name, or NAME=FILE for a one-array "
+        "file such as .npy (x=x.npy y=y.npy)",
+    )
     setup.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
     setup.add_argument(
         "--dtype",
@@ -177,8 +187,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME=VALUES",
         default=[],
-        help="where to compare, e.g. --params w=1.5 b=-2 (vectors: w=1,2,3); "
-        "unset parameters are drawn from N(0, 1) with --seed",
+        help="where to compare: a file of every parameter by name (.npz, .pt, "
+        ".safetensors), and/or NAME=VALUES words, e.g. --params w=1.5 b=-2 (vectors: "
+        "w=1,2,3); the rest from the problem's initial_params (with --seed)",
     )
     compare.add_argument(
         "--kind",
@@ -308,10 +319,20 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--steps", type=int, default=800, help="number of steps (default 800)")
     fit.add_argument(
         "--init",
+        "--params",
+        dest="init",
         nargs="+",
         metavar="NAME=VALUES",
         default=[],
-        help="starting point, e.g. --init w=0 b=0 (default: the problem's initial_params)",
+        help="starting point: a file of every parameter by name (.npz, .pt, .safetensors) "
+        "and/or NAME=VALUES words, e.g. --init w=0 b=0 (default: the problem's "
+        "initial_params)",
+    )
+    fit.add_argument(
+        "--show-params",
+        action="store_true",
+        help="print every final parameter array (by default, those of a model of at most "
+        f"{_SHOWN} numbers; a larger model's are summarised)",
     )
     fit.add_argument(
         "--batch-size",
@@ -352,6 +373,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--sizes", default="100,1000,10000", help="comma-separated n (default 100,1000,10000)"
+    )
+    bench.add_argument(
+        "--data",
+        nargs="+",
+        metavar="FILE",
+        default=None,
+        help="time on your data instead (--sizes then unused; one --problems): .npz, .pt or "
+        ".safetensors files, or NAME=FILE for a one-array file",
+    )
+    bench.add_argument(
+        "--params",
+        nargs="+",
+        metavar="FILE",
+        default=[],
+        help="the point to time at: a file of every parameter by name, and/or NAME=VALUES "
+        "(needs one --problems; default: near the problem's initial_params)",
     )
     bench.add_argument(
         "--engines",
@@ -469,6 +506,19 @@ def _bench(args: argparse.Namespace, show_progress: bool) -> int:
         raise ArgumentError(
             "--sizes", f"must be comma-separated integers, got {args.sizes!r}"
         ) from None
+    data, params = None, None
+    if args.data is not None or args.params:
+        names = [name for name in args.problems.split(",") if name.strip()]
+        if len(names) != 1:
+            flag = "--data" if args.data is not None else "--params"
+            raise ArgumentError(flag, f"is for one problem; --problems names {len(names)}")
+        problem = problem_named(names[0], "--problems")
+        if args.data is not None:
+            data = read_arrays(args.data, "--data")
+        if args.params:
+            # Shapes from the data timed on: yours, or the problem's at the first size.
+            shaped = data if data is not None else at_size(problem, sizes[0]).make_data(sizes[0])
+            params = _point(problem, shaped, args.params, "--params", 0)
     result = benchmark(
         args.problems,
         sizes,
@@ -479,6 +529,8 @@ def _bench(args: argparse.Namespace, show_progress: bool) -> int:
         memory=args.memory,
         budget=args.budget,
         progress=show_progress,
+        data=data,
+        params=params,
     )
     if args.json:
         _emit(to_json(result.to_dict()))
@@ -552,8 +604,14 @@ def _running(names: list[str], default: bool) -> str:
 
 
 def _problem_and_data(args: argparse.Namespace) -> tuple[AbstractProblem, dict[str, np.ndarray]]:
-    """The named problem and its data: --n points (parameters, for rosenbrock and
-    log_sum_exp, which take no data) and --features where the problem has features."""
+    """The named problem and its data: the --data files where given, else the problem's
+    own: --n points (parameters, for rosenbrock and log_sum_exp, which take no data) and
+    --features where the problem has features."""
+    if args.data is not None:
+        problem = problem_named(args.problem, "--problem")
+        data = read_arrays(args.data, "--data")
+        args.data_names = sorted(data)
+        return problem, data
     memory = physical_memory()
     needed = 8 * args.n * (args.features + 2) * 4  # x, y and a few working copies, float64
     if memory is not None and needed > memory:
@@ -565,10 +623,11 @@ def _problem_and_data(args: argparse.Namespace) -> tuple[AbstractProblem, dict[s
     problem = at_size(problem_named(args.problem, "--problem"), args.n)
     try:
         return problem, _made(problem, args)
-    except NotSupported as error:
-        raise ArgumentError(
-            "--problem", f"{error}; the command line makes --n points of data with it"
-        ) from None
+    except NotSupported:
+        # A problem that makes no data: it closes over its own, or reads none. Where its
+        # loss reads an array after all, the error says to give it with --data.
+        args.made_no_data = True
+        return problem, {}
 
 
 def _made(problem: AbstractProblem, args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -584,12 +643,14 @@ def _point(
     data: dict[str, np.ndarray],
     given: Sequence[str],
     option: str,
-    default: Callable[[tuple[int, ...], str], np.ndarray],
+    seed: int,
 ) -> Any:
-    """Parameters from NAME=V1,V2,... words (NAME a path, ``layers[0].w``), the rest from
-    ``default(shape, name)``, in the structure of the problem's ``initial_params``."""
+    """Parameters from ``FILE`` words (every parameter by name: ``.npz``, ``.pt``,
+    ``.safetensors``) and NAME=VALUES words (NAME a path, ``layers[0].w``), later words
+    winning; the rest from the problem's ``initial_params(data, seed=seed)``, in its
+    structure."""
     try:
-        start, layout = flatten(problem.initial_params(data))
+        start, layout = flatten(problem.initial_params(data, seed=seed))
     except NotSupported as error:
         raise ArgumentError(
             "--problem",
@@ -597,11 +658,16 @@ def _point(
             "(Problem(params=...)) or has initial_params(data, seed=...)",
         ) from None
     shapes = {name: np.shape(value) for name, value in start.items()}
-    point = {name: default(shape, name) for name, shape in shapes.items()}
+    point = dict(start)
     for word in given:
+        if _is_file(word):
+            point.update(_params_file(problem, word, shapes, option))
+            continue
         name, sep, values = word.partition("=")
         if not sep or not name:
-            raise ArgumentError(option, f"expected NAME=VALUES, got {word!r}")
+            raise ArgumentError(
+                option, f"expected a file (.npz, .pt, .safetensors) or NAME=VALUES, got {word!r}"
+            )
         # A path in another spelling (embed['kernel']) names the same parameter; what is
         # not a path is named below as no parameter of the problem.
         with contextlib.suppress(ValueError):
@@ -632,6 +698,48 @@ def _point(
     return layout.unflatten(point)
 
 
+def _is_file(word: str) -> bool:
+    """Whether a --params word names a file (by its suffix), not NAME=VALUES."""
+    return os.path.splitext(word)[1].lower() in FORMATS and "=" not in word
+
+
+def _params_file(
+    problem: AbstractProblem, word: str, shapes: dict[str, tuple[int, ...]], option: str
+) -> dict[str, np.ndarray]:
+    """Every parameter from one file, by path, each of the problem's shape.
+
+    A file must hold them all: a checkpoint that lacks one is the wrong checkpoint, and a
+    parameter filled in silently from the default would give numbers nobody asked for.
+    """
+    arrays = read_arrays([word], option)
+    found: dict[str, np.ndarray] = {}
+    unknown = []
+    for name, value in arrays.items():
+        matched = match(name, list(shapes))
+        if matched is None:
+            unknown.append(name)
+            continue
+        if value.shape != shapes[matched]:
+            raise ArgumentError(
+                option,
+                f"{word}: {name!r} has shape {value.shape}, but {problem.name}'s {matched} has "
+                f"shape {shapes[matched]} here",
+            )
+        found[matched] = value.astype(np.float64)
+    missing = [name for name in shapes if name not in found]
+    if unknown or missing:
+        parts = [
+            f"has {', '.join(map(repr, unknown))}, not {problem.name}'s" if unknown else "",
+            f"lacks {', '.join(missing)}" if missing else "",
+        ]
+        raise ArgumentError(
+            option,
+            f"{word} {' and '.join(p for p in parts if p)}; {problem.name}'s parameters are "
+            f"{', '.join(shapes)}",
+        )
+    return found
+
+
 def _compare(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab.comparison._kernel import compare
 
@@ -643,8 +751,7 @@ def _compare(args: argparse.Namespace, show_progress: bool) -> int:
     kind = kind_named(args.kind, ON_COMMAND_LINE)
     baseline = _baseline(args, GradientReport)
     problem, data = _problem_and_data(args)
-    rng = np.random.default_rng(args.seed)
-    params = _point(problem, data, args.params, "--params", lambda s, _: rng.standard_normal(s))
+    params = _point(problem, data, args.params, "--params", args.seed)
     report = compare(
         kind,
         problem,
@@ -672,8 +779,7 @@ def _compare_fits(args: argparse.Namespace, show_progress: bool) -> int:
 
     baseline = _baseline(args, FitComparison)
     problem, data = _problem_and_data(args)
-    start = flatten(problem.initial_params(data, seed=args.seed))[0]
-    init = _point(problem, data, args.params, "--params", lambda _, name: start[name])
+    init = _point(problem, data, args.params, "--params", args.seed)
     comparison = compare_fits(
         problem,
         data,
@@ -701,18 +807,8 @@ def _compare_fits(args: argparse.Namespace, show_progress: bool) -> int:
 def _locate(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab.comparison._locate import locate
 
-    problem = at_size(problem_named(args.problem, "--problem"), args.n)
-    try:
-        data = _made(problem, args)
-    except NotSupported:
-        data = {}  # a problem that makes no data (a NativeProblem closing over its own)
-    try:
-        start = flatten(problem.initial_params(data, seed=args.seed))[0]
-    except NotSupported as error:
-        raise ArgumentError(
-            "--problem", f"{error}; locate starts from the problem's initial_params"
-        ) from None
-    params = _point(problem, data, args.params, "--params", lambda _, name: start[name])
+    problem, data = _problem_and_data(args)
+    params = _point(problem, data, args.params, "--params", args.seed)
     report = locate(problem, data, params, engines=args.engines, dtype=args.dtype, seed=args.seed)
     _print(report, None, args.json)
     if args.plot:
@@ -727,8 +823,7 @@ def _audit(args: argparse.Namespace, show_progress: bool) -> int:
     from gradlab.optimizers import sgd
 
     problem, data = _problem_and_data(args)
-    start = flatten(problem.initial_params(data, seed=args.seed))[0]
-    params = _point(problem, data, args.params, "--params", lambda _, name: start[name])
+    params = _point(problem, data, args.params, "--params", args.seed)
     report = audit(
         problem,
         data,
@@ -763,7 +858,14 @@ def _emit(text: str) -> None:
     print(text, file=_JSON_OUT[-1] if _JSON_OUT else sys.stdout)
 
 
-def _print(result: Any, against: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+def _print(
+    result: Any,
+    against: Any,
+    as_json: bool,
+    extra: dict[str, Any] | None = None,
+    *,
+    show_params: bool = False,
+) -> None:
     """A result as its table or JSON, with its comparison against the baseline if any (in
     JSON under ``"against_baseline"``, so that the record still loads as the result)."""
     if as_json:
@@ -772,7 +874,7 @@ def _print(result: Any, against: Any, as_json: bool, extra: dict[str, Any] | Non
             record["against_baseline"] = against.to_dict()
         _emit(to_json(record))
         return
-    print(result if extra is None else _describe_fit(result, extra))
+    print(result if extra is None else _describe_fit(result, extra, show_params))
     if against is not None:
         print(f"\n{against}")
 
@@ -784,8 +886,7 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
     baseline = _baseline(args, FitResult)
     problem, data = _problem_and_data(args)
     # Zeros, unless the problem knows a better start (an MLP's units must differ).
-    default = flatten(problem.initial_params(data, seed=args.seed))[0]
-    init = _point(problem, data, args.init, "--init", lambda shape, name: default[name])
+    init = _point(problem, data, args.init, "--init", args.seed)
     optimizer = _OPTIMIZERS[args.optimizer](args.lr)
     with progress_bar(1, f"fit on {args.engine}", show_progress) as advance:
         result = fit(
@@ -803,7 +904,8 @@ def _fit(args: argparse.Namespace, show_progress: bool) -> int:
         )
         advance(args.engine)
     against = None if baseline is None else result.against(baseline)
-    _print(result, against, args.json, {"optimizer": {"name": args.optimizer, "lr": args.lr}})
+    optimizer_facts = {"optimizer": {"name": args.optimizer, "lr": args.lr}}
+    _print(result, against, args.json, optimizer_facts, show_params=args.show_params)
     if args.plot:
         from gradlab.plots import fit_figure
 
@@ -823,9 +925,7 @@ def _stop(args: argparse.Namespace) -> Any:
     return Stop(**rules)  # a bad value names its flag through main's table
 
 
-def _describe_fit(result: Any, extra: dict[str, Any]) -> str:
-    from gradlab._output import short
-
+def _describe_fit(result: Any, extra: dict[str, Any], show_params: bool) -> str:
     where = f" at step {result.diverged_at}" if result.diverged_at is not None else ""
     optimizer = extra["optimizer"]
     lines = [
@@ -833,15 +933,34 @@ def _describe_fit(result: Any, extra: dict[str, Any]) -> str:
         f"(lr {optimizer['lr']:g}), {result.steps} steps",
         f"status:     {result.status}{where}"
         + ("" if result.stop_reason in ("steps", "diverged") else f" ({result.stop_reason})"),
-        *(
-            f"final {name}:{' ' * max(1, 5 - len(name))}{short(value, 9)}"
-            for name, value in flatten(result.params)[0].items()
-        ),
+        *_final_params(flatten(result.params)[0], show_params),
         f"final loss: {result.final_loss:.9g}",
         f"time:       {result.wall_time:.3g} s ({result.time_per_step * 1e6:.1f} µs/step, "
         "including any compilation)",
     ]
     return "\n".join(lines)
+
+
+#: A model of at most this many numbers has its final parameters printed by ``gradlab
+#: fit`` (the seed's w and b are its result); a larger one's are summarised.
+_SHOWN = 12
+
+
+def _final_params(params: dict[str, Any], show: bool) -> list[str]:
+    """The fit's final parameters: each, for a small model or when asked; else one line."""
+    from gradlab._output import short
+
+    sizes = [int(np.size(value)) for value in params.values()]
+    if show or sum(sizes) <= _SHOWN:
+        return [
+            f"final {name}:{' ' * max(1, 5 - len(name))}{short(value, 9)}"
+            for name, value in params.items()
+        ]
+    norm = float(np.sqrt(sum(float(np.sum(np.square(value))) for value in params.values())))
+    return [
+        f"params:     {len(params)} arrays, {sum(sizes):,} numbers, norm {norm:.6g} "
+        "(--show-params prints them; --json gives them all)"
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -880,7 +999,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             _JSON_OUT.pop()
     except GradlabError as error:
-        return _fail(args.command, _as_flag(error, parser, args.command))
+        message = _as_flag(error, parser, args.command)
+        if isinstance(error, ProblemError) and "raised KeyError" in message:
+            message += _data_hint(args)
+        return _fail(args.command, message)
     except MemoryError:
         size = "--sizes" if args.command == "bench" else "--n"
         return _fail(args.command, f"out of memory: {size} asks for more than this machine has")
@@ -899,6 +1021,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # point stdout at nothing so that Python's flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _data_hint(args: argparse.Namespace) -> str:
+    """What to do when the loss looked up a key nobody gave: the data's own names."""
+    if getattr(args, "made_no_data", False):
+        return (
+            "; the problem makes no data (no make_data) and --data gave none: if its loss "
+            "reads data, give it with --data FILE"
+        )
+    if getattr(args, "data", None) is not None:
+        return (
+            f"; --data holds {', '.join(args.data_names) or 'no arrays'}: if the loss reads "
+            "that key from the data, add it to --data"
+        )
+    return ""
 
 
 def _fail(command: str, message: str) -> int:

@@ -85,10 +85,26 @@ def assert_same_model(
     seed: int = 0,
 ) -> Any:
     """Assert that implementations of one model agree at every tapped point, forward and
-    backward, within what round-off explains: [`locate`][gradlab.locate] as a test.
+    backward, and in every parameter's gradient, within what round-off explains:
+    [`locate`][gradlab.locate] as a test.
 
-    Copy it into a test suite; a failure's message names the first point where they part,
-    in which direction, the operations to look at, and the whole table.
+    Import it into a test suite (gradlab's pytest plug-in is documented beside it, in
+    "Checking models in pytest"). Every bound is derived from the computation itself (8
+    times how far round-off-sized moves of the parameters move each value, never under 32
+    ulps), not a tolerance raised by hand. A failure's message says:
+
+    - where the implementations first part: the point, forward or backward, the engine,
+      its rho against the bound there, and the last point that still agreed;
+    - where to look: the operations between those two points, a hand-written backward, a
+      lower precision, or what to tap when no point could be compared;
+    - every parameter whose gradient parts, the furthest over its bound first, with its
+      rho, the bound and the ratio;
+    - then the whole table.
+
+    The gradients are the verdict and the points the diagnosis: where no point is
+    compared (no implementation taps one, or each taps other names), the gradients alone
+    are judged, with the bounds of ``compare_gradients(..., tolerance="derived")``, and a
+    failure says what to tap to learn which operation parts.
 
     Args:
         problem: As for [`locate`][gradlab.locate].
@@ -100,17 +116,171 @@ def assert_same_model(
         seed: As for ``locate``.
 
     Returns:
-        The [`DivergenceReport`][gradlab.DivergenceReport], when they agree.
+        The [`DivergenceReport`][gradlab.DivergenceReport], when they agree (its ``ok`` is
+        false when no point was compared); a [`GradientReport`][gradlab.GradientReport]
+        when no implementation taps a point.
 
     Raises:
         Disagreement: an ``AssertionError``; they part beyond round-off.
+        ArgumentError: bad arguments, as for ``locate``.
+
+    Examples:
+        >>> import numpy as np, gradlab
+        >>> from gradlab.testing import assert_same_model
+        >>> def loss(p, d, xp):
+        ...     return xp.sum(gradlab.tap("h", xp.tanh(d["x"] * p["w"])) ** 2)
+        >>> model = gradlab.Problem(loss, name="tanh")
+        >>> data, params = {"x": np.linspace(-1, 1, 5)}, {"w": np.array(0.7)}
+        >>> report = assert_same_model(model, data, params, engines="torch,jax")
+        >>> report.ok, report.compared
+        (True, 1)
     """
-    report = gradlab.locate(
-        problem, data, params, engines=engines, dtype=dtype, names=names, seed=seed
+    __tracebackhide__ = True  # pytest shows the caller's line, not gradlab's
+    try:
+        report = gradlab.locate(
+            problem, data, params, engines=engines, dtype=dtype, names=names, seed=seed
+        )
+    except ArgumentError as error:
+        if error.argument != "problem" or "reached no tap" not in str(error):
+            raise
+        return _assert_same_gradients(problem, data, params, engines, dtype, seed)
+    if report.first is None:
+        return report
+    rows = [
+        (path, engine, value, bound)
+        for path, (rhos, bound) in report.gradients.items()
+        for engine, value in rhos.items()
+    ]
+    raise gradlab.Disagreement(
+        f"{report.problem}: {report.summary()}\n\n"
+        f"Where to look: {_where_to_look(report)}\n\n"
+        f"{_parted_parameters(rows, len(report.gradients))}\n\n{report}",
+        report,
     )
-    if not report.ok:
-        raise gradlab.Disagreement(f"{report.summary()}\n\n{report}", report)
-    return report
+
+
+def _assert_same_gradients(
+    problem: Any, data: Any, params: Any, engines: Any, dtype: str, seed: int
+) -> Any:
+    """``assert_same_model`` where no implementation taps a point: the gradients alone,
+    each pair judged by its derived bound."""
+    __tracebackhide__ = True
+    from gradlab.comparison._locate import initial_point
+
+    data = {} if data is None else data
+    params = initial_point(problem, data, seed) if params is None else params
+    report = gradlab.compare_gradients(
+        problem, data, params, engines=engines, dtype=dtype, tolerance="derived"
+    )
+    if report.ok:
+        return report
+    reference = report.engines.index(report.reference)
+    expected = report.values[report.reference]
+    rows = [
+        (
+            path,
+            engine,
+            gradlab.max_rho({path: value}, {path: expected[path]}),
+            float(report.tolerances[reference, index]),
+        )
+        for index, engine in enumerate(report.engines)
+        if engine != report.reference
+        for path, value in report.values[engine].items()
+    ]
+    parted = [verdict for verdict in report.verdicts.values() if not verdict.agrees]
+    headline = report.summary()
+    if parted:  # else the reference itself is the outlier: the summary says so
+        worst = max(parted, key=lambda verdict: verdict.rho / verdict.tolerance)
+        headline = (
+            f"{worst.engine} parts from {report.reference} in the gradient at {worst.worst}: "
+            f"rho {worst.rho:.1e} against a round-off bound of {worst.tolerance:.1e} (no "
+            "point tapped)"
+        )
+    raise gradlab.Disagreement(
+        f"{report.problem}: {headline}\n\n"
+        "Where to look: no implementation taps a point, so which operation parts cannot be "
+        "told. Mark points with gradlab.tap(name, x), the same names in each implementation "
+        "(a torch module wrapped by gradlab.torch_module is tapped at every submodule), and "
+        "this failure will name the first one where they part.\n\n"
+        f"{_parted_parameters(rows, len(report.params))}\n\n{report}",
+        report,
+    )
+
+
+def _where_to_look(report: Any) -> str:
+    """What a failed ``assert_same_model`` should make its reader look at, from where the
+    implementations first part (``report.first``)."""
+    first = report.first
+    ports = f"{report.reference}'s and {first.engine}'s implementations"
+    if first.verdict != "unexplained":
+        return (
+            f"the gap is the size of the round-off of {first.verdict}: one implementation "
+            f"computes there in a lower precision than {report.dtype} (a cast, mixed "
+            f"precision or a precision setting). Compute it in {report.dtype} if the ports "
+            "should match to round-off."
+        )
+    if first.direction == "forward":
+        span = (
+            f"between {first.after!r} and {first.name!r}"
+            if first.after is not None
+            else f"before {first.name!r} (from the inputs and parameters to it)"
+        )
+        return (
+            f"the operations {span} in {ports}: every value before {first.name!r} agrees, "
+            f"the value there does not. Tap points between them (gradlab.tap) to narrow it "
+            "down."
+        )
+    if first.direction == "backward":
+        span = (
+            f"between {first.name!r} and {first.after!r}"
+            if first.after is not None
+            else f"between {first.name!r} and the loss"
+        )
+        return (
+            f"the derivative of the operations {span} in {ports}: every forward value "
+            "agrees, the backward pass parts there. Look for a hand-written backward "
+            "(torch.autograd.Function, jax.custom_vjp), a detach or stop_gradient, or an "
+            "operation the frameworks differentiate differently at a kink (abs, relu, max)."
+        )
+    if report.compared == 0:
+        unmatched = ", ".join(repr(name) for name in list(report.unmatched)[:4])
+        more = ", ..." if len(report.unmatched) > 4 else ""
+        return (
+            f"no point was compared: each of the {len(report.points)} points reached "
+            f"({unmatched}{more}) is reached by one engine only. Tap the same names in every "
+            "implementation, or translate them with names={'jax': {'their name': 'our "
+            "name'}}, and this failure will name the first operation where they part."
+        )
+    return (
+        f"no tapped point parts, so the difference lies where no tap reads: before the first "
+        f"point, after the last, or in how {first.name!r} enters the model (a layout, a "
+        f"transpose, a tied weight). Tap the points where {first.name!r} is used."
+    )
+
+
+def _parted_parameters(rows: list[tuple[str, str, float, float]], count: int) -> str:
+    """The ``(parameter, engine, rho, bound)`` rows beyond their bound as a table, the
+    furthest over first (at most ten), out of ``count`` parameters."""
+    from gradlab._output import table
+
+    over = sorted(
+        (row for row in rows if row[2] > row[3]), key=lambda row: row[2] / row[3], reverse=True
+    )
+    if not over:
+        return f"Every one of the {count} parameters' gradients agrees within its bound."
+    shown = [
+        [path, engine, f"{value:.1e}", f"{bound:.1e}", f"{value / bound:.1e}"]
+        for path, engine, value, bound in over[:10]
+    ]
+    parameters = len({row[0] for row in over})
+    lines = [
+        f"Gradients beyond their round-off bound ({parameters} of {count} parameters), the "
+        "furthest over first:",
+        table(["parameter", "engine", "rho", "bound", "rho/bound"], shown),
+    ]
+    if len(over) > 10:
+        lines.append(f"... and {len(over) - 10} more")
+    return "\n".join(lines)
 
 
 def global_state() -> dict[str, Any]:

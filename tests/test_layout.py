@@ -74,6 +74,7 @@ FRAMEWORK_NEUTRAL = {
     "gradlab.engines._protocol",
     "gradlab.engines._registry",
     "gradlab.engines._derive",
+    "gradlab.engines._forward",
     "gradlab.engines._listing",
     "gradlab.engines.parallel",
     "gradlab.engines.parallel._common",

@@ -28,6 +28,7 @@ PUBLIC = {
     "EngineUnavailable",
     "FitComparison",
     "FitResult",
+    "ForwardModeUnsupported",
     "PreparedFit",
     "Det",
     "GMM",
@@ -107,6 +108,11 @@ PUBLIC = {
     "sgd",
     "tolerance",
     "torch_module",
+    "flax_module",
+    "nnx_module",
+    "equinox_module",
+    "keras_model",
+    "keras_problem",
     "unregister_engine",
     "value_and_grad",
 }
@@ -130,6 +136,10 @@ HEAVY = {
     "optax",
     "tensorflow",
     "mlx",
+    "flax",
+    "equinox",
+    "keras",
+    "safetensors",
 }
 
 
@@ -181,7 +191,7 @@ def test_errors_are_named_by_their_public_path() -> None:
         for value in vars(gradlab).values()
         if isinstance(value, type) and issubclass(value, gradlab.GradlabError)
     ]
-    assert len(errors) == 12
+    assert len(errors) == 13
     for error in errors:
         assert error.__module__ == "gradlab"
         assert getattr(gradlab, error.__name__) is error

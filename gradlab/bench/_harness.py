@@ -34,7 +34,13 @@ from gradlab._boundary import (
     on_engine_together,
     prepare,
 )
-from gradlab._checks import check_bool, check_dtype, check_positive_float, check_positive_int
+from gradlab._checks import (
+    check_bool,
+    check_dtype,
+    check_mapping,
+    check_positive_float,
+    check_positive_int,
+)
 from gradlab._errors import ArgumentError, GradlabError, HandGradientMissing, NotSupported
 from gradlab._loss import calling
 from gradlab._output import Record, table
@@ -454,6 +460,8 @@ def benchmark(
     budget: float | None = None,
     progress: bool = False,
     seed: int = 0,
+    data: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> BenchmarkResult:
     """Time every engine on every problem, size and dtype, in this process.
 
@@ -484,6 +492,10 @@ def benchmark(
             call. ``None``: no limit.
         progress: Show a progress bar (needs tqdm, the ``cli`` extra) on long runs.
         seed: Seed of the generated data and of the point the gradient is taken at.
+        data: Your data, instead of data the problem makes: then ``sizes`` is unused, and
+            each case's n is the data's number of rows (its first array's first axis).
+        params: The point the gradient is taken at and fits start from, instead of one
+            drawn near the problem's ``initial_params``.
 
     Returns:
         A [`BenchmarkResult`][gradlab.BenchmarkResult]: print it, or ``to_json()``, ``to_frame()``,
@@ -505,6 +517,9 @@ def benchmark(
         True
     """
     problem_list = [problem_named(p, "problems") for p in _as_list(problems, "problems")]
+    if data is not None:
+        data = dict(check_mapping(data, "data"))
+        sizes = [_rows(data)]
     size_list = [check_positive_int(size, "sizes") for size in _as_list(sizes, "sizes")]
     dtype_list = [check_dtype(dtype, "dtypes") for dtype in _as_list(dtypes, "dtypes")]
     min_time = check_positive_float(min_time, "min_time")
@@ -517,7 +532,8 @@ def benchmark(
         # to start from, is named now, not after the other problems ran.
         sized = at_size(problem, min(size_list))
         try:
-            point(sized, sized.make_data(min(size_list), seed=seed), seed)
+            if data is None:
+                point(sized, sized.make_data(min(size_list), seed=seed), seed)
         except NotSupported as error:
             raise ArgumentError(
                 "problems",
@@ -553,14 +569,14 @@ def benchmark(
                 cases.append(BenchmarkCase(problem.name, engine.name, n, dtype, "over budget"))
                 advance(label)
                 continue
-            sized = at_size(problem, n)
-            data = sized.make_data(n, seed=seed)
+            sized = problem if data is not None else at_size(problem, n)
+            case_data = data if data is not None else sized.make_data(n, seed=seed)
             key = (problem.name, dtype, n)
             if key not in floors:
-                floors[key] = _floor(data, dtype, min_time, deadline)
+                floors[key] = _floor(case_data, dtype, min_time, deadline)
             case = _case(
                 sized,
-                data,
+                case_data,
                 engine,
                 dtype,
                 n,
@@ -570,6 +586,7 @@ def benchmark(
                 seed,
                 optimizer,
                 deadline,
+                params,
             )
             if case.gradient:
                 case = dataclasses.replace(case, floor=floors[key])
@@ -585,6 +602,14 @@ def benchmark(
         elapsed=time.perf_counter() - start,
         truncated=time.perf_counter() > deadline,
     )
+
+
+def _rows(data: Mapping[str, Any]) -> int:
+    """The number of rows of given data: its first array's first axis (1 for scalars)."""
+    for value in data.values():
+        shape = np.shape(value)
+        return int(shape[0]) if shape else 1
+    raise ArgumentError("data", "holds no arrays")
 
 
 def _as_list(value: object, argument: str) -> list[Any]:
@@ -672,14 +697,14 @@ def _case(
     seed: int,
     optimizer: GradientTransformation,
     deadline: float = math.inf,
+    params: Any = None,
 ) -> BenchmarkCase:
     """Measure one engine on one problem, size and dtype, stopping at ``deadline`` (what is
     not measured by then is left out: see ``benchmark``'s ``budget``)."""
     base: dict[str, Any] = {"problem": problem.name, "engine": engine.name, "n": n, "dtype": dtype}
     try:
-        _, _, flat, checked, start, layout = prepare(
-            problem, data, point(problem, data, seed), engine, dtype
-        )
+        at = point(problem, data, seed) if params is None else params
+        _, _, flat, checked, start, layout = prepare(problem, data, at, engine, dtype)
         loss = objective_of(engine, flat)
         gradient = value_and_grad_of(engine, flat)
     except (HandGradientMissing, NotSupported) as error:  # it cannot run this problem

@@ -34,6 +34,7 @@ from gradlab._tree import structure
 from gradlab.comparison._divergence import derived_bound, moved_params
 from gradlab.comparison._kinds import Kind, Setup, kind_named
 from gradlab.comparison._report import GradientReport, Verdict
+from gradlab.engines._forward import noting
 from gradlab.engines._protocol import GradientEngine, is_approximate, runs_hand_of
 from gradlab.engines._registry import engine_list, get_engine
 from gradlab.problems._base import AbstractProblem
@@ -217,17 +218,30 @@ def _report(kind: Kind, setup: Setup, progress: bool) -> GradientReport:
     values: dict[str, dict[str, np.ndarray]] = {}
     losses: dict[str, float] = {}
     outputs: dict[str, tuple[int, ...]] = {}
+    notes: dict[str, str] = {}
     with progress_bar(len(built), f"{kind.name}s", progress) as advance:
-        for position, (name, engine) in enumerate(built.items()):
+        for position, (name, engine) in enumerate(list(built.items())):
             # What an engine finds it cannot do only once it runs (the complex step meeting
-            # xp.max) is blamed on the argument that chose it, as in resolve_engines.
+            # xp.max, forward mode meeting an operation without a forward derivative) is
+            # blamed on the argument that chose it, as in resolve_engines; an engine of the
+            # default list other than the reference is skipped with the reason instead.
             chosen = "reference" if setup.reference is not None and position == 0 else "engines"
-            with naming(chosen):
-                computed = kind.compute(setup, engine, dtype)
+            try:
+                with naming(chosen), noting() as noted:
+                    computed = kind.compute(setup, engine, dtype)
+            except NotSupported as error:
+                if not setup.default or position == 0:
+                    raise
+                skipped[name] = str(error)
+                del built[name]
+                advance(name)
+                continue
             values[name] = computed.values
             if computed.loss is not None:
                 losses[name] = computed.loss
             outputs.update(computed.outputs or {})
+            if noted:  # how it computed, where that is not the engine's usual way
+                notes[name] = "; ".join(noted)
             advance(name)
 
     names = tuple(built)
@@ -300,6 +314,7 @@ def _report(kind: Kind, setup: Setup, progress: bool) -> GradientReport:
         else {k: v.astype(dtype) for k, v in setup.tangent.items()},
         data_digest=_output.digest(setup.data),
         implementations=implementations,
+        notes=notes,
     )
 
 

@@ -92,6 +92,10 @@ class GradientReport(_output.Record):
             ``torch``, ``torch-func`` and ``torch-compile`` alike, ``"hand derivation"``
             for ``numpy``. Empty where every engine is its own voice (a problem written
             once against ``xp``, which each engine differentiates its own way).
+        notes: How an engine computed its result where that is not its usual way, by
+            engine: ``"HVP by reverse-over-reverse (forward mode unsupported by
+            grid_sampler_2d)"`` where the loss has an operation without a forward-mode
+            derivative. Printed under the table; empty when every engine ran as usual.
     """
 
     problem: str
@@ -116,6 +120,7 @@ class GradientReport(_output.Record):
     tangent: dict[str, np.ndarray] | None = None
     data_digest: str | None = None
     implementations: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def criterion(self) -> Criterion:
@@ -319,6 +324,7 @@ class GradientReport(_output.Record):
                 row.append(_rho_cell(self.rho_float64[name]))
             rows.append(row)
         lines.append(_output.table(header, rows))
+        lines += [f"note: {name}: {note}" for name, note in self.notes.items()]
         lines += ["", "rho between engines:"]
         matrix = [
             [a] + [_rho_cell(self.rho[i, j], i == j) for j in range(len(self.engines))]
@@ -364,6 +370,7 @@ class GradientReport(_output.Record):
                 "outputs": {path: list(shape) for path, shape in self.outputs.items()},
                 "data_digest": self.data_digest,
                 "implementations": self.implementations,
+                "notes": self.notes,
                 "verdicts": {
                     name: {
                         "rho": v.rho,
@@ -428,6 +435,7 @@ class GradientReport(_output.Record):
                 tangent=_output.maybe(saved["tangent"], lambda t: _output.arrays(t, dtype)),
                 data_digest=saved["data_digest"],
                 implementations=dict(saved.get("implementations", {})),
+                notes={str(k): str(v) for k, v in saved.get("notes", {}).items()},
             )
 
     def against(self, baseline: GradientReport | str | os.PathLike[str]) -> BaselineComparison:
@@ -460,7 +468,8 @@ class GradientReport(_output.Record):
         return gradients_against(self, baseline, label)
 
     def to_frame(self) -> Any:
-        """One row per engine: loss, verdict against the reference, and rho against each engine.
+        """One row per engine: loss, verdict against the reference, rho against each engine,
+        and (where any engine has one) its note.
 
         Needs pandas (an optional dependency).
         """
@@ -480,6 +489,8 @@ class GradientReport(_output.Record):
             row.update(
                 {f"rho_{other}": float(self.rho[i, j]) for j, other in enumerate(self.engines)}
             )
+            if self.notes:
+                row["note"] = self.notes.get(name, "")
             rows.append(row)
         return pandas.DataFrame(rows).set_index("engine")
 

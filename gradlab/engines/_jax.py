@@ -14,6 +14,7 @@ from gradlab._checks import check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._fingerprint import Compiled, fingerprint, key
 from gradlab._loss import checked_loss, checked_output
+from gradlab.engines._forward import falling_back, raise_if_refused
 from gradlab.engines._protocol import (
     HVP,
     JVP,
@@ -149,7 +150,13 @@ class JaxEngine(AbstractEngine):
         return self._jax.block_until_ready(tree)
 
     def hvp(self, problem: AbstractProblem) -> HVP:
-        """Forward-over-reverse, ``jit(jvp(grad(loss)))``, in the 64-bit mode of its inputs."""
+        """Forward-over-reverse, ``jit(jvp(grad(loss)))``, in the 64-bit mode of its inputs.
+
+        Where forward mode refuses an operation of the loss (a ``jax.custom_vjp`` function
+        whose backward pass calls another), reverse-over-reverse instead,
+        ``jit(vjp(grad(loss)))``: the same H·v to round-off, noted in comparison reports
+        (``gradlab.engines._forward``).
+        """
         return _COMPILED.get(("hvp", key(problem)), lambda: _hvp(problem))
 
     #: How this engine builds Jacobians and per-example gradients: reverse mode
@@ -226,6 +233,10 @@ class JaxForwardEngine(JaxEngine):
     parameters. The loop, JVPs, VJPs and Hessian-vector products are the jax engine's.
     Registered as ``"jax-fwd"``; opt-in in comparisons.
 
+    An operation jax has no forward-mode derivative for (a ``jax.custom_vjp`` function) is
+    a [`NotSupported`][gradlab.NotSupported] naming it and what to do; the gradient never
+    falls back to reverse mode, which would compare the jax engine with itself.
+
     Args:
         device: As for [`JaxEngine`][gradlab.engines.JaxEngine].
         unroll: As for [`JaxEngine`][gradlab.engines.JaxEngine].
@@ -245,6 +256,10 @@ class JaxForwardEngine(JaxEngine):
         return {**super().describe(), "mode": "forward (jax.jacfwd)"}
 
 
+#: What to do where ``jax-fwd``'s forward mode refuses an operation that reverse mode takes.
+_REVERSE = "use engine 'jax', which differentiates in reverse mode"
+
+
 def _transform(mode: str) -> Callable[..., Any]:
     jax = importlib.import_module("jax")
     return jax.jacrev if mode == "reverse" else jax.jacfwd  # type: ignore[no-any-return]
@@ -262,8 +277,13 @@ def _jacobian(problem: AbstractProblem, mode: str) -> Jacobian:
     compiled = jax.jit(_transform(mode)(with_value, has_aux=True))
 
     def jacobian(params: Params, data: Data) -> tuple[Tree, Tree]:
-        with jax.enable_x64(_first_float_dtype(params) == np.float64):
-            full, value = compiled(dict(params), data)
+        try:
+            with jax.enable_x64(_first_float_dtype(params) == np.float64):
+                full, value = compiled(dict(params), data)
+        except Exception as error:
+            if mode == "forward":
+                raise_if_refused(error, "jax.jacfwd (forward mode)", _REVERSE)
+            raise
         return value, full
 
     return jacobian
@@ -281,8 +301,12 @@ def _forward_grad(problem: AbstractProblem) -> ValueAndGrad:
     compiled = jax.jit(jax.jacfwd(with_value, has_aux=True))
 
     def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
-        with jax.enable_x64(_first_float_dtype(params) == np.float64):
-            grads, value = compiled(dict(params), data)
+        try:
+            with jax.enable_x64(_first_float_dtype(params) == np.float64):
+                grads, value = compiled(dict(params), data)
+        except Exception as error:
+            raise_if_refused(error, "jax.jacfwd (forward mode)", _REVERSE)
+            raise
         return value, dict(grads)
 
     return value_and_grad
@@ -299,8 +323,12 @@ def _jvp(problem: AbstractProblem) -> JVP:
     compiled = jax.jit(product)
 
     def jvp(params: Params, tangent: Params, data: Data) -> tuple[Tree, Tree]:
-        with jax.enable_x64(_first_float_dtype(params) == np.float64):
-            return compiled(dict(params), dict(tangent), data)  # type: ignore[no-any-return]
+        try:
+            with jax.enable_x64(_first_float_dtype(params) == np.float64):
+                return compiled(dict(params), dict(tangent), data)  # type: ignore[no-any-return]
+        except Exception as error:
+            raise_if_refused(error, "jax.jvp (forward mode)")
+            raise
 
     return jvp
 
@@ -337,8 +365,13 @@ def _per_example(problem: AbstractProblem, mode: str) -> PerExample:
     compiled = jax.jit(jax.vmap(gradient, in_axes=(None, 0)))
 
     def per_example(params: Params, data: Data) -> dict[str, Array]:
-        with jax.enable_x64(_first_float_dtype(params) == np.float64):
-            return dict(compiled(dict(params), dict(data)))
+        try:
+            with jax.enable_x64(_first_float_dtype(params) == np.float64):
+                return dict(compiled(dict(params), dict(data)))
+        except Exception as error:
+            if mode == "forward":
+                raise_if_refused(error, "jax.jacfwd (forward mode)", _REVERSE)
+            raise
 
     return per_example
 
@@ -391,16 +424,25 @@ def _hvp(problem: AbstractProblem) -> HVP:
     loss = checked_loss(problem)
     gradient = jax.grad(lambda params, data: loss(params, data, jnp))
 
-    def product(params: Params, tangent: Params, data: Data) -> Any:
+    def forward(params: Params, tangent: Params, data: Data) -> Any:
         return jax.jvp(lambda p: gradient(p, data), (params,), (tangent,))[1]
 
-    compiled = jax.jit(product)
+    def reverse(params: Params, tangent: Params, data: Data) -> Any:
+        # vᵀH, which is H·v: a Hessian is symmetric.
+        return jax.vjp(lambda p: gradient(p, data), params)[1](tangent)[0]
 
-    def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
-        with jax.enable_x64(_first_float_dtype(params) == np.float64):
-            return dict(compiled(dict(params), dict(tangent), data))
+    def compiled(product: Callable[..., Any]) -> HVP:
+        jitted = jax.jit(product)
 
-    return hvp
+        def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+            with jax.enable_x64(_first_float_dtype(params) == np.float64):
+                return dict(jitted(dict(params), dict(tangent), data))
+
+        return hvp
+
+    return falling_back(
+        compiled(forward), compiled(reverse), "jax.jvp of jax.grad", "jax.vjp of jax.grad"
+    )
 
 
 @functools.cache

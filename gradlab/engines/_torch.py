@@ -18,6 +18,7 @@ from gradlab._fingerprint import Compiled, fingerprint, key
 from gradlab._loss import checked_loss, checked_output
 from gradlab._tree import leaves as tree_leaves
 from gradlab._tree import tree_map
+from gradlab.engines._forward import falling_back, raise_if_refused
 from gradlab.engines._protocol import (
     HVP,
     JVP,
@@ -182,7 +183,14 @@ class TorchEngine(AbstractEngine):
         return stack
 
     def hvp(self, problem: AbstractProblem) -> HVP:
-        """Forward-over-reverse: ``torch.func.jvp`` of ``torch.func.grad`` of the loss."""
+        """Forward-over-reverse: ``torch.func.jvp`` of ``torch.func.grad`` of the loss.
+
+        Where forward mode refuses an operation of the loss (``grid_sample``, a
+        ``torch.autograd.Function`` without ``jvp``), reverse-over-reverse instead, the
+        same H·v to round-off, noted in comparison reports; where that fails too (the flash
+        kernel of ``scaled_dot_product_attention`` has no double backward either), a
+        ``NotSupported`` naming the operation and what to do (``gradlab.engines._forward``).
+        """
         func, xp, loss = importlib.import_module("torch.func"), self.xp, checked_loss(problem)
         transforming = self._transforming
 
@@ -194,6 +202,45 @@ class TorchEngine(AbstractEngine):
                 _, product = func.jvp(gradient, (dict(params),), (dict(tangent),))
             return dict(product)
 
+        return falling_back(
+            hvp,
+            self._reverse_over_reverse(problem),
+            "torch.func.jvp of torch.func.grad",
+            "torch.autograd.grad twice",
+        )
+
+    def _reverse_over_reverse(self, problem: AbstractProblem) -> HVP:
+        """H·v as the gradient of ⟨∇L, v⟩: ``torch.autograd.grad`` twice, the first keeping
+        its graph. ``torch.autograd`` rather than ``torch.func``: it differentiates what
+        ``torch.func`` refuses (an old-style ``autograd.Function``) as the gradient does."""
+        torch, xp, loss_of, recording = self._torch, self.xp, checked_loss(problem), self._recording
+
+        def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+            with recording():
+                leaves = {
+                    name: value.detach().requires_grad_(True) for name, value in params.items()
+                }
+                inputs = tuple(leaves.values())
+                grads = torch.autograd.grad(
+                    loss_of(leaves, data, xp), inputs, create_graph=True, allow_unused=True
+                )
+                # A gradient that does not depend on the parameters (a linear loss) has no
+                # graph: its part of H·v is zero.
+                inner = [
+                    (grad * tangent[name]).sum()
+                    for name, grad in zip(leaves, grads, strict=True)
+                    if grad is not None and grad.requires_grad
+                ]
+                products = (
+                    torch.autograd.grad(sum(inner), inputs, allow_unused=True)
+                    if inner
+                    else (None,) * len(inputs)
+                )
+            return {
+                name: torch.zeros_like(leaf) if product is None else product.detach()
+                for (name, leaf), product in zip(leaves.items(), products, strict=True)
+            }
+
         return hvp
 
     #: How this engine builds a Jacobian (and, in ``torch-fwd``, a gradient): reverse mode.
@@ -203,15 +250,20 @@ class TorchEngine(AbstractEngine):
         """``torch.func.jacrev`` of the function (``jacfwd`` in ``torch-fwd``), with its value."""
         func, xp, output = importlib.import_module("torch.func"), self.xp, checked_output(problem)
         transform, transforming = getattr(func, self._jacobian_transform), self._transforming
-        torch = self._torch
+        torch, forward = self._torch, self._jacobian_transform == "jacfwd"
 
         def jacobian(params: Params, data: Data) -> tuple[Tree, Tree]:
             def with_value(point: Params) -> tuple[Tree, Tree]:
                 value = output(point, data, xp)
                 return value, value
 
-            with transforming():
-                full, value = transform(with_value, has_aux=True)(dict(params))
+            try:
+                with transforming():
+                    full, value = transform(with_value, has_aux=True)(dict(params))
+            except Exception as error:
+                if forward:
+                    raise_if_refused(error, "torch.func.jacfwd (forward mode)", _REVERSE)
+                raise
             return value, _in_dtype(full, _float_dtype(params, torch))
 
         return jacobian
@@ -222,10 +274,14 @@ class TorchEngine(AbstractEngine):
         transforming = self._transforming
 
         def jvp(params: Params, tangent: Params, data: Data) -> tuple[Tree, Tree]:
-            with transforming():
-                value, product = func.jvp(
-                    lambda p: output(p, data, xp), (dict(params),), (dict(tangent),)
-                )
+            try:
+                with transforming():
+                    value, product = func.jvp(
+                        lambda p: output(p, data, xp), (dict(params),), (dict(tangent),)
+                    )
+            except Exception as error:
+                raise_if_refused(error, "torch.func.jvp (forward mode)")
+                raise
             return value, product
 
         return jvp
@@ -426,6 +482,10 @@ class TorchForwardEngine(TorchEngine):
     of many parameters. JVPs, VJPs and Hessian-vector products are the torch engine's.
     Registered as ``"torch-fwd"``; opt-in in comparisons.
 
+    An operation torch has no forward-mode derivative for is a
+    [`NotSupported`][gradlab.NotSupported] naming it and what to do; the gradient never
+    falls back to reverse mode, which would compare the torch engine with itself.
+
     Args:
         device: As for [`TorchEngine`][gradlab.engines.TorchEngine].
     """
@@ -496,6 +556,10 @@ class _Scalar(AbstractProblem):
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
         return checked_loss(self.problem)(params, data, xp)
+
+
+#: What to do where ``torch-fwd``'s forward mode refuses an operation that reverse mode takes.
+_REVERSE = "use engine 'torch', which differentiates in reverse mode"
 
 
 def _unrolled(

@@ -264,7 +264,7 @@ class PreparedFit:
                 return ready, quick
             start, layout = check_params(init, ready.shapes, "init")
             if layout == ready.layout:
-                ready.problem.check_params(start, "init")
+                ready.problem.check_params(start, "init", layout)
                 return ready, start
         self._ready, self._start = self._prepare(init, "init")
         return self._ready, self._start
@@ -321,7 +321,7 @@ class PreparedFit:
             if ready is not None:
                 start, layout = check_params(resume.params, ready.shapes, "resume.params")
                 if layout == ready.layout:
-                    ready.problem.check_params(start, "resume.params")
+                    ready.problem.check_params(start, "resume.params", layout)
                     return ready, start, resume.state, resume.step
             self._ready, self._start = self._prepare(resume.params, "resume.params")
         except ArgumentError as error:

@@ -5,12 +5,17 @@ from gradlab.problems._base import Problem as Problem
 from gradlab.problems._functions import LogSumExp as LogSumExp
 from gradlab.problems._functions import Rosenbrock as Rosenbrock
 from gradlab.problems._gmm import GMM as GMM
+from gradlab.problems._keras import keras_model as keras_model
+from gradlab.problems._keras import keras_problem as keras_problem
 from gradlab.problems._linear import LinearRegression as LinearRegression
 from gradlab.problems._linear import LogisticRegression as LogisticRegression
 from gradlab.problems._mlp import MLP as MLP
+from gradlab.problems._models import equinox_module as equinox_module
+from gradlab.problems._models import flax_module as flax_module
+from gradlab.problems._models import nnx_module as nnx_module
+from gradlab.problems._models import torch_module as torch_module
 from gradlab.problems._native import Layout as Layout
 from gradlab.problems._native import NativeProblem as NativeProblem
-from gradlab.problems._native import torch_module as torch_module
 from gradlab.problems._polynomial import LeastSquares as LeastSquares
 from gradlab.problems._polynomial import PolynomialRegression as PolynomialRegression
 from gradlab.problems._quadratic import Quadratic as Quadratic
@@ -31,6 +36,11 @@ __all__ = [
     "Quadratic",
     "Rosenbrock",
     "SoftmaxRegression",
+    "equinox_module",
+    "flax_module",
+    "keras_model",
+    "keras_problem",
+    "nnx_module",
     "torch_module",
 ]
 

@@ -15,7 +15,7 @@ from gradlab._errors import (
     HandGradientMissing,
     NotSupported,
 )
-from gradlab._tree import nest_of_paths
+from gradlab._tree import Structure, nest_of_paths
 
 Array = Any
 Params = Mapping[str, Array]
@@ -210,12 +210,18 @@ class AbstractProblem(abc.ABC):
         """
         return check_tree(data, "data")
 
-    def check_params(self, params: Mapping[str, np.ndarray], argument: str) -> None:
+    def check_params(
+        self,
+        params: Mapping[str, np.ndarray],
+        argument: str,
+        structure: Structure | None = None,
+    ) -> None:
         """Refuse parameters (checked, by path) that this problem cannot take, naming
         ``argument``; beyond declared shapes, which the boundary checks itself.
 
         The default accepts any; a [`NativeProblem`][gradlab.NativeProblem] checks them
-        against its implementations' [`Layout`][gradlab.Layout]s.
+        against its implementations' [`Layout`][gradlab.Layout]s. ``structure`` rebuilds
+        the caller's nest from ``params`` (what the loss is given), where it is known.
         """
         return  # a stated default (anything the loss reads), not an abstract method
 

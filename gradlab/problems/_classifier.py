@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from gradlab._errors import ArgumentError
-from gradlab.problems._native import Layout, NativeProblem, torch_module
+from gradlab.problems._models import torch_module
+from gradlab.problems._native import Layout, NativeProblem
 
 
 def _layers(params: Any) -> list[Any]:

@@ -16,18 +16,15 @@ canonical layout.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from gradlab._checks import META_DEVICE, Shapes, check_shapes
+from gradlab._checks import Shapes, check_shapes
 from gradlab._errors import ArgumentError, ArgumentTypeError, NotSupported
-from gradlab._tap import tap, tapping
-from gradlab._tree import flatten, parse_path, path
+from gradlab._tree import Structure, flatten, named_leaves, nest_of_paths, parse_path, path
 from gradlab.problems._base import (
     AbstractProblem,
     Array,
@@ -56,28 +53,37 @@ def framework_of(xp: Any) -> str:
 class Layout:
     """How one implementation's parameters are laid out, given the canonical ones.
 
-    The implementation receives a flat dict ``{native name: array}`` (what
-    ``torch.func.functional_call`` takes). Each native array is one canonical parameter,
-    named by its path (``"layers[0].kernel"``), with its axes permuted or not. The mapping
-    must use every canonical parameter exactly once, and is applied inside the function an
-    engine differentiates, so gradients come back in the canonical layout.
+    Two forms. **A mapping** renames, and optionally transposes, one canonical parameter
+    per native one: the implementation receives a flat dict ``{native name: array}`` (what
+    ``torch.func.functional_call`` takes), and every canonical parameter is used exactly
+    once. **A function** ``layout(params, xp)`` builds the implementation's parameters
+    from the canonical ones with any array operations of the namespace ``xp``: reshape,
+    split by slicing, ``xp.concat``, ``xp.permute_dims``, reorder an LSTM's gates, tie an
+    embedding to an output layer (use a parameter twice). It receives the canonical
+    parameters in their own structure and returns whatever the implementation takes.
+
+    Either way the layout runs inside the function an engine differentiates, so
+    gradients come back in the canonical layout with no inverse to write: a canonical
+    parameter used twice gets the sum of both uses' gradients, as it should.
 
     Args:
         mapping: ``{native name: canonical path}``, or ``{native name: (canonical path,
             axes)}`` where ``axes`` permutes the canonical array's axes (``(1, 0)``: a
-            transpose). Paths are written as reports write them (``"layers[0].kernel"``; a
-            key with dots in brackets: ``"['fc.kernel']"``).
+            transpose); paths are written as reports write them (``"layers[0].kernel"``;
+            a key with dots in brackets: ``"['fc.kernel']"``). Or a function
+            ``(params, xp) -> native parameters``.
         shapes: Optionally, each native parameter's shape: a tuple of non-negative ints by
             native name (``{"0.weight": (8, 4)}``; nested mappings join names with dots,
-            ``{"0": {"weight": (8, 4)}}``), checked against the canonical shapes permuted
-            (see [`torch_module`][gradlab.torch_module]).
+            ``{"0": {"weight": (8, 4)}}``), checked at the boundary, before any engine
+            runs: against the canonical shapes permuted (a mapping), or against what the
+            function returns for the caller's parameters (a function).
 
     Raises:
-        ArgumentTypeError: ``mapping`` is not a non-empty mapping, or ``shapes`` not a
-            mapping of shapes.
+        ArgumentTypeError: ``mapping`` is neither a non-empty mapping nor callable, or
+            ``shapes`` not a mapping of shapes.
         ArgumentError: a source that is not a path, axes that are not a permutation, a
-            canonical parameter used twice, a negative size, or ``shapes`` naming other
-            parameters than ``mapping``.
+            canonical parameter mapped twice, a negative size, or ``shapes`` naming other
+            parameters than the mapping.
 
     Examples:
         >>> import numpy as np, gradlab
@@ -85,41 +91,53 @@ class Layout:
         >>> native = layout.to_native({"fc": {"kernel": np.ones((3, 2)), "bias": np.zeros(2)}}, np)
         >>> native["fc.weight"].shape
         (2, 3)
+
+        A fused query-key-value projection, as torch's ``nn.MultiheadAttention`` holds it,
+        from three canonical ``(d, d)`` matrices:
+
+        >>> fused = gradlab.Layout(
+        ...     lambda p, xp: {"in_proj_weight": xp.concat([p["q"], p["k"], p["v"]], axis=0)},
+        ...     shapes={"in_proj_weight": (12, 4)},
+        ... )
+        >>> qkv = {name: np.eye(4) for name in "qkv"}
+        >>> fused.to_native(qkv, np)["in_proj_weight"].shape
+        (12, 4)
     """
 
     def __init__(
         self,
-        mapping: Mapping[str, str | tuple[str, Sequence[int]]],
+        mapping: Mapping[str, str | tuple[str, Sequence[int]]] | Callable[[Any, Any], Any],
         *,
         shapes: Shapes | None = None,
     ) -> None:
-        if not isinstance(mapping, Mapping) or not mapping:
-            raise ArgumentTypeError(
-                "mapping", f"must be a non-empty mapping from native name to path, got {mapping!r}"
-            )
+        self.function: Callable[[Any, Any], Any] | None = None
         self.mapping: dict[str, tuple[str, tuple[int, ...] | None]] = {}
-        for native, spec in mapping.items():
-            if not isinstance(native, str):
-                raise ArgumentTypeError("mapping", f"native names must be strings, got {native!r}")
-            source, axes = (spec, None) if isinstance(spec, str) else _pair(native, spec)
-            self.mapping[native] = (_canonical(native, source), axes)
-        sources = [source for source, _ in self.mapping.values()]
-        repeated = sorted({source for source in sources if sources.count(source) > 1})
-        if repeated:
-            raise ArgumentError("mapping", f"uses canonical parameter(s) {repeated} more than once")
+        if callable(mapping) and not isinstance(mapping, Mapping):
+            self.function = mapping
+        elif not isinstance(mapping, Mapping) or not mapping:
+            raise ArgumentTypeError(
+                "mapping",
+                "must be a non-empty mapping from native name to path, or a function "
+                f"(params, xp) -> native parameters, got {mapping!r}",
+            )
+        else:
+            self.mapping = _checked_mapping(mapping)
         self.shapes = None if shapes is None else check_shapes(shapes, "shapes", paths=False)
-        if self.shapes is not None and set(self.shapes) != set(self.mapping):
+        declared = set(self.shapes or ())
+        if self.function is None and self.shapes is not None and declared != set(self.mapping):
             raise ArgumentError(
                 "shapes",
-                f"names {sorted(self.shapes)}, but the mapping names {sorted(self.mapping)}",
+                f"names {sorted(declared)}, but the mapping names {sorted(self.mapping)}",
             )
 
-    def to_native(self, params: Any, xp: Any) -> dict[str, Array]:
+    def to_native(self, params: Any, xp: Any) -> Any:
         """The implementation's parameters from canonical ones (arrays of namespace ``xp``).
 
         The parameters are not checked here (this runs inside every differentiated call):
         entry points check them first, with [`check`][gradlab.Layout.check].
         """
+        if self.function is not None:
+            return self.function(params, xp)
         flat = flatten(params)[0]
         native = {}
         for name, (source, axes) in self.mapping.items():
@@ -127,13 +145,29 @@ class Layout:
             native[name] = value if axes is None else xp.permute_dims(value, axes)
         return native
 
-    def check(self, flat: Mapping[str, Any], argument: str = "init") -> None:
+    def check(
+        self,
+        flat: Mapping[str, Any],
+        argument: str = "init",
+        structure: Structure | None = None,
+        *,
+        framework: str = "",
+    ) -> None:
         """Refuse canonical parameters (by path) that do not fit this layout.
 
+        A function is run once, on NumPy copies of the parameters in the caller's
+        structure (``structure``; else the nest their paths spell), so that a reshape that
+        cannot be done, or a native shape that differs from ``shapes``, is named here and
+        not deep inside an engine's trace.
+
         Raises:
-            ArgumentError: the canonical parameters are not those the mapping uses, or a
-                shape differs from the declared native one (naming ``argument``).
+            ArgumentError: the canonical parameters are not those the mapping uses, a
+                function that fails on them, or a shape that differs from the declared
+                native one (naming ``argument``).
         """
+        if self.function is not None:
+            self._check_function(flat, argument, structure, framework)
+            return
         used = {source for source, _ in self.mapping.values()}
         missing, unused = sorted(used - set(flat)), sorted(set(flat) - used)
         if missing or unused:
@@ -161,8 +195,79 @@ class Layout:
                     f"{name!r} has shape {self.shapes[name]}",
                 )
 
+    def _check_function(
+        self,
+        flat: Mapping[str, Any],
+        argument: str,
+        structure: Structure | None,
+        framework: str,
+    ) -> None:
+        assert self.function is not None
+        which = f"the {framework} layout" if framework else "the layout"
+        given = ", ".join(f"{name} {tuple(np.shape(value))}" for name, value in flat.items())
+        copies = {name: np.array(value, dtype=np.float64) for name, value in flat.items()}
+        params = structure.unflatten(copies) if structure is not None else nest_of_paths(copies)
+        try:
+            native = self.function(params, np)
+        except Exception as error:  # the user's function: any failure is theirs to see
+            raise ArgumentError(
+                argument,
+                f"{which} fails on these parameters ({given}): {type(error).__name__}: {error}",
+            ) from error
+        try:
+            # Named as ``shapes`` names them: nested keys joined with dots ("0.weight").
+            shapes = {
+                ".".join(map(str, keys)): tuple(np.shape(value))
+                for keys, value in named_leaves(native)
+            }
+        except (TypeError, ValueError) as error:
+            raise ArgumentError(
+                argument, f"{which} returned {type(native).__name__}, not a nest of arrays: {error}"
+            ) from None
+        if self.shapes is None:
+            return
+        missing = sorted(set(self.shapes) - set(shapes))
+        extra = sorted(set(shapes) - set(self.shapes))
+        if missing or extra:
+            parts = [f"lacks {missing}" if missing else "", f"has {extra}" if extra else ""]
+            raise ArgumentError(
+                argument,
+                f"{which} gives parameters that {' and '.join(p for p in parts if p)}; the "
+                f"implementation's are {sorted(self.shapes)}",
+            )
+        for name, shape in shapes.items():
+            if shape != self.shapes[name]:
+                raise ArgumentError(
+                    argument,
+                    f"{which} gives {name!r} the shape {shape} from {given}, but the "
+                    f"implementation's {name!r} has shape {self.shapes[name]}",
+                )
+
     def __repr__(self) -> str:
+        if self.function is not None:
+            return f"Layout({getattr(self.function, '__qualname__', self.function)!r})"
         return f"Layout({self.mapping!r})"
+
+
+def _checked_mapping(
+    layout: Mapping[Any, Any],
+) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+    """``{native name: (canonical path, axes or None)}``, each checked."""
+    mapping: dict[str, tuple[str, tuple[int, ...] | None]] = {}
+    for native, spec in layout.items():
+        if not isinstance(native, str):
+            raise ArgumentTypeError("mapping", f"native names must be strings, got {native!r}")
+        source, axes = (spec, None) if isinstance(spec, str) else _pair(native, spec)
+        mapping[native] = (_canonical(native, source), axes)
+    sources = [source for source, _ in mapping.values()]
+    repeated = sorted({source for source in sources if sources.count(source) > 1})
+    if repeated:
+        raise ArgumentError(
+            "mapping",
+            f"uses canonical parameter(s) {repeated} more than once; to tie weights, give a "
+            "function: Layout(lambda params, xp: {...})",
+        )
+    return mapping
 
 
 def _pair(native: object, spec: object) -> tuple[str, tuple[int, ...]]:
@@ -213,7 +318,8 @@ class NativeProblem(AbstractProblem):
             (``{"layers[0].kernel": (4, 8)}``) or nested as ``init`` is
             (``{"embed": {"kernel": (4, 8)}}``).
         layouts: Optional ``{framework: Layout}``: how that implementation's parameters are
-            laid out (see [`Layout`][gradlab.Layout]).
+            laid out (see [`Layout`][gradlab.Layout]); a bare function ``(params, xp) ->
+            native parameters`` is taken as ``Layout(function)``.
         reduction: ``"mean"`` or ``"sum"`` when every implementation is the mean or the
             sum over rows of one loss per row (see [`Problem`][gradlab.Problem]); else
             ``None``.
@@ -234,7 +340,7 @@ class NativeProblem(AbstractProblem):
         value_and_grad: Callable[..., Any] | None = None,
         hvp: Callable[..., Any] | None = None,
         params: Shapes | None = None,
-        layouts: Mapping[str, Layout] | None = None,
+        layouts: Mapping[str, Layout | Callable[[Any, Any], Any]] | None = None,
         reduction: str | None = None,
         **implementations: Implementation,
     ) -> None:
@@ -250,25 +356,31 @@ class NativeProblem(AbstractProblem):
         for argument, hand in (("value_and_grad", value_and_grad), ("hvp", hvp)):
             if hand is not None and not callable(hand):
                 raise ArgumentTypeError(argument, f"must be callable or None, got {hand!r}")
-        layouts = dict(layouts or {})
-        for framework, layout in layouts.items():
+        checked: dict[str, Layout] = {}
+        for framework, layout in dict(layouts or {}).items():
             if framework not in implementations:
                 raise ArgumentError(
                     "layouts", f"has a layout for {framework!r}, which has no implementation"
                 )
-            if not isinstance(layout, Layout):
+            if isinstance(layout, Layout):
+                checked[framework] = layout
+            elif callable(layout) and not isinstance(layout, Mapping):
+                checked[framework] = Layout(layout)
+            else:
                 raise ArgumentTypeError(
-                    f"layouts[{framework!r}]", f"must be a gradlab.Layout, got {layout!r}"
+                    f"layouts[{framework!r}]",
+                    f"must be a gradlab.Layout or a function (params, xp) -> native parameters, "
+                    f"got {layout!r}",
                 )
         self.name = name
         self.implementations = dict(implementations)
-        self.layouts = layouts
+        self.layouts = checked
         self._value_and_grad = value_and_grad
         self._hvp = hvp
         self.has_hand_gradient = value_and_grad is not None
         self.has_hand_hvp = hvp is not None
         # The NumPy implementation, where there is one, is evaluated once to check ``init``.
-        self.probe = "numpy" in implementations and "numpy" not in layouts
+        self.probe = "numpy" in implementations and "numpy" not in checked
         self._shapes = None if params is None else check_shapes(params, "params")
         self.reduction = check_reduction(reduction)
 
@@ -282,10 +394,15 @@ class NativeProblem(AbstractProblem):
                 f"give {framework}=... to NativeProblem"
             )
 
-    def check_params(self, params: Mapping[str, np.ndarray], argument: str) -> None:
+    def check_params(
+        self,
+        params: Mapping[str, np.ndarray],
+        argument: str,
+        structure: Structure | None = None,
+    ) -> None:
         """Refuse parameters that do not fit every implementation's layout."""
-        for layout in self.layouts.values():
-            layout.check(params, argument)
+        for framework, layout in self.layouts.items():
+            layout.check(params, argument, structure, framework=framework)
 
     def loss(self, params: Any, data: Any, xp: Any) -> Array:
         """The implementation for ``xp``'s framework, on parameters in its layout."""
@@ -313,151 +430,3 @@ class NativeProblem(AbstractProblem):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, {', '.join(self.implementations)})"
-
-
-def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]]:
-    """A ``torch.nn.Module`` as a pure function of its parameters, for a torch implementation.
-
-    Returns ``(apply, params)``: ``apply(params, *inputs)`` runs the module through
-    ``torch.func.functional_call`` on the parameters it is given (never on its own, which
-    are not read or changed), and ``params`` is a float64 NumPy copy of the module's
-    parameters by name (``{"0.weight": ...}``): a starting point, or the shapes a
-    [`Layout`][gradlab.Layout] checks against (``Layout(..., shapes=...)``).
-
-    ``apply`` refuses (an ``ArgumentError`` naming ``init``) parameters that are not
-    exactly the module's, by name and shape: ``functional_call`` alone would run a
-    parameter left out on the module's own value, with no gradient for it, ignore an
-    unknown name, and broadcast a wrong shape.
-
-    Raises:
-        ArgumentTypeError: not an ``nn.Module``.
-        ArgumentError: the module has buffers (``BatchNorm``'s running statistics: state
-            that a forward pass changes, so the loss would not be a function of the
-            parameters alone), non-floating-point parameters, parameters that do not
-            require grad (frozen parameters would be differentiated all the same), or
-            parameters on the meta device (shapes without values).
-
-    Examples:
-        >>> import torch, gradlab
-        >>> apply, params = gradlab.torch_module(torch.nn.Linear(3, 2))
-        >>> {name: value.shape for name, value in params.items()}
-        {'weight': (2, 3), 'bias': (2,)}
-    """
-    torch = importlib.import_module("torch")
-    if not isinstance(module, torch.nn.Module):
-        raise ArgumentTypeError("module", f"must be a torch.nn.Module, got {module!r}")
-    buffers = [name for name, _ in module.named_buffers()]
-    if buffers:
-        raise ArgumentError(
-            "module",
-            f"has buffers {buffers}: state a forward pass may change, which a gradient "
-            "comparison cannot hold fixed; use a module without them (LayerNorm rather than "
-            "BatchNorm), or write the function by hand",
-        )
-    named = dict(module.named_parameters())
-    if not named:
-        raise ArgumentError("module", "has no parameters")
-    for name, value in named.items():
-        if value.is_meta:
-            raise ArgumentError("module", f"parameter {name!r} {META_DEVICE}")
-        if not value.is_floating_point():
-            raise ArgumentError(
-                "module", f"parameter {name!r} is {value.dtype}; it must be floating-point"
-            )
-        if not value.requires_grad:
-            raise ArgumentError(
-                "module",
-                f"parameter {name!r} does not require grad (frozen); gradlab differentiates "
-                "every parameter it is given: leave it out of the module, or unfreeze it",
-            )
-    functional_call = importlib.import_module("torch.func").functional_call
-    shapes = {name: tuple(value.shape) for name, value in named.items()}
-
-    def apply(params: Mapping[str, Any], *inputs: Any) -> Any:
-        _check_module_params(params, shapes, torch)
-        if not tapping():
-            return functional_call(module, dict(params), inputs)
-        with _tapped(module):
-            return functional_call(module, dict(params), inputs)
-
-    # Widened in torch: NumPy has no bfloat16.
-    copies = {
-        name: value.detach().to("cpu", torch.float64, copy=True).numpy()
-        for name, value in named.items()
-    }
-    return apply, copies
-
-
-@contextlib.contextmanager
-def _tapped(module: Any) -> Iterator[None]:
-    """Every submodule's output tapped (``gradlab.tap``), named by its path in ``module``
-    (``"blocks.0.attn"``), for the length of one call; the hooks are removed after, so
-    the module is left as it was found."""
-    handles = [
-        submodule.register_forward_hook(
-            lambda _module, _inputs, output, name=name: tap(name, output)
-        )
-        for name, submodule in module.named_modules()
-        if name
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _check_module_params(params: object, shapes: Mapping[str, tuple[int, ...]], torch: Any) -> None:
-    """Refuse what ``functional_call`` would take silently: a parameter left out runs on
-    the module's own (and gets no gradient), an unknown name is ignored (a zero gradient),
-    a wrong shape may broadcast.
-
-    The names ``apply`` is given are ``init``'s (or ``params``'), or those a
-    [`Layout`][gradlab.Layout]'s mapping gives them.
-    """
-    own = ", ".join(map(repr, shapes))
-    fix = (
-        f"the module's parameters are {own}: give init (or params) exactly these, or a "
-        "Layout mapping to exactly these"
-    )
-    if not isinstance(params, Mapping):
-        raise ArgumentTypeError(
-            "init", f"init (or params): apply got {type(params).__name__}, not a dict; {fix}"
-        )
-    missing = [name for name in shapes if name not in params]
-    extra = [name for name in params if name not in shapes]
-    if missing or extra:
-        parts = [
-            f"lack {', '.join(map(repr, missing))} (functional_call would run the module's own "
-            "values there, and return no gradient for them)"
-            if missing
-            else "",
-            f"include {', '.join(map(repr, extra))}, which the module does not have"
-            if extra
-            else "",
-        ]
-        raise ArgumentError(
-            "init",
-            f"init (or params): the parameters given to the module's apply "
-            f"{' and '.join(p for p in parts if p)}; {fix}",
-        )
-    for name, value in params.items():
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            raise ArgumentTypeError(
-                "init",
-                f"init (or params): apply got {name!r} as {getattr(value, 'dtype', type(value))}, "
-                "not a floating-point torch tensor",
-            )
-        shape = tuple(value.shape)
-        if shape != shapes[name]:
-            # A transposed kernel is the usual mix-up between JAX's layout and torch's.
-            hint = (
-                " (its transpose: map it with axes (1, 0) in a Layout)"
-                if len(shape) == 2 and shape[::-1] == shapes[name]
-                else ""
-            )
-            raise ArgumentError(
-                "init",
-                f"init (or params): apply got {name!r} of shape {shape}; the module's "
-                f"{name!r} has shape {shapes[name]}{hint}",
-            )

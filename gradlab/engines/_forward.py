@@ -1,0 +1,336 @@
+"""When forward mode meets an operation it cannot differentiate: say which, and what to do.
+
+Forward mode (a Jacobian-vector product) runs under every Hessian-vector product of the
+torch and jax engines (forward-over-reverse: the JVP of the gradient) and under the
+gradients of ``torch-fwd`` and ``jax-fwd`` (``jacfwd``). Frameworks lack forward-mode
+derivatives for some operations: torch for fused kernels (the flash kernel of
+``scaled_dot_product_attention``, ``grid_sample``, ``cdist``) and for a
+``torch.autograd.Function`` without ``jvp``; jax for every ``jax.custom_vjp`` function and
+for ``jax.pure_callback``. Their errors name a kernel and stop there.
+
+This module is the one home of that knowledge. [`refusal`][gradlab.engines._forward.refusal]
+reads such an error: the operation, where the user's code called it, and what to do about
+it. ``raise_if_refused`` turns it into a
+[`ForwardModeUnsupported`][gradlab.ForwardModeUnsupported] (a
+[`NotSupported`][gradlab.NotSupported]) that says all three. For a Hessian-vector product,
+[`falling_back`][gradlab.engines._forward.falling_back] takes reverse-over-reverse instead
+(the gradient of ⟨∇L, v⟩, which is H·v because a Hessian is symmetric: the same quantity,
+to round-off) and notes it; a comparison collects the notes of the engines it runs
+([`noting`][gradlab.engines._forward.noting]) and prints them beside the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gradlab._errors import ForwardModeUnsupported, first_line
+
+if TYPE_CHECKING:
+    from gradlab.engines._protocol import HVP, Array, Data, Params
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What a framework's forward mode refused, read from its error.
+
+    Attributes:
+        framework: ``"torch"`` or ``"jax"``.
+        operation: The operation, as the framework names it.
+        advice: What to do about this operation (``""`` when nothing particular is known).
+        reverse: Whether reverse mode differentiates it (first order at least), so that a
+            reverse-mode engine, or reverse-over-reverse, may succeed where forward mode
+            failed.
+        where: Where the user's code called it, or ``None``.
+    """
+
+    framework: str
+    operation: str
+    advice: str
+    reverse: bool
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One framework message that means "no forward mode for this operation"."""
+
+    framework: str
+    pattern: re.Pattern[str]
+    #: The operation, from the match (a kernel's name is in the message).
+    operation: Callable[[re.Match[str]], str]
+    advice: str
+    reverse: bool
+
+
+_CALLBACKS = {"Pure": "jax.pure_callback", "IO": "jax.experimental.io_callback"}
+
+_RULES = (
+    # torch's generated code for every ATen kernel without a forward formula.
+    _Rule(
+        "torch",
+        re.compile(r"Trying to use forward AD with (?P<op>[\w.:]+) that does not support it"),
+        lambda match: match["op"],
+        "",
+        True,
+    ),
+    _Rule(
+        "torch",
+        re.compile(r"You must implement the jvp function for custom autograd\.Function"),
+        lambda match: "a torch.autograd.Function without a jvp",
+        "give the Function a jvp staticmethod (torch's 'Extending torch.func with "
+        "autograd.Function')",
+        True,
+    ),
+    # An old-style Function (forward takes ctx): torch.func refuses it in any mode, while
+    # torch.autograd differentiates it.
+    _Rule(
+        "torch",
+        re.compile(r"must override the setup_context staticmethod"),
+        lambda match: "a torch.autograd.Function without setup_context",
+        "give the Function a setup_context staticmethod and a jvp (torch's 'Extending "
+        "torch.func with autograd.Function')",
+        True,
+    ),
+    _Rule(
+        "jax",
+        re.compile(r"can't apply forward-mode autodiff \(jvp\) to a custom_vjp function"),
+        lambda match: "a jax.custom_vjp function",
+        "define its derivative with jax.custom_jvp instead, which forward and reverse mode "
+        "both use",
+        True,
+    ),
+    # Reverse mode refuses a callback too (jax derives it from forward mode).
+    _Rule(
+        "jax",
+        re.compile(r"(?P<kind>Pure|IO) callbacks do not support JVP"),
+        lambda match: _CALLBACKS[match["kind"]],
+        "wrap the callback in a jax.custom_jvp function that gives its derivative",
+        False,
+    ),
+)
+
+#: What to do about particular torch kernels, by a part of their names.
+_KERNELS = {
+    # The flash, efficient and cuDNN kernels of scaled_dot_product_attention (and of
+    # nn.MultiheadAttention, which calls it) have no forward formula, and no double
+    # backward either; its math backend, plain matmuls and softmax, has both.
+    "scaled_dot_product": "run attention on SDPA's math backend, which has forward-mode "
+    "derivatives: in the loss, call the model inside `with torch.nn.attention.sdpa_kernel("
+    "torch.nn.attention.SDPBackend.MATH):`",
+}
+
+
+def refusal(error: BaseException) -> Refusal | None:
+    """What forward mode refused, if ``error`` (or an error it was raised from) says that a
+    framework has no forward-mode derivative for an operation; else ``None``.
+
+    Args:
+        error: An exception raised while differentiating in forward mode.
+
+    Returns:
+        The operation, the advice for it and where the user's code called it, or ``None``
+        for any other error.
+
+    Examples:
+        >>> from gradlab.engines._forward import refusal
+        >>> refused = refusal(NotImplementedError(
+        ...     "Trying to use forward AD with grid_sampler_2d that does not support it"))
+        >>> refused.framework, refused.operation, refused.reverse
+        ('torch', 'grid_sampler_2d', True)
+        >>> refusal(ValueError("shapes do not match")) is None
+        True
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen)
+        for rule in _RULES:
+            match = rule.pattern.search(text)
+            if match is not None:
+                operation = rule.operation(match)
+                advice = rule.advice or _kernel_advice(operation)
+                return Refusal(rule.framework, operation, advice, rule.reverse, _called_at(error))
+        seen = seen.__cause__
+    return None
+
+
+def _kernel_advice(operation: str) -> str:
+    return next((advice for part, advice in _KERNELS.items() if part in operation), "")
+
+
+def unsupported(
+    refused: Refusal, transform: str, instead: str = "", also: str = ""
+) -> ForwardModeUnsupported:
+    """The error that says what forward mode refused, where, and what to do.
+
+    Args:
+        refused: What was refused ([`refusal`][gradlab.engines._forward.refusal]).
+        transform: What refused it, in words: ``"torch.func.jacfwd (forward mode)"``.
+        instead: Another way, after the operation's own advice: ``"take the gradient in
+            reverse mode with engine 'torch'"``.
+        also: What else was tried and failed, as a clause: ``"and reverse-over-reverse
+            failed too (...)"``.
+
+    Returns:
+        A [`ForwardModeUnsupported`][gradlab.ForwardModeUnsupported].
+    """
+    at = f", called in {refused.where}" if refused.where else ""
+    lacks = (
+        "forward-mode derivative" if refused.reverse else "derivative, in forward or reverse mode,"
+    )
+    fixes = [fix for fix in (refused.advice, instead) if fix]
+    fix = "; or ".join(fixes) if fixes else "write that step with operations that have one"
+    message = (
+        f"{transform} cannot differentiate {refused.operation}{at}: {refused.framework} has "
+        f"no {lacks} for it{f', {also}' if also else ''}. To fix: {fix}."
+    )
+    return ForwardModeUnsupported(
+        message,
+        framework=refused.framework,
+        operation=refused.operation,
+        where=refused.where,
+        advice=refused.advice,
+    )
+
+
+def raise_if_refused(error: Exception, transform: str, instead: str = "") -> None:
+    """Raise [`unsupported`][gradlab.engines._forward.unsupported] from ``error`` if it is a
+    forward-mode refusal; else return, for the caller to re-raise ``error`` as it is.
+
+    ``instead`` is offered only where reverse mode can do what forward mode could not.
+    Called from an ``except`` block, so that a call that succeeds costs nothing.
+    """
+    refused = refusal(error)
+    if refused is not None:
+        raise unsupported(refused, transform, instead if refused.reverse else "") from error
+
+
+# -- Hessian-vector products: reverse-over-reverse where forward mode refuses ---------------
+
+#: The notes of the comparison running in this context (``noting``), or ``None``.
+_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "gradlab_forward_notes", default=None
+)
+
+
+@contextlib.contextmanager
+def noting() -> Iterator[list[str]]:
+    """Collect, in order and each once, the notes of the fallbacks taken inside the block.
+
+    Yields:
+        The list the notes are added to (``"HVP by reverse-over-reverse (forward mode
+        unsupported by grid_sampler_2d)"``).
+
+    Examples:
+        >>> from gradlab.engines._forward import noting
+        >>> with noting() as notes:
+        ...     pass  # an engine's Hessian-vector products, say
+        >>> notes
+        []
+    """
+    notes: list[str] = []
+    token = _NOTES.set(notes)
+    try:
+        yield notes
+    finally:
+        _NOTES.reset(token)
+
+
+def _note(text: str) -> None:
+    notes = _NOTES.get()
+    if notes is not None and text not in notes:
+        notes.append(text)
+
+
+def falling_back(forward: HVP, reverse: HVP, forward_how: str, reverse_how: str) -> HVP:
+    """A Hessian-vector product by ``forward``, or by ``reverse`` where forward mode refuses
+    an operation of the loss, noted.
+
+    ``reverse`` (reverse-over-reverse, the gradient of ⟨∇L, v⟩) is H·v as ``forward``
+    (forward-over-reverse, the JVP of ∇L along v) is, wherever the Hessian is symmetric
+    (the second derivatives continuous), to round-off: a fallback that changes how, never
+    what. Once taken it is kept for this function (the refusal would recur), and every call
+    notes it (``noting``). Where it fails too, the error says both.
+
+    Args:
+        forward: Forward-over-reverse.
+        reverse: Reverse-over-reverse.
+        forward_how: ``forward`` in words (``"torch.func.jvp of torch.func.grad"``).
+        reverse_how: ``reverse`` in words (``"torch.autograd.grad twice"``).
+
+    Returns:
+        The Hessian-vector product, ``(params, tangent, data) -> H·tangent``.
+    """
+    taken: list[str] = []  # the note, once reverse-over-reverse is taken
+    transform = f"A Hessian-vector product by forward-over-reverse ({forward_how})"
+    instead = "compare Hessian-vector products with engine 'fd' (finite differences)"
+
+    def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+        if taken:
+            _note(taken[0])
+            return reverse(params, tangent, data)
+        try:
+            return forward(params, tangent, data)
+        except Exception as error:
+            refused = refusal(error)
+            if refused is None:
+                raise
+            if not refused.reverse:  # reverse mode refuses it too: nothing to fall back to
+                raise unsupported(refused, transform, instead) from error
+            try:
+                product = reverse(params, tangent, data)
+            except Exception as second:
+                also = f"and reverse-over-reverse ({reverse_how}) failed too: {first_line(second)}"
+                raise unsupported(refused, transform, instead, also) from error
+        taken.append(
+            f"HVP by reverse-over-reverse (forward mode unsupported by {refused.operation})"
+        )
+        _note(taken[0])
+        return product
+
+    return hvp
+
+
+# -- Where the user's code called the operation ------------------------------------------------
+
+
+def _called_at(error: BaseException) -> str | None:
+    """The innermost frame of ``error``'s traceback outside gradlab, the frameworks and
+    Python's own library (the user's loss or model), as ``"name at file.py:12 (`line`)"``."""
+    stdlib, packages = _library_dirs()
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        filename = os.path.abspath(frame.filename)
+        if filename.startswith(packages):
+            continue
+        # A system Python keeps third-party packages (flax, the user's own) inside its
+        # standard library's directory: those are the user's calls, the rest Python's.
+        inside = filename.removeprefix(stdlib)
+        if inside != filename and not inside.startswith(("site-packages", "dist-packages")):
+            continue
+        line = (frame.line or "").strip()
+        source = f" (`{line}`)" if line else ""
+        return f"{frame.name} at {os.path.basename(frame.filename)}:{frame.lineno}{source}"
+    return None
+
+
+#: Packages whose frames are never the user's call: gradlab, the frameworks and what they
+#: run through.
+_LIBRARIES = ("gradlab", "torch", "functorch", "jax", "jaxlib", "array_api_compat", "numpy")
+
+
+def _library_dirs() -> tuple[str, tuple[str, ...]]:
+    """The standard library's directory, and those of gradlab and the frameworks imported."""
+    stdlib = os.path.dirname(os.path.abspath(contextlib.__file__)) + os.sep
+    packages = []
+    for name in _LIBRARIES:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            packages.append(os.path.dirname(os.path.abspath(file)) + os.sep)
+    return stdlib, tuple(packages)
