@@ -148,6 +148,9 @@ class ForwardModeUnsupported(NotSupported):
             known beyond the message's general advice).
     """
 
+    #: The engine chose forward mode: the argument to change (another engine).
+    argument: str | None = "engine"
+
     def __init__(
         self,
         message: str,

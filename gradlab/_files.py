@@ -97,15 +97,17 @@ def _read(path: str, argument: str) -> dict[str, np.ndarray]:
             found = dict(library.load_file(path))
         else:
             found = _torch_file(path, argument)
-    except (
-        OSError,
-        ValueError,
-        zipfile.BadZipFile,
-        RuntimeError,
-        EOFError,
-        UnpicklingError,
-    ) as error:
-        # Every reader's way of saying "not a file of this format" (or a pickle refused).
+    except UnpicklingError:
+        # torch's message advises weights_only=False: unsafe, and not a gradlab user's to
+        # take. What the file holds is not tensors by name; say that, on one line.
+        raise ArgumentError(
+            argument,
+            f"cannot read {path}: it holds Python objects other than tensors (a whole "
+            "model, an optimizer, code), which gradlab never unpickles; save the "
+            "parameters alone: torch.save(model.state_dict(), path)",
+        ) from None
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, EOFError) as error:
+        # Every reader's way of saying "not a file of this format".
         raise ArgumentError(
             argument, f"cannot read {path} as {suffix}: {type(error).__name__}: {error}"
         ) from None
@@ -129,7 +131,9 @@ def _torch_file(path: str, argument: str) -> dict[str, Any]:
     if isinstance(loaded, torch.Tensor):
         return {"": loaded.detach().numpy()}
     try:
-        flat = flatten(loaded)[0]
+        # A state_dict is flat, by torch's own names ("0.weight"): kept as they are; a nest
+        # is named by path.
+        flat = dict(loaded) if _flat_by_name(loaded) else flatten(loaded)[0]
     except (TypeError, ValueError) as error:
         raise ArgumentError(
             argument, f"{path} holds {type(loaded).__name__}, not tensors by name: {error}"
@@ -138,9 +142,19 @@ def _torch_file(path: str, argument: str) -> dict[str, Any]:
     for name, value in flat.items():
         if not isinstance(value, torch.Tensor):
             raise ArgumentError(
-                argument, f"{path}: {name!r} is {type(value).__name__}, not a tensor"
+                argument,
+                f"{path}: {name!r} is {type(value).__name__}, not a tensor; a training "
+                "checkpoint holds more than parameters: save model.state_dict() alone",
             )
         # Widened: NumPy has no bfloat16.
         wide = value.detach().to("cpu")
         arrays[name] = (wide.double() if wide.is_floating_point() else wide).numpy()
     return arrays
+
+
+def _flat_by_name(loaded: object) -> bool:
+    """Whether a loaded object is a flat dict of values by string name (a state_dict)."""
+    return isinstance(loaded, dict) and all(
+        isinstance(key, str) and not isinstance(value, (dict, list, tuple))
+        for key, value in loaded.items()
+    )

@@ -652,11 +652,17 @@ def _point(
     try:
         start, layout = flatten(problem.initial_params(data, seed=seed))
     except NotSupported as error:
-        raise ArgumentError(
-            "--problem",
-            f"{error}; for the command line, a problem declares its parameters "
-            "(Problem(params=...)) or has initial_params(data, seed=...)",
-        ) from None
+        files = [word for word in given if _is_file(word)]
+        if not files:
+            raise ArgumentError(
+                "--problem",
+                f"{error}; for the command line, a problem declares its parameters "
+                f"(Problem(params=...)) or has initial_params(data, seed=...), or {option} "
+                "gives a file of them all",
+            ) from None
+        # No shapes declared: the files' parameters, as they name them, are the point.
+        arrays = read_arrays(files, option)
+        start, layout = flatten({name: value.astype(np.float64) for name, value in arrays.items()})
     shapes = {name: np.shape(value) for name, value in start.items()}
     point = dict(start)
     for word in given:

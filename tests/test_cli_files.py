@@ -121,8 +121,9 @@ def test_a_torch_module_checkpoint_on_a_problem_file(
                 return ((apply(p, d["x"])[:, 0] - d["y"]) ** 2).mean()
 
             problem = gradlab.NativeProblem(
-                name="port", torch=loss, params={f"['{k}']": v.shape for k, v in start.items()}
+                name="port", torch=loss, params={k: v.shape for k, v in start.items()}
             )
+            undeclared = gradlab.NativeProblem(name="port", torch=loss)
             """
         )
     )
@@ -145,7 +146,25 @@ def test_a_torch_module_checkpoint_on_a_problem_file(
     assert status == 0, err
     h = np.tanh(x @ state["0.weight"].numpy().T + state["0.bias"].numpy())
     prediction = h @ state["2.weight"].numpy().T[:, 0] + state["2.bias"].numpy()
-    assert json.loads(out)["losses"]["torch"] == pytest.approx(np.mean((prediction - y) ** 2))
+    expected = float(np.mean((prediction - y) ** 2))
+    assert json.loads(out)["losses"]["torch"] == pytest.approx(expected)
+    # The same checkpoint as .safetensors and .npz, and on a problem declaring no shapes.
+    safetensors = pytest.importorskip("safetensors.numpy")
+    numpy_state = {k: np.ascontiguousarray(v.numpy()) for k, v in state.items()}
+    safetensors.save_file(numpy_state, "checkpoint.safetensors")
+    with open("checkpoint.npz", "wb") as file:  # savez's keywords, by torch's dotted names
+        np.savez(file, **numpy_state)  # type: ignore[arg-type]
+    for problem, checkpoint in [
+        ("portmodel.py:problem", "checkpoint.safetensors"),
+        ("portmodel.py:problem", "checkpoint.npz"),
+        ("portmodel.py:undeclared", "checkpoint.pt"),
+    ]:
+        status, out, err = run(
+            capsys, "compare", "--problem", problem, "--data", "data.npz",
+            "--params", checkpoint, "--engines", "torch,torch-func", "--json", "-q",
+        )  # fmt: skip
+        assert status == 0, (problem, checkpoint, err)
+        assert json.loads(out)["losses"]["torch"] == pytest.approx(expected)
     # locate takes the same files (torch_module taps every submodule).
     status, out, err = run(
         capsys, "locate", "--problem", "portmodel.py:problem", "--data", "data.npz",
@@ -236,7 +255,8 @@ def test_a_pickle_in_a_file_is_never_run(
     torch.save({"w": Boom()}, "evil.pt")
     status, _, err = run(capsys, "compare", "--problem", "quadratic", "--params", "evil.pt", "-q")
     assert status == 2
-    assert "--params: cannot read evil.pt" in err
+    assert "--params: cannot read evil.pt: it holds Python objects other than tensors" in err
+    assert err.count("\n") == 1  # one line, not torch's advice to load it unsafely
     assert not Path("ran").exists()
 
 
@@ -268,3 +288,15 @@ def test_a_problem_that_makes_no_data_runs_or_names_what_its_loss_reads(
     status, out, err = run(capsys, "compare", "--problem", "nodata.py:fitted", "--data", "x.npz",
                            "--engines", "fd,complex-step", "-q")  # fmt: skip
     assert status == 0, err
+
+
+def test_a_training_checkpoint_is_refused_with_what_to_save(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    torch.save({"w": torch.ones(1), "epoch": 3}, "train.pt")
+    status, _, err = run(capsys, "compare", "--problem", "quadratic", "--params", "train.pt", "-q")
+    assert status == 2
+    assert "'epoch' is int, not a tensor" in err
+    assert "save model.state_dict() alone" in err

@@ -270,7 +270,10 @@ def falling_back(forward: HVP, reverse: HVP, forward_how: str, reverse_how: str)
     """
     taken: list[str] = []  # the note, once reverse-over-reverse is taken
     transform = f"A Hessian-vector product by forward-over-reverse ({forward_how})"
-    instead = "compare Hessian-vector products with engine 'fd' (finite differences)"
+    instead = (
+        "compare Hessian-vector products with engine 'fd' (finite differences; a "
+        "NativeProblem needs a numpy= implementation for it)"
+    )
 
     def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
         if taken:

@@ -536,7 +536,10 @@ def _chosen(
             f"computes in {some.dtype} only (Keras fixes a model's dtype when it is made, and "
             f"would cast {dtype} parameters silently), but apply got {dtype} ones; gradlab's "
             "float32 comparisons also evaluate their reference in float64: give keras_model a "
-            "function build(keras), which gradlab builds in float32 and in float64",
+            "function build(keras), which gradlab builds in float32 and in float64 (or, for a "
+            f"model made in {some.dtype}, compare with dtype={some.dtype!r} and a reference "
+            "engine of another framework, reference='torch' say, which computes in that dtype "
+            "alone)",
         )
     return models[dtype], values
 

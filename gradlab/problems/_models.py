@@ -44,7 +44,7 @@ from gradlab._checks import META_DEVICE
 from gradlab._errors import ArgumentError, ArgumentTypeError, first_line
 from gradlab._output import optional
 from gradlab._tap import tap, tapping
-from gradlab._tree import flatten, nest_of_paths, path
+from gradlab._tree import flatten, named_leaves, nest_of_paths, path
 
 __all__ = ["equinox_module", "flax_module", "nnx_module", "torch_module"]
 
@@ -66,11 +66,14 @@ _APPLY_KEYWORDS = ("rngs", "mutable", "method", "capture_intermediates")
 def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]]:
     """A ``torch.nn.Module`` as a pure function of its parameters, for a torch implementation.
 
-    Returns ``(apply, params)``: ``apply(params, *inputs)`` runs the module through
-    ``torch.func.functional_call`` on the parameters it is given (never on its own, which
-    are not read or changed), and ``params`` is a float64 NumPy copy of the module's
-    parameters by name (``{"0.weight": ...}``): a starting point, or the shapes a
-    [`Layout`][gradlab.Layout] checks against (``Layout(..., shapes=...)``).
+    Returns ``(apply, params)``: ``apply(params, *inputs, **kwargs)`` runs the module
+    through ``torch.func.functional_call`` on the parameters it is given (never on its own,
+    which are not read or changed), keywords passed on to its ``forward``
+    (``need_weights=False``, a mask), and ``params`` is a float64 NumPy copy of the
+    module's parameters by name (``{"0.weight": ...}``): a starting point, or the shapes a
+    [`Layout`][gradlab.Layout] checks against (``Layout(..., shapes=...)``). ``apply``
+    takes them flat by torch's names, or nested by the same path (``{"0": {"weight":
+    ...}}``, what ``NativeProblem(params={"0.weight": ...})`` declares).
 
     ``apply`` refuses (an ``ArgumentError`` naming ``init``) parameters that are not
     exactly the module's, by name and shape: ``functional_call`` alone would run a
@@ -121,19 +124,20 @@ def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]
     functional_call = importlib.import_module("torch.func").functional_call
     shapes = {name: tuple(value.shape) for name, value in named.items()}
 
-    def apply(params: Mapping[str, Any], *inputs: Any) -> Any:
-        check_module_params(
+    def apply(params: Mapping[str, Any], *inputs: Any, **kwargs: Any) -> Any:
+        given = check_module_params(
             params,
             shapes,
             floating=lambda value: isinstance(value, torch.Tensor) and value.is_floating_point(),
             array="floating-point torch tensor",
+            named=_dotted,
             lacking="functional_call would run the module's own values there, and return no "
             "gradient for them",
         )
         if not tapping():
-            return functional_call(module, dict(params), inputs)
+            return functional_call(module, given, inputs, kwargs)
         with _tapped(module):
-            return functional_call(module, dict(params), inputs)
+            return functional_call(module, given, inputs, kwargs)
 
     # Widened in torch: NumPy has no bfloat16.
     copies = {
@@ -141,6 +145,12 @@ def torch_module(module: Any) -> tuple[Callable[..., Any], dict[str, np.ndarray]
         for name, value in named.items()
     }
     return apply, copies
+
+
+def _dotted(given: Mapping[Any, Any]) -> dict[str, Any]:
+    """Parameters by torch's dotted names, flat (``{"0.weight": w}``) or nested by the same
+    path (``{"0": {"weight": w}}``, ``[{"weight": w}]``): the keys joined with dots."""
+    return {".".join(map(str, keys)): value for keys, value in named_leaves(given)}
 
 
 @contextlib.contextmanager

@@ -171,10 +171,9 @@ class Layout:
         used = {source for source, _ in self.mapping.values()}
         missing, unused = sorted(used - set(flat)), sorted(set(flat) - used)
         if missing or unused:
-            parts = [f"lacks {missing}" if missing else "", f"has {unused}" if unused else ""]
             raise ArgumentError(
                 argument,
-                f"does not fit the layout: it {' and '.join(p for p in parts if p)}, while the "
+                f"does not fit the layout: it {_lacks_has(missing, unused)}, while the "
                 f"layout maps {sorted(used)}",
             )
         for name, (source, axes) in self.mapping.items():
@@ -229,10 +228,9 @@ class Layout:
         missing = sorted(set(self.shapes) - set(shapes))
         extra = sorted(set(shapes) - set(self.shapes))
         if missing or extra:
-            parts = [f"lacks {missing}" if missing else "", f"has {extra}" if extra else ""]
             raise ArgumentError(
                 argument,
-                f"{which} gives parameters that {' and '.join(p for p in parts if p)}; the "
+                f"{which} gives parameters that {_lacks_has(missing, extra)}; the "
                 f"implementation's are {sorted(self.shapes)}",
             )
         for name, shape in shapes.items():
@@ -247,6 +245,12 @@ class Layout:
         if self.function is not None:
             return f"Layout({getattr(self.function, '__qualname__', self.function)!r})"
         return f"Layout({self.mapping!r})"
+
+
+def _lacks_has(missing: list[str], extra: list[str]) -> str:
+    """``"lacks [...] and has [...]"``, either part left out when empty."""
+    parts = [f"lacks {missing}" if missing else "", f"has {extra}" if extra else ""]
+    return " and ".join(part for part in parts if part)
 
 
 def _checked_mapping(

@@ -486,3 +486,22 @@ def test_a_missing_framework_names_the_extra(
     monkeypatch.setitem(sys.modules, module, None)  # import of it now fails
     with pytest.raises(gradlab.MissingDependency, match=rf"pip install 'gradlab\[{extra}\]'"):
         adapter()
+
+
+def test_torch_modules_take_keywords_and_parameters_nested_by_their_names() -> None:
+    """``apply(params, *inputs, **kwargs)`` passes keywords to ``forward`` (attention's
+    ``need_weights``), and takes ``{"0": {"weight": ...}}`` as ``{"0.weight": ...}``
+    (what ``NativeProblem(params={"0.weight": ...})`` declares)."""
+    torch = pytest.importorskip("torch")
+    attention = torch.nn.MultiheadAttention(4, 2, batch_first=True, dtype=torch.float64)
+    apply, params = gradlab.torch_module(attention)
+    tensors = {name: torch.tensor(value) for name, value in params.items()}
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    out, weights = apply(tensors, x, x, x, need_weights=False)
+    assert weights is None
+    torch.testing.assert_close(out, attention(x, x, x, need_weights=False)[0])
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2)).double()
+    apply, params = gradlab.torch_module(net)
+    nested = {"0": {name.split(".")[1]: torch.tensor(v) for name, v in params.items()}}
+    x = torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(apply(nested, x), net(x))
