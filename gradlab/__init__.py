@@ -83,8 +83,10 @@ from gradlab.fitting._result import FitResult as FitResult
 from gradlab.fitting._stop import Stop as Stop
 from gradlab.gradbench import LSTM as LSTM
 from gradlab.gradbench import ODE as ODE
+from gradlab.gradbench import BundleAdjustment as BundleAdjustment
 from gradlab.gradbench import Det as Det
 from gradlab.gradbench import GradBenchGMM as GradBenchGMM
+from gradlab.gradbench import HandTracking as HandTracking
 from gradlab.gradbench import KMeans as KMeans
 from gradlab.optimizers import GradientTransformation as GradientTransformation
 from gradlab.optimizers import adam as adam
@@ -131,6 +133,7 @@ __all__ = [
     "BaselineComparison",
     "BenchmarkCase",
     "BenchmarkResult",
+    "BundleAdjustment",
     "Change",
     "Det",
     "Disagreement",
@@ -147,6 +150,7 @@ __all__ = [
     "GradientTransformation",
     "GradlabError",
     "HandGradientMissing",
+    "HandTracking",
     "KMeans",
     "Layout",
     "LeastSquares",

@@ -33,6 +33,8 @@ PUBLIC = {
     "Det",
     "GMM",
     "GradBenchGMM",
+    "BundleAdjustment",
+    "HandTracking",
     "GradientEngine",
     "GradientReport",
     "GradientTransformation",

@@ -102,6 +102,7 @@ _ANALYTIC_FUNCTIONS = frozenset(
         "hstack",
         "vstack",
         "concatenate",
+        "concat",
         "reshape",
         "ravel",
         "transpose",
@@ -240,9 +241,11 @@ class _Namespace:
         if name.startswith("__"):  # Python's own probes (abc, copy, pickle): not there
             raise AttributeError(name)
         if name in ("asarray", "array"):
-            return lambda value, *args, **kwargs: _wrap(np.asarray(_plain(value)))
-        if name in ("float64", "float32", "complex128", "pi", "e", "newaxis"):
+            return _asarray
+        if name in ("float64", "float32", "complex128", "int64", "int32", "pi", "e", "newaxis"):
             return getattr(np, name)
+        if name == "astype":
+            return _astype
         if name in _ANALYTIC_FUNCTIONS or name in _ANALYTIC_UFUNCS or name == "logaddexp":
             function = getattr(np, name)
             if name in _ANALYTIC_UFUNCS or name == "logaddexp":
@@ -258,6 +261,20 @@ class _Namespace:
 
     def __repr__(self) -> str:
         return "<gradlab complex-step namespace>"
+
+
+def _asarray(value: Any, *args: Any, **kwargs: Any) -> Any:
+    """An array at a complex point; integers and booleans (indices, masks) as they are."""
+    array = np.asarray(_plain(value))
+    return array if array.dtype.kind in "biu" else _wrap(array)
+
+
+def _astype(array: Any, dtype: Any, **kwargs: Any) -> Any:
+    """``astype``, refused where it would drop an imaginary part (the derivative): a loss
+    may cast its data (indices held as floats), not a complex value to a real kind."""
+    if np.iscomplexobj(array) and not np.issubdtype(np.dtype(dtype), np.complexfloating):
+        raise _refuse(f"xp.astype to {np.dtype(dtype)}")
+    return np.astype(_plain(array), dtype, **kwargs)
 
 
 XP = _Namespace()

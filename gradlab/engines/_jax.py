@@ -14,6 +14,7 @@ from gradlab._checks import check_positive_int
 from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._fingerprint import Compiled, fingerprint, key
 from gradlab._loss import checked_loss, checked_output
+from gradlab.engines import _forward
 from gradlab.engines._forward import falling_back, raise_if_refused
 from gradlab.engines._protocol import (
     HVP,
@@ -164,8 +165,8 @@ class JaxEngine(AbstractEngine):
     mode = "reverse"
 
     def jacobian(self, problem: AbstractProblem) -> Jacobian:
-        """``jit(jacrev(f))`` (``jacfwd`` in ``jax-fwd``), with the value, in the 64-bit mode
-        of its inputs."""
+        """``jit(jacrev(f))`` (``jax-fwd``: ``jacfwd``, in chunks of the basis), with the
+        value, in the 64-bit mode of its inputs."""
         return _COMPILED.get(
             ("jacobian", self.mode, key(problem)), lambda: _jacobian(problem, self.mode)
         )
@@ -230,8 +231,10 @@ class JaxForwardEngine(JaxEngine):
 
     One forward-mode pass (a JVP) per parameter element, vectorised: cheaper than reverse
     mode when a function has more outputs than inputs, dearer for a scalar loss of many
-    parameters. The loop, JVPs, VJPs and Hessian-vector products are the jax engine's.
-    Registered as ``"jax-fwd"``; opt-in in comparisons.
+    parameters. The JVPs run in chunks of the one-hot basis, one chunk after another inside
+    the compiled program, so that memory stays bounded whatever the number of parameters
+    (``gradlab.engines._forward.chunk_size``). The loop, JVPs, VJPs and Hessian-vector
+    products are the jax engine's. Registered as ``"jax-fwd"``; opt-in in comparisons.
 
     An operation jax has no forward-mode derivative for (a ``jax.custom_vjp`` function) is
     a [`NotSupported`][gradlab.NotSupported] naming it and what to do; the gradient never
@@ -246,7 +249,7 @@ class JaxForwardEngine(JaxEngine):
     mode = "forward"
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
-        """``jit(jacfwd(loss))``: the gradient in forward mode."""
+        """``jacfwd(loss)`` in chunks of the basis, jitted: the gradient in forward mode."""
         return _COMPILED.get(
             ("value_and_grad", "forward", key(problem)), lambda: _forward_grad(problem)
         )
@@ -260,26 +263,28 @@ class JaxForwardEngine(JaxEngine):
 _REVERSE = "use engine 'jax', which differentiates in reverse mode"
 
 
-def _transform(mode: str) -> Callable[..., Any]:
-    jax = importlib.import_module("jax")
-    return jax.jacrev if mode == "reverse" else jax.jacfwd  # type: ignore[no-any-return]
-
-
 def _jacobian(problem: AbstractProblem, mode: str) -> Jacobian:
     jax = importlib.import_module("jax")
     jnp = importlib.import_module("jax.numpy")
     output = checked_output(problem)
 
-    def with_value(params: Params, data: Data) -> tuple[Tree, Tree]:
-        value = output(params, data, jnp)
-        return value, value
+    def forward(params: Params, data: Data, budget: int) -> tuple[Tree, Tree]:
+        return _jacfwd(lambda p: output(p, data, jnp), params, budget)
 
-    compiled = jax.jit(_transform(mode)(with_value, has_aux=True))
+    def reverse(params: Params, data: Data, budget: int) -> tuple[Tree, Tree]:
+        def with_value(point: Params) -> tuple[Tree, Tree]:
+            value = output(point, data, jnp)
+            return value, value
+
+        return jax.jacrev(with_value, has_aux=True)(params)  # type: ignore[no-any-return]
+
+    # The chunks' budget is read at each call, a static argument: part of jit's cache key.
+    compiled = jax.jit(forward if mode == "forward" else reverse, static_argnums=2)
 
     def jacobian(params: Params, data: Data) -> tuple[Tree, Tree]:
         try:
             with jax.enable_x64(_first_float_dtype(params) == np.float64):
-                full, value = compiled(dict(params), data)
+                full, value = compiled(dict(params), data, _forward.CHUNK_BYTES["jax"])
         except Exception as error:
             if mode == "forward":
                 raise_if_refused(error, "jax.jacfwd (forward mode)", _REVERSE)
@@ -294,22 +299,95 @@ def _forward_grad(problem: AbstractProblem) -> ValueAndGrad:
     jnp = importlib.import_module("jax.numpy")
     loss = checked_loss(problem)
 
-    def with_value(params: Params, data: Data) -> tuple[Array, Array]:
-        value = loss(params, data, jnp)
-        return value, value
+    def gradient(params: Params, data: Data, budget: int) -> tuple[Array, Array]:
+        return _jacfwd(lambda p: loss(p, data, jnp), params, budget)
 
-    compiled = jax.jit(jax.jacfwd(with_value, has_aux=True))
+    compiled = jax.jit(gradient, static_argnums=2)
 
     def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
         try:
             with jax.enable_x64(_first_float_dtype(params) == np.float64):
-                grads, value = compiled(dict(params), data)
+                grads, value = compiled(dict(params), data, _forward.CHUNK_BYTES["jax"])
         except Exception as error:
             raise_if_refused(error, "jax.jacfwd (forward mode)", _REVERSE)
             raise
         return value, dict(grads)
 
     return value_and_grad
+
+
+def _jacfwd(function: Callable[[Params], Tree], params: Params, budget: int) -> tuple[Tree, Tree]:
+    """``jax.jacfwd(function, has_aux=True)`` with the function's value as the aux, its
+    one-hot tangents pushed through in chunks (``_forward.chunk_size``): ``lax.map`` over
+    the basis's indices, ``batch_size`` at a time, of the JVP ``jax.linearize`` gives, each
+    tangent made from its index inside the map, so that no more than a chunk of the basis
+    is ever held (``jacfwd`` vmaps over all of it: n² elements). For use under ``jit``;
+    the same layout as ``jacfwd``'s.
+    """
+    jax = importlib.import_module("jax")
+    jnp = importlib.import_module("jax.numpy")
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
+    count = sum(sizes)
+    itemsize = max((np.dtype(leaf.dtype).itemsize for leaf in leaves), default=1)
+    chunk = _forward.chunk_size(count, itemsize, _intermediate_bytes(function, params), budget)
+    offsets = np.cumsum([0, *sizes])
+    positions = jnp.arange(count)
+
+    # The primal pass once, its residuals kept: each JVP then runs the tangent's arithmetic
+    # alone (a loop over chunks would run the primal pass again in every iteration).
+    value, pushforward = jax.linearize(function, params)
+
+    def column(index: Any) -> Tree:
+        hot = positions == index
+        tangent = [
+            hot[start:stop].reshape(leaf.shape).astype(leaf.dtype)
+            for leaf, start, stop in zip(leaves, offsets[:-1], offsets[1:], strict=True)
+        ]
+        return pushforward(treedef.unflatten(tangent))
+
+    if chunk >= count:  # one chunk: jacfwd's vmap itself, with no loop around it
+        columns = jax.vmap(column)(positions)
+    else:
+        columns = jax.lax.map(column, positions, batch_size=chunk)
+
+    def unstacked(stacked: Array) -> Tree:
+        """One output's columns (n, *out) as jacfwd lays them out: (*out, *param) per leaf."""
+        rows = jnp.moveaxis(stacked, 0, -1)
+        parts = jnp.split(rows, offsets[1:-1], axis=-1)
+        return treedef.unflatten(
+            [
+                part.reshape((*rows.shape[:-1], *leaf.shape))
+                for part, leaf in zip(parts, leaves, strict=True)
+            ]
+        )
+
+    return jax.tree_util.tree_map(unstacked, columns), value
+
+
+def _intermediate_bytes(function: Callable[[Params], Tree], params: Params) -> int:
+    """Bytes of every value one pass of ``function`` computes, from its jaxpr (a JVP holds a
+    tangent of each one's shape). An upper bound: XLA frees and fuses many of them."""
+    jax = importlib.import_module("jax")
+    return _values_bytes(jax.make_jaxpr(function)(params).jaxpr)
+
+
+def _values_bytes(jaxpr: Any) -> int:
+    """Bytes of the outputs of ``jaxpr``'s equations, those of the jaxprs it calls included."""
+    core = importlib.import_module("jax.extend.core")
+    total = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            shape, dtype = getattr(var.aval, "shape", None), getattr(var.aval, "dtype", None)
+            if shape is not None and dtype is not None:
+                total += int(np.prod(shape)) * np.dtype(dtype).itemsize
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, tuple) else (value,):
+                if isinstance(inner, core.ClosedJaxpr):
+                    inner = inner.jaxpr
+                if isinstance(inner, core.Jaxpr):
+                    total += _values_bytes(inner)
+    return total
 
 
 def _jvp(problem: AbstractProblem) -> JVP:

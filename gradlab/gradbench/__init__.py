@@ -14,8 +14,8 @@ jax'``) and validate its outputs. The evals gradlab implements are in
 differentiates.
 
 Timing: each ``evaluate`` runs its function once first (that call, with any tracing or
-compilation, reported as ``"warmup"``; not for ``particle`` and ``saddle``, which run
-eagerly and take seconds a run), then at least ``min_runs`` times and
+compilation, reported as ``"warmup"``; not for ``particle`` and ``saddle`` on torch,
+which run eagerly and take a minute a run), then at least ``min_runs`` times and
 until ``min_seconds`` have accumulated, one ``"evaluate"`` timing per run, each waited for
 (asynchronous engines are synchronised inside the timed region). Reading the input into
 engine arrays is reported apart, as ``"prepare"``.
@@ -37,6 +37,8 @@ line of strict JSON (no NaN or infinity, valid Unicode), and every request is bo
   interrupted: the size bounds keep it finite).
 """
 
+from gradlab.gradbench._ba import BundleAdjustment as BundleAdjustment
+from gradlab.gradbench._ht import HandTracking as HandTracking
 from gradlab.gradbench._problems import LSTM as LSTM
 from gradlab.gradbench._problems import ODE as ODE
 from gradlab.gradbench._problems import Det as Det
@@ -57,8 +59,10 @@ __all__ = [
     "MAX_RUNS",
     "MAX_SECONDS",
     "ODE",
+    "BundleAdjustment",
     "Det",
     "GradBenchGMM",
+    "HandTracking",
     "KMeans",
     "Tool",
     "main",

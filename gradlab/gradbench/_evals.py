@@ -27,6 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from gradlab._errors import ArgumentError, GradlabError
+from gradlab.gradbench import _ba, _ht
+from gradlab.gradbench._ba import BundleAdjustment
+from gradlab.gradbench._ht import HandTracking
 from gradlab.gradbench._problems import LSTM, MAX_ELL, ODE, Det, GradBenchGMM, KMeans, fits
 from gradlab.problems._base import AbstractProblem
 from gradlab.problems._functions import LogSumExp
@@ -78,9 +82,11 @@ class Limits:
 
 
 # What a function asks of an engine: the loss's value, its gradient, a vector-valued
-# function's value, k-means' Newton direction (gradient over the Hessian's diagonal), or a
-# procedure with derivatives nested inside (particle, saddle: ``gradlab.gradbench._nested``).
+# function's value, k-means' Newton direction (gradient over the Hessian's diagonal), a
+# procedure with derivatives nested inside (particle, saddle: ``gradlab.gradbench._nested``),
+# or a structured Jacobian (ba's sparse one, ht's compressed one: the eval's ``jacobian``).
 VALUE, GRADIENT, VECTOR, NEWTON, NESTED = "value", "gradient", "vector", "newton", "nested"
+JACOBIAN = "jacobian"
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,9 @@ class Eval:
         timed: Whether its inputs carry ``min_runs`` and ``min_seconds`` (not ``hello``).
         limits: The bounds on its sizes (``read`` checks them), named as in ``sizes``;
             None for an eval without sizes.
+        jacobian: For ``JACOBIAN`` functions, ``(engine, case)`` to a function of no
+            arguments that computes the Jacobian (in NumPy, as ``write`` takes it); what
+            does not depend on the values is prepared once, outside the timed runs.
     """
 
     name: str
@@ -120,6 +129,7 @@ class Eval:
     vector_problem: Callable[[Case], AbstractProblem] | None = None
     timed: bool = True
     limits: Limits | None = None
+    jacobian: Callable[[Any, Case], Callable[[], Any]] | None = None
 
 
 # -- reading JSON ----------------------------------------------------------------------------
@@ -274,6 +284,26 @@ _LSTM = Limits(
 )
 
 
+# ba: the largest GradBench sends by default is ba14 (n = 356, m = 226,730, p = 1,255,268;
+# its files go to ba20, m = 4,456,117, and ba19, p = 9,125,125). A run's memory is O(p)
+# (each observation's 15 variables and 31 derivatives) plus the n cameras and m points.
+_BA = Limits(
+    {"n": "input field 'n'", "m": "input field 'm'", "p": "input field 'p'"},
+    {"n": 2**24, "m": 2**24, "p": 2**24},
+)
+# ht: ADBench's big model has 10,000 vertices and 22 bones, 1,084 triangles; its largest
+# input 100,000 points. Memory: the vertices' weights (v·b) and the Jacobian (points · 28).
+_HT = Limits(
+    {
+        "v": "the rows of input field 'data.model.base_positions'",
+        "b": "input field 'data.model.bone_count'",
+        "t": "the rows of input field 'data.model.triangles'",
+        "c": "the rows of input field 'data.points'",
+    },
+    {"b": 2**10, "v·b": 2**24, "t": 2**24, "c": 2**22},
+)
+
+
 def _read_lse(input: JSON) -> Case:
     x = _array(input, "x", (None,))
     _LSE.check(n=x.shape[0])
@@ -383,6 +413,143 @@ def _write_nested(function: str, case: Case, result: Any) -> JSON:
     return result  # already floats: the procedure's w, or its two points
 
 
+def _read_ba(input: JSON) -> Case:
+    n, m, p = (_integer(input, size, 1) for size in ("n", "m", "p"))
+    _BA.check(n=n, m=m, p=p)
+    cam, point = _array(input, "cam", (_ba.CAMERA,)), _array(input, "x", (3,))
+    w = _number(_field(input, "w"), "input field 'w'")
+    feat = _array(input, "feat", (2,))
+    problem = BundleAdjustment(n=n, m=m, p=p)
+    data = problem.make_data()
+    data["feats"] = np.tile(feat, (p, 1))
+    params = {"cams": np.tile(cam, (n, 1)), "x": np.tile(point, (m, 1)), "w": np.full(p, w)}
+    return Case(problem, params, data)
+
+
+def _write_ba(function: str, case: Case, result: Any) -> JSON:
+    if isinstance(result, _ba.Sparse):
+        # GradBench's reduced form: the first 30 entries of each list, and the last.
+        def dedup(values: np.ndarray) -> list[Any]:
+            return [*values[:30].tolist(), values[-1].item()]
+
+        return {"rows": dedup(result.rows), "cols": dedup(result.cols), "vals": dedup(result.vals)}
+    reproj, w_err = result["reproj_err"], result["w_err"]
+    return {
+        "reproj_error": {"elements": _floats(reproj[0]), "repeated": int(reproj.shape[0])},
+        "w_err": {"element": float(w_err[0]), "repeated": int(w_err.shape[0])},
+    }
+
+
+def _ba_jacobian(engine: Any, case: Case) -> Callable[[], Any]:
+    problem = case.problem
+    assert isinstance(problem, BundleAdjustment)
+    blocks = _ba.block_jacobian(engine, problem, case.params, case.data)
+    obs = case.data["obs"]
+
+    def jacobian() -> _ba.Sparse:
+        return _ba.sparse(problem, obs, *blocks())
+
+    return jacobian
+
+
+def _integers(value: Any, where: str, depth: int) -> np.ndarray:
+    """``depth`` levels of lists of integers (no booleans), as an integer array."""
+    if not _numbers(value, depth) or not all(
+        isinstance(number, int) for number in np.asarray(value, dtype=object).reshape(-1)
+    ):
+        raise BadInput(f"{where} must be a {depth}-D array of integers")
+    return np.asarray(value, dtype=np.int64).reshape((-1,) if depth == 1 else (-1, 3))
+
+
+def _object(input: JSON, key: str, where: str) -> Mapping[str, Any]:
+    """Field ``key`` of ``input``, which must be a JSON object; ``where`` is its path."""
+    parent = where.rpartition(".")[0]
+    if parent and isinstance(input, Mapping) and key not in input:
+        raise BadInput(
+            f"input field {parent!r} has no field {key!r} (it has {shown(sorted(input))})"
+        )
+    value = _field(input, key)
+    if not isinstance(value, Mapping):
+        raise BadInput(f"input field {where!r} must be a JSON object, got {shown(value)}")
+    return value
+
+
+def _read_ht(input: JSON) -> Case:
+    data_in = _object(input, "data", "data")
+    model = _object(data_in, "model", "data.model")
+    bones = _integer(model, "bone_count", 1)
+    parents = _integers(_field(model, "parents"), "input field 'data.model.parents'", 1)
+    names = _field(model, "bone_names")
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise BadInput("input field 'data.model.bone_names' must be a list of strings")
+    if len(parents) != bones or len(names) != bones:
+        raise BadInput(
+            f"input field 'data.model.bone_count' is {bones}, but 'parents' has "
+            f"{len(parents)} and 'bone_names' {len(names)}"
+        )
+    mirrored = _field(model, "is_mirrored")
+    if not isinstance(mirrored, bool):
+        raise BadInput("input field 'data.model.is_mirrored' must be true or false")
+    positions = _array(model, "base_positions", (None, 4))
+    triangles_in = _field(model, "triangles")
+    triangles = (
+        _integers(triangles_in, "input field 'data.model.triangles'", 2)
+        if triangles_in
+        else np.zeros((0, 3), np.int64)
+    )
+    points = _array(data_in, "points", (None, 3))
+    _HT.check(v=positions.shape[0], b=bones, t=triangles.shape[0], c=points.shape[0])
+    us_in = _field(input, "us")
+    if not isinstance(us_in, list):
+        raise BadInput(
+            f"input field 'us' must be an array ([] for the simple case), got {shown(us_in)}"
+        )
+    complicated = bool(us_in)
+    try:
+        problem = HandTracking(
+            parents=tuple(parents.tolist()),
+            points=points.shape[0],
+            complicated=complicated,
+            mirrored=mirrored,
+        )
+    except GradlabError as error:
+        raise BadInput(f"input field 'data.model.parents': {error}") from None
+    data = {
+        "base_relatives": _array(model, "base_relatives", (bones, 4, 4)),
+        "inverse_base_absolutes": _array(model, "inverse_base_absolutes", (bones, 4, 4)),
+        "base_positions": positions,
+        "weights": _array(model, "weights", (positions.shape[0], bones)),
+        "points": points,
+        "correspondences": _integers(
+            _field(data_in, "correspondences"), "input field 'data.correspondences'", 1
+        ).astype(np.float64),
+    }
+    params = {"theta": _array(input, "theta", (_ht.THETA,))}
+    if complicated:
+        data["triangles"] = triangles.astype(np.float64)
+        params["us"] = _array(input, "us", (points.shape[0], 2))
+    try:
+        checked = problem.check_data(data)
+    except ArgumentError as error:  # data['points'] is input field 'data.points'
+        key = str(error.argument).removeprefix("data['").removesuffix("']")
+        where = f"data.{key}" if key in ("points", "correspondences") else f"data.model.{key}"
+        reason = str(error).removeprefix(f"{error.argument}: ")
+        raise BadInput(f"input field {where!r} {reason}") from None
+    return Case(problem, params, checked)
+
+
+def _write_ht(function: str, case: Case, result: Any) -> JSON:
+    if function == "jacobian":
+        return _floats(result)
+    return _floats(np.reshape(result, -1))
+
+
+def _ht_jacobian(engine: Any, case: Case) -> Callable[[], Any]:
+    problem = case.problem
+    assert isinstance(problem, HandTracking)
+    return _ht.jacobian(engine, problem, case.params, case.data)
+
+
 # -- inputs as GradBench's evals make them ---------------------------------------------------
 
 
@@ -438,6 +605,61 @@ def _example_lstm(seed: int = 0, l: int = 2, c: int = 1024, b: int = 14) -> JSON
         "extra_params": rng.uniform(-1, 1, (3, b)).tolist(),
         "state": rng.uniform(-1, 1, (2 * l, b)).tolist(),
         "sequence": rng.uniform(-1, 1, (c, b)).tolist(),
+    }
+
+
+def _example_ba(seed: int = 0, n: int = 49, m: int = 7776, p: int = 31843) -> JSON:
+    """ADBench's ``ba1`` camera, point, weight and feature at the given sizes; another seed
+    perturbs them (GradBench's own inputs are its data files' first lines)."""
+    rng = _rng(seed)
+    one = _ba._BA1
+    jitter = (lambda size: rng.normal(scale=0.05, size=size)) if seed else np.zeros
+    return {
+        "n": n,
+        "m": m,
+        "p": p,
+        "cam": (np.asarray(one["cam"]) * (1 + jitter(_ba.CAMERA))).tolist(),
+        "x": (np.asarray(one["x"]) + jitter(3)).tolist(),
+        "w": float(one["w"] + jitter(1)[0]) if seed else one["w"],
+        "feat": one["feat"],
+    }
+
+
+def _example_ht(
+    seed: int = 0,
+    v: int = 16,
+    c: int = 8,
+    b: int = _ht.BONES,
+    t: int | None = None,
+    complicated: bool = True,
+) -> JSON:
+    """A random hand (``HandTracking.make_data``) of ``v`` vertices, ``b`` bones (ADBench's
+    hand, and any more bones on its root), ``t`` triangles (2v) and ``c`` points, in
+    GradBench's input layout (GradBench's own reads ADBench's model and data files)."""
+    parents = _ht.HAND_PARENTS + (0,) * (b - _ht.BONES)
+    problem = HandTracking(parents=parents, points=c, complicated=complicated)
+    data = problem.make_data(v, seed=seed, triangles=t)
+    params = problem.initial_params(data, seed=seed)
+    bones = len(problem.parents)
+    triangles = data.get("triangles", np.zeros((0, 3)))
+    return {
+        "theta": params["theta"].tolist(),
+        "data": {
+            "model": {
+                "bone_count": bones,
+                "bone_names": [f"bone{index}" for index in range(bones)],
+                "parents": list(problem.parents),
+                "base_relatives": data["base_relatives"].tolist(),
+                "inverse_base_absolutes": data["inverse_base_absolutes"].tolist(),
+                "base_positions": data["base_positions"].tolist(),
+                "weights": data["weights"].tolist(),
+                "triangles": triangles.astype(int).tolist(),
+                "is_mirrored": False,
+            },
+            "correspondences": data["correspondences"].astype(int).tolist(),
+            "points": data["points"].tolist(),
+        },
+        "us": params["us"].tolist() if complicated else [],
     }
 
 
@@ -553,6 +775,51 @@ EVALS: dict[str, Eval] = {
         _example_lstm,
         tuple({"l": l, "c": c, "b": 14} for l in (2, 4) for c in (1024, 4096)),  # noqa: E741
         limits=_LSTM,
+    ),
+    "ba": Eval(
+        "ba",
+        {"objective": VECTOR, "jacobian": JACOBIAN},
+        _read_ba,
+        _write_ba,
+        _example_ba,
+        # ADBench's ba1 to ba14 (GradBench's default --max 14): (n, m, p) of each file.
+        tuple(
+            {"n": n, "m": m, "p": p}
+            for n, m, p in (
+                (49, 7776, 31843),
+                (21, 11315, 36455),
+                (161, 48126, 182072),
+                (372, 47423, 204472),
+                (257, 65132, 225911),
+                (539, 65220, 277273),
+                (93, 61203, 287451),
+                (88, 64298, 383937),
+                (810, 88814, 393775),
+                (1197, 126327, 563734),
+                (1723, 156502, 678718),
+                (253, 163691, 899155),
+                (245, 198739, 1091386),
+                (356, 226730, 1255268),
+            )
+        ),
+        vector_problem=lambda case: case.problem,  # type: ignore[arg-type,return-value]
+        limits=_BA,
+        jacobian=_ba_jacobian,
+    ),
+    "ht": Eval(
+        "ht",
+        {"objective": VECTOR, "jacobian": JACOBIAN},
+        _read_ht,
+        _write_ht,
+        _example_ht,
+        # ADBench's big hand model (10,000 vertices) with GradBench's 12 point counts.
+        tuple(
+            {"v": 10000, "b": _ht.BONES, "t": 1084, "c": c}
+            for c in (100, 192, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 51200, 100000)
+        ),
+        vector_problem=lambda case: case.problem,  # type: ignore[arg-type,return-value]
+        limits=_HT,
+        jacobian=_ht_jacobian,
     ),
     "particle": Eval(
         "particle", NESTED_VARIANTS, _read_particle, _write_nested, _example_particle, ({"w": 0},)

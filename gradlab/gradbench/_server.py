@@ -30,6 +30,7 @@ from gradlab.engines._protocol import (
 from gradlab.gradbench._evals import (
     EVALS,
     GRADIENT,
+    JACOBIAN,
     NESTED,
     NEWTON,
     VECTOR,
@@ -92,11 +93,22 @@ class _Computation:
         self.engine = engine
         self.problem: AbstractProblem | None = None
         self.call: Callable[[], Any]
+        # Whether ``call`` returns NumPy already (a nested procedure's floats, a Jacobian
+        # assembled on the host): its time includes bringing the result there.
+        self.on_host = kind in (NESTED, JACOBIAN)
+        # Whether a first, untimed run is worth making: everything but an eager nested
+        # procedure (torch's particle and saddle: a minute a run, and nothing to compile).
+        self.warms_up = True
         if kind == NESTED:
             self._nested(spec, function, case)
             return
         problem = case.problem
         assert problem is not None
+        if kind == JACOBIAN:
+            assert spec.jacobian is not None
+            self.problem, self.params, self.data = problem, case.params, case.data
+            self.call = spec.jacobian(engine, case)
+            return
         if kind == VECTOR:
             assert spec.vector_problem is not None
             problem = spec.vector_problem(case)
@@ -141,6 +153,7 @@ class _Computation:
         from gradlab.gradbench import _nested
 
         ops = _nested.ops_for(self.engine)
+        self.warms_up = ops.control.compiles  # jax compiles the whole procedure
         procedure = {"particle": _nested.particle, "saddle": _nested.saddle}[spec.name]
         start = case.params["w"][0] if spec.name == "particle" else tuple(case.params["start"])
         self.call = lambda: procedure(function, start, ops)  # type: ignore[operator]
@@ -153,7 +166,7 @@ class _Computation:
 
     def to_numpy(self, result: Any) -> Any:
         """A result (a dict of engine arrays, or one) as NumPy."""
-        if isinstance(result, (float, list)):  # a nested procedure's, already on the host
+        if self.on_host:
             return result
         if isinstance(result, dict):
             names = list(result)
@@ -249,7 +262,7 @@ class Tool:
         # Overflow gives inf, refused below as not finite, on every engine alike.
         with computation.guarded(), np.errstate(all="ignore"):
             result = None
-            if spec.functions[function] != NESTED:  # eager procedures compile nothing
+            if computation.warms_up:
                 begin = clock()
                 result = computation.call()
                 timings.append({"name": "warmup", "nanoseconds": clock() - begin})
@@ -272,7 +285,8 @@ class Tool:
 
 def _smallest(spec: Eval) -> dict[str, Any]:
     """Sizes for ``define``'s trial run: the eval's smallest, shrunk where still large."""
-    small = {"n": 16, "m": 4, "d": 2, "k": 2, "ell": 3, "s": 2, "l": 1, "c": 3, "b": 2}
+    small = {"n": 16, "m": 4, "d": 2, "k": 2, "ell": 3, "s": 2, "l": 1, "c": 3, "b": 2, "p": 8}
+    small |= {"v": 16, "t": 24}
     sizes = dict(spec.sizes[0])
     return {name: small.get(name, value) for name, value in sizes.items()}
 

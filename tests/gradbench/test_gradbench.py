@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 import gradlab
 from gradlab import LSTM, ODE, Det, GradBenchGMM, KMeans, gradbench
 from gradlab.gradbench import _nested, _server, serve
-from gradlab.gradbench._evals import EVALS, GRADIENT, NESTED, NEWTON, VALUE, VECTOR
+from gradlab.gradbench._evals import EVALS, GRADIENT, JACOBIAN, NESTED, NEWTON, VALUE, VECTOR
 
 
 def few() -> settings:
@@ -243,29 +243,22 @@ SMALL: dict[str, list[dict[str, Any]]] = {
     "det": [{"ell": 4}],
     "ode": [{"n": 6, "s": 2}],
     "lstm": [{"l": 2, "c": 4, "b": 3}],
+    "ba": [{"n": 3, "m": 5, "p": 7}],
+    "ht": [{"v": 12, "c": 5, "b": 22, "t": 24}, {"v": 10, "c": 4, "complicated": False}],
     # A nested eval from where GradBench's descent stops at once: the protocol's path,
     # cheaply (the descent is tested below, and in full under HYPOTHESIS_PROFILE=deep).
     # particle's path is the same; each of its runs costs seconds even there.
     "particle": [],
     "saddle": [{"start": 1e-6}],
 }
-#: What GradBench's particle and saddle evals expect (their run.py), for w = 0, start (1, 1).
-PARTICLE_W, SADDLE_POINT = 0.2071918746486116, 8.246324826140356e-06
+#: The engines whose framework nests derivatives (particle, saddle).
 NESTING = ("torch", "jax")
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
-#: Nested derivatives cost seconds each (eager, through hundreds of steps): by default
-#: torch's rr and fr (each mode outside and inside); the deep profile runs every variant
-#: on both frameworks (jax's eager nesting takes 5 s for one derivative).
 VARIANTS = ("rr", "ff", "fr", "rf")
+# torch's general operators (ops.reverse, ops.forward: the procedures use cheaper pairs,
+# tests/gradbench/test_nested.py covers them and the full runs).
 NESTED_CASES = (
-    [(engine, variant) for engine in NESTING for variant in VARIANTS]
-    if DEEP
-    else [("torch", "rr"), ("torch", "fr")]
-)
-PARTICLE_CASES = (
-    [(engine, variant) for engine in NESTING for variant in ("rr", "ff")]
-    if DEEP
-    else [("torch", "rr")]
+    [("torch", variant) for variant in VARIANTS] if DEEP else [("torch", "rr"), ("torch", "fr")]
 )
 
 
@@ -279,7 +272,10 @@ def exchange(engine: str, over_a_pipe: bool) -> tuple[list[dict[str, Any]], list
             input = spec.example(7, **sizes)
             if spec.timed:
                 input |= {"min_runs": 2, "min_seconds": 0}
-            for function in spec.functions:
+            # A nested eval's rr only: jax compiles each variant (seconds), and every
+            # variant's run is tested in tests/gradbench/test_nested.py.
+            functions = ["rr"] if name in ("particle", "saddle") else list(spec.functions)
+            for function in functions:
                 messages.append(
                     {"id": len(messages), "kind": "evaluate", "module": name,
                      "function": function, "input": input}
@@ -319,6 +315,8 @@ def reference(name: str, function: str, input: Any) -> Any:
     if kind == NESTED:  # the start, where the descent stops at once
         return float(input["w"]) if name == "particle" else [float(v) for v in input["start"] * 2]
     assert case.problem is not None
+    if kind == JACOBIAN:
+        return spec.write(function, case, dense_reference(name, case))
     if kind == VECTOR:
         assert spec.vector_problem is not None
         return spec.write(
@@ -341,6 +339,41 @@ def reference(name: str, function: str, input: Any) -> Any:
     return spec.write(function, case, grads)
 
 
+def dense_reference(name: str, case: Any) -> Any:
+    """ba's and ht's Jacobians from fd's dense Jacobian of the whole problem, laid out as
+    GradBench's reference does it (ba: ADBench's ``BASparseMat``, entry by entry)."""
+    dense = gradlab.jacobian(case.problem, case.data, case.params, engine="fd")
+    if name == "ht":
+        points = case.data["points"].shape[0]
+        columns = [dense["theta"].reshape(3 * points, -1)]
+        if "us" in dense:  # each point's own u columns: the diagonal blocks
+            own = [dense["us"][i, :, i, :] for i in range(points)]
+            columns.insert(0, np.concatenate(own))
+        return np.concatenate(columns, axis=1)
+    from gradlab.gradbench._ba import Sparse
+
+    problem, obs = case.problem, case.data["obs"].astype(int)
+    n, m, p = problem.n, problem.m, problem.p
+    rows, cols, vals = [0], [], []
+    for j in range(p):  # BASparseMat.insert_reproj_err_block
+        for r in range(2):
+            rows.append(rows[-1] + 15)
+            row = dense["reproj_err"]
+            for i in range(11):
+                cols.append(11 * obs[j, 0] + i)
+                vals.append(row["cams"][j, r, obs[j, 0], i])
+            for i in range(3):
+                cols.append(11 * n + 3 * obs[j, 1] + i)
+                vals.append(row["x"][j, r, obs[j, 1], i])
+            cols.append(11 * n + 3 * m + j)
+            vals.append(row["w"][j, r, j])
+    for j in range(p):  # insert_w_err_block
+        rows.append(rows[-1] + 1)
+        cols.append(11 * n + 3 * m + j)
+        vals.append(dense["w_err"]["w"][j, j])
+    return Sparse(np.array(rows), np.array(cols), np.array(vals), (3 * p, 11 * n + 3 * m + p))
+
+
 def assert_close(got: Any, want: Any, tolerance: float, where: str) -> None:
     """Same JSON shape and types, numbers within ``tolerance`` (relative to max(1, |want|))."""
     if isinstance(want, dict):
@@ -353,6 +386,9 @@ def assert_close(got: Any, want: Any, tolerance: float, where: str) -> None:
         assert len(got) == len(want), where
         for index, (a, b) in enumerate(zip(got, want, strict=True)):
             assert_close(a, b, tolerance, f"{where}[{index}]")
+    elif isinstance(want, int):  # sizes and indices (ba's sparse rows and columns): exact
+        assert type(got) is int, where
+        assert got == want, where
     else:
         assert isinstance(got, float), where
         assert isinstance(want, float), where
@@ -371,7 +407,7 @@ def test_a_full_exchange_over_a_pipe_validates(engine: str) -> None:
     for message, reply in zip(messages, replies, strict=True):
         if message["kind"] == "define":
             module = message["module"]
-            if engine == "numpy" and module == "lstm":  # no hand gradient: said up front
+            if engine == "numpy" and module == "lstm":  # no hand derivative: said up front
                 assert reply["success"] is False
                 assert "hand-derived" in reply["error"]
             elif engine not in NESTING and module in ("particle", "saddle"):
@@ -390,7 +426,9 @@ def test_a_full_exchange_over_a_pipe_validates(engine: str) -> None:
         assert reply["success"] is True, (module, function, reply)
         names = [timing["name"] for timing in reply["timings"]]
         runs = 2 if EVALS[module].timed else 1
-        warmup = [] if module in ("particle", "saddle") else ["warmup"]
+        # An eager nested procedure (torch's) has no warmup; jax's compiles in its warmup.
+        eager = module in ("particle", "saddle") and engine != "jax"
+        warmup = [] if eager else ["warmup"]
         assert names == ["prepare", *warmup] + ["evaluate"] * runs
         assert all(
             isinstance(t["nanoseconds"], int) and t["nanoseconds"] >= 0 for t in reply["timings"]
@@ -422,41 +460,6 @@ def test_the_outer_derivative_runs_through_the_inner_descent(engine: str, varian
         response = _nested.best_response(inner, ops.lift([1.0, 1.0]), ops)
         gradient = _nested._host(outer(response)(p1))
     np.testing.assert_allclose(gradient, [0.6, -0.4], rtol=1e-12)
-
-
-@pytest.mark.parametrize(("engine", "variant"), PARTICLE_CASES)
-def test_particle_derivative_matches_finite_differences(engine: str, variant: str) -> None:
-    # d/dw of where the particle lands: through 350 Euler steps, each with the potential's
-    # gradient inside; against central differences of the same procedure.
-    ops, outer, inner = operators(engine, variant)
-    with ops.scope():
-        landing = _nested.landing(inner, ops)
-        w, h = 0.1, 1e-6
-        derivative = float(_nested._host(outer(landing)(ops.lift([w])))[0])
-        plus, minus = (float(_nested._host(landing(ops.lift([w + s * h])))) for s in (1, -1))
-    assert derivative == pytest.approx((plus - minus) / (2 * h), rel=1e-6)
-
-
-def test_descent_is_gradbenchs() -> None:
-    # GradBench's solver on |x − 3|² from 0: steps of η·∇f, η doubled after ten falls,
-    # halved on a rise, stopping when ‖∇f‖ or the step is at most 1e-5. In NumPy, with
-    # the exact gradient, so the expected value is the algorithm's, not a framework's.
-    grad = lambda f: lambda x: 2 * (x - 3)  # noqa: E731
-    found = _nested.argmin(grad, lambda x: float(np.sum((x - 3) ** 2)), np.zeros(1), np)
-    # It stops where ‖∇f‖ = 2|x − 3| ≤ 1e-5 or where a step η·‖∇f‖ ≤ 1e-5 with η ≤ 1 here.
-    assert 0 < 3 - found[0] <= 1e-5
-
-
-@pytest.mark.skipif(not DEEP, reason="minutes per engine: runs under HYPOTHESIS_PROFILE=deep")
-@pytest.mark.parametrize("engine", NESTING)
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_particle_and_saddle_give_gradbenchs_answers(engine: str, variant: str) -> None:
-    require_engine(engine)
-    ops = _nested.ops_for(gradlab.get_engine(engine))
-    assert _nested.particle(variant, 0.0, ops) == pytest.approx(PARTICLE_W, rel=1e-9)
-    np.testing.assert_allclose(
-        _nested.saddle(variant, (1.0, 1.0), ops), [SADDLE_POINT] * 4, rtol=1e-9
-    )
 
 
 # -- hostile messages: answered, never a crash or a hang -------------------------------------
@@ -492,7 +495,7 @@ HOSTILE = [
     ('{"id": 1e400, "kind": "start"}', "1e400 is not a finite number"),
     ("[1, 2]", "JSON object"),
     ({"id": 1, "kind": "shout"}, "unknown message kind"),
-    ({"id": 1, "kind": "define", "module": "ba"}, "does not implement module 'ba'"),
+    ({"id": 1, "kind": "define", "module": "fft"}, "does not implement module 'fft'"),
     ({"id": 1, "kind": "define", "module": 3}, "does not implement module 3"),
     (evaluate("det", "hessian", {"A": [1.0], "ell": 1}), "no function 'hessian'"),
     ({"id": 1, "kind": "evaluate", "module": "det", "function": "primal"}, "no 'input'"),
@@ -637,6 +640,8 @@ HUGE = [
     ("gmm", "jacobian", GOOD_GMM | {"d": 10**5}, "'d'", "k·d·d"),  # 100·64²
     ("gmm", "objective", GOOD_GMM | {"n": 2**15, "d": 2**10}, "'d'", "n·k·d·d"),
     ("det", "gradient", {"A": [1.0], "ell": 10**6}, "'ell'", "ell"),  # 11
+    ("ba", "jacobian", EVALS["ba"].example(0, n=2, m=2, p=10**9), "'p'", "p"),  # 1,255,268
+    ("ba", "objective", EVALS["ba"].example(0, n=10**9, m=2, p=2), "'n'", "n"),  # 356
 ]
 #: Counts far past their bounds, on every timed eval's reading.
 HUGE_COUNTS = [
@@ -726,6 +731,14 @@ GRADBENCH_LARGEST = {
     "det": [{"ell": 11}],
     "ode": [{"n": 100_000, "s": 100}],
     "lstm": [{"l": 4, "c": 4096, "b": 14}],
+    # ba14, GradBench's default largest, and ADBench's largest n·m·p (ba20, ba19).
+    "ba": [
+        {"n": 356, "m": 226_730, "p": 1_255_268},
+        {"n": 13_682, "m": 4_456_117, "p": 2_987_644},
+        {"n": 4585, "m": 1_324_582, "p": 9_125_125},
+    ],
+    # ADBench's big hand: 10,000 vertices, 22 bones, 1,084 triangles; 100,000 points.
+    "ht": [{"v": 10_000, "b": 22, "t": 1084, "c": 100_000}],
 }
 
 
