@@ -584,7 +584,7 @@ def exchange(
         except _Stop as stop:
             record.outcome, record.detail = stop.outcome, stop.detail
         except KeyboardInterrupt:
-            record.outcome, record.detail = "interrupted", "Ctrl-C"
+            record.outcome, record.detail = "interrupted", "stopped by Ctrl-C or SIGTERM"
         finally:
             record.seconds = time.perf_counter() - begin
     return record
@@ -944,10 +944,12 @@ class Cell:
     skipped: str | None = None
 
     def status(self) -> str:
-        """pass, known, undefined, skipped, or defect."""
+        """pass, known, undefined, skipped, interrupted, or defect."""
         if self.skipped is not None:
             return "skipped"
         assert self.exchange is not None
+        if self.exchange.outcome == "interrupted":
+            return "interrupted"
         if self.exchange.passed():
             return "pass"
         if self.exchange.outcome == "completed" and self.exchange.defined is False:
@@ -1158,7 +1160,8 @@ def validation_report(cells: Sequence[Cell], meta: Mapping[str, Any]) -> str:
         "# gradlab's GradBench tool, checked by GradBench's own evals",
         "",
         f"GradBench {meta.get('gradbench_commit') or '(commit unknown)'}; gradlab "
-        f"{meta.get('gradlab_commit') or ''}; {meta.get('machine', '')}. Each eval at its "
+        f"{meta.get('gradlab_commit') or ''}; {meta.get('machine', '')}; started "
+        f"{meta.get('started', '?')}. Each eval at its "
         "default sizes unless said below, validated by the eval against GradBench's C++ "
         f"`manual` tool; timeout {_timeouts_text(meta.get('timeout'))} per message. "
         "Cells: messages the eval found valid / evaluate messages sent.",
@@ -1177,7 +1180,12 @@ def validation_report(cells: Sequence[Cell], meta: Mapping[str, Any]) -> str:
         "",
         f"{len(cells)} cells: {statuses.count('pass')} pass, {statuses.count('known')} known, "
         f"{statuses.count('undefined')} undefined (refused at `define`), "
-        f"{statuses.count('skipped')} skipped, **{statuses.count('defect')} defects**.",
+        f"{statuses.count('skipped')} skipped, **{statuses.count('defect')} defects**"
+        + (
+            f", {statuses.count('interrupted')} interrupted (the run was stopped)."
+            if "interrupted" in statuses
+            else "."
+        ),
     ]
     details = [cell for cell in cells if cell.status() not in ("pass",)]
     if details:
@@ -1304,8 +1312,9 @@ def timing_report(runs: Sequence[Timed], meta: Mapping[str, Any]) -> str:
         "# gradlab's GradBench tool beside GradBench's own tools",
         "",
         f"GradBench {meta.get('gradbench_commit') or '(commit unknown)'}; gradlab "
-        f"{meta.get('gradlab_commit') or ''}; {meta.get('machine', '')}; "
-        f"CPUs: {meta.get('cpus')}. Each eval at its default sizes with "
+        f"{meta.get('gradlab_commit') or ''}; {meta.get('machine', '')}; started "
+        f"{meta.get('started', '?')}; CPUs: {meta.get('cpus')}. Each eval at its default "
+        "sizes with "
         f"`--min-runs {meta.get('min_runs')} --min-seconds {meta.get('min_seconds')}`; the "
         "same messages to both tools, one after the other, alternating which goes first. "
         "Per message, the fastest `evaluate` run (gradlab's first call, reported apart as "
