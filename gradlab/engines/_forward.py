@@ -309,15 +309,17 @@ def falling_back(forward: HVP, reverse: HVP, forward_how: str, reverse_how: str)
 # -- Gradients and Jacobians by forward mode: the basis in chunks ------------------------------
 
 #: The bytes one chunk of JVPs may hold (its one-hot tangents and, per JVP, the tangents of
-#: one pass's intermediates), by framework: the bound on a forward-mode gradient's memory
-#: beside the function's own, whatever the number of parameters. Two values because a chunk
+#: one pass's intermediates), by framework: what bounds a forward-mode gradient's memory
+#: beside the function's own, whatever the number of parameters (roughly: the tangent
+#: formulas' temporaries are not counted; torch-fwd's chunks were seen to take up to 3× it).
+#: Two values because a chunk
 #: runs two ways. jax-fwd's chunks are iterations of one compiled loop, which cost nothing
 #: apart from their arithmetic, and that runs fastest on chunks a CPU's caches hold:
-#: LogSumExp in float64 on 2 cores took 5.2 s a gradient at n = 40,000 with 4 MiB, against
-#: 10.3 with 16 and 18.8 with 64 (0.16, 0.30, 0.99 s at n = 10⁴). torch-fwd's chunks are
-#: ~30 eager kernels each, whose dispatch a small chunk pays too often: 15 s at n = 10⁴ with
-#: 16 MiB, 7 with 64 or 256 (``jacfwd``'s whole basis: 7 s in 2.5 GB). Read at each call:
-#: tests shrink them to force many chunks.
+#: LogSumExp in float64 on 2 busy cores took 0.22, 0.15, 0.26 and 0.41 s a gradient at
+#: n = 10⁴ with 1, 4, 16 and 64 MiB, and 5.4, 4.5, 4.2 and 9.4 s at n = 40,000. torch-fwd's
+#: chunks are ~30 eager kernels each, whose dispatch a small chunk pays too often: 15 s at
+#: n = 10⁴ with 16 MiB, 7 with 64 or 256 (``jacfwd``'s whole basis: 7 s in 2.5 GB). Measured
+#: on the CPU only. Read at each call: tests shrink them to force many chunks.
 CHUNK_BYTES = {"jax": 4 << 20, "torch": 64 << 20}
 
 

@@ -334,18 +334,6 @@ def _jacfwd(function: Callable[[Params], Tree], params: Params, budget: int) -> 
     offsets = np.cumsum([0, *sizes])
     positions = jnp.arange(count)
 
-    # The primal pass once, its residuals kept: each JVP then runs the tangent's arithmetic
-    # alone (a loop over chunks would run the primal pass again in every iteration: GradBench's
-    # gmm took 629 s a gradient that way, 281 s this way).
-    try:
-        value, pushforward = jax.linearize(function, params)
-    except Exception:
-        # linearize traces the function before differentiating it, so a forward-mode
-        # refusal's traceback misses the user's call; jvp refuses while tracing it, and so
-        # says where (``_forward.refusal``). Anything else is re-raised as it was.
-        jax.jvp(function, (params,), (jax.tree_util.tree_map(jnp.zeros_like, params),))
-        raise
-
     def column(index: Any) -> Tree:
         hot = positions == index
         tangent = [
@@ -354,10 +342,22 @@ def _jacfwd(function: Callable[[Params], Tree], params: Params, budget: int) -> 
         ]
         return pushforward(treedef.unflatten(tangent))
 
-    if chunk >= count:  # one chunk: jacfwd's vmap itself, with no loop around it
-        columns = jax.vmap(column)(positions)
-    else:
-        columns = jax.lax.map(column, positions, batch_size=chunk)
+    try:
+        # The primal pass once, its residuals kept: each JVP then runs the tangent's
+        # arithmetic alone (jvp in a loop over chunks runs the primal pass again in every
+        # iteration: GradBench's gmm took 629 s a gradient that way, 281 s this way).
+        value, pushforward = jax.linearize(function, params)
+        if chunk >= count:  # one chunk: jacfwd's vmap itself, with no loop around it
+            columns = jax.vmap(column)(positions)
+        else:
+            columns = jax.lax.map(column, positions, batch_size=chunk)
+    except Exception:
+        # linearize defers a forward-mode refusal to the JVPs, whose traceback then misses
+        # the user's call; jacfwd (jvp under vmap) refuses while tracing the function, and so
+        # says where (``_forward.refusal``). Traced under jit only: nothing is computed, no
+        # basis made. Anything else is re-raised as it was.
+        jax.jacfwd(function)(params)
+        raise
 
     def unstacked(stacked: Array) -> Tree:
         """One output's columns (n, *out) as jacfwd lays them out: (*out, *param) per leaf."""
