@@ -68,6 +68,8 @@ class TorchEngine(AbstractEngine):
     """
 
     name = "torch"
+    #: How this engine builds Jacobians: reverse mode (``torch-fwd``: forward).
+    mode = "reverse"
     xp: Any  # set by __init__, which imports torch
 
     def __init__(self, *, device: str = "cpu") -> None:
@@ -489,6 +491,8 @@ class TorchForwardEngine(TorchEngine):
     """
 
     name = "torch-fwd"
+    #: How this engine builds Jacobians: forward mode (as ``jax-fwd``'s ``mode``).
+    mode = "forward"
     _jacobian_transform = "jacfwd"
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
