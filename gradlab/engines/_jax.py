@@ -382,20 +382,26 @@ def _intermediate_bytes(function: Callable[[Params], Tree], params: Params) -> i
 
 def _values_bytes(jaxpr: Any) -> int:
     """Bytes of the outputs of ``jaxpr``'s equations, those of the jaxprs it calls included."""
-    core = importlib.import_module("jax.extend.core")
     total = 0
     for eqn in jaxpr.eqns:
         for var in eqn.outvars:
             shape, dtype = getattr(var.aval, "shape", None), getattr(var.aval, "dtype", None)
             if shape is not None and dtype is not None:
                 total += int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return total + sum(_values_bytes(inner) for inner in _called(jaxpr))
+
+
+def _called(jaxpr: Any) -> Any:
+    """The jaxprs ``jaxpr``'s equations call (the bodies of ``jit``, ``custom_jvp``,
+    ``cond`` and loops, found in their parameters)."""
+    core = importlib.import_module("jax.extend.core")
+    for eqn in jaxpr.eqns:
         for value in eqn.params.values():
             for inner in value if isinstance(value, tuple) else (value,):
                 if isinstance(inner, core.ClosedJaxpr):
                     inner = inner.jaxpr
                 if isinstance(inner, core.Jaxpr):
-                    total += _values_bytes(inner)
-    return total
+                    yield inner
 
 
 def _jvp(problem: AbstractProblem) -> JVP:
@@ -706,16 +712,7 @@ def _body(step: Step, optimizer: Hashable, carry: Carry, data: Data) -> _Body:
 def _size(jaxpr: Any) -> int:
     """Equations of ``jaxpr``, those of the jaxprs its equations call included (the bodies
     of ``jit``, ``custom_jvp``, ``cond`` and loops, found in their parameters)."""
-    core = importlib.import_module("jax.extend.core")
-    total = len(jaxpr.eqns)
-    for eqn in jaxpr.eqns:
-        for value in eqn.params.values():
-            for inner in value if isinstance(value, tuple) else (value,):
-                if isinstance(inner, core.ClosedJaxpr):
-                    inner = inner.jaxpr
-                if isinstance(inner, core.Jaxpr):
-                    total += _size(inner)
-    return total
+    return len(jaxpr.eqns) + sum(_size(inner) for inner in _called(jaxpr))
 
 
 def _program(
