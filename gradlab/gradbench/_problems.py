@@ -161,37 +161,43 @@ class KMeans(AbstractProblem):
         object.__setattr__(self, "d", check_int(self.d, "d", 1))
 
     @staticmethod
-    def _distances(points: Array, centroids: Array, xp: Any) -> Array:
-        """‖pᵢ − cⱼ‖² as ‖pᵢ‖² − 2·pᵢ·cⱼ + ‖cⱼ‖²: an (n, k) matrix through one product,
-        where the differences would take an (n, k, d) array (12 GB at GradBench's largest)."""
-        return (
-            xp.sum(points * points, axis=1)[:, None]
-            - 2 * (points @ centroids.T)
-            + xp.sum(centroids * centroids, axis=1)[None, :]
+    def _nearest(points: Array, centroids: Array, xp: Any) -> Array:
+        """Each point's nearest centroid: the argmin over j of ‖cⱼ‖² − 2·pᵢ·cⱼ, the squared
+        distance less ‖pᵢ‖² (the same for every j). The (n, k) matrix comes from one
+        product, [pᵢ, 1]·[−2·cⱼ, ‖cⱼ‖²], where the differences would take an (n, k, d)
+        array (12 GB at GradBench's largest) and a sum after the product one more pass."""
+        ones = points[:, :1] * 0 + 1
+        scaled = xp.concatenate(
+            [-2 * centroids, xp.sum(centroids * centroids, axis=1)[:, None]], axis=1
         )
+        closeness = xp.concatenate([points, ones], axis=1) @ xp.permute_dims(scaled, (1, 0))
+        return xp.argmin(closeness, axis=1)
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
-        """Σᵢ minⱼ ‖pᵢ − cⱼ‖²."""
-        return xp.sum(xp.min(self._distances(data["points"], params["centroids"], xp), axis=1))
+        """Σᵢ ‖pᵢ − c_{nearest(i)}‖², the same as Σᵢ minⱼ ‖pᵢ − cⱼ‖².
 
-    def _nearest(self, centroids: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, Array]:
-        """Each point's nearest centroid, and the cost."""
-        distances = self._distances(points, centroids, np)
-        nearest = np.argmin(distances, axis=1)
-        return nearest, np.sum(distances[np.arange(points.shape[0]), nearest])
+        Written with the nearest centroid's index, not a min over the (n, k) distances: a
+        derivative then flows through a gather of n rows (a scatter of n rows back), and
+        never through the (n, k) matrix, whose derivative is zero but for one entry a row.
+        The index is an integer, so no engine differentiates the search.
+        """
+        points, centroids = data["points"], params["centroids"]
+        offsets = points - centroids[self._nearest(points, centroids, xp)]
+        return xp.sum(offsets * offsets)
 
     def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
-        """2·(|Sⱼ|·cⱼ − Σ_{i∈Sⱼ} pᵢ) for each centroid."""
+        """2·Σ_{i∈Sⱼ} (cⱼ − pᵢ) for each centroid."""
         centroids, points = params["centroids"], data["points"]
-        nearest, cost = self._nearest(centroids, points)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, nearest, points)
-        counts = np.bincount(nearest, minlength=self.k).astype(centroids.dtype)
-        return cost, {"centroids": 2 * (counts[:, None] * centroids - sums)}
+        nearest = self._nearest(points, centroids, np)
+        offsets = centroids[nearest] - points
+        # Sums by cluster, a coordinate at a time: bincount is one pass, where np.add.at is
+        # an unbuffered loop ten times slower.
+        sums = [np.bincount(nearest, offsets[:, j], minlength=self.k) for j in range(self.d)]
+        return np.sum(offsets * offsets), {"centroids": 2 * np.stack(sums, axis=1)}
 
     def hand_hvp(self, params: Params, tangent: Params, data: Data) -> dict[str, Array]:
         """2·|Sⱼ|·vⱼ: the Hessian is diagonal."""
-        nearest, _ = self._nearest(params["centroids"], data["points"])
+        nearest = self._nearest(data["points"], params["centroids"], np)
         counts = np.bincount(nearest, minlength=self.k).astype(tangent["centroids"].dtype)
         return {"centroids": 2 * counts[:, None] * tangent["centroids"]}
 

@@ -108,6 +108,32 @@ def test_gradbench_gmm_is_the_log_posterior(k: int, d: int, n: int, m: int, gamm
     assert float(problem.loss(params, data, np)) == pytest.approx(expected, rel=1e-10, abs=1e-10)
 
 
+@given(st.integers(1, 5), st.integers(1, 4), st.integers(1, 40), st.integers(0, 2**16))
+@few()
+def test_kmeans_is_the_nearest_squared_distance_and_manuals_newton_step(
+    k: int, d: int, n: int, seed: int
+) -> None:
+    # The oracle is the definition, by brute force over every point-centroid difference,
+    # and GradBench's C++ manual's direction: −(mean of a cluster's points − its centroid).
+    rng = np.random.default_rng(seed)
+    points, centroids = rng.standard_normal((n, d)), rng.standard_normal((k, d))
+    problem, data, params = KMeans(k=k, d=d), {"points": points}, {"centroids": centroids}
+    squared = ((points[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    assert float(problem.loss(params, data, np)) == pytest.approx(squared.min(axis=1).sum())
+    nearest = squared.argmin(axis=1)
+    value, grads = problem.hand_value_and_grad(params, data)
+    assert float(value) == pytest.approx(squared.min(axis=1).sum())
+    diagonal = problem.hand_hvp(params, {"centroids": np.ones((k, d))}, data)["centroids"]
+    for j in range(k):
+        members = points[nearest == j]
+        if len(members) == 0:
+            assert np.all(grads["centroids"][j] == 0)
+            assert np.all(diagonal[j] == 0)
+            continue
+        newton = grads["centroids"][j] / diagonal[j]
+        np.testing.assert_allclose(newton, -(members.mean(axis=0) - centroids[j]), atol=1e-12)
+
+
 def test_adbench_and_gradbench_gmm_differ_by_the_prior_sign_only() -> None:
     adbench, gradbench = gradlab.GMM(k=2, d=3, m=1), GradBenchGMM(k=2, d=3, m=1)
     data = adbench.make_data(7)
