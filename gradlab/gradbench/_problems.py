@@ -390,7 +390,7 @@ class ODE(_NoData):
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
         """y(2)'s last element (or all of y(2))."""
         x = params["x"]
-        y = _repeat(lambda y: self._step(x, y, xp), x * 0, self.steps, xp)
+        y = _repeat(lambda _, y: self._step(x, y, xp), x * 0, self.steps, xp)
         return y[-1] if self.last else y
 
     def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
@@ -452,17 +452,18 @@ class ODE(_NoData):
         return {"x": data_rng(seed).uniform(size=self.size)}
 
 
-def _repeat(step: Any, start: Array, times: int, xp: Any) -> Array:
-    """``step`` applied ``times`` times from ``start``: on jax, a ``lax.fori_loop`` (one
-    traced step, where a Python loop unrolls into a program whose compile time grows faster
-    than the steps: ODE at s = 100 did not compile in 10 minutes); elsewhere a Python loop.
-    Both compute the same steps in the same order."""
+def _repeat(step: Any, start: Any, times: int, xp: Any) -> Any:
+    """``state = step(i, state)`` for i = 0 … times − 1, from ``start`` (a tuple of arrays
+    or one): on jax, a ``lax.fori_loop`` (one traced step, where a Python loop unrolls into
+    a program whose compile time grows faster than the steps: ODE at s = 100 did not
+    compile in 10 minutes, nor LSTM at GradBench's c = 1024); elsewhere a Python loop. Both
+    compute the same steps in the same order."""
     if getattr(xp, "__name__", "") == "jax.numpy":
         import jax
 
-        return jax.lax.fori_loop(0, times, lambda _, y: step(y), start)
-    for _ in range(times):
-        start = step(start)
+        return jax.lax.fori_loop(0, times, step, start)
+    for i in range(times):
+        start = step(i, start)
     return start
 
 
@@ -513,14 +514,15 @@ class LSTM(AbstractProblem):
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
         """−Σₜ Σᵢ y_{t+1,i}·log softmax₊₂(ŷₜ)ᵢ / ((c − 1)·b)."""
-        main, extra, sequence = params["main_params"], params["extra_params"], data["sequence"]
+        main, extra = params["main_params"], params["extra_params"]
+        # An array of xp: on jax, the loop indexes it by a traced step.
+        sequence = xp.asarray(data["sequence"])
         b = self.width
         weights = [main[2 * layer] for layer in range(self.layers)]
         biases = [main[2 * layer + 1] for layer in range(self.layers)]
-        hidden = [data["state"][2 * layer] for layer in range(self.layers)]
-        cell = [data["state"][2 * layer + 1] for layer in range(self.layers)]
-        total = 0.0
-        for t in range(self.length - 1):
+
+        def step(t: Any, carry: tuple[Any, Any, Array]) -> tuple[Any, Any, Array]:
+            hidden, cell, total = list(carry[0]), list(carry[1]), carry[2]
             layer_input = sequence[t] * extra[0]
             for layer in range(self.layers):
                 w, c = weights[layer], biases[layer]
@@ -533,7 +535,19 @@ class LSTM(AbstractProblem):
                 layer_input = hidden[layer]
             predicted = layer_input * extra[1] + extra[2]
             normaliser = xp.log(xp.sum(xp.exp(predicted)) + 2)
-            total = total + xp.sum(sequence[t + 1] * (predicted - normaliser))
+            return (
+                tuple(hidden),
+                tuple(cell),
+                total + xp.sum(sequence[t + 1] * (predicted - normaliser)),
+            )
+
+        state = data["state"]
+        start = (
+            tuple(state[2 * layer] for layer in range(self.layers)),
+            tuple(state[2 * layer + 1] for layer in range(self.layers)),
+            xp.sum(extra[0] * 0),
+        )
+        _, _, total = _repeat(step, start, self.length - 1, xp)
         return -total / ((self.length - 1) * b)
 
     def param_shapes(self, data: Mapping[str, np.ndarray]) -> Mapping[str, tuple[int, ...]]:
