@@ -112,6 +112,14 @@ _RULES = (
         "both use",
         True,
     ),
+    # MLX's primitives without a forward-mode rule (a scatter: the derivative of a gather).
+    _Rule(
+        "mlx",
+        re.compile(r"\[(?P<op>\w+)\] JVP not yet implemented"),
+        lambda match: f"mlx's {match['op']}",
+        "",
+        True,
+    ),
     # Reverse mode refuses a callback too (jax derives it from forward mode).
     _Rule(
         "jax",

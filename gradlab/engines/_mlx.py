@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from gradlab._errors import ArgumentError, ArgumentTypeError
 from gradlab._fingerprint import Compiled, fingerprint, key
 from gradlab._loss import checked_loss
 from gradlab._tree import leaves as tree_leaves
+from gradlab.engines._forward import falling_back
 from gradlab.engines._protocol import (
     HVP,
     AbstractEngine,
@@ -31,6 +33,48 @@ from gradlab.problems._base import AbstractProblem
 # Compiled functions for the life of the process, keyed as the other compiling engines key
 # theirs (see ``gradlab._fingerprint``): a changed problem is traced again.
 _COMPILED: Compiled[Callable[..., Any]] = Compiled()
+
+
+def _without_derivative(name: str) -> Callable[..., Any]:
+    def search(self: _Namespace, *args: Any, **kwargs: Any) -> Any:
+        return self._mx.stop_gradient(getattr(self._mx, name)(*args, **kwargs))
+
+    search.__name__ = name
+    return search
+
+
+class _Namespace:
+    """``mlx.core`` as losses see it, with the indices its searches return cut from
+    differentiation.
+
+    An index has no derivative, but MLX differentiates a gather with respect to indices
+    computed from the parameters, and refuses ("Cannot calculate VJP with respect to
+    indices"): k-means' nearest centroid, ``c[argmin(...)]``, failed every second
+    derivative. ``mx.stop_gradient`` on ``argmin``, ``argmax``, ``argsort`` and
+    ``argpartition`` says what other frameworks read from the integer dtype.
+    """
+
+    gradlab_framework = "mlx"
+
+    def __init__(self, mx: Any) -> None:
+        self._mx = mx
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # Python's own probes (copy, pickle): not there
+            raise AttributeError(name)
+        return getattr(self._mx, name)
+
+    argmin = _without_derivative("argmin")
+    argmax = _without_derivative("argmax")
+    argsort = _without_derivative("argsort")
+    argpartition = _without_derivative("argpartition")
+
+
+@functools.cache
+def _namespace(mx: Any) -> _Namespace:
+    """One namespace for every engine: compiled functions are found again by what they
+    close over (``gradlab._fingerprint``), the namespace among it."""
+    return _Namespace(mx)
 
 
 class MlxEngine(AbstractEngine):
@@ -67,7 +111,7 @@ class MlxEngine(AbstractEngine):
 
     def __init__(self, *, device: str = "cpu", compile: bool = True) -> None:
         self._mx = importlib.import_module("mlx.core")
-        self.xp = self._mx
+        self.xp = _namespace(self._mx)
         if not isinstance(compile, bool):
             raise ArgumentTypeError("compile", f"must be True or False, got {compile!r}")
         self.compiled_loop = self._compile = compile
@@ -111,10 +155,10 @@ class MlxEngine(AbstractEngine):
 
     def value_and_grad(self, problem: AbstractProblem) -> ValueAndGrad:
         """``mx.value_and_grad(loss)`` with respect to the parameters (compiled in the loop)."""
-        mx, loss = self._mx, checked_loss(problem)
+        mx, xp, loss = self._mx, self.xp, checked_loss(problem)
 
         def make() -> Callable[..., Any]:
-            gradient = mx.value_and_grad(lambda params, data: loss(params, data, mx))
+            gradient = mx.value_and_grad(lambda params, data: loss(params, data, xp))
 
             def value_and_grad(params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
                 value, grads = gradient(dict(params), dict(data))
@@ -126,37 +170,52 @@ class MlxEngine(AbstractEngine):
 
     def objective(self, problem: AbstractProblem) -> Objective:
         """The loss alone, eagerly."""
-        mx, loss = self._mx, checked_loss(problem)
+        xp, loss = self.xp, checked_loss(problem)
 
         def make() -> Callable[..., Any]:
-            return lambda params, data: loss(dict(params), dict(data), mx)
+            return lambda params, data: loss(dict(params), dict(data), xp)
 
         return self._cached("objective", problem, make)
 
     def hvp(self, problem: AbstractProblem) -> HVP:
-        """Forward-over-reverse: ``mx.jvp`` of ``mx.grad`` of the loss."""
-        mx, loss = self._mx, checked_loss(problem)
+        """Forward-over-reverse: ``mx.jvp`` of ``mx.grad`` of the loss; where MLX has no
+        forward-mode rule for an operation (a scatter, the derivative of a gather),
+        reverse-over-reverse, ``mx.vjp`` of ``mx.grad``, noted (``gradlab.engines._forward``)."""
+        mx, xp, loss = self._mx, self.xp, checked_loss(problem)
 
-        def hvp(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
-            names = list(params)  # mx.jvp takes and gives lists of arrays, not dicts
+        def gradient_of(params: Params, data: Data) -> tuple[list[str], Callable[..., Any]]:
+            names = list(params)  # mx.jvp and mx.vjp take and give lists, not dicts
 
             def gradient(*values: Array) -> list[Array]:
-                grads = mx.grad(lambda p: loss(p, data, mx))(dict(zip(names, values, strict=True)))
+                grads = mx.grad(lambda p: loss(p, data, xp))(dict(zip(names, values, strict=True)))
                 return [grads[name] for name in names]
 
+            return names, gradient
+
+        def forward(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+            names, gradient = gradient_of(params, data)
             _, products = mx.jvp(
                 gradient, [params[name] for name in names], [tangent[name] for name in names]
             )
             return dict(zip(names, products, strict=True))
 
-        return self._on_device(hvp)
+        def reverse(params: Params, tangent: Params, data: Data) -> dict[str, Array]:
+            names, gradient = gradient_of(params, data)
+            _, products = mx.vjp(
+                gradient, [params[name] for name in names], [tangent[name] for name in names]
+            )
+            return dict(zip(names, products, strict=True))
+
+        return self._on_device(
+            falling_back(forward, reverse, "mx.jvp of mx.grad", "mx.vjp of mx.grad")
+        )
 
     def per_example_grads(self, problem: AbstractProblem) -> PerExample:
         """``mx.vmap`` of ``mx.grad`` of one row's loss."""
-        mx, loss = self._mx, checked_loss(problem)
+        mx, xp, loss = self._mx, self.xp, checked_loss(problem)
 
         def row_loss(params: Params, row: Data) -> Array:
-            return loss(params, {name: value[None] for name, value in row.items()}, mx)
+            return loss(params, {name: value[None] for name, value in row.items()}, xp)
 
         vectorised = mx.vmap(mx.grad(row_loss), in_axes=(None, 0))
 

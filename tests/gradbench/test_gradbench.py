@@ -134,6 +134,26 @@ def test_kmeans_is_the_nearest_squared_distance_and_manuals_newton_step(
         np.testing.assert_allclose(newton, -(members.mean(axis=0) - centroids[j]), atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "engine", ["torch", "torch-func", "torch-fwd", "jax", "jax-fwd", "mlx", "tensorflow"]
+)
+def test_kmeans_newton_direction_on_every_engine_that_has_second_derivatives(engine: str) -> None:
+    # The nearest centroid is a gather by a computed index: MLX refused its second
+    # derivative ("Cannot calculate VJP with respect to indices") until its namespace cut the
+    # index from differentiation and its HVP fell back to reverse-over-reverse.
+    require_engine(engine)
+    rng = np.random.default_rng(5)
+    problem = KMeans(k=4, d=3)
+    data, params = (
+        {"points": rng.standard_normal((40, 3))},
+        {"centroids": rng.standard_normal((4, 3))},
+    )
+    ones = {"centroids": np.ones((4, 3))}
+    expected = problem.hand_hvp(params, ones, data)["centroids"]
+    found = gradlab.hvp(problem, data, params, ones, engine=engine)["centroids"]
+    np.testing.assert_allclose(np.asarray(found), expected, atol=1e-12)
+
+
 def test_adbench_and_gradbench_gmm_differ_by_the_prior_sign_only() -> None:
     adbench, gradbench = gradlab.GMM(k=2, d=3, m=1), GradBenchGMM(k=2, d=3, m=1)
     data = adbench.make_data(7)
