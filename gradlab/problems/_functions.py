@@ -142,9 +142,16 @@ class LogSumExp(_NoData):
         object.__setattr__(self, "size", check_int(self.size, "size", 1))
 
     def loss(self, params: Params, data: Data, xp: Any) -> Array:
-        """m + log Σ exp(x − m), m = max x."""
+        """m + log Σ exp(x − m), m = max x, taken as x's element at argmax x.
+
+        The value does not depend on m, so neither does the derivative: m through an integer
+        index (one element gathered, one scattered back), not through ``max``, whose
+        derivative is a pass over x to find and share among its ties (``jax.nn.logsumexp``
+        stops the gradient at its shift for the same reason). A quarter off torch's gradient
+        at n = 1.28·10⁶.
+        """
         x = params["x"]
-        top = xp.max(x)
+        top = x[xp.argmax(x)]
         return top + xp.log(xp.sum(xp.exp(x - top)))
 
     def hand_value_and_grad(self, params: Params, data: Data) -> tuple[Array, dict[str, Array]]:
