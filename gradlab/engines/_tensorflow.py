@@ -147,7 +147,10 @@ class TensorFlowEngine(AbstractEngine):
                     [grads[name] for name in names],
                     unconnected_gradients=tf.UnconnectedGradients.ZERO,
                 )
-                return dict(zip(names, products, strict=True))
+                # The tangent of a gradient made dense from IndexedSlices (a gather's, as in
+                # k-means' nearest centroid) comes back as IndexedSlices too: dense here.
+                dense = [tf.convert_to_tensor(product) for product in products]
+                return dict(zip(names, dense, strict=True))
 
             return hvp
 
