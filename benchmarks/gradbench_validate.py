@@ -127,6 +127,15 @@ KNOWN: tuple[Known, ...] = (
         "(relative error 3.5e-7, docs/engines.md)",
         "https://github.com/ml-explore/mlx/issues/3047",
     ),
+    Known(
+        "ode",
+        "torch-compile",
+        frozenset({"timed out"}),
+        "torch.compile's Dynamo unrolls Python loops: the gradient through s = 100 RK4 steps "
+        "did not compile in 300 s (jax runs them in a `lax.fori_loop`; torch has no "
+        "counterpart that torch.compile differentiates)",
+        "https://github.com/pytorch/pytorch/issues/111441",
+    ),
     # Forward mode takes one JVP per input (``jacfwd``, in chunks): a gradient of n inputs
     # is n passes of the function, O(n²) where a pass is O(n). GradBench's larger inputs
     # then take longer than any timeout; these are the cells where that was measured
