@@ -191,9 +191,10 @@ class KMeans(AbstractProblem):
         nearest = self._nearest(points, centroids, np)
         offsets = centroids[nearest] - points
         # Sums by cluster, a coordinate at a time: bincount is one pass, where np.add.at is
-        # an unbuffered loop ten times slower.
+        # an unbuffered loop ten times slower. It sums in float64: cast back to the dtype.
         sums = [np.bincount(nearest, offsets[:, j], minlength=self.k) for j in range(self.d)]
-        return np.sum(offsets * offsets), {"centroids": 2 * np.stack(sums, axis=1)}
+        grad = 2 * np.stack(sums, axis=1).astype(centroids.dtype, copy=False)
+        return np.sum(offsets * offsets), {"centroids": grad}
 
     def hand_hvp(self, params: Params, tangent: Params, data: Data) -> dict[str, Array]:
         """2·|Sⱼ|·vⱼ: the Hessian is diagonal."""
