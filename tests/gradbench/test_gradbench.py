@@ -134,6 +134,18 @@ def test_kmeans_is_the_nearest_squared_distance_and_manuals_newton_step(
         np.testing.assert_allclose(newton, -(members.mean(axis=0) - centroids[j]), atol=1e-12)
 
 
+def test_kmeans_hand_derivatives_keep_float32() -> None:
+    # bincount sums in float64: the hand gradient casts back, as every engine keeps the dtype.
+    rng = np.random.default_rng(2)
+    problem = KMeans(k=3, d=2)
+    params = {"centroids": rng.standard_normal((3, 2)).astype(np.float32)}
+    data = {"points": rng.standard_normal((20, 2)).astype(np.float32)}
+    value, grads = problem.hand_value_and_grad(params, data)
+    assert value.dtype == np.float32
+    assert grads["centroids"].dtype == np.float32
+    assert problem.hand_hvp(params, params, data)["centroids"].dtype == np.float32
+
+
 @pytest.mark.parametrize("engine", ["torch", "jax", "mlx", "tensorflow"])
 def test_kmeans_newton_direction_on_every_engine_that_has_second_derivatives(engine: str) -> None:
     # The nearest centroid is a gather by a computed index: MLX refused its second
