@@ -277,6 +277,10 @@ def concatenate(arrays: Sequence[Any], /, *, axis: int | None = 0) -> Any:
     return _wrap(tnp.concatenate(_unwrap_all(list(arrays)), axis=axis))
 
 
+#: The array API's name for it (NumPy 2 has both).
+concat = concatenate
+
+
 def permute_dims(x: Any, /, axes: Sequence[int]) -> Any:
     return _wrap(tf.transpose(unwrap(x), perm=list(axes)))
 
