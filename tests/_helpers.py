@@ -40,18 +40,35 @@ EXPENSIVE = {"gmm": 8, "mlp": 8, "log_sum_exp": 15, "rosenbrock": 15, "softmax_r
 
 #: Engines that compile anew for every shape a property draws: each example costs a compile.
 COMPILES_PER_SHAPE = frozenset({"jax", "jax-fwd", "torch-compile", "mlx", "tensorflow-xla"})
+#: Examples per property on those engines: each costs 0.1 to 1 s of compiling on jax (a
+#: profile of the GMM Hessian-vector products: compiling and tracing, 4.5 of 8 s), and the
+#: same properties run at every draw on the eager engines. Ten until the suite reached
+#: 11 minutes against its 8 (issue 34); the deep profile draws them all.
+COMPILED_EXAMPLES = 4
+#: The project's thorough run: HYPOTHESIS_PROFILE=deep (every property at 400 examples, no
+#: caps), or GRADLAB_DEEP=1 (the full sweeps alone, at the loaded profile's examples).
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep" or os.environ.get("GRADLAB_DEEP") == "1"
+
+
+def deep(*values: Any) -> Any:
+    """``values`` as parameters that run only in the thorough run (``DEEP``):
+    for a parametrization on an engine whose every case compiles for seconds (torch-compile,
+    1 to 15 s each with a cold cache), where its own conformance class and fast-path tests
+    cover it in every run. Skipped otherwise, with the reason in the summary."""
+    mark = pytest.mark.skipif(not DEEP, reason="compiles for seconds: runs with GRADLAB_DEEP=1")
+    return [pytest.param(value, marks=mark) for value in values]
 
 
 def examples(problem: str, *, fd_hessian: bool = False, engine: str = "") -> settings:
     """The loaded profile's settings, with fewer examples for an expensive problem (a
     quarter as many again for a full Hessian by finite differences: elements² loss
-    evaluations, seconds each for GMM and MLP), and at most ten on an engine that compiles
-    for every shape drawn (the same properties run at every draw on the other engines)."""
+    evaluations, seconds each for GMM and MLP), and at most ``COMPILED_EXAMPLES`` on an
+    engine that compiles for every shape drawn."""
     if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
         return settings()
     cap = EXPENSIVE.get(problem)
     if engine in COMPILES_PER_SHAPE:
-        cap = min(cap or 10, 10)
+        cap = min(cap or COMPILED_EXAMPLES, COMPILED_EXAMPLES)
     if cap is None:
         return settings()
     if fd_hessian:
@@ -59,11 +76,11 @@ def examples(problem: str, *, fd_hessian: bool = False, engine: str = "") -> set
     return settings(max_examples=min(cap, settings().max_examples))
 
 
-def fewer(problem: str, *, fd_hessian: bool = False) -> settings:
-    """At most ten examples (the deep profile: all), for the properties whose every
-    example compiles anew on jax (a new shape) and that other tests cover at more points:
-    float32 against the float64 truth, symmetry and linearity. Keeps the suite's time."""
-    base = examples(problem, fd_hessian=fd_hessian)
+def fewer(problem: str, *, fd_hessian: bool = False, engine: str = "") -> settings:
+    """At most ten examples (the deep profile: all), for the properties that other tests
+    cover at more points: float32 against the float64 truth, symmetry and linearity. Keeps
+    the suite's time."""
+    base = examples(problem, fd_hessian=fd_hessian, engine=engine)
     if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
         return base
     return settings(base, max_examples=min(10, base.max_examples))
@@ -142,6 +159,21 @@ class RequiredMembersOnly:
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+
+def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``gradlab ARGS`` run by ``gradlab.cli.main`` in this process, argparse's refusals (which
+    exit) included: the status, stdout and stderr. Spares a fresh interpreter's imports (0.5
+    to 3 s a command); ``tests/test_cli.py`` runs the command as a user does as well, in a
+    subprocess."""
+    from gradlab.cli import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 
 def free_port() -> int:

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _helpers import cli_in_process as run
 from _helpers import require_engine
 
 import gradlab
-from gradlab.cli import main
 
 
 @pytest.fixture
@@ -31,12 +31,6 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     np.save("y.npy", data["y"])
     np.savez("params.npz", w=params["w"], b=params["b"])
     return {"data": data, "params": params}
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    status = main(list(args))
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 def compare_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:

@@ -115,11 +115,13 @@ class Array:
 
     def __getitem__(self, key: Any) -> Array:
         key = _unwrap_all(key)
-        if isinstance(key, tf.Tensor) and key.shape.rank:
+        if _is_index_array(key):
             # An index array, NumPy's advanced indexing along the first axis.
             if key.dtype == tf.bool:
                 return Array(tf.boolean_mask(self.tensor, key))
             return Array(tf.gather(self.tensor, key, axis=0))
+        if isinstance(key, tuple) and _holds_index_array(key):
+            return Array(_gather_along(self.tensor, key))
         return Array(self.tensor[key])
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -159,6 +161,39 @@ class Array:
         return Array(tf.abs(self.tensor))
 
     __hash__ = None  # type: ignore[assignment]  # elementwise ==, as NumPy's
+
+
+def _is_index_array(key: Any) -> bool:
+    """Whether ``key`` indexes by an array (NumPy's advanced indexing), not by a number."""
+    return isinstance(key, (tf.Tensor, np.ndarray)) and builtins.bool(len(key.shape))
+
+
+def _holds_index_array(key: tuple[Any, ...]) -> bool:
+    # builtins': this module's own any and all are the namespace's (TensorFlow's).
+    return builtins.any(_is_index_array(part) for part in key)
+
+
+def _gather_along(tensor: Any, key: tuple[Any, ...]) -> Any:
+    """NumPy's ``x[:, i]`` (one integer array, every other axis whole, an ``...`` allowed):
+    ``tf.gather`` along that array's axis, which places the indexed axes where NumPy does.
+    TensorFlow's own indexing takes no array there; other mixes are refused by name."""
+    arrays = [place for place, part in enumerate(key) if _is_index_array(part)]
+    ellipses = [place for place, part in enumerate(key) if part is Ellipsis]
+    whole = builtins.all(
+        part is Ellipsis or (isinstance(part, slice) and part == slice(None))
+        for place, part in enumerate(key)
+        if place not in arrays
+    )
+    index = key[arrays[0]]
+    if len(arrays) != 1 or not whole or len(ellipses) > 1 or index.dtype in (bool, tf.bool):
+        raise IndexError(
+            "gradlab's TensorFlow namespace indexes by an array along one axis with every "
+            f"other axis whole (x[:, i], x[..., i]), got the key {key!r}"
+        )
+    place = arrays[0]
+    if ellipses and ellipses[0] < place:  # counted from the last axis
+        place = len(tensor.shape) - (len(key) - place)
+    return tf.gather(tensor, index, axis=place)
 
 
 def _binary(function: Callable[..., Any], name: str) -> None:

@@ -71,7 +71,7 @@ def test_hvp_agrees_with_the_hand_derivation(problem: str, dtype: str, engine: s
         truth_engine = "fd" if engine != "fd" else first_installed(AUTODIFF_ENGINES)
     limit = gradlab.tolerance(dtype, against_fd="fd" in (engine, truth_engine))
 
-    @(fewer(problem) if dtype == "float32" else examples(problem, engine=engine))
+    @(fewer(problem, engine=engine) if dtype == "float32" else examples(problem, engine=engine))
     @given(CASES[problem], st.data())
     def check(case: Case, draw: st.DataObject) -> None:
         problem_, data, params = as_float32_point(case) if dtype == "float32" else case
@@ -118,7 +118,7 @@ def test_hessian_is_symmetric_and_hvp_is_linear(problem: str, engine: str) -> No
         pytest.skip(f"{problem} has no hand-derived Hessian-vector product")
     limit = gradlab.tolerance("float64", against_fd=engine == "fd")
 
-    @fewer(problem, fd_hessian=engine == "fd")
+    @fewer(problem, fd_hessian=engine == "fd", engine=engine)
     @given(CASES[problem], st.data(), reals(-3, 3))
     def check(case: Case, draw: st.DataObject, scale: float) -> None:
         problem_, data, params = case

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import require_engine
+from _helpers import DEEP, deep, require_engine
 
 import gradlab
 from gradlab import schedules
@@ -20,7 +20,10 @@ from gradlab import schedules
 PROBLEM = gradlab.LinearRegression()
 DATA = PROBLEM.make_data(40, d=3, seed=2)
 INIT = {"w": np.zeros(3), "b": np.array(0.0)}
-ENGINES = ["numpy", "torch", "jax", "torch-compile", "fd"]
+# torch-compile compiles every fit for seconds: its conformance class runs its fits in every
+# run, these features on it in the thorough one.
+EVERY_RUN = ["numpy", "torch", "jax", "fd"]
+ENGINES = [*EVERY_RUN, *deep("torch-compile")]
 
 
 def run(engine: str, steps: int = 200, **options: Any) -> gradlab.FitResult:
@@ -83,7 +86,7 @@ def test_patience_stops_when_the_loss_stops_improving() -> None:
             expected = i
             break
     assert expected is not None
-    for engine in ENGINES:
+    for engine in EVERY_RUN + ["torch-compile"] * DEEP:
         result = run(engine, steps=400, stop=gradlab.Stop(patience=patience, min_delta=delta))
         assert (result.stop_reason, result.step) == ("patience", expected), engine
 

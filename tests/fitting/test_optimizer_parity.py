@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import require_engine
+from _helpers import deep, require_engine
 
 import gradlab
 from gradlab import schedules
@@ -193,7 +193,7 @@ def test_bad_schedule_and_optimizer_parameters_are_refused(make: Any, argument: 
     assert caught.value.argument == argument
 
 
-@pytest.mark.parametrize("engine_name", ["torch", "jax", "torch-compile"])
+@pytest.mark.parametrize("engine_name", ["torch", "jax", *deep("torch-compile")])
 def test_schedules_and_chains_run_on_every_engine_to_the_same_path(engine_name: str) -> None:
     """Inside the compiled jax loop the count is traced; on torch it is a tensor when compiled."""
     require_engine(engine_name.split("-")[0])

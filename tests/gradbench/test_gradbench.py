@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import BUILTIN_ENGINES, require_engine
+from _helpers import BUILTIN_ENGINES, DEEP, require_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -303,14 +303,13 @@ SMALL: dict[str, list[dict[str, Any]]] = {
     "ba": [{"n": 3, "m": 5, "p": 7}],
     "ht": [{"v": 12, "c": 5, "b": 22, "t": 24}, {"v": 10, "c": 4, "complicated": False}],
     # A nested eval from where GradBench's descent stops at once: the protocol's path,
-    # cheaply (the descent is tested below, and in full under HYPOTHESIS_PROFILE=deep).
+    # cheaply (the descent is tested below, and in full under GRADLAB_DEEP=1).
     # particle's path is the same; each of its runs costs seconds even there.
     "particle": [],
     "saddle": [{"start": 1e-6}],
 }
 #: The engines whose framework nests derivatives (particle, saddle).
 NESTING = ("torch", "jax")
-DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
 VARIANTS = ("rr", "ff", "fr", "rf")
 # torch's general operators (ops.reverse, ops.forward: the procedures use cheaper pairs,
 # tests/gradbench/test_nested.py covers them and the full runs).

@@ -13,13 +13,12 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import require_engine
+from _helpers import DEEP, require_engine
 
 import gradlab
 from gradlab.gradbench import _nested, serve
@@ -28,7 +27,6 @@ from gradlab.gradbench import _nested, serve
 PARTICLE_W = 0.2071918746486116
 SADDLE_POINT = [8.246324826140356e-06] * 4
 VARIANTS = ("rr", "ff", "fr", "rf")
-DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
 #: A full run each: jax's compile (seconds) and torch's eager descent (seconds to minutes
 #: in forward mode). By default one of each eval on jax, with each mode outside (reverse
 #: mode through the flight is checked below, against finite differences); every one
@@ -64,7 +62,7 @@ def compiled(ops: _nested.Ops, key: str, build: Callable[[], Any]) -> Any:
             *case,
             marks=[]
             if case in DEFAULT_RUNS or DEEP
-            else pytest.mark.skip(reason="seconds to minutes a run: HYPOTHESIS_PROFILE=deep"),
+            else pytest.mark.skip(reason="seconds to minutes a run: GRADLAB_DEEP=1"),
         )
         for case in FULL_RUNS
     ],

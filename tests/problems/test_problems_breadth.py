@@ -8,11 +8,12 @@ identities), fits that agree across engines, and bad hyper-parameters and data r
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import default_engines
+from _helpers import cli_in_process, default_engines
 
 import gradlab
 
@@ -272,19 +273,9 @@ def test_gmm_hyper_parameters_are_checked(arguments: dict[str, Any], argument: s
         "gmm",
     ],
 )
-def test_gradlab_compare_covers_the_problem(name: str) -> None:
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-m", "gradlab", "compare", "--problem", name, "--n", "12", "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    import json
-
-    report = json.loads(done.stdout)
+def test_gradlab_compare_covers_the_problem(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = cli_in_process(capsys, "compare", "--problem", name, "--n", "12", "--json")
+    assert status == 0, err
+    report = json.loads(out)
     assert report["problem"] == name
     assert all(verdict["agrees"] for verdict in report["verdicts"].values())
