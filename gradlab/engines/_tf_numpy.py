@@ -163,12 +163,12 @@ class Array:
     __hash__ = None  # type: ignore[assignment]  # elementwise ==, as NumPy's
 
 
-def _is_index_array(key: Any) -> bool:
+def _is_index_array(key: Any) -> builtins.bool:
     """Whether ``key`` indexes by an array (NumPy's advanced indexing), not by a number."""
     return isinstance(key, (tf.Tensor, np.ndarray)) and builtins.bool(len(key.shape))
 
 
-def _holds_index_array(key: tuple[Any, ...]) -> bool:
+def _holds_index_array(key: tuple[Any, ...]) -> builtins.bool:
     # builtins': this module's own any and all are the namespace's (TensorFlow's).
     return builtins.any(_is_index_array(part) for part in key)
 
@@ -185,7 +185,7 @@ def _gather_along(tensor: Any, key: tuple[Any, ...]) -> Any:
         if place not in arrays
     )
     index = key[arrays[0]]
-    if len(arrays) != 1 or not whole or len(ellipses) > 1 or index.dtype in (bool, tf.bool):
+    if len(arrays) != 1 or not whole or len(ellipses) > 1 or tf.as_dtype(index.dtype) == tf.bool:
         raise IndexError(
             "gradlab's TensorFlow namespace indexes by an array along one axis with every "
             f"other axis whole (x[:, i], x[..., i]), got the key {key!r}"

@@ -23,8 +23,8 @@ from gradlab.gradbench._evals import EVALS
 from gradlab.gradbench._ht import HAND_PARENTS, HandTracking, jacobian
 
 STEP = 1e-30
-BA_ENGINES = ["numpy", "torch", "jax", "torch-fwd", "jax-fwd", "fd", "complex-step"]
-HT_ENGINES = ["numpy", "torch", "jax", "torch-fwd", "jax-fwd", "fd"]
+BA_ENGINES = ["numpy", "torch", "jax", "torch-fwd", "jax-fwd", "fd", "complex-step", "tensorflow"]
+HT_ENGINES = ["numpy", "torch", "jax", "torch-fwd", "jax-fwd", "fd", "tensorflow"]
 
 
 # -- ADBench's BA, transcribed ---------------------------------------------------------------
