@@ -35,7 +35,8 @@ def default_engines() -> tuple[str, ...]:
 #: Examples per property test where one example is expensive: jax compiles anew for every
 #: shape drawn (GMM and MLP draw many), and fd Hessians cost elements² loss evaluations.
 #: The deep profile (HYPOTHESIS_PROFILE=deep) lifts these caps.
-EXPENSIVE = {"gmm": 8, "mlp": 8, "log_sum_exp": 15, "rosenbrock": 15, "softmax_regression": 20}
+#: (gmm and mlp at 8 until the suite's time was cut in issue 34.)
+EXPENSIVE = {"gmm": 5, "mlp": 5, "log_sum_exp": 15, "rosenbrock": 15, "softmax_regression": 20}
 
 
 #: Engines that compile anew for every shape a property draws: each example costs a compile.
@@ -44,7 +45,7 @@ COMPILES_PER_SHAPE = frozenset({"jax", "jax-fwd", "torch-compile", "mlx", "tenso
 #: profile of the GMM Hessian-vector products: compiling and tracing, 4.5 of 8 s), and the
 #: same properties run at every draw on the eager engines. Ten until the suite reached
 #: 11 minutes against its 8 (issue 34); the deep profile draws them all.
-COMPILED_EXAMPLES = 4
+COMPILED_EXAMPLES = 3
 #: The project's thorough run: HYPOTHESIS_PROFILE=deep (every property at 400 examples, no
 #: caps), or GRADLAB_DEEP=1 (the full sweeps alone, at the loaded profile's examples).
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep" or os.environ.get("GRADLAB_DEEP") == "1"

@@ -36,9 +36,10 @@ class TestTorchForward(EngineConformance):
 class TestTorchCompile(EngineConformance):
     engine = "torch-compile"
     # Each problem and dtype compiles afresh: 1 to 18 s each with a cold inductor cache,
-    # 92 s of the suite's CPU time for all ten. So three problems, covering matrix products,
-    # exp, log and tanh. test_fast_paths also checks the seed's model, compiled.
-    problems = ("logistic_regression", "softmax_regression", "mlp")
+    # 92 s of the suite's CPU time for all ten. So two problems, covering matrix products,
+    # exp, log and tanh (softmax_regression too until issue 34 cut the suite's time).
+    # test_fast_paths also checks the seed's model, compiled.
+    problems = ("logistic_regression", "mlp")
 
 
 class TestJax(EngineConformance):
