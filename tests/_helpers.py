@@ -78,13 +78,13 @@ def examples(problem: str, *, fd_hessian: bool = False, engine: str = "") -> set
 
 
 def fewer(problem: str, *, fd_hessian: bool = False, engine: str = "") -> settings:
-    """At most ten examples (the deep profile: all), for the properties that other tests
-    cover at more points: float32 against the float64 truth, symmetry and linearity. Keeps
-    the suite's time."""
+    """Half the default examples (the deep profile: all), for the properties that other
+    tests cover at more points: float32 against the float64 truth, symmetry and linearity.
+    Keeps the suite's time."""
     base = examples(problem, fd_hessian=fd_hessian, engine=engine)
     if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
         return base
-    return settings(base, max_examples=min(10, base.max_examples))
+    return settings(base, max_examples=min(5, base.max_examples))
 
 
 def first_installed(names: tuple[str, ...]) -> str:

@@ -42,7 +42,7 @@ def few(problem: str) -> settings:
     base = examples(problem)
     if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
         return base
-    return settings(base, max_examples=min(3, base.max_examples))
+    return settings(base, max_examples=min(2, base.max_examples))
 
 
 @pytest.mark.parametrize("engine", JACOBIAN_ENGINES)
