@@ -46,9 +46,11 @@ COMPILES_PER_SHAPE = frozenset({"jax", "jax-fwd", "torch-compile", "mlx", "tenso
 #: same properties run at every draw on the eager engines. Ten until the suite reached
 #: 11 minutes against its 8 (issue 34); the deep profile draws them all.
 COMPILED_EXAMPLES = 3
-#: The project's thorough run: HYPOTHESIS_PROFILE=deep (every property at 400 examples, no
-#: caps), or GRADLAB_DEEP=1 (the full sweeps alone, at the loaded profile's examples).
-DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep" or os.environ.get("GRADLAB_DEEP") == "1"
+#: Hypothesis' deep profile (HYPOTHESIS_PROFILE=deep): every property at 400 examples, no caps.
+DEEP_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
+#: The project's thorough run: the deep profile, or GRADLAB_DEEP=1 (the full sweeps alone, at
+#: the loaded profile's examples).
+DEEP = DEEP_PROFILE or os.environ.get("GRADLAB_DEEP") == "1"
 
 
 def deep(*values: Any) -> Any:
@@ -65,7 +67,7 @@ def examples(problem: str, *, fd_hessian: bool = False, engine: str = "") -> set
     quarter as many again for a full Hessian by finite differences: elements² loss
     evaluations, seconds each for GMM and MLP), and at most ``COMPILED_EXAMPLES`` on an
     engine that compiles for every shape drawn."""
-    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+    if DEEP_PROFILE:
         return settings()
     cap = EXPENSIVE.get(problem)
     if engine in COMPILES_PER_SHAPE:
@@ -82,7 +84,7 @@ def fewer(problem: str, *, fd_hessian: bool = False, engine: str = "") -> settin
     tests cover at more points: float32 against the float64 truth, symmetry and linearity.
     Keeps the suite's time."""
     base = examples(problem, fd_hessian=fd_hessian, engine=engine)
-    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+    if DEEP_PROFILE:
         return base
     return settings(base, max_examples=min(5, base.max_examples))
 

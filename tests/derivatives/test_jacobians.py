@@ -9,12 +9,12 @@ compared across engines are tested in ``tests/comparison/test_jacobian_compariso
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 import pytest
 from _helpers import (
+    DEEP_PROFILE,
     TANH,
     examples,
     installed,
@@ -40,7 +40,7 @@ def few(problem: str) -> settings:
     """Fewer examples than the agreement tests draw: each one runs every engine, and jax
     compiles anew for each shape (the deep profile draws as many as ever)."""
     base = examples(problem)
-    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+    if DEEP_PROFILE:
         return base
     return settings(base, max_examples=min(2, base.max_examples))
 

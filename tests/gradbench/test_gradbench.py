@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import BUILTIN_ENGINES, DEEP, require_engine
+from _helpers import BUILTIN_ENGINES, DEEP, DEEP_PROFILE, require_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +35,7 @@ from gradlab.gradbench._evals import EVALS, GRADIENT, JACOBIAN, NESTED, NEWTON, 
 
 def few() -> settings:
     """Each example runs several engines (jax compiles per shape): a few, unless deep."""
-    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+    if DEEP_PROFILE:
         return settings()
     return settings(max_examples=2)
 
